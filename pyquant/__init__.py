@@ -1,0 +1,57 @@
+"""pyquant: fast, zero-copy 2/4/8-bit weight quantization.
+
+A Rust core behind a plain C ABI (``include/pyquant.h``), used from Python
+through CFFI. Main entry points:
+
+- :func:`quantize_ptr`: zero-copy; the numpy buffer is read in place.
+- :func:`quantize_copy`: the same bytes out, from a copy of the input.
+- :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
+
+The scheme (normative): per group of ``group_size`` values along the last
+axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
+``round_half_even((x - lo) / scale)`` packed little-endian in bytes.
+Errors are :class:`QuantizeError` subclasses (``ValueError``).
+"""
+
+from ._version import __version__
+from .core import SUPPORTED_DTYPES, QuantizedTensor, dequantize, quantize_copy, quantize_ptr
+from .errors import (
+    BufferSizeError,
+    CopyRequiredError,
+    InternalError,
+    InvalidBitsError,
+    InvalidGroupSizeError,
+    MisalignedError,
+    NonFiniteError,
+    NullPointerError,
+    OverlapError,
+    QuantizeError,
+    ShapeError,
+    SizeOverflowError,
+    UnsupportedDtypeError,
+)
+from .metrics import ErrorStats, error_stats
+
+__all__ = [
+    "__version__",
+    "SUPPORTED_DTYPES",
+    "QuantizedTensor",
+    "quantize_ptr",
+    "quantize_copy",
+    "dequantize",
+    "error_stats",
+    "ErrorStats",
+    "QuantizeError",
+    "BufferSizeError",
+    "CopyRequiredError",
+    "InternalError",
+    "InvalidBitsError",
+    "InvalidGroupSizeError",
+    "MisalignedError",
+    "NonFiniteError",
+    "NullPointerError",
+    "OverlapError",
+    "ShapeError",
+    "SizeOverflowError",
+    "UnsupportedDtypeError",
+]

@@ -1,0 +1,316 @@
+"""Python wrapper over the C ABI: validates dtype, shape, contiguity and
+alignment, allocates outputs with numpy, and makes one C call.
+
+``quantize_ptr`` hands the numpy buffer to Rust by address and never copies;
+``quantize_copy`` lets Rust copy the bytes into its own memory first. Both
+end in the same Rust kernel, so they give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+from ._lib import ffi, lib
+from .errors import (
+    CopyRequiredError,
+    InvalidBitsError,
+    InvalidGroupSizeError,
+    QuantizeError,
+    ShapeError,
+    UnsupportedDtypeError,
+    check,
+    new_error_struct,
+)
+
+DTypeLike = Union[str, npt.DTypeLike, None]
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+# name -> (numpy dtype, C dtype code)
+_DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
+    "float32": (np.dtype(np.float32), lib.PQ_DTYPE_F32),
+    "float16": (np.dtype(np.float16), lib.PQ_DTYPE_F16),
+    "bfloat16": (BFLOAT16, lib.PQ_DTYPE_BF16),
+}
+SUPPORTED_DTYPES = tuple(_DTYPES)
+_SIZE_MAX = 2**64 - 1
+_UINT32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A quantized tensor: packed ``codes`` plus per-group ``scales`` and ``mins``.
+
+    For an input of shape ``(..., K)``: ``codes`` is uint8 ``(..., K*bits/8)``,
+    ``scales`` and ``mins`` are float32 ``(..., K/group_size)``. Value ``i``
+    of a row is code ``q`` at bit offset ``i*bits % 8`` of byte
+    ``i*bits // 8``; it dequantizes to ``mins + q * scales``.
+    """
+
+    codes: np.ndarray[Any, np.dtype[np.uint8]]
+    scales: np.ndarray[Any, np.dtype[np.float32]]
+    mins: np.ndarray[Any, np.dtype[np.float32]]
+    shape: tuple[int, ...]
+    dtype: str
+    bits: int
+    group_size: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise UnsupportedDtypeError(
+                f"dtype {self.dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
+            )
+        for name, want in (("codes", np.uint8), ("scales", np.float32), ("mins", np.float32)):
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(want):
+                raise UnsupportedDtypeError(f"{name} must be a numpy {np.dtype(want)} array")
+            if not arr.flags.c_contiguous:
+                raise CopyRequiredError(f"{name} must be C-contiguous")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by codes, scales and mins together."""
+        return int(self.codes.nbytes + self.scales.nbytes + self.mins.nbytes)
+
+    @property
+    def original_nbytes(self) -> int:
+        """Bytes of the tensor before quantization."""
+        return math.prod(self.shape) * _DTYPES[self.dtype][0].itemsize
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.original_nbytes / self.nbytes if self.nbytes else 1.0
+
+    def dequantize(self, dtype: DTypeLike = None) -> np.ndarray[Any, Any]:
+        """See :func:`dequantize`."""
+        return dequantize(self, dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, bits={self.bits}, "
+            f"group_size={self.group_size}, nbytes={self.nbytes}, "
+            f"compression={self.compression_ratio:.2f}x)"
+        )
+
+
+def quantize_ptr(
+    arr: np.ndarray[Any, Any],
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    dtype: DTypeLike = None,
+) -> QuantizedTensor:
+    """Quantizes ``arr`` along its last axis, reading its buffer in place.
+
+    Copies: none. The array's memory is passed to Rust by address; the
+    outputs are numpy arrays allocated here and filled by Rust. An input that
+    would need a copy (not C-contiguous, misaligned, non-native byte order,
+    not a numpy array) raises :class:`CopyRequiredError` saying how to fix it.
+
+    ``group_size=None`` makes one group per row. ``dtype="bfloat16"``
+    reinterprets a uint16 array as bfloat16 bit patterns. The array must not
+    be written to by another thread during the call (the GIL is released);
+    use :func:`quantize_copy` if it may be.
+
+    Raises QuantizeError subclasses: UnsupportedDtypeError, CopyRequiredError,
+    InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise CopyRequiredError(
+            f"quantize_ptr needs a numpy array, got {type(arr).__name__}; "
+            "use quantize_copy, or np.asarray(...) first"
+        )
+    name, code = _resolve_dtype(arr, dtype)
+    if not arr.dtype.isnative:
+        raise CopyRequiredError(
+            f"the array's byte order is {_byte_order_name(arr.dtype)}, not the machine's; "
+            "quantize_ptr never copies: use quantize_copy, or "
+            "arr.astype(arr.dtype.newbyteorder('='))"
+        )
+    if not arr.flags.c_contiguous:
+        raise CopyRequiredError(
+            "the array is not C-contiguous (a strided or transposed view); quantize_ptr "
+            "never copies: use quantize_copy, or np.ascontiguousarray(arr)"
+        )
+    if not arr.flags.aligned:
+        raise CopyRequiredError(
+            f"the array's data at address {arr.ctypes.data:#x} is not aligned to "
+            f"{arr.dtype.itemsize} bytes; quantize_ptr never copies: use quantize_copy, "
+            "or arr.copy()"
+        )
+    out, row_len = _allocate(arr.shape, name, bits, group_size)
+    err = new_error_struct()
+    status = lib.pq_quantize(
+        code,
+        ffi.from_buffer(_raw_view(arr)),
+        arr.size,
+        row_len,
+        out.bits,
+        out.group_size,
+        *_output_args(out),
+        err,
+    )
+    check(status, err)
+    return out
+
+
+def quantize_copy(
+    arr: npt.ArrayLike,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    dtype: DTypeLike = None,
+) -> QuantizedTensor:
+    """Quantizes ``arr`` like :func:`quantize_ptr`, from a copy of its data.
+
+    Copies: Rust copies the input's bytes into memory it owns before
+    quantizing (one input-sized allocation), so the input may change during
+    the call. Accepts anything ``np.asarray`` accepts: strided views are
+    first made contiguous and non-native byte order swapped by numpy (a
+    second copy, only for those inputs); misaligned data is copied byte-wise.
+    Same bytes out as :func:`quantize_ptr` on ``np.ascontiguousarray(arr)``.
+    """
+    a = np.asarray(arr)
+    name, code = _resolve_dtype(a, dtype)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    a = np.ascontiguousarray(a)
+    out, row_len = _allocate(a.shape, name, bits, group_size)
+    err = new_error_struct()
+    status = lib.pq_quantize_copy(
+        code,
+        ffi.from_buffer(_raw_view(a)),
+        a.nbytes,
+        row_len,
+        out.bits,
+        out.group_size,
+        *_output_args(out),
+        err,
+    )
+    check(status, err)
+    return out
+
+
+def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None) -> np.ndarray[Any, Any]:
+    """Reconstructs ``mins + q * scales`` (float32 arithmetic) with ``qt.shape``.
+
+    ``dtype`` defaults to the original dtype; float32, float16 and bfloat16
+    are supported (rounded to nearest-even from the float32 result).
+    Copies: none beyond the output array, which is allocated here and
+    filled by Rust.
+    """
+    name = qt.dtype if dtype is None else _dtype_name(np.dtype(dtype))
+    np_dtype, code = _DTYPES[name]
+    out = np.empty(qt.shape, dtype=np_dtype)
+    row_len = qt.shape[-1] if qt.shape else 0
+    err = new_error_struct()
+    status = lib.pq_dequantize(
+        ffi.from_buffer("uint8_t[]", qt.codes),
+        qt.codes.size,
+        ffi.from_buffer("float[]", qt.scales),
+        qt.scales.size,
+        ffi.from_buffer("float[]", qt.mins),
+        qt.mins.size,
+        row_len,
+        _c_uint(qt.bits, "bits", _UINT32_MAX, InvalidBitsError),
+        _c_uint(qt.group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
+        code,
+        ffi.from_buffer(_raw_view(out), require_writable=True),
+        out.size,
+        err,
+    )
+    check(status, err)
+    return out
+
+
+def _dtype_name(dt: np.dtype[Any]) -> str:
+    for name, (np_dtype, _) in _DTYPES.items():
+        if dt == np_dtype or dt == np_dtype.newbyteorder("S"):
+            return name
+    raise UnsupportedDtypeError(
+        f"dtype {dt} is not supported; supported dtypes: {', '.join(SUPPORTED_DTYPES)} "
+        "(and uint16 holding bfloat16 bits, with dtype='bfloat16')"
+    )
+
+
+def _resolve_dtype(arr: np.ndarray[Any, Any], dtype: DTypeLike) -> tuple[str, int]:
+    """The dtype name and C code the kernel reads ``arr`` as."""
+    if dtype is not None and _is_bfloat16_request(dtype):
+        if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+            return "bfloat16", lib.PQ_DTYPE_BF16
+        if arr.dtype == BFLOAT16 or arr.dtype == BFLOAT16.newbyteorder("S"):
+            return "bfloat16", lib.PQ_DTYPE_BF16
+        raise UnsupportedDtypeError(
+            f"dtype='bfloat16' needs a uint16 or bfloat16 array, got {arr.dtype}"
+        )
+    name = _dtype_name(arr.dtype)
+    if dtype is not None and _dtype_name(np.dtype(dtype)) != name:
+        raise UnsupportedDtypeError(f"dtype={dtype!r} does not match the array's dtype {arr.dtype}")
+    return name, _DTYPES[name][1]
+
+
+def _is_bfloat16_request(dtype: DTypeLike) -> bool:
+    if isinstance(dtype, str):
+        return dtype == "bfloat16"
+    try:
+        return np.dtype(dtype) == BFLOAT16  # type: ignore[arg-type]
+    except TypeError:
+        return False
+
+
+def _byte_order_name(dt: np.dtype[Any]) -> str:
+    return {">": "big-endian ('>')", "<": "little-endian ('<')"}.get(dt.byteorder, dt.byteorder)
+
+
+def _raw_view(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A byte view for the buffer protocol (bfloat16 arrays cannot export one)."""
+    return arr.view(np.uint8) if arr.ndim else arr.reshape(1).view(np.uint8)
+
+
+def _c_uint(value: Any, what: str, limit: int, error: type[QuantizeError]) -> int:
+    """``value`` as a C unsigned integer; the rules themselves are Rust's to check."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= limit:
+        raise error(f"{what} must be a non-negative integer that fits the C ABI, got {value!r}")
+    return int(value)
+
+
+def _allocate(
+    shape: tuple[int, ...], dtype: str, bits: int, group_size: int | None
+) -> tuple[QuantizedTensor, int]:
+    """Output arrays for ``shape``, sized by the C ABI's layout rules."""
+    if len(shape) == 0:
+        raise ShapeError("cannot quantize a 0-d array: it needs at least one axis")
+    row_len = shape[-1]
+    g = row_len if group_size is None else _c_uint(group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError)
+    bits = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
+    sizes = ffi.new("size_t[2]")
+    err = new_error_struct()
+    check(lib.pq_quantized_sizes(row_len, row_len, bits, g, sizes, sizes + 1, err), err)
+    lead = shape[:-1]
+    qt = QuantizedTensor(
+        codes=np.empty(lead + (sizes[0],), dtype=np.uint8),
+        scales=np.empty(lead + (sizes[1],), dtype=np.float32),
+        mins=np.empty(lead + (sizes[1],), dtype=np.float32),
+        shape=tuple(shape),
+        dtype=dtype,
+        bits=bits,
+        group_size=g,
+    )
+    return qt, row_len
+
+
+def _output_args(qt: QuantizedTensor) -> tuple[Any, ...]:
+    return (
+        ffi.from_buffer("uint8_t[]", qt.codes, require_writable=True),
+        qt.codes.size,
+        ffi.from_buffer("float[]", qt.scales, require_writable=True),
+        qt.scales.size,
+        ffi.from_buffer("float[]", qt.mins, require_writable=True),
+        qt.mins.size,
+    )

@@ -1,0 +1,110 @@
+"""The exception hierarchy, and the one place C status codes become exceptions.
+
+Every error pyquant raises is a :class:`QuantizeError` (a ``ValueError``).
+Each C status has exactly one class, named by ``status_name``; Python-side
+checks raise the same classes, plus :class:`CopyRequiredError`, which only
+the zero-copy path raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ._lib import ffi, lib
+
+
+class QuantizeError(ValueError):
+    """Base class of every pyquant error."""
+
+    status_name: ClassVar[str | None] = None
+
+
+class InternalError(QuantizeError):
+    """A panic was caught inside the native library (a bug in pyquant)."""
+
+    status_name = "PQ_STATUS_PANIC"
+
+
+class NullPointerError(QuantizeError):
+    """A NULL buffer with a non-zero length reached the C ABI."""
+
+    status_name = "PQ_STATUS_NULL_POINTER"
+
+
+class MisalignedError(QuantizeError):
+    """A buffer is not aligned for its element type."""
+
+    status_name = "PQ_STATUS_MISALIGNED"
+
+
+class OverlapError(QuantizeError):
+    """An output buffer shares memory with an input or another output."""
+
+    status_name = "PQ_STATUS_OVERLAP"
+
+
+class BufferSizeError(QuantizeError):
+    """A buffer is too small, or an input's length does not match its layout."""
+
+    status_name = "PQ_STATUS_BUFFER_TOO_SMALL"
+
+
+class SizeOverflowError(QuantizeError):
+    """A size computation overflowed."""
+
+    status_name = "PQ_STATUS_SIZE_OVERFLOW"
+
+
+class InvalidBitsError(QuantizeError):
+    """``bits`` is not 2, 4 or 8."""
+
+    status_name = "PQ_STATUS_INVALID_BITS"
+
+
+class InvalidGroupSizeError(QuantizeError):
+    """The group size is not usable (0, too large, or not filling whole bytes)."""
+
+    status_name = "PQ_STATUS_INVALID_GROUP_SIZE"
+
+
+class ShapeError(QuantizeError):
+    """The tensor's shape does not fit the layout rules (e.g. ``K % G != 0``)."""
+
+    status_name = "PQ_STATUS_SHAPE_MISMATCH"
+
+
+class NonFiniteError(QuantizeError):
+    """The input holds NaN or infinity, or a group's range overflows float32."""
+
+    status_name = "PQ_STATUS_NON_FINITE"
+
+
+class UnsupportedDtypeError(QuantizeError):
+    """The input's dtype is not float32, float16 or bfloat16."""
+
+    status_name = "PQ_STATUS_UNSUPPORTED_DTYPE"
+
+
+class CopyRequiredError(QuantizeError):
+    """``quantize_ptr`` was given an input it could only use after a copy."""
+
+
+_BY_STATUS: dict[int, type[QuantizeError]] = {
+    getattr(lib, cls.status_name): cls
+    for cls in QuantizeError.__subclasses__()
+    if cls.status_name is not None
+}
+
+
+def new_error_struct() -> Any:
+    """A fresh caller-allocated ``PqError`` for one C call."""
+    return ffi.new("PqError *")
+
+
+def check(status: int, error: Any, context: str = "") -> None:
+    """Raises the exception for ``status`` with the native message, if not OK."""
+    if status == lib.PQ_STATUS_OK:
+        return
+    message = ffi.string(error.message).decode("utf-8", "replace")
+    cls = _BY_STATUS.get(status, InternalError)
+    raise cls(f"{context}: {message}" if context else message)

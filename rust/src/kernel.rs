@@ -1,0 +1,388 @@
+//! The quantization kernels: the affine per-group scheme of DESIGN.md over
+//! safe slices. Every entry point of pyquant (C, Python by pointer or by copy)
+//! ends here, so they all give the same bytes.
+//!
+//! Groups are `group_size` consecutive values; since rows are a multiple of
+//! the group size, a flat tensor is just a sequence of groups, and group `i`
+//! owns bytes `i * G * bits / 8 ..` of the codes and entry `i` of scales/mins.
+
+use crate::element::Element;
+use crate::error::{Error, PqStatus, Result};
+use crate::layout::Layout;
+
+/// Adding then subtracting 2**23 rounds a float in `[0, 2**23)` to the nearest
+/// integer, ties to even (IEEE round-to-nearest on the addition). Unlike
+/// `round_ties_even` it needs no SSE4.1 and vectorizes on any x86-64.
+const ROUND_MAGIC: f32 = 8_388_608.0;
+
+/// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`.
+///
+/// Every group is checked before anything is written: on error the outputs
+/// are untouched. Outputs may be longer than needed; only the prefix the
+/// layout names is written.
+pub fn quantize<T: Element>(
+    input: &[T],
+    layout: &Layout,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> Result<()> {
+    check_len("input", input.len(), layout.len, true)?;
+    check_len("codes", codes.len(), layout.codes_len, false)?;
+    check_len("scales", scales.len(), layout.n_groups, false)?;
+    check_len("mins", mins.len(), layout.n_groups, false)?;
+    if layout.len == 0 {
+        return Ok(());
+    }
+    let g = layout.group_size;
+    let qmax = layout.qmax() as f32;
+    // Pass 1: find any non-finite value or overflowing range before writing.
+    for (i, group) in input.chunks_exact(g).enumerate() {
+        let (lo, hi, finite) = group_range(group);
+        if !finite {
+            return Err(non_finite_error(input, layout, i));
+        }
+        if !(hi - lo).is_finite() {
+            return Err(Error::new(
+                PqStatus::NonFinite,
+                format!(
+                    "group {i} (row {}) spans [{lo:e}, {hi:e}]: its range overflows float32",
+                    i * g / layout.row_len
+                ),
+            ));
+        }
+    }
+    // Pass 2: write. The group is in L1 after its range is found, so the
+    // second read of each group is cheap.
+    let codes = &mut codes[..layout.codes_len];
+    let groups = input
+        .chunks_exact(g)
+        .zip(codes.chunks_exact_mut(layout.group_code_bytes()))
+        .zip(scales.iter_mut().zip(mins.iter_mut()));
+    for ((group, group_codes), (scale_out, min_out)) in groups {
+        let (lo, hi, _) = group_range(group);
+        let scale = (hi - lo) / qmax;
+        match layout.bits {
+            2 => quantize_group::<T, 2>(group, lo, scale, group_codes),
+            4 => quantize_group::<T, 4>(group, lo, scale, group_codes),
+            8 => quantize_group::<T, 8>(group, lo, scale, group_codes),
+            _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        }
+        *scale_out = scale;
+        *min_out = lo;
+    }
+    Ok(())
+}
+
+/// Dequantizes codes, scales and mins laid out as `layout` into `output`
+/// (`mins + q * scales` in f32, then converted to `T`).
+///
+/// Non-finite scales or mins are an error, found before anything is written.
+pub fn dequantize<T: Element>(
+    codes: &[u8],
+    scales: &[f32],
+    mins: &[f32],
+    layout: &Layout,
+    output: &mut [T],
+) -> Result<()> {
+    check_len("codes", codes.len(), layout.codes_len, true)?;
+    check_len("scales", scales.len(), layout.n_groups, true)?;
+    check_len("mins", mins.len(), layout.n_groups, true)?;
+    check_len("output", output.len(), layout.len, false)?;
+    if let Some(i) = (0..layout.n_groups).find(|&i| !(scales[i].is_finite() && mins[i].is_finite())) {
+        return Err(Error::new(
+            PqStatus::NonFinite,
+            format!("group {i} has a non-finite scale ({}) or min ({})", scales[i], mins[i]),
+        ));
+    }
+    if layout.len == 0 {
+        return Ok(());
+    }
+    let groups = codes
+        .chunks_exact(layout.group_code_bytes())
+        .zip(output[..layout.len].chunks_exact_mut(layout.group_size))
+        .zip(scales.iter().zip(mins.iter()));
+    for ((group_codes, out), (&scale, &min)) in groups {
+        match layout.bits {
+            2 => dequantize_group::<T, 2>(group_codes, scale, min, out),
+            4 => dequantize_group::<T, 4>(group_codes, scale, min, out),
+            8 => dequantize_group::<T, 8>(group_codes, scale, min, out),
+            _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        }
+    }
+    Ok(())
+}
+
+/// `exact`: an input must have exactly the expected length; an output at least.
+fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()> {
+    if got == want || (!exact && got > want) {
+        return Ok(());
+    }
+    let need = if exact { "exactly" } else { "at least" };
+    Err(Error::new(
+        PqStatus::BufferTooSmall,
+        format!("{what} has {got} elements, needs {need} {want}"),
+    ))
+}
+
+/// `(lo, hi, all_finite)` of a group in f32. `+ 0.0` turns -0.0 into +0.0 so
+/// that -0.0 behaves like 0.0 and the stored min is never -0.0.
+#[inline(always)]
+fn group_range<T: Element>(group: &[T]) -> (f32, f32, bool) {
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    let mut finite = true;
+    for &v in group {
+        let x = v.to_f32();
+        // Comparisons, not f32::min/max, so that the loop vectorizes.
+        lo = if x < lo { x } else { lo };
+        hi = if x > hi { x } else { hi };
+        finite &= x.is_finite();
+    }
+    (lo + 0.0, hi + 0.0, finite)
+}
+
+#[cold]
+fn non_finite_error<T: Element>(input: &[T], layout: &Layout, group: usize) -> Error {
+    let g = layout.group_size;
+    let start = group * g;
+    let (offset, value) = input[start..start + g]
+        .iter()
+        .map(|v| v.to_f32())
+        .enumerate()
+        .find(|(_, x)| !x.is_finite())
+        .expect("group_range reported a non-finite value");
+    let index = start + offset;
+    Error::new(
+        PqStatus::NonFinite,
+        format!(
+            "{value} at flat index {index} (row {}, column {}) in group {group}: \
+             inputs must be finite",
+            index / layout.row_len,
+            index % layout.row_len
+        ),
+    )
+}
+
+#[inline(always)]
+fn quantize_group<T: Element, const BITS: u32>(group: &[T], lo: f32, scale: f32, codes: &mut [u8]) {
+    if scale == 0.0 {
+        // A constant group: every code is 0 (and dequantizes to lo exactly).
+        codes.fill(0);
+        return;
+    }
+    let per_byte = (8 / BITS) as usize;
+    let qmax = ((1u32 << BITS) - 1) as f32;
+    for (byte, xs) in codes.iter_mut().zip(group.chunks_exact(per_byte)) {
+        let mut packed = 0u8;
+        for (i, &v) in xs.iter().enumerate() {
+            // Subtraction and division each rounded to f32: no FMA, no reciprocal.
+            let t = (v.to_f32() - lo) / scale;
+            // t >= 0 since v >= lo; clamping before rounding equals clamping after.
+            let t = if t < qmax { t } else { qmax };
+            let q = ((t + ROUND_MAGIC) - ROUND_MAGIC) as u8;
+            packed |= q << (i as u32 * BITS);
+        }
+        *byte = packed;
+    }
+}
+
+#[inline(always)]
+fn dequantize_group<T: Element, const BITS: u32>(codes: &[u8], scale: f32, min: f32, out: &mut [T]) {
+    let per_byte = (8 / BITS) as usize;
+    let mask = ((1u32 << BITS) - 1) as u8;
+    for (&byte, outs) in codes.iter().zip(out.chunks_exact_mut(per_byte)) {
+        for (i, o) in outs.iter_mut().enumerate() {
+            let q = (byte >> (i as u32 * BITS)) & mask;
+            *o = T::from_f32(min + q as f32 * scale);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::{bf16, f16};
+
+    /// The scheme written the slow, obvious way, one value at a time.
+    fn reference(x: &[f32], bits: u32, g: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let qmax = ((1u32 << bits) - 1) as f32;
+        let mut codes = vec![0u8; x.len() * bits as usize / 8];
+        let (mut scales, mut mins) = (vec![], vec![]);
+        for (gi, group) in x.chunks(g).enumerate() {
+            let lo = group.iter().cloned().fold(f32::INFINITY, f32::min) + 0.0;
+            let hi = group.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 0.0;
+            let scale = (hi - lo) / qmax;
+            for (j, &v) in group.iter().enumerate() {
+                let q = if scale == 0.0 {
+                    0
+                } else {
+                    ((v - lo) / scale).round_ties_even().clamp(0.0, qmax) as u32
+                };
+                let i = gi * g + j;
+                codes[i * bits as usize / 8] |= (q << (i * bits as usize % 8)) as u8;
+            }
+            scales.push(scale);
+            mins.push(lo);
+        }
+        (codes, scales, mins)
+    }
+
+    fn run<T: Element>(x: &[T], row: usize, bits: u32, g: usize) -> Result<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+        let l = Layout::new(x.len(), row, bits, g)?;
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        quantize(x, &l, &mut c, &mut s, &mut m)?;
+        Ok((c, s, m))
+    }
+
+    /// Deterministic pseudo-random values with a wide spread of magnitudes.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                u * 10f32.powi(((s >> 20) % 7) as i32 - 3)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn magic_rounding_is_round_half_even() {
+        for i in 0..=(255 * 64) {
+            let t = i as f32 / 64.0;
+            assert_eq!((t + ROUND_MAGIC) - ROUND_MAGIC, t.round_ties_even(), "{t}");
+        }
+        for t in [0.5f32, 1.5, 2.5, 254.5, 0.49999997, 2.5000002, 1e-30] {
+            assert_eq!((t + ROUND_MAGIC) - ROUND_MAGIC, t.round_ties_even(), "{t}");
+        }
+    }
+
+    #[test]
+    fn matches_reference_all_bits() {
+        for (seed, &(bits, g, row)) in [(2, 4, 8), (2, 16, 64), (4, 2, 2), (4, 32, 128), (8, 1, 3), (8, 128, 256)]
+            .iter()
+            .enumerate()
+        {
+            let x = values(row * 5, seed as u64);
+            assert_eq!(run(&x, row, bits, g).unwrap(), reference(&x, bits, g), "bits {bits} g {g}");
+        }
+    }
+
+    #[test]
+    fn packing_is_little_endian_within_bytes() {
+        // Group of 4 with lo = 0, hi = 3: codes are the values themselves.
+        let (c, s, m) = run(&[0.0f32, 1.0, 2.0, 3.0], 4, 2, 4).unwrap();
+        assert_eq!((c, s, m), (vec![0b11_10_01_00], vec![1.0], vec![0.0]));
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let (c, _, _) = run(&x, 16, 4, 16).unwrap();
+        assert_eq!(c, vec![0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]);
+    }
+
+    #[test]
+    fn ties_round_to_even_and_negative_zero() {
+        // lo = 0, hi = 30, scale = 2: x/2 = 0.5, 1.5, 2.5 -> 0, 2, 2.
+        let x = [0.0f32, 1.0, 3.0, 5.0, 30.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let (c, s, _) = run(&x, 16, 4, 16).unwrap();
+        assert_eq!(s, vec![2.0]);
+        assert_eq!(c[0..3], [0x00, 0x22, 0x0F]);
+        let (_, s, m) = run(&[-0.0f32, -0.0], 2, 4, 2).unwrap();
+        assert_eq!((s[0].to_bits(), m[0].to_bits()), (0, 0));
+    }
+
+    #[test]
+    fn constant_and_zero_groups_round_trip_exactly() {
+        let x = [0.0f32; 8].iter().chain([1.25f32; 8].iter()).cloned().collect::<Vec<_>>();
+        let (c, s, m) = run(&x, 16, 4, 8).unwrap();
+        assert_eq!((c, s.clone(), m.clone()), (vec![0; 8], vec![0.0, 0.0], vec![0.0, 1.25]));
+        let l = Layout::new(16, 16, 4, 8).unwrap();
+        let mut out = vec![9.0f32; 16];
+        dequantize(&[0; 8], &s, &m, &l, &mut out).unwrap();
+        assert_eq!(out, x);
+    }
+
+    #[test]
+    fn subnormal_groups_have_finite_scales() {
+        let tiny = f32::from_bits(1);
+        let x: Vec<f32> = (0..16).map(|i| tiny * i as f32).collect();
+        let (c, s, m) = run(&x, 16, 4, 16).unwrap();
+        assert!(s[0].is_finite() && s[0] > 0.0);
+        let l = Layout::new(16, 16, 4, 16).unwrap();
+        let mut out = vec![0.0f32; 16];
+        dequantize(&c, &s, &m, &l, &mut out).unwrap();
+        for (a, b) in x.iter().zip(&out) {
+            assert!((a - b).abs() <= s[0] / 2.0 + 16.0 * tiny);
+        }
+    }
+
+    #[test]
+    fn non_finite_is_an_error_and_writes_nothing() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = values(256, 1);
+            x[200] = bad;
+            let l = Layout::new(256, 128, 4, 64).unwrap();
+            let (mut c, mut s, mut m) = (vec![7u8; l.codes_len], vec![7.0; 4], vec![7.0; 4]);
+            let e = quantize(&x, &l, &mut c, &mut s, &mut m).unwrap_err();
+            assert_eq!(e.status, PqStatus::NonFinite);
+            assert!(e.message.contains("flat index 200") && e.message.contains("group 3"), "{}", e.message);
+            assert!(c.iter().all(|&b| b == 7) && s == vec![7.0; 4] && m == vec![7.0; 4]);
+        }
+    }
+
+    #[test]
+    fn overflowing_range_is_an_error() {
+        let e = run(&[f32::MAX, -f32::MAX], 2, 4, 2).unwrap_err();
+        assert_eq!(e.status, PqStatus::NonFinite);
+        assert!(e.message.contains("overflows"), "{}", e.message);
+        assert!(run(&[f32::MAX, f32::MAX], 2, 4, 2).is_ok());
+    }
+
+    #[test]
+    fn half_types_match_f32_of_converted_values() {
+        let x32 = values(512, 3);
+        let xh: Vec<f16> = x32.iter().map(|&v| f16::from_f32(v)).collect();
+        let xb: Vec<bf16> = x32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f32> = xh.iter().map(|v| v.to_f32()).collect();
+        let wb: Vec<f32> = xb.iter().map(|v| Element::to_f32(*v)).collect();
+        assert_eq!(run(&xh, 128, 4, 32).unwrap(), run(&wh, 128, 4, 32).unwrap());
+        assert_eq!(run(&xb, 128, 8, 128).unwrap(), run(&wb, 128, 8, 128).unwrap());
+        let mut nan = xh.clone();
+        nan[7] = f16::NAN;
+        assert_eq!(run(&nan, 128, 4, 32).unwrap_err().status, PqStatus::NonFinite);
+        let mut inf = xb.clone();
+        inf[9] = bf16::INFINITY;
+        assert_eq!(run(&inf, 128, 4, 32).unwrap_err().status, PqStatus::NonFinite);
+    }
+
+    #[test]
+    fn dequantize_error_bound_and_requantize() {
+        for bits in [2, 4, 8] {
+            let x = values(1024, bits as u64);
+            let (c, s, m) = run(&x, 256, bits, 64).unwrap();
+            let l = Layout::new(1024, 256, bits, 64).unwrap();
+            let mut y = vec![0.0f32; 1024];
+            dequantize(&c, &s, &m, &l, &mut y).unwrap();
+            for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+                let scale = s[i / 64];
+                assert!((a - b).abs() <= scale / 2.0 + 4.0 * f32::EPSILON * a.abs().max(m[i / 64].abs()));
+            }
+            assert_eq!(run(&y, 256, bits, 64).unwrap().0, c);
+        }
+    }
+
+    #[test]
+    fn length_mismatches_are_errors() {
+        let l = Layout::new(8, 8, 4, 8).unwrap();
+        let x = [1.0f32; 8];
+        let (mut c, mut s, mut m) = (vec![0u8; 3], vec![0.0; 1], vec![0.0; 1]);
+        assert_eq!(quantize(&x, &l, &mut c, &mut s, &mut m).unwrap_err().status, PqStatus::BufferTooSmall);
+        assert_eq!(quantize(&x[..7], &l, &mut [0; 4], &mut s, &mut m).unwrap_err().status, PqStatus::BufferTooSmall);
+        let mut y = [0.0f32; 7];
+        assert_eq!(dequantize(&[0; 4], &s, &m, &l, &mut y).unwrap_err().status, PqStatus::BufferTooSmall);
+        assert_eq!(dequantize(&[0; 4], &[f32::NAN], &m, &l, &mut [0.0f32; 8]).unwrap_err().status, PqStatus::NonFinite);
+        // Longer outputs are fine; only the prefix is written.
+        let mut c = vec![0xAAu8; 6];
+        quantize(&x, &l, &mut c, &mut s, &mut m).unwrap();
+        assert_eq!(c, vec![0, 0, 0, 0, 0xAA, 0xAA]);
+    }
+}

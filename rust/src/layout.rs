@@ -1,0 +1,151 @@
+//! Validated sizes of a quantized tensor: the rules of DESIGN.md's memory
+//! layout, checked once, with checked arithmetic.
+
+use crate::error::{Error, PqStatus, Result};
+
+/// The shape of one quantization problem: `len` values in rows of `row_len`,
+/// split into groups of `group_size`, coded with `bits` bits each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Number of input values.
+    pub len: usize,
+    /// Length of the last axis (K).
+    pub row_len: usize,
+    /// 2, 4 or 8.
+    pub bits: u32,
+    /// Values per group (G); divides `row_len`.
+    pub group_size: usize,
+    /// Bytes of packed codes: `len * bits / 8`.
+    pub codes_len: usize,
+    /// Number of groups, that is the length of `scales` and of `mins`.
+    pub n_groups: usize,
+}
+
+impl Layout {
+    /// Checks every rule of the layout and computes the output sizes.
+    ///
+    /// A tensor with zero rows (`len == 0`) is valid and has empty outputs;
+    /// a row length of 0 is an error.
+    pub fn new(len: usize, row_len: usize, bits: u32, group_size: usize) -> Result<Layout> {
+        if !matches!(bits, 2 | 4 | 8) {
+            return Err(Error::new(
+                PqStatus::InvalidBits,
+                format!("bits must be 2, 4 or 8, got {bits}"),
+            ));
+        }
+        if row_len == 0 {
+            return Err(Error::new(
+                PqStatus::ShapeMismatch,
+                "the last axis (row length) is 0: there is nothing to quantize along it",
+            ));
+        }
+        if group_size == 0 {
+            return Err(Error::new(
+                PqStatus::InvalidGroupSize,
+                "group_size must be at least 1, got 0",
+            ));
+        }
+        let group_bits = group_size.checked_mul(bits as usize).ok_or_else(|| {
+            Error::new(
+                PqStatus::InvalidGroupSize,
+                format!("group_size {group_size} is too large"),
+            )
+        })?;
+        if group_bits % 8 != 0 {
+            return Err(Error::new(
+                PqStatus::InvalidGroupSize,
+                format!(
+                    "group_size * bits must be a multiple of 8 so that groups fill whole bytes, \
+                     got {group_size} * {bits} = {group_bits}"
+                ),
+            ));
+        }
+        if group_size > row_len {
+            return Err(Error::new(
+                PqStatus::InvalidGroupSize,
+                format!(
+                    "group_size {group_size} is larger than the row length {row_len} \
+                     (a group never spans two rows)"
+                ),
+            ));
+        }
+        if row_len % group_size != 0 {
+            return Err(Error::new(
+                PqStatus::ShapeMismatch,
+                format!(
+                    "the last axis ({row_len}) must be a multiple of group_size ({group_size})"
+                ),
+            ));
+        }
+        if len % row_len != 0 {
+            return Err(Error::new(
+                PqStatus::ShapeMismatch,
+                format!("input length {len} is not a multiple of the row length {row_len}"),
+            ));
+        }
+        let codes_bits = len.checked_mul(bits as usize).ok_or_else(|| {
+            Error::new(
+                PqStatus::SizeOverflow,
+                format!("input length {len} times {bits} bits overflows usize"),
+            )
+        })?;
+        Ok(Layout {
+            len,
+            row_len,
+            bits,
+            group_size,
+            codes_len: codes_bits / 8,
+            n_groups: len / group_size,
+        })
+    }
+
+    /// Bytes of packed codes in one group.
+    pub fn group_code_bytes(&self) -> usize {
+        self.group_size * self.bits as usize / 8
+    }
+
+    /// Largest code value, `2**bits - 1`.
+    pub fn qmax(&self) -> u32 {
+        (1u32 << self.bits) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(r: Result<Layout>) -> PqStatus {
+        r.err().map(|e| e.status).unwrap_or(PqStatus::Ok)
+    }
+
+    #[test]
+    fn sizes() {
+        let l = Layout::new(1024 * 256, 256, 4, 128).unwrap();
+        assert_eq!(l.codes_len, 1024 * 128);
+        assert_eq!(l.n_groups, 2048);
+        assert_eq!(l.group_code_bytes(), 64);
+        assert_eq!(l.qmax(), 15);
+        let l = Layout::new(12, 4, 2, 4).unwrap();
+        assert_eq!((l.codes_len, l.n_groups), (3, 3));
+        let empty = Layout::new(0, 128, 8, 128).unwrap();
+        assert_eq!((empty.codes_len, empty.n_groups), (0, 0));
+    }
+
+    #[test]
+    fn rules() {
+        for bits in [0, 1, 3, 5, 7, 16, u32::MAX] {
+            assert_eq!(status(Layout::new(128, 128, bits, 128)), PqStatus::InvalidBits);
+        }
+        assert_eq!(status(Layout::new(128, 128, 4, 0)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 4, 3)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 2, 2)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 4, 256)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 4, usize::MAX)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 8, usize::MAX / 4)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(120, 120, 4, 16)), PqStatus::ShapeMismatch);
+        assert_eq!(status(Layout::new(130, 128, 4, 128)), PqStatus::ShapeMismatch);
+        assert_eq!(status(Layout::new(0, 0, 4, 128)), PqStatus::ShapeMismatch);
+        let huge = usize::MAX / 128 * 128;
+        assert_eq!(status(Layout::new(huge, 128, 4, 128)), PqStatus::SizeOverflow);
+    }
+}

@@ -1,0 +1,19 @@
+//! pyquant: affine per-group weight quantization (2, 4 or 8 bits) of f32, f16
+//! and bf16 tensors.
+//!
+//! The safe API lives in [`layout`] (validated sizes of a quantized tensor)
+//! and [`kernel`] (quantize / dequantize over slices). [`ffi`] is the only
+//! module with `extern "C"`; it checks pointers and lengths, builds slices and
+//! calls the safe code. The scheme is the normative one of DESIGN.md.
+
+pub mod element;
+pub mod error;
+pub mod kernel;
+pub mod layout;
+
+pub mod ffi;
+
+pub use element::{Dtype, Element};
+pub use error::{Error, PqStatus};
+pub use kernel::{dequantize, quantize};
+pub use layout::Layout;
