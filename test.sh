@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what the tests need, builds the
+# package (cargo release build + CFFI extension), then runs the Rust unit
+# tests and the pytest suite (which also builds and runs the C host tests and
+# checks the committed header against a fresh cbindgen run).
+# Extra arguments go to pytest, e.g. ./test.sh -k bad_inputs
+set -euo pipefail
+cd "$(dirname "$0")"
+
+CBINDGEN_VERSION=0.29.4  # keep in step with tests/test_header.py
+PYTHON=${PYTHON:-python3}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+command -v cargo >/dev/null || { echo "test.sh: cargo (Rust) is required" >&2; exit 1; }
+command -v cc >/dev/null || { echo "test.sh: a C compiler (cc) is required" >&2; exit 1; }
+
+if ! cbindgen --version 2>/dev/null | grep -qF "$CBINDGEN_VERSION"; then
+    echo "test.sh: installing cbindgen $CBINDGEN_VERSION (for the header drift check)"
+    cargo install cbindgen --version "=$CBINDGEN_VERSION" --locked --quiet
+fi
+
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e .
+
+echo "== cargo test =="
+(cd rust && cargo test --release --locked --quiet)
+
+echo "== pytest =="
+"$PYTHON" -m pytest "$@"

@@ -1,0 +1,62 @@
+"""A numpy reference quantizer written from DESIGN.md's definition, kept
+deliberately plain so that the fast paths can be compared to it bit for bit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def reference_quantize(x: np.ndarray[Any, Any], bits: int, group_size: int | None):
+    """Returns (codes, scales, mins) for ``x`` (float32, float16 or bfloat16)."""
+    x32 = np.asarray(x).astype(np.float32)  # exact for f16 and bf16
+    k = x32.shape[-1]
+    g = k if group_size is None else group_size
+    groups = x32.reshape(-1, g)
+    # "+ 0" turns -0.0 into +0.0: -0.0 behaves like 0.0.
+    lo = groups.min(axis=1) + np.float32(0)
+    hi = groups.max(axis=1) + np.float32(0)
+    qmax = np.float32(2**bits - 1)
+    scale = (hi - lo) / qmax
+    if not np.all(np.isfinite(x32)) or not np.all(np.isfinite(hi - lo)):
+        raise ValueError("non-finite input or range")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint((groups - lo[:, None]) / scale[:, None]), 0, qmax)
+    q[scale == 0] = 0
+    q = q.astype(np.uint8).reshape(-1, 8 // bits)
+    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
+    codes = np.bitwise_or.reduce(q << shifts, axis=1).astype(np.uint8)
+    lead = x32.shape[:-1]
+    return (
+        codes.reshape(lead + (k * bits // 8,)),
+        scale.reshape(lead + (k // g,)),
+        lo.reshape(lead + (k // g,)),
+    )
+
+
+def reference_dequantize(codes, scales, mins, bits: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``mins + q * scales`` in float32, as float32 of ``shape``."""
+    per = 8 // bits
+    c = codes.reshape(-1, 1)
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    q = ((c >> shifts) & np.uint8(2**bits - 1)).reshape(-1)
+    n_groups = scales.size
+    if n_groups == 0:
+        return np.zeros(shape, dtype=np.float32)
+    q = q.reshape(n_groups, -1).astype(np.float32)
+    out = mins.reshape(-1, 1) + q * scales.reshape(-1, 1)
+    return out.astype(np.float32).reshape(shape)
+
+
+def error_bound(x32: np.ndarray, scales: np.ndarray, mins: np.ndarray, bits: int) -> np.ndarray:
+    """Per-value bound: scale/2, plus the rounding of scale times up to qmax,
+    plus a few ulps of the group's magnitude (f64 arithmetic)."""
+    n_groups = max(scales.size, 1)
+    s = scales.reshape(n_groups, 1).astype(np.float64)
+    g = x32.reshape(n_groups, -1)
+    mag = np.maximum(np.abs(g).max(axis=1, keepdims=True), np.abs(mins.reshape(n_groups, 1)))
+    ulp_scale = np.spacing(scales.reshape(n_groups, 1)).astype(np.float64)
+    ulp_mag = np.spacing(mag.astype(np.float32)).astype(np.float64)
+    bound = s / 2 + (2**bits - 1) * ulp_scale + 4 * ulp_mag
+    return np.broadcast_to(bound, g.shape).reshape(x32.shape)
