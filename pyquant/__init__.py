@@ -6,6 +6,8 @@ through CFFI. Main entry points:
 - :func:`quantize_ptr`: zero-copy; the numpy buffer is read in place.
 - :func:`quantize_copy`: the same bytes out, from a copy of the input.
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
+- :func:`quantize_file`, :func:`dequantize_file`, :func:`load_quantized`,
+  :func:`error_report`: whole safetensors checkpoints, bounded memory.
 
 The scheme (normative): per group of ``group_size`` values along the last
 axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
@@ -31,6 +33,9 @@ from .errors import (
     UnsupportedDtypeError,
 )
 from .metrics import ErrorStats, error_stats
+from . import safetensors_io
+from .checkpoint import dequantize_file, error_report, load_quantized, quantize_file
+from .safetensors_io import CheckpointError
 
 __all__ = [
     "__version__",
@@ -39,6 +44,11 @@ __all__ = [
     "quantize_ptr",
     "quantize_copy",
     "dequantize",
+    "quantize_file",
+    "dequantize_file",
+    "load_quantized",
+    "error_report",
+    "CheckpointError",
     "error_stats",
     "ErrorStats",
     "QuantizeError",

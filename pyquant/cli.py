@@ -1,9 +1,16 @@
-"""The `pyquant` command line."""
+"""The `pyquant` command line: demo, quantize, dequantize, inspect, report.
+
+Errors print one line, ``pyquant: error: ...``, and exit with status 1
+(2 for bad command-line usage); no tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from typing import Any
 
 from ._version import __version__
 from .errors import QuantizeError
@@ -18,6 +25,14 @@ def _group_size(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'row', got {text!r}") from None
 
 
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyquant",
@@ -26,18 +41,123 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyquant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    def quant_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 4 or 8 (default: 4)")
+        p.add_argument("--group-size", type=_group_size, default=128,
+                       help="values per group along the last axis, or 'row' for one group per row (default: 128)")
+
     demo = sub.add_parser(
         "demo",
         help="quantize a built-in synthetic transformer and print a per-layer table",
         description="Builds a deterministic synthetic transformer in memory (no download), "
         "quantizes every layer at each bit width with the zero-copy path and prints shape, "
-        "compression ratio, max abs error, relative RMSE and time per layer.",
+        "compression ratio, max abs error, relative RMSE and time per layer; then writes the "
+        "model to a temporary safetensors file and runs the file pipeline on it "
+        "(quantize, inspect, report, dequantize).",
     )
     demo.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2], help="bit widths (default: 8 4 2)")
     demo.add_argument("--group-size", type=_group_size, default=128,
                       help="values per group, or 'row' for one group per row (default: 128)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights (default: 0)")
+    demo.add_argument("--no-files", action="store_true", help="skip the file pipeline part")
+
+    q = sub.add_parser("quantize", help="quantize a safetensors checkpoint",
+                       description="Quantizes a .safetensors file or a sharded model directory "
+                       "(with model.safetensors.index.json) into a pyquant checkpoint. Floating-point "
+                       "tensors of 2+ dimensions are quantized; others (and --skip matches) are carried "
+                       "over unchanged. The output is written to a temporary file and renamed at the end.")
+    q.add_argument("input", help="a .safetensors file or a model directory")
+    q.add_argument("output", help="the output checkpoint file")
+    quant_options(q)
+    q.add_argument("--format", choices=["safetensors"], default="safetensors",
+                   help="output format (default: safetensors)")
+    q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="keep tensors whose name matches this regular expression (repeatable), e.g. lm_head")
+    q.add_argument("--bits-for", action="append", default=[], metavar="PATTERN=BITS",
+                   help="use BITS for tensors matching PATTERN (repeatable; first match wins)")
+    q.add_argument("--force", action="store_true", help="replace the output if it exists")
+    q.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
+                       description="Writes every tensor in its original dtype and shape.")
+    d.add_argument("input")
+    d.add_argument("output")
+    d.add_argument("--force", action="store_true", help="replace the output if it exists")
+    d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    i = sub.add_parser("inspect", help="list what a checkpoint holds",
+                       description="Tensors, dtypes, shapes, bits, sizes and compression ratio.")
+    i.add_argument("file")
+
+    r = sub.add_parser("report", help="error statistics of a quantized checkpoint against its original",
+                       description="Per tensor: max abs error, RMSE, relative RMSE, cosine similarity and "
+                       "SNR in dB; then a summary.")
+    r.add_argument("original")
+    r.add_argument("quantized")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .checkpoint import parse_bits_for, quantize_file
+
+    s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
+                      skip=args.skip, bits_for=parse_bits_for(args.bits_for), force=args.force,
+                      progress=not args.quiet and sys.stderr.isatty())
+    if not args.quiet:
+        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
+              f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+
+
+def cmd_dequantize(args: argparse.Namespace) -> None:
+    from .checkpoint import dequantize_file
+
+    s = dequantize_file(args.input, args.output, force=args.force,
+                        progress=not args.quiet and sys.stderr.isatty())
+    if not args.quiet:
+        print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.output_bytes)} "
+              f"in {s.seconds:.2f} s -> {args.output}")
+
+
+def inspect_text(path: str) -> str:
+    from .checkpoint import inspect
+    from .metrics import format_table
+
+    rows, meta = inspect(path)
+    table = [[r.name, r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
+              r.group_size or "-", _fmt_bytes(r.stored_bytes),
+              f"{r.original_bytes / r.stored_bytes:.2f}x" if r.stored_bytes else "-"] for r in rows]
+    stored = sum(r.stored_bytes for r in rows)
+    orig = sum(r.original_bytes for r in rows)
+    kind = "pyquant checkpoint" if meta.get("format") == "pyquant" else "safetensors checkpoint"
+    n_q = sum(r.bits is not None for r in rows)
+    return (f"{path}: {kind}, {len(rows)} tensors ({n_q} quantized)\n"
+            + format_table(["tensor", "dtype", "shape", "bits", "group", "stored", "ratio"], table)
+            + f"\ntotal: {_fmt_bytes(stored)} stored, {_fmt_bytes(orig)} original "
+            f"({orig / stored if stored else 1:.2f}x)")
+
+
+def report_text(original: str, quantized: str, as_json: bool) -> str:
+    from .checkpoint import error_report
+    from .metrics import format_table
+
+    rep = error_report(original, quantized)
+    if as_json:
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and math.isinf(v) else v
+
+        d = rep.as_dict()
+        d["tensors"] = [{k: clean(v) for k, v in t.items()} for t in d["tensors"]]
+        return json.dumps(d, indent=2)
+    rows = [[t.name, "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
+             f"{t.stats.rmse:.3e}", f"{t.stats.rel_rmse:.4f}", f"{t.stats.cosine:.6f}",
+             "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}"] for t in rep.tensors]
+    s = rep.summary()
+    return (format_table(["tensor", "shape", "bits", "max abs", "RMSE", "rel RMSE", "cosine", "SNR dB"], rows)
+            + f"\nsummary: {s['quantized']} quantized, {s['kept']} kept; mean rel RMSE {s['mean_rel_rmse']:.4f}, "
+            f"worst {s['worst_rel_rmse']:.4f} ({s['worst_tensor']}), min cosine {s['min_cosine']:.6f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +167,22 @@ def main(argv: list[str] | None = None) -> int:
             from . import demo
 
             print(demo.run(args.bits, args.group_size, args.seed))
-    except QuantizeError as exc:
+            if not args.no_files:
+                print(demo.run_files(args.bits[len(args.bits) // 2], args.group_size, args.seed))
+        elif args.command == "quantize":
+            cmd_quantize(args)
+        elif args.command == "dequantize":
+            cmd_dequantize(args)
+        elif args.command == "inspect":
+            print(inspect_text(args.file))
+        elif args.command == "report":
+            print(report_text(args.original, args.quantized, args.json))
+    except (QuantizeError, OSError) as exc:
         print(f"pyquant: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
+    except KeyboardInterrupt:
+        print("pyquant: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -280,10 +280,11 @@ def _c_uint(value: Any, what: str, limit: int, error: type[QuantizeError]) -> in
     return int(value)
 
 
-def _allocate(
-    shape: tuple[int, ...], dtype: str, bits: int, group_size: int | None
-) -> tuple[QuantizedTensor, int]:
-    """Output arrays for ``shape``, sized by the C ABI's layout rules."""
+def quantized_layout(
+    shape: tuple[int, ...], bits: int, group_size: int | None
+) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
+    """``(codes_shape, groups_shape, bits, group_size)`` for quantizing a tensor
+    of ``shape``, checked by the C ABI's layout rules; raises QuantizeError."""
     if len(shape) == 0:
         raise ShapeError("cannot quantize a 0-d array: it needs at least one axis")
     row_len = shape[-1]
@@ -292,17 +293,25 @@ def _allocate(
     sizes = ffi.new("size_t[2]")
     err = new_error_struct()
     check(lib.pq_quantized_sizes(row_len, row_len, bits, g, sizes, sizes + 1, err), err)
-    lead = shape[:-1]
+    lead = tuple(shape[:-1])
+    return lead + (sizes[0],), lead + (sizes[1],), bits, g
+
+
+def _allocate(
+    shape: tuple[int, ...], dtype: str, bits: int, group_size: int | None
+) -> tuple[QuantizedTensor, int]:
+    """Output arrays for ``shape``, sized by the C ABI's layout rules."""
+    codes_shape, groups_shape, bits, g = quantized_layout(shape, bits, group_size)
     qt = QuantizedTensor(
-        codes=np.empty(lead + (sizes[0],), dtype=np.uint8),
-        scales=np.empty(lead + (sizes[1],), dtype=np.float32),
-        mins=np.empty(lead + (sizes[1],), dtype=np.float32),
+        codes=np.empty(codes_shape, dtype=np.uint8),
+        scales=np.empty(groups_shape, dtype=np.float32),
+        mins=np.empty(groups_shape, dtype=np.float32),
         shape=tuple(shape),
         dtype=dtype,
         bits=bits,
         group_size=g,
     )
-    return qt, row_len
+    return qt, shape[-1]
 
 
 def _output_args(qt: QuantizedTensor) -> tuple[Any, ...]:

@@ -68,3 +68,34 @@ def run(bits_list: Iterable[int] = (8, 4, 2), group_size: int | None = 128, seed
             f"({total_in / total_time / 1e9:.2f} GB/s)\n"
         )
     return "\n".join(out)
+
+
+def run_files(bits: int = 4, group_size: int | None = 128, seed: int = 0) -> str:
+    """Writes the synthetic model to a temporary safetensors file and runs the
+    file pipeline on it: quantize, inspect, report, dequantize."""
+    import os
+    import tempfile
+
+    from .checkpoint import dequantize_file, quantize_file
+    from .cli import inspect_text, report_text
+    from .safetensors_io import CODE_OF, OutputTensor, writing
+
+    model = synthetic_model(seed)
+    model["layers.0.attn.norm.weight"] = np.ones(512, np.float32)  # 1-D: carried over
+    with tempfile.TemporaryDirectory(prefix="pyquant-demo-") as tmp:
+        src = os.path.join(tmp, "model.safetensors")
+        dst = os.path.join(tmp, "model.q.safetensors")
+        back = os.path.join(tmp, "model.dq.safetensors")
+        specs = [OutputTensor(n, CODE_OF[str(a.dtype)], a.shape) for n, a in model.items()]
+        with writing(src, specs, {"source": "pyquant demo"}) as w:
+            for n, a in model.items():
+                w.write(n, a)
+        s = quantize_file(src, dst, bits=bits, group_size=group_size)
+        d = dequantize_file(dst, back)
+        return "\n".join([
+            f"== file pipeline: {src} ==",
+            f"quantize: {s.quantized} tensors quantized, {s.kept} kept, {s.input_bytes / 2**20:.1f} MiB -> "
+            f"{s.output_bytes / 2**20:.1f} MiB in {s.seconds * 1e3:.0f} ms ({s.gb_per_s:.2f} GB/s)",
+            "", inspect_text(dst), "", report_text(src, dst, as_json=False), "",
+            f"dequantize: {d.quantized + d.kept} tensors back to their dtypes in {d.seconds * 1e3:.0f} ms",
+        ])

@@ -19,8 +19,11 @@ def test_demo_prints_a_table_per_bit_width():
     assert out.returncode == 0, out.stderr
     for bits in (8, 4, 2):
         assert f"== {bits}-bit, group size 128 ==" in out.stdout
+    tables, files = out.stdout.split("== file pipeline:")
     for name in demo.synthetic_model():
-        assert out.stdout.count(name + " ") == 3
+        assert tables.count(name + " ") == 3
+        assert files.count(name + " ") == 2  # inspect and report
+    assert "layers.0.attn.norm.weight" in files and "dequantize: 17 tensors" in files
     header = "layer shape dtype bits ratio max abs err rel RMSE time ms"
     assert " ".join(out.stdout.split("\n")[1].split()) == header
 
@@ -41,7 +44,7 @@ def test_help_and_bad_arguments():
     assert "demo" in run("--help").stdout
     assert "--group-size" in run("demo", "--help").stdout
     bad = run("demo", "--bits", "3")
-    assert bad.returncode == 2 and "pyquant: error: bits must be 2, 4 or 8, got 3" in bad.stderr
+    assert bad.returncode == 1 and "pyquant: error: bits must be 2, 4 or 8, got 3" in bad.stderr
     assert "Traceback" not in bad.stderr
     with pytest.raises(SystemExit):
         cli.main(["nonsense"])

@@ -1,0 +1,347 @@
+"""Reading and writing safetensors files without loading them into memory.
+
+Reading memory-maps the file and hands out numpy views of each tensor (no
+copy); the header is validated completely before any tensor is returned.
+Writing goes to a temporary file in the destination's directory that is
+renamed over the destination only when everything succeeded, so a failure
+never leaves a half-written file. Tensors are written at offsets computed up
+front, so they can be produced one at a time, in any order.
+
+Format: 8-byte little-endian header length N, N bytes of JSON
+``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
+then the data; offsets are relative to the end of the header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import mmap
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+import ml_dtypes
+import numpy as np
+
+from .errors import QuantizeError
+
+# safetensors dtype code -> numpy dtype (little-endian, as the format specifies)
+DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+CODE_OF: dict[str, str] = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+MAX_HEADER = 100 * 2**20  # the reference implementation's limit
+
+
+class CheckpointError(QuantizeError):
+    """A checkpoint file is missing, unreadable, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors code, e.g. "F32"
+    shape: tuple[int, ...]
+    begin: int  # offsets relative to the data section
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+class SafetensorsFile:
+    """A memory-mapped, validated safetensors file. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CheckpointError(f"{self.path}: is a directory, not a safetensors file") from None
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot open: {exc.strerror}") from None
+        try:
+            self.size = os.fstat(self._file.fileno()).st_size
+            self.tensors, self.metadata, self.data_start = _parse_header(self._file, self.size, self.path)
+            self._mmap = (
+                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
+            )
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # The mmap stays valid while numpy views reference it; dropping our
+        # reference lets it go once they are gone.
+        self._mmap = None
+        self._file.close()
+
+    def array(self, name: str) -> np.ndarray[Any, Any]:
+        """A read-only numpy view of tensor ``name`` on the mapped file (no copy)."""
+        info = self.tensors[name]
+        dt = DTYPES[info.dtype]
+        if info.nbytes == 0 or self._mmap is None:
+            return np.zeros(info.shape, dtype=dt)
+        return np.frombuffer(self._mmap, dtype=dt, count=math.prod(info.shape),
+                             offset=self.data_start + info.begin).reshape(info.shape)
+
+    def release(self, name: str) -> None:
+        """Tells the kernel the tensor's pages may be dropped from this process,
+        so that reading a large file tensor by tensor keeps RSS bounded."""
+        info = self.tensors[name]
+        if self._mmap is None or info.nbytes == 0:
+            return
+        start = (self.data_start + info.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = self.data_start + info.end
+        with contextlib.suppress(OSError, ValueError):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+
+def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > MAX_HEADER:
+        raise CheckpointError(f"{path}: corrupt header: header length {n} exceeds the {MAX_HEADER}-byte limit")
+    if 8 + n > size:
+        raise CheckpointError(f"{path}: truncated: header length {n} points past the end of the {size}-byte file")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt header: not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: corrupt header: __metadata__ must map strings to strings")
+    data_size = size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        tensors[name] = _tensor_info(path, name, entry, data_size)
+    spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.nbytes)
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointError(f"{path}: corrupt header: tensors {a!r} and {b!r} overlap")
+    return tensors, metadata, 8 + n
+
+
+def _tensor_info(path: str, name: str, entry: Any, data_size: int) -> TensorInfo:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{where}: corrupt header entry (needs dtype, shape, data_offsets)")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise CheckpointError(f"{where}: unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: corrupt shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
+    if end > data_size:
+        raise CheckpointError(f"{where}: data_offsets {offsets!r} point past the end of the data ({data_size} bytes)")
+    want = math.prod(shape) * DTYPES[dtype].itemsize
+    if end - begin != want:
+        raise CheckpointError(f"{where}: data_offsets span {end - begin} bytes, but {dtype} {shape} needs {want}")
+    return TensorInfo(name, dtype, tuple(shape), begin, end)
+
+
+class Checkpoint:
+    """A single safetensors file or a sharded model directory, as one mapping
+    of tensor names to zero-copy views. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        path = os.fspath(path)
+        self.path = path
+        self.files: list[SafetensorsFile] = []
+        self.where: dict[str, SafetensorsFile] = {}
+        if os.path.isdir(path):
+            index = os.path.join(path, "model.safetensors.index.json")
+            single = os.path.join(path, "model.safetensors")
+            if os.path.exists(index):
+                shards = _read_index(index)
+            elif os.path.exists(single):
+                shards = {None: single}
+            else:
+                raise CheckpointError(f"{path}: no model.safetensors.index.json or model.safetensors in this directory")
+        else:
+            shards = {None: path}
+        try:
+            for expected, shard in shards.items():
+                f = SafetensorsFile(shard)
+                self.files.append(f)
+                for name in f.tensors:
+                    if name in self.where:
+                        raise CheckpointError(f"{path}: tensor {name!r} appears in two shards")
+                    self.where[name] = f
+                if expected is not None:
+                    missing = sorted(n for n in expected if n not in f.tensors)
+                    if missing:
+                        raise CheckpointError(f"{shard}: the index lists {missing[0]!r}, which this shard lacks")
+        except BaseException:
+            self.close()
+            raise
+        self.metadata = self.files[0].metadata if len(self.files) == 1 else {}
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.where[name].tensors[name]
+
+    def array(self, name: str) -> np.ndarray[Any, Any]:
+        return self.where[name].array(name)
+
+    def release(self, name: str) -> None:
+        self.where[name].release(name)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.info(n).nbytes for n in self.where)
+
+
+def _read_index(index: str) -> dict[Any, str]:
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index}: unreadable index ({exc})") from None
+    shards: dict[str, list[str]] = {}
+    for name, shard in weight_map.items():
+        shards.setdefault(shard, []).append(name)
+    base = os.path.dirname(index)
+    return {tuple(names): os.path.join(base, shard) for shard, names in shards.items()}
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    dtype: str  # safetensors code
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPES[self.dtype].itemsize
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file whose tensors are all declared up front.
+
+    Tensors are laid out largest alignment first (so every tensor is aligned
+    to its dtype) with no gaps, the header padded to 8 bytes. ``write`` puts a
+    tensor's bytes at its offset; ``commit`` checks every tensor was written
+    and renames the temporary file over ``path``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], tensors: list[OutputTensor],
+                 metadata: Mapping[str, str], *, force: bool = False):
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and not force:
+            raise CheckpointError(f"{self.path}: output already exists (use --force / force=True to replace it)")
+        order = sorted(tensors, key=lambda t: -DTYPES[t.dtype].itemsize)
+        header: dict[str, Any] = {"__metadata__": dict(metadata)}
+        self.offsets: dict[str, int] = {}
+        pos = 0
+        for t in order:
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [pos, pos + t.nbytes]}
+            self.offsets[t.name] = pos
+            pos += t.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.data_start = 8 + len(raw)
+        self.size = self.data_start + pos
+        self.pending = {t.name: t.nbytes for t in tensors}
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".pyquant-", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot write in {directory}: {exc.strerror}") from None
+        self.fd = fd
+        try:
+            os.write(fd, struct.pack("<Q", len(raw)) + raw)
+            if hasattr(os, "posix_fallocate") and self.size:
+                os.posix_fallocate(fd, 0, self.size)  # fail now, not midway, when the disk is full
+            os.ftruncate(fd, self.size)
+        except OSError as exc:
+            self.abort()
+            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
+
+    def write(self, name: str, data: np.ndarray[Any, Any]) -> None:
+        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        if buf.nbytes != self.pending.get(name):
+            raise CheckpointError(f"internal: {name!r} has {buf.nbytes} bytes, declared {self.pending.get(name)}")
+        pos = self.data_start + self.offsets[name]
+        try:
+            while buf.nbytes:
+                n = os.pwrite(self.fd, buf, pos)
+                buf, pos = buf[n:], pos + n
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
+        del self.pending[name]
+
+    def commit(self) -> None:
+        if self.pending:
+            raise CheckpointError(f"internal: {len(self.pending)} tensors were never written")
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str], tensors: list[OutputTensor], metadata: Mapping[str, str],
+            *, force: bool = False) -> Iterator[SafetensorsWriter]:
+    """A :class:`SafetensorsWriter` that commits on success and removes its
+    temporary file on any exception."""
+    w = SafetensorsWriter(path, tensors, metadata, force=force)
+    try:
+        yield w
+    except BaseException:
+        w.abort()
+        raise
+    w.commit()
