@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
-from reference import error_bound, reference_dequantize, reference_quantize
+from pyquant.reference import error_bound, reference_dequantize, reference_quantize
 from strategies import tensors
 
 import pyquant

@@ -1,5 +1,7 @@
-"""A numpy reference quantizer written from DESIGN.md's definition, kept
-deliberately plain so that the fast paths can be compared to it bit for bit."""
+"""A plain numpy implementation of pyquant's scheme, written from its
+definition (README, "The scheme") and kept deliberately simple: the tests
+compare every native path to it bit for bit, and the benchmarks use it as the
+numpy baseline. It is slow; use it to check, not to quantize."""
 
 from __future__ import annotations
 
