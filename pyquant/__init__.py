@@ -6,6 +6,9 @@ through CFFI. Main entry points:
 - :func:`quantize_ptr`: zero-copy; the numpy buffer is read in place.
 - :func:`quantize_copy`: the same bytes out, from a copy of the input.
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
+- :func:`quantize_arrow` / :func:`dequantize_arrow` / :func:`quantize_arrow_file`:
+  Arrow arrays, record batches, streams and IPC files, zero-copy through the
+  Arrow C Data Interface (needs pyarrow, imported only when called).
 
 The scheme (normative): per group of ``group_size`` values along the last
 axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
@@ -14,8 +17,10 @@ Errors are :class:`QuantizeError` subclasses (``ValueError``).
 """
 
 from ._version import __version__
+from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, dequantize, quantize_copy, quantize_ptr
 from .errors import (
+    ArrowDataError,
     BufferSizeError,
     CopyRequiredError,
     InternalError,
@@ -39,9 +44,14 @@ __all__ = [
     "quantize_ptr",
     "quantize_copy",
     "dequantize",
+    "quantize_arrow",
+    "dequantize_arrow",
+    "quantize_arrow_file",
+    "quantized_schema",
     "error_stats",
     "ErrorStats",
     "QuantizeError",
+    "ArrowDataError",
     "BufferSizeError",
     "CopyRequiredError",
     "InternalError",

@@ -38,9 +38,8 @@ const NAME: &str = "name";
 const WEIGHTS: &str = "weights";
 const SHAPE: &str = "shape";
 
-const EXPECTED_INPUT: &str = "a float32 or float16 array (one tensor), or a struct array / record batch \
-     with columns name (utf8), weights (list, large_list or fixed_size_list of float32 or float16) \
-     and optional shape (list<int64>)";
+const EXPECTED_INPUT: &str = "a float32/float16 array, or a struct (record batch) of \
+     name: utf8, weights: list of float32/float16, optional shape: list<int64>";
 
 /// The schema of a quantized batch, one row per tensor (fixed; README "Arrow").
 pub fn quantized_fields() -> Fields {
