@@ -193,7 +193,13 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
             f"got {type(obj).__name__}"
         )
     pa = _pyarrow()
-    reader = pa.RecordBatchReader.from_stream(obj)
+    try:
+        reader = pa.RecordBatchReader.from_stream(obj)
+    except pa.ArrowInvalid as exc:  # e.g. a ChunkedArray: a stream of plain arrays
+        raise UnsupportedDtypeError(
+            f"a stream must hold record batches (struct arrays): {exc}; "
+            "pass a float array's chunks one by one"
+        ) from exc
     batches: Iterator[Any] = (convert(*batch.__arrow_c_array__()) for batch in reader)
     if schema is not None:
         out_schema = schema()
