@@ -15,6 +15,48 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifndef ARROW_C_DATA_INTERFACE
+#define ARROW_C_DATA_INTERFACE
+
+#define ARROW_FLAG_DICTIONARY_ORDERED 1
+#define ARROW_FLAG_NULLABLE 2
+#define ARROW_FLAG_MAP_KEYS_SORTED 4
+
+struct ArrowSchema {
+  // Array type description
+  const char* format;
+  const char* name;
+  const char* metadata;
+  int64_t flags;
+  int64_t n_children;
+  struct ArrowSchema** children;
+  struct ArrowSchema* dictionary;
+
+  // Release callback
+  void (*release)(struct ArrowSchema*);
+  // Opaque producer-specific data
+  void* private_data;
+};
+
+struct ArrowArray {
+  // Array data description
+  int64_t length;
+  int64_t null_count;
+  int64_t offset;
+  int64_t n_buffers;
+  int64_t n_children;
+  const void** buffers;
+  struct ArrowArray** children;
+  struct ArrowArray* dictionary;
+
+  // Release callback
+  void (*release)(struct ArrowArray*);
+  // Opaque producer-specific data
+  void* private_data;
+};
+
+#endif  // ARROW_C_DATA_INTERFACE
+
 
 /*
  Version of the C ABI. Bumped on any incompatible change of a signature,
@@ -26,6 +68,13 @@
  Capacity of [`PqError::message`], including the terminating NUL.
  */
 #define PQ_ERROR_MESSAGE_CAPACITY 256
+
+/*
+ Pass as `group_size` to `pq_quantize_arrow` for one group per row
+ (`group_size` = the last axis of each tensor's shape). `SIZE_MAX`, which
+ is never a valid group size.
+ */
+#define PQ_GROUP_SIZE_PER_ROW ~0
 
 /*
  Status code returned by every fallible `pq_` function.
@@ -85,6 +134,12 @@ enum PqStatus
    The dtype code is not one of `PQ_DTYPE_*`.
    */
   PQ_STATUS_UNSUPPORTED_DTYPE = 11,
+  /*
+   An Arrow input is released, breaks the C Data Interface rules (missing
+   buffers or children, bad lengths or offsets), holds nulls, or lacks a
+   column pyquant needs.
+   */
+  PQ_STATUS_INVALID_ARROW = 12,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -138,6 +193,67 @@ typedef struct PqError {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Quantizes the tensors in an Arrow array and returns them as an Arrow
+ record batch (a struct array), through the Arrow C Data Interface.
+
+ Input: `*in_array` with type `*in_schema` is a float32 or float16 array
+ (one 1-D tensor, named by the schema's name), or a struct array with
+ columns `name` (utf8 / large_utf8), `weights` (list, large_list or
+ fixed_size_list of float32 or float16) and optional `shape`
+ (list<int64>). Groups of `group_size` run along the last axis of each
+ tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
+ read in place; value and offset buffers must be aligned for their type.
+
+ Ownership: `in_array` is moved from on every call that gets past the
+ NULL and alignment checks, success or error: pyquant takes the struct
+ (setting `in_array->release` to NULL) and calls its release callback
+ exactly once, before returning. `in_schema` is borrowed; the caller
+ still releases it. `out_array` and `out_schema` are caller-allocated
+ structs, written only on `PQ_STATUS_OK`: then the caller owns them and
+ must call each one's `release` once (they may be moved first). Columns:
+ name utf8, codes large_binary, scales list<float32>, mins list<float32>,
+ shape list<int64>, dtype utf8, bits uint8, group_size uint32.
+ */
+PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
+                           const struct ArrowSchema *in_schema,
+                           uint32_t bits,
+                           size_t group_size,
+                           struct ArrowArray *out_array,
+                           struct ArrowSchema *out_schema,
+                           struct PqError *error);
+
+/*
+ The way back: dequantizes a record batch made by `pq_quantize_arrow`
+ into a struct array with columns `name` utf8, `weights` list of the
+ tensors' dtype (float32 or float16; every row must have the same one)
+ and `shape` list<int64>.
+
+ Ownership as for `pq_quantize_arrow`: `in_array` is moved from and
+ released exactly once by pyquant, `in_schema` is borrowed, and the
+ caller-allocated `out_array` / `out_schema` are written only on
+ `PQ_STATUS_OK`, after which the caller releases each once.
+ */
+PqStatus pq_dequantize_arrow(struct ArrowArray *in_array,
+                             const struct ArrowSchema *in_schema,
+                             struct ArrowArray *out_array,
+                             struct ArrowSchema *out_schema,
+                             struct PqError *error);
+
+/*
+ Writes the (fixed) schema of `pq_quantize_arrow`'s result into the
+ caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
+ releases it once.
+ */
+PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqError *error);
+
+/*
+ Number of arrays exported by pyquant's Arrow functions that still hold
+ memory (their release callback, or a moved child's, has not run yet).
+ For leak tests; cannot fail.
+ */
+size_t pq_arrow_live_exports(void);
 
 /*
  The library version, e.g. "0.1.0": a static NUL-terminated string that

@@ -8,6 +8,9 @@ through CFFI. Main entry points:
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
 - :func:`quantize_file`, :func:`dequantize_file`, :func:`load_quantized`,
   :func:`error_report`: whole safetensors checkpoints, bounded memory.
+- :func:`quantize_arrow` / :func:`dequantize_arrow` / :func:`quantize_arrow_file`:
+  Arrow arrays, record batches, streams and IPC files, zero-copy through the
+  Arrow C Data Interface (needs pyarrow, imported only when called).
 
 The scheme (normative): per group of ``group_size`` values along the last
 axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
@@ -16,8 +19,10 @@ Errors are :class:`QuantizeError` subclasses (``ValueError``).
 """
 
 from ._version import __version__
+from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, dequantize, quantize_copy, quantize_ptr
 from .errors import (
+    ArrowDataError,
     BufferSizeError,
     CopyRequiredError,
     InternalError,
@@ -49,9 +54,14 @@ __all__ = [
     "load_quantized",
     "error_report",
     "CheckpointError",
+    "quantize_arrow",
+    "dequantize_arrow",
+    "quantize_arrow_file",
+    "quantized_schema",
     "error_stats",
     "ErrorStats",
     "QuantizeError",
+    "ArrowDataError",
     "BufferSizeError",
     "CopyRequiredError",
     "InternalError",

@@ -85,6 +85,13 @@ class UnsupportedDtypeError(QuantizeError):
     status_name = "PQ_STATUS_UNSUPPORTED_DTYPE"
 
 
+class ArrowDataError(QuantizeError):
+    """An Arrow input is released (already consumed), breaks the C Data
+    Interface rules, holds nulls, or lacks a column pyquant needs."""
+
+    status_name = "PQ_STATUS_INVALID_ARROW"
+
+
 class CopyRequiredError(QuantizeError):
     """``quantize_ptr`` was given an input it could only use after a copy."""
 

@@ -80,6 +80,16 @@ def test_c_abi(tmp_path):
     assert match and int(match.group(1)) > 0, show(proc)
 
 
+def test_c_arrow(tmp_path):
+    """Arrow round trip from C with hand-built structs; release counting."""
+    exe = build(ROOT / "tests" / "c" / "test_arrow.c", tmp_path / "test_arrow")
+    proc = run([exe], env=RUN_ENV)
+    assert proc.returncode == 0, show(proc)
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    match = re.fullmatch(r"(\d+) passed, 0 failed", last)
+    assert match and int(match.group(1)) > 0, show(proc)
+
+
 def test_header_is_valid_cxx():
     proc = run([require("g++"), "-std=c++17", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++", HEADER])
     assert proc.returncode == 0, show(proc)

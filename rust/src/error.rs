@@ -33,6 +33,10 @@ pub enum PqStatus {
     NonFinite = 10,
     /// The dtype code is not one of `PQ_DTYPE_*`.
     UnsupportedDtype = 11,
+    /// An Arrow input is released, breaks the C Data Interface rules (missing
+    /// buffers or children, bad lengths or offsets), holds nulls, or lacks a
+    /// column pyquant needs.
+    InvalidArrow = 12,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.

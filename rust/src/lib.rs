@@ -4,8 +4,11 @@
 //! The safe API lives in [`layout`] (validated sizes of a quantized tensor)
 //! and [`kernel`] (quantize / dequantize over slices). [`ffi`] is the only
 //! module with `extern "C"`; it checks pointers and lengths, builds slices and
-//! calls the safe code. The scheme is the normative one of DESIGN.md.
+//! calls the safe code. [`arrow`] reads and builds Arrow arrays around the
+//! same kernels (the C Data Interface structs themselves are [`ffi`]'s).
+//! The scheme is the normative one of DESIGN.md.
 
+pub mod arrow;
 pub mod element;
 pub mod error;
 pub mod kernel;

@@ -5,10 +5,12 @@
 //! [`PqStatus`] inside a panic boundary ([`boundary`]). Nothing here
 //! quantizes; nothing here re-checks what [`crate::Layout`] checks.
 
+mod arrow;
 mod boundary;
 mod memory;
 mod quantize;
 
+pub use arrow::*;
 pub use boundary::PqError;
 pub use quantize::*;
 

@@ -1,0 +1,253 @@
+"""The Arrow path: tensors held as Arrow data in, quantized record batches out.
+
+Inputs come through the Arrow PyCapsule interface (``__arrow_c_array__`` /
+``__arrow_c_stream__``), so pyarrow, polars, nanoarrow and others work
+without a copy: the capsules' ``ArrowArray`` / ``ArrowSchema`` pointers go to
+``pq_quantize_arrow``, which moves the array out of its capsule (the
+capsule's destructor then finds it released and does nothing) and reads the
+values in place. Results are imported into pyarrow from the structs Rust
+filled, so their buffers are the ones the Rust kernel wrote.
+
+pyarrow is imported lazily: ``import pyquant`` works without it (install
+the ``arrow`` extra for this module's functions).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import mmap
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._lib import ffi, lib
+from .core import _c_uint, _SIZE_MAX, _UINT32_MAX
+from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError, check, new_error_struct
+
+_PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
+_PyCapsule_IsValid.restype = ctypes.c_int
+_PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_PyCapsule_GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
+_PyCapsule_GetPointer.restype = ctypes.c_void_p
+_PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+# pq_quantize_arrow's group_size for one group per row: SIZE_MAX (PQ_GROUP_SIZE_PER_ROW).
+_GROUP_SIZE_PER_ROW = int(ffi.cast("size_t", -1))
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+    except ImportError as exc:  # pragma: no cover - only without pyarrow
+        raise ImportError(
+            "pyquant's Arrow functions need pyarrow: pip install 'pyquant[arrow]'"
+        ) from exc
+    return pyarrow
+
+
+def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128) -> Any:
+    """Quantizes the tensors of an Arrow object, reading their values in place.
+
+    ``obj`` implements the Arrow PyCapsule interface and holds either one
+    tensor (a float32 or float16 array, 1-D) or a batch of them (a record
+    batch / struct array with columns ``name`` (string), ``weights`` (list,
+    large_list or fixed_size_list of float32 or float16) and optional
+    ``shape`` (list<int64>); without ``shape`` a tensor is 1-D). Groups of
+    ``group_size`` run along the last axis of each shape; ``None`` makes one
+    group per row.
+
+    Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
+    :func:`quantized_schema`) for an array or batch; for a stream, a
+    ``RecordBatchReader`` if ``obj`` is one (quantized lazily, batch by
+    batch), else a ``Table`` (quantized batch by batch).
+
+    Copies: none of the values; the result's codes, scales and mins buffers
+    are the ones the Rust kernel wrote. The same bytes as
+    :func:`pyquant.quantize_ptr` on each tensor.
+
+    Raises QuantizeError subclasses: ArrowDataError (released or malformed
+    input, nulls, missing column), UnsupportedDtypeError, ShapeError,
+    InvalidBitsError, InvalidGroupSizeError, NonFiniteError.
+    """
+    b = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
+    if group_size is None:
+        g = _GROUP_SIZE_PER_ROW
+    else:
+        g = _c_uint(group_size, "group_size", _SIZE_MAX - 1, InvalidGroupSizeError)
+
+    def convert(schema_capsule: Any, array_capsule: Any) -> Any:
+        return _call(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g)
+
+    return _map(obj, convert, quantized_schema)
+
+
+def dequantize_arrow(obj: Any) -> Any:
+    """Reconstructs the tensors of a quantized batch made by :func:`quantize_arrow`.
+
+    Returns a ``RecordBatch`` with columns ``name``, ``weights`` (a list of
+    each tensor's original dtype, float32 or float16) and ``shape``, which
+    :func:`quantize_arrow` accepts again. Tables and readers map batch by
+    batch, as in :func:`quantize_arrow`. All rows of a batch must share a dtype.
+    """
+
+    def convert(schema_capsule: Any, array_capsule: Any) -> Any:
+        return _call(lib.pq_dequantize_arrow, schema_capsule, array_capsule)
+
+    return _map(obj, convert, None)
+
+
+def quantized_schema() -> Any:
+    """The pyarrow schema of every quantized batch (fixed; see the README):
+    name string, codes large_binary, scales and mins list<float32>, shape
+    list<int64>, dtype string, bits uint8, group_size uint32."""
+    pa = _pyarrow()
+    out = ffi.new("struct ArrowSchema *")
+    err = new_error_struct()
+    check(lib.pq_arrow_quantized_schema(out, err), err)
+    try:
+        return pa.Schema._import_from_c(_address(out))
+    finally:
+        _release_if_live(out)
+
+
+def quantize_arrow_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    overwrite: bool = False,
+) -> int:
+    """Quantizes an Arrow IPC file of weight batches into an IPC file of
+    quantized batches (schema :func:`quantized_schema`); returns the number
+    of batches written.
+
+    ``src`` is memory-mapped and read batch by batch without copying; after
+    each batch its pages are dropped from this process (``MADV_DONTNEED``),
+    so peak memory is about one input batch plus its result, not the file.
+    The output goes to a temporary file beside ``dst`` that is renamed onto
+    ``dst`` only when complete; on any error it is removed and an existing
+    ``dst`` is untouched. An existing ``dst`` is an error unless ``overwrite``.
+    """
+    pa = _pyarrow()
+    import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not overwrite and os.path.exists(dst):
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".pyquant-", suffix=".arrow.tmp")
+    os.close(fd)
+    try:
+        with open(src, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            written = _quantize_mapped(pa, mapped, tmp, bits, group_size)
+        finally:
+            _close_mapping(mapped)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return written
+
+
+def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None) -> int:
+    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+    written = 0
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema()) as writer:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            result = quantize_arrow(batch, bits=bits, group_size=group_size)
+            del batch
+            writer.write_batch(result)
+            del result
+            written += 1
+            # The batch's pages are read; give them back (they stay in the page cache).
+            mapped.madvise(mmap.MADV_DONTNEED)
+    del reader
+    return written
+
+
+def _close_mapping(mapped: mmap.mmap) -> None:
+    try:
+        mapped.close()
+    except BufferError:  # pragma: no cover - a pyarrow object still views it; GC closes it
+        pass
+
+
+# ---------------------------------------------------------------------------
+
+
+def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any] | None) -> Any:
+    """Applies ``convert`` (schema capsule, array capsule) -> RecordBatch to
+    an array-like object, or to each batch of a stream."""
+    if hasattr(obj, "__arrow_c_array__"):
+        schema_capsule, array_capsule = obj.__arrow_c_array__()
+        return convert(schema_capsule, array_capsule)
+    if not hasattr(obj, "__arrow_c_stream__"):
+        raise UnsupportedDtypeError(
+            f"expected an Arrow object (with __arrow_c_array__ or __arrow_c_stream__), "
+            f"got {type(obj).__name__}"
+        )
+    pa = _pyarrow()
+    try:
+        reader = pa.RecordBatchReader.from_stream(obj)
+    except pa.ArrowInvalid as exc:  # e.g. a ChunkedArray: a stream of plain arrays
+        raise UnsupportedDtypeError(
+            f"a stream must hold record batches (struct arrays): {exc}; "
+            "pass a float array's chunks one by one"
+        ) from exc
+    batches: Iterator[Any] = (convert(*batch.__arrow_c_array__()) for batch in reader)
+    if schema is not None:
+        out_schema = schema()
+    else:  # the result's schema depends on the data: take the first batch's
+        first = next(batches, None)
+        if first is None:
+            raise UnsupportedDtypeError("cannot infer the result schema of an empty stream")
+        out_schema = first.schema
+        batches = itertools.chain([first], batches)
+    if isinstance(obj, pa.RecordBatchReader):
+        return pa.RecordBatchReader.from_batches(out_schema, batches)
+    return pa.Table.from_batches(list(batches), schema=out_schema)
+
+
+def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
+    if not _PyCapsule_IsValid(capsule, name):
+        raise UnsupportedDtypeError(f"expected a PyCapsule named {name.decode()!r}, got {capsule!r}")
+    return ffi.cast(ctype, _PyCapsule_GetPointer(capsule, name))
+
+
+def _call(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
+    """Calls ``function(array, schema, *args, out_array, out_schema, err)``
+    and imports the result into pyarrow.
+
+    The input array is moved out of its capsule by the C function (on errors
+    too), so the capsule's destructor will not release it again; the schema
+    capsule keeps its schema and releases it itself.
+    """
+    pa = _pyarrow()
+    in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
+    in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
+    out_array = ffi.new("struct ArrowArray *")
+    out_schema = ffi.new("struct ArrowSchema *")
+    err = new_error_struct()
+    check(function(in_array, in_schema, *args, out_array, out_schema, err), err)
+    try:
+        # Moves both structs into pyarrow (released by it, even if it fails).
+        return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))
+    finally:
+        _release_if_live(out_array)
+        _release_if_live(out_schema)
+
+
+def _address(ptr: Any) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+def _release_if_live(struct: Any) -> None:
+    """Releases an exported struct that no consumer took (release still set)."""
+    if struct.release != ffi.NULL:
+        struct.release(struct)

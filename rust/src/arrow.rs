@@ -1,0 +1,830 @@
+//! The Arrow path in safe Rust: tensors held in Arrow arrays in, quantized
+//! record batches out, and back.
+//!
+//! An input holds one tensor (a float32 or float16 array) or a batch of them
+//! (a struct array with columns `name`, `weights` and optional `shape`). Each
+//! tensor's values are read in place and quantized by [`kernel::quantize`];
+//! the result is a struct array of [`quantized_fields`] whose codes, scales
+//! and mins buffers are the vectors the kernel wrote, handed to Arrow without
+//! a copy. [`dequantize`] is the way back, through [`kernel::dequantize`].
+//!
+//! Moving C Data Interface structs in and out and checking their raw pointers
+//! is `ffi/arrow.rs`'s job; this module sees imported [`ArrayData`] only.
+//! Every buffer of a result holds one shared [`ExportToken`], so
+//! [`live_exports`] counts results that still have a buffer alive.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type, Int64Type, UInt32Type, UInt8Type};
+use arrow_array::{
+    make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray,
+    ListArray, OffsetSizeTrait, StringArray, StructArray, UInt32Array, UInt8Array,
+};
+use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
+use arrow_data::ArrayData;
+use arrow_schema::{DataType, Field, FieldRef, Fields};
+use half::f16;
+
+use crate::element::Element;
+use crate::error::{Error, PqStatus, Result};
+use crate::kernel;
+use crate::layout::Layout;
+
+/// Column names of an input batch.
+const NAME: &str = "name";
+const WEIGHTS: &str = "weights";
+const SHAPE: &str = "shape";
+
+const EXPECTED_INPUT: &str = "a float32/float16 array, or a struct (record batch) of \
+     name: utf8, weights: list of float32/float16, optional shape: list<int64>";
+
+/// The schema of a quantized batch, one row per tensor (fixed; README "Arrow").
+pub fn quantized_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("codes", DataType::LargeBinary, false),
+        Field::new("scales", f32_list_type(), false),
+        Field::new("mins", f32_list_type(), false),
+        Field::new("shape", DataType::List(item(DataType::Int64)), false),
+        Field::new("dtype", DataType::Utf8, false),
+        Field::new("bits", DataType::UInt8, false),
+        Field::new("group_size", DataType::UInt32, false),
+    ])
+}
+
+/// The schema of a dequantized batch: `name`, `weights` (a list of `value`)
+/// and `shape`; quantizing it again reads it as an input batch.
+pub fn dequantized_fields(value: DataType) -> Fields {
+    Fields::from(vec![
+        Field::new(NAME, DataType::Utf8, false),
+        Field::new(WEIGHTS, DataType::List(item(value)), false),
+        Field::new(SHAPE, DataType::List(item(DataType::Int64)), false),
+    ])
+}
+
+fn item(value: DataType) -> FieldRef {
+    Arc::new(Field::new_list_field(value, true))
+}
+
+fn f32_list_type() -> DataType {
+    DataType::List(item(DataType::Float32))
+}
+
+// ---------------------------------------------------------------------------
+// Live exports
+
+static LIVE_EXPORTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of results built by [`quantize`] / [`dequantize`] that still have a
+/// buffer alive (for an exported result: whose release has not freed
+/// everything yet). For tests: it returns to 0 once every result is released.
+pub fn live_exports() -> usize {
+    LIVE_EXPORTS.load(Ordering::SeqCst)
+}
+
+/// Shared by every buffer of one result; counted in [`live_exports`] until
+/// the last buffer is dropped.
+struct ExportToken;
+
+impl ExportToken {
+    fn new() -> Arc<ExportToken> {
+        LIVE_EXPORTS.fetch_add(1, Ordering::SeqCst);
+        Arc::new(ExportToken)
+    }
+}
+
+impl Drop for ExportToken {
+    fn drop(&mut self) {
+        LIVE_EXPORTS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A vector that Arrow borrows as a buffer without copying it.
+struct Tracked<T> {
+    data: Vec<T>,
+    _token: Arc<ExportToken>,
+}
+
+impl<T: ArrowNativeType> AsRef<[u8]> for Tracked<T> {
+    fn as_ref(&self) -> &[u8] {
+        self.data.to_byte_slice()
+    }
+}
+
+/// Builds the arrays of one result; all their buffers share one token.
+struct Output {
+    token: Arc<ExportToken>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output { token: ExportToken::new() }
+    }
+
+    /// `data` as an Arrow buffer: the vector's own allocation, not a copy.
+    fn buffer<T: ArrowNativeType>(&self, data: Vec<T>) -> Buffer {
+        Buffer::from(bytes::Bytes::from_owner(Tracked { data, _token: Arc::clone(&self.token) }))
+    }
+
+    fn scalars<T: ArrowNativeType>(&self, data: Vec<T>) -> ScalarBuffer<T> {
+        let len = data.len();
+        ScalarBuffer::new(self.buffer(data), 0, len)
+    }
+
+    fn list<T: arrow_array::ArrowPrimitiveType>(&self, offsets: Vec<i32>, values: Vec<T::Native>) -> ArrayRef {
+        let values = arrow_array::PrimitiveArray::<T>::new(self.scalars(values), None);
+        let field = item(T::DATA_TYPE);
+        Arc::new(ListArray::new(field, OffsetBuffer::new(self.scalars(offsets)), Arc::new(values), None))
+    }
+
+    fn strings<'s>(&self, items: impl Iterator<Item = &'s str>, column: &str) -> Result<ArrayRef> {
+        let mut offsets = vec![0i32];
+        let mut data = Vec::new();
+        for s in items {
+            data.extend_from_slice(s.as_bytes());
+            offsets.push(offset_i32(data.len(), column)?);
+        }
+        Ok(Arc::new(StringArray::new(OffsetBuffer::new(self.scalars(offsets)), self.buffer(data), None)))
+    }
+}
+
+fn offset_i32(n: usize, column: &str) -> Result<i32> {
+    i32::try_from(n).map_err(|_| {
+        Error::new(
+            PqStatus::SizeOverflow,
+            format!("column {column} would hold {n} values, more than a 32-bit offset allows: split the batch"),
+        )
+    })
+}
+
+fn checked_add(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_add(b)
+        .ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("the total size of {what} overflows")))
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new(PqStatus::InvalidArrow, message)
+}
+
+fn unsupported(message: impl Into<String>) -> Error {
+    Error::new(PqStatus::UnsupportedDtype, message)
+}
+
+/// An error of one tensor, prefixed with which one.
+fn in_tensor(e: Error, name: &str, row: usize) -> Error {
+    Error::new(e.status, format!("tensor {name:?} (row {row}): {}", e.message))
+}
+
+fn no_nulls(array: &dyn Array, what: &str) -> Result<()> {
+    match array.null_count() {
+        0 => Ok(()),
+        n => Err(invalid(format!("{what} has {n} null value(s): nulls are not supported"))),
+    }
+}
+
+fn validate(data: &ArrayData) -> Result<()> {
+    data.validate_full()
+        .map_err(|e| invalid(format!("the input breaks the Arrow format: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Reading columns in place
+
+/// A tensor's values, borrowed from the input's buffers.
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl<'a> Values<'a> {
+    fn read(array: &'a dyn Array) -> Result<Values<'a>> {
+        match array.data_type() {
+            DataType::Float32 => Ok(Values::F32(array.as_primitive::<Float32Type>().values())),
+            DataType::Float16 => Ok(Values::F16(array.as_primitive::<Float16Type>().values())),
+            other => Err(unsupported(format!("values of type {other} are not float32 or float16"))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F16(v) => v.len(),
+        }
+    }
+
+    fn slice(&self, range: Range<usize>) -> Values<'a> {
+        match self {
+            Values::F32(v) => Values::F32(&v[range]),
+            Values::F16(v) => Values::F16(&v[range]),
+        }
+    }
+
+    fn dtype_name(&self) -> &'static str {
+        match self {
+            Values::F32(_) => f32::DTYPE.name(),
+            Values::F16(_) => f16::DTYPE.name(),
+        }
+    }
+}
+
+/// The value type of a list, large list or fixed-size list.
+fn list_value_type(dt: &DataType) -> Option<&DataType> {
+    match dt {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => Some(f.data_type()),
+        _ => None,
+    }
+}
+
+/// A list-like column: row `i` is `values[ranges[i]]`. Nulls are rejected,
+/// at the list level and inside every row's range.
+struct ListColumn<'a> {
+    ranges: Vec<Range<usize>>,
+    values: &'a dyn Array,
+}
+
+impl<'a> ListColumn<'a> {
+    fn read(array: &'a dyn Array, column: &str) -> Result<ListColumn<'a>> {
+        no_nulls(array, &format!("column {column}"))?;
+        let (ranges, values) = match array.data_type() {
+            DataType::List(_) => offset_ranges(array.as_list::<i32>(), column)?,
+            DataType::LargeList(_) => offset_ranges(array.as_list::<i64>(), column)?,
+            DataType::FixedSizeList(_, size) => {
+                let list = array.as_fixed_size_list();
+                let size = usize::try_from(*size)
+                    .map_err(|_| invalid(format!("column {column} has a negative list size {size}")))?;
+                let ranges = (0..list.len()).map(|i| i * size..(i + 1) * size).collect();
+                (ranges, list.values().as_ref())
+            }
+            other => return Err(unsupported(format!("column {column} has type {other}, not a list"))),
+        };
+        for (row, r) in ranges.iter().enumerate() {
+            if r.start > r.end || r.end > values.len() {
+                return Err(invalid(format!("column {column} row {row}: offsets {r:?} are out of bounds")));
+            }
+            if let Some(nulls) = values.nulls() {
+                let n = nulls.slice(r.start, r.len()).null_count();
+                if n > 0 {
+                    return Err(invalid(format!(
+                        "column {column} row {row} holds {n} null value(s): nulls are not supported"
+                    )));
+                }
+            }
+        }
+        Ok(ListColumn { ranges, values })
+    }
+}
+
+fn offset_ranges<'a, O: OffsetSizeTrait>(
+    list: &'a GenericListArray<O>,
+    column: &str,
+) -> Result<(Vec<Range<usize>>, &'a dyn Array)> {
+    let to_usize = |o: O| o.to_usize().ok_or_else(|| invalid(format!("column {column} has a negative offset")));
+    let ranges = list
+        .value_offsets()
+        .windows(2)
+        .map(|w| Ok(to_usize(w[0])?..to_usize(w[1])?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((ranges, list.values().as_ref()))
+}
+
+fn strings<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a str>> {
+    no_nulls(array, &format!("column {column}"))?;
+    match array.data_type() {
+        DataType::Utf8 => Ok(array.as_string::<i32>().iter().map(|s| s.unwrap_or_default()).collect()),
+        DataType::LargeUtf8 => Ok(array.as_string::<i64>().iter().map(|s| s.unwrap_or_default()).collect()),
+        other => Err(unsupported(format!("column {column} has type {other}, not utf8"))),
+    }
+}
+
+/// Reads a shape row: non-negative dimensions whose product is `len`.
+fn shape_of(dims: &[i64], len: usize) -> Result<Vec<usize>> {
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| Error::new(PqStatus::ShapeMismatch, format!("shape {dims:?} has a negative dimension"))))
+        .collect::<Result<Vec<usize>>>()?;
+    if shape.is_empty() {
+        return Err(Error::new(PqStatus::ShapeMismatch, "shape is empty: a tensor needs at least one axis"));
+    }
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if count != Some(len) {
+        return Err(Error::new(
+            PqStatus::ShapeMismatch,
+            format!("shape {dims:?} does not match the {len} values of its weights"),
+        ));
+    }
+    Ok(shape)
+}
+
+// ---------------------------------------------------------------------------
+// Quantize
+
+/// Column positions of an input batch.
+struct InputColumns {
+    name: usize,
+    weights: usize,
+    shape: Option<usize>,
+}
+
+impl InputColumns {
+    fn find(fields: &Fields) -> Result<InputColumns> {
+        let (mut name, mut weights, mut shape) = (None, None, None);
+        for (i, field) in fields.iter().enumerate() {
+            let (slot, ok) = match field.name().as_str() {
+                NAME => (&mut name, matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8)),
+                WEIGHTS => (
+                    &mut weights,
+                    matches!(list_value_type(field.data_type()), Some(DataType::Float32 | DataType::Float16)),
+                ),
+                SHAPE => (&mut shape, list_value_type(field.data_type()) == Some(&DataType::Int64)),
+                other => return Err(invalid(format!("unexpected column {other:?}: expected {EXPECTED_INPUT}"))),
+            };
+            if !ok {
+                return Err(unsupported(format!(
+                    "column {:?} has type {}: expected {EXPECTED_INPUT}",
+                    field.name(),
+                    field.data_type()
+                )));
+            }
+            if slot.replace(i).is_some() {
+                return Err(invalid(format!("column {:?} appears twice", field.name())));
+            }
+        }
+        let missing = |c: &str| invalid(format!("the input has no {c:?} column: expected {EXPECTED_INPUT}"));
+        Ok(InputColumns { name: name.ok_or_else(|| missing(NAME))?, weights: weights.ok_or_else(|| missing(WEIGHTS))?, shape })
+    }
+}
+
+/// Errors unless `dt` is an input type [`quantize`] accepts. Checked on the
+/// type alone, before any buffer of the input is read.
+pub fn check_quantize_type(dt: &DataType) -> Result<()> {
+    match dt {
+        DataType::Float32 | DataType::Float16 => Ok(()),
+        DataType::Struct(fields) => InputColumns::find(fields).map(|_| ()),
+        other => Err(unsupported(format!("cannot quantize an Arrow array of type {other}: expected {EXPECTED_INPUT}"))),
+    }
+}
+
+struct Tensor<'a> {
+    name: &'a str,
+    values: Values<'a>,
+    shape: Vec<usize>,
+}
+
+/// The tensors of `array`, read in place. `field_name` names a lone tensor.
+fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Tensor<'a>>> {
+    check_quantize_type(array.data_type())?;
+    let DataType::Struct(fields) = array.data_type() else {
+        no_nulls(array, "the input array")?;
+        let values = Values::read(array)?;
+        return Ok(vec![Tensor { name: field_name, values, shape: vec![values.len()] }]);
+    };
+    let columns = InputColumns::find(fields)?;
+    let batch = array.as_struct();
+    no_nulls(batch, "the input struct array")?;
+    let names = strings(batch.column(columns.name).as_ref(), NAME)?;
+    let weights = ListColumn::read(batch.column(columns.weights).as_ref(), WEIGHTS)?;
+    let values = Values::read(weights.values)?;
+    let shapes = match columns.shape {
+        Some(i) => Some(ListColumn::read(batch.column(i).as_ref(), SHAPE)?),
+        None => None,
+    };
+    let dims = shapes.as_ref().map(|s| s.values.as_primitive::<Int64Type>().values().as_ref());
+    let mut tensors = Vec::with_capacity(batch.len());
+    for (row, (name, range)) in names.into_iter().zip(weights.ranges).enumerate() {
+        let values = values.slice(range);
+        let shape = match (&shapes, dims) {
+            (Some(s), Some(dims)) => {
+                shape_of(&dims[s.ranges[row].clone()], values.len()).map_err(|e| in_tensor(e, name, row))?
+            }
+            _ => vec![values.len()],
+        };
+        tensors.push(Tensor { name, values, shape });
+    }
+    Ok(tensors)
+}
+
+/// Quantizes every tensor of `input` (see the module doc) with `bits` and
+/// `group_size` along the last axis of its shape (`None`: one group per row),
+/// and returns the quantized batch ([`quantized_fields`]).
+///
+/// `field_name` names the tensor when `input` is a lone float array. The
+/// input is validated in full first; nothing is returned on any error.
+pub fn quantize(input: &ArrayData, field_name: &str, bits: u32, group_size: Option<usize>) -> Result<ArrayData> {
+    validate(input)?;
+    let array = make_array(input.clone());
+    let tensors = read_tensors(array.as_ref(), field_name)?;
+
+    let mut layouts = Vec::with_capacity(tensors.len());
+    let (mut codes_len, mut n_groups) = (0usize, 0usize);
+    for (row, t) in tensors.iter().enumerate() {
+        let row_len = *t.shape.last().expect("shape_of returns at least one axis");
+        let layout = Layout::new(t.values.len(), row_len, bits, group_size.unwrap_or(row_len))
+            .map_err(|e| in_tensor(e, t.name, row))?;
+        u32::try_from(layout.group_size).map_err(|_| {
+            in_tensor(Error::new(PqStatus::InvalidGroupSize, "the group size does not fit uint32"), t.name, row)
+        })?;
+        codes_len = checked_add(codes_len, layout.codes_len, "codes")?;
+        n_groups = checked_add(n_groups, layout.n_groups, "scales")?;
+        layouts.push(layout);
+    }
+    offset_i32(n_groups, "scales")?;
+
+    // Zeroed vectors come from calloc: pages the kernel then fills once.
+    let mut codes = vec![0u8; codes_len];
+    let mut scales = vec![0f32; n_groups];
+    let mut mins = vec![0f32; n_groups];
+    let (mut codes_offsets, mut group_offsets) = (vec![0i64], vec![0i32]);
+    let (mut c, mut g) = (0usize, 0usize);
+    for (row, (t, l)) in tensors.iter().zip(&layouts).enumerate() {
+        let (codes, scales, mins) = (&mut codes[c..c + l.codes_len], &mut scales[g..g + l.n_groups], &mut mins[g..g + l.n_groups]);
+        match t.values {
+            Values::F32(v) => kernel::quantize(v, l, codes, scales, mins),
+            Values::F16(v) => kernel::quantize(v, l, codes, scales, mins),
+        }
+        .map_err(|e| in_tensor(e, t.name, row))?;
+        c += l.codes_len;
+        g += l.n_groups;
+        codes_offsets.push(c as i64);
+        group_offsets.push(g as i32);
+    }
+
+    let out = Output::new();
+    let mut shape_offsets = vec![0i32];
+    let mut shape_values = Vec::new();
+    for t in &tensors {
+        shape_values.extend(t.shape.iter().map(|&d| d as i64));
+        shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        out.strings(tensors.iter().map(|t| t.name), NAME)?,
+        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), out.buffer(codes), None)),
+        out.list::<Float32Type>(group_offsets.clone(), scales),
+        out.list::<Float32Type>(group_offsets, mins),
+        out.list::<Int64Type>(shape_offsets, shape_values),
+        out.strings(tensors.iter().map(|t| t.values.dtype_name()), "dtype")?,
+        Arc::new(UInt8Array::new(out.scalars(layouts.iter().map(|l| l.bits as u8).collect()), None)),
+        Arc::new(UInt32Array::new(out.scalars(layouts.iter().map(|l| l.group_size as u32).collect()), None)),
+    ];
+    let batch = StructArray::try_new(quantized_fields(), columns, None)
+        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error building the result: {e}")))?;
+    Ok(batch.into_data())
+}
+
+// ---------------------------------------------------------------------------
+// Dequantize
+
+/// Errors unless `dt` is a quantized batch type [`dequantize`] accepts:
+/// the columns of [`quantized_fields`], in any order, with `large_`/plain
+/// variants of the string, binary and list types.
+pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
+    let DataType::Struct(fields) = dt else {
+        return Err(unsupported(format!("cannot dequantize an Arrow array of type {dt}: expected a quantized batch (struct)")));
+    };
+    QuantizedColumns::find(fields).map(|_| ())
+}
+
+/// Column positions of a quantized batch, in [`quantized_fields`] order.
+struct QuantizedColumns([usize; 8]);
+
+impl QuantizedColumns {
+    fn find(fields: &Fields) -> Result<QuantizedColumns> {
+        let wanted = quantized_fields();
+        let mut found = [usize::MAX; 8];
+        for (i, want) in wanted.iter().enumerate() {
+            let (pos, field) = fields
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.name() == want.name())
+                .ok_or_else(|| invalid(format!("a quantized batch needs a column {:?}", want.name())))?;
+            let dt = field.data_type();
+            let ok = match want.name().as_str() {
+                "name" | "dtype" => matches!(dt, DataType::Utf8 | DataType::LargeUtf8),
+                "codes" => matches!(dt, DataType::Binary | DataType::LargeBinary),
+                "scales" | "mins" => list_value_type(dt) == Some(&DataType::Float32),
+                "shape" => list_value_type(dt) == Some(&DataType::Int64),
+                _ => dt == want.data_type(),
+            };
+            if !ok {
+                return Err(unsupported(format!(
+                    "column {:?} of a quantized batch has type {dt}, expected {}",
+                    want.name(),
+                    want.data_type()
+                )));
+            }
+            found[i] = pos;
+        }
+        Ok(QuantizedColumns(found))
+    }
+}
+
+fn binary_rows<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a [u8]>> {
+    no_nulls(array, &format!("column {column}"))?;
+    match array.data_type() {
+        DataType::Binary => Ok(array.as_binary::<i32>().iter().map(|b| b.unwrap_or_default()).collect()),
+        DataType::LargeBinary => Ok(array.as_binary::<i64>().iter().map(|b| b.unwrap_or_default()).collect()),
+        other => Err(unsupported(format!("column {column} has type {other}, not binary"))),
+    }
+}
+
+/// Reconstructs the tensors of a quantized batch (`mins + q * scales`, in the
+/// dtype each row names) as a batch of [`dequantized_fields`]. Every row must
+/// name the same dtype.
+pub fn dequantize(input: &ArrayData) -> Result<ArrayData> {
+    validate(input)?;
+    check_dequantize_type(input.data_type())?;
+    let array = make_array(input.clone());
+    let DataType::Struct(fields) = array.data_type() else { unreachable!("checked above") };
+    let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size]) = QuantizedColumns::find(fields)?;
+    let batch = array.as_struct();
+    no_nulls(batch, "the quantized batch")?;
+    let col = |i: usize| batch.column(i).as_ref();
+    let names = strings(col(name), "name")?;
+    let codes = binary_rows(col(codes), "codes")?;
+    let scales = ListColumn::read(col(scales), "scales")?;
+    let mins = ListColumn::read(col(mins), "mins")?;
+    let shapes = ListColumn::read(col(shape), "shape")?;
+    let dtypes = strings(col(dtype), "dtype")?;
+    for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
+        no_nulls(col(c), &format!("column {what}"))?;
+    }
+    let bits = col(bits).as_primitive::<UInt8Type>().values();
+    let group_sizes = col(group_size).as_primitive::<UInt32Type>().values();
+    let scale_values = scales.values.as_primitive::<Float32Type>().values();
+    let min_values = mins.values.as_primitive::<Float32Type>().values();
+    let dims = shapes.values.as_primitive::<Int64Type>().values();
+
+    let dtype = match dtypes.first().copied().unwrap_or("float32") {
+        "float32" => DataType::Float32,
+        "float16" => DataType::Float16,
+        other => return Err(unsupported(format!("dtype {other:?} (row 0) is not float32 or float16"))),
+    };
+    let mut layouts = Vec::with_capacity(batch.len());
+    let mut total = 0usize;
+    for row in 0..batch.len() {
+        let name = names[row];
+        if dtypes[row] != dtypes.first().copied().unwrap_or_default() {
+            return Err(in_tensor(
+                unsupported(format!("dtype {:?} differs from row 0's {:?}: dequantize them separately", dtypes[row], dtypes[0])),
+                name,
+                row,
+            ));
+        }
+        let range = shapes.ranges[row].clone();
+        let mut count = 1usize;
+        let shape = &dims[range];
+        for &d in shape {
+            let d = usize::try_from(d).ok().and_then(|d| count.checked_mul(d));
+            count = d.ok_or_else(|| in_tensor(Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")), name, row))?;
+        }
+        let row_len = shape.last().map_or(0, |&d| d as usize);
+        let layout = Layout::new(count, row_len, bits[row] as u32, group_sizes[row] as usize)
+            .map_err(|e| in_tensor(e, name, row))?;
+        total = checked_add(total, count, "weights")?;
+        layouts.push(layout);
+    }
+    offset_i32(total, WEIGHTS)?;
+
+    let out = Output::new();
+    let weights = if dtype == DataType::Float16 {
+        dequantize_rows::<Float16Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total)?
+    } else {
+        dequantize_rows::<Float32Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total)?
+    };
+    let mut shape_offsets = vec![0i32];
+    let mut shape_values = Vec::new();
+    for r in &shapes.ranges {
+        shape_values.extend_from_slice(&dims[r.clone()]);
+        shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        out.strings(names.iter().copied(), NAME)?,
+        weights,
+        out.list::<Int64Type>(shape_offsets, shape_values),
+    ];
+    let batch = StructArray::try_new(dequantized_fields(dtype), columns, None)
+        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error building the result: {e}")))?;
+    Ok(batch.into_data())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dequantize_rows<T>(
+    out: &Output,
+    layouts: &[Layout],
+    names: &[&str],
+    codes: &[&[u8]],
+    scales: &ListColumn<'_>,
+    mins: &ListColumn<'_>,
+    scale_values: &[f32],
+    min_values: &[f32],
+    total: usize,
+) -> Result<ArrayRef>
+where
+    T: arrow_array::ArrowPrimitiveType,
+    T::Native: Element,
+{
+    let mut values = vec![T::Native::from_f32(0.0); total];
+    let mut offsets = vec![0i32];
+    let mut start = 0usize;
+    for (row, l) in layouts.iter().enumerate() {
+        let scales = &scale_values[scales.ranges[row].clone()];
+        let mins = &min_values[mins.ranges[row].clone()];
+        kernel::dequantize(codes[row], scales, mins, l, &mut values[start..start + l.len])
+            .map_err(|e| in_tensor(e, names[row], row))?;
+        start += l.len;
+        offsets.push(start as i32);
+    }
+    Ok(out.list::<T>(offsets, values))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
+    use std::sync::{Mutex, MutexGuard};
+
+    /// Tests that build results hold this, so that [`live_exports`] is theirs alone.
+    pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 37.0 - 13.0).collect()
+    }
+
+    fn kernel_bytes(x: &[f32], row: usize, bits: u32, g: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let l = Layout::new(x.len(), row, bits, g).unwrap();
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        kernel::quantize(x, &l, &mut c, &mut s, &mut m).unwrap();
+        (c, s, m)
+    }
+
+    /// Row `i` of a quantized batch: (name, codes, scales, mins, shape, dtype, bits, group_size).
+    type Row = (String, Vec<u8>, Vec<f32>, Vec<f32>, Vec<i64>, String, u8, u32);
+
+    fn rows(data: &ArrayData) -> Vec<Row> {
+        let batch = StructArray::from(data.clone());
+        let list_f32 = |c: &str, i: usize| batch.column_by_name(c).unwrap().as_list::<i32>().value(i).as_primitive::<Float32Type>().values().to_vec();
+        (0..batch.len())
+            .map(|i| {
+                (
+                    batch.column_by_name("name").unwrap().as_string::<i32>().value(i).to_string(),
+                    batch.column_by_name("codes").unwrap().as_binary::<i64>().value(i).to_vec(),
+                    list_f32("scales", i),
+                    list_f32("mins", i),
+                    batch.column_by_name("shape").unwrap().as_list::<i32>().value(i).as_primitive::<Int64Type>().values().to_vec(),
+                    batch.column_by_name("dtype").unwrap().as_string::<i32>().value(i).to_string(),
+                    batch.column_by_name("bits").unwrap().as_primitive::<UInt8Type>().value(i),
+                    batch.column_by_name("group_size").unwrap().as_primitive::<UInt32Type>().value(i),
+                )
+            })
+            .collect()
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> ArrayData {
+        let fields: Vec<Field> = columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+        StructArray::new(Fields::from(fields), columns.into_iter().map(|(_, a)| a).collect(), None).into_data()
+    }
+
+    fn f32_list(rows: &[&[f32]]) -> ListArray {
+        ListArray::from_iter_primitive::<Float32Type, _, _>(rows.iter().map(|r| Some(r.iter().map(|&v| Some(v)))))
+    }
+
+    fn i64_list(rows: &[&[i64]]) -> ListArray {
+        ListArray::from_iter_primitive::<Int64Type, _, _>(rows.iter().map(|r| Some(r.iter().map(|&v| Some(v)))))
+    }
+
+    fn status<T>(r: Result<T>) -> PqStatus {
+        r.err().map(|e| e.status).unwrap_or(PqStatus::Ok)
+    }
+
+    #[test]
+    fn lone_array_matches_the_kernel() {
+        let _g = exclusive();
+        let x = values(256, 1);
+        let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64)).unwrap();
+        let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
+        assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
+        assert_eq!(live_exports(), 1);
+        drop(out);
+        assert_eq!(live_exports(), 0);
+    }
+
+    #[test]
+    fn batch_with_shapes_and_every_list_kind() {
+        let _g = exclusive();
+        let (a, b) = (values(512, 2), values(96, 3));
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
+        let shapes: ArrayRef = Arc::new(i64_list(&[&[4, 128], &[2, 48]]));
+        let list: ArrayRef = Arc::new(f32_list(&[&a, &b]));
+        let large: ArrayRef = Arc::new(LargeListArray::from_iter_primitive::<Float32Type, _, _>(
+            [&a, &b].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+        ));
+        for weights in [list, large] {
+            let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
+            let got = rows(&quantize(&input, "", 2, Some(16)).unwrap());
+            let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
+            assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
+            assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
+            // None: one group per row, along the last axis of each shape.
+            let got = rows(&quantize(&input, "", 2, None).unwrap());
+            assert_eq!((got[0].7, got[1].7), (128, 48));
+            assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
+        }
+        // fixed_size_list of float16, no shape column: each tensor is one row.
+        let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+        let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
+        let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
+        let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256)).unwrap());
+        let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+        for (row, half) in got.iter().zip(wide.chunks(256)) {
+            let (c, s, m) = kernel_bytes(half, 256, 8, 256);
+            assert_eq!((&row.1, &row.2, &row.3, &row.4, row.5.as_str()), (&c, &s, &m, &vec![256], "float16"));
+        }
+        assert_eq!(live_exports(), 0);
+    }
+
+    #[test]
+    fn sliced_inputs_read_the_slice() {
+        let _g = exclusive();
+        let x = values(1024, 4);
+        let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
+        let out = quantize(&sliced, "s", 4, Some(128)).unwrap();
+        assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
+        let rows_in: Vec<&[f32]> = x.chunks(256).collect();
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
+        let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
+        let out = quantize(&full.slice(1, 2), "", 4, Some(64)).unwrap();
+        let got = rows(&out);
+        assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
+        assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() {
+        let _g = exclusive();
+        let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
+        let e = quantize(&nulls, "", 4, Some(2)).unwrap_err();
+        assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
+        assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
+        assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+        let w: ArrayRef = Arc::new(f32_list(&[&[1.0, 2.0, 3.0, 4.0]]));
+        let shape = |dims: &[i64]| -> ArrayRef { Arc::new(i64_list(&[dims])) };
+        for (dims, needle) in [(&[3i64][..], "does not match"), (&[][..], "empty"), (&[-4][..], "negative")] {
+            let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]), "", 4, Some(2)).unwrap_err();
+            assert!(e.status == PqStatus::ShapeMismatch && e.message.contains(needle) && e.message.contains("\"a\""), "{e}");
+        }
+        let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2)).unwrap_err();
+        assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]), "", 4, Some(2)).unwrap_err();
+        assert!(e.message.contains("extra"), "{e}");
+        let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
+        assert_eq!(status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2))), PqStatus::UnsupportedDtype);
+        let with_null: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2)).unwrap_err();
+        assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
+        let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2)).unwrap_err();
+        assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
+        assert_eq!(status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4))), PqStatus::ShapeMismatch);
+        assert_eq!(live_exports(), 0);
+    }
+
+    #[test]
+    fn dequantize_round_trips_through_the_kernel() {
+        let _g = exclusive();
+        let x = values(384, 5);
+        let names: ArrayRef = Arc::new(StringArray::from(vec!["p", "q"]));
+        let input = batch(vec![
+            ("name", names),
+            ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
+            ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
+        ]);
+        let q = quantize(&input, "", 8, Some(32)).unwrap();
+        let d = dequantize(&q).unwrap();
+        let back = StructArray::from(d.clone());
+        let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
+        for (i, (range, row)) in [(0..256, 128), (256..384, 128)].into_iter().enumerate() {
+            let (c, s, m) = kernel_bytes(&x[range.clone()], row, 8, 32);
+            let l = Layout::new(range.len(), row, 8, 32).unwrap();
+            let mut want = vec![0f32; range.len()];
+            kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+            assert_eq!(weights.value(i).as_primitive::<Float32Type>().values().to_vec(), want);
+        }
+        assert_eq!(back.column_by_name("shape").unwrap().as_list::<i32>().value(0).as_primitive::<Int64Type>().values().to_vec(), vec![2, 128]);
+        // The dequantized batch is a valid input again.
+        assert!(quantize(&d, "", 8, Some(32)).is_ok());
+        assert_eq!(live_exports(), 2);
+        drop((q, d, back));
+        assert_eq!(live_exports(), 0);
+        assert_eq!(status(dequantize(&Float32Array::from(vec![1.0f32]).into_data())), PqStatus::UnsupportedDtype);
+    }
+}

@@ -1,0 +1,565 @@
+//! Exported Arrow C Data Interface functions. Each one: take ownership of
+//! the input `ArrowArray` first (so that every later path, success, error or
+//! panic, releases it exactly once), check the raw structs against the
+//! spec, import them with arrow-rs, call [`crate::arrow`], and move the
+//! result into the caller's output structs, all inside [`run`].
+//!
+//! The raw checks read the structs through [`RawArray`] / [`RawSchema`],
+//! mirrors of the spec's C layout, because arrow-rs's accessors panic (or
+//! trust the producer) on NULL children, negative lengths or misaligned
+//! buffers; after them the import reads nothing it has not vetted.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::mem::{align_of, size_of};
+use std::ptr;
+
+use arrow_array::ffi::from_ffi_and_data_type;
+use arrow_data::ffi::FFI_ArrowArray;
+use arrow_data::ArrayData;
+use arrow_schema::ffi::FFI_ArrowSchema;
+use arrow_schema::{DataType, Field};
+
+use super::boundary::{run, PqError};
+use crate::arrow;
+use crate::error::{Error, PqStatus, Result};
+
+/// Pass as `group_size` to `pq_quantize_arrow` for one group per row
+/// (`group_size` = the last axis of each tensor's shape). `SIZE_MAX`, which
+/// is never a valid group size.
+pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
+
+/// Quantizes the tensors in an Arrow array and returns them as an Arrow
+/// record batch (a struct array), through the Arrow C Data Interface.
+///
+/// Input: `*in_array` with type `*in_schema` is a float32 or float16 array
+/// (one 1-D tensor, named by the schema's name), or a struct array with
+/// columns `name` (utf8 / large_utf8), `weights` (list, large_list or
+/// fixed_size_list of float32 or float16) and optional `shape`
+/// (list<int64>). Groups of `group_size` run along the last axis of each
+/// tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
+/// read in place; value and offset buffers must be aligned for their type.
+///
+/// Ownership: `in_array` is moved from on every call that gets past the
+/// NULL and alignment checks, success or error: pyquant takes the struct
+/// (setting `in_array->release` to NULL) and calls its release callback
+/// exactly once, before returning. `in_schema` is borrowed; the caller
+/// still releases it. `out_array` and `out_schema` are caller-allocated
+/// structs, written only on `PQ_STATUS_OK`: then the caller owns them and
+/// must call each one's `release` once (they may be moved first). Columns:
+/// name utf8, codes large_binary, scales list<float32>, mins list<float32>,
+/// shape list<int64>, dtype utf8, bits uint8, group_size uint32.
+#[no_mangle]
+pub unsafe extern "C" fn pq_quantize_arrow(
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *const FFI_ArrowSchema,
+    bits: u32,
+    group_size: usize,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let input = unsafe { take_array(in_array) }?;
+        let (field, data) = unsafe { import(input, in_schema, arrow::check_quantize_type) }?;
+        check_outputs(out_array, out_schema)?;
+        let group_size = (group_size != PQ_GROUP_SIZE_PER_ROW).then_some(group_size);
+        let result = arrow::quantize(&data, field.name(), bits, group_size)?;
+        drop(data); // releases the input before the result is handed over
+        unsafe { export(result, out_array, out_schema) }
+    })
+}
+
+/// The way back: dequantizes a record batch made by `pq_quantize_arrow`
+/// into a struct array with columns `name` utf8, `weights` list of the
+/// tensors' dtype (float32 or float16; every row must have the same one)
+/// and `shape` list<int64>.
+///
+/// Ownership as for `pq_quantize_arrow`: `in_array` is moved from and
+/// released exactly once by pyquant, `in_schema` is borrowed, and the
+/// caller-allocated `out_array` / `out_schema` are written only on
+/// `PQ_STATUS_OK`, after which the caller releases each once.
+#[no_mangle]
+pub unsafe extern "C" fn pq_dequantize_arrow(
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *const FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let input = unsafe { take_array(in_array) }?;
+        let (_, data) = unsafe { import(input, in_schema, arrow::check_dequantize_type) }?;
+        check_outputs(out_array, out_schema)?;
+        let result = arrow::dequantize(&data)?;
+        drop(data);
+        unsafe { export(result, out_array, out_schema) }
+    })
+}
+
+/// Writes the (fixed) schema of `pq_quantize_arrow`'s result into the
+/// caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
+/// releases it once.
+#[no_mangle]
+pub unsafe extern "C" fn pq_arrow_quantized_schema(out_schema: *mut FFI_ArrowSchema, error: *mut PqError) -> PqStatus {
+    run(error, || {
+        check_out("out_schema", out_schema)?;
+        let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields()))
+            .map_err(|e| Error::new(PqStatus::Panic, format!("internal error exporting the schema: {e}")))?;
+        // SAFETY: checked non-NULL and aligned; the caller's struct is overwritten, not dropped.
+        unsafe { ptr::write(out_schema, schema) };
+        Ok(())
+    })
+}
+
+/// Number of arrays exported by pyquant's Arrow functions that still hold
+/// memory (their release callback, or a moved child's, has not run yet).
+/// For leak tests; cannot fail.
+#[no_mangle]
+pub extern "C" fn pq_arrow_live_exports() -> usize {
+    arrow::live_exports()
+}
+
+// ---------------------------------------------------------------------------
+// Moving in, checking, importing, exporting
+
+fn check_out<T>(what: &str, p: *mut T) -> Result<()> {
+    if p.is_null() {
+        return Err(Error::new(PqStatus::NullPointer, format!("{what} is NULL")));
+    }
+    check_aligned(what, p as *const T)
+}
+
+fn check_aligned<T>(what: &str, p: *const T) -> Result<()> {
+    if (p as usize) % align_of::<T>() != 0 {
+        return Err(Error::new(
+            PqStatus::Misaligned,
+            format!("{what} at address {p:p} is not aligned to {} bytes", align_of::<T>()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_outputs(out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
+    check_out("out_array", out_array)?;
+    check_out("out_schema", out_schema)
+}
+
+/// Moves `*in_array` into an owned value (the caller's struct is left
+/// released): dropping the value calls the producer's release once.
+///
+/// # Safety
+/// `in_array` is NULL or points to an `ArrowArray` the caller owns.
+unsafe fn take_array(in_array: *mut FFI_ArrowArray) -> Result<FFI_ArrowArray> {
+    check_out("in_array", in_array)?;
+    // SAFETY: non-NULL, aligned, and the caller hands its struct over.
+    let array = unsafe { FFI_ArrowArray::from_raw(in_array) };
+    if array.is_released() {
+        return Err(Error::new(
+            PqStatus::InvalidArrow,
+            "in_array is released (its release callback is NULL): it was already consumed or moved",
+        ));
+    }
+    Ok(array)
+}
+
+/// Checks the schema and the array against the C Data Interface, rejects
+/// types `accept` refuses, and imports the array (without copying).
+///
+/// # Safety
+/// `array` is a non-released array from the C caller; `in_schema` is NULL
+/// or points to an `ArrowSchema`.
+unsafe fn import(
+    array: FFI_ArrowArray,
+    in_schema: *const FFI_ArrowSchema,
+    accept: fn(&DataType) -> Result<()>,
+) -> Result<(Field, ArrayData)> {
+    if in_schema.is_null() {
+        return Err(Error::new(PqStatus::NullPointer, "in_schema is NULL"));
+    }
+    check_aligned("in_schema", in_schema)?;
+    // SAFETY: non-NULL and aligned; FFI_ArrowSchema has the spec's layout.
+    let schema = unsafe { &*in_schema };
+    let raw_schema = unsafe { &*(in_schema as *const RawSchema) };
+    if raw_schema.release.is_none() {
+        return Err(Error::new(PqStatus::InvalidArrow, "in_schema is released (its release callback is NULL)"));
+    }
+    unsafe { check_schema(raw_schema, "in_schema", 0) }?;
+    let field = Field::try_from(schema)
+        .map_err(|e| Error::new(PqStatus::UnsupportedDtype, format!("in_schema: {e}")))?;
+    accept(field.data_type())?;
+    // SAFETY: `array` is owned here and laid out as the spec says.
+    let raw = unsafe { &*(&array as *const FFI_ArrowArray as *const RawArray) };
+    unsafe { check_array(raw, field.data_type(), "in_array") }?;
+    // SAFETY: every buffer, child and length that the import reads was checked above.
+    let data = unsafe { from_ffi_and_data_type(array, field.data_type().clone()) }
+        .map_err(|e| Error::new(PqStatus::InvalidArrow, format!("in_array: {e}")))?;
+    Ok((field, data))
+}
+
+/// Exports `data` into the caller's structs; nothing is written on error.
+///
+/// # Safety
+/// `out_array` and `out_schema` passed [`check_outputs`].
+unsafe fn export(data: ArrayData, out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
+    let schema = FFI_ArrowSchema::try_from(data.data_type())
+        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error exporting the schema: {e}")))?;
+    let array = FFI_ArrowArray::new(&data);
+    // SAFETY: checked writable structs; their old contents are overwritten, not dropped.
+    unsafe {
+        ptr::write(out_array, array);
+        ptr::write(out_schema, schema);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Raw structure checks
+
+/// `struct ArrowArray` as the spec lays it out (the layout of FFI_ArrowArray).
+#[repr(C)]
+struct RawArray {
+    length: i64,
+    null_count: i64,
+    offset: i64,
+    n_buffers: i64,
+    n_children: i64,
+    buffers: *const *const c_void,
+    children: *const *const RawArray,
+    dictionary: *const RawArray,
+    release: Option<unsafe extern "C" fn(*mut RawArray)>,
+    private_data: *mut c_void,
+}
+
+/// `struct ArrowSchema` as the spec lays it out (the layout of FFI_ArrowSchema).
+#[repr(C)]
+struct RawSchema {
+    format: *const c_char,
+    name: *const c_char,
+    metadata: *const c_char,
+    flags: i64,
+    n_children: i64,
+    children: *const *const RawSchema,
+    dictionary: *const RawSchema,
+    release: Option<unsafe extern "C" fn(*mut RawSchema)>,
+    private_data: *mut c_void,
+}
+
+const _: () = assert!(size_of::<RawArray>() == size_of::<FFI_ArrowArray>());
+const _: () = assert!(align_of::<RawArray>() == align_of::<FFI_ArrowArray>());
+const _: () = assert!(size_of::<RawSchema>() == size_of::<FFI_ArrowSchema>());
+const _: () = assert!(align_of::<RawSchema>() == align_of::<FFI_ArrowSchema>());
+
+fn invalid(path: &str, message: impl std::fmt::Display) -> Error {
+    Error::new(PqStatus::InvalidArrow, format!("{path}: {message}"))
+}
+
+/// Nesting deeper than this is refused before recursing (pyquant's inputs
+/// nest three levels deep).
+const MAX_DEPTH: usize = 16;
+
+/// Entry `i` of a C array of pointers (which need not be aligned).
+///
+/// # Safety
+/// `base` points to at least `i + 1` pointers.
+unsafe fn nth<T>(base: *const *const T, i: usize) -> *const T {
+    unsafe { ptr::read_unaligned(base.add(i)) }
+}
+
+/// Checks what arrow-rs's schema import would otherwise trust or panic on.
+///
+/// # Safety
+/// `s` is a non-released schema from the caller.
+unsafe fn check_schema(s: &RawSchema, path: &str, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(invalid(path, format!("nests deeper than {MAX_DEPTH} levels")));
+    }
+    if s.format.is_null() {
+        return Err(invalid(path, "format is NULL"));
+    }
+    // SAFETY: the spec makes format and name NUL-terminated strings.
+    let format = unsafe { CStr::from_ptr(s.format) }.to_str().map_err(|_| invalid(path, "format is not UTF-8"))?;
+    if !s.name.is_null() && unsafe { CStr::from_ptr(s.name) }.to_str().is_err() {
+        return Err(invalid(path, "name is not UTF-8"));
+    }
+    if !s.dictionary.is_null() {
+        return Err(Error::new(
+            PqStatus::UnsupportedDtype,
+            format!("{path}: dictionary-encoded data (format {format:?}) is not supported"),
+        ));
+    }
+    let n = usize::try_from(s.n_children).map_err(|_| invalid(path, format!("n_children is {}", s.n_children)))?;
+    if n > 0 && s.children.is_null() {
+        return Err(invalid(path, format!("n_children is {n} but children is NULL")));
+    }
+    for i in 0..n {
+        let child = unsafe { nth(s.children, i) };
+        let child_path = format!("{path}.children[{i}]");
+        if child.is_null() {
+            return Err(invalid(&child_path, "is NULL"));
+        }
+        check_aligned(&child_path, child)?;
+        // SAFETY: non-NULL, aligned, owned by the parent schema.
+        let child = unsafe { &*child };
+        if child.release.is_none() {
+            return Err(invalid(&child_path, "is released"));
+        }
+        unsafe { check_schema(child, &child_path, depth + 1) }?;
+    }
+    Ok(())
+}
+
+/// The buffers of a C Data Interface array of each type pyquant reads.
+#[derive(Clone, Copy)]
+enum Buf {
+    /// The validity bitmap: may be NULL, any alignment.
+    Validity,
+    /// `offset + length` values of this many bytes each.
+    Values(usize),
+    /// `offset + length + 1` offsets of this many bytes each (4 or 8).
+    Offsets(usize),
+    /// Bytes of a string or binary array, as many as the last offset says.
+    Data,
+}
+
+fn buffers_of(dt: &DataType, path: &str) -> Result<&'static [Buf]> {
+    use Buf::*;
+    Ok(match dt {
+        DataType::UInt8 => &[Validity, Values(1)],
+        DataType::Float16 => &[Validity, Values(2)],
+        DataType::Float32 | DataType::UInt32 => &[Validity, Values(4)],
+        DataType::Int64 => &[Validity, Values(8)],
+        DataType::Utf8 | DataType::Binary => &[Validity, Offsets(4), Data],
+        DataType::LargeUtf8 | DataType::LargeBinary => &[Validity, Offsets(8), Data],
+        DataType::List(_) => &[Validity, Offsets(4)],
+        DataType::LargeList(_) => &[Validity, Offsets(8)],
+        DataType::FixedSizeList(_, _) | DataType::Struct(_) => &[Validity],
+        other => return Err(Error::new(PqStatus::UnsupportedDtype, format!("{path}: type {other} is not supported"))),
+    })
+}
+
+/// Checks an array against its type: counts, lengths (and that no size
+/// derived from them overflows), NULL and misaligned buffers, children.
+///
+/// # Safety
+/// `a` is a non-released array from the caller, of type `dt`.
+unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
+    if a.release.is_none() {
+        return Err(invalid(path, "is released"));
+    }
+    if a.length < 0 || a.offset < 0 || a.null_count < -1 {
+        return Err(invalid(
+            path,
+            format!("length {}, offset {}, null_count {}: negative", a.length, a.offset, a.null_count),
+        ));
+    }
+    // The largest byte size derived below is (offset + length + 1) * 8.
+    let end = a
+        .offset
+        .checked_add(a.length)
+        .filter(|&e| e < (isize::MAX as i64) / 8 - 1)
+        .ok_or_else(|| invalid(path, format!("offset {} + length {} overflows", a.offset, a.length)))?
+        as usize;
+    if !a.dictionary.is_null() {
+        return Err(invalid(path, "has a dictionary, but its type is not dictionary-encoded"));
+    }
+    let bufs = buffers_of(dt, path)?;
+    if a.n_buffers != bufs.len() as i64 {
+        return Err(invalid(path, format!("has {} buffers, type {dt} needs {}", a.n_buffers, bufs.len())));
+    }
+    if a.buffers.is_null() {
+        return Err(invalid(path, "buffers is NULL"));
+    }
+    let mut last_offset = 0usize;
+    for (i, &kind) in bufs.iter().enumerate() {
+        // SAFETY: the producer provides n_buffers pointers.
+        let p = unsafe { nth(a.buffers, i) } as *const u8;
+        let (bytes, align) = match kind {
+            Buf::Validity => continue,
+            Buf::Values(w) => (end * w, w),
+            Buf::Offsets(w) => ((end + 1) * w, w),
+            Buf::Data => (last_offset, 1),
+        };
+        if p.is_null() {
+            if bytes > 0 {
+                return Err(invalid(path, format!("buffer {i} is NULL but must hold {bytes} bytes")));
+            }
+            continue;
+        }
+        if (p as usize) % align != 0 {
+            return Err(Error::new(
+                PqStatus::Misaligned,
+                format!("{path}: buffer {i} at address {p:p} is not aligned to {align} bytes"),
+            ));
+        }
+        if let Buf::Offsets(w) = kind {
+            // SAFETY: aligned, and the spec puts end + 1 offsets there.
+            let last = unsafe {
+                if w == 4 { *(p as *const i32).add(end) as i64 } else { *(p as *const i64).add(end) }
+            };
+            last_offset = usize::try_from(last)
+                .ok()
+                .filter(|&l| l <= isize::MAX as usize)
+                .ok_or_else(|| invalid(path, format!("last offset {last} is out of range")))?;
+        }
+    }
+    let children: Vec<&DataType> = match dt {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => vec![f.data_type()],
+        DataType::Struct(fields) => fields.iter().map(|f| f.data_type()).collect(),
+        _ => vec![],
+    };
+    if a.n_children != children.len() as i64 {
+        return Err(invalid(path, format!("has {} children, type {dt} needs {}", a.n_children, children.len())));
+    }
+    if !children.is_empty() && a.children.is_null() {
+        return Err(invalid(path, "children is NULL"));
+    }
+    for (i, child_type) in children.into_iter().enumerate() {
+        let child_path = format!("{path}.children[{i}]");
+        // SAFETY: the producer provides n_children pointers.
+        let child = unsafe { nth(a.children, i) };
+        if child.is_null() {
+            return Err(invalid(&child_path, "is NULL"));
+        }
+        check_aligned(&child_path, child)?;
+        // SAFETY: non-NULL, aligned, owned by the parent array.
+        unsafe { check_array(&*child, child_type, &child_path) }?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arrow::tests::exclusive;
+    use crate::ffi::PQ_ERROR_MESSAGE_CAPACITY;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    /// What a hand-built producer owns: the values and the buffer pointers.
+    struct Producer {
+        _values: Vec<f32>,
+        buffers: [*const c_void; 2],
+    }
+
+    unsafe extern "C" fn release_producer(a: *mut RawArray) {
+        RELEASES.fetch_add(1, Ordering::SeqCst);
+        unsafe {
+            drop(Box::from_raw((*a).private_data as *mut Producer));
+            (*a).release = None;
+        }
+    }
+
+    /// A float32 array built by hand, as a C producer would.
+    fn raw_f32(values: Vec<f32>) -> RawArray {
+        let mut p = Box::new(Producer { buffers: [ptr::null(), values.as_ptr() as *const c_void], _values: values });
+        let len = p._values.len() as i64;
+        let buffers = p.buffers.as_mut_ptr() as *const *const c_void;
+        RawArray {
+            length: len,
+            null_count: 0,
+            offset: 0,
+            n_buffers: 2,
+            n_children: 0,
+            buffers,
+            children: ptr::null(),
+            dictionary: ptr::null(),
+            release: Some(release_producer),
+            private_data: Box::into_raw(p) as *mut c_void,
+        }
+    }
+
+    fn message(e: &PqError) -> String {
+        let bytes: Vec<u8> = e.message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    /// Calls pq_quantize_arrow on `raw`; returns status, message and how many
+    /// times the input was released.
+    fn call(raw: &mut RawArray, dt: DataType) -> (PqStatus, String, usize, Option<(FFI_ArrowArray, FFI_ArrowSchema)>) {
+        let before = RELEASES.load(Ordering::SeqCst);
+        let schema = FFI_ArrowSchema::try_from(dt).unwrap();
+        let (mut out_a, mut out_s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
+        let mut e = PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] };
+        let s = unsafe { pq_quantize_arrow(raw as *mut RawArray as *mut FFI_ArrowArray, &schema, 4, 4, &mut out_a, &mut out_s, &mut e) };
+        assert!(raw.release.is_none(), "the input must be moved from");
+        let out = (s == PqStatus::Ok).then_some((out_a, out_s));
+        (s, message(&e), RELEASES.load(Ordering::SeqCst) - before, out)
+    }
+
+    #[test]
+    fn success_releases_the_input_once_and_exports() {
+        let _g = exclusive();
+        let mut raw = raw_f32(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        let (s, m, released, out) = call(&mut raw, DataType::Float32);
+        assert_eq!((s, m.as_str(), released), (PqStatus::Ok, "", 1));
+        let (array, schema) = out.unwrap();
+        assert_eq!(arrow::live_exports(), 1);
+        // Moved (bitwise copy, source marked released), then released once by drop.
+        let moved = unsafe { FFI_ArrowArray::from_raw(&array as *const _ as *mut FFI_ArrowArray) };
+        assert!(array.is_released());
+        drop((array, schema));
+        assert_eq!(arrow::live_exports(), 1);
+        drop(moved);
+        assert_eq!(arrow::live_exports(), 0);
+    }
+
+    #[test]
+    fn every_error_path_releases_the_input_once() {
+        let _g = exclusive();
+        type Breaker = fn(&mut RawArray);
+        let cases: [(&str, Breaker, PqStatus, &str); 8] = [
+            ("negative length", |a| a.length = -1, PqStatus::InvalidArrow, "negative"),
+            ("offset+length overflow", |a| a.offset = i64::MAX - 2, PqStatus::InvalidArrow, "overflows"),
+            ("missing buffer", |a| a.n_buffers = 1, PqStatus::InvalidArrow, "has 1 buffers"),
+            ("NULL buffers", |a| a.buffers = ptr::null(), PqStatus::InvalidArrow, "buffers is NULL"),
+            ("NULL data", |a| unsafe { (*((*a).private_data as *mut Producer)).buffers[1] = ptr::null() }, PqStatus::InvalidArrow, "buffer 1 is NULL"),
+            ("misaligned", |a| unsafe {
+                let p = (*a).private_data as *mut Producer;
+                (*p).buffers[1] = ((*p).buffers[1] as *const u8).add(1) as *const c_void;
+                (*a).length -= 1;
+            }, PqStatus::Misaligned, "not aligned"),
+            ("stray children", |a| a.n_children = 1, PqStatus::InvalidArrow, "children"),
+            ("unknown null count, no bitmap: no nulls", |a| a.null_count = -1, PqStatus::Ok, ""),
+        ];
+        for (what, brk, want, needle) in cases {
+            let mut raw = raw_f32(vec![1.0; 8]);
+            brk(&mut raw);
+            let (s, m, released, out) = call(&mut raw, DataType::Float32);
+            assert_eq!((s, released), (want, 1), "{what}: {m}");
+            assert!(m.contains(needle), "{what}: {m}");
+            drop(out);
+        }
+        let mut raw = raw_f32(vec![1.0; 8]);
+        let (s, m, released, _) = call(&mut raw, DataType::Float64);
+        assert_eq!((s, released), (PqStatus::UnsupportedDtype, 1), "{m}");
+        // Already released: an error, and nothing to release.
+        let (s, m, released, _) = call(&mut raw, DataType::Float32);
+        assert_eq!((s, released), (PqStatus::InvalidArrow, 0));
+        assert!(m.contains("released"), "{m}");
+        assert_eq!(arrow::live_exports(), 0);
+    }
+
+    #[test]
+    fn null_pointers_and_the_schema() {
+        let _g = exclusive();
+        let schema = FFI_ArrowSchema::try_from(DataType::Float32).unwrap();
+        let mut raw = raw_f32(vec![1.0; 8]);
+        let before = RELEASES.load(Ordering::SeqCst);
+        let (mut a, mut s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
+        let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
+        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, &mut a, &mut s, ptr::null_mut()) };
+        assert_eq!(st, PqStatus::NullPointer);
+        // A NULL output still releases the (moved) input.
+        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, ptr::null_mut(), &mut s, ptr::null_mut()) };
+        assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 1));
+        let mut raw = raw_f32(vec![1.0; 8]);
+        let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
+        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, &mut a, &mut s, ptr::null_mut()) };
+        assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 2));
+        let mut out = FFI_ArrowSchema::empty();
+        assert_eq!(unsafe { pq_arrow_quantized_schema(&mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields()));
+        assert_eq!(arrow::live_exports(), 0);
+    }
+}
