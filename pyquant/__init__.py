@@ -22,6 +22,7 @@ from ._version import __version__
 from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, dequantize, quantize_copy, quantize_ptr
 from .errors import (
+    CheckpointError,
     ArrowDataError,
     BufferSizeError,
     CopyRequiredError,
@@ -40,7 +41,6 @@ from .errors import (
 from .metrics import ErrorStats, error_stats
 from . import safetensors_io
 from .checkpoint import dequantize_file, error_report, load_quantized, quantize_file
-from .safetensors_io import CheckpointError
 
 __all__ = [
     "__version__",

@@ -18,10 +18,10 @@ import ctypes
 import itertools
 import mmap
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._atomic import atomic_output
 from ._lib import ffi, lib
 from .core import _c_uint, _SIZE_MAX, _UINT32_MAX
 from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError, check, new_error_struct
@@ -134,23 +134,14 @@ def quantize_arrow_file(
     pa = _pyarrow()
     import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)
 
-    src, dst = os.fspath(src), os.fspath(dst)
-    if not overwrite and os.path.exists(dst):
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".pyquant-", suffix=".arrow.tmp")
-    os.close(fd)
-    try:
+    src = os.fspath(src)
+    with atomic_output(dst, overwrite=overwrite) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             written = _quantize_mapped(pa, mapped, tmp, bits, group_size)
         finally:
             _close_mapping(mapped)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return written
 
 

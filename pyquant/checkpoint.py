@@ -26,7 +26,8 @@ import numpy as np
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_copy, quantize_ptr, quantized_layout
 from .errors import InvalidBitsError, QuantizeError
 from .metrics import ErrorStats, error_stats
-from .safetensors_io import CODE_OF, DTYPES, Checkpoint, CheckpointError, OutputTensor, SafetensorsFile, writing
+from .errors import CheckpointError
+from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
 
 FORMAT = "pyquant"
 FORMAT_VERSION = "1"

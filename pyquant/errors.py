@@ -92,6 +92,11 @@ class ArrowDataError(QuantizeError):
     status_name = "PQ_STATUS_INVALID_ARROW"
 
 
+class CheckpointError(QuantizeError):
+    """A file is missing, unreadable, malformed or inconsistent, or an output
+    cannot be written."""
+
+
 class CopyRequiredError(QuantizeError):
     """``quantize_ptr`` was given an input it could only use after a copy."""
 

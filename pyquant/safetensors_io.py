@@ -20,14 +20,14 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 
-from .errors import QuantizeError
+from ._atomic import atomic_output
+from .errors import CheckpointError
 
 # safetensors dtype code -> numpy dtype (little-endian, as the format specifies)
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -43,10 +43,6 @@ CODE_OF: dict[str, str] = {
     "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
 }
 MAX_HEADER = 100 * 2**20  # the reference implementation's limit
-
-
-class CheckpointError(QuantizeError):
-    """A checkpoint file is missing, unreadable, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -266,11 +262,11 @@ class SafetensorsWriter:
     and renames the temporary file over ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], tensors: list[OutputTensor],
-                 metadata: Mapping[str, str], *, force: bool = False):
-        self.path = os.fspath(path)
-        if os.path.exists(self.path) and not force:
-            raise CheckpointError(f"{self.path}: output already exists (use --force / force=True to replace it)")
+    def __init__(self, path: str, tensors: list[OutputTensor], metadata: Mapping[str, str], label: str = ""):
+        """Opens ``path`` (a fresh temporary file, see :func:`writing`) and
+        writes the header; ``label`` names the destination in errors."""
+        self.path = path
+        self.label = label or path
         order = sorted(tensors, key=lambda t: -DTYPES[t.dtype].itemsize)
         header: dict[str, Any] = {"__metadata__": dict(metadata)}
         self.offsets: dict[str, int] = {}
@@ -284,20 +280,15 @@ class SafetensorsWriter:
         self.data_start = 8 + len(raw)
         self.size = self.data_start + pos
         self.pending = {t.name: t.nbytes for t in tensors}
-        directory = os.path.dirname(os.path.abspath(self.path))
+        self.fd = os.open(path, os.O_WRONLY)
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".pyquant-", suffix=".tmp", dir=directory)
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot write in {directory}: {exc.strerror}") from None
-        self.fd = fd
-        try:
-            os.write(fd, struct.pack("<Q", len(raw)) + raw)
+            os.write(self.fd, struct.pack("<Q", len(raw)) + raw)
             if hasattr(os, "posix_fallocate") and self.size:
-                os.posix_fallocate(fd, 0, self.size)  # fail now, not midway, when the disk is full
-            os.ftruncate(fd, self.size)
+                os.posix_fallocate(self.fd, 0, self.size)  # fail now, not midway, when the disk is full
+            os.ftruncate(self.fd, self.size)
         except OSError as exc:
-            self.abort()
-            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
+            os.close(self.fd)
+            raise CheckpointError(f"{self.label}: cannot write: {exc.strerror}") from None
 
     def write(self, name: str, data: np.ndarray[Any, Any]) -> None:
         buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
@@ -309,39 +300,31 @@ class SafetensorsWriter:
                 n = os.pwrite(self.fd, buf, pos)
                 buf, pos = buf[n:], pos + n
         except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
+            raise CheckpointError(f"{self.label}: cannot write: {exc.strerror}") from None
         del self.pending[name]
 
-    def commit(self) -> None:
-        if self.pending:
-            raise CheckpointError(f"internal: {len(self.pending)} tensors were never written")
+    def close(self) -> None:
+        """Checks every declared tensor was written and flushes the file."""
         try:
+            if self.pending:
+                raise CheckpointError(f"internal: {len(self.pending)} tensors were never written")
             os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-            os.chmod(self.tmp, 0o644)
-            os.replace(self.tmp, self.path)
         except OSError as exc:
-            self.abort()
-            raise CheckpointError(f"{self.path}: cannot write: {exc.strerror}") from None
-
-    def abort(self) -> None:
-        if self.fd >= 0:
+            raise CheckpointError(f"{self.label}: cannot write: {exc.strerror}") from None
+        finally:
             os.close(self.fd)
-            self.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.tmp)
 
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike[str], tensors: list[OutputTensor], metadata: Mapping[str, str],
             *, force: bool = False) -> Iterator[SafetensorsWriter]:
-    """A :class:`SafetensorsWriter` that commits on success and removes its
-    temporary file on any exception."""
-    w = SafetensorsWriter(path, tensors, metadata, force=force)
-    try:
-        yield w
-    except BaseException:
-        w.abort()
-        raise
-    w.commit()
+    """A :class:`SafetensorsWriter` on a temporary file that replaces ``path``
+    only if the block completes; on any exception nothing is left behind."""
+    with atomic_output(path, overwrite=force) as tmp:
+        w = SafetensorsWriter(tmp, tensors, metadata, label=os.fspath(path))
+        try:
+            yield w
+        except BaseException:
+            os.close(w.fd)
+            raise
+        w.close()

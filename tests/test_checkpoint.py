@@ -20,7 +20,8 @@ import safetensors.numpy
 import pyquant
 from pyquant import _peak_rss
 from pyquant import checkpoint
-from pyquant.safetensors_io import CODE_OF, CheckpointError, OutputTensor, writing
+from pyquant import CheckpointError
+from pyquant.safetensors_io import CODE_OF, OutputTensor, writing
 
 RNG = np.random.default_rng(7)
 
