@@ -26,6 +26,7 @@ import numpy as np
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_copy, quantize_ptr, quantized_layout
 from .errors import InvalidBitsError, QuantizeError
 from .metrics import ErrorStats, error_stats
+from ._atomic import atomic_output
 from .errors import CheckpointError
 from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
 
@@ -193,6 +194,7 @@ def quantize_file(
     *,
     bits: int = 4,
     group_size: int | None = 128,
+    format: str = "safetensors",
     skip: Sequence[str] = (),
     bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = (),
     force: bool = False,
@@ -200,23 +202,29 @@ def quantize_file(
 ) -> Summary:
     """Quantizes a ``.safetensors`` file or sharded model directory into ``dst``.
 
-    Copies: none for aligned tensors (read in place from the memory map);
-    misaligned ones go through :func:`quantize_copy`. Memory: one tensor's
-    outputs at a time plus the mapped pages of that tensor, released after.
-    ``dst`` is written to a temporary file and renamed at the end; an error
-    leaves no output. Returns a :class:`Summary`.
+    ``format`` is ``"safetensors"`` (see the module docstring) or ``"arrow"``
+    (an Arrow IPC file in the Arrow path's schema, one row per tensor, see
+    :class:`ArrowQuantizedCheckpoint`). Copies: none for aligned tensors
+    (read in place from the memory map); misaligned ones go through
+    :func:`quantize_copy`. Memory: one tensor's outputs at a time plus the
+    mapped pages of that tensor, released after. ``dst`` is written to a
+    temporary file and renamed at the end; an error leaves no output.
     """
+    if format not in ("safetensors", "arrow"):
+        raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         plans = plan_tensors(ckpt, bits=bits, group_size=group_size, skip=skip, bits_for=bits_for)
         outputs = [o for p in plans for o in _outputs(p)]
-        summary = Summary(input_bytes=ckpt.nbytes)
+        metadata = _metadata(plans, bits, group_size, ckpt.metadata)
+        summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outputs))
         bar = Progress(len(plans), ckpt.nbytes, progress)
-        with writing(dst, outputs, _metadata(plans, bits, group_size, ckpt.metadata), force=force) as w:
+        sink = _ArrowSink(dst, metadata, force) if format == "arrow" else _SafetensorsSink(dst, outputs, metadata, force)
+        with sink:
             for p in plans:
                 arr = ckpt.array(p.name)
                 if p.bits is None:
-                    w.write(p.name, arr)
+                    sink.keep(p.name, arr)
                     summary.kept += 1
                     summary.kept_reasons[p.name] = p.kept_because or ""
                 else:
@@ -224,16 +232,84 @@ def quantize_file(
                         qt = quantize_array(arr, p.bits, p.group_size)
                     except QuantizeError as exc:
                         raise type(exc)(f"tensor {p.name!r}: {exc}") from None
-                    for part in PARTS:
-                        w.write(f"{p.name}.{part}", getattr(qt, part))
+                    sink.quantized(p.name, qt)
                     summary.quantized += 1
                 del arr
                 ckpt.release(p.name)
                 bar.update(p.nbytes)
         bar.close()
-    summary.output_bytes = sum(o.nbytes for o in outputs)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+class _SafetensorsSink:
+    def __init__(self, dst: Any, outputs: list[OutputTensor], metadata: dict[str, str], force: bool):
+        self._cm = writing(dst, outputs, metadata, force=force)
+
+    def __enter__(self) -> _SafetensorsSink:
+        self._w = self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._cm.__exit__(*exc)
+
+    def keep(self, name: str, arr: np.ndarray[Any, Any]) -> None:
+        self._w.write(name, arr)
+
+    def quantized(self, name: str, qt: QuantizedTensor) -> None:
+        for part in PARTS:
+            self._w.write(f"{name}.{part}", getattr(qt, part))
+
+
+class _ArrowSink:
+    """Writes one record batch per tensor, in the Arrow path's schema; the
+    numpy outputs become Arrow buffers without a copy."""
+
+    def __init__(self, dst: Any, metadata: dict[str, str], force: bool):
+        from .arrow import _pyarrow, quantized_schema
+
+        self.pa = _pyarrow()
+        import pyarrow.ipc  # noqa: F401
+
+        self.schema = quantized_schema().with_metadata(metadata)
+        self._cm = atomic_output(dst, overwrite=force)
+
+    def __enter__(self) -> _ArrowSink:
+        tmp = self._cm.__enter__()
+        self._sink = self.pa.OSFile(tmp, "wb")
+        self._writer = self.pa.ipc.new_file(self._sink, self.schema)
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            self._writer.close()
+            self._sink.close()
+        except BaseException:
+            if exc[0] is None:
+                raise
+        return self._cm.__exit__(*exc)
+
+    def _row(self, name: str, raw: np.ndarray[Any, Any], scales: np.ndarray[Any, Any], mins: np.ndarray[Any, Any],
+             shape: tuple[int, ...], dtype: str, bits: int, group_size: int) -> None:
+        pa = self.pa
+        raw = raw.reshape(-1).view(np.uint8)
+        codes = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, raw.size], np.int64)), pa.py_buffer(raw)])
+
+        def floats(a: np.ndarray[Any, Any]) -> Any:
+            return pa.ListArray.from_arrays(pa.array([0, a.size], pa.int32()), pa.array(a.reshape(-1)))
+
+        columns = [pa.array([name]), codes, floats(scales), floats(mins),
+                   pa.array([list(shape)], pa.list_(pa.int64())), pa.array([dtype]),
+                   pa.array([bits], pa.uint8()), pa.array([group_size], pa.uint32())]
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def keep(self, name: str, arr: np.ndarray[Any, Any]) -> None:
+        empty = np.empty(0, np.float32)
+        self._row(name, np.ascontiguousarray(arr), empty, empty, arr.shape, str(arr.dtype), 0, 0)
+
+    def quantized(self, name: str, qt: QuantizedTensor) -> None:
+        self._row(name, qt.codes, qt.scales, qt.mins, qt.shape, qt.dtype, qt.bits, qt.group_size)
 
 
 class QuantizedCheckpoint:
@@ -262,6 +338,13 @@ class QuantizedCheckpoint:
             self.file.close()
             raise CheckpointError(f"{self.file.path}: metadata names {missing[0]!r}, which the file lacks")
         self.kept = [n for n in self.file.tensors if n not in parts]
+        self.size = self.file.size
+        self.source_metadata: dict[str, str] = json.loads(meta.get("pyquant.source_metadata", "{}"))
+
+    def kept_info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """(safetensors dtype code, shape) of a carried-over tensor."""
+        info = self.file.tensors[name]
+        return info.dtype, info.shape
 
     def __enter__(self) -> QuantizedCheckpoint:
         return self
@@ -291,11 +374,94 @@ class QuantizedCheckpoint:
             self.file.release(n)
 
 
+ARROW_MAGIC = b"ARROW1"
+
+
+class ArrowQuantizedCheckpoint:
+    """A checkpoint written with ``format="arrow"``: an Arrow IPC file in the
+    Arrow path's schema (:func:`pyquant.quantized_schema`), one tensor per
+    row; a row with ``bits == 0`` is a carried-over tensor whose ``codes``
+    hold its raw little-endian bytes. Same interface as
+    :class:`QuantizedCheckpoint`; arrays are views on the memory map."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        from .arrow import _pyarrow
+
+        pa = _pyarrow()
+        import pyarrow.ipc  # noqa: F401
+
+        self.path = os.fspath(path)
+        try:
+            self._map = pa.memory_map(self.path, "r")
+            self._reader = pa.ipc.open_file(self._map)
+            schema = self._reader.schema
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise CheckpointError(f"{self.path}: not a readable Arrow IPC file ({exc})") from None
+        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        if meta.get("format") != FORMAT or meta.get("pyquant.format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{self.path}: not a pyquant checkpoint (format {FORMAT} {FORMAT_VERSION})")
+        self.size = os.path.getsize(self.path)
+        self.source_metadata = json.loads(meta.get("pyquant.source_metadata", "{}"))
+        self.quantized: dict[str, dict[str, Any]] = {}
+        self.kept: list[str] = []
+        self._rows: dict[str, tuple[int, int]] = {}
+        self._kept_meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+        for b in range(self._reader.num_record_batches):
+            batch = self._reader.get_batch(b)
+            cols = batch.select(["name", "shape", "dtype", "bits", "group_size"]).to_pydict()
+            for r, name in enumerate(cols["name"]):
+                self._rows[name] = (b, r)
+                shape, dtype, bits = tuple(cols["shape"][r]), cols["dtype"][r], cols["bits"][r]
+                if bits == 0:
+                    self.kept.append(name)
+                    self._kept_meta[name] = (CODE_OF[dtype], shape)
+                else:
+                    self.quantized[name] = {"dtype": dtype, "shape": list(shape), "bits": bits,
+                                            "group_size": cols["group_size"][r]}
+
+    def __enter__(self) -> ArrowQuantizedCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._reader = None
+        self._map.close()
+
+    def names(self) -> list[str]:
+        return list(self._rows)
+
+    def kept_info(self, name: str) -> tuple[str, tuple[int, ...]]:
+        return self._kept_meta[name]
+
+    def get(self, name: str) -> QuantizedTensor | np.ndarray[Any, Any]:
+        b, r = self._rows[name]
+        row = self._reader.get_batch(b).slice(r, 1)
+        raw = row.column("codes")
+        # large_binary: buffers are [validity, int64 offsets, data]; slice the data by the offsets.
+        offsets = np.frombuffer(raw.buffers()[1], np.int64)[raw.offset: raw.offset + 2]
+        data = np.frombuffer(raw.buffers()[2], np.uint8)[offsets[0]:offsets[1]]
+        if name in self._kept_meta:
+            code, shape = self._kept_meta[name]
+            return data.view(DTYPES[code]).reshape(shape)
+        m = self.quantized[name]
+        codes_shape, groups_shape, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
+        groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape)
+                  for p in ("scales", "mins")}
+        return QuantizedTensor(codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]),
+                               dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"]))
+
+    def release(self, name: str) -> None:
+        """Nothing to do: pyarrow's memory map is read on demand per row."""
+
+
+def open_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint | ArrowQuantizedCheckpoint:
+    """Opens a pyquant checkpoint in either format (told apart by the Arrow magic)."""
+    return ArrowQuantizedCheckpoint(path) if _is_arrow(path) else QuantizedCheckpoint(path)
+
 def load_quantized(path: str | os.PathLike[str]) -> dict[str, QuantizedTensor | np.ndarray[Any, Any]]:
     """All tensors of a pyquant checkpoint: QuantizedTensor for quantized ones,
     numpy arrays for carried-over ones. Arrays are read-only views on the
     memory-mapped file (no copy); the map lives as long as they do."""
-    with QuantizedCheckpoint(path) as q:
+    with open_quantized(path) as q:
         return {name: q.get(name) for name in q.names()}
 
 
@@ -304,7 +470,7 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     """Writes a plain safetensors checkpoint with every tensor in its original
     dtype and shape, one tensor at a time; same temp-file-then-rename rule."""
     t0 = time.perf_counter()
-    with QuantizedCheckpoint(src) as q:
+    with open_quantized(src) as q:
         names = q.names()
         outputs = []
         for n in names:
@@ -312,10 +478,9 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                 m = q.quantized[n]
                 outputs.append(OutputTensor(n, CODE_OF[m["dtype"]], tuple(m["shape"])))
             else:
-                info = q.file.tensors[n]
-                outputs.append(OutputTensor(n, info.dtype, info.shape))
-        source = json.loads(q.file.metadata.get("pyquant.source_metadata", "{}"))
-        summary = Summary(input_bytes=q.file.size)
+                outputs.append(OutputTensor(n, *q.kept_info(n)))
+        source = q.source_metadata
+        summary = Summary(input_bytes=q.size)
         bar = Progress(len(names), sum(o.nbytes for o in outputs), progress, label="dequantizing")
         with writing(dst, outputs, source, force=force) as w:
             for n, o in zip(names, outputs):
@@ -374,7 +539,7 @@ class Report:
 def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
     """Per-tensor error statistics of a quantized checkpoint against its original."""
     rows = []
-    with Checkpoint(original) as ckpt, QuantizedCheckpoint(quantized) as q:
+    with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
         names = q.names()
         missing = sorted(set(ckpt.names()) ^ set(names))
         if missing:
@@ -408,8 +573,22 @@ class InspectRow:
 
 
 def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, str]]:
-    """What a checkpoint (plain or quantized) holds, tensor by tensor."""
+    """What a checkpoint (plain safetensors, or pyquant in either format) holds."""
     rows = []
+    if _is_arrow(path):
+        with ArrowQuantizedCheckpoint(path) as q:
+            for n in q.names():
+                if n in q.quantized:
+                    m = q.quantized[n]
+                    codes, groups, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
+                    stored = math.prod(codes) + 8 * math.prod(groups)
+                    orig = math.prod(m["shape"]) * DTYPES[CODE_OF[m["dtype"]]].itemsize
+                    rows.append(InspectRow(n, m["dtype"], tuple(m["shape"]), m["bits"], m["group_size"], stored, orig))
+                else:
+                    code, shape = q.kept_info(n)
+                    nbytes = math.prod(shape) * DTYPES[code].itemsize
+                    rows.append(InspectRow(n, str(DTYPES[code]), shape, None, None, nbytes, nbytes))
+        return rows, {"format": FORMAT, "pyquant.container": "arrow"}
     with Checkpoint(path) as ckpt:
         meta = ckpt.metadata
         quantized = json.loads(meta.get("pyquant.tensors", "{}")) if meta.get("format") == FORMAT else {}
@@ -423,6 +602,16 @@ def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, s
                 info = ckpt.info(n)
                 rows.append(InspectRow(n, str(DTYPES[info.dtype]), info.shape, None, None, info.nbytes, info.nbytes))
     return rows, meta
+
+
+def _is_arrow(path: str | os.PathLike[str]) -> bool:
+    if os.path.isdir(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(ARROW_MAGIC)) == ARROW_MAGIC
+    except OSError:
+        return False  # the safetensors reader reports it properly
 
 
 def parse_bits_for(items: Iterable[str]) -> list[tuple[str, int]]:

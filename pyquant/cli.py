@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("input", help="a .safetensors file or a model directory")
     q.add_argument("output", help="the output checkpoint file")
     quant_options(q)
-    q.add_argument("--format", choices=["safetensors"], default="safetensors",
-                   help="output format (default: safetensors)")
+    q.add_argument("--format", choices=["safetensors", "arrow"], default="safetensors",
+                   help="output format: a safetensors checkpoint, or an Arrow IPC file in the "
+                   "Arrow path's schema (default: safetensors)")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep tensors whose name matches this regular expression (repeatable), e.g. lm_head")
     q.add_argument("--bits-for", action="append", default=[], metavar="PATTERN=BITS",
@@ -103,7 +104,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from .checkpoint import parse_bits_for, quantize_file
 
     s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
-                      skip=args.skip, bits_for=parse_bits_for(args.bits_for), force=args.force,
+                      format=args.format, skip=args.skip, bits_for=parse_bits_for(args.bits_for), force=args.force,
                       progress=not args.quiet and sys.stderr.isatty())
     if not args.quiet:
         print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "

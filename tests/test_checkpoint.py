@@ -309,3 +309,38 @@ def test_bounded_memory_on_a_checkpoint_much_larger_than_a_tensor(tmp_path):
     assert growth_of("control") > 6 * tensor
     assert growth < 2.5 * tensor, f"peak RSS grew by {growth / 2**20:.0f} MiB for {tensor / 2**20:.0f} MiB tensors"
     assert os.path.getsize(src) > 10 * tensor
+
+
+def test_arrow_format_matches_the_arrow_path_and_round_trips(tmp_path):
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    tensors = {k: v for k, v in model(np.float32).items()}
+    tensors["bf16.weight"] = RNG.normal(size=(8, 128)).astype(ml_dtypes.bfloat16)
+    src, dst, back = tmp_path / "m.safetensors", tmp_path / "q.arrow", tmp_path / "b.safetensors"
+    save(src, tensors, {"origin": "arrow-test"})
+    out = run_cli("quantize", src, dst, "--format", "arrow", "--group-size", "64")
+    assert out.returncode == 0, out.stderr
+    reader = pa.ipc.open_file(str(dst))
+    assert reader.schema.remove_metadata().equals(pyquant.quantized_schema())
+    rows = {reader.get_batch(i).column("name")[0].as_py(): reader.get_batch(i) for i in range(reader.num_record_batches)}
+    assert set(rows) == set(tensors)
+    # A float32 tensor's row is exactly what quantize_arrow gives for it.
+    w = tensors["layer.0.q.weight"]
+    arrow_in = pa.RecordBatch.from_arrays(
+        [pa.array(["layer.0.q.weight"]), pa.FixedSizeListArray.from_arrays(pa.array(w.ravel()), w.size),
+         pa.array([list(w.shape)], pa.list_(pa.int64()))], ["name", "weights", "shape"])
+    assert rows["layer.0.q.weight"].equals(pyquant.quantize_arrow(arrow_in, group_size=64))
+    # Carried-over tensors are rows with bits 0 holding their raw bytes.
+    kept = rows["position_ids"].to_pydict()
+    assert kept["bits"] == [0] and kept["dtype"] == ["int64"] and kept["codes"][0] == tensors["position_ids"].tobytes()
+    loaded = pyquant.load_quantized(dst)
+    np.testing.assert_array_equal(loaded["bf16.weight"].codes, pyquant.quantize_ptr(tensors["bf16.weight"], group_size=64).codes)
+    assert loaded["position_ids"].tobytes() == tensors["position_ids"].tobytes()
+    assert "pyquant checkpoint, 8 tensors (5 quantized)" in run_cli("inspect", dst).stdout
+    assert json.loads(run_cli("report", src, dst, "--json").stdout)["summary"]["quantized"] == 5
+    assert run_cli("dequantize", dst, back).returncode == 0
+    with pyquant.safetensors_io.SafetensorsFile(back) as f:
+        assert f.metadata == {"origin": "arrow-test"}
+        assert f.array("layer.0.q.weight").tobytes() == loaded["layer.0.q.weight"].dequantize().tobytes()
+        assert f.array("bf16.weight").dtype == ml_dtypes.bfloat16
