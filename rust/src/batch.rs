@@ -494,3 +494,164 @@ impl<P: Piece> Job<P> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::reference;
+    use crate::PqStatus;
+    use half::{bf16, f16};
+
+    fn forced(threads: usize) -> (usize, Schedule) {
+        (threads, Schedule { isa: Isa::detect(), min_bytes_per_thread: 1 })
+    }
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104729) % 4099) as f32 * 0.01 - 20.0).collect()
+    }
+
+    #[test]
+    fn partition_keeps_order_and_covers_everything() {
+        let x = data(1 << 14, 0);
+        for (sizes, shares) in [(vec![4096usize, 8192, 64, 4032], 3usize), (vec![16384], 7), (vec![64; 256], 5), (vec![128, 16256], 64)] {
+            let layouts: Vec<Layout> = sizes.iter().map(|&n| Layout::new(n, 64, 8, 32).unwrap()).collect();
+            let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+                layouts.iter().map(|l| (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups])).collect();
+            let mut offset = 0;
+            let pieces: Vec<QuantizePiece> = layouts
+                .iter()
+                .zip(&mut outs)
+                .enumerate()
+                .map(|(i, (l, (c, s, m)))| {
+                    let input = Values::F32(&x[offset..offset + l.len]);
+                    offset += l.len;
+                    QuantizePiece { item: i, first_group: 0, layout: *l, input, codes: c, scales: s, mins: m }
+                })
+                .collect();
+            let total: usize = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
+            let parts = partition(pieces, shares, total);
+            assert!(parts.len() <= shares);
+            let flat: Vec<&QuantizePiece> = parts.iter().flatten().collect();
+            // In order, contiguous, every group once.
+            let mut expect = (0usize, 0usize);
+            for p in &flat {
+                if p.item != expect.0 {
+                    assert_eq!(expect.1, layouts[expect.0].n_groups);
+                    expect = (p.item, 0);
+                }
+                assert_eq!(p.first_group, expect.1);
+                assert_eq!(p.input.len(), p.groups() * 32);
+                assert_eq!(p.codes.len(), p.groups() * 32);
+                expect.1 += p.groups();
+            }
+            assert_eq!(expect, (layouts.len() - 1, layouts.last().unwrap().n_groups));
+            // Balanced to within one group of the largest item per share.
+            let per = total / shares;
+            for part in &parts[..parts.len() - 1] {
+                let bytes: usize = part.iter().map(|p| p.groups() * p.group_bytes()).sum();
+                assert!(bytes <= per + 128 && bytes + 2 * 128 >= per, "{bytes} vs {per}");
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_batch_matches_reference_for_every_thread_count() {
+        let x32 = data(64 * 1024, 1);
+        let xh: Vec<f16> = data(32 * 1024, 2).into_iter().map(f16::from_f32).collect();
+        let xb: Vec<bf16> = data(48 * 1024, 3).into_iter().map(bf16::from_f32).collect();
+        let specs = [(Values::F32(&x32), 1024, 4, 128), (Values::F16(&xh), 256, 2, 16), (Values::BF16(&xb), 3072, 8, 3072)];
+        let layouts: Vec<Layout> = specs.iter().map(|(v, row, bits, g)| Layout::new(v.len(), *row, *bits, *g).unwrap()).collect();
+        let fresh = || -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+            layouts.iter().map(|l| (vec![1; l.codes_len], vec![1.0; l.n_groups], vec![1.0; l.n_groups])).collect()
+        };
+        let mut want = fresh();
+        {
+            let (c, s, m) = &mut want[0];
+            reference::quantize(&x32, &layouts[0], c, s, m).unwrap();
+        }
+        {
+            let (c, s, m) = &mut want[1];
+            reference::quantize(&xh, &layouts[1], c, s, m).unwrap();
+        }
+        {
+            let (c, s, m) = &mut want[2];
+            reference::quantize(&xb, &layouts[2], c, s, m).unwrap();
+        }
+        for (threads, schedule) in [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect())] {
+            let mut got = fresh();
+            let mut items: Vec<QuantizeItem> = specs
+                .iter()
+                .zip(&layouts)
+                .zip(&mut got)
+                .map(|(((v, ..), l), (c, s, m))| QuantizeItem { input: *v, layout: *l, codes: c, scales: s, mins: m })
+                .collect();
+            quantize_batch_with(&mut items, threads, schedule).unwrap();
+            assert_eq!(got, want, "threads {threads}");
+            // Dequantize the batch back, mixing output dtypes.
+            let mut y32 = vec![0f32; x32.len()];
+            let mut yh = vec![bf16::ZERO; xh.len()];
+            let mut yb = vec![f16::ZERO; xb.len() + 3];
+            let outputs = [ValuesMut::F32(&mut y32), ValuesMut::BF16(&mut yh), ValuesMut::F16(&mut yb)];
+            let mut ditems: Vec<DequantizeItem> = outputs
+                .into_iter()
+                .zip(&layouts)
+                .zip(&got)
+                .map(|((o, l), (c, s, m))| DequantizeItem { codes: c, scales: s, mins: m, layout: *l, output: o })
+                .collect();
+            dequantize_batch_with(&mut ditems, threads, schedule).unwrap();
+            let mut r32 = vec![0f32; x32.len()];
+            let mut rh = vec![bf16::ZERO; xh.len()];
+            let mut rb = vec![f16::ZERO; xb.len() + 3];
+            reference::dequantize(&got[0].0, &got[0].1, &got[0].2, &layouts[0], &mut r32).unwrap();
+            reference::dequantize(&got[1].0, &got[1].1, &got[1].2, &layouts[1], &mut rh).unwrap();
+            reference::dequantize(&got[2].0, &got[2].1, &got[2].2, &layouts[2], &mut rb).unwrap();
+            assert_eq!((y32, yh, yb), (r32, rh, rb), "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn a_bad_item_stops_the_whole_batch() {
+        let xs: Vec<Vec<f32>> = (0..6).map(|i| data(64 * 1024, i)).collect();
+        let l = Layout::new(64 * 1024, 1024, 4, 64).unwrap();
+        for (bad_item, bad_index) in [(2usize, 5000usize), (0, 0), (5, 65535)] {
+            for (threads, schedule) in [forced(1), forced(2), forced(5)] {
+                let mut xs = xs.clone();
+                xs[bad_item][bad_index] = f32::INFINITY;
+                xs[4][10] = f32::NAN; // a later one, in item 4: must not be the one reported (unless first)
+                let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+                    (0..6).map(|_| (vec![9; l.codes_len], vec![9.0; l.n_groups], vec![9.0; l.n_groups])).collect();
+                let mut items: Vec<QuantizeItem> = xs
+                    .iter()
+                    .zip(&mut outs)
+                    .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+                    .collect();
+                let e = quantize_batch_with(&mut items, threads, schedule).unwrap_err();
+                let first = if bad_item < 4 { bad_item } else { 4 };
+                assert_eq!((e.item, e.error.status), (Some(first), PqStatus::NonFinite), "{e}");
+                assert!(e.to_string().starts_with(&format!("item {first}: ")));
+                assert!(outs.iter().all(|(c, s, m)| c.iter().all(|&b| b == 9) && s.iter().chain(m).all(|&v| v == 9.0)));
+            }
+        }
+        // A too-small output in item 3 is found before any value is looked at.
+        let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+            (0..6).map(|_| (vec![9; l.codes_len], vec![9.0; l.n_groups], vec![9.0; l.n_groups])).collect();
+        outs[3].1.pop();
+        let mut items: Vec<QuantizeItem> = xs
+            .iter()
+            .zip(&mut outs)
+            .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+            .collect();
+        let e = quantize_batch(&mut items, 2).unwrap_err();
+        assert_eq!((e.item, e.error.status), (Some(3), PqStatus::BufferTooSmall));
+        assert_eq!(e.to_string(), "item 3: scales has 1023 elements, needs at least 1024");
+    }
+
+    #[test]
+    fn thread_count_rules() {
+        assert_eq!(thread_count(0, 100, 1024), 1);
+        assert_eq!(thread_count(8, 1 << 30, 1 << 20), 8);
+        assert_eq!(thread_count(8, 3 << 20, 1 << 20), 3);
+        assert_eq!(thread_count(1, 1 << 30, 1 << 20), 1);
+        assert!(thread_count(0, 1 << 30, 1 << 20) >= 1);
+    }
+}
