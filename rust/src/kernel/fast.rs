@@ -464,6 +464,13 @@ fn check_groups_exactly<T: Lane>(block: &[T], layout: &Layout, first_group: usiz
 /// sign of a zero, which the caller removes with `+ 0.0`.
 #[inline(always)]
 fn min_max<T: Lane>(xs: &[T]) -> (f32, f32) {
+    let (lo, hi) = min_max_keys(xs);
+    (T::unkey(lo), T::unkey(hi))
+}
+
+/// The keys of the min and max of a group.
+#[inline(always)]
+fn min_max_keys<T: Lane>(xs: &[T]) -> (T::Key, T::Key) {
     let mut lo = T::KEY_MAX;
     let mut hi = T::KEY_MIN;
     for &v in xs {
@@ -471,7 +478,7 @@ fn min_max<T: Lane>(xs: &[T]) -> (f32, f32) {
         lo = lo.min(k);
         hi = hi.max(k);
     }
-    (T::unkey(lo), T::unkey(hi))
+    (lo, hi)
 }
 
 #[inline(always)]
@@ -484,8 +491,8 @@ fn encode_impl<T: Lane, H: HalfCvt>(x: &[T], layout: &Layout, codes: &mut [u8], 
     }
 }
 
-/// Groups whose scales and mins are found before their codes: the scalar
-/// chain min/max -> scale of one group then overlaps the others' work.
+/// Groups whose scales and mins are found before their codes, so that the
+/// scale divisions of a block run as one vector operation.
 const GROUPS_PER_BLOCK: usize = 16;
 
 #[inline(always)]
@@ -497,10 +504,16 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(x: &[T], g: usize, codes: &
         .zip(codes.chunks_mut(code_bytes * GROUPS_PER_BLOCK))
         .zip(scales.chunks_mut(GROUPS_PER_BLOCK).zip(mins.chunks_mut(GROUPS_PER_BLOCK)));
     for ((xb, cb), (sb, mb)) in blocks {
-        for ((group, scale_out), min_out) in xb.chunks_exact(g).zip(sb.iter_mut()).zip(mb.iter_mut()) {
-            let (lo, hi) = min_max(group);
+        // Keys of every group's min and max, then scales and mins of all of
+        // them in one vector loop (no scalar divide per group).
+        let mut lo_keys = [T::KEY_MAX; GROUPS_PER_BLOCK];
+        let mut hi_keys = [T::KEY_MIN; GROUPS_PER_BLOCK];
+        for ((group, lo), hi) in xb.chunks_exact(g).zip(lo_keys.iter_mut()).zip(hi_keys.iter_mut()) {
+            (*lo, *hi) = min_max_keys(group);
+        }
+        for (((scale_out, min_out), &lo), &hi) in sb.iter_mut().zip(mb.iter_mut()).zip(&lo_keys).zip(&hi_keys) {
             // + 0.0: -0.0 behaves like 0.0 and the stored min is never -0.0.
-            let (lo, hi) = (lo + 0.0, hi + 0.0);
+            let (lo, hi) = (T::unkey(lo) + 0.0, T::unkey(hi) + 0.0);
             *scale_out = (hi - lo) / qmax;
             *min_out = lo;
         }
