@@ -112,7 +112,7 @@ fn weights(n: usize, seed: u64) -> Vec<f32> {
 
 /// Copies `src` into `dst` on up to `threads` threads, split by bytes.
 fn parallel_copy(src: &[u8], dst: &mut [u8], threads: usize) {
-    let n = threads.min(src.len() / pyquant::batch::MIN_BYTES_PER_THREAD).max(1);
+    let n = threads.min(src.len() / pyquant::batch::QUANTIZE_BYTES_PER_THREAD).max(1);
     if n == 1 {
         dst.copy_from_slice(src);
         return;

@@ -14,8 +14,9 @@
 //! small ones are spread over them). Each thread validates its share, waits
 //! for the others at a gate, and writes its share only if no thread found an
 //! error. Threads are scoped to the call (`std::thread::scope`); there is no
-//! pool and no global state. Calls smaller than [`MIN_BYTES_PER_THREAD`] per
-//! thread run on the calling thread alone. Every group is computed by the
+//! pool and no global state. Calls smaller than [`QUANTIZE_BYTES_PER_THREAD`]
+//! (or [`DEQUANTIZE_BYTES_PER_THREAD`]) per thread run on the calling thread
+//! alone. Every group is computed by the
 //! same code whatever the partition, and the error reported is the first one
 //! in item and group order, so results are identical for every thread count.
 
@@ -34,9 +35,12 @@ use crate::kernel::reference::check_len;
 use crate::kernel::Isa;
 use crate::layout::Layout;
 
-/// Input bytes (quantize) or output bytes (dequantize) below which adding a
-/// thread does not pay for spawning it (tens of microseconds).
-pub const MIN_BYTES_PER_THREAD: usize = 1024 * 1024;
+/// Input bytes per thread below which quantize does not add a thread:
+/// spawning and waking one costs tens of microseconds.
+pub const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
+/// Output bytes per thread below which dequantize does not add a thread
+/// (dequantize does about three times less work per byte than quantize).
+pub const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
 
 /// One tensor to quantize: `input` laid out as `layout`, into `codes`,
 /// `scales` and `mins` (which may be longer than needed; only the prefix the
@@ -112,8 +116,8 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    fn detect() -> Self {
-        Schedule { isa: Isa::detect(), min_bytes_per_thread: MIN_BYTES_PER_THREAD }
+    fn detect(min_bytes_per_thread: usize) -> Self {
+        Schedule { isa: Isa::detect(), min_bytes_per_thread }
     }
 }
 
@@ -123,7 +127,7 @@ impl Schedule {
 /// Lengths and values of all items are checked before any output is written;
 /// on error nothing is written and the error names the first offending item.
 pub fn quantize_batch(items: &mut [QuantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
-    quantize_batch_with(items, threads, Schedule::detect())
+    quantize_batch_with(items, threads, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))
 }
 
 /// Dequantizes every item, with `threads` as in [`quantize_batch`].
@@ -131,7 +135,7 @@ pub fn quantize_batch(items: &mut [QuantizeItem<'_>], threads: usize) -> std::re
 /// Lengths, scales and mins of all items are checked before any output is
 /// written; on error nothing is written.
 pub fn dequantize_batch(items: &mut [DequantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
-    dequantize_batch_with(items, threads, Schedule::detect())
+    dequantize_batch_with(items, threads, Schedule::detect(DEQUANTIZE_BYTES_PER_THREAD))
 }
 
 pub(crate) fn quantize_batch_with(
@@ -292,18 +296,20 @@ impl Piece for DequantizePiece<'_> {
     }
 }
 
-/// The number of threads for `bytes` of work: 1 unless there are at least
-/// two threads' worth (`available_parallelism` is only asked then).
-fn thread_count(requested: usize, bytes: usize, min_bytes_per_thread: usize) -> usize {
+/// How many threads `bytes` of work gets: `Some(n)`, or `None` for "as many
+/// as there are cores, up to `cap`" (`threads == 0`), which is resolved off
+/// the calling thread since `available_parallelism` can take tens of
+/// microseconds (it reads cgroup files on Linux).
+fn thread_count(requested: usize, bytes: usize, min_bytes_per_thread: usize) -> (Option<usize>, usize) {
     let by_size = bytes / min_bytes_per_thread.max(1);
-    if requested == 1 || by_size < 2 {
-        return 1;
+    match requested {
+        _ if by_size < 2 => (Some(1), 1),
+        1 => (Some(1), 1),
+        // Two threads at most: no need to count the cores.
+        0 if by_size == 2 => (Some(2), 2),
+        0 => (None, by_size),
+        n => (Some(n.min(by_size)), n.min(by_size)),
     }
-    let limit = match requested {
-        0 => thread::available_parallelism().map_or(1, NonZeroUsize::get),
-        n => n,
-    };
-    limit.min(by_size)
 }
 
 /// Cuts the sequence of pieces into `n` contiguous shares of about equal
@@ -354,25 +360,36 @@ where
     W: Fn(P) + Sync,
 {
     let total = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
-    let n = thread_count(threads, total, min_bytes_per_thread);
-    if n == 1 {
+    let (known, cap) = thread_count(threads, total, min_bytes_per_thread);
+    if known == Some(1) {
         pieces.iter().try_for_each(&check)?;
         pieces.into_iter().for_each(write);
         return Ok(());
     }
-    let chunks = (total / CHUNK_BYTES).clamp(n * 4, MAX_CHUNKS.max(n * 4));
+    let chunks = (total / CHUNK_BYTES).clamp(cap * 4, MAX_CHUNKS.max(cap * 4));
     let job = Job::new(partition(pieces, chunks, total));
+    let participate = || job.participate(&check, &write);
     thread::scope(|scope| {
-        for _ in 1..n {
-            // If a thread cannot be spawned, the others (at least the calling
-            // thread) simply claim its share of the chunks.
-            let _ = thread::Builder::new()
-                .name("pyquant".into())
-                .spawn_scoped(scope, || job.participate(&check, &write));
+        let participate = &participate;
+        match known {
+            Some(n) => (1..n).for_each(|_| spawn(scope, participate)),
+            None => spawn(scope, move || {
+                // threads == 0: this helper counts the cores while the
+                // calling thread already works, then spawns the rest.
+                let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+                (2..cores.min(cap)).for_each(|_| spawn(scope, participate));
+                participate();
+            }),
         }
-        job.participate(&check, &write);
+        participate();
     });
     job.outcome()
+}
+
+/// Spawns a scoped thread. If it cannot be spawned, nothing is lost: the
+/// other threads (at least the calling one) claim its share of the chunks.
+fn spawn<'scope, F: FnOnce() + Send + 'scope>(scope: &'scope thread::Scope<'scope, '_>, f: F) {
+    let _ = thread::Builder::new().name("pyquant".into()).spawn_scoped(scope, f);
 }
 
 /// Bytes of work per chunk claimed by a thread: small enough that a thread
@@ -648,10 +665,11 @@ mod tests {
 
     #[test]
     fn thread_count_rules() {
-        assert_eq!(thread_count(0, 100, 1024), 1);
-        assert_eq!(thread_count(8, 1 << 30, 1 << 20), 8);
-        assert_eq!(thread_count(8, 3 << 20, 1 << 20), 3);
-        assert_eq!(thread_count(1, 1 << 30, 1 << 20), 1);
-        assert!(thread_count(0, 1 << 30, 1 << 20) >= 1);
+        assert_eq!(thread_count(0, 100, 1024), (Some(1), 1));
+        assert_eq!(thread_count(8, 1 << 30, 1 << 20), (Some(8), 8));
+        assert_eq!(thread_count(8, 3 << 20, 1 << 20), (Some(3), 3));
+        assert_eq!(thread_count(1, 1 << 30, 1 << 20), (Some(1), 1));
+        assert_eq!(thread_count(0, 2 << 20, 1 << 20), (Some(2), 2));
+        assert_eq!(thread_count(0, 5 << 20, 1 << 20), (None, 5));
     }
 }
