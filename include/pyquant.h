@@ -17,12 +17,6 @@
 #include <stdint.h>
 
 /*
- Input bytes (quantize) or output bytes (dequantize) below which adding a
- thread does not pay for spawning it (tens of microseconds).
- */
-#define MIN_BYTES_PER_THREAD (1024 * 1024)
-
-/*
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`.
  */

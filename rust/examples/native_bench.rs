@@ -110,9 +110,13 @@ fn weights(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| (next() + next() + next() - 1.5) * 0.05).collect()
 }
 
+/// Bytes per thread below which the memcpy baseline adds no thread (as
+/// pyquant does for quantize).
+const COPY_BYTES_PER_THREAD: usize = 1024 * 1024;
+
 /// Copies `src` into `dst` on up to `threads` threads, split by bytes.
 fn parallel_copy(src: &[u8], dst: &mut [u8], threads: usize) {
-    let n = threads.min(src.len() / pyquant::batch::QUANTIZE_BYTES_PER_THREAD).max(1);
+    let n = threads.min(src.len() / COPY_BYTES_PER_THREAD).max(1);
     if n == 1 {
         dst.copy_from_slice(src);
         return;

@@ -10,20 +10,23 @@
 //! So an error anywhere leaves every output of every item untouched.
 //!
 //! Threads: the groups of all items form one sequence, cut by bytes into
-//! contiguous shares, one per thread (a large tensor is split across threads,
-//! small ones are spread over them). Each thread validates its share, waits
-//! for the others at a gate, and writes its share only if no thread found an
-//! error. Threads are scoped to the call (`std::thread::scope`); there is no
-//! pool and no global state. Calls smaller than [`QUANTIZE_BYTES_PER_THREAD`]
-//! (or [`DEQUANTIZE_BYTES_PER_THREAD`]) per thread run on the calling thread
-//! alone. Every group is computed by the
-//! same code whatever the partition, and the error reported is the first one
-//! in item and group order, so results are identical for every thread count.
+//! contiguous chunks of about 128 KiB (a large tensor is split, small ones
+//! are grouped). Threads claim chunks in order from a counter: first to
+//! check them, then, once every chunk is checked and none failed, to write
+//! them. Dynamic claiming rather than one fixed share per thread, because a
+//! newly spawned thread may start tens of microseconds late or on the
+//! caller's CPU; with claiming, whoever runs does the work and the calling
+//! thread alone always finishes. Threads are scoped to the call
+//! (`std::thread::scope`); there is no pool and no global state. Calls with
+//! less than 1 MiB of input (quantize) or 4 MiB of output (dequantize) per
+//! thread run on the calling thread alone. Every group is computed by the same code whatever the partition,
+//! and the error reported is the first one in item and group order, so
+//! results are identical for every thread count.
 
+use std::any::Any;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
-use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -37,10 +40,10 @@ use crate::layout::Layout;
 
 /// Input bytes per thread below which quantize does not add a thread:
 /// spawning and waking one costs tens of microseconds.
-pub const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
+pub(crate) const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
 /// Output bytes per thread below which dequantize does not add a thread
 /// (dequantize does about three times less work per byte than quantize).
-pub const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
+pub(crate) const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
 
 /// One tensor to quantize: `input` laid out as `layout`, into `codes`,
 /// `scales` and `mins` (which may be longer than needed; only the prefix the
@@ -594,7 +597,7 @@ mod tests {
             let (c, s, m) = &mut want[2];
             reference::quantize(&xb, &layouts[2], c, s, m).unwrap();
         }
-        for (threads, schedule) in [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect())] {
+        for (threads, schedule) in [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))] {
             let mut got = fresh();
             let mut items: Vec<QuantizeItem> = specs
                 .iter()

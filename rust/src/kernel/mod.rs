@@ -1,7 +1,8 @@
 //! The quantization kernels: the affine per-group scheme of DESIGN.md over
 //! safe slices. Every entry point of pyquant (C, Python by pointer or by copy,
-//! batch) ends in [`fast`] through [`crate::batch`], so they all give the same
-//! bytes; [`reference`] keeps the original scalar code that defines them.
+//! batch) ends in the vectorized kernels (module `fast`) through
+//! [`crate::batch`], so they all give the same bytes; [`mod@reference`] keeps
+//! the original scalar code that defines them.
 //!
 //! Groups are `group_size` consecutive values; since rows are a multiple of
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
