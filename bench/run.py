@@ -79,7 +79,7 @@ def variants() -> dict[str, Callable[[list[np.ndarray]], Callable[[], Any]]]:
                 scales = ffi.new("float[]", a.size // GROUP)
                 mins = ffi.new("float[]", a.size // GROUP)
                 err = ffi.new("PqError *")
-                status = lib.pq_quantize(lib.PQ_DTYPE_F32, values, a.size, k, BITS, GROUP,
+                status = lib.pq_quantize(lib.PQ_DTYPE_F32, values, a.size, k, BITS, GROUP, 0,
                                          codes, a.size * BITS // 8, scales, a.size // GROUP,
                                          mins, a.size // GROUP, err)
                 assert status == 0

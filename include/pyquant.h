@@ -62,7 +62,7 @@ struct ArrowArray {
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`.
  */
-#define PQ_ABI_VERSION 1
+#define PQ_ABI_VERSION 2
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -190,6 +190,58 @@ typedef struct PqError {
   char message[PQ_ERROR_MESSAGE_CAPACITY];
 } PqError;
 
+/*
+ One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
+ the same meaning and rules. Allocated and owned by the caller, like every
+ buffer it points to.
+ */
+typedef struct PqQuantizeItem {
+  /*
+   A `PQ_DTYPE_*` code.
+   */
+  uint32_t dtype;
+  /*
+   `input_len` values of `dtype`, aligned for it; only read.
+   */
+  const void *input;
+  size_t input_len;
+  size_t row_len;
+  uint32_t bits;
+  size_t group_size;
+  uint8_t *codes;
+  size_t codes_len;
+  float *scales;
+  size_t scales_len;
+  float *mins;
+  size_t mins_len;
+} PqQuantizeItem;
+
+/*
+ One tensor of `pq_dequantize_batch`: the arguments of `pq_dequantize`,
+ with the same meaning and rules. Allocated and owned by the caller, like
+ every buffer it points to.
+ */
+typedef struct PqDequantizeItem {
+  const uint8_t *codes;
+  size_t codes_len;
+  const float *scales;
+  size_t scales_len;
+  const float *mins;
+  size_t mins_len;
+  size_t row_len;
+  uint32_t bits;
+  size_t group_size;
+  /*
+   A `PQ_DTYPE_*` code: the type of `output`.
+   */
+  uint32_t dtype;
+  /*
+   `output_len` values of `dtype`, aligned for it; written on success.
+   */
+  void *output;
+  size_t output_len;
+} PqDequantizeItem;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -288,7 +340,10 @@ PqStatus pq_quantized_sizes(size_t input_len,
 /*
  Quantizes `input_len` values of type `dtype` (a `PQ_DTYPE_*` code) read
  in place from `input`, in rows of `row_len`, into packed `codes` and
- per-group `scales` and `mins`.
+ per-group `scales` and `mins`, using up to `threads` threads: 0 = all
+ available cores, 1 = only the calling thread, n = at most n threads
+ (fewer when there is less than about 1 MiB of input per thread). The
+ output bytes are the same for every value of `threads`.
 
  `input` must be aligned for `dtype` and must not change during the call
  (use `pq_quantize_copy` if it may). Output lengths are counts of their
@@ -303,6 +358,7 @@ PqStatus pq_quantize(uint32_t dtype,
                      size_t row_len,
                      uint32_t bits,
                      size_t group_size,
+                     size_t threads,
                      uint8_t *codes,
                      size_t codes_len,
                      float *scales,
@@ -316,7 +372,9 @@ PqStatus pq_quantize(uint32_t dtype,
  into memory that pyquant allocates and frees within the call, then
  quantizes that copy. `input` needs no alignment and may change after the
  copy is taken; `input_bytes` must be a multiple of the element size.
- Same bytes out as `pq_quantize` for the same values.
+ Same bytes out as `pq_quantize` for the same values; `threads` as there.
+ Buffers are owned by the caller; outputs are written only on
+ `PQ_STATUS_OK`.
  */
 PqStatus pq_quantize_copy(uint32_t dtype,
                           const uint8_t *input,
@@ -324,6 +382,7 @@ PqStatus pq_quantize_copy(uint32_t dtype,
                           size_t row_len,
                           uint32_t bits,
                           size_t group_size,
+                          size_t threads,
                           uint8_t *codes,
                           size_t codes_len,
                           float *scales,
@@ -336,7 +395,8 @@ PqStatus pq_quantize_copy(uint32_t dtype,
  Dequantizes `codes`, `scales` and `mins` (as written by `pq_quantize` for
  `output_len` values in rows of `row_len` with `bits` and `group_size`)
  into `output`, `output_len` values of type `dtype` (`mins + q * scales`
- in f32, rounded to nearest-even for f16 / bf16).
+ in f32, rounded to nearest-even for f16 / bf16), using up to `threads`
+ threads as `pq_quantize` does.
 
  Input lengths must match the layout exactly; `output` must be aligned for
  `dtype`, at least `output_len` long and not overlap the inputs. Buffers are
@@ -352,9 +412,57 @@ PqStatus pq_dequantize(const uint8_t *codes,
                        uint32_t bits,
                        size_t group_size,
                        uint32_t dtype,
+                       size_t threads,
                        void *output,
                        size_t output_len,
                        struct PqError *error);
+
+/*
+ Quantizes `items_len` tensors described by `items` in one call, with up
+ to `threads` threads as `pq_quantize` (a large tensor is split across
+ threads, small ones are spread over them). Items may mix dtypes, bit
+ widths and group sizes.
+
+ All or nothing: every item is checked (pointers, lengths, layout), no
+ output of any item may overlap any input or output of any item or the
+ `items` array (inputs may overlap each other), and every input value is
+ validated, all before any output of any item is written. On failure
+ nothing is written, the message starts with `item N: ` when the problem
+ is about item N, and `*failed_item` is set to N (to `SIZE_MAX` when it is
+ not about one item, and on success). Checks run in this order: each
+ item's pointers and layout (first bad item), then overlaps, then values
+ (first bad item, first bad group).
+
+ `items` (NULL only if `items_len` is 0), every buffer it points to, and
+ `failed_item` (nullable, any alignment) are owned by the caller; pyquant
+ keeps no pointer after returning.
+ */
+PqStatus pq_quantize_batch(const struct PqQuantizeItem *items,
+                           size_t items_len,
+                           size_t threads,
+                           size_t *failed_item,
+                           struct PqError *error);
+
+/*
+ Dequantizes `items_len` tensors described by `items` in one call, with up
+ to `threads` threads as `pq_quantize`. Items may mix dtypes, bit widths
+ and group sizes.
+
+ All or nothing, as `pq_quantize_batch`: every item is checked, no output
+ may overlap any buffer of any item or the `items` array, and every scale
+ and min is validated before any output is written; on failure the message
+ starts with `item N: ` and `*failed_item` is N (`SIZE_MAX` when not about
+ one item, and on success).
+
+ `items` (NULL only if `items_len` is 0), every buffer it points to, and
+ `failed_item` (nullable, any alignment) are owned by the caller; pyquant
+ keeps no pointer after returning.
+ */
+PqStatus pq_dequantize_batch(const struct PqDequantizeItem *items,
+                             size_t items_len,
+                             size_t threads,
+                             size_t *failed_item,
+                             struct PqError *error);
 
 /*
  Test hook: panics inside the panic boundary, to show that a panic becomes

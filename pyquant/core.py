@@ -153,6 +153,7 @@ def quantize_ptr(
         row_len,
         out.bits,
         out.group_size,
+        0,  # threads: all available cores
         *_output_args(out),
         err,
     )
@@ -190,6 +191,7 @@ def quantize_copy(
         row_len,
         out.bits,
         out.group_size,
+        0,  # threads: all available cores
         *_output_args(out),
         err,
     )
@@ -221,6 +223,7 @@ def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None) -> np.ndarray[Any, 
         _c_uint(qt.bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(qt.group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
         code,
+        0,  # threads: all available cores
         ffi.from_buffer(_raw_view(out), require_writable=True),
         out.size,
         err,

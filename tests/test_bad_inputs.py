@@ -47,6 +47,7 @@ def c_quantize(x, codes, scales, mins, *, n=None, row_len=None, bits=4, group_si
         row_len or (x.shape[-1] if x is not None else 8),
         bits,
         group_size or (x.shape[-1] if x is not None else 8),
+        0,  # threads
         ptr(codes, "uint8_t[]"),
         0 if codes is None else codes.size,
         ptr(scales, "float[]"),
@@ -223,7 +224,7 @@ def test_row12_null_with_nonzero_length(null):
     def p(name, t, a):
         return ffi.NULL if name == null else ffi.from_buffer(t, a)
 
-    status = lib.pq_quantize(lib.PQ_DTYPE_F32, p("input", "char[]", x), 128, 128, 4, 128,
+    status = lib.pq_quantize(lib.PQ_DTYPE_F32, p("input", "char[]", x), 128, 128, 4, 128, 0,
                              p("codes", "uint8_t[]", bufs["codes"]), 64, p("scales", "float[]", bufs["scales"]), 1,
                              p("mins", "float[]", bufs["mins"]), 1, err)
     with pytest.raises(pyquant.NullPointerError, match=f"{null} is NULL"):

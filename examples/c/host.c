@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pyquant.h"
 
@@ -52,8 +53,8 @@ int main(void) {
     mins = malloc(n_groups * sizeof *mins);
     if (codes == NULL || scales == NULL || mins == NULL) goto done;
 
-    /* 4. Quantize, reading the input in place. */
-    if (pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, BITS, GROUP_SIZE,
+    /* 4. Quantize, reading the input in place; threads = 0 uses every core. */
+    if (pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, BITS, GROUP_SIZE, 0,
                     codes, codes_len, scales, n_groups, mins, n_groups, &err) != PQ_STATUS_OK) {
         fprintf(stderr, "pq_quantize: %s\n", err.message);
         goto done;
@@ -61,7 +62,7 @@ int main(void) {
 
     /* 5. Dequantize back to float32. */
     if (pq_dequantize(codes, codes_len, scales, n_groups, mins, n_groups,
-                      ROW_LEN, BITS, GROUP_SIZE, PQ_DTYPE_F32, output, n, &err) != PQ_STATUS_OK) {
+                      ROW_LEN, BITS, GROUP_SIZE, PQ_DTYPE_F32, 0, output, n, &err) != PQ_STATUS_OK) {
         fprintf(stderr, "pq_dequantize: %s\n", err.message);
         goto done;
     }
@@ -81,9 +82,33 @@ int main(void) {
     printf("max abs error %g (group 0: scale %g, min %g)\n",
            (double)max_err, (double)scales[0], (double)mins[0]);
 
-    /* 7. Bad input: 3 bits is not supported. pyquant returns a status and a
+    /* 7. A batch: several tensors (here the same input at 8 and 2 bits) in
+     *    one call, all or nothing. Each item carries pq_quantize's arguments. */
+    {
+        static uint8_t codes8[ROWS * ROW_LEN], codes2[ROWS * ROW_LEN / 4];
+        static float s8[ROWS * ROW_LEN / GROUP_SIZE], m8[ROWS * ROW_LEN / GROUP_SIZE];
+        static float s2[ROWS * ROW_LEN / GROUP_SIZE], m2[ROWS * ROW_LEN / GROUP_SIZE];
+        const size_t ng = ROWS * ROW_LEN / GROUP_SIZE;
+        PqQuantizeItem items[2] = {
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 8, GROUP_SIZE, codes8, sizeof codes8, s8, ng, m8, ng},
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 2, GROUP_SIZE, codes2, sizeof codes2, s2, ng, m2, ng},
+        };
+        size_t failed_item;
+        if (pq_quantize_batch(items, 2, 0, &failed_item, &err) != PQ_STATUS_OK) {
+            fprintf(stderr, "pq_quantize_batch: item %zu: %s\n", failed_item, err.message);
+            goto done;
+        }
+        /* Same scales as the single call (the scale depends on bits, the min does not). */
+        if (memcmp(m8, mins, sizeof m8) != 0) {
+            fprintf(stderr, "batch mins differ from pq_quantize's\n");
+            goto done;
+        }
+        printf("batch of 2 (8 and 2 bits): %zu + %zu code bytes\n", sizeof codes8, sizeof codes2);
+    }
+
+    /* 8. Bad input: 3 bits is not supported. pyquant returns a status and a
      *    message, and writes nothing. */
-    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 3, GROUP_SIZE,
+    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 3, GROUP_SIZE, 0,
                              codes, codes_len, scales, n_groups, mins, n_groups, &err);
     if (s != PQ_STATUS_INVALID_BITS || err.status != s || err.message[0] == '\0') {
         fprintf(stderr, "bits = 3: expected PQ_STATUS_INVALID_BITS, got %u\n", (unsigned)s);

@@ -33,10 +33,20 @@ pub trait Element: Copy + Send + Sync + 'static {
     const DTYPE: Dtype;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
+    /// Wraps a slice of this type for the dtype-erased (batch) API.
+    fn values(s: &[Self]) -> Values<'_>;
+    /// Wraps a writable slice of this type for the dtype-erased (batch) API.
+    fn values_mut(s: &mut [Self]) -> ValuesMut<'_>;
 }
 
 impl Element for f32 {
     const DTYPE: Dtype = Dtype::F32;
+    fn values(s: &[Self]) -> Values<'_> {
+        s.into()
+    }
+    fn values_mut(s: &mut [Self]) -> ValuesMut<'_> {
+        s.into()
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -49,6 +59,12 @@ impl Element for f32 {
 
 impl Element for f16 {
     const DTYPE: Dtype = Dtype::F16;
+    fn values(s: &[Self]) -> Values<'_> {
+        s.into()
+    }
+    fn values_mut(s: &mut [Self]) -> ValuesMut<'_> {
+        s.into()
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -61,6 +77,12 @@ impl Element for f16 {
 
 impl Element for bf16 {
     const DTYPE: Dtype = Dtype::BF16;
+    fn values(s: &[Self]) -> Values<'_> {
+        s.into()
+    }
+    fn values_mut(s: &mut [Self]) -> ValuesMut<'_> {
+        s.into()
+    }
     #[inline(always)]
     fn to_f32(self) -> f32 {
         // bf16 is the top half of an f32: widening is a shift, always exact.
@@ -69,5 +91,147 @@ impl Element for bf16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+}
+
+/// A read-only tensor of one of the supported element types, so that a batch
+/// can mix dtypes.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+/// A writable tensor of one of the supported element types.
+#[derive(Debug)]
+pub enum ValuesMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
+    BF16(&'a mut [bf16]),
+}
+
+macro_rules! each_values {
+    ($v:expr, $s:ident => $body:expr) => {
+        match $v {
+            Values::F32($s) => $body,
+            Values::F16($s) => $body,
+            Values::BF16($s) => $body,
+        }
+    };
+}
+
+macro_rules! each_values_mut {
+    ($v:expr, $s:ident => $body:expr) => {
+        match $v {
+            ValuesMut::F32($s) => $body,
+            ValuesMut::F16($s) => $body,
+            ValuesMut::BF16($s) => $body,
+        }
+    };
+}
+
+impl<'a> Values<'a> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            Values::F32(_) => Dtype::F32,
+            Values::F16(_) => Dtype::F16,
+            Values::BF16(_) => Dtype::BF16,
+        }
+    }
+
+    /// Number of values (not bytes).
+    pub fn len(&self) -> usize {
+        each_values!(self, s => s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits into `[..mid]` and `[mid..]`. Panics if `mid > len`.
+    pub fn split_at(self, mid: usize) -> (Values<'a>, Values<'a>) {
+        match self {
+            Values::F32(s) => {
+                let (a, b) = s.split_at(mid);
+                (Values::F32(a), Values::F32(b))
+            }
+            Values::F16(s) => {
+                let (a, b) = s.split_at(mid);
+                (Values::F16(a), Values::F16(b))
+            }
+            Values::BF16(s) => {
+                let (a, b) = s.split_at(mid);
+                (Values::BF16(a), Values::BF16(b))
+            }
+        }
+    }
+}
+
+impl<'a> ValuesMut<'a> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            ValuesMut::F32(_) => Dtype::F32,
+            ValuesMut::F16(_) => Dtype::F16,
+            ValuesMut::BF16(_) => Dtype::BF16,
+        }
+    }
+
+    /// Number of values (not bytes).
+    pub fn len(&self) -> usize {
+        each_values_mut!(self, s => s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Splits into `[..mid]` and `[mid..]`. Panics if `mid > len`.
+    pub fn split_at(self, mid: usize) -> (ValuesMut<'a>, ValuesMut<'a>) {
+        match self {
+            ValuesMut::F32(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (ValuesMut::F32(a), ValuesMut::F32(b))
+            }
+            ValuesMut::F16(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (ValuesMut::F16(a), ValuesMut::F16(b))
+            }
+            ValuesMut::BF16(s) => {
+                let (a, b) = s.split_at_mut(mid);
+                (ValuesMut::BF16(a), ValuesMut::BF16(b))
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for Values<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        Values::F32(s)
+    }
+}
+impl<'a> From<&'a [f16]> for Values<'a> {
+    fn from(s: &'a [f16]) -> Self {
+        Values::F16(s)
+    }
+}
+impl<'a> From<&'a [bf16]> for Values<'a> {
+    fn from(s: &'a [bf16]) -> Self {
+        Values::BF16(s)
+    }
+}
+impl<'a> From<&'a mut [f32]> for ValuesMut<'a> {
+    fn from(s: &'a mut [f32]) -> Self {
+        ValuesMut::F32(s)
+    }
+}
+impl<'a> From<&'a mut [f16]> for ValuesMut<'a> {
+    fn from(s: &'a mut [f16]) -> Self {
+        ValuesMut::F16(s)
+    }
+}
+impl<'a> From<&'a mut [bf16]> for ValuesMut<'a> {
+    fn from(s: &'a mut [bf16]) -> Self {
+        ValuesMut::BF16(s)
     }
 }

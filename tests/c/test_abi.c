@@ -196,13 +196,13 @@ typedef struct {
 } Q;
 
 static PqStatus quantize(Q a) {
-    return pq_quantize(a.dtype, a.input, a.input_len, a.row_len, a.bits, a.group_size, a.codes,
+    return pq_quantize(a.dtype, a.input, a.input_len, a.row_len, a.bits, a.group_size, 0, a.codes,
                        a.codes_len, a.scales, a.scales_len, a.mins, a.mins_len, &err);
 }
 
 /* pq_quantize_copy with the same arguments, the input taken as bytes. */
 static PqStatus quantize_copy(Q a, const uint8_t *bytes, size_t n_bytes) {
-    return pq_quantize_copy(a.dtype, bytes, n_bytes, a.row_len, a.bits, a.group_size, a.codes,
+    return pq_quantize_copy(a.dtype, bytes, n_bytes, a.row_len, a.bits, a.group_size, 0, a.codes,
                             a.codes_len, a.scales, a.scales_len, a.mins, a.mins_len, &err);
 }
 
@@ -336,11 +336,11 @@ static void test_known_codes(void) {
     a.row_len = 8;
     EXPECT(quantize(a), PQ_STATUS_OK);
     float y[8];
-    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_F32, y, 8, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_F32, 0, y, 8, &err), PQ_STATUS_OK);
     CHECK(memcmp(y, two, sizeof y) == 0);
     uint16_t yh[8], yb[8];
-    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_F16, yh, 8, &err), PQ_STATUS_OK);
-    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_BF16, yb, 8, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_F16, 0, yh, 8, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 2, scales, 2, mins, 2, 8, 2, 4, PQ_DTYPE_BF16, 0, yb, 8, &err), PQ_STATUS_OK);
     CHECK(yh[0] == 0x0000 && yh[3] == 0x4200 && yh[4] == 0x4900 && yh[7] == 0x4A80); /* 0 3 10 13 */
     CHECK(yb[0] == 0x0000 && yb[3] == 0x4040 && yb[4] == 0x4120 && yb[7] == 0x4150);
 }
@@ -394,7 +394,7 @@ static void test_reference_all_dtypes_and_bits(void) {
                       memcmp(cm, mins, ng * 4) == 0);
 
                 /* Dequantize: exactly mins + q * scales, and within the bound. */
-                EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, bits, g, PQ_DTYPE_F32, y, N, &err),
+                EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, bits, g, PQ_DTYPE_F32, 0, y, N, &err),
                        PQ_STATUS_OK);
                 int exact = 1, bounded = 1;
                 for (size_t i = 0; i < N; i++) {
@@ -414,11 +414,11 @@ static void test_reference_all_dtypes_and_bits(void) {
 
     /* Dequantizing to f16 / bf16 rounds the f32 result to nearest. */
     size_t nc = N / 2, ng = N / 64;
-    EXPECT(pq_quantize(PQ_DTYPE_F16, xh, N, ROW, 4, 64, codes, nc, scales, ng, mins, ng, &err), PQ_STATUS_OK);
-    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_F32, y, N, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F16, xh, N, ROW, 4, 64, 0, codes, nc, scales, ng, mins, ng, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_F32, 0, y, N, &err), PQ_STATUS_OK);
     static uint16_t yh[N], yb[N];
-    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_F16, yh, N, &err), PQ_STATUS_OK);
-    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_BF16, yb, N, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_F16, 0, yh, N, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, nc, scales, ng, mins, ng, ROW, 4, 64, PQ_DTYPE_BF16, 0, yb, N, &err), PQ_STATUS_OK);
     int near_h = 1, near_b = 1;
     for (size_t i = 0; i < N; i++) {
         float a = fabsf(y[i]);
@@ -444,16 +444,16 @@ static void test_longer_outputs(void) {
 static void test_null_and_empty(void) {
     fill_canary();
     /* Zero rows: everything empty, outputs NULL too. */
-    EXPECT(pq_quantize(PQ_DTYPE_F32, NULL, 0, 128, 4, 128, NULL, 0, NULL, 0, NULL, 0, &err), PQ_STATUS_OK);
-    EXPECT(pq_quantize(PQ_DTYPE_BF16, NULL, 0, 128, 4, 128, NULL, 0, NULL, 0, NULL, 0, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, NULL, 0, 128, 4, 128, 0, NULL, 0, NULL, 0, NULL, 0, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_BF16, NULL, 0, 128, 4, 128, 0, NULL, 0, NULL, 0, NULL, 0, &err), PQ_STATUS_OK);
     /* Zero rows with real output buffers: OK, nothing written. */
-    EXPECT(pq_quantize(PQ_DTYPE_F16, NULL, 0, 128, 8, 64, codes, 16, scales, 4, mins, 4, &err), PQ_STATUS_OK);
-    EXPECT(pq_quantize_copy(PQ_DTYPE_F32, NULL, 0, 128, 2, 128, codes, 16, scales, 4, mins, 4, &err),
+    EXPECT(pq_quantize(PQ_DTYPE_F16, NULL, 0, 128, 8, 64, 0, codes, 16, scales, 4, mins, 4, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize_copy(PQ_DTYPE_F32, NULL, 0, 128, 2, 128, 0, codes, 16, scales, 4, mins, 4, &err),
            PQ_STATUS_OK);
-    EXPECT(pq_dequantize(NULL, 0, NULL, 0, NULL, 0, 128, 4, 128, PQ_DTYPE_F32, NULL, 0, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(NULL, 0, NULL, 0, NULL, 0, 128, 4, 128, PQ_DTYPE_F32, 0, NULL, 0, &err), PQ_STATUS_OK);
     CHECK(outputs_untouched());
     /* Zero rows but row length 0 is still an error. */
-    EXPECT(pq_quantize(PQ_DTYPE_F32, NULL, 0, 0, 4, 128, NULL, 0, NULL, 0, NULL, 0, &err),
+    EXPECT(pq_quantize(PQ_DTYPE_F32, NULL, 0, 0, 4, 128, 0, NULL, 0, NULL, 0, NULL, 0, &err),
            PQ_STATUS_SHAPE_MISMATCH);
 
     /* NULL with a non-zero length, one buffer at a time; the message names it. */
@@ -485,13 +485,13 @@ static void test_null_and_empty(void) {
 
     /* Dequantize with NULL inputs or output. */
     float y[256];
-    EXPECT_MSG(pq_dequantize(NULL, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(NULL, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_NULL_POINTER, "codes");
-    EXPECT_MSG(pq_dequantize(codes, 128, NULL, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, NULL, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_NULL_POINTER, "scales");
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, NULL, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, NULL, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_NULL_POINTER, "mins");
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, NULL, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, NULL, 256, &err),
                PQ_STATUS_NULL_POINTER, "output");
 }
 
@@ -530,14 +530,14 @@ static void test_misaligned(void) {
     /* Dequantize into a misaligned output, or from misaligned scales. */
     a = base();
     EXPECT(quantize(a), PQ_STATUS_OK);
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, raw + 1, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, raw + 1, 256, &err),
                PQ_STATUS_MISALIGNED, "output");
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F16, raw + 1, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F16, 0, raw + 1, 256, &err),
            PQ_STATUS_MISALIGNED);
     memcpy(raw + 1, scales, 16);
     float y[256];
     EXPECT(pq_dequantize(codes, 128, (const float *)(const void *)(raw + 1), 4, mins, 4, 128, 4, 64,
-                         PQ_DTYPE_F32, y, 256, &err),
+                         PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_MISALIGNED);
 }
 
@@ -659,15 +659,15 @@ static void test_invalid_bits_and_groups(void) {
     EXPECT(quantize_copy(a, (const uint8_t *)base_input, 1024), PQ_STATUS_UNSUPPORTED_DTYPE);
     CHECK(outputs_untouched());
     float y[256];
-    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, codes, 128, scales, 4, mins, 4, &err),
+    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, &err),
            PQ_STATUS_OK);
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, 7, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, 7, 0, y, 256, &err),
                PQ_STATUS_UNSUPPORTED_DTYPE, "dtype");
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 3, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 3, 64, PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_INVALID_BITS);
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 3, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 3, PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_INVALID_GROUP_SIZE);
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 250, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 250, &err),
            PQ_STATUS_SHAPE_MISMATCH);
 }
 
@@ -701,7 +701,7 @@ static void test_size_overflow(void) {
     CHECK(outputs_untouched());
     /* Dequantize into an output whose byte size overflows. */
     float y[4];
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 4, 2, 4, PQ_DTYPE_F32, y, SIZE_MAX / 2 / 4 * 4, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 4, 2, 4, PQ_DTYPE_F32, 0, y, SIZE_MAX / 2 / 4 * 4, &err),
            PQ_STATUS_SIZE_OVERFLOW);
 }
 
@@ -765,30 +765,30 @@ static void test_non_finite(void) {
     EXPECT(quantize(a), PQ_STATUS_OK);
     CHECK(scales[0] == FLT_MAX / 15.0f && mins[0] == -FLT_MAX && scales[1] == FLT_MAX / 15.0f);
     float y[256];
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err), PQ_STATUS_OK);
     CHECK(y[0] == -FLT_MAX && y[64] == FLT_MAX && isfinite(y[1]) && fabsf(y[1]) <= scales[0] / 2);
     /* FLT_MAX twice: a constant group. */
     float m2[2] = {FLT_MAX, FLT_MAX};
-    EXPECT(pq_quantize(PQ_DTYPE_F32, m2, 2, 2, 4, 2, codes, 1, scales, 1, mins, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, m2, 2, 2, 4, 2, 0, codes, 1, scales, 1, mins, 1, &err), PQ_STATUS_OK);
     CHECK(scales[0] == 0.0f && mins[0] == FLT_MAX && codes[0] == 0);
 
     /* Dequantize refuses non-finite scales or mins, writing nothing. */
-    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, codes, 128, scales, 4, mins, 4, &err),
+    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, &err),
            PQ_STATUS_OK);
     for (int i = 0; i < 256; i++) y[i] = 42.0f;
     float s[4], m[4];
     memcpy(s, scales, sizeof s);
     memcpy(m, mins, sizeof m);
     s[2] = NAN;
-    EXPECT_MSG(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_NON_FINITE, "group 2");
     s[2] = scales[2];
     m[3] = -INFINITY;
-    EXPECT_MSG(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_NON_FINITE, "group 3");
     s[0] = INFINITY;
     m[3] = mins[3];
-    EXPECT(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_BF16, y, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_BF16, 0, y, 256, &err),
            PQ_STATUS_NON_FINITE);
     int untouched = 1;
     for (int i = 0; i < 256; i++) untouched &= y[i] == 42.0f;
@@ -809,7 +809,7 @@ static void test_constant_zero_subnormal_negzero(void) {
     CHECK(f32_bits(mins[3]) == 0 && f32_bits(scales[3]) == 0); /* +0.0, not -0.0 */
     uint8_t zeros[128] = {0};
     CHECK(memcmp(codes, zeros, 128) == 0);
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err), PQ_STATUS_OK);
     int exact = 1, no_nan = 1;
     for (int i = 0; i < 192; i++) exact &= f32_bits(y[i]) == f32_bits(x[i]);
     for (int i = 0; i < 256; i++) no_nan &= !isnan(y[i]);
@@ -821,15 +821,15 @@ static void test_constant_zero_subnormal_negzero(void) {
     float pz[4] = {0.0f, 1, 2, 3}, nz[4] = {-0.0f, 1, 2, 3}, nz2[4] = {3, -0.0f, 0.0f, 1};
     uint8_t c1, c2;
     float s1, s2, m1, m2;
-    EXPECT(pq_quantize(PQ_DTYPE_F32, pz, 4, 4, 2, 4, &c1, 1, &s1, 1, &m1, 1, &err), PQ_STATUS_OK);
-    EXPECT(pq_quantize(PQ_DTYPE_F32, nz, 4, 4, 2, 4, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, pz, 4, 4, 2, 4, 0, &c1, 1, &s1, 1, &m1, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, nz, 4, 4, 2, 4, 0, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
     CHECK(c1 == c2 && c1 == 0xE4 && f32_bits(s1) == f32_bits(s2) && f32_bits(m2) == 0);
-    EXPECT(pq_quantize(PQ_DTYPE_F32, nz2, 4, 4, 2, 4, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, nz2, 4, 4, 2, 4, 0, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
     CHECK(c2 == 0x43 && f32_bits(m2) == 0); /* codes 3,0,0,1 */
     const uint16_t hz[4] = {0x8000, 0x8000, 0x8000, 0x8000};
-    EXPECT(pq_quantize(PQ_DTYPE_F16, hz, 4, 4, 2, 4, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F16, hz, 4, 4, 2, 4, 0, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
     CHECK(c2 == 0 && f32_bits(s2) == 0 && f32_bits(m2) == 0);
-    EXPECT(pq_quantize(PQ_DTYPE_BF16, hz, 4, 4, 2, 4, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_BF16, hz, 4, 4, 2, 4, 0, &c2, 1, &s2, 1, &m2, 1, &err), PQ_STATUS_OK);
     CHECK(c2 == 0 && f32_bits(s2) == 0 && f32_bits(m2) == 0);
 
     /* A subnormal-only group: finite positive scale, codes exact, round trip exact. */
@@ -838,61 +838,61 @@ static void test_constant_zero_subnormal_negzero(void) {
     for (int i = 0; i < 16; i++) sub[i] = tiny * (float)i;
     uint8_t c[8];
     float s, m, ys[16];
-    EXPECT(pq_quantize(PQ_DTYPE_F32, sub, 16, 16, 4, 16, c, 8, &s, 1, &m, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, sub, 16, 16, 4, 16, 0, c, 8, &s, 1, &m, 1, &err), PQ_STATUS_OK);
     CHECK(isfinite(s) && s > 0.0f && s == tiny && m == 0.0f);
     const uint8_t want[8] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE};
     CHECK(memcmp(c, want, 8) == 0);
-    EXPECT(pq_dequantize(c, 8, &s, 1, &m, 1, 16, 4, 16, PQ_DTYPE_F32, ys, 16, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(c, 8, &s, 1, &m, 1, 16, 4, 16, PQ_DTYPE_F32, 0, ys, 16, &err), PQ_STATUS_OK);
     CHECK(memcmp(ys, sub, sizeof ys) == 0);
     /* Negative subnormals with 8 bits: scale positive and finite, error within bound. */
     float sub8[4] = {-FLT_MIN / 2, -tiny * 3, 0.0f, FLT_MIN / 4};
     uint8_t c8[4];
     float y8[4];
-    EXPECT(pq_quantize(PQ_DTYPE_F32, sub8, 4, 4, 8, 4, c8, 4, &s, 1, &m, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, sub8, 4, 4, 8, 4, 0, c8, 4, &s, 1, &m, 1, &err), PQ_STATUS_OK);
     CHECK(isfinite(s) && s > 0.0f && m == -FLT_MIN / 2 && c8[0] == 0 && c8[3] == 255);
-    EXPECT(pq_dequantize(c8, 4, &s, 1, &m, 1, 4, 8, 4, PQ_DTYPE_F32, y8, 4, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(c8, 4, &s, 1, &m, 1, 4, 8, 4, PQ_DTYPE_F32, 0, y8, 4, &err), PQ_STATUS_OK);
     int within = 1;
     for (int i = 0; i < 4; i++) within &= fabsf(y8[i] - sub8[i]) <= s / 2 + 4 * tiny;
     CHECK(within);
     /* f16 subnormal patterns 0x0000..0x000F: values i * 2^-24, scale 2^-24. */
     uint16_t hs[16];
     for (int i = 0; i < 16; i++) hs[i] = (uint16_t)i;
-    EXPECT(pq_quantize(PQ_DTYPE_F16, hs, 16, 16, 4, 16, c, 8, &s, 1, &m, 1, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F16, hs, 16, 16, 4, 16, 0, c, 8, &s, 1, &m, 1, &err), PQ_STATUS_OK);
     CHECK(s == 0x1p-24f && m == 0.0f && memcmp(c, want, 8) == 0);
     uint16_t hy[16];
-    EXPECT(pq_dequantize(c, 8, &s, 1, &m, 1, 16, 4, 16, PQ_DTYPE_F16, hy, 16, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(c, 8, &s, 1, &m, 1, 16, 4, 16, PQ_DTYPE_F16, 0, hy, 16, &err), PQ_STATUS_OK);
     CHECK(memcmp(hy, hs, sizeof hy) == 0);
 }
 
 static void test_dequantize_errors(void) {
-    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, codes, 128, scales, 4, mins, 4, &err),
+    EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, &err),
            PQ_STATUS_OK);
     static float y[256];
     for (int i = 0; i < 256; i++) y[i] = 42.0f;
     /* Input lengths must match exactly: too short and too long. */
-    EXPECT_MSG(pq_dequantize(codes, 127, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 127, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_BUFFER_TOO_SMALL, "codes");
-    EXPECT(pq_dequantize(codes, 129, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT(pq_dequantize(codes, 129, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_BUFFER_TOO_SMALL);
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 3, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 3, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_BUFFER_TOO_SMALL, "scales");
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 5, 128, 4, 64, PQ_DTYPE_F32, y, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 5, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, &err),
                PQ_STATUS_BUFFER_TOO_SMALL, "mins");
     /* Output overlapping codes, scales or mins. */
-    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, (void *)codes, 256, &err),
+    EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, (void *)codes, 256, &err),
                PQ_STATUS_OVERLAP, "overlaps");
     static float buf[512];
     memcpy(buf + 256, scales, 4 * sizeof(float));
-    EXPECT(pq_dequantize(codes, 128, buf + 256, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, buf + 3, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, buf + 256, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, buf + 3, 256, &err),
            PQ_STATUS_OVERLAP); /* output ends one float into the scales */
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_BF16, mins + 2, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_BF16, 0, mins + 2, 256, &err),
            PQ_STATUS_OVERLAP);
     int untouched = 1;
     for (int i = 0; i < 256; i++) untouched &= y[i] == 42.0f;
     CHECK(untouched);
     /* The inputs survived the refused calls. */
     float y2[256];
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y2, 256, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y2, 256, &err), PQ_STATUS_OK);
 }
 
 static void test_panic_and_null_error(void) {
@@ -903,18 +903,18 @@ static void test_panic_and_null_error(void) {
     EXPECT(quantize(a), PQ_STATUS_OK);
 
     /* A NULL PqError* is accepted, on success and on error. */
-    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, codes, 128, scales, 4, mins, 4, NULL) ==
+    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, NULL) ==
           PQ_STATUS_OK);
-    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 3, 64, codes, 128, scales, 4, mins, 4, NULL) ==
+    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 3, 64, 0, codes, 128, scales, 4, mins, 4, NULL) ==
           PQ_STATUS_INVALID_BITS);
-    CHECK(pq_quantize_copy(PQ_DTYPE_F32, NULL, 4, 1, 8, 1, codes, 1, scales, 1, mins, 1, NULL) ==
+    CHECK(pq_quantize_copy(PQ_DTYPE_F32, NULL, 4, 1, 8, 1, 0, codes, 1, scales, 1, mins, 1, NULL) ==
           PQ_STATUS_NULL_POINTER);
     size_t c, g;
     CHECK(pq_quantized_sizes(256, 128, 4, 64, &c, &g, NULL) == PQ_STATUS_OK && c == 128 && g == 4);
     CHECK(pq_quantized_sizes(256, 128, 4, 0, &c, &g, NULL) == PQ_STATUS_INVALID_GROUP_SIZE);
     float y[256];
-    CHECK(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, NULL) == PQ_STATUS_OK);
-    CHECK(pq_dequantize(codes, 1, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, y, 256, NULL) ==
+    CHECK(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, NULL) == PQ_STATUS_OK);
+    CHECK(pq_dequantize(codes, 1, scales, 4, mins, 4, 128, 4, 64, PQ_DTYPE_F32, 0, y, 256, NULL) ==
           PQ_STATUS_BUFFER_TOO_SMALL);
 
     /* The message is cleared on success after an error. */

@@ -203,7 +203,7 @@ static void test_round_trip(void) {
         uint8_t want_codes[8];
         float want_scales[2], want_mins[2];
         size_t n_groups = lens[t] / 8;
-        CHECK(pq_quantize(PQ_DTYPE_F32, tensors[t], lens[t], rows[t], 4, 8, want_codes, lens[t] / 2,
+        CHECK(pq_quantize(PQ_DTYPE_F32, tensors[t], lens[t], rows[t], 4, 8, 0, want_codes, lens[t] / 2,
                           want_scales, n_groups, want_mins, n_groups, &err) == PQ_STATUS_OK);
         CHECK(coff[t + 1] - coff[t] == (int64_t)(lens[t] / 2));
         CHECK(memcmp(cdata + coff[t], want_codes, lens[t] / 2) == 0);

@@ -8,6 +8,7 @@ use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 use std::slice;
 
+use crate::batch::BatchError;
 use crate::error::{Error, PqStatus, Result};
 
 /// A checked (pointer, length) pair, not yet a slice.
@@ -66,40 +67,88 @@ impl<T> Region<T> {
 
     /// # Safety
     /// As [`Region::as_slice`], writable; and [`check_disjoint`] passed for
-    /// this region against every other region of the call.
+    /// this region among all the regions of the call.
     pub(crate) unsafe fn as_mut_slice<'a>(&self) -> &'a mut [T] {
         slice::from_raw_parts_mut(self.ptr, self.len)
     }
 }
 
-/// A type-erased view of a region for the overlap check.
-pub(crate) trait Span {
-    fn span(&self) -> (&'static str, usize, usize);
-}
-
-impl<T> Span for Region<T> {
-    fn span(&self) -> (&'static str, usize, usize) {
-        (self.what, self.ptr as usize, self.bytes)
+impl<T> Region<T> {
+    /// This region as a buffer of batch item `item` (`None`: not an item's)
+    /// for [`check_disjoint`].
+    pub(crate) fn span(&self, item: Option<usize>, output: bool) -> Span {
+        Span { item, what: self.what, start: self.ptr as usize, bytes: self.bytes, output }
     }
 }
 
-/// Errors if any output overlaps an input or another output. Empty regions
-/// overlap nothing.
-pub(crate) fn check_disjoint(inputs: &[&dyn Span], outputs: &[&dyn Span]) -> Result<()> {
-    for (i, out) in outputs.iter().enumerate() {
-        let others = inputs.iter().chain(&outputs[..i]).chain(&outputs[i + 1..]);
-        for other in others {
-            let (a_name, a, a_len) = out.span();
-            let (b_name, b, b_len) = other.span();
-            if a_len > 0 && b_len > 0 && a < b + b_len && b < a + a_len {
-                return Err(Error::new(
-                    PqStatus::Overlap,
-                    format!("{a_name} overlaps {b_name}: outputs must not share memory with other buffers"),
-                ));
+/// One buffer of a call, for the overlap check.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    /// The batch item the buffer belongs to (`None`: e.g. the item array).
+    pub item: Option<usize>,
+    pub what: &'static str,
+    pub start: usize,
+    pub bytes: usize,
+    pub output: bool,
+}
+
+/// Errors if any output overlaps any other buffer of the call, input or
+/// output, of the same or of another item. Inputs may overlap each other
+/// (they are only read). Empty buffers overlap nothing.
+///
+/// O(n log n) for n buffers: sorted by start address, a sweep keeps the
+/// furthest end seen over all buffers and over outputs only. A buffer that
+/// starts before the furthest end of an earlier one overlaps that one; an
+/// output must not overlap anything, an input no output. Any overlapping pair
+/// is found this way: when the later-starting one is swept, the earlier one
+/// (or another that ends even later) has set the relevant maximum.
+///
+/// The error names the item of the output involved (the later item if both
+/// are outputs).
+pub(crate) fn check_disjoint(spans: &mut [Span]) -> std::result::Result<(), BatchError> {
+    // Stable sort: ties keep the caller's order, so the reported pair is
+    // deterministic.
+    spans.sort_by_key(|s| s.start);
+    let mut furthest: Option<(usize, usize)> = None; // (end, index) over all
+    let mut furthest_output: Option<(usize, usize)> = None; // over outputs
+    for (i, s) in spans.iter().enumerate() {
+        if s.bytes == 0 {
+            continue;
+        }
+        // Region::new checked that start + bytes does not wrap.
+        let end = s.start + s.bytes;
+        let earlier = if s.output { furthest } else { furthest_output };
+        if let Some((e, j)) = earlier {
+            if s.start < e {
+                return Err(overlap_error(&spans[j], s));
             }
+        }
+        if furthest.is_none_or(|(e, _)| end > e) {
+            furthest = Some((end, i));
+        }
+        if s.output && furthest_output.is_none_or(|(e, _)| end > e) {
+            furthest_output = Some((end, i));
         }
     }
     Ok(())
+}
+
+#[cold]
+fn overlap_error(a: &Span, b: &Span) -> BatchError {
+    // `out` is an output; if both are, the one of the later item.
+    let (out, other) = if !a.output || (b.output && b.item >= a.item) { (b, a) } else { (a, b) };
+    let whose = match other.item {
+        Some(j) if other.item != out.item => format!(" of item {j}"),
+        _ => String::new(),
+    };
+    let error = Error::new(
+        PqStatus::Overlap,
+        format!(
+            "{} overlaps {}{whose}: outputs must not share memory with other buffers",
+            out.what, other.what
+        ),
+    );
+    BatchError { item: out.item, error }
 }
 
 #[cfg(test)]
@@ -122,17 +171,83 @@ mod tests {
         assert_eq!(status(Region::new("input", buf.as_ptr() as *const f32, 4)), PqStatus::Ok);
     }
 
+    fn spans_of(list: &[(Option<usize>, &'static str, *const f32, usize, bool)]) -> Vec<Span> {
+        list.iter().map(|&(item, what, p, len, output)| Region::new(what, p, len).unwrap().span(item, output)).collect()
+    }
+
     #[test]
     fn overlaps() {
         let buf = [0f32; 16];
         let p = buf.as_ptr();
-        let a = Region::new("input", p, 8).unwrap();
-        let b = Region::new("scales", p.wrapping_add(7), 2).unwrap();
-        let c = Region::new("mins", p.wrapping_add(8), 8).unwrap();
-        let e = Region::new("codes", p, 0).unwrap();
-        assert_eq!(status(check_disjoint(&[&a], &[&b])), PqStatus::Overlap);
-        assert_eq!(status(check_disjoint(&[&a], &[&c])), PqStatus::Ok);
-        assert_eq!(status(check_disjoint(&[], &[&b, &c])), PqStatus::Overlap);
-        assert_eq!(status(check_disjoint(&[&a], &[&e])), PqStatus::Ok);
+        let check = |list: &[(Option<usize>, &'static str, *const f32, usize, bool)]| {
+            check_disjoint(&mut spans_of(list)).map_err(|e| (e.item, e.error.status, e.error.message))
+        };
+        let input = (Some(0), "input", p, 8, false);
+        // An output inside the input, touching it, and empty.
+        let e = check(&[input, (Some(0), "scales", p.wrapping_add(7), 2, true)]).unwrap_err();
+        assert_eq!((e.0, e.1), (Some(0), PqStatus::Overlap));
+        assert!(e.2.starts_with("scales overlaps input:"), "{}", e.2);
+        assert!(check(&[input, (Some(0), "mins", p.wrapping_add(8), 8, true)]).is_ok());
+        assert!(check(&[input, (Some(0), "codes", p, 0, true)]).is_ok());
+        // Two outputs; inputs may overlap each other.
+        assert!(check(&[(Some(0), "scales", p.wrapping_add(7), 2, true), (Some(0), "mins", p.wrapping_add(8), 8, true)]).is_err());
+        assert!(check(&[input, (Some(1), "input", p.wrapping_add(4), 8, false), (None, "the items array", p, 16, false)]).is_ok());
+        // Across items: the output's item is named, the other item too.
+        let e = check(&[(Some(3), "codes", p.wrapping_add(12), 4, true), (Some(1), "input", p.wrapping_add(4), 9, false)]).unwrap_err();
+        assert_eq!(e.0, Some(3));
+        assert!(e.2.starts_with("codes overlaps input of item 1:"), "{}", e.2);
+        // Both outputs: the later item.
+        let e = check(&[(Some(5), "mins", p.wrapping_add(2), 1, true), (Some(2), "scales", p, 3, true)]).unwrap_err();
+        assert_eq!(e.0, Some(5));
+        // A long earlier buffer still covers a later one after shorter ones.
+        let e = check(&[
+            (Some(0), "codes", p, 16, true),
+            (Some(1), "input", p.wrapping_add(1), 1, false),
+            (Some(2), "input", p.wrapping_add(2), 1, false),
+            (Some(3), "input", p.wrapping_add(15), 1, false),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0, Some(0));
+        // An output overlapping the item array.
+        let e = check(&[(None, "the items array", p, 2, false), (Some(4), "mins", p.wrapping_add(1), 1, true)]).unwrap_err();
+        assert_eq!(e.0, Some(4));
+        assert!(e.2.starts_with("mins overlaps the items array:"), "{}", e.2);
+    }
+
+    /// The sweep against the quadratic definition on random layouts.
+    #[test]
+    fn sweep_matches_pairwise_definition() {
+        let mut s = 12345u64;
+        let mut next = |n: u64| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % n
+        };
+        for _ in 0..3000 {
+            let n = 1 + next(12) as usize;
+            let spans: Vec<Span> = (0..n)
+                .map(|i| Span { item: Some(i / 3), what: "x", start: 1000 + next(64) as usize, bytes: next(10) as usize, output: next(2) == 0 })
+                .collect();
+            let pairwise = (0..n).any(|a| {
+                (0..n).any(|b| {
+                    let (x, y) = (&spans[a], &spans[b]);
+                    a != b && x.output && x.bytes > 0 && y.bytes > 0 && x.start < y.start + y.bytes && y.start < x.start + x.bytes
+                })
+            });
+            assert_eq!(check_disjoint(&mut spans.clone()).is_err(), pairwise, "{spans:?}");
+        }
+    }
+
+    #[test]
+    fn sweep_is_fast_for_many_buffers() {
+        // 100k disjoint buffers in reverse order, then one overlap at the end.
+        let mut spans: Vec<Span> = (0..100_000usize)
+            .rev()
+            .map(|i| Span { item: Some(i), what: "codes", start: 4096 + i * 64, bytes: 64, output: i % 2 == 0 })
+            .collect();
+        assert!(check_disjoint(&mut spans).is_ok());
+        spans.push(Span { item: Some(7), what: "input", start: 4096 + 99_998 * 64 + 3, bytes: 1, output: false });
+        assert_eq!(check_disjoint(&mut spans).unwrap_err().item, Some(99_998));
     }
 }

@@ -16,7 +16,7 @@ pub use quantize::*;
 
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
 /// struct or constant in `pyquant.h`.
-pub const PQ_ABI_VERSION: u32 = 1;
+pub const PQ_ABI_VERSION: u32 = 2;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;

@@ -1,16 +1,18 @@
-//! Exported quantization functions. Each one: check regions, build slices,
-//! call [`crate::kernel`], all inside [`run`].
+//! Exported quantization functions. Each one: check regions (including
+//! overlaps across all buffers of the call), build slices, call
+//! [`crate::batch`], all inside [`run`]. Single-tensor calls are batches of
+//! one, so single and batch calls share every check.
 
 use std::os::raw::{c_char, c_void};
 
 use half::{bf16, f16};
 
 use super::boundary::{run, PqError};
-use super::memory::{check_disjoint, Region};
+use super::memory::{check_disjoint, Region, Span};
 use super::PqDtype;
-use crate::element::{Dtype, Element};
+use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
+use crate::element::{Dtype, Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
-use crate::kernel;
 use crate::layout::Layout;
 
 /// The library version, e.g. "0.1.0": a static NUL-terminated string that
@@ -60,7 +62,10 @@ pub unsafe extern "C" fn pq_quantized_sizes(
 
 /// Quantizes `input_len` values of type `dtype` (a `PQ_DTYPE_*` code) read
 /// in place from `input`, in rows of `row_len`, into packed `codes` and
-/// per-group `scales` and `mins`.
+/// per-group `scales` and `mins`, using up to `threads` threads: 0 = all
+/// available cores, 1 = only the calling thread, n = at most n threads
+/// (fewer when there is less than about 1 MiB of input per thread). The
+/// output bytes are the same for every value of `threads`.
 ///
 /// `input` must be aligned for `dtype` and must not change during the call
 /// (use `pq_quantize_copy` if it may). Output lengths are counts of their
@@ -76,6 +81,7 @@ pub unsafe extern "C" fn pq_quantize(
     row_len: usize,
     bits: u32,
     group_size: usize,
+    threads: usize,
     codes: *mut u8,
     codes_len: usize,
     scales: *mut f32,
@@ -84,22 +90,31 @@ pub unsafe extern "C" fn pq_quantize(
     mins_len: usize,
     error: *mut PqError,
 ) -> PqStatus {
-    run(error, || {
-        let outputs = Outputs::new(codes, codes_len, scales, scales_len, mins, mins_len)?;
-        let layout = Layout::new(input_len, row_len, bits, group_size)?;
-        match dtype_from_code(dtype)? {
-            Dtype::F32 => quantize_in_place::<f32>(input, &layout, &outputs),
-            Dtype::F16 => quantize_in_place::<f16>(input, &layout, &outputs),
-            Dtype::BF16 => quantize_in_place::<bf16>(input, &layout, &outputs),
-        }
-    })
+    let item = PqQuantizeItem {
+        dtype,
+        input,
+        input_len,
+        row_len,
+        bits,
+        group_size,
+        codes,
+        codes_len,
+        scales,
+        scales_len,
+        mins,
+        mins_len,
+    };
+    // A batch of one; its errors carry no "item 0: " prefix.
+    run(error, || quantize_items(&[item], threads, None).map_err(|e| e.error))
 }
 
 /// Like `pq_quantize`, but first copies the `input_bytes` bytes at `input`
 /// into memory that pyquant allocates and frees within the call, then
 /// quantizes that copy. `input` needs no alignment and may change after the
 /// copy is taken; `input_bytes` must be a multiple of the element size.
-/// Same bytes out as `pq_quantize` for the same values.
+/// Same bytes out as `pq_quantize` for the same values; `threads` as there.
+/// Buffers are owned by the caller; outputs are written only on
+/// `PQ_STATUS_OK`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_quantize_copy(
     dtype: u32,
@@ -108,6 +123,7 @@ pub unsafe extern "C" fn pq_quantize_copy(
     row_len: usize,
     bits: u32,
     group_size: usize,
+    threads: usize,
     codes: *mut u8,
     codes_len: usize,
     scales: *mut f32,
@@ -119,7 +135,9 @@ pub unsafe extern "C" fn pq_quantize_copy(
     run(error, || {
         let outputs = Outputs::new(codes, codes_len, scales, scales_len, mins, mins_len)?;
         let source = Region::new("input", input, input_bytes)?;
-        check_disjoint(&[&source], &[&outputs.codes, &outputs.scales, &outputs.mins])?;
+        let mut spans = vec![source.span(Some(0), false)];
+        outputs.push_spans(0, &mut spans);
+        check_disjoint(&mut spans).map_err(|e| e.error)?;
         let dtype = dtype_from_code(dtype)?;
         if input_bytes % dtype.size() != 0 {
             return Err(Error::new(
@@ -131,9 +149,9 @@ pub unsafe extern "C" fn pq_quantize_copy(
         // SAFETY: checked above; the bytes are only read, once, into the copy.
         let bytes = unsafe { source.as_slice() };
         match dtype {
-            Dtype::F32 => quantize_copied::<f32>(bytes, &layout, &outputs),
-            Dtype::F16 => quantize_copied::<f16>(bytes, &layout, &outputs),
-            Dtype::BF16 => quantize_copied::<bf16>(bytes, &layout, &outputs),
+            Dtype::F32 => quantize_copied::<f32>(bytes, &layout, &outputs, threads),
+            Dtype::F16 => quantize_copied::<f16>(bytes, &layout, &outputs, threads),
+            Dtype::BF16 => quantize_copied::<bf16>(bytes, &layout, &outputs, threads),
         }
     })
 }
@@ -141,7 +159,8 @@ pub unsafe extern "C" fn pq_quantize_copy(
 /// Dequantizes `codes`, `scales` and `mins` (as written by `pq_quantize` for
 /// `output_len` values in rows of `row_len` with `bits` and `group_size`)
 /// into `output`, `output_len` values of type `dtype` (`mins + q * scales`
-/// in f32, rounded to nearest-even for f16 / bf16).
+/// in f32, rounded to nearest-even for f16 / bf16), using up to `threads`
+/// threads as `pq_quantize` does.
 ///
 /// Input lengths must match the layout exactly; `output` must be aligned for
 /// `dtype`, at least `output_len` long and not overlap the inputs. Buffers are
@@ -158,22 +177,146 @@ pub unsafe extern "C" fn pq_dequantize(
     bits: u32,
     group_size: usize,
     dtype: u32,
+    threads: usize,
     output: *mut c_void,
     output_len: usize,
     error: *mut PqError,
 ) -> PqStatus {
-    run(error, || {
-        let codes = Region::new("codes", codes, codes_len)?;
-        let scales = Region::new("scales", scales, scales_len)?;
-        let mins = Region::new("mins", mins, mins_len)?;
-        let layout = Layout::new(output_len, row_len, bits, group_size)?;
-        let inputs = DequantizeInputs { codes, scales, mins };
-        match dtype_from_code(dtype)? {
-            Dtype::F32 => dequantize_into::<f32>(&inputs, &layout, output),
-            Dtype::F16 => dequantize_into::<f16>(&inputs, &layout, output),
-            Dtype::BF16 => dequantize_into::<bf16>(&inputs, &layout, output),
-        }
-    })
+    let item = PqDequantizeItem {
+        codes,
+        codes_len,
+        scales,
+        scales_len,
+        mins,
+        mins_len,
+        row_len,
+        bits,
+        group_size,
+        dtype,
+        output,
+        output_len,
+    };
+    run(error, || dequantize_items(&[item], threads, None).map_err(|e| e.error))
+}
+
+/// One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
+/// the same meaning and rules. Allocated and owned by the caller, like every
+/// buffer it points to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PqQuantizeItem {
+    /// A `PQ_DTYPE_*` code.
+    pub dtype: u32,
+    /// `input_len` values of `dtype`, aligned for it; only read.
+    pub input: *const c_void,
+    pub input_len: usize,
+    pub row_len: usize,
+    pub bits: u32,
+    pub group_size: usize,
+    pub codes: *mut u8,
+    pub codes_len: usize,
+    pub scales: *mut f32,
+    pub scales_len: usize,
+    pub mins: *mut f32,
+    pub mins_len: usize,
+}
+
+/// One tensor of `pq_dequantize_batch`: the arguments of `pq_dequantize`,
+/// with the same meaning and rules. Allocated and owned by the caller, like
+/// every buffer it points to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PqDequantizeItem {
+    pub codes: *const u8,
+    pub codes_len: usize,
+    pub scales: *const f32,
+    pub scales_len: usize,
+    pub mins: *const f32,
+    pub mins_len: usize,
+    pub row_len: usize,
+    pub bits: u32,
+    pub group_size: usize,
+    /// A `PQ_DTYPE_*` code: the type of `output`.
+    pub dtype: u32,
+    /// `output_len` values of `dtype`, aligned for it; written on success.
+    pub output: *mut c_void,
+    pub output_len: usize,
+}
+
+/// Quantizes `items_len` tensors described by `items` in one call, with up
+/// to `threads` threads as `pq_quantize` (a large tensor is split across
+/// threads, small ones are spread over them). Items may mix dtypes, bit
+/// widths and group sizes.
+///
+/// All or nothing: every item is checked (pointers, lengths, layout), no
+/// output of any item may overlap any input or output of any item or the
+/// `items` array (inputs may overlap each other), and every input value is
+/// validated, all before any output of any item is written. On failure
+/// nothing is written, the message starts with `item N: ` when the problem
+/// is about item N, and `*failed_item` is set to N (to `SIZE_MAX` when it is
+/// not about one item, and on success). Checks run in this order: each
+/// item's pointers and layout (first bad item), then overlaps, then values
+/// (first bad item, first bad group).
+///
+/// `items` (NULL only if `items_len` is 0), every buffer it points to, and
+/// `failed_item` (nullable, any alignment) are owned by the caller; pyquant
+/// keeps no pointer after returning.
+#[no_mangle]
+pub unsafe extern "C" fn pq_quantize_batch(
+    items: *const PqQuantizeItem,
+    items_len: usize,
+    threads: usize,
+    failed_item: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    let mut failed = None;
+    let status = run(error, || {
+        let list = Region::new("items", items, items_len)?;
+        // SAFETY: the caller provides `items_len` readable items; every bit
+        // pattern is a valid PqQuantizeItem (integers and raw pointers).
+        let list_items = unsafe { list.as_slice() };
+        quantize_items(list_items, threads, Some(list.span(None, false))).map_err(|e| {
+            failed = e.item;
+            e.into_prefixed()
+        })
+    });
+    report_failed_item(failed_item, failed);
+    status
+}
+
+/// Dequantizes `items_len` tensors described by `items` in one call, with up
+/// to `threads` threads as `pq_quantize`. Items may mix dtypes, bit widths
+/// and group sizes.
+///
+/// All or nothing, as `pq_quantize_batch`: every item is checked, no output
+/// may overlap any buffer of any item or the `items` array, and every scale
+/// and min is validated before any output is written; on failure the message
+/// starts with `item N: ` and `*failed_item` is N (`SIZE_MAX` when not about
+/// one item, and on success).
+///
+/// `items` (NULL only if `items_len` is 0), every buffer it points to, and
+/// `failed_item` (nullable, any alignment) are owned by the caller; pyquant
+/// keeps no pointer after returning.
+#[no_mangle]
+pub unsafe extern "C" fn pq_dequantize_batch(
+    items: *const PqDequantizeItem,
+    items_len: usize,
+    threads: usize,
+    failed_item: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    let mut failed = None;
+    let status = run(error, || {
+        let list = Region::new("items", items, items_len)?;
+        // SAFETY: as in pq_quantize_batch.
+        let list_items = unsafe { list.as_slice() };
+        dequantize_items(list_items, threads, Some(list.span(None, false))).map_err(|e| {
+            failed = e.item;
+            e.into_prefixed()
+        })
+    });
+    report_failed_item(failed_item, failed);
+    status
 }
 
 /// Test hook: panics inside the panic boundary, to show that a panic becomes
@@ -196,6 +339,166 @@ fn dtype_from_code(code: u32) -> Result<Dtype> {
             format!("dtype code {other} is not one of PQ_DTYPE_F32 (0), PQ_DTYPE_F16 (1), PQ_DTYPE_BF16 (2)"),
         )),
     }
+}
+
+/// Writes the failed item index (or SIZE_MAX) if the caller asked for it.
+fn report_failed_item(failed_item: *mut usize, failed: Option<usize>) {
+    if !failed_item.is_null() {
+        // SAFETY: the caller passes NULL or a writable size_t; unaligned
+        // writes are fine.
+        unsafe { failed_item.write_unaligned(failed.unwrap_or(usize::MAX)) };
+    }
+}
+
+/// A tensor region of a run-time dtype.
+enum TensorRegion {
+    F32(Region<f32>),
+    F16(Region<f16>),
+    BF16(Region<bf16>),
+}
+
+impl TensorRegion {
+    fn new(dtype: Dtype, what: &'static str, ptr: *const c_void, len: usize) -> Result<Self> {
+        Ok(match dtype {
+            Dtype::F32 => TensorRegion::F32(Region::new(what, ptr as *const f32, len)?),
+            Dtype::F16 => TensorRegion::F16(Region::new(what, ptr as *const f16, len)?),
+            Dtype::BF16 => TensorRegion::BF16(Region::new(what, ptr as *const bf16, len)?),
+        })
+    }
+
+    fn span(&self, item: usize, output: bool) -> Span {
+        match self {
+            TensorRegion::F32(r) => r.span(Some(item), output),
+            TensorRegion::F16(r) => r.span(Some(item), output),
+            TensorRegion::BF16(r) => r.span(Some(item), output),
+        }
+    }
+
+    /// # Safety
+    /// As [`Region::as_slice`].
+    unsafe fn values<'a>(&self) -> Values<'a> {
+        match self {
+            TensorRegion::F32(r) => Values::F32(r.as_slice()),
+            TensorRegion::F16(r) => Values::F16(r.as_slice()),
+            TensorRegion::BF16(r) => Values::BF16(r.as_slice()),
+        }
+    }
+
+    /// # Safety
+    /// As [`Region::as_mut_slice`].
+    unsafe fn values_mut<'a>(&self) -> ValuesMut<'a> {
+        match self {
+            TensorRegion::F32(r) => ValuesMut::F32(r.as_mut_slice()),
+            TensorRegion::F16(r) => ValuesMut::F16(r.as_mut_slice()),
+            TensorRegion::BF16(r) => ValuesMut::BF16(r.as_mut_slice()),
+        }
+    }
+}
+
+/// The checked regions of one quantize item, before any slice exists.
+struct QuantizeRegions {
+    input: TensorRegion,
+    layout: Layout,
+    outputs: Outputs,
+}
+
+fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
+    let outputs = Outputs::new(item.codes, item.codes_len, item.scales, item.scales_len, item.mins, item.mins_len)?;
+    let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?;
+    let dtype = dtype_from_code(item.dtype)?;
+    let input = TensorRegion::new(dtype, "input", item.input, layout.len)?;
+    Ok(QuantizeRegions { input, layout, outputs })
+}
+
+/// Checks every item's regions, then overlaps across all of them, then hands
+/// the slices to the batch scheduler (which validates values before writing).
+fn quantize_items(
+    items: &[PqQuantizeItem],
+    threads: usize,
+    items_span: Option<Span>,
+) -> std::result::Result<(), BatchError> {
+    let regions = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| quantize_regions(item).map_err(|e| BatchError::at(i, e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
+    spans.extend(items_span);
+    for (i, r) in regions.iter().enumerate() {
+        spans.push(r.input.span(i, false));
+        r.outputs.push_spans(i, &mut spans);
+    }
+    check_disjoint(&mut spans)?;
+    // SAFETY: every region was checked (NULL, alignment, size) and no output
+    // overlaps any other region of the call; the caller promised the memory
+    // behind them for the duration of the call.
+    let mut safe: Vec<QuantizeItem> = regions
+        .iter()
+        .map(|r| unsafe {
+            QuantizeItem {
+                input: r.input.values(),
+                layout: r.layout,
+                codes: r.outputs.codes.as_mut_slice(),
+                scales: r.outputs.scales.as_mut_slice(),
+                mins: r.outputs.mins.as_mut_slice(),
+            }
+        })
+        .collect();
+    batch::quantize_batch(&mut safe, threads)
+}
+
+/// The checked regions of one dequantize item.
+struct DequantizeRegions {
+    codes: Region<u8>,
+    scales: Region<f32>,
+    mins: Region<f32>,
+    layout: Layout,
+    output: TensorRegion,
+}
+
+fn dequantize_regions(item: &PqDequantizeItem) -> Result<DequantizeRegions> {
+    let codes = Region::new("codes", item.codes, item.codes_len)?;
+    let scales = Region::new("scales", item.scales, item.scales_len)?;
+    let mins = Region::new("mins", item.mins, item.mins_len)?;
+    let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?;
+    let dtype = dtype_from_code(item.dtype)?;
+    let output = TensorRegion::new(dtype, "output", item.output, layout.len)?;
+    Ok(DequantizeRegions { codes, scales, mins, layout, output })
+}
+
+fn dequantize_items(
+    items: &[PqDequantizeItem],
+    threads: usize,
+    items_span: Option<Span>,
+) -> std::result::Result<(), BatchError> {
+    let regions = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| dequantize_regions(item).map_err(|e| BatchError::at(i, e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
+    spans.extend(items_span);
+    for (i, r) in regions.iter().enumerate() {
+        spans.push(r.codes.span(Some(i), false));
+        spans.push(r.scales.span(Some(i), false));
+        spans.push(r.mins.span(Some(i), false));
+        spans.push(r.output.span(i, true));
+    }
+    check_disjoint(&mut spans)?;
+    // SAFETY: as in quantize_items.
+    let mut safe: Vec<DequantizeItem> = regions
+        .iter()
+        .map(|r| unsafe {
+            DequantizeItem {
+                codes: r.codes.as_slice(),
+                scales: r.scales.as_slice(),
+                mins: r.mins.as_slice(),
+                layout: r.layout,
+                output: r.output.values_mut(),
+            }
+        })
+        .collect();
+    batch::dequantize_batch(&mut safe, threads)
 }
 
 /// The three output regions of a quantize call.
@@ -221,59 +524,501 @@ impl Outputs {
         })
     }
 
-    /// # Safety
-    /// The regions were checked disjoint from each other and from the input.
-    unsafe fn quantize<T: Element>(&self, input: &[T], layout: &Layout) -> Result<()> {
-        kernel::quantize(
-            input,
-            layout,
-            self.codes.as_mut_slice(),
-            self.scales.as_mut_slice(),
-            self.mins.as_mut_slice(),
-        )
+    fn push_spans(&self, item: usize, spans: &mut Vec<Span>) {
+        spans.push(self.codes.span(Some(item), true));
+        spans.push(self.scales.span(Some(item), true));
+        spans.push(self.mins.span(Some(item), true));
     }
 }
 
-fn quantize_in_place<T: Element>(input: *const c_void, layout: &Layout, out: &Outputs) -> Result<()> {
-    let input = Region::new("input", input as *const T, layout.len)?;
-    check_disjoint(&[&input], &[&out.codes, &out.scales, &out.mins])?;
-    // SAFETY: regions checked (NULL, alignment, size, overlap); the caller
-    // promised the memory behind them for the duration of the call.
-    unsafe { out.quantize(input.as_slice(), layout) }
-}
-
-fn quantize_copied<T: Element>(bytes: &[u8], layout: &Layout, out: &Outputs) -> Result<()> {
+fn quantize_copied<T: Element>(bytes: &[u8], layout: &Layout, out: &Outputs, threads: usize) -> Result<()> {
     let mut copy: Vec<T> = Vec::new();
     copy.try_reserve_exact(layout.len).map_err(|_| {
         Error::new(PqStatus::SizeOverflow, format!("cannot allocate a copy of {} bytes", bytes.len()))
     })?;
     // SAFETY: `copy` has capacity for `layout.len` values, which is exactly
     // `bytes.len()` bytes; every bit pattern is a valid f32 / f16 / bf16. The
-    // byte-wise copy reads `bytes` without assuming any alignment.
-    unsafe {
+    // byte-wise copy reads `bytes` without assuming any alignment. The output
+    // regions were checked disjoint from each other and from the source (and
+    // the copy is new memory).
+    let item = unsafe {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy.as_mut_ptr() as *mut u8, bytes.len());
         copy.set_len(layout.len);
-        out.quantize(&copy, layout)
+        QuantizeItem {
+            input: T::values(&copy),
+            layout: *layout,
+            codes: out.codes.as_mut_slice(),
+            scales: out.scales.as_mut_slice(),
+            mins: out.mins.as_mut_slice(),
+        }
+    };
+    batch::quantize_batch(&mut [item], threads).map_err(|e| e.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::PQ_ERROR_MESSAGE_CAPACITY;
+    use crate::kernel::reference;
+    use std::ptr;
+
+    fn new_error() -> PqError {
+        PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] }
     }
-}
 
-struct DequantizeInputs {
-    codes: Region<u8>,
-    scales: Region<f32>,
-    mins: Region<f32>,
-}
+    fn message(e: &PqError) -> String {
+        let bytes: Vec<u8> = e.message.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        String::from_utf8(bytes).unwrap()
+    }
 
-fn dequantize_into<T: Element>(inputs: &DequantizeInputs, layout: &Layout, output: *mut c_void) -> Result<()> {
-    let output = Region::new("output", output as *const T, layout.len)?;
-    check_disjoint(&[&inputs.codes, &inputs.scales, &inputs.mins], &[&output])?;
-    // SAFETY: regions checked; `output` overlaps no input.
-    unsafe {
-        kernel::dequantize(
-            inputs.codes.as_slice(),
-            inputs.scales.as_slice(),
-            inputs.mins.as_slice(),
-            layout,
-            output.as_mut_slice(),
-        )
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 10007) as f32 / 1000.0 - 5.0).collect()
+    }
+
+    /// A tensor of some dtype with its outputs, filled with sentinels.
+    struct Tensor {
+        dtype: PqDtype,
+        input: Vec<u8>,
+        len: usize,
+        row_len: usize,
+        bits: u32,
+        group_size: usize,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        mins: Vec<f32>,
+    }
+
+    const SENTINEL: u8 = 0xA5;
+
+    impl Tensor {
+        fn new(dtype: PqDtype, x: &[f32], row_len: usize, bits: u32, group_size: usize) -> Tensor {
+            let l = Layout::new(x.len(), row_len, bits, group_size).unwrap();
+            let input: Vec<u8> = match dtype {
+                PqDtype::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                PqDtype::F16 => x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+                PqDtype::Bf16 => x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+            };
+            Tensor {
+                dtype,
+                input,
+                len: x.len(),
+                row_len,
+                bits,
+                group_size,
+                // One spare element each: bytes after the result stay untouched.
+                codes: vec![SENTINEL; l.codes_len + 1],
+                scales: vec![f32::from_bits(0xA5A5_A5A5); l.n_groups + 1],
+                mins: vec![f32::from_bits(0xA5A5_A5A5); l.n_groups + 1],
+            }
+        }
+
+        /// The input as typed values (copied: `input` is only byte-aligned).
+        fn expected(&self) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+            let l = Layout::new(self.len, self.row_len, self.bits, self.group_size).unwrap();
+            let mut out = (vec![SENTINEL; l.codes_len + 1], self.scales.clone(), self.mins.clone());
+            let (c, s, m) = (&mut out.0[..l.codes_len], &mut out.1[..l.n_groups], &mut out.2[..l.n_groups]);
+            let halves = self.input.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+            match self.dtype {
+                PqDtype::F32 => {
+                    let x: Vec<f32> = self.input.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                    reference::quantize(&x, &l, c, s, m).unwrap()
+                }
+                PqDtype::F16 => reference::quantize(&halves.map(f16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
+                PqDtype::Bf16 => reference::quantize(&halves.map(bf16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
+            }
+            out
+        }
+
+        fn untouched(&self) -> bool {
+            self.codes.iter().all(|&b| b == SENTINEL)
+                && self.scales.iter().chain(&self.mins).all(|v| v.to_bits() == 0xA5A5_A5A5)
+        }
+
+        fn matches_reference(&self) -> bool {
+            let (c, s, m) = self.expected();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            c == self.codes && bits(&s) == bits(&self.scales) && bits(&m) == bits(&self.mins)
+        }
+
+        /// The C item; `input` is copied into an aligned buffer kept in `keep`.
+        fn item(&mut self, keep: &mut Vec<Vec<u64>>) -> PqQuantizeItem {
+            let mut aligned = vec![0u64; self.input.len().div_ceil(8)];
+            // SAFETY: `aligned` has room for every byte of `input`.
+            unsafe { ptr::copy_nonoverlapping(self.input.as_ptr(), aligned.as_mut_ptr() as *mut u8, self.input.len()) };
+            let input = aligned.as_ptr() as *const c_void;
+            keep.push(aligned);
+            PqQuantizeItem {
+                dtype: self.dtype as u32,
+                input,
+                input_len: self.len,
+                row_len: self.row_len,
+                bits: self.bits,
+                group_size: self.group_size,
+                codes: self.codes.as_mut_ptr(),
+                codes_len: self.codes.len(),
+                scales: self.scales.as_mut_ptr(),
+                scales_len: self.scales.len(),
+                mins: self.mins.as_mut_ptr(),
+                mins_len: self.mins.len(),
+            }
+        }
+    }
+
+    fn mixed_tensors() -> Vec<Tensor> {
+        vec![
+            Tensor::new(PqDtype::F32, &values(4096, 1), 512, 4, 128),
+            Tensor::new(PqDtype::F16, &values(2048, 2), 256, 2, 32),
+            Tensor::new(PqDtype::Bf16, &values(1024, 3), 1024, 8, 64),
+            Tensor::new(PqDtype::F32, &values(96, 4), 96, 8, 96),
+            // Large enough to be split across threads.
+            Tensor::new(PqDtype::F16, &values(1 << 20, 5), 4096, 4, 128),
+        ]
+    }
+
+    unsafe fn quantize_batch(items: &[PqQuantizeItem], threads: usize) -> (PqStatus, usize, String) {
+        let mut e = new_error();
+        let mut failed = 12345usize;
+        let status = pq_quantize_batch(items.as_ptr(), items.len(), threads, &mut failed, &mut e);
+        assert_eq!(status, e.status);
+        (status, failed, message(&e))
+    }
+
+    #[test]
+    fn batch_of_mixed_items_matches_reference() {
+        for threads in [1, 2, 0] {
+            let mut tensors = mixed_tensors();
+            let mut keep = vec![];
+            let mut items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+            // An empty item with NULL pointers is fine.
+            items.insert(
+                2,
+                PqQuantizeItem {
+                    dtype: 0,
+                    input: ptr::null(),
+                    input_len: 0,
+                    row_len: 8,
+                    bits: 4,
+                    group_size: 8,
+                    codes: ptr::null_mut(),
+                    codes_len: 0,
+                    scales: ptr::null_mut(),
+                    scales_len: 0,
+                    mins: ptr::null_mut(),
+                    mins_len: 0,
+                },
+            );
+            let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
+            assert_eq!((status, failed, msg.as_str()), (PqStatus::Ok, usize::MAX, ""));
+            for (i, t) in tensors.iter().enumerate() {
+                assert!(t.matches_reference(), "threads {threads} tensor {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn nan_in_item_2_writes_nothing_anywhere() {
+        for threads in [1, 2] {
+            let mut tensors = mixed_tensors();
+            // Item 2 is bfloat16: 0x7FC0 is a NaN. Item 4 also has one; item 2 is first.
+            tensors[2].input[2 * 700..2 * 700 + 2].copy_from_slice(&0x7FC0u16.to_le_bytes());
+            tensors[4].input[2 * 9..2 * 9 + 2].copy_from_slice(&0x7C00u16.to_le_bytes());
+            let mut keep = vec![];
+            let items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+            let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
+            assert_eq!((status, failed), (PqStatus::NonFinite, 2));
+            assert!(msg.starts_with("item 2: NaN at flat index 700 (row 0, column 700) in group 10"), "{msg}");
+            assert!(tensors.iter().all(Tensor::untouched), "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn failed_item_and_messages_for_each_kind_of_problem() {
+        let mut keep = vec![];
+        let mut tensors = mixed_tensors();
+        let good: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+        let run = |items: &[PqQuantizeItem]| unsafe { quantize_batch(items, 2) };
+
+        // Too-small output in item 1.
+        let mut items = good.clone();
+        items[1].codes_len = 10;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::BufferTooSmall, 1));
+        assert!(msg.starts_with("item 1: codes has 10 elements, needs at least 512"), "{msg}");
+        // Input shorter than the layout says cannot be detected; a wrong
+        // layout can: bits 3 in item 3.
+        let mut items = good.clone();
+        items[3].bits = 3;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::InvalidBits, 3));
+        assert!(msg.starts_with("item 3: bits must be 2, 4 or 8"), "{msg}");
+        // NULL scales with a length in item 4; unknown dtype in item 0.
+        let mut items = good.clone();
+        items[4].scales = ptr::null_mut();
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::NullPointer, 4));
+        assert!(msg.starts_with("item 4: scales is NULL"), "{msg}");
+        let mut items = good.clone();
+        items[0].dtype = 9;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::UnsupportedDtype, 0));
+        assert!(msg.starts_with("item 0: dtype code 9"), "{msg}");
+        // Misaligned input in item 3 (f32).
+        let mut items = good.clone();
+        items[3].input = (items[3].input as *const u8).wrapping_add(2) as *const c_void;
+        let (status, failed, _) = run(&items);
+        assert_eq!((status, failed), (PqStatus::Misaligned, 3));
+        // Outputs of two items overlapping: item 3's mins inside item 1's scales.
+        let mut items = good.clone();
+        items[3].mins = items[1].scales.wrapping_add(2);
+        items[3].mins_len = 2;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::Overlap, 3));
+        assert!(msg.starts_with("item 3: mins overlaps scales of item 1:"), "{msg}");
+        // An output of item 2 over the input of item 0.
+        let mut items = good.clone();
+        items[2].codes = items[0].input as *mut u8;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::Overlap, 2));
+        assert!(msg.starts_with("item 2: codes overlaps input of item 0:"), "{msg}");
+        // An output over the items array itself.
+        let mut items = good.clone();
+        items[4].mins = items.as_mut_ptr() as *mut f32;
+        items[4].mins_len = 4;
+        let (status, failed, msg) = run(&items);
+        assert_eq!((status, failed), (PqStatus::Overlap, 4));
+        assert!(msg.starts_with("item 4: mins overlaps items:"), "{msg}");
+        drop(tensors);
+
+        // Nothing of the above wrote anything.
+        let mut tensors = mixed_tensors();
+        let good: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+        let mut items = good.clone();
+        items[1].codes_len = 10;
+        run(&items);
+        items = good.clone();
+        items[3].mins = items[1].scales.wrapping_add(2);
+        run(&items);
+        assert!(tensors.iter().all(Tensor::untouched));
+
+        // Inputs may overlap each other: two items reading the same input.
+        let mut items = good.clone();
+        items[1].input = items[4].input;
+        items[1].input_len = items[1].input_len.min(items[4].input_len);
+        assert_eq!(run(&items).0, PqStatus::Ok);
+    }
+
+    #[test]
+    fn items_array_null_misaligned_and_failed_item_pointer() {
+        let mut e = new_error();
+        let mut failed = 7usize;
+        unsafe {
+            assert_eq!(pq_quantize_batch(ptr::null(), 0, 1, &mut failed, &mut e), PqStatus::Ok);
+            assert_eq!(failed, usize::MAX);
+            failed = 7;
+            assert_eq!(pq_quantize_batch(ptr::null(), 2, 1, &mut failed, &mut e), PqStatus::NullPointer);
+            assert_eq!(failed, usize::MAX);
+            assert_eq!(message(&e), "items is NULL but its length is 2");
+            // failed_item may be NULL, or unaligned.
+            assert_eq!(pq_quantize_batch(ptr::null(), 2, 1, ptr::null_mut(), &mut e), PqStatus::NullPointer);
+            let mut raw = [0u8; 16];
+            let odd = raw.as_mut_ptr().add(1) as *mut usize;
+            assert_eq!(pq_dequantize_batch(ptr::null(), 0, 1, odd, ptr::null_mut()), PqStatus::Ok);
+            assert_eq!(odd.read_unaligned(), usize::MAX);
+            let misaligned = raw.as_ptr().add(4) as *const PqQuantizeItem;
+            assert_eq!(pq_quantize_batch(misaligned, 1, 1, &mut failed, &mut e), PqStatus::Misaligned);
+        }
+    }
+
+    #[test]
+    fn many_small_items_in_one_batch() {
+        let mut tensors: Vec<Tensor> = (0..2000)
+            .map(|i| {
+                let dtype = [PqDtype::F32, PqDtype::F16, PqDtype::Bf16][i % 3];
+                Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 4, 8][i % 3], 32)
+            })
+            .collect();
+        let mut keep = vec![];
+        let items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+        for threads in [1, 3] {
+            let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
+            assert_eq!((status, failed), (PqStatus::Ok, usize::MAX), "{msg}");
+            assert!(tensors.iter().all(Tensor::matches_reference));
+        }
+        // The last item's codes over the first one's: found, named.
+        let mut items = items;
+        items[1999].codes = items[0].codes;
+        let (status, failed, _) = unsafe { quantize_batch(&items, 1) };
+        assert_eq!((status, failed), (PqStatus::Overlap, 1999));
+    }
+
+    #[test]
+    fn single_calls_have_threads_and_unprefixed_messages() {
+        let x = values(1 << 19, 9);
+        let l = Layout::new(x.len(), 1024, 4, 128).unwrap();
+        let mut want = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+        reference::quantize(&x, &l, &mut want.0, &mut want.1, &mut want.2).unwrap();
+        for threads in [0, 1, 2, 5] {
+            let mut got = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+            let mut e = new_error();
+            let status = unsafe {
+                pq_quantize(
+                    PqDtype::F32 as u32,
+                    x.as_ptr() as *const c_void,
+                    x.len(),
+                    1024,
+                    4,
+                    128,
+                    threads,
+                    got.0.as_mut_ptr(),
+                    got.0.len(),
+                    got.1.as_mut_ptr(),
+                    got.1.len(),
+                    got.2.as_mut_ptr(),
+                    got.2.len(),
+                    &mut e,
+                )
+            };
+            assert_eq!(status, PqStatus::Ok, "{}", message(&e));
+            assert_eq!(got, want);
+            let mut copied = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+            let status = unsafe {
+                pq_quantize_copy(
+                    PqDtype::F32 as u32,
+                    x.as_ptr() as *const u8,
+                    x.len() * 4,
+                    1024,
+                    4,
+                    128,
+                    threads,
+                    copied.0.as_mut_ptr(),
+                    copied.0.len(),
+                    copied.1.as_mut_ptr(),
+                    copied.1.len(),
+                    copied.2.as_mut_ptr(),
+                    copied.2.len(),
+                    &mut e,
+                )
+            };
+            assert_eq!(status, PqStatus::Ok);
+            assert_eq!(copied, want);
+            let mut y = vec![0f32; x.len()];
+            let status = unsafe {
+                pq_dequantize(
+                    want.0.as_ptr(),
+                    want.0.len(),
+                    want.1.as_ptr(),
+                    want.1.len(),
+                    want.2.as_ptr(),
+                    want.2.len(),
+                    1024,
+                    4,
+                    128,
+                    PqDtype::F32 as u32,
+                    threads,
+                    y.as_mut_ptr() as *mut c_void,
+                    y.len(),
+                    &mut e,
+                )
+            };
+            assert_eq!(status, PqStatus::Ok);
+            let mut y_ref = vec![0f32; x.len()];
+            reference::dequantize(&want.0, &want.1, &want.2, &l, &mut y_ref).unwrap();
+            assert_eq!(y, y_ref);
+        }
+        // Errors of single calls keep their old wording (no "item 0: ").
+        let mut e = new_error();
+        let mut codes = vec![0u8; 4];
+        let status = unsafe {
+            pq_quantize(
+                PqDtype::F32 as u32,
+                codes.as_ptr() as *const c_void,
+                1,
+                1,
+                8,
+                1,
+                1,
+                codes.as_mut_ptr(),
+                4,
+                ptr::null_mut(),
+                0,
+                ptr::null_mut(),
+                0,
+                &mut e,
+            )
+        };
+        assert_eq!(status, PqStatus::Overlap);
+        assert_eq!(message(&e), "codes overlaps input: outputs must not share memory with other buffers");
+    }
+
+    #[test]
+    fn dequantize_batch_all_or_nothing() {
+        let mut tensors = mixed_tensors();
+        let mut keep = vec![];
+        let items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
+        assert_eq!(unsafe { quantize_batch(&items, 2) }.0, PqStatus::Ok);
+        let mut outputs: Vec<Vec<u32>> = tensors.iter().map(|t| vec![0xDEAD_BEEF; t.len + 1]).collect();
+        let mut ditems: Vec<PqDequantizeItem> = tensors
+            .iter()
+            .zip(&mut outputs)
+            .enumerate()
+            .map(|(i, (t, out))| PqDequantizeItem {
+                codes: t.codes.as_ptr(),
+                codes_len: t.codes.len() - 1,
+                scales: t.scales.as_ptr(),
+                scales_len: t.scales.len() - 1,
+                mins: t.mins.as_ptr(),
+                mins_len: t.mins.len() - 1,
+                row_len: t.row_len,
+                bits: t.bits,
+                group_size: t.group_size,
+                // Output dtypes differ from the inputs' on purpose.
+                dtype: [0, 2, 1, 0, 1][i],
+                output: out.as_mut_ptr() as *mut c_void,
+                output_len: t.len,
+            })
+            .collect();
+        let mut e = new_error();
+        let mut failed = 0usize;
+        // A non-finite scale in item 1: nothing written anywhere.
+        let saved = tensors[1].scales[3];
+        tensors[1].scales[3] = f32::INFINITY;
+        let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
+        assert_eq!((status, failed), (PqStatus::NonFinite, 1));
+        assert!(message(&e).starts_with("item 1: group 3 has a non-finite scale (inf)"), "{}", message(&e));
+        assert!(outputs.iter().all(|o| o.iter().all(|&w| w == 0xDEAD_BEEF)));
+        tensors[1].scales[3] = saved;
+        // An output over another item's codes.
+        let saved = ditems[0].output;
+        ditems[0].output = ditems[3].codes as *mut c_void;
+        let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
+        assert_eq!((status, failed), (PqStatus::Overlap, 0));
+        assert!(message(&e).starts_with("item 0: output overlaps codes of item 3:"), "{}", message(&e));
+        ditems[0].output = saved;
+        // Success: each output equals the reference dequantization.
+        let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
+        assert_eq!((status, failed), (PqStatus::Ok, usize::MAX));
+        for (i, t) in tensors.iter().enumerate() {
+            let l = Layout::new(t.len, t.row_len, t.bits, t.group_size).unwrap();
+            let (c, s, m) = (&t.codes[..l.codes_len], &t.scales[..l.n_groups], &t.mins[..l.n_groups]);
+            let words: Vec<u32> = match ditems[i].dtype {
+                0 => {
+                    let mut y = vec![0f32; t.len];
+                    reference::dequantize(c, s, m, &l, &mut y).unwrap();
+                    y.iter().map(|v| v.to_bits()).collect()
+                }
+                1 => {
+                    let mut y = vec![f16::ZERO; t.len];
+                    reference::dequantize(c, s, m, &l, &mut y).unwrap();
+                    y.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16).collect()
+                }
+                _ => {
+                    let mut y = vec![bf16::ZERO; t.len];
+                    reference::dequantize(c, s, m, &l, &mut y).unwrap();
+                    y.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16).collect()
+                }
+            };
+            assert_eq!(&outputs[i][..words.len()], &words[..], "item {i}");
+            assert!(outputs[i][words.len()..].iter().all(|&w| w == 0xDEAD_BEEF), "item {i}: bytes after the output");
+        }
     }
 }

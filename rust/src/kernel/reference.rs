@@ -1,6 +1,8 @@
-//! The quantization kernels: the affine per-group scheme of DESIGN.md over
-//! safe slices. Every entry point of pyquant (C, Python by pointer or by copy)
-//! ends here, so they all give the same bytes.
+//! The reference kernels: the affine per-group scheme of DESIGN.md written
+//! the plain scalar way, one value at a time. This is the code pyquant
+//! shipped first; the fast kernels ([`super::quantize`], the batch API) must
+//! give exactly its bytes, and the tests compare them bit for bit. Not used
+//! on any production path.
 //!
 //! Groups are `group_size` consecutive values; since rows are a multiple of
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
@@ -13,7 +15,7 @@ use crate::layout::Layout;
 /// Adding then subtracting 2**23 rounds a float in `[0, 2**23)` to the nearest
 /// integer, ties to even (IEEE round-to-nearest on the addition). Unlike
 /// `round_ties_even` it needs no SSE4.1 and vectorizes on any x86-64.
-const ROUND_MAGIC: f32 = 8_388_608.0;
+pub(crate) const ROUND_MAGIC: f32 = 8_388_608.0;
 
 /// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`.
 ///
@@ -43,13 +45,7 @@ pub fn quantize<T: Element>(
             return Err(non_finite_error(input, layout, i));
         }
         if !(hi - lo).is_finite() {
-            return Err(Error::new(
-                PqStatus::NonFinite,
-                format!(
-                    "group {i} (row {}) spans [{lo:e}, {hi:e}]: its range overflows float32",
-                    i * g / layout.row_len
-                ),
-            ));
+            return Err(range_error(layout, i, lo, hi));
         }
     }
     // Pass 2: write. The group is in L1 after its range is found, so the
@@ -90,10 +86,7 @@ pub fn dequantize<T: Element>(
     check_len("mins", mins.len(), layout.n_groups, true)?;
     check_len("output", output.len(), layout.len, false)?;
     if let Some(i) = (0..layout.n_groups).find(|&i| !(scales[i].is_finite() && mins[i].is_finite())) {
-        return Err(Error::new(
-            PqStatus::NonFinite,
-            format!("group {i} has a non-finite scale ({}) or min ({})", scales[i], mins[i]),
-        ));
+        return Err(params_error(i, scales[i], mins[i]));
     }
     if layout.len == 0 {
         return Ok(());
@@ -114,7 +107,7 @@ pub fn dequantize<T: Element>(
 }
 
 /// `exact`: an input must have exactly the expected length; an output at least.
-fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()> {
+pub(crate) fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()> {
     if got == want || (!exact && got > want) {
         return Ok(());
     }
@@ -152,7 +145,13 @@ fn non_finite_error<T: Element>(input: &[T], layout: &Layout, group: usize) -> E
         .enumerate()
         .find(|(_, x)| !x.is_finite())
         .expect("group_range reported a non-finite value");
-    let index = start + offset;
+    value_error(layout, group, offset, value)
+}
+
+/// The error for the non-finite `value` at `offset` within `group`.
+#[cold]
+pub(crate) fn value_error(layout: &Layout, group: usize, offset: usize, value: f32) -> Error {
+    let index = group * layout.group_size + offset;
     Error::new(
         PqStatus::NonFinite,
         format!(
@@ -161,6 +160,27 @@ fn non_finite_error<T: Element>(input: &[T], layout: &Layout, group: usize) -> E
             index / layout.row_len,
             index % layout.row_len
         ),
+    )
+}
+
+/// The error for a group whose range `hi - lo` overflows f32.
+#[cold]
+pub(crate) fn range_error(layout: &Layout, group: usize, lo: f32, hi: f32) -> Error {
+    Error::new(
+        PqStatus::NonFinite,
+        format!(
+            "group {group} (row {}) spans [{lo:e}, {hi:e}]: its range overflows float32",
+            group * layout.group_size / layout.row_len
+        ),
+    )
+}
+
+/// The error for a non-finite scale or min given to dequantize.
+#[cold]
+pub(crate) fn params_error(group: usize, scale: f32, min: f32) -> Error {
+    Error::new(
+        PqStatus::NonFinite,
+        format!("group {group} has a non-finite scale ({scale}) or min ({min})"),
     )
 }
 

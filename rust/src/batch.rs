@@ -1,0 +1,678 @@
+//! Batches of tensors and the threads that quantize them.
+//!
+//! A call takes any number of items (tensors with their own dtype, bits and
+//! group size) and runs in two phases:
+//!
+//! 1. every item's lengths are checked, then every input value (quantize) or
+//!    every scale and min (dequantize) is validated;
+//! 2. only if all of that passed, outputs are written.
+//!
+//! So an error anywhere leaves every output of every item untouched.
+//!
+//! Threads: the groups of all items form one sequence, cut by bytes into
+//! contiguous chunks of about 128 KiB (a large tensor is split, small ones
+//! are grouped). Threads claim chunks in order from a counter: first to
+//! check them, then, once every chunk is checked and none failed, to write
+//! them. Dynamic claiming rather than one fixed share per thread, because a
+//! newly spawned thread may start tens of microseconds late or on the
+//! caller's CPU; with claiming, whoever runs does the work and the calling
+//! thread alone always finishes. Threads are scoped to the call
+//! (`std::thread::scope`); there is no pool and no global state. Calls with
+//! less than 1 MiB of input (quantize) or 4 MiB of output (dequantize) per
+//! thread run on the calling thread alone. Every group is computed by the same code whatever the partition,
+//! and the error reported is the first one in item and group order, so
+//! results are identical for every thread count.
+
+use std::any::Any;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread;
+
+use crate::element::{Values, ValuesMut};
+use crate::error::Error;
+use crate::kernel::fast;
+use crate::kernel::reference::check_len;
+use crate::kernel::Isa;
+use crate::layout::Layout;
+
+/// Input bytes per thread below which quantize does not add a thread:
+/// spawning and waking one costs tens of microseconds.
+pub(crate) const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
+/// Output bytes per thread below which dequantize does not add a thread
+/// (dequantize does about three times less work per byte than quantize).
+pub(crate) const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
+
+/// One tensor to quantize: `input` laid out as `layout`, into `codes`,
+/// `scales` and `mins` (which may be longer than needed; only the prefix the
+/// layout names is written).
+#[derive(Debug)]
+pub struct QuantizeItem<'a> {
+    pub input: Values<'a>,
+    pub layout: Layout,
+    pub codes: &'a mut [u8],
+    pub scales: &'a mut [f32],
+    pub mins: &'a mut [f32],
+}
+
+/// One tensor to dequantize: `codes`, `scales`, `mins` (exact lengths) laid
+/// out as `layout`, into `output` (at least `layout.len` values).
+#[derive(Debug)]
+pub struct DequantizeItem<'a> {
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub mins: &'a [f32],
+    pub layout: Layout,
+    pub output: ValuesMut<'a>,
+}
+
+/// An error of a batch call: the error, and the index of the item it is
+/// about (`None` when it is not about one item).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchError {
+    pub item: Option<usize>,
+    pub error: Error,
+}
+
+impl BatchError {
+    pub fn at(item: usize, error: Error) -> Self {
+        BatchError { item: Some(item), error }
+    }
+
+    pub fn whole(error: Error) -> Self {
+        BatchError { item: None, error }
+    }
+
+    /// The error with its message prefixed by `item N: ` when it names an item.
+    pub fn into_prefixed(self) -> Error {
+        match self.item {
+            Some(i) => Error::new(self.error.status, format!("item {i}: {}", self.error.message)),
+            None => self.error,
+        }
+    }
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.item {
+            Some(i) => write!(f, "item {i}: {}", self.error.message),
+            None => f.write_str(&self.error.message),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+impl From<Error> for BatchError {
+    fn from(error: Error) -> Self {
+        BatchError::whole(error)
+    }
+}
+
+/// How a call is run; tests use other values than the default.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schedule {
+    pub isa: Isa,
+    pub min_bytes_per_thread: usize,
+}
+
+impl Schedule {
+    fn detect(min_bytes_per_thread: usize) -> Self {
+        Schedule { isa: Isa::detect(), min_bytes_per_thread }
+    }
+}
+
+/// Quantizes every item, with `threads` threads: 0 = all available cores,
+/// 1 = only the calling thread, n = at most n threads (fewer for small work).
+///
+/// Lengths and values of all items are checked before any output is written;
+/// on error nothing is written and the error names the first offending item.
+pub fn quantize_batch(items: &mut [QuantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
+    quantize_batch_with(items, threads, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))
+}
+
+/// Dequantizes every item, with `threads` as in [`quantize_batch`].
+///
+/// Lengths, scales and mins of all items are checked before any output is
+/// written; on error nothing is written.
+pub fn dequantize_batch(items: &mut [DequantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
+    dequantize_batch_with(items, threads, Schedule::detect(DEQUANTIZE_BYTES_PER_THREAD))
+}
+
+pub(crate) fn quantize_batch_with(
+    items: &mut [QuantizeItem<'_>],
+    threads: usize,
+    schedule: Schedule,
+) -> std::result::Result<(), BatchError> {
+    let mut pieces = Vec::with_capacity(items.len());
+    for (i, item) in items.iter_mut().enumerate() {
+        let l = item.layout;
+        let at = |e| BatchError::at(i, e);
+        check_len("input", item.input.len(), l.len, true).map_err(at)?;
+        check_len("codes", item.codes.len(), l.codes_len, false).map_err(at)?;
+        check_len("scales", item.scales.len(), l.n_groups, false).map_err(at)?;
+        check_len("mins", item.mins.len(), l.n_groups, false).map_err(at)?;
+        if l.len > 0 {
+            pieces.push(QuantizePiece {
+                item: i,
+                first_group: 0,
+                layout: l,
+                input: item.input,
+                codes: &mut item.codes[..l.codes_len],
+                scales: &mut item.scales[..l.n_groups],
+                mins: &mut item.mins[..l.n_groups],
+            });
+        }
+    }
+    let isa = schedule.isa;
+    run_two_phase(
+        pieces,
+        threads,
+        schedule.min_bytes_per_thread,
+        |p| fast::check_values(isa, p.input, &p.layout, p.first_group).map_err(|e| BatchError::at(p.item, e)),
+        |p| fast::encode(isa, p.input, &p.layout, p.codes, p.scales, p.mins),
+    )
+}
+
+pub(crate) fn dequantize_batch_with(
+    items: &mut [DequantizeItem<'_>],
+    threads: usize,
+    schedule: Schedule,
+) -> std::result::Result<(), BatchError> {
+    let mut pieces = Vec::with_capacity(items.len());
+    for (i, item) in items.iter_mut().enumerate() {
+        let l = item.layout;
+        let at = |e| BatchError::at(i, e);
+        check_len("codes", item.codes.len(), l.codes_len, true).map_err(at)?;
+        check_len("scales", item.scales.len(), l.n_groups, true).map_err(at)?;
+        check_len("mins", item.mins.len(), l.n_groups, true).map_err(at)?;
+        check_len("output", item.output.len(), l.len, false).map_err(at)?;
+        if l.len > 0 {
+            let output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
+            let (output, rest) = output.split_at(l.len);
+            item.output = rest;
+            pieces.push(DequantizePiece {
+                item: i,
+                first_group: 0,
+                layout: l,
+                codes: item.codes,
+                scales: item.scales,
+                mins: item.mins,
+                output,
+            });
+        }
+    }
+    let isa = schedule.isa;
+    run_two_phase(
+        pieces,
+        threads,
+        schedule.min_bytes_per_thread,
+        |p| fast::check_params(p.scales, p.mins, p.first_group).map_err(|e| BatchError::at(p.item, e)),
+        |p| fast::decode(isa, p.codes, p.scales, p.mins, &p.layout, p.output),
+    )
+}
+
+/// A run of whole groups of one item: the unit a thread works on.
+trait Piece: Send + Sized {
+    fn groups(&self) -> usize;
+    /// Bytes of the tensor per group, the measure of work.
+    fn group_bytes(&self) -> usize;
+    /// The first `groups` groups and the rest.
+    fn split(self, groups: usize) -> (Self, Self);
+}
+
+struct QuantizePiece<'a> {
+    item: usize,
+    first_group: usize,
+    layout: Layout,
+    input: Values<'a>,
+    codes: &'a mut [u8],
+    scales: &'a mut [f32],
+    mins: &'a mut [f32],
+}
+
+impl Piece for QuantizePiece<'_> {
+    fn groups(&self) -> usize {
+        self.scales.len()
+    }
+
+    fn group_bytes(&self) -> usize {
+        self.layout.group_size * self.input.dtype().size()
+    }
+
+    fn split(self, groups: usize) -> (Self, Self) {
+        let l = self.layout;
+        let (input_a, input_b) = self.input.split_at(groups * l.group_size);
+        let (codes_a, codes_b) = self.codes.split_at_mut(groups * l.group_code_bytes());
+        let (scales_a, scales_b) = self.scales.split_at_mut(groups);
+        let (mins_a, mins_b) = self.mins.split_at_mut(groups);
+        let a = QuantizePiece { input: input_a, codes: codes_a, scales: scales_a, mins: mins_a, ..self };
+        let b = QuantizePiece {
+            first_group: self.first_group + groups,
+            input: input_b,
+            codes: codes_b,
+            scales: scales_b,
+            mins: mins_b,
+            ..self
+        };
+        (a, b)
+    }
+}
+
+struct DequantizePiece<'a> {
+    item: usize,
+    first_group: usize,
+    layout: Layout,
+    codes: &'a [u8],
+    scales: &'a [f32],
+    mins: &'a [f32],
+    output: ValuesMut<'a>,
+}
+
+impl Piece for DequantizePiece<'_> {
+    fn groups(&self) -> usize {
+        self.scales.len()
+    }
+
+    fn group_bytes(&self) -> usize {
+        self.layout.group_size * self.output.dtype().size()
+    }
+
+    fn split(self, groups: usize) -> (Self, Self) {
+        let l = self.layout;
+        let (codes_a, codes_b) = self.codes.split_at(groups * l.group_code_bytes());
+        let (scales_a, scales_b) = self.scales.split_at(groups);
+        let (mins_a, mins_b) = self.mins.split_at(groups);
+        let (output_a, output_b) = self.output.split_at(groups * l.group_size);
+        let a = DequantizePiece { codes: codes_a, scales: scales_a, mins: mins_a, output: output_a, ..self };
+        let b = DequantizePiece {
+            first_group: self.first_group + groups,
+            codes: codes_b,
+            scales: scales_b,
+            mins: mins_b,
+            output: output_b,
+            ..self
+        };
+        (a, b)
+    }
+}
+
+/// How many threads `bytes` of work gets: `Some(n)`, or `None` for "as many
+/// as there are cores, up to `cap`" (`threads == 0`), which is resolved off
+/// the calling thread since `available_parallelism` can take tens of
+/// microseconds (it reads cgroup files on Linux).
+fn thread_count(requested: usize, bytes: usize, min_bytes_per_thread: usize) -> (Option<usize>, usize) {
+    let by_size = bytes / min_bytes_per_thread.max(1);
+    match requested {
+        _ if by_size < 2 => (Some(1), 1),
+        1 => (Some(1), 1),
+        // Two threads at most: no need to count the cores.
+        0 if by_size == 2 => (Some(2), 2),
+        0 => (None, by_size),
+        n => (Some(n.min(by_size)), n.min(by_size)),
+    }
+}
+
+/// Cuts the sequence of pieces into `n` contiguous shares of about equal
+/// bytes, splitting pieces at group boundaries. Shares keep the order of the
+/// sequence; empty shares are dropped.
+fn partition<P: Piece>(pieces: Vec<P>, n: usize, total: usize) -> Vec<Vec<P>> {
+    let mut shares: Vec<Vec<P>> = (0..n).map(|_| Vec::new()).collect();
+    // End of share `s` in bytes; u128 so that `total * n` cannot overflow.
+    let end_of = |s: usize| (total as u128 * (s as u128 + 1) / n as u128) as usize;
+    let mut share = 0;
+    let mut pos = 0usize;
+    for mut piece in pieces {
+        loop {
+            let unit = piece.group_bytes();
+            let cost = piece.groups() * unit;
+            let end = end_of(share);
+            if share == n - 1 || pos + cost <= end {
+                pos += cost;
+                shares[share].push(piece);
+                break;
+            }
+            let fit = end.saturating_sub(pos) / unit;
+            if fit > 0 {
+                let (front, rest) = piece.split(fit);
+                pos += fit * unit;
+                shares[share].push(front);
+                piece = rest;
+            }
+            share += 1;
+        }
+    }
+    shares.retain(|s| !s.is_empty());
+    shares
+}
+
+/// Runs `check` on every piece, then, if all passed, `write` on every piece,
+/// on up to `threads` threads (see the module documentation).
+fn run_two_phase<P, C, W>(
+    pieces: Vec<P>,
+    threads: usize,
+    min_bytes_per_thread: usize,
+    check: C,
+    write: W,
+) -> std::result::Result<(), BatchError>
+where
+    P: Piece,
+    C: Fn(&P) -> std::result::Result<(), BatchError> + Sync,
+    W: Fn(P) + Sync,
+{
+    let total = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
+    let (known, cap) = thread_count(threads, total, min_bytes_per_thread);
+    if known == Some(1) {
+        pieces.iter().try_for_each(&check)?;
+        pieces.into_iter().for_each(write);
+        return Ok(());
+    }
+    let chunks = (total / CHUNK_BYTES).clamp(cap * 4, MAX_CHUNKS.max(cap * 4));
+    let job = Job::new(partition(pieces, chunks, total));
+    let participate = || job.participate(&check, &write);
+    thread::scope(|scope| {
+        let participate = &participate;
+        match known {
+            Some(n) => (1..n).for_each(|_| spawn(scope, participate)),
+            None => spawn(scope, move || {
+                // threads == 0: this helper counts the cores while the
+                // calling thread already works, then spawns the rest.
+                let cores = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+                (2..cores.min(cap)).for_each(|_| spawn(scope, participate));
+                participate();
+            }),
+        }
+        participate();
+    });
+    job.outcome()
+}
+
+/// Spawns a scoped thread. If it cannot be spawned, nothing is lost: the
+/// other threads (at least the calling one) claim its share of the chunks.
+fn spawn<'scope, F: FnOnce() + Send + 'scope>(scope: &'scope thread::Scope<'scope, '_>, f: F) {
+    let _ = thread::Builder::new().name("pyquant".into()).spawn_scoped(scope, f);
+}
+
+/// Bytes of work per chunk claimed by a thread: small enough that a thread
+/// starting late or being descheduled delays the others by little, large
+/// enough that claiming (one atomic add) costs nothing.
+const CHUNK_BYTES: usize = 128 * 1024;
+/// At most this many chunks (more only for more than 1024 threads).
+const MAX_CHUNKS: usize = 4096;
+
+/// The shared state of one parallel call. Chunks are contiguous runs of
+/// pieces in item and group order, claimed in increasing order from
+/// counters. Every chunk is checked before any is written: a thread that
+/// runs out of chunks to check waits until all are checked (or one failed).
+/// Because claims are in order, when chunk `k` fails every chunk before it
+/// was claimed and is checked to the end, so the first error in chunk order
+/// is the first error of the batch, whatever the threads did.
+struct Job<P> {
+    chunks: Vec<Mutex<Vec<P>>>,
+    next_check: AtomicUsize,
+    checked: AtomicUsize,
+    next_write: AtomicUsize,
+    /// Set when a check failed or panicked: nothing more is checked and
+    /// nothing is written.
+    stop: AtomicBool,
+    /// The failure of the lowest chunk.
+    failure: Mutex<Option<(usize, Failure)>>,
+    write_panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+enum Failure {
+    Error(BatchError),
+    Panic(Box<dyn Any + Send>),
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<P: Piece> Job<P> {
+    fn new(chunks: Vec<Vec<P>>) -> Self {
+        Job {
+            chunks: chunks.into_iter().map(Mutex::new).collect(),
+            next_check: AtomicUsize::new(0),
+            checked: AtomicUsize::new(0),
+            next_write: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            write_panic: Mutex::new(None),
+        }
+    }
+
+    /// The work of one thread. Panics are caught and kept for [`Job::outcome`].
+    fn participate<C, W>(&self, check: &C, write: &W)
+    where
+        C: Fn(&P) -> std::result::Result<(), BatchError> + Sync,
+        W: Fn(P) + Sync,
+    {
+        let n = self.chunks.len();
+        while !self.stop.load(Ordering::SeqCst) {
+            let k = self.next_check.fetch_add(1, Ordering::SeqCst);
+            if k >= n {
+                break;
+            }
+            let checked = panic::catch_unwind(AssertUnwindSafe(|| locked(&self.chunks[k]).iter().try_for_each(check)));
+            match checked {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => self.fail(k, Failure::Error(e)),
+                Err(payload) => self.fail(k, Failure::Panic(payload)),
+            }
+            // After `fail`: whoever sees all chunks checked also sees `stop`.
+            self.checked.fetch_add(1, Ordering::SeqCst);
+        }
+        // Wait for the chunks others are still checking: at most one each.
+        let mut spins = 0u32;
+        while self.checked.load(Ordering::SeqCst) < n {
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
+                // Lets a thread that holds a chunk run if it shares our CPU.
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            let k = self.next_write.fetch_add(1, Ordering::SeqCst);
+            if k >= n {
+                break;
+            }
+            let pieces = std::mem::take(&mut *locked(&self.chunks[k]));
+            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| pieces.into_iter().for_each(write))) {
+                locked(&self.write_panic).get_or_insert(payload);
+            }
+        }
+    }
+
+    fn fail(&self, chunk: usize, failure: Failure) {
+        let mut slot = locked(&self.failure);
+        if slot.as_ref().is_none_or(|(k, _)| chunk < *k) {
+            *slot = Some((chunk, failure));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// The result once every thread is done; re-raises a caught panic.
+    fn outcome(self) -> std::result::Result<(), BatchError> {
+        if let Some(payload) = self.write_panic.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            panic::resume_unwind(payload);
+        }
+        match self.failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            None => Ok(()),
+            Some((_, Failure::Error(e))) => Err(e),
+            Some((_, Failure::Panic(payload))) => panic::resume_unwind(payload),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::reference;
+    use crate::PqStatus;
+    use half::{bf16, f16};
+
+    fn forced(threads: usize) -> (usize, Schedule) {
+        (threads, Schedule { isa: Isa::detect(), min_bytes_per_thread: 1 })
+    }
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed * 104729) % 4099) as f32 * 0.01 - 20.0).collect()
+    }
+
+    #[test]
+    fn partition_keeps_order_and_covers_everything() {
+        let x = data(1 << 14, 0);
+        for (sizes, shares) in [(vec![4096usize, 8192, 64, 4032], 3usize), (vec![16384], 7), (vec![64; 256], 5), (vec![128, 16256], 64)] {
+            let layouts: Vec<Layout> = sizes.iter().map(|&n| Layout::new(n, 64, 8, 32).unwrap()).collect();
+            let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+                layouts.iter().map(|l| (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups])).collect();
+            let mut offset = 0;
+            let pieces: Vec<QuantizePiece> = layouts
+                .iter()
+                .zip(&mut outs)
+                .enumerate()
+                .map(|(i, (l, (c, s, m)))| {
+                    let input = Values::F32(&x[offset..offset + l.len]);
+                    offset += l.len;
+                    QuantizePiece { item: i, first_group: 0, layout: *l, input, codes: c, scales: s, mins: m }
+                })
+                .collect();
+            let total: usize = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
+            let parts = partition(pieces, shares, total);
+            assert!(parts.len() <= shares);
+            let flat: Vec<&QuantizePiece> = parts.iter().flatten().collect();
+            // In order, contiguous, every group once.
+            let mut expect = (0usize, 0usize);
+            for p in &flat {
+                if p.item != expect.0 {
+                    assert_eq!(expect.1, layouts[expect.0].n_groups);
+                    expect = (p.item, 0);
+                }
+                assert_eq!(p.first_group, expect.1);
+                assert_eq!(p.input.len(), p.groups() * 32);
+                assert_eq!(p.codes.len(), p.groups() * 32);
+                expect.1 += p.groups();
+            }
+            assert_eq!(expect, (layouts.len() - 1, layouts.last().unwrap().n_groups));
+            // Balanced to within one group of the largest item per share.
+            let per = total / shares;
+            for part in &parts[..parts.len() - 1] {
+                let bytes: usize = part.iter().map(|p| p.groups() * p.group_bytes()).sum();
+                assert!(bytes <= per + 128 && bytes + 2 * 128 >= per, "{bytes} vs {per}");
+            }
+        }
+    }
+
+    #[test]
+    fn mixed_batch_matches_reference_for_every_thread_count() {
+        let x32 = data(64 * 1024, 1);
+        let xh: Vec<f16> = data(32 * 1024, 2).into_iter().map(f16::from_f32).collect();
+        let xb: Vec<bf16> = data(48 * 1024, 3).into_iter().map(bf16::from_f32).collect();
+        let specs = [(Values::F32(&x32), 1024, 4, 128), (Values::F16(&xh), 256, 2, 16), (Values::BF16(&xb), 3072, 8, 3072)];
+        let layouts: Vec<Layout> = specs.iter().map(|(v, row, bits, g)| Layout::new(v.len(), *row, *bits, *g).unwrap()).collect();
+        let fresh = || -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+            layouts.iter().map(|l| (vec![1; l.codes_len], vec![1.0; l.n_groups], vec![1.0; l.n_groups])).collect()
+        };
+        let mut want = fresh();
+        {
+            let (c, s, m) = &mut want[0];
+            reference::quantize(&x32, &layouts[0], c, s, m).unwrap();
+        }
+        {
+            let (c, s, m) = &mut want[1];
+            reference::quantize(&xh, &layouts[1], c, s, m).unwrap();
+        }
+        {
+            let (c, s, m) = &mut want[2];
+            reference::quantize(&xb, &layouts[2], c, s, m).unwrap();
+        }
+        for (threads, schedule) in [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))] {
+            let mut got = fresh();
+            let mut items: Vec<QuantizeItem> = specs
+                .iter()
+                .zip(&layouts)
+                .zip(&mut got)
+                .map(|(((v, ..), l), (c, s, m))| QuantizeItem { input: *v, layout: *l, codes: c, scales: s, mins: m })
+                .collect();
+            quantize_batch_with(&mut items, threads, schedule).unwrap();
+            assert_eq!(got, want, "threads {threads}");
+            // Dequantize the batch back, mixing output dtypes.
+            let mut y32 = vec![0f32; x32.len()];
+            let mut yh = vec![bf16::ZERO; xh.len()];
+            let mut yb = vec![f16::ZERO; xb.len() + 3];
+            let outputs = [ValuesMut::F32(&mut y32), ValuesMut::BF16(&mut yh), ValuesMut::F16(&mut yb)];
+            let mut ditems: Vec<DequantizeItem> = outputs
+                .into_iter()
+                .zip(&layouts)
+                .zip(&got)
+                .map(|((o, l), (c, s, m))| DequantizeItem { codes: c, scales: s, mins: m, layout: *l, output: o })
+                .collect();
+            dequantize_batch_with(&mut ditems, threads, schedule).unwrap();
+            let mut r32 = vec![0f32; x32.len()];
+            let mut rh = vec![bf16::ZERO; xh.len()];
+            let mut rb = vec![f16::ZERO; xb.len() + 3];
+            reference::dequantize(&got[0].0, &got[0].1, &got[0].2, &layouts[0], &mut r32).unwrap();
+            reference::dequantize(&got[1].0, &got[1].1, &got[1].2, &layouts[1], &mut rh).unwrap();
+            reference::dequantize(&got[2].0, &got[2].1, &got[2].2, &layouts[2], &mut rb).unwrap();
+            assert_eq!((y32, yh, yb), (r32, rh, rb), "threads {threads}");
+        }
+    }
+
+    #[test]
+    fn a_bad_item_stops_the_whole_batch() {
+        let xs: Vec<Vec<f32>> = (0..6).map(|i| data(64 * 1024, i)).collect();
+        let l = Layout::new(64 * 1024, 1024, 4, 64).unwrap();
+        for (bad_item, bad_index) in [(2usize, 5000usize), (0, 0), (5, 65535)] {
+            for (threads, schedule) in [forced(1), forced(2), forced(5)] {
+                let mut xs = xs.clone();
+                xs[bad_item][bad_index] = f32::INFINITY;
+                xs[4][10] = f32::NAN; // a later one, in item 4: must not be the one reported (unless first)
+                let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+                    (0..6).map(|_| (vec![9; l.codes_len], vec![9.0; l.n_groups], vec![9.0; l.n_groups])).collect();
+                let mut items: Vec<QuantizeItem> = xs
+                    .iter()
+                    .zip(&mut outs)
+                    .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+                    .collect();
+                let e = quantize_batch_with(&mut items, threads, schedule).unwrap_err();
+                let first = if bad_item < 4 { bad_item } else { 4 };
+                assert_eq!((e.item, e.error.status), (Some(first), PqStatus::NonFinite), "{e}");
+                assert!(e.to_string().starts_with(&format!("item {first}: ")));
+                assert!(outs.iter().all(|(c, s, m)| c.iter().all(|&b| b == 9) && s.iter().chain(m).all(|&v| v == 9.0)));
+            }
+        }
+        // A too-small output in item 3 is found before any value is looked at.
+        let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
+            (0..6).map(|_| (vec![9; l.codes_len], vec![9.0; l.n_groups], vec![9.0; l.n_groups])).collect();
+        outs[3].1.pop();
+        let mut items: Vec<QuantizeItem> = xs
+            .iter()
+            .zip(&mut outs)
+            .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+            .collect();
+        let e = quantize_batch(&mut items, 2).unwrap_err();
+        assert_eq!((e.item, e.error.status), (Some(3), PqStatus::BufferTooSmall));
+        assert_eq!(e.to_string(), "item 3: scales has 1023 elements, needs at least 1024");
+    }
+
+    #[test]
+    fn thread_count_rules() {
+        assert_eq!(thread_count(0, 100, 1024), (Some(1), 1));
+        assert_eq!(thread_count(8, 1 << 30, 1 << 20), (Some(8), 8));
+        assert_eq!(thread_count(8, 3 << 20, 1 << 20), (Some(3), 3));
+        assert_eq!(thread_count(1, 1 << 30, 1 << 20), (Some(1), 1));
+        assert_eq!(thread_count(0, 2 << 20, 1 << 20), (Some(2), 2));
+        assert_eq!(thread_count(0, 5 << 20, 1 << 20), (None, 5));
+    }
+}
