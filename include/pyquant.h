@@ -257,6 +257,8 @@ extern "C" {
  (list<int64>). Groups of `group_size` run along the last axis of each
  tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
  read in place; value and offset buffers must be aligned for their type.
+ `threads` as for `pq_quantize_batch` (0: all cores); all tensors of the
+ input are quantized in one batch, all or nothing.
 
  Ownership: `in_array` is moved from on every call that gets past the
  NULL and alignment checks, success or error: pyquant takes the struct
@@ -272,6 +274,7 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            const struct ArrowSchema *in_schema,
                            uint32_t bits,
                            size_t group_size,
+                           size_t threads,
                            struct ArrowArray *out_array,
                            struct ArrowSchema *out_schema,
                            struct PqError *error);
@@ -289,6 +292,7 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
  */
 PqStatus pq_dequantize_arrow(struct ArrowArray *in_array,
                              const struct ArrowSchema *in_schema,
+                             size_t threads,
                              struct ArrowArray *out_array,
                              struct ArrowSchema *out_schema,
                              struct PqError *error);

@@ -6,6 +6,8 @@ through CFFI. Main entry points:
 - :func:`quantize_ptr`: zero-copy; the numpy buffer is read in place.
 - :func:`quantize_copy`: the same bytes out, from a copy of the input.
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
+- :func:`quantize_batch` / :func:`dequantize_batch`: many tensors, one
+  native call, all cores, GIL released.
 - :func:`quantize_file`, :func:`dequantize_file`, :func:`load_quantized`,
   :func:`error_report`: whole safetensors checkpoints, bounded memory.
 - :func:`quantize_arrow` / :func:`dequantize_arrow` / :func:`quantize_arrow_file`:
@@ -20,7 +22,15 @@ Errors are :class:`QuantizeError` subclasses (``ValueError``).
 
 from ._version import __version__
 from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
-from .core import SUPPORTED_DTYPES, QuantizedTensor, dequantize, quantize_copy, quantize_ptr
+from .core import (
+    SUPPORTED_DTYPES,
+    QuantizedTensor,
+    dequantize,
+    dequantize_batch,
+    quantize_batch,
+    quantize_copy,
+    quantize_ptr,
+)
 from .errors import (
     CheckpointError,
     ArrowDataError,
@@ -49,6 +59,8 @@ __all__ = [
     "quantize_ptr",
     "quantize_copy",
     "dequantize",
+    "quantize_batch",
+    "dequantize_batch",
     "quantize_file",
     "dequantize_file",
     "load_quantized",

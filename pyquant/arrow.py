@@ -23,7 +23,7 @@ from typing import Any
 
 from ._atomic import atomic_output
 from ._lib import ffi, lib
-from .core import _c_uint, _SIZE_MAX, _UINT32_MAX
+from .core import _c_uint, _SIZE_MAX, _UINT32_MAX, c_threads
 from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError, check, new_error_struct
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
@@ -47,7 +47,7 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128) -> Any:
+def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, threads: int | None = None) -> Any:
     """Quantizes the tensors of an Arrow object, reading their values in place.
 
     ``obj`` implements the Arrow PyCapsule interface and holds either one
@@ -65,7 +65,9 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128) -> 
 
     Copies: none of the values; the result's codes, scales and mins buffers
     are the ones the Rust kernel wrote. The same bytes as
-    :func:`pyquant.quantize_ptr` on each tensor.
+    :func:`pyquant.quantize_ptr` on each tensor. Parallelism: all tensors of
+    a batch in one native call on ``threads`` threads (None: all cores), GIL
+    released.
 
     Raises QuantizeError subclasses: ArrowDataError (released or malformed
     input, nulls, missing column), UnsupportedDtypeError, ShapeError,
@@ -76,24 +78,27 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128) -> 
         g = _GROUP_SIZE_PER_ROW
     else:
         g = _c_uint(group_size, "group_size", _SIZE_MAX - 1, InvalidGroupSizeError)
+    t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g)
+        return _call(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
 
     return _map(obj, convert, quantized_schema)
 
 
-def dequantize_arrow(obj: Any) -> Any:
+def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     """Reconstructs the tensors of a quantized batch made by :func:`quantize_arrow`.
 
     Returns a ``RecordBatch`` with columns ``name``, ``weights`` (a list of
     each tensor's original dtype, float32 or float16) and ``shape``, which
     :func:`quantize_arrow` accepts again. Tables and readers map batch by
     batch, as in :func:`quantize_arrow`. All rows of a batch must share a dtype.
+    ``threads`` as in :func:`quantize_arrow`.
     """
+    t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_dequantize_arrow, schema_capsule, array_capsule)
+        return _call(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
 
     return _map(obj, convert, None)
 

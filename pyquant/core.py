@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import ml_dtypes
 import numpy as np
@@ -25,6 +25,7 @@ from .errors import (
     ShapeError,
     UnsupportedDtypeError,
     check,
+    error_class,
     new_error_struct,
 )
 
@@ -87,9 +88,9 @@ class QuantizedTensor:
     def compression_ratio(self) -> float:
         return self.original_nbytes / self.nbytes if self.nbytes else 1.0
 
-    def dequantize(self, dtype: DTypeLike = None) -> np.ndarray[Any, Any]:
+    def dequantize(self, dtype: DTypeLike = None, *, threads: int | None = None) -> np.ndarray[Any, Any]:
         """See :func:`dequantize`."""
-        return dequantize(self, dtype)
+        return dequantize(self, dtype, threads=threads)
 
     def __repr__(self) -> str:
         return (
@@ -105,6 +106,7 @@ def quantize_ptr(
     bits: int = 4,
     group_size: int | None = 128,
     dtype: DTypeLike = None,
+    threads: int | None = None,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` along its last axis, reading its buffer in place.
 
@@ -113,14 +115,213 @@ def quantize_ptr(
     would need a copy (not C-contiguous, misaligned, non-native byte order,
     not a numpy array) raises :class:`CopyRequiredError` saying how to fix it.
 
+    Parallelism: one native call with the GIL released; a large tensor is
+    split across ``threads`` threads (None: all cores; 1: the calling thread
+    only). Results are identical for every thread count.
+
     ``group_size=None`` makes one group per row. ``dtype="bfloat16"``
     reinterprets a uint16 array as bfloat16 bit patterns. The array must not
-    be written to by another thread during the call (the GIL is released);
-    use :func:`quantize_copy` if it may be.
+    be written to by another thread during the call; use
+    :func:`quantize_copy` if it may be.
 
     Raises QuantizeError subclasses: UnsupportedDtypeError, CopyRequiredError,
     InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError.
     """
+    name, code = _check_in_place(arr, dtype)
+    out, row_len = _allocate(arr.shape, name, bits, group_size)
+    err = new_error_struct()
+    status = lib.pq_quantize(
+        code, ffi.from_buffer(_raw_view(arr)), arr.size, row_len, out.bits, out.group_size,
+        c_threads(threads), *_output_args(out), err,
+    )
+    check(status, err)
+    return out
+
+
+def quantize_copy(
+    arr: npt.ArrayLike,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    dtype: DTypeLike = None,
+    threads: int | None = None,
+) -> QuantizedTensor:
+    """Quantizes ``arr`` like :func:`quantize_ptr`, from a copy of its data.
+
+    Copies: Rust copies the input's bytes into memory it owns before
+    quantizing (one input-sized allocation), so the input may change during
+    the call. Accepts anything ``np.asarray`` accepts: strided views are
+    first made contiguous and non-native byte order swapped by numpy (a
+    second copy, only for those inputs); misaligned data is copied byte-wise.
+    Same bytes out as :func:`quantize_ptr` on ``np.ascontiguousarray(arr)``.
+    Parallelism as :func:`quantize_ptr` (the copy itself is one thread).
+    """
+    a = np.asarray(arr)
+    name, code = _resolve_dtype(a, dtype)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
+    a = np.ascontiguousarray(a)
+    out, row_len = _allocate(a.shape, name, bits, group_size)
+    err = new_error_struct()
+    status = lib.pq_quantize_copy(
+        code, ffi.from_buffer(_raw_view(a)), a.nbytes, row_len, out.bits, out.group_size,
+        c_threads(threads), *_output_args(out), err,
+    )
+    check(status, err)
+    return out
+
+
+def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | None = None) -> np.ndarray[Any, Any]:
+    """Reconstructs ``mins + q * scales`` (float32 arithmetic) with ``qt.shape``.
+
+    ``dtype`` defaults to the original dtype; float32, float16 and bfloat16
+    are supported (rounded to nearest-even from the float32 result).
+    Copies: none beyond the output array, which is allocated here and
+    filled by Rust. Parallelism as :func:`quantize_ptr`.
+    """
+    code, out = _dequantize_output(qt, dtype)
+    err = new_error_struct()
+    status = lib.pq_dequantize(*_dequantize_args(qt), code, c_threads(threads),
+                               ffi.from_buffer(_raw_view(out), require_writable=True), out.size, err)
+    check(status, err)
+    return out
+
+
+Layers = Union[Mapping[Any, np.ndarray[Any, Any]], Sequence[np.ndarray[Any, Any]]]
+Params = Union[Mapping[Any, tuple[int, Union[int, None]]], Callable[[Any], Optional[tuple[int, Union[int, None]]]], None]
+
+
+def quantize_batch(
+    layers: Layers,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    params: Params = None,
+    threads: int | None = None,
+) -> Any:
+    """Quantizes many tensors in one native call.
+
+    ``layers`` is a mapping name -> array or a sequence of arrays; the result
+    has the same form (a dict, or a list) of :class:`QuantizedTensor`.
+    Tensors may differ in shape and dtype. ``params`` gives some tensors
+    their own ``(bits, group_size)``: a mapping name -> pair, or a callable
+    name -> pair (or None for the defaults); names of a sequence are its
+    indices. Mixed precision is one call.
+
+    Copies: none; every input is read in place, so every input must meet
+    :func:`quantize_ptr`'s rules (CopyRequiredError names the tensor that
+    does not). Python checks every input and allocates every output first;
+    then one C call quantizes them all on ``threads`` threads (None: all
+    cores), across tensors and across groups of a large tensor, with the GIL
+    released. All or nothing: a bad tensor fails the whole call before any
+    output is written, and the error names it. Same bytes as
+    :func:`quantize_ptr` on each tensor, for every thread count.
+    """
+    names, arrays, as_dict = _unpack(layers)
+    n = len(arrays)
+    items = ffi.new("PqQuantizeItem[]", n)
+    keep_alive = []
+    results = []
+    for i, (name, arr) in enumerate(zip(names, arrays)):
+        b, g = _params_for(name, bits, group_size, params)
+        try:
+            dname, code = _check_in_place(arr, None)
+            out, row_len = _allocate(arr.shape, dname, b, g)
+        except QuantizeError as exc:
+            raise type(exc)(f"tensor {name!r}: {exc}") from None
+        c, c_len, s, s_len, m, m_len = _output_args(out)
+        inp = ffi.from_buffer(_raw_view(arr))
+        keep_alive += (inp, c, s, m)
+        it = items[i]
+        it.dtype, it.input, it.input_len, it.row_len = code, inp, arr.size, row_len
+        it.bits, it.group_size = out.bits, out.group_size
+        it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len = c, c_len, s, s_len, m, m_len
+        results.append(out)
+    _batch_call(lib.pq_quantize_batch, items, n, names, threads)
+    return dict(zip(names, results)) if as_dict else results
+
+
+def dequantize_batch(
+    tensors: Mapping[Any, QuantizedTensor] | Sequence[QuantizedTensor],
+    *,
+    dtype: DTypeLike = None,
+    threads: int | None = None,
+) -> Any:
+    """Dequantizes many :class:`QuantizedTensor` in one native call.
+
+    Returns the same form as given (a dict or a list) of numpy arrays, each
+    in ``dtype`` (default: the tensor's original dtype). Outputs are
+    allocated here, filled by Rust in place, on ``threads`` threads (None:
+    all cores) with the GIL released; all or nothing, errors name the tensor.
+    """
+    names, qts, as_dict = _unpack(tensors)
+    n = len(qts)
+    items = ffi.new("PqDequantizeItem[]", n)
+    keep_alive = []
+    results = []
+    for i, (name, qt) in enumerate(zip(names, qts)):
+        try:
+            code, out = _dequantize_output(qt, dtype)
+        except QuantizeError as exc:
+            raise type(exc)(f"tensor {name!r}: {exc}") from None
+        args = _dequantize_args(qt)
+        output = ffi.from_buffer(_raw_view(out), require_writable=True)
+        keep_alive += (args[0], args[2], args[4], output)
+        it = items[i]
+        (it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len,
+         it.row_len, it.bits, it.group_size) = args
+        it.dtype, it.output, it.output_len = code, output, out.size
+        results.append(out)
+    _batch_call(lib.pq_dequantize_batch, items, n, names, threads)
+    return dict(zip(names, results)) if as_dict else results
+
+
+def c_threads(threads: int | None) -> int:
+    """The C ABI's ``threads`` argument: 0 for all cores (None), else n >= 1."""
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= _SIZE_MAX:
+        raise QuantizeError(f"threads must be None (all cores) or a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _batch_call(function: Any, items: Any, n: int, names: list[Any], threads: int | None) -> None:
+    failed = ffi.new("size_t *")
+    err = new_error_struct()
+    status = function(items, n, c_threads(threads), failed, err)
+    if status != lib.PQ_STATUS_OK and failed[0] < n:
+        # The native message starts "item N: "; name the tensor instead.
+        message = ffi.string(err.message).decode("utf-8", "replace").split(": ", 1)[-1]
+        raise error_class(status)(f"tensor {names[failed[0]]!r}: {message}")
+    check(status, err)
+
+
+def _unpack(layers: Any) -> tuple[list[Any], list[Any], bool]:
+    if isinstance(layers, Mapping):
+        return list(layers.keys()), list(layers.values()), True
+    if isinstance(layers, (np.ndarray, str, bytes)) or not isinstance(layers, Sequence):
+        raise QuantizeError(
+            f"expected a mapping name -> tensor or a sequence of tensors, got {type(layers).__name__}"
+        )
+    return list(range(len(layers))), list(layers), False
+
+
+def _params_for(name: Any, bits: int, group_size: int | None, params: Params) -> tuple[int, int | None]:
+    if params is None:
+        return bits, group_size
+    chosen = params(name) if callable(params) else params.get(name)
+    if chosen is None:
+        return bits, group_size
+    try:
+        b, g = chosen
+    except (TypeError, ValueError):
+        raise QuantizeError(f"tensor {name!r}: params must give (bits, group_size), got {chosen!r}") from None
+    return b, g
+
+
+def _check_in_place(arr: Any, dtype: DTypeLike) -> tuple[str, int]:
+    """The dtype name and C code of an array the zero-copy path can read as
+    it is; CopyRequiredError (saying how to fix it) for any other."""
     if not isinstance(arr, np.ndarray):
         raise CopyRequiredError(
             f"quantize_ptr needs a numpy array, got {type(arr).__name__}; "
@@ -144,92 +345,25 @@ def quantize_ptr(
             f"{arr.dtype.itemsize} bytes; quantize_ptr never copies: use quantize_copy, "
             "or arr.copy()"
         )
-    out, row_len = _allocate(arr.shape, name, bits, group_size)
-    err = new_error_struct()
-    status = lib.pq_quantize(
-        code,
-        ffi.from_buffer(_raw_view(arr)),
-        arr.size,
-        row_len,
-        out.bits,
-        out.group_size,
-        0,  # threads: all available cores
-        *_output_args(out),
-        err,
-    )
-    check(status, err)
-    return out
+    return name, code
 
 
-def quantize_copy(
-    arr: npt.ArrayLike,
-    *,
-    bits: int = 4,
-    group_size: int | None = 128,
-    dtype: DTypeLike = None,
-) -> QuantizedTensor:
-    """Quantizes ``arr`` like :func:`quantize_ptr`, from a copy of its data.
-
-    Copies: Rust copies the input's bytes into memory it owns before
-    quantizing (one input-sized allocation), so the input may change during
-    the call. Accepts anything ``np.asarray`` accepts: strided views are
-    first made contiguous and non-native byte order swapped by numpy (a
-    second copy, only for those inputs); misaligned data is copied byte-wise.
-    Same bytes out as :func:`quantize_ptr` on ``np.ascontiguousarray(arr)``.
-    """
-    a = np.asarray(arr)
-    name, code = _resolve_dtype(a, dtype)
-    if not a.dtype.isnative:
-        a = a.astype(a.dtype.newbyteorder("="))
-    a = np.ascontiguousarray(a)
-    out, row_len = _allocate(a.shape, name, bits, group_size)
-    err = new_error_struct()
-    status = lib.pq_quantize_copy(
-        code,
-        ffi.from_buffer(_raw_view(a)),
-        a.nbytes,
-        row_len,
-        out.bits,
-        out.group_size,
-        0,  # threads: all available cores
-        *_output_args(out),
-        err,
-    )
-    check(status, err)
-    return out
-
-
-def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None) -> np.ndarray[Any, Any]:
-    """Reconstructs ``mins + q * scales`` (float32 arithmetic) with ``qt.shape``.
-
-    ``dtype`` defaults to the original dtype; float32, float16 and bfloat16
-    are supported (rounded to nearest-even from the float32 result).
-    Copies: none beyond the output array, which is allocated here and
-    filled by Rust.
-    """
+def _dequantize_output(qt: QuantizedTensor, dtype: DTypeLike) -> tuple[int, np.ndarray[Any, Any]]:
     name = qt.dtype if dtype is None else _dtype_name(np.dtype(dtype))
     np_dtype, code = _DTYPES[name]
-    out = np.empty(qt.shape, dtype=np_dtype)
-    row_len = qt.shape[-1] if qt.shape else 0
-    err = new_error_struct()
-    status = lib.pq_dequantize(
-        ffi.from_buffer("uint8_t[]", qt.codes),
-        qt.codes.size,
-        ffi.from_buffer("float[]", qt.scales),
-        qt.scales.size,
-        ffi.from_buffer("float[]", qt.mins),
-        qt.mins.size,
-        row_len,
+    return code, np.empty(qt.shape, dtype=np_dtype)
+
+
+def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
+    """codes, scales, mins (pointer, length) and row_len, bits, group_size."""
+    return (
+        ffi.from_buffer("uint8_t[]", qt.codes), qt.codes.size,
+        ffi.from_buffer("float[]", qt.scales), qt.scales.size,
+        ffi.from_buffer("float[]", qt.mins), qt.mins.size,
+        qt.shape[-1] if qt.shape else 0,
         _c_uint(qt.bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(qt.group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
-        code,
-        0,  # threads: all available cores
-        ffi.from_buffer(_raw_view(out), require_writable=True),
-        out.size,
-        err,
     )
-    check(status, err)
-    return out
 
 
 def _dtype_name(dt: np.dtype[Any]) -> str:

@@ -113,10 +113,13 @@ def new_error_struct() -> Any:
     return ffi.new("PqError *")
 
 
-def check(status: int, error: Any, context: str = "") -> None:
+def error_class(status: int) -> type[QuantizeError]:
+    """The exception class of a (non-OK) C status."""
+    return _BY_STATUS.get(status, InternalError)
+
+
+def check(status: int, error: Any) -> None:
     """Raises the exception for ``status`` with the native message, if not OK."""
     if status == lib.PQ_STATUS_OK:
         return
-    message = ffi.string(error.message).decode("utf-8", "replace")
-    cls = _BY_STATUS.get(status, InternalError)
-    raise cls(f"{context}: {message}" if context else message)
+    raise error_class(status)(ffi.string(error.message).decode("utf-8", "replace"))

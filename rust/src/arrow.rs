@@ -3,10 +3,11 @@
 //!
 //! An input holds one tensor (a float32 or float16 array) or a batch of them
 //! (a struct array with columns `name`, `weights` and optional `shape`). Each
-//! tensor's values are read in place and quantized by [`kernel::quantize`];
+//! tensor's values are read in place and all tensors are quantized in one
+//! [`crate::batch::quantize_batch`] call (the same kernels as every path);
 //! the result is a struct array of [`quantized_fields`] whose codes, scales
 //! and mins buffers are the vectors the kernel wrote, handed to Arrow without
-//! a copy. [`dequantize`] is the way back, through [`kernel::dequantize`].
+//! a copy. [`dequantize`] is the way back, through [`crate::batch::dequantize_batch`].
 //!
 //! Moving C Data Interface structs in and out and checking their raw pointers
 //! is `ffi/arrow.rs`'s job; this module sees imported [`ArrayData`] only.
@@ -28,9 +29,9 @@ use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 use half::f16;
 
-use crate::element::Element;
+use crate::batch::{dequantize_batch, quantize_batch, DequantizeItem, QuantizeItem};
+use crate::element::{self, Element};
 use crate::error::{Error, PqStatus, Result};
-use crate::kernel;
 use crate::layout::Layout;
 
 /// Column names of an input batch.
@@ -213,9 +214,13 @@ impl<'a> Values<'a> {
     }
 
     fn len(&self) -> usize {
-        match self {
-            Values::F32(v) => v.len(),
-            Values::F16(v) => v.len(),
+        self.as_element().len()
+    }
+
+    fn as_element(&self) -> element::Values<'a> {
+        match *self {
+            Values::F32(v) => element::Values::F32(v),
+            Values::F16(v) => element::Values::F16(v),
         }
     }
 
@@ -416,7 +421,13 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
 ///
 /// `field_name` names the tensor when `input` is a lone float array. The
 /// input is validated in full first; nothing is returned on any error.
-pub fn quantize(input: &ArrayData, field_name: &str, bits: u32, group_size: Option<usize>) -> Result<ArrayData> {
+pub fn quantize(
+    input: &ArrayData,
+    field_name: &str,
+    bits: u32,
+    group_size: Option<usize>,
+    threads: usize,
+) -> Result<ArrayData> {
     validate(input)?;
     let array = make_array(input.clone());
     let tensors = read_tensors(array.as_ref(), field_name)?;
@@ -441,18 +452,24 @@ pub fn quantize(input: &ArrayData, field_name: &str, bits: u32, group_size: Opti
     let mut scales = vec![0f32; n_groups];
     let mut mins = vec![0f32; n_groups];
     let (mut codes_offsets, mut group_offsets) = (vec![0i64], vec![0i32]);
-    let (mut c, mut g) = (0usize, 0usize);
-    for (row, (t, l)) in tensors.iter().zip(&layouts).enumerate() {
-        let (codes, scales, mins) = (&mut codes[c..c + l.codes_len], &mut scales[g..g + l.n_groups], &mut mins[g..g + l.n_groups]);
-        match t.values {
-            Values::F32(v) => kernel::quantize(v, l, codes, scales, mins),
-            Values::F16(v) => kernel::quantize(v, l, codes, scales, mins),
+    {
+        // All rows in one batch call: tensors spread over the cores, and a
+        // large one split across them; all or nothing.
+        let (mut codes_rest, mut scales_rest, mut mins_rest) = (&mut codes[..], &mut scales[..], &mut mins[..]);
+        let mut items = Vec::with_capacity(tensors.len());
+        for (t, l) in tensors.iter().zip(&layouts) {
+            let (c, cr) = std::mem::take(&mut codes_rest).split_at_mut(l.codes_len);
+            let (s, sr) = std::mem::take(&mut scales_rest).split_at_mut(l.n_groups);
+            let (m, mr) = std::mem::take(&mut mins_rest).split_at_mut(l.n_groups);
+            (codes_rest, scales_rest, mins_rest) = (cr, sr, mr);
+            items.push(QuantizeItem { input: t.values.as_element(), layout: *l, codes: c, scales: s, mins: m });
+            codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
+            group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
         }
-        .map_err(|e| in_tensor(e, t.name, row))?;
-        c += l.codes_len;
-        g += l.n_groups;
-        codes_offsets.push(c as i64);
-        group_offsets.push(g as i32);
+        quantize_batch(&mut items, threads).map_err(|e| match e.item {
+            Some(row) => in_tensor(e.error, tensors[row].name, row),
+            None => e.error,
+        })?;
     }
 
     let out = Output::new();
@@ -536,7 +553,7 @@ fn binary_rows<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a [u8]>> 
 /// Reconstructs the tensors of a quantized batch (`mins + q * scales`, in the
 /// dtype each row names) as a batch of [`dequantized_fields`]. Every row must
 /// name the same dtype.
-pub fn dequantize(input: &ArrayData) -> Result<ArrayData> {
+pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
     validate(input)?;
     check_dequantize_type(input.data_type())?;
     let array = make_array(input.clone());
@@ -593,9 +610,9 @@ pub fn dequantize(input: &ArrayData) -> Result<ArrayData> {
 
     let out = Output::new();
     let weights = if dtype == DataType::Float16 {
-        dequantize_rows::<Float16Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total)?
+        dequantize_rows::<Float16Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total, threads)?
     } else {
-        dequantize_rows::<Float32Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total)?
+        dequantize_rows::<Float32Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total, threads)?
     };
     let mut shape_offsets = vec![0i32];
     let mut shape_values = Vec::new();
@@ -624,6 +641,7 @@ fn dequantize_rows<T>(
     scale_values: &[f32],
     min_values: &[f32],
     total: usize,
+    threads: usize,
 ) -> Result<ArrayRef>
 where
     T: arrow_array::ArrowPrimitiveType,
@@ -631,14 +649,25 @@ where
 {
     let mut values = vec![T::Native::from_f32(0.0); total];
     let mut offsets = vec![0i32];
-    let mut start = 0usize;
-    for (row, l) in layouts.iter().enumerate() {
-        let scales = &scale_values[scales.ranges[row].clone()];
-        let mins = &min_values[mins.ranges[row].clone()];
-        kernel::dequantize(codes[row], scales, mins, l, &mut values[start..start + l.len])
-            .map_err(|e| in_tensor(e, names[row], row))?;
-        start += l.len;
-        offsets.push(start as i32);
+    {
+        let mut rest = &mut values[..];
+        let mut items = Vec::with_capacity(layouts.len());
+        for (row, l) in layouts.iter().enumerate() {
+            let (out, r) = std::mem::take(&mut rest).split_at_mut(l.len);
+            rest = r;
+            items.push(DequantizeItem {
+                codes: codes[row],
+                scales: &scale_values[scales.ranges[row].clone()],
+                mins: &min_values[mins.ranges[row].clone()],
+                layout: *l,
+                output: T::Native::values_mut(out),
+            });
+            offsets.push(offsets.last().copied().unwrap_or(0) + l.len as i32);
+        }
+        dequantize_batch(&mut items, threads).map_err(|e| match e.item {
+            Some(row) => in_tensor(e.error, names[row], row),
+            None => e.error,
+        })?;
     }
     Ok(out.list::<T>(offsets, values))
 }
@@ -646,6 +675,7 @@ where
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernel;
     use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
     use std::sync::{Mutex, MutexGuard};
 
@@ -709,7 +739,7 @@ pub(crate) mod tests {
     fn lone_array_matches_the_kernel() {
         let _g = exclusive();
         let x = values(256, 1);
-        let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64)).unwrap();
+        let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), 0).unwrap();
         let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
         assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
         assert_eq!(live_exports(), 1);
@@ -729,12 +759,12 @@ pub(crate) mod tests {
         ));
         for weights in [list, large] {
             let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
-            let got = rows(&quantize(&input, "", 2, Some(16)).unwrap());
+            let got = rows(&quantize(&input, "", 2, Some(16), 0).unwrap());
             let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
             assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
             assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
             // None: one group per row, along the last axis of each shape.
-            let got = rows(&quantize(&input, "", 2, None).unwrap());
+            let got = rows(&quantize(&input, "", 2, None, 0).unwrap());
             assert_eq!((got[0].7, got[1].7), (128, 48));
             assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
         }
@@ -742,7 +772,7 @@ pub(crate) mod tests {
         let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
         let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
         let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
-        let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256)).unwrap());
+        let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), 0).unwrap());
         let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
         for (row, half) in got.iter().zip(wide.chunks(256)) {
             let (c, s, m) = kernel_bytes(half, 256, 8, 256);
@@ -756,12 +786,12 @@ pub(crate) mod tests {
         let _g = exclusive();
         let x = values(1024, 4);
         let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
-        let out = quantize(&sliced, "s", 4, Some(128)).unwrap();
+        let out = quantize(&sliced, "s", 4, Some(128), 0).unwrap();
         assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
         let rows_in: Vec<&[f32]> = x.chunks(256).collect();
         let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
         let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
-        let out = quantize(&full.slice(1, 2), "", 4, Some(64)).unwrap();
+        let out = quantize(&full.slice(1, 2), "", 4, Some(64), 0).unwrap();
         let got = rows(&out);
         assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
         assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
@@ -771,7 +801,7 @@ pub(crate) mod tests {
     fn bad_inputs_are_named_errors() {
         let _g = exclusive();
         let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
-        let e = quantize(&nulls, "", 4, Some(2)).unwrap_err();
+        let e = quantize(&nulls, "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
         assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
         assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
@@ -779,22 +809,22 @@ pub(crate) mod tests {
         let w: ArrayRef = Arc::new(f32_list(&[&[1.0, 2.0, 3.0, 4.0]]));
         let shape = |dims: &[i64]| -> ArrayRef { Arc::new(i64_list(&[dims])) };
         for (dims, needle) in [(&[3i64][..], "does not match"), (&[][..], "empty"), (&[-4][..], "negative")] {
-            let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]), "", 4, Some(2)).unwrap_err();
+            let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]), "", 4, Some(2), 0).unwrap_err();
             assert!(e.status == PqStatus::ShapeMismatch && e.message.contains(needle) && e.message.contains("\"a\""), "{e}");
         }
-        let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2)).unwrap_err();
+        let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
-        let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]), "", 4, Some(2)).unwrap_err();
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
         let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
-        assert_eq!(status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2))), PqStatus::UnsupportedDtype);
+        assert_eq!(status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)), PqStatus::UnsupportedDtype);
         let with_null: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
-        let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2)).unwrap_err();
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
         let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
-        let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2)).unwrap_err();
+        let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
-        assert_eq!(status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4))), PqStatus::ShapeMismatch);
+        assert_eq!(status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), 0)), PqStatus::ShapeMismatch);
         assert_eq!(live_exports(), 0);
     }
 
@@ -808,8 +838,8 @@ pub(crate) mod tests {
             ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
             ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
         ]);
-        let q = quantize(&input, "", 8, Some(32)).unwrap();
-        let d = dequantize(&q).unwrap();
+        let q = quantize(&input, "", 8, Some(32), 0).unwrap();
+        let d = dequantize(&q, 0).unwrap();
         let back = StructArray::from(d.clone());
         let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
         for (i, (range, row)) in [(0..256, 128), (256..384, 128)].into_iter().enumerate() {
@@ -821,10 +851,10 @@ pub(crate) mod tests {
         }
         assert_eq!(back.column_by_name("shape").unwrap().as_list::<i32>().value(0).as_primitive::<Int64Type>().values().to_vec(), vec![2, 128]);
         // The dequantized batch is a valid input again.
-        assert!(quantize(&d, "", 8, Some(32)).is_ok());
+        assert!(quantize(&d, "", 8, Some(32), 0).is_ok());
         assert_eq!(live_exports(), 2);
         drop((q, d, back));
         assert_eq!(live_exports(), 0);
-        assert_eq!(status(dequantize(&Float32Array::from(vec![1.0f32]).into_data())), PqStatus::UnsupportedDtype);
+        assert_eq!(status(dequantize(&Float32Array::from(vec![1.0f32]).into_data(), 0)), PqStatus::UnsupportedDtype);
     }
 }

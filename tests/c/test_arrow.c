@@ -175,7 +175,7 @@ static void test_round_trip(void) {
     struct ArrowSchema out_schema, back_schema;
     build_batch(&in);
     input_releases = 0;
-    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, &out, &out_schema, &err);
+    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, 0, &out, &out_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) {
         printf("    %s\n", err.message);
@@ -220,7 +220,7 @@ static void test_round_trip(void) {
     struct ArrowArray moved;
     memcpy(&moved, &out, sizeof moved);
     out.release = NULL;
-    s = pq_dequantize_arrow(&moved, &out_schema, &back, &back_schema, &err);
+    s = pq_dequantize_arrow(&moved, &out_schema, 0, &back, &back_schema, &err);
     CHECK(s == PQ_STATUS_OK && moved.release == NULL);
     CHECK(pq_arrow_live_exports() == 1); /* the quantized batch is gone, the result lives */
     if (s == PQ_STATUS_OK) {
@@ -248,7 +248,7 @@ static void test_export_children_outlive_parent(void) {
     struct ArrowArray in, out, child;
     struct ArrowSchema out_schema;
     build_batch(&in);
-    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, &out, &out_schema, &err) == PQ_STATUS_OK);
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, 0, &out, &out_schema, &err) == PQ_STATUS_OK);
     /* Move one child out, release the parent, then the child. */
     memcpy(&child, out.children[1], sizeof child);
     out.children[1]->release = NULL;
@@ -272,7 +272,7 @@ static void expect_error(struct ArrowArray *in, struct ArrowSchema *sch, PqStatu
     struct ArrowSchema out_schema;
     input_releases = 0;
     memset(&err, 'X', sizeof err);
-    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, &out, &out_schema, &err);
+    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, 0, &out, &out_schema, &err);
     int ok = got == want && err.status == want && strstr(err.message, needle) != NULL &&
              input_releases == releases && in->release == NULL;
     if (ok) {
@@ -323,9 +323,9 @@ static void test_row21(void) {
     node(&a, 8, 0, 2, NULL, values, NULL, 1);
     input_releases = 0;
     struct ArrowSchema out_schema;
-    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, 0, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
     CHECK(input_releases == 1 && a.release == NULL);
-    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, 0, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
     CHECK(pq_arrow_live_exports() == 0);
 }
 

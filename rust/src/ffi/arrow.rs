@@ -38,6 +38,8 @@ pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
 /// (list<int64>). Groups of `group_size` run along the last axis of each
 /// tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
 /// read in place; value and offset buffers must be aligned for their type.
+/// `threads` as for `pq_quantize_batch` (0: all cores); all tensors of the
+/// input are quantized in one batch, all or nothing.
 ///
 /// Ownership: `in_array` is moved from on every call that gets past the
 /// NULL and alignment checks, success or error: pyquant takes the struct
@@ -54,6 +56,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     in_schema: *const FFI_ArrowSchema,
     bits: u32,
     group_size: usize,
+    threads: usize,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
@@ -63,7 +66,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
         let (field, data) = unsafe { import(input, in_schema, arrow::check_quantize_type) }?;
         check_outputs(out_array, out_schema)?;
         let group_size = (group_size != PQ_GROUP_SIZE_PER_ROW).then_some(group_size);
-        let result = arrow::quantize(&data, field.name(), bits, group_size)?;
+        let result = arrow::quantize(&data, field.name(), bits, group_size, threads)?;
         drop(data); // releases the input before the result is handed over
         unsafe { export(result, out_array, out_schema) }
     })
@@ -82,6 +85,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
 pub unsafe extern "C" fn pq_dequantize_arrow(
     in_array: *mut FFI_ArrowArray,
     in_schema: *const FFI_ArrowSchema,
+    threads: usize,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
@@ -90,7 +94,7 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
         let input = unsafe { take_array(in_array) }?;
         let (_, data) = unsafe { import(input, in_schema, arrow::check_dequantize_type) }?;
         check_outputs(out_array, out_schema)?;
-        let result = arrow::dequantize(&data)?;
+        let result = arrow::dequantize(&data, threads)?;
         drop(data);
         unsafe { export(result, out_array, out_schema) }
     })
@@ -481,7 +485,7 @@ mod tests {
         let schema = FFI_ArrowSchema::try_from(dt).unwrap();
         let (mut out_a, mut out_s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let mut e = PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] };
-        let s = unsafe { pq_quantize_arrow(raw as *mut RawArray as *mut FFI_ArrowArray, &schema, 4, 4, &mut out_a, &mut out_s, &mut e) };
+        let s = unsafe { pq_quantize_arrow(raw as *mut RawArray as *mut FFI_ArrowArray, &schema, 4, 4, 0, &mut out_a, &mut out_s, &mut e) };
         assert!(raw.release.is_none(), "the input must be moved from");
         let out = (s == PqStatus::Ok).then_some((out_a, out_s));
         (s, message(&e), RELEASES.load(Ordering::SeqCst) - before, out)
@@ -548,14 +552,14 @@ mod tests {
         let before = RELEASES.load(Ordering::SeqCst);
         let (mut a, mut s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, 0, &mut a, &mut s, ptr::null_mut()) };
         assert_eq!(st, PqStatus::NullPointer);
         // A NULL output still releases the (moved) input.
-        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, ptr::null_mut(), &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, 0, ptr::null_mut(), &mut s, ptr::null_mut()) };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 1));
         let mut raw = raw_f32(vec![1.0; 8]);
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, 0, &mut a, &mut s, ptr::null_mut()) };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 2));
         let mut out = FFI_ArrowSchema::empty();
         assert_eq!(unsafe { pq_arrow_quantized_schema(&mut out, ptr::null_mut()) }, PqStatus::Ok);

@@ -1,0 +1,157 @@
+"""The batch path and threads: same bytes as quantize_ptr for every thread
+count, all-or-nothing errors naming the tensor, and concurrency (many Python
+threads at once; the GIL released during long calls)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import tensors
+
+import pyquant
+from pyquant._lib import ffi, lib
+from pyquant.core import _output_args, _raw_view
+from pyquant.errors import new_error_struct
+
+RNG = np.random.default_rng(99)
+
+
+def same(a, b):
+    return (a.codes.tobytes() == b.codes.tobytes() and a.scales.tobytes() == b.scales.tobytes()
+            and a.mins.tobytes() == b.mins.tobytes() and a.shape == b.shape and a.bits == b.bits)
+
+
+@settings(max_examples=60)
+@given(st.lists(tensors(), min_size=1, max_size=6), st.sampled_from([None, 1, 2, 3]))
+def test_batch_matches_quantize_ptr_per_tensor(cases, threads):
+    layers = {f"t{i}": c[0] for i, c in enumerate(cases)}
+    params = {f"t{i}": (c[2], c[3]) for i, c in enumerate(cases)}
+    got = pyquant.quantize_batch(layers, params=params, threads=threads)
+    assert list(got) == list(layers)
+    for name, qt in got.items():
+        bits, g = params[name]
+        assert same(qt, pyquant.quantize_ptr(layers[name], bits=bits, group_size=g, threads=1))
+    back = pyquant.dequantize_batch(got, threads=threads)
+    for name, y in back.items():
+        assert y.tobytes() == got[name].dequantize(threads=1).tobytes() and y.dtype == layers[name].dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_large_tensor_is_identical_for_every_thread_count(dtype, bits):
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    x = RNG.normal(size=(1024, 1536)).astype(dt)  # large enough to be split across threads
+    ref = pyquant.quantize_ptr(x, bits=bits, threads=1)
+    for threads in (2, 3, 8, None):
+        assert same(pyquant.quantize_ptr(x, bits=bits, threads=threads), ref)
+        assert same(pyquant.quantize_copy(x, bits=bits, threads=threads), ref)
+        assert pyquant.dequantize(ref, threads=threads).tobytes() == pyquant.dequantize(ref, threads=1).tobytes()
+
+
+def test_sequence_in_list_out_and_per_tensor_params_callable():
+    layers = [RNG.normal(size=(4, 128)).astype(np.float32) for _ in range(3)]
+    got = pyquant.quantize_batch(layers, params=lambda i: (8, 64) if i == 1 else None)
+    assert isinstance(got, list) and [q.bits for q in got] == [4, 8, 4] and got[1].group_size == 64
+    assert isinstance(pyquant.dequantize_batch(got, dtype="float16"), list)
+    assert pyquant.quantize_batch([]) == [] and pyquant.quantize_batch({}) == {}
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (lambda a: a.T, pyquant.CopyRequiredError, "tensor 'b': the array is not C-contiguous"),
+    (lambda a: a.astype(np.float64), pyquant.UnsupportedDtypeError, "tensor 'b': dtype float64"),
+    (lambda a: np.concatenate([a, a[:, :64]], axis=1), pyquant.ShapeError, "tensor 'b': the last axis"),
+    (lambda a: np.where(np.arange(128) == 7, np.inf, a).astype(np.float32), pyquant.NonFiniteError,
+     r"tensor 'b': inf at flat index 7"),
+])
+def test_one_bad_tensor_fails_the_whole_call_naming_it(bad, error, match):
+    a = RNG.normal(size=(128, 128)).astype(np.float32)
+    with pytest.raises(error, match=match):
+        pyquant.quantize_batch({"a": a, "b": bad(a), "c": a})
+
+
+def test_bad_params_and_threads():
+    a = RNG.normal(size=(2, 128)).astype(np.float32)
+    with pytest.raises(pyquant.InvalidBitsError, match="tensor 'a'"):
+        pyquant.quantize_batch({"a": a}, params={"a": (3, 128)})
+    with pytest.raises(pyquant.QuantizeError, match="params must give"):
+        pyquant.quantize_batch({"a": a}, params={"a": 4})
+    with pytest.raises(pyquant.QuantizeError, match="expected a mapping"):
+        pyquant.quantize_batch(a)
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(pyquant.QuantizeError, match="threads must be"):
+            pyquant.quantize_ptr(a, threads=threads)
+
+
+def test_batch_c_call_writes_nothing_when_a_later_item_fails():
+    """Through the C ABI with pre-filled outputs: a NaN in item 2 leaves the
+    outputs of items 0 and 1 untouched, and failed_item says 2."""
+    xs = [RNG.normal(size=(256, 256)).astype(np.float32) for _ in range(3)]
+    xs[2][100, 3] = np.nan
+    outs = [pyquant.quantize_ptr(np.zeros((256, 256), np.float32)) for _ in xs]
+    for o in outs:
+        o.codes[...] = 0xAB
+    items = ffi.new("PqQuantizeItem[]", 3)
+    keep = []
+    for i, (x, o) in enumerate(zip(xs, outs)):
+        inp = ffi.from_buffer(_raw_view(x))
+        c, cl, s, sl, m, ml = _output_args(o)
+        keep += (inp, c, s, m)
+        it = items[i]
+        it.dtype, it.input, it.input_len, it.row_len, it.bits, it.group_size = lib.PQ_DTYPE_F32, inp, x.size, 256, 4, 128
+        it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len = c, cl, s, sl, m, ml
+    failed, err = ffi.new("size_t *"), new_error_struct()
+    assert lib.pq_quantize_batch(items, 3, 2, failed, err) == lib.PQ_STATUS_NON_FINITE
+    assert failed[0] == 2 and ffi.string(err.message).startswith(b"item 2: NaN")
+    assert all(np.all(o.codes == 0xAB) for o in outs)
+
+
+def test_many_python_threads_get_the_serial_bytes():
+    layers = {f"w{i}": RNG.normal(size=(256, 512)).astype(np.float32) for i in range(8)}
+    serial = {k: pyquant.quantize_ptr(v, threads=1) for k, v in layers.items()}
+    errors = []
+
+    def worker(seed):
+        try:
+            for j in range(6):
+                if (seed + j) % 2:
+                    got = pyquant.quantize_batch(layers, threads=2)
+                else:
+                    got = {k: pyquant.quantize_ptr(v) for k, v in layers.items()}
+                assert all(same(got[k], serial[k]) for k in layers)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_the_gil_is_released_during_a_long_call():
+    big = [RNG.normal(size=(4096, 4096)).astype(np.float32) for _ in range(4)]  # 256 MiB
+    window = {}
+
+    def work():
+        window["start"] = time.perf_counter()
+        pyquant.quantize_batch(big, threads=1)
+        window["end"] = time.perf_counter()
+
+    t = threading.Thread(target=work)
+    ticks = []
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    start, end = window["start"], window["end"]
+    middle = [x for x in ticks if start + 0.2 * (end - start) < x < end - 0.2 * (end - start)]
+    # With the GIL held for the call, this loop could not run inside it at all.
+    assert len(middle) > 100, (len(middle), end - start)
