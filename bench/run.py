@@ -6,7 +6,7 @@
 Scenarios (float32, bits 4, group size 128):
   S1  one 4 MB layer (1024 x 1024)
   S2  100 layers of 4 MB (400 MB in all)
-  S3  1000 small layers of 16 KB (64 x 64): boundary-crossing cost
+  S3  1000 small layers of 16 KB (32 x 128): boundary-crossing cost
 
 Variants:
   memcpy   np.copyto of the same bytes (the memory-copy floor)
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ BITS, GROUP = 4, 128
 SCENARIOS = {
     "S1": dict(layers=1, shape=(1024, 1024), desc="one 4 MB layer"),
     "S2": dict(layers=100, shape=(1024, 1024), desc="100 layers of 4 MB"),
-    "S3": dict(layers=1000, shape=(64, 64), desc="1000 layers of 16 KB"),
+    "S3": dict(layers=1000, shape=(32, 128), desc="1000 layers of 16 KB"),
 }
 # Repeats per scenario (full, quick); slow variants get fewer (see SLOW).
 REPEATS = {"S1": (31, 5), "S2": (5, 2), "S3": (11, 3)}
@@ -128,12 +127,15 @@ def peak_memory(scenario: str, variant: str) -> int:
 
 
 def child_memory(scenario: str, variant: str) -> None:
+    from pyquant import _peak_rss
+
     layers = make_layers(scenario)
     run = variants()[variant](layers)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    _peak_rss.reset()
+    before = _peak_rss.peak_bytes()
+    result = run()
+    print(_peak_rss.peak_bytes() - before)
+    del result
 
 
 def native(scenario: str, repeats: int, threads: int) -> dict[str, Any] | None:
@@ -156,3 +158,152 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "numpy": np.__version__, "platform": platform.platform()}
+
+
+def tiny_overhead(repeats: int) -> dict[str, float]:
+    """Per-call cost on a tiny tensor (1 x 128): the raw CFFI call of the
+    kernel with everything prepared, and the whole quantize_ptr call."""
+    import timeit
+
+    import pyquant
+    from pyquant._lib import ffi, lib
+
+    x = np.random.default_rng(1).normal(size=(1, 128)).astype(np.float32)
+    codes, scales, mins = np.empty(64, np.uint8), np.empty(1, np.float32), np.empty(1, np.float32)
+    args = (lib.PQ_DTYPE_F32, ffi.from_buffer(x), 128, 128, BITS, GROUP, 1, ffi.from_buffer(codes), 64,
+            ffi.from_buffer("float[]", scales), 1, ffi.from_buffer("float[]", mins), 1, ffi.new("PqError *"))
+    n = 20000
+    raw = statistics.median(timeit.repeat(lambda: lib.pq_quantize(*args), number=n, repeat=repeats)) / n
+    full = statistics.median(timeit.repeat(lambda: pyquant.quantize_ptr(x, threads=1), number=n, repeat=repeats)) / n
+    return {"raw_call_us": raw * 1e6, "quantize_ptr_us": full * 1e6, "wrapper_us": (full - raw) * 1e6}
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """The Markdown table that goes into the README."""
+    order = ["memcpy", "numpy", "native", "legacy", "copy", "ptr", "batch", "arrow"]
+    lines = ["| scenario | variant | median | vs memcpy | speed-up vs numpy | peak memory |",
+             "|---|---|---|---|---|---|"]
+    for sc, res in results["scenarios"].items():
+        for v in order:
+            if v not in res["variants"]:
+                continue
+            r = res["variants"][v]
+            mem = r.get("peak_bytes")
+            lines.append(
+                f"| {sc} | {v} | {_fmt_time(r['median_s'])} | {r['vs_memcpy']:.2f}x | "
+                f"{r['vs_numpy']:.1f}x | {'-' if mem is None else f'{mem / 2**20:.1f} MiB'} |"
+            )
+    return "\n".join(lines)
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e3:.2f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} us"
+
+
+def chart(results: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scs = list(results["scenarios"])
+    fig, axes = plt.subplots(1, len(scs), figsize=(5 * len(scs), 4))
+    for ax, sc in zip(np.atleast_1d(axes), scs):
+        res = results["scenarios"][sc]["variants"]
+        names = [v for v in ["memcpy", "numpy", "native", "legacy", "copy", "ptr", "batch", "arrow"] if v in res]
+        ratios = [res[v]["vs_memcpy"] for v in names]
+        colors = ["#888" if v in ("memcpy", "numpy", "native") else "#1f77b4" for v in names]
+        ax.barh(names, ratios, color=colors)
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{sc}: {SCENARIOS[sc]['desc']}")
+        ax.set_xlabel("time / memcpy time (log; lower is better)")
+        ax.invert_yaxis()
+    fig.suptitle(f"pyquant, float32 bits {BITS} group {GROUP}: {results['machine']['cpu']}, "
+                 f"{results['machine']['cores']} cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def update_readme(table: str) -> None:
+    path = os.path.join(ROOT, "README.md")
+    text = open(path, encoding="utf-8").read()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke test, not for the README)")
+    p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak memory runs")
+    p.add_argument("--update-readme", action="store_true", help="write the table between the README's bench markers")
+    p.add_argument("--child-memory", nargs=2, metavar=("SCENARIO", "VARIANT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_memory:
+        child_memory(*args.child_memory)
+        return 0
+    os.makedirs(RESULTS, exist_ok=True)
+    quick = 1 if args.quick else 0
+    results: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "bits": BITS, "group_size": GROUP, "scenarios": {}}
+    table = variants()
+    for sc in args.scenarios:
+        reps = REPEATS[sc][quick]
+        layers = make_layers(sc)
+        res: dict[str, Any] = {}
+        for name, setup in table.items():
+            n = min(reps, SLOW.get(name, reps))
+            run = setup(layers)
+            times = time_variant(run, n)
+            res[name] = {"median_s": statistics.median(times), "repeats": n}
+            print(f"{sc} {name:7s} {_fmt_time(res[name]['median_s'])}", file=sys.stderr)
+            del run
+        nat = native(sc, reps, threads=0)
+        if nat:
+            res["native"] = {"median_s": nat["quantize_s"], "repeats": reps, "isa": nat.get("isa"),
+                             "threads": nat.get("threads_resolved")}
+            print(f"{sc} native  {_fmt_time(nat['quantize_s'])}", file=sys.stderr)
+        for name, r in res.items():
+            r["vs_memcpy"] = r["median_s"] / res["memcpy"]["median_s"]
+            r["vs_numpy"] = res["numpy"]["median_s"] / r["median_s"]
+            if not args.no_memory and name != "native":
+                r["peak_bytes"] = peak_memory(sc, name)
+        if "native" in res:
+            per_call = (res["ptr"]["median_s"] - res["native"]["median_s"]) / SCENARIOS[sc]["layers"]
+            res["ffi_overhead"] = {
+                "ptr_vs_native_percent": 100 * (res["ptr"]["median_s"] / res["native"]["median_s"] - 1),
+                "ptr_minus_native_us_per_call": per_call * 1e6,
+            }
+        results["scenarios"][sc] = {"input_bytes": sum(a.nbytes for a in layers), "variants": res}
+        del layers
+    results["tiny_call"] = tiny_overhead(5 if not args.quick else 2)
+    with open(os.path.join(RESULTS, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    md = render_table(results)
+    extra = [f"\nMachine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+             f"Python {results['machine']['python']}, numpy {results['machine']['numpy']}; {results['date']}."]
+    for sc, r in results["scenarios"].items():
+        if "ffi_overhead" in r["variants"]:
+            o = r["variants"]["ffi_overhead"]
+            extra.append(f"{sc}: ptr vs native {o['ptr_vs_native_percent']:+.1f}% "
+                         f"({o['ptr_minus_native_us_per_call']:.2f} us per call).")
+    t = results["tiny_call"]
+    extra.append(f"Tiny tensor (1x128): raw CFFI call {t['raw_call_us']:.2f} us, whole quantize_ptr "
+                 f"{t['quantize_ptr_us']:.2f} us (Python wrapper {t['wrapper_us']:.2f} us).")
+    md = md + "\n" + " ".join(extra)
+    with open(os.path.join(RESULTS, "table.md"), "w") as f:
+        f.write(md + "\n")
+    chart(results, os.path.join(RESULTS, "chart.png"))
+    print(md)
+    if args.update_readme:
+        update_readme(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,6 +8,7 @@ end in the same Rust kernel, so they give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -40,6 +41,8 @@ _DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
     "bfloat16": (BFLOAT16, lib.PQ_DTYPE_BF16),
 }
 SUPPORTED_DTYPES = tuple(_DTYPES)
+# numpy dtype -> (name, C code), for the common case in one lookup
+_NATIVE_DTYPES = {np_dtype: (name, code) for name, (np_dtype, code) in _DTYPES.items()}
 _SIZE_MAX = 2**64 - 1
 _UINT32_MAX = 2**32 - 1
 
@@ -219,25 +222,42 @@ def quantize_batch(
     """
     names, arrays, as_dict = _unpack(layers)
     n = len(arrays)
-    items = ffi.new("PqQuantizeItem[]", n)
-    keep_alive = []
-    results = []
+    items = np.zeros(n, dtype=_QUANTIZE_ITEM)
+    # Tensors of one shape, dtype and layout share one block per output, so
+    # that a thousand small layers cost a few numpy calls, not thousands.
+    families: dict[tuple[Any, ...], list[int]] = {}
+    layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (shape, bits, group_size) -> layout, per call
+    addresses = []
     for i, (name, arr) in enumerate(zip(names, arrays)):
         b, g = _params_for(name, bits, group_size, params)
         try:
             dname, code = _check_in_place(arr, None)
-            out, row_len = _allocate(arr.shape, dname, b, g)
+            key = (arr.shape, b, g)
+            layout = layouts.get(key)
+            if layout is None:
+                layout = layouts[key] = quantized_layout(arr.shape, b, g)
         except QuantizeError as exc:
             raise type(exc)(f"tensor {name!r}: {exc}") from None
-        c, c_len, s, s_len, m, m_len = _output_args(out)
-        inp = ffi.from_buffer(_raw_view(arr))
-        keep_alive += (inp, c, s, m)
-        it = items[i]
-        it.dtype, it.input, it.input_len, it.row_len = code, inp, arr.size, row_len
-        it.bits, it.group_size = out.bits, out.group_size
-        it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len = c, c_len, s, s_len, m, m_len
-        results.append(out)
-    _batch_call(lib.pq_quantize_batch, items, n, names, threads)
+        families.setdefault((arr.shape, dname, code) + layout, []).append(i)
+        addresses.append(_address(arr))
+    items["input"] = addresses
+    results: list[Any] = [None] * n
+    for (shape, dname, code, codes_shape, groups_shape, b, g), members in families.items():
+        k = len(members)
+        codes = np.empty((k,) + codes_shape, dtype=np.uint8)
+        scales = np.empty((k,) + groups_shape, dtype=np.float32)
+        mins = np.empty((k,) + groups_shape, dtype=np.float32)
+        rows = items[members]
+        rows["dtype"], rows["bits"], rows["group_size"] = code, b, g
+        rows["input_len"], rows["row_len"] = math.prod(shape), shape[-1]
+        for field, block in (("codes", codes), ("scales", scales), ("mins", mins)):
+            per = block[0].size if k else 0
+            rows[field] = _address(block) + np.arange(k, dtype=np.uintp) * np.uintp(per * block.itemsize)
+            rows[field + "_len"] = per
+        items[members] = rows
+        for i, c, sc, m in zip(members, codes, scales, mins):
+            results[i] = _trusted(c, sc, m, shape, dname, b, g)
+    _batch_call(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), n, names, threads)
     return dict(zip(names, results)) if as_dict else results
 
 
@@ -386,6 +406,9 @@ def _resolve_dtype(arr: np.ndarray[Any, Any], dtype: DTypeLike) -> tuple[str, in
         raise UnsupportedDtypeError(
             f"dtype='bfloat16' needs a uint16 or bfloat16 array, got {arr.dtype}"
         )
+    known = _NATIVE_DTYPES.get(arr.dtype)
+    if known is not None and dtype is None:
+        return known
     name = _dtype_name(arr.dtype)
     if dtype is not None and _dtype_name(np.dtype(dtype)) != name:
         raise UnsupportedDtypeError(f"dtype={dtype!r} does not match the array's dtype {arr.dtype}")
@@ -406,12 +429,17 @@ def _byte_order_name(dt: np.dtype[Any]) -> str:
 
 
 def _raw_view(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """A byte view for the buffer protocol (bfloat16 arrays cannot export one)."""
+    """``arr``, or a byte view of it where numpy cannot export a buffer
+    (bfloat16 and other extension dtypes)."""
+    if arr.dtype.char in "efBHb?":  # float32 'f', float16 'e', and plain ints export directly
+        return arr
     return arr.view(np.uint8) if arr.ndim else arr.reshape(1).view(np.uint8)
 
 
 def _c_uint(value: Any, what: str, limit: int, error: type[QuantizeError]) -> int:
     """``value`` as a C unsigned integer; the rules themselves are Rust's to check."""
+    if type(value) is int and 0 <= value <= limit:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= limit:
         raise error(f"{what} must be a non-negative integer that fits the C ABI, got {value!r}")
     return int(value)
@@ -427,11 +455,19 @@ def quantized_layout(
     row_len = shape[-1]
     g = row_len if group_size is None else _c_uint(group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError)
     bits = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
+    codes_len, n_groups = _row_sizes(row_len, bits, g)
+    lead = tuple(shape[:-1])
+    return lead + (codes_len,), lead + (n_groups,), bits, g
+
+
+@functools.lru_cache(maxsize=4096)
+def _row_sizes(row_len: int, bits: int, group_size: int) -> tuple[int, int]:
+    """Codes bytes and groups of one row, from the C ABI (cached: a pure
+    function of its arguments; errors are raised, never cached)."""
     sizes = ffi.new("size_t[2]")
     err = new_error_struct()
-    check(lib.pq_quantized_sizes(row_len, row_len, bits, g, sizes, sizes + 1, err), err)
-    lead = tuple(shape[:-1])
-    return lead + (sizes[0],), lead + (sizes[1],), bits, g
+    check(lib.pq_quantized_sizes(row_len, row_len, bits, group_size, sizes, sizes + 1, err), err)
+    return sizes[0], sizes[1]
 
 
 def _allocate(
@@ -439,16 +475,41 @@ def _allocate(
 ) -> tuple[QuantizedTensor, int]:
     """Output arrays for ``shape``, sized by the C ABI's layout rules."""
     codes_shape, groups_shape, bits, g = quantized_layout(shape, bits, group_size)
-    qt = QuantizedTensor(
-        codes=np.empty(codes_shape, dtype=np.uint8),
-        scales=np.empty(groups_shape, dtype=np.float32),
-        mins=np.empty(groups_shape, dtype=np.float32),
-        shape=tuple(shape),
-        dtype=dtype,
-        bits=bits,
-        group_size=g,
-    )
+    qt = _trusted(np.empty(codes_shape, dtype=np.uint8), np.empty(groups_shape, dtype=np.float32),
+                  np.empty(groups_shape, dtype=np.float32), shape, dtype, bits, g)
     return qt, shape[-1]
+
+
+def _trusted(codes: Any, scales: Any, mins: Any, shape: tuple[int, ...], dtype: str, bits: int,
+             group_size: int) -> QuantizedTensor:
+    """A QuantizedTensor built without __post_init__'s checks, for arrays
+    that are right by construction (it saves microseconds per tensor)."""
+    qt = object.__new__(QuantizedTensor)
+    qt.__dict__.update(codes=codes, scales=scales, mins=mins, shape=tuple(shape), dtype=dtype,
+                       bits=bits, group_size=group_size)
+    return qt
+
+
+def _address(arr: np.ndarray[Any, Any]) -> int:
+    """The address of an array's data (through the buffer protocol: fast)."""
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(_raw_view(arr))))
+
+
+def _struct_dtype(ctype: str, fields: dict[str, Any]) -> np.dtype[Any]:
+    """A numpy record type laid out exactly like the C struct ``ctype``."""
+    return np.dtype({
+        "names": list(fields),
+        "formats": list(fields.values()),
+        "offsets": [ffi.offsetof(ctype, f) for f in fields],
+        "itemsize": ffi.sizeof(ctype),
+    })
+
+
+_QUANTIZE_ITEM = _struct_dtype("PqQuantizeItem", {
+    "dtype": np.uint32, "input": np.uintp, "input_len": np.uintp, "row_len": np.uintp,
+    "bits": np.uint32, "group_size": np.uintp, "codes": np.uintp, "codes_len": np.uintp,
+    "scales": np.uintp, "scales_len": np.uintp, "mins": np.uintp, "mins_len": np.uintp,
+})
 
 
 def _output_args(qt: QuantizedTensor) -> tuple[Any, ...]:

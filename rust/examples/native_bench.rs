@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Scenarios: S1 = one 1024x1024 tensor; S2 = 100 tensors of 1024x1024 as
-//! one batch; S3 = 1000 tensors of 64x64 as one batch. Defaults: float32,
-//! bits 4, group size 128 (64 for S3's 64-wide rows if 128 does not fit),
+//! one batch; S3 = 1000 tensors of 32x128 (16 KB) as one batch. Defaults: float32,
+//! bits 4, group size 128 (clamped to the row length if larger),
 //! threads 1, repeats 10, kernel fast. `--kernel reference` times the
 //! original scalar code, one tensor after the other on one thread.
 //!
@@ -260,7 +260,7 @@ fn main() {
     let (count, rows, cols) = match a.scenario.as_str() {
         "S1" => (1, 1024, 1024),
         "S2" => (100, 1024, 1024),
-        "S3" => (1000, 64, 64),
+        "S3" => (1000, 32, 128),
         other => usage(&format!("unknown scenario {other}")),
     };
     let json = match a.dtype.as_str() {
