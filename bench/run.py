@@ -160,6 +160,38 @@ def machine() -> dict[str, Any]:
             "numpy": np.__version__, "platform": platform.platform()}
 
 
+def checkpoint_bench(repeats: int, gib: float = 1.0) -> dict[str, Any]:
+    """quantize_file on a generated ~1 GB float32 checkpoint (from the page
+    cache: it was just written): GB/s of input, and peak RSS growth in a
+    fresh process."""
+    import tempfile
+
+    import pyquant
+    from pyquant.safetensors_io import OutputTensor, writing
+
+    rows, cols = 2048, 4096  # 32 MiB per tensor
+    n = max(1, int(gib * 2**30 // (rows * cols * 4)))
+    with tempfile.TemporaryDirectory(prefix="pyquant-bench-", dir=os.path.join(ROOT, "bench", "results")) as tmp:
+        src, dst = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "q.safetensors")
+        block = np.random.default_rng(0).normal(0, 0.02, (rows, cols)).astype(np.float32)
+        with writing(src, [OutputTensor(f"layers.{i}.weight", "F32", (rows, cols)) for i in range(n)], {}) as w:
+            for i in range(n):
+                w.write(f"layers.{i}.weight", block + np.float32(i * 1e-3))
+        del block
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            pyquant.quantize_file(src, dst, force=True)
+            times.append(time.perf_counter() - t0)
+        code = ("import sys, pyquant; from pyquant import _peak_rss; _peak_rss.reset(); b = _peak_rss.peak_bytes();"
+                f"pyquant.quantize_file({src!r}, {dst!r}, force=True); print(_peak_rss.peak_bytes() - b)")
+        peak = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+        size = os.path.getsize(src)
+    med = statistics.median(times[1:])
+    return {"input_bytes": size, "tensors": n, "tensor_bytes": rows * cols * 4, "median_s": med,
+            "gb_per_s": size / med / 1e9, "peak_rss_growth_bytes": peak}
+
+
 def tiny_overhead(repeats: int) -> dict[str, float]:
     """Per-call cost on a tiny tensor (1 x 128): the raw CFFI call of the
     kernel with everything prepared, and the whole quantize_ptr call."""
@@ -241,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke test, not for the README)")
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant peak memory runs")
+    p.add_argument("--no-checkpoint", action="store_true", help="skip the ~1 GB checkpoint file benchmark")
     p.add_argument("--update-readme", action="store_true", help="write the table between the README's bench markers")
     p.add_argument("--child-memory", nargs=2, metavar=("SCENARIO", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -282,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         results["scenarios"][sc] = {"input_bytes": sum(a.nbytes for a in layers), "variants": res}
         del layers
     results["tiny_call"] = tiny_overhead(5 if not args.quick else 2)
+    if not args.no_checkpoint:
+        results["checkpoint"] = checkpoint_bench(3 if not args.quick else 1, 1.0 if not args.quick else 0.25)
     with open(os.path.join(RESULTS, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     md = render_table(results)
@@ -295,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     t = results["tiny_call"]
     extra.append(f"Tiny tensor (1x128): raw CFFI call {t['raw_call_us']:.2f} us, whole quantize_ptr "
                  f"{t['quantize_ptr_us']:.2f} us (Python wrapper {t['wrapper_us']:.2f} us).")
+    if "checkpoint" in results:
+        c = results["checkpoint"]
+        extra.append(f"Checkpoint: quantize_file on a {c['input_bytes'] / 1e9:.2f} GB float32 safetensors file "
+                     f"({c['tensors']} tensors of {c['tensor_bytes'] / 2**20:.0f} MiB, page cache): "
+                     f"{c['gb_per_s']:.2f} GB/s, peak RSS +{c['peak_rss_growth_bytes'] / 2**20:.0f} MiB.")
     md = md + "\n" + " ".join(extra)
     with open(os.path.join(RESULTS, "table.md"), "w") as f:
         f.write(md + "\n")

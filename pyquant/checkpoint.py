@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_copy, quantize_ptr, quantized_layout
+from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy, quantized_layout
 from .errors import InvalidBitsError, QuantizeError
 from .metrics import ErrorStats, error_stats
 from ._atomic import atomic_output
@@ -181,13 +181,6 @@ def _metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapp
     }
 
 
-def quantize_array(arr: np.ndarray[Any, Any], bits: int, group_size: int | None) -> QuantizedTensor:
-    """The zero-copy path when the mapped tensor allows it (aligned), else the copy path."""
-    if arr.flags.aligned:
-        return quantize_ptr(arr, bits=bits, group_size=group_size)
-    return quantize_copy(arr, bits=bits, group_size=group_size)
-
-
 def quantize_file(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -206,8 +199,10 @@ def quantize_file(
     (an Arrow IPC file in the Arrow path's schema, one row per tensor, see
     :class:`ArrowQuantizedCheckpoint`). Copies: none for aligned tensors
     (read in place from the memory map); misaligned ones go through
-    :func:`quantize_copy`. Memory: one tensor's outputs at a time plus the
-    mapped pages of that tensor, released after. ``dst`` is written to a
+    :func:`quantize_copy`. Parallelism: consecutive tensors are quantized
+    together by :func:`quantize_batch` on all cores, in runs of at most the
+    largest tensor's size. Memory: one such run's mapped pages and outputs
+    at a time, released after. ``dst`` is written to a
     temporary file and renamed at the end; an error leaves no output.
     """
     if format not in ("safetensors", "arrow"):
@@ -220,23 +215,50 @@ def quantize_file(
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outputs))
         bar = Progress(len(plans), ckpt.nbytes, progress)
         sink = _ArrowSink(dst, metadata, force) if format == "arrow" else _SafetensorsSink(dst, outputs, metadata, force)
+        # Quantizable tensors go to quantize_batch in runs of consecutive
+        # tensors up to the largest tensor's size: small tensors share a call
+        # (all cores busy), and no more than about one large tensor's pages
+        # are mapped in at a time (bounded memory).
+        limit = max((p.nbytes for p in plans if p.bits is not None), default=0)
+        pending: list[Plan] = []
+
+        def flush() -> None:
+            arrays = {p.name: ckpt.array(p.name) for p in pending}
+            params = {p.name: (p.bits, p.group_size) for p in pending}
+            for name, qt in quantize_batch(arrays, params=params).items():
+                sink.quantized(name, qt)
+            del arrays
+            for p in pending:
+                ckpt.release(p.name)
+                summary.quantized += 1
+                bar.update(p.nbytes)
+            pending.clear()
+
         with sink:
             for p in plans:
-                arr = ckpt.array(p.name)
                 if p.bits is None:
-                    sink.keep(p.name, arr)
+                    sink.keep(p.name, ckpt.array(p.name))
+                    ckpt.release(p.name)
                     summary.kept += 1
                     summary.kept_reasons[p.name] = p.kept_because or ""
-                else:
-                    try:
-                        qt = quantize_array(arr, p.bits, p.group_size)
-                    except QuantizeError as exc:
-                        raise type(exc)(f"tensor {p.name!r}: {exc}") from None
-                    sink.quantized(p.name, qt)
-                    summary.quantized += 1
-                del arr
+                    bar.update(p.nbytes)
+                    continue
+                if pending and sum(q.nbytes for q in pending) + p.nbytes > limit:
+                    flush()
+                if ckpt.array(p.name).flags.aligned:
+                    pending.append(p)
+                    continue
+                # A misaligned tensor (possible in hand-made files) takes the copy path.
+                try:
+                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size)
+                except QuantizeError as exc:
+                    raise type(exc)(f"tensor {p.name!r}: {exc}") from None
+                sink.quantized(p.name, qt)
                 ckpt.release(p.name)
+                summary.quantized += 1
                 bar.update(p.nbytes)
+            if pending:
+                flush()
         bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
