@@ -12,6 +12,7 @@ Variants:
   memcpy   np.copyto of the same bytes (the memory-copy floor)
   numpy    the numpy reference quantizer (pyquant.reference)
   native   the Rust kernel without Python (rust/examples/native_bench.rs)
+  cffi     the kernel through the C ABI with outputs allocated once (the bare boundary)
   legacy   what older bindings do: arr.tolist() -> ffi.new -> one C call per layer
   copy     pyquant.quantize_copy per layer
   ptr      pyquant.quantize_ptr per layer
@@ -92,7 +93,18 @@ def variants() -> dict[str, Callable[[list[np.ndarray]], Callable[[], Any]]]:
     def ptr(layers):
         return lambda: [pyquant.quantize_ptr(a, bits=BITS, group_size=GROUP) for a in layers]
 
-    table = {"memcpy": memcpy, "numpy": numpy_ref, "legacy": legacy, "copy": copy, "ptr": ptr}
+    def cffi_raw(layers):
+        # The kernel through the C ABI with outputs allocated once: the cost of
+        # the boundary itself, without the wrapper's checks and allocations.
+        calls = []
+        for a in layers:
+            qt = pyquant.quantize_ptr(a, bits=BITS, group_size=GROUP)
+            calls.append((lib.PQ_DTYPE_F32, ffi.from_buffer(a), a.size, a.shape[-1], BITS, GROUP, 0,
+                          ffi.from_buffer(qt.codes), qt.codes.size, ffi.from_buffer("float[]", qt.scales),
+                          qt.scales.size, ffi.from_buffer("float[]", qt.mins), qt.mins.size, ffi.new("PqError *")))
+        return lambda: [lib.pq_quantize(*c) for c in calls]
+
+    table = {"memcpy": memcpy, "numpy": numpy_ref, "legacy": legacy, "cffi": cffi_raw, "copy": copy, "ptr": ptr}
     if hasattr(pyquant, "quantize_batch"):
         table["batch"] = lambda layers: (lambda: pyquant.quantize_batch(layers, bits=BITS, group_size=GROUP))
     if hasattr(pyquant, "quantize_arrow"):
@@ -107,16 +119,6 @@ def variants() -> dict[str, Callable[[list[np.ndarray]], Callable[[], Any]]]:
             return lambda: pyquant.quantize_arrow(batch, bits=BITS, group_size=GROUP)
         table["arrow"] = arrow
     return table
-
-
-def time_variant(run: Callable[[], Any], repeats: int) -> list[float]:
-    run()  # warm-up: page faults, caches, lazy imports
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def peak_memory(scenario: str, variant: str) -> int:
@@ -212,7 +214,7 @@ def tiny_overhead(repeats: int) -> dict[str, float]:
 
 def render_table(results: dict[str, Any]) -> str:
     """The Markdown table that goes into the README."""
-    order = ["memcpy", "numpy", "native", "legacy", "copy", "ptr", "batch", "arrow"]
+    order = ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "arrow"]
     lines = ["| scenario | variant | median | vs memcpy | speed-up vs numpy | peak memory |",
              "|---|---|---|---|---|---|"]
     for sc, res in results["scenarios"].items():
@@ -242,9 +244,9 @@ def chart(results: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(1, len(scs), figsize=(5 * len(scs), 4))
     for ax, sc in zip(np.atleast_1d(axes), scs):
         res = results["scenarios"][sc]["variants"]
-        names = [v for v in ["memcpy", "numpy", "native", "legacy", "copy", "ptr", "batch", "arrow"] if v in res]
+        names = [v for v in ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "arrow"] if v in res]
         ratios = [res[v]["vs_memcpy"] for v in names]
-        colors = ["#888" if v in ("memcpy", "numpy", "native") else "#1f77b4" for v in names]
+        colors = ["#888" if v in ("memcpy", "numpy", "native", "cffi") else "#1f77b4" for v in names]
         ax.barh(names, ratios, color=colors)
         ax.set_xscale("log")
         ax.axvline(1.0, color="k", lw=0.8)
@@ -289,13 +291,22 @@ def main(argv: list[str] | None = None) -> int:
         reps = REPEATS[sc][quick]
         layers = make_layers(sc)
         res: dict[str, Any] = {}
-        for name, setup in table.items():
-            n = min(reps, SLOW.get(name, reps))
-            run = setup(layers)
-            times = time_variant(run, n)
-            res[name] = {"median_s": statistics.median(times), "repeats": n}
+        # Variants are timed round-robin, one run each per round, so that a
+        # noisy machine's slow spells fall on all of them alike.
+        runs = {name: setup(layers) for name, setup in table.items()}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for run in runs.values():
+            run()  # warm-up: page faults, caches, lazy imports
+        for r in range(reps):
+            for name, run in runs.items():
+                if r < min(reps, SLOW.get(name, reps)):
+                    t0 = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - t0)
+        for name, ts in times.items():
+            res[name] = {"median_s": statistics.median(ts), "repeats": len(ts)}
             print(f"{sc} {name:7s} {_fmt_time(res[name]['median_s'])}", file=sys.stderr)
-            del run
+        del runs
         nat = native(sc, reps, threads=0)
         if nat:
             res["native"] = {"median_s": nat["quantize_s"], "repeats": reps, "isa": nat.get("isa"),
@@ -304,13 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, r in res.items():
             r["vs_memcpy"] = r["median_s"] / res["memcpy"]["median_s"]
             r["vs_numpy"] = res["numpy"]["median_s"] / r["median_s"]
-            if not args.no_memory and name != "native":
+            if not args.no_memory and name not in ("native", "cffi"):
                 r["peak_bytes"] = peak_memory(sc, name)
         if "native" in res:
             per_call = (res["ptr"]["median_s"] - res["native"]["median_s"]) / SCENARIOS[sc]["layers"]
             res["ffi_overhead"] = {
                 "ptr_vs_native_percent": 100 * (res["ptr"]["median_s"] / res["native"]["median_s"] - 1),
                 "ptr_minus_native_us_per_call": per_call * 1e6,
+                "ptr_vs_cffi_percent": 100 * (res["ptr"]["median_s"] / res["cffi"]["median_s"] - 1),
+                "cffi_vs_native_percent": 100 * (res["cffi"]["median_s"] / res["native"]["median_s"] - 1),
             }
         results["scenarios"][sc] = {"input_bytes": sum(a.nbytes for a in layers), "variants": res}
         del layers
@@ -326,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         if "ffi_overhead" in r["variants"]:
             o = r["variants"]["ffi_overhead"]
             extra.append(f"{sc}: ptr vs native {o['ptr_vs_native_percent']:+.1f}% "
-                         f"({o['ptr_minus_native_us_per_call']:.2f} us per call).")
+                         f"({o['ptr_minus_native_us_per_call']:.2f} us per call); the bare CFFI call vs native "
+                         f"{o['cffi_vs_native_percent']:+.1f}%, ptr vs the bare CFFI call {o['ptr_vs_cffi_percent']:+.1f}%.")
     t = results["tiny_call"]
     extra.append(f"Tiny tensor (1x128): raw CFFI call {t['raw_call_us']:.2f} us, whole quantize_ptr "
                  f"{t['quantize_ptr_us']:.2f} us (Python wrapper {t['wrapper_us']:.2f} us).")
