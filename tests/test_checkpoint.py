@@ -344,3 +344,23 @@ def test_arrow_format_matches_the_arrow_path_and_round_trips(tmp_path):
         assert f.metadata == {"origin": "arrow-test"}
         assert f.array("layer.0.q.weight").tobytes() == loaded["layer.0.q.weight"].dequantize().tobytes()
         assert f.array("bf16.weight").dtype == ml_dtypes.bfloat16
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal (a pty here) quantize shows tensors, bytes and throughput."""
+    import pty
+
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    save(src, model())
+    code = f"from pyquant.cli import main; raise SystemExit(main(['quantize', {str(src)!r}, {str(dst)!r}]))"
+    out = bytearray()
+
+    def read(fd):
+        data = os.read(fd, 1024)
+        out.extend(data)
+        return data
+
+    status = pty.spawn([sys.executable, "-c", code], read)
+    text = out.decode()
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "quantizing [" in text and "7/7 tensors" in text and "GB/s" in text

@@ -269,19 +269,9 @@ pub unsafe extern "C" fn pq_quantize_batch(
     failed_item: *mut usize,
     error: *mut PqError,
 ) -> PqStatus {
-    let mut failed = None;
-    let status = run(error, || {
-        let list = Region::new("items", items, items_len)?;
-        // SAFETY: the caller provides `items_len` readable items; every bit
-        // pattern is a valid PqQuantizeItem (integers and raw pointers).
-        let list_items = unsafe { list.as_slice() };
-        quantize_items(list_items, threads, Some(list.span(None, false))).map_err(|e| {
-            failed = e.item;
-            e.into_prefixed()
-        })
-    });
-    report_failed_item(failed_item, failed);
-    status
+    // SAFETY: the caller provides `items_len` readable items; every bit
+    // pattern is a valid PqQuantizeItem (integers and raw pointers).
+    unsafe { run_batch(items, items_len, failed_item, error, |list, span| quantize_items(list, threads, span)) }
 }
 
 /// Dequantizes `items_len` tensors described by `items` in one call, with up
@@ -305,12 +295,30 @@ pub unsafe extern "C" fn pq_dequantize_batch(
     failed_item: *mut usize,
     error: *mut PqError,
 ) -> PqStatus {
+    // SAFETY: as in pq_quantize_batch, for PqDequantizeItem.
+    unsafe { run_batch(items, items_len, failed_item, error, |list, span| dequantize_items(list, threads, span)) }
+}
+
+/// The shared body of the batch functions: the `items` array as a checked
+/// region (itself an input of the overlap check), `work` inside the panic
+/// boundary, the `item N: ` prefix and `*failed_item` on failure.
+///
+/// # Safety
+/// `items` is NULL with length 0, or points to `items_len` readable items of
+/// a type every bit pattern of which is valid.
+unsafe fn run_batch<I>(
+    items: *const I,
+    items_len: usize,
+    failed_item: *mut usize,
+    error: *mut PqError,
+    work: impl FnOnce(&[I], Option<Span>) -> std::result::Result<(), BatchError>,
+) -> PqStatus {
     let mut failed = None;
     let status = run(error, || {
         let list = Region::new("items", items, items_len)?;
-        // SAFETY: as in pq_quantize_batch.
+        // SAFETY: the caller's promise, above.
         let list_items = unsafe { list.as_slice() };
-        dequantize_items(list_items, threads, Some(list.span(None, false))).map_err(|e| {
+        work(list_items, Some(list.span(None, false))).map_err(|e| {
             failed = e.item;
             e.into_prefixed()
         })
