@@ -105,3 +105,17 @@ def test_header_is_valid_c11_and_c23_alone():
     if probe.returncode == 0:
         proc = run([cc, "-std=c2x", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c", HEADER])
         assert proc.returncode == 0, show(proc)
+
+
+@pytest.mark.parametrize("source", ["examples/c/host.c", "tests/c/test_abi.c", "tests/c/test_arrow.c"])
+def test_c_programs_under_valgrind(tmp_path, source):
+    """No invalid reads or writes and no definite leaks, from C through the
+    whole library (panics, error paths and Arrow releases included)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        pytest.skip("valgrind not found")
+    exe = build(ROOT / source, tmp_path / Path(source).stem)
+    proc = run([valgrind, "-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                exe], env=RUN_ENV)
+    assert proc.returncode == 0, show(proc)
+    assert "passed, 0 failed" in proc.stdout or "rejected as expected" in proc.stdout, show(proc)
