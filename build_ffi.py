@@ -16,7 +16,9 @@ from cffi import FFI
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(ROOT, "include", "pyquant.h")
-STATIC_LIB = os.path.join(ROOT, "rust", "target", "release", "libpyquant.a")
+# PYQUANT_STATIC_LIB picks another build of the library (test.sh uses the
+# `checked` profile: debug assertions and overflow checks on).
+STATIC_LIB = os.environ.get("PYQUANT_STATIC_LIB") or os.path.join(ROOT, "rust", "target", "release", "libpyquant.a")
 # What the Rust standard library needs from the system when linked statically
 # (from `rustc --print native-static-libs`).
 SYSTEM_LIBS = ["gcc_s", "util", "rt", "pthread", "m", "dl", "c"]
@@ -54,4 +56,7 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    # `python build_ffi.py DIR` builds pyquant/_native into DIR (test.sh's checked build).
+    import sys
+
+    ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=False)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, builds the
 # package (cargo release build + CFFI extension), then runs the Rust unit
-# tests and the pytest suite (which also builds and runs the C host tests and
-# checks the committed header against a fresh cbindgen run).
+# tests and the pytest suite (which also builds and runs the C host tests,
+# under valgrind too, and checks the committed header against a fresh cbindgen
+# run), and the pytest suite again against a build of the library with debug
+# assertions and overflow checks on.
 # Extra arguments go to pytest, e.g. ./test.sh -k bad_inputs
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,3 +29,19 @@ echo "== cargo test =="
 
 echo "== pytest =="
 "$PYTHON" -m pytest "$@"
+
+echo "== pytest against the library built with debug assertions and overflow checks =="
+(cd rust && cargo build --profile checked --locked --lib --quiet)
+checked=$(mktemp -d)
+trap 'rm -rf "$checked"' EXIT
+cp -r pyquant "$checked/"
+rm -f "$checked"/pyquant/_native*.so
+PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.py "$checked" >/dev/null
+# Run from the copy's directory, so that it (not the source tree) is `pyquant`.
+(
+    cd "$checked"
+    "$PYTHON" -c "import pyquant, sys; sys.exit(not pyquant.__file__.startswith('$checked'))" \
+        || { echo "test.sh: the checked build is not the one imported" >&2; exit 1; }
+    "$PYTHON" -m pytest -q -p no:cacheprovider -c "$OLDPWD/pyproject.toml" --rootdir "$OLDPWD" \
+        --ignore="$OLDPWD/tests/test_c_host.py" "$OLDPWD/tests" "$@"
+)
