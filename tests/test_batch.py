@@ -112,7 +112,7 @@ def test_batch_c_call_writes_nothing_when_a_later_item_fails():
     assert all(np.all(o.codes == 0xAB) for o in outs)
 
 
-def test_many_python_threads_get_the_serial_bytes():
+def test_row24_many_python_threads_get_the_serial_bytes():
     layers = {f"w{i}": RNG.normal(size=(256, 512)).astype(np.float32) for i in range(8)}
     serial = {k: pyquant.quantize_ptr(v, threads=1) for k, v in layers.items()}
     errors = []
@@ -136,7 +136,7 @@ def test_many_python_threads_get_the_serial_bytes():
     assert not errors, errors
 
 
-def test_the_gil_is_released_during_a_long_call():
+def test_row24_the_gil_is_released_during_a_long_call():
     big = [RNG.normal(size=(4096, 4096)).astype(np.float32) for _ in range(4)]  # 256 MiB
     window = {}
 
