@@ -1,7 +1,14 @@
 """pyquant: fast, zero-copy 2/4/8-bit weight quantization.
 
 A Rust core behind a plain C ABI (``include/pyquant.h``), used from Python
-through CFFI. Main entry points:
+through CFFI. The front door:
+
+- :func:`quantize`: picks the path that fits its input (numpy array,
+  array-like, mapping or list of arrays, Arrow object, file path);
+  :func:`explain` returns which path, why, the bytes it copies and its
+  parallelism (a :class:`PathChoice`), with the same decision function.
+
+The paths it chooses from, each callable directly:
 
 - :func:`quantize_ptr`: zero-copy; the numpy buffer is read in place.
 - :func:`quantize_copy`: the same bytes out, from a copy of the input.
@@ -18,6 +25,7 @@ The scheme (normative): per group of ``group_size`` values along the last
 axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
 ``round_half_even((x - lo) / scale)`` packed little-endian in bytes.
 Errors are :class:`QuantizeError` subclasses (``ValueError``).
+docs/api-guide.md in the source tree has a decision table and an FAQ.
 """
 
 from ._version import __version__
@@ -37,6 +45,7 @@ from .errors import (
     BufferSizeError,
     CopyRequiredError,
     InternalError,
+    PathError,
     InvalidBitsError,
     InvalidGroupSizeError,
     MisalignedError,
@@ -50,11 +59,15 @@ from .errors import (
 )
 from .metrics import ErrorStats, error_stats
 from . import safetensors_io
-from .checkpoint import dequantize_file, error_report, load_quantized, quantize_file
+from .checkpoint import Summary, dequantize_file, error_report, load_quantized, quantize_file
+from .dispatch import PathChoice, explain, quantize
 
 __all__ = [
     "__version__",
     "SUPPORTED_DTYPES",
+    "quantize",
+    "explain",
+    "PathChoice",
     "QuantizedTensor",
     "quantize_ptr",
     "quantize_copy",
@@ -65,6 +78,7 @@ __all__ = [
     "dequantize_file",
     "load_quantized",
     "error_report",
+    "Summary",
     "CheckpointError",
     "quantize_arrow",
     "dequantize_arrow",
@@ -76,6 +90,7 @@ __all__ = [
     "ArrowDataError",
     "BufferSizeError",
     "CopyRequiredError",
+    "PathError",
     "InternalError",
     "InvalidBitsError",
     "InvalidGroupSizeError",

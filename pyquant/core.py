@@ -153,17 +153,24 @@ def quantize_copy(
 
     Copies: Rust copies the input's bytes into memory it owns before
     quantizing (one input-sized allocation), so the input may change during
-    the call. Accepts anything ``np.asarray`` accepts: strided views are
-    first made contiguous and non-native byte order swapped by numpy (a
-    second copy, only for those inputs); misaligned data is copied byte-wise.
-    Same bytes out as :func:`quantize_ptr` on ``np.ascontiguousarray(arr)``.
+    the call. Accepts anything ``np.asarray`` accepts (an array-like that
+    is not a numpy array and exposes no buffer is converted first: one more
+    copy). A strided or byte-swapped array is first made contiguous and
+    native-order by numpy in one copy (a second copy, only for those
+    inputs); misaligned data is copied byte-wise by Rust. Same bytes out as
+    :func:`quantize_ptr` on ``np.ascontiguousarray(arr)``.
+    :func:`copy_plan` gives the byte counts.
+
     Parallelism as :func:`quantize_ptr` (the copy itself is one thread).
+
+    Raises QuantizeError subclasses: UnsupportedDtypeError, InvalidBitsError,
+    InvalidGroupSizeError, ShapeError, NonFiniteError.
     """
     a = np.asarray(arr)
     name, code = _resolve_dtype(a, dtype)
-    if not a.dtype.isnative:
-        a = a.astype(a.dtype.newbyteorder("="))
-    a = np.ascontiguousarray(a)
+    if needs_normalizing(a):  # one numpy copy: contiguous and native order at once
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
+    a = np.ascontiguousarray(a)  # a 0-d array becomes 1-d; otherwise a no-op
     out, row_len = _allocate(a.shape, name, bits, group_size)
     err = new_error_struct()
     status = lib.pq_quantize_copy(
@@ -348,24 +355,44 @@ def _check_in_place(arr: Any, dtype: DTypeLike) -> tuple[str, int]:
             "use quantize_copy, or np.asarray(...) first"
         )
     name, code = _resolve_dtype(arr, dtype)
-    if not arr.dtype.isnative:
-        raise CopyRequiredError(
-            f"the array's byte order is {_byte_order_name(arr.dtype)}, not the machine's; "
-            "quantize_ptr never copies: use quantize_copy, or "
-            "arr.astype(arr.dtype.newbyteorder('='))"
-        )
-    if not arr.flags.c_contiguous:
-        raise CopyRequiredError(
-            "the array is not C-contiguous (a strided or transposed view); quantize_ptr "
-            "never copies: use quantize_copy, or np.ascontiguousarray(arr)"
-        )
-    if not arr.flags.aligned:
-        raise CopyRequiredError(
-            f"the array's data at address {arr.ctypes.data:#x} is not aligned to "
-            f"{arr.dtype.itemsize} bytes; quantize_ptr never copies: use quantize_copy, "
-            "or arr.copy()"
-        )
+    problem = in_place_problem(arr)
+    if problem is not None:
+        what, fix = problem
+        raise CopyRequiredError(f"{what}; quantize_ptr never copies: use quantize_copy, or {fix}")
     return name, code
+
+
+def in_place_problem(arr: np.ndarray[Any, Any]) -> tuple[str, str] | None:
+    """Why the zero-copy path cannot read ``arr`` as it is, and the fix, as
+    ``(what, fix)``: non-native byte order, not C-contiguous, or misaligned.
+    None if it can. The one definition of "needs a copy", shared by
+    :func:`quantize_ptr`, :func:`quantize_batch` and the dispatch of
+    :func:`pyquant.quantize`."""
+    if not arr.dtype.isnative:
+        return (f"the array's byte order is {_byte_order_name(arr.dtype)}, not the machine's",
+                "arr.astype(arr.dtype.newbyteorder('='))")
+    if not arr.flags.c_contiguous:
+        return ("the array is not C-contiguous (a strided or transposed view)",
+                "np.ascontiguousarray(arr)")
+    if not arr.flags.aligned:
+        return (f"the array's data at address {arr.ctypes.data:#x} is not aligned to "
+                f"{arr.dtype.itemsize} bytes", "arr.copy()")
+    return None
+
+
+def copy_plan(arr: np.ndarray[Any, Any]) -> tuple[int, int]:
+    """The bytes :func:`quantize_copy` copies for ``arr`` (already a numpy
+    array): ``(numpy_bytes, rust_bytes)``. numpy makes one contiguous,
+    native-order copy only when ``arr`` is strided or byte-swapped; Rust then
+    always copies the (normalized) input into its own memory."""
+    numpy_bytes = arr.nbytes if needs_normalizing(arr) else 0
+    return numpy_bytes, arr.nbytes
+
+
+def needs_normalizing(arr: np.ndarray[Any, Any]) -> bool:
+    """Whether :func:`quantize_copy` first makes a contiguous, native-order
+    copy of ``arr`` in numpy (misaligned data is left to Rust's byte-wise copy)."""
+    return not arr.dtype.isnative or not arr.flags.c_contiguous
 
 
 def _dequantize_output(qt: QuantizedTensor, dtype: DTypeLike) -> tuple[int, np.ndarray[Any, Any]]:

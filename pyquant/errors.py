@@ -3,7 +3,8 @@
 Every error pyquant raises is a :class:`QuantizeError` (a ``ValueError``).
 Each C status has exactly one class, named by ``status_name``; Python-side
 checks raise the same classes, plus :class:`CopyRequiredError`, which only
-the zero-copy path raises.
+the zero-copy paths raise, and :class:`PathError`, which only
+:func:`pyquant.quantize` raises.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ class CheckpointError(QuantizeError):
 
 class CopyRequiredError(QuantizeError):
     """``quantize_ptr`` was given an input it could only use after a copy."""
+
+
+class PathError(QuantizeError):
+    """:func:`pyquant.quantize` was given an input that no path takes, or
+    that does not fit the path forced with ``path=`` (a strided array forced
+    onto ``path="ptr"`` raises :class:`CopyRequiredError` instead), or
+    arguments that the chosen path does not take."""
 
 
 _BY_STATUS: dict[int, type[QuantizeError]] = {
