@@ -43,5 +43,5 @@ PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.p
     "$PYTHON" -c "import pyquant, sys; sys.exit(not pyquant.__file__.startswith('$checked'))" \
         || { echo "test.sh: the checked build is not the one imported" >&2; exit 1; }
     "$PYTHON" -m pytest -q -p no:cacheprovider -c "$OLDPWD/pyproject.toml" --rootdir "$OLDPWD" \
-        --ignore="$OLDPWD/tests/test_c_host.py" "$OLDPWD/tests" "$@"
+        --ignore="$OLDPWD/tests/test_c_host.py" --ignore="$OLDPWD/tests/test_valgrind.py" "$OLDPWD/tests" "$@"
 )
