@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from ._version import __version__
 
+__all__ = ["ffi", "lib", "check_native_version"]
+
 try:
-    from ._native import ffi, lib  # type: ignore[import-not-found]
+    from ._native import ffi, lib
 except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError(
         "pyquant's native extension (pyquant._native) is missing or failed to load: "

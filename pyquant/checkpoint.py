@@ -116,7 +116,7 @@ def plan_tensors(
     plans = []
     for name in ckpt.names():
         info = ckpt.info(name)
-        base = dict(name=name, dtype=info.dtype, shape=info.shape, nbytes=info.nbytes)
+        base = (name, info.dtype, info.shape, info.nbytes)
         reason = None
         if info.dtype not in QUANTIZABLE:
             reason = f"dtype {info.dtype} is not floating point ({', '.join(SUPPORTED_DTYPES)})"
@@ -127,7 +127,7 @@ def plan_tensors(
         elif math.prod(info.shape) == 0:
             reason = "empty"
         if reason:
-            plans.append(Plan(**base, kept_because=reason))
+            plans.append(Plan(*base, kept_because=reason))
             continue
         b = next((b for r, b in rules if r.search(name)), bits)
         try:
@@ -136,9 +136,9 @@ def plan_tensors(
             raise InvalidBitsError(f"tensor {name!r}: {exc}") from None
         except QuantizeError as exc:
             # A shape that doesn't fit the group size is carried over, not lost.
-            plans.append(Plan(**base, kept_because=f"does not fit: {exc}"))
+            plans.append(Plan(*base, kept_because=f"does not fit: {exc}"))
             continue
-        plans.append(Plan(**base, bits=b, group_size=g))
+        plans.append(Plan(*base, bits=b, group_size=g))
     for p in plans:
         if p.bits is not None:
             for part in PARTS:
@@ -224,7 +224,9 @@ def quantize_file(
 
         def flush() -> None:
             arrays = {p.name: ckpt.array(p.name) for p in pending}
-            params = {p.name: (p.bits, p.group_size) for p in pending}
+            params: dict[str, tuple[int, int | None]] = {
+                p.name: (p.bits, p.group_size) for p in pending if p.bits is not None  # all of them
+            }
             for name, qt in quantize_batch(arrays, params=params).items():
                 sink.quantized(name, qt)
             del arrays

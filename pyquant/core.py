@@ -284,7 +284,7 @@ def dequantize_batch(
     names, qts, as_dict = _unpack(tensors)
     n = len(qts)
     items = ffi.new("PqDequantizeItem[]", n)
-    keep_alive = []
+    keep_alive: list[Any] = []  # CFFI buffers that must outlive the call
     results = []
     for i, (name, qt) in enumerate(zip(names, qts)):
         try:
@@ -446,7 +446,7 @@ def _is_bfloat16_request(dtype: DTypeLike) -> bool:
     if isinstance(dtype, str):
         return dtype == "bfloat16"
     try:
-        return np.dtype(dtype) == BFLOAT16  # type: ignore[arg-type]
+        return bool(np.dtype(dtype) == BFLOAT16)
     except TypeError:
         return False
 

@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 
 
-def reference_quantize(x: np.ndarray[Any, Any], bits: int, group_size: int | None):
+F32Array = np.ndarray[Any, np.dtype[np.float32]]
+U8Array = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+def reference_quantize(
+    x: np.ndarray[Any, Any], bits: int, group_size: int | None
+) -> tuple[U8Array, F32Array, F32Array]:
     """Returns (codes, scales, mins) for ``x`` (float32, float16 or bfloat16)."""
     x32 = np.asarray(x).astype(np.float32)  # exact for f16 and bf16
     k = x32.shape[-1]
@@ -37,7 +43,9 @@ def reference_quantize(x: np.ndarray[Any, Any], bits: int, group_size: int | Non
     )
 
 
-def reference_dequantize(codes, scales, mins, bits: int, shape: tuple[int, ...]) -> np.ndarray:
+def reference_dequantize(
+    codes: U8Array, scales: F32Array, mins: F32Array, bits: int, shape: tuple[int, ...]
+) -> F32Array:
     """``mins + q * scales`` in float32, as float32 of ``shape``."""
     per = 8 // bits
     c = codes.reshape(-1, 1)
@@ -46,8 +54,8 @@ def reference_dequantize(codes, scales, mins, bits: int, shape: tuple[int, ...])
     n_groups = scales.size
     if n_groups == 0:
         return np.zeros(shape, dtype=np.float32)
-    q = q.reshape(n_groups, -1).astype(np.float32)
-    out = mins.reshape(-1, 1) + q * scales.reshape(-1, 1)
+    q32: F32Array = q.reshape(n_groups, -1).astype(np.float32)
+    out = mins.reshape(-1, 1) + q32 * scales.reshape(-1, 1)
     return out.astype(np.float32).reshape(shape)
 
 

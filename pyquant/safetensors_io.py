@@ -291,7 +291,7 @@ class SafetensorsWriter:
             raise CheckpointError(f"{self.label}: cannot write: {exc.strerror}") from None
 
     def write(self, name: str, data: np.ndarray[Any, Any]) -> None:
-        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
         if buf.nbytes != self.pending.get(name):
             raise CheckpointError(f"internal: {name!r} has {buf.nbytes} bytes, declared {self.pending.get(name)}")
         pos = self.data_start + self.offsets[name]
