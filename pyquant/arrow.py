@@ -93,7 +93,12 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     each tensor's original dtype, float32 or float16) and ``shape``, which
     :func:`quantize_arrow` accepts again. Tables and readers map batch by
     batch, as in :func:`quantize_arrow`. All rows of a batch must share a dtype.
-    ``threads`` as in :func:`quantize_arrow`.
+
+    Copies: none of the inputs (read in place); the weights buffers are
+    written by the Rust kernel and exported without a copy. Parallelism:
+    one native call per batch on ``threads`` threads (None: all cores), GIL
+    released. Raises ArrowDataError (not in the quantized schema, released,
+    nulls), UnsupportedDtypeError, ShapeError, BufferSizeError.
     """
     t = c_threads(threads)
 
@@ -135,6 +140,12 @@ def quantize_arrow_file(
     The output goes to a temporary file beside ``dst`` that is renamed onto
     ``dst`` only when complete; on any error it is removed and an existing
     ``dst`` is untouched. An existing ``dst`` is an error unless ``overwrite``.
+
+    Copies: none of the values (each batch goes through
+    :func:`quantize_arrow`). Parallelism: one native call per batch, all
+    cores, GIL released. Raises CheckpointError (unreadable source, existing
+    ``dst``), pyarrow's errors for a file that is not Arrow IPC, and the
+    errors of :func:`quantize_arrow`, naming the tensor.
     """
     pa = _pyarrow()
     import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)

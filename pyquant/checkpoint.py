@@ -51,7 +51,8 @@ class Plan:
 
 @dataclass
 class Summary:
-    """What :func:`quantize_file` did."""
+    """What :func:`quantize_file` or :func:`dequantize_file` did: tensors
+    quantized (or dequantized) and kept, bytes in and out, seconds."""
 
     quantized: int = 0
     kept: int = 0
@@ -204,6 +205,10 @@ def quantize_file(
     largest tensor's size. Memory: one such run's mapped pages and outputs
     at a time, released after. ``dst`` is written to a
     temporary file and renamed at the end; an error leaves no output.
+
+    Raises CheckpointError (bad or missing input, an existing ``dst``
+    without ``force``, an unwritable output, name clashes), InvalidBitsError
+    and InvalidGroupSizeError, and NonFiniteError naming the tensor.
     """
     if format not in ("safetensors", "arrow"):
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
@@ -482,9 +487,14 @@ def open_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint | ArrowQ
     return ArrowQuantizedCheckpoint(path) if _is_arrow(path) else QuantizedCheckpoint(path)
 
 def load_quantized(path: str | os.PathLike[str]) -> dict[str, QuantizedTensor | np.ndarray[Any, Any]]:
-    """All tensors of a pyquant checkpoint: QuantizedTensor for quantized ones,
-    numpy arrays for carried-over ones. Arrays are read-only views on the
-    memory-mapped file (no copy); the map lives as long as they do."""
+    """All tensors of a pyquant checkpoint (either format): QuantizedTensor
+    for quantized ones, numpy arrays for carried-over ones.
+
+    Copies: none; arrays are read-only views on the memory-mapped file, and
+    the map lives as long as they do (pages are read on first touch).
+    Parallelism: none (no native call; dequantize the results to compute).
+    Raises CheckpointError for a missing, malformed or non-pyquant file.
+    """
     with open_quantized(path) as q:
         return {name: q.get(name) for name in q.names()}
 
@@ -492,7 +502,17 @@ def load_quantized(path: str | os.PathLike[str]) -> dict[str, QuantizedTensor | 
 def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                     force: bool = False, progress: bool = False) -> Summary:
     """Writes a plain safetensors checkpoint with every tensor in its original
-    dtype and shape, one tensor at a time; same temp-file-then-rename rule."""
+    dtype and shape, from a pyquant checkpoint in either format; returns a
+    :class:`Summary`.
+
+    Copies: inputs are read in place from the memory map; each dequantized
+    tensor is one output-sized array, written then freed, so memory follows
+    the largest tensor. Parallelism: one tensor at a time, each dequantized
+    by one native call on all cores with the GIL released. ``dst`` is written
+    to a temporary file and renamed at the end (an existing ``dst`` needs
+    ``force=True``). Raises CheckpointError (bad input, existing or
+    unwritable output) and the errors of :func:`dequantize`.
+    """
     t0 = time.perf_counter()
     with open_quantized(src) as q:
         names = q.names()
@@ -561,7 +581,17 @@ class Report:
 
 
 def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
-    """Per-tensor error statistics of a quantized checkpoint against its original."""
+    """Per-tensor error statistics of a quantized checkpoint against its
+    original (max abs, RMSE, relative RMSE, cosine, SNR); see
+    :meth:`Report.summary` for the totals.
+
+    Copies: both files are memory-mapped; each quantized tensor is
+    dequantized to one float32 array, compared and freed, one tensor at a
+    time. Parallelism: each dequantization is one native call on all cores;
+    the statistics are numpy on the calling thread. Raises CheckpointError
+    when the files hold different tensors, a carried-over tensor differs, or
+    a file is bad.
+    """
     rows = []
     with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
         names = q.names()

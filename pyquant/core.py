@@ -89,6 +89,7 @@ class QuantizedTensor:
 
     @property
     def compression_ratio(self) -> float:
+        """``original_nbytes / nbytes`` (1.0 for an empty tensor)."""
         return self.original_nbytes / self.nbytes if self.nbytes else 1.0
 
     def dequantize(self, dtype: DTypeLike = None, *, threads: int | None = None) -> np.ndarray[Any, Any]:
@@ -187,7 +188,10 @@ def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | N
     ``dtype`` defaults to the original dtype; float32, float16 and bfloat16
     are supported (rounded to nearest-even from the float32 result).
     Copies: none beyond the output array, which is allocated here and
-    filled by Rust. Parallelism as :func:`quantize_ptr`.
+    filled by Rust. Parallelism as :func:`quantize_ptr`. Raises
+    UnsupportedDtypeError (``dtype``), BufferSizeError / ShapeError (codes,
+    scales or mins that do not fit ``shape``), InvalidBitsError,
+    InvalidGroupSizeError.
     """
     code, out = _dequantize_output(qt, dtype)
     err = new_error_struct()
@@ -226,6 +230,10 @@ def quantize_batch(
     released. All or nothing: a bad tensor fails the whole call before any
     output is written, and the error names it. Same bytes as
     :func:`quantize_ptr` on each tensor, for every thread count.
+
+    Raises the errors of :func:`quantize_ptr` (prefixed with the tensor's
+    name), and QuantizeError for a ``layers`` that is neither a mapping nor
+    a sequence, or ``params`` that do not give a pair.
     """
     names, arrays, as_dict = _unpack(layers)
     n = len(arrays)
@@ -279,7 +287,8 @@ def dequantize_batch(
     Returns the same form as given (a dict or a list) of numpy arrays, each
     in ``dtype`` (default: the tensor's original dtype). Outputs are
     allocated here, filled by Rust in place, on ``threads`` threads (None:
-    all cores) with the GIL released; all or nothing, errors name the tensor.
+    all cores) with the GIL released. Copies: none of the inputs. All or
+    nothing: the errors of :func:`dequantize`, naming the tensor.
     """
     names, qts, as_dict = _unpack(tensors)
     n = len(qts)

@@ -23,7 +23,9 @@ class ErrorStats:
 
 
 def error_stats(original: npt.ArrayLike, reconstructed: npt.ArrayLike) -> ErrorStats:
-    """Compares two tensors of one shape, in float64."""
+    """Compares two tensors of one shape, in float64 (numpy on the calling
+    thread; both are converted to float64 copies). Raises ValueError when
+    the shapes differ."""
     x = np.asarray(original).astype(np.float64).ravel()
     y = np.asarray(reconstructed).astype(np.float64).ravel()
     if x.shape != y.shape:
