@@ -418,6 +418,28 @@ fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
     Ok(QuantizeRegions { input, layout, outputs })
 }
 
+/// Checks every item with `check` (the first bad item fails the call), then
+/// every span `spans_of` lists, with the items array itself, for overlaps.
+fn checked_regions<I, R>(
+    items: &[I],
+    items_span: Option<Span>,
+    check: impl Fn(&I) -> Result<R>,
+    spans_of: impl Fn(usize, &R, &mut Vec<Span>),
+) -> std::result::Result<Vec<R>, BatchError> {
+    let regions = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| check(item).map_err(|e| BatchError::at(i, e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
+    spans.extend(items_span);
+    for (i, r) in regions.iter().enumerate() {
+        spans_of(i, r, &mut spans);
+    }
+    check_disjoint(&mut spans)?;
+    Ok(regions)
+}
+
 /// Checks every item's regions, then overlaps across all of them, then hands
 /// the slices to the batch scheduler (which validates values before writing).
 fn quantize_items(
@@ -425,18 +447,10 @@ fn quantize_items(
     threads: usize,
     items_span: Option<Span>,
 ) -> std::result::Result<(), BatchError> {
-    let regions = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| quantize_regions(item).map_err(|e| BatchError::at(i, e)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
-    spans.extend(items_span);
-    for (i, r) in regions.iter().enumerate() {
+    let regions = checked_regions(items, items_span, quantize_regions, |i, r, spans| {
         spans.push(r.input.span(i, false));
-        r.outputs.push_spans(i, &mut spans);
-    }
-    check_disjoint(&mut spans)?;
+        r.outputs.push_spans(i, spans);
+    })?;
     // SAFETY: every region was checked (NULL, alignment, size) and no output
     // overlaps any other region of the call; the caller promised the memory
     // behind them for the duration of the call.
@@ -479,20 +493,12 @@ fn dequantize_items(
     threads: usize,
     items_span: Option<Span>,
 ) -> std::result::Result<(), BatchError> {
-    let regions = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| dequantize_regions(item).map_err(|e| BatchError::at(i, e)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
-    spans.extend(items_span);
-    for (i, r) in regions.iter().enumerate() {
+    let regions = checked_regions(items, items_span, dequantize_regions, |i, r, spans| {
         spans.push(r.codes.span(Some(i), false));
         spans.push(r.scales.span(Some(i), false));
         spans.push(r.mins.span(Some(i), false));
         spans.push(r.output.span(i, true));
-    }
-    check_disjoint(&mut spans)?;
+    })?;
     // SAFETY: as in quantize_items.
     let mut safe: Vec<DequantizeItem> = regions
         .iter()
