@@ -4,7 +4,8 @@
 # tests and the pytest suite (which also builds and runs the C host tests,
 # under valgrind too, and checks the committed header against a fresh cbindgen
 # run), and the pytest suite again against a build of the library with debug
-# assertions and overflow checks on.
+# assertions and overflow checks on, and finally the fuzz targets (fuzz/run.sh,
+# 45 s each on the committed seed corpora).
 # Extra arguments go to pytest, e.g. ./test.sh -k bad_inputs
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,3 +46,6 @@ PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.p
     "$PYTHON" -m pytest -q -p no:cacheprovider -c "$OLDPWD/pyproject.toml" --rootdir "$OLDPWD" \
         --ignore="$OLDPWD/tests/test_c_host.py" --ignore="$OLDPWD/tests/test_valgrind.py" "$OLDPWD/tests" "$@"
 )
+
+echo "== fuzzing (fuzz/run.sh: 4 targets x 45 s) =="
+PYTHON="$PYTHON" ./fuzz/run.sh 45

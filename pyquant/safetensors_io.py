@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -124,7 +125,9 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
         raise CheckpointError(f"{path}: truncated: header length {n} points past the end of the {size}-byte file")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: bad UTF-8, bad JSON, or an integer of more than
+        # sys.get_int_max_str_digits() digits; RecursionError: deep nesting.
         raise CheckpointError(f"{path}: corrupt header: not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
@@ -147,10 +150,14 @@ def _tensor_info(path: str, name: str, entry: Any, data_size: int) -> TensorInfo
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{where}: corrupt header entry (needs dtype, shape, data_offsets)")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(f"{where}: unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise CheckpointError(f"{where}: corrupt shape {shape!r}")
+    # numpy's limits: at most 64 axes, and the product of the non-zero
+    # dimensions times the item size must fit in a signed 64-bit size.
+    if len(shape) > 64 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize > sys.maxsize:
+        raise CheckpointError(f"{where}: shape {shape!r} is too large for an array")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
         raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")

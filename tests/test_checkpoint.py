@@ -186,6 +186,12 @@ def header_file(path, header: dict, data: bytes = b""):
     ("negative_offsets", "corrupt data_offsets"),
     ("bad_shape", "corrupt shape"),
     ("directory_without_model", "no model.safetensors.index.json"),
+    # Found by fuzz/safetensors_header.py: each used to escape as another exception.
+    ("fuzz_dtype_not_a_string", "unsupported dtype"),  # TypeError: unhashable type
+    ("fuzz_deep_nesting", "not valid JSON"),  # RecursionError
+    ("fuzz_huge_integer", "not valid JSON"),  # ValueError: int max str digits
+    ("fuzz_empty_tensor_huge_dims", "too large"),  # numpy ValueError in array()
+    ("fuzz_65_axes", "too large"),  # numpy ValueError in array()
 ])
 def test_row25_bad_input_files(tmp_path, case, expect):
     src = tmp_path / "in.safetensors"
@@ -213,6 +219,18 @@ def test_row25_bad_input_files(tmp_path, case, expect):
         header_file(src, {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"")
     elif case == "directory_without_model":
         src = tmp_path
+    elif case == "fuzz_dtype_not_a_string":
+        header_file(src, {"a": {"dtype": [], "shape": [], "data_offsets": [0, 0]}})
+    elif case == "fuzz_deep_nesting":
+        raw = b"[" * 100_000 + b"]" * 100_000
+        src.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    elif case == "fuzz_huge_integer":
+        raw = b'{"a":' + b"1" * 5000 + b"}"
+        src.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    elif case == "fuzz_empty_tensor_huge_dims":
+        header_file(src, {"a": {"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]}})
+    elif case == "fuzz_65_axes":
+        header_file(src, {"a": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}, b"\0")
     dst = tmp_path / "out.safetensors"
     with pytest.raises(CheckpointError, match=expect):
         pyquant.quantize_file(src, dst)
