@@ -16,6 +16,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 command -v cargo >/dev/null || { echo "test.sh: cargo (Rust) is required" >&2; exit 1; }
 command -v cc >/dev/null || { echo "test.sh: a C compiler (cc) is required" >&2; exit 1; }
+if ! command -v valgrind >/dev/null && command -v apt-get >/dev/null; then
+    echo "test.sh: installing valgrind (the memcheck tests)"
+    apt-get install -y -qq valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+fi
 
 if ! cbindgen --version 2>/dev/null | grep -qF "$CBINDGEN_VERSION"; then
     echo "test.sh: installing cbindgen $CBINDGEN_VERSION (for the header drift check)"

@@ -255,8 +255,9 @@ pub struct PqDequantizeItem {
 /// nothing is written, the message starts with `item N: ` when the problem
 /// is about item N, and `*failed_item` is set to N (to `SIZE_MAX` when it is
 /// not about one item, and on success). Checks run in this order: each
-/// item's pointers and layout (first bad item), then overlaps, then values
-/// (first bad item, first bad group).
+/// item's pointers and layout (first bad item), then overlaps, then buffer
+/// lengths (first item with a too-short buffer), then values (first bad
+/// item, first bad group).
 ///
 /// `items` (NULL only if `items_len` is 0), every buffer it points to, and
 /// `failed_item` (nullable, any alignment) are owned by the caller; pyquant
