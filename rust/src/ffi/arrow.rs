@@ -61,15 +61,13 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
 ) -> PqStatus {
-    run(error, || {
-        let input = unsafe { take_array(in_array) }?;
-        let (field, data) = unsafe { import(input, in_schema, arrow::check_quantize_type) }?;
-        check_outputs(out_array, out_schema)?;
-        let group_size = (group_size != PQ_GROUP_SIZE_PER_ROW).then_some(group_size);
-        let result = arrow::quantize(&data, field.name(), bits, group_size, threads)?;
-        drop(data); // releases the input before the result is handed over
-        unsafe { export(result, out_array, out_schema) }
-    })
+    let group_size = (group_size != PQ_GROUP_SIZE_PER_ROW).then_some(group_size);
+    // SAFETY: the caller's promises on the four structs, as documented above.
+    unsafe {
+        transform(in_array, in_schema, arrow::check_quantize_type, out_array, out_schema, error, |field, data| {
+            arrow::quantize(data, field.name(), bits, group_size, threads)
+        })
+    }
 }
 
 /// The way back: dequantizes a record batch made by `pq_quantize_arrow`
@@ -90,12 +88,37 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
 ) -> PqStatus {
+    // SAFETY: as for pq_quantize_arrow.
+    unsafe {
+        transform(in_array, in_schema, arrow::check_dequantize_type, out_array, out_schema, error, |_, data| {
+            arrow::dequantize(data, threads)
+        })
+    }
+}
+
+/// The shared body of the Arrow functions, inside the panic boundary: move
+/// the input out of `*in_array` (released exactly once, on every path past
+/// the pointer check), import it if `accept` takes its type, check the
+/// outputs, run `work`, release the input, and export the result into the
+/// caller's structs.
+///
+/// # Safety
+/// As documented on `pq_quantize_arrow` for its four struct pointers.
+unsafe fn transform(
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *const FFI_ArrowSchema,
+    accept: fn(&DataType) -> Result<()>,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    error: *mut PqError,
+    work: impl FnOnce(&Field, &ArrayData) -> Result<ArrayData>,
+) -> PqStatus {
     run(error, || {
         let input = unsafe { take_array(in_array) }?;
-        let (_, data) = unsafe { import(input, in_schema, arrow::check_dequantize_type) }?;
+        let (field, data) = unsafe { import(input, in_schema, accept) }?;
         check_outputs(out_array, out_schema)?;
-        let result = arrow::dequantize(&data, threads)?;
-        drop(data);
+        let result = work(&field, &data)?;
+        drop(data); // releases the input before the result is handed over
         unsafe { export(result, out_array, out_schema) }
     })
 }
