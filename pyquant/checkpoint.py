@@ -635,27 +635,33 @@ def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, s
                 if n in q.quantized:
                     m = q.quantized[n]
                     codes, groups, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
-                    stored = math.prod(codes) + 8 * math.prod(groups)
-                    orig = math.prod(m["shape"]) * DTYPES[CODE_OF[m["dtype"]]].itemsize
-                    rows.append(InspectRow(n, m["dtype"], tuple(m["shape"]), m["bits"], m["group_size"], stored, orig))
+                    rows.append(_quantized_row(n, m, math.prod(codes) + 8 * math.prod(groups)))
                 else:
-                    code, shape = q.kept_info(n)
-                    nbytes = math.prod(shape) * DTYPES[code].itemsize
-                    rows.append(InspectRow(n, str(DTYPES[code]), shape, None, None, nbytes, nbytes))
+                    rows.append(_kept_row(n, *q.kept_info(n)))
         return rows, {"format": FORMAT, "pyquant.container": "arrow"}
     with Checkpoint(path) as ckpt:
         meta = ckpt.metadata
         quantized = json.loads(meta.get("pyquant.tensors", "{}")) if meta.get("format") == FORMAT else {}
         parts = {f"{n}.{p}" for n in quantized for p in PARTS}
         for n, m in quantized.items():
-            stored = sum(ckpt.info(f"{n}.{p}").nbytes for p in PARTS if f"{n}.{p}" in ckpt.where)
-            orig = math.prod(m["shape"]) * DTYPES[CODE_OF[m["dtype"]]].itemsize
-            rows.append(InspectRow(n, m["dtype"], tuple(m["shape"]), m["bits"], m["group_size"], stored, orig))
+            rows.append(_quantized_row(n, m, sum(ckpt.info(f"{n}.{p}").nbytes for p in PARTS if f"{n}.{p}" in ckpt.where)))
         for n in ckpt.names():
             if n not in parts:
                 info = ckpt.info(n)
-                rows.append(InspectRow(n, str(DTYPES[info.dtype]), info.shape, None, None, info.nbytes, info.nbytes))
+                rows.append(_kept_row(n, info.dtype, info.shape))
     return rows, meta
+
+
+def _quantized_row(name: str, m: Mapping[str, Any], stored: int) -> InspectRow:
+    """An inspect row from a quantized tensor's metadata and its stored bytes."""
+    orig = math.prod(m["shape"]) * DTYPES[CODE_OF[m["dtype"]]].itemsize
+    return InspectRow(name, m["dtype"], tuple(m["shape"]), m["bits"], m["group_size"], stored, orig)
+
+
+def _kept_row(name: str, code: str, shape: tuple[int, ...]) -> InspectRow:
+    """An inspect row for a carried-over tensor (safetensors dtype code)."""
+    nbytes = math.prod(shape) * DTYPES[code].itemsize
+    return InspectRow(name, str(DTYPES[code]), shape, None, None, nbytes, nbytes)
 
 
 def _is_arrow(path: str | os.PathLike[str]) -> bool:
