@@ -187,23 +187,22 @@ class Checkpoint:
             if os.path.exists(index):
                 shards = _read_index(index)
             elif os.path.exists(single):
-                shards = {None: single}
+                shards = [(single, [])]
             else:
                 raise CheckpointError(f"{path}: no model.safetensors.index.json or model.safetensors in this directory")
         else:
-            shards = {None: path}
+            shards = [(path, [])]
         try:
-            for expected, shard in shards.items():
+            for shard, expected in shards:
                 f = SafetensorsFile(shard)
                 self.files.append(f)
                 for name in f.tensors:
                     if name in self.where:
                         raise CheckpointError(f"{path}: tensor {name!r} appears in two shards")
                     self.where[name] = f
-                if expected is not None:
-                    missing = sorted(n for n in expected if n not in f.tensors)
-                    if missing:
-                        raise CheckpointError(f"{shard}: the index lists {missing[0]!r}, which this shard lacks")
+                missing = sorted(n for n in expected if n not in f.tensors)
+                if missing:
+                    raise CheckpointError(f"{shard}: the index lists {missing[0]!r}, which this shard lacks")
         except BaseException:
             self.close()
             raise
@@ -236,7 +235,8 @@ class Checkpoint:
         return sum(self.info(n).nbytes for n in self.where)
 
 
-def _read_index(index: str) -> dict[Any, str]:
+def _read_index(index: str) -> list[tuple[str, list[str]]]:
+    """(shard path, tensor names the index puts in it) for each shard."""
     try:
         with open(index, encoding="utf-8") as f:
             weight_map = json.load(f)["weight_map"]
@@ -246,7 +246,7 @@ def _read_index(index: str) -> dict[Any, str]:
     for name, shard in weight_map.items():
         shards.setdefault(shard, []).append(name)
     base = os.path.dirname(index)
-    return {tuple(names): os.path.join(base, shard) for shard, names in shards.items()}
+    return [(os.path.join(base, shard), names) for shard, names in shards.items()]
 
 
 @dataclass(frozen=True)
