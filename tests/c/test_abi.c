@@ -19,17 +19,7 @@
 /* Tiny test framework                                                  */
 /* ------------------------------------------------------------------ */
 
-static int passed, failed;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
-        }                                                                    \
-    } while (0)
+#include "check.h"
 
 /* The error struct every call below writes to. Pre-filled with garbage (and
  * no NUL) so that the tests see whether pyquant really writes it. */
@@ -942,6 +932,5 @@ int main(void) {
     test_dequantize_errors();
     test_panic_and_null_error();
 
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed > 0 ? 1 : 0;
+    return report();
 }

@@ -49,17 +49,7 @@ struct ArrowArray {
 
 #include "pyquant.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (cond) {                                                          \
-            passed++;                                                        \
-        } else {                                                             \
-            failed++;                                                        \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);           \
-        }                                                                    \
-    } while (0)
+#include "check.h"
 
 static PqError err;
 
@@ -334,6 +324,5 @@ int main(void) {
     test_round_trip();
     test_export_children_outlive_parent();
     test_row21();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed != 0;
+    return report();
 }
