@@ -16,6 +16,12 @@ from cffi import FFI
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(ROOT, "include", "pyquant.h")
+# PYQUANT_CARGO_FEATURES: cargo features of the Rust build (setup.py passes
+# them to cargo). With `test-ffi` (test.sh), the library has the test-only
+# exports and the extension declares them from the generated test header.
+CARGO_FEATURES = [f for f in os.environ.get("PYQUANT_CARGO_FEATURES", "").replace(",", " ").split() if f]
+TEST_HEADER = os.path.join(ROOT, "tests", "c", "pyquant_test.h")
+HEADERS = [HEADER, TEST_HEADER] if "test-ffi" in CARGO_FEATURES else [HEADER]
 # PYQUANT_STATIC_LIB picks another build of the library (test.sh uses the
 # `checked` profile: debug assertions and overflow checks on).
 STATIC_LIB = os.environ.get("PYQUANT_STATIC_LIB") or os.path.join(ROOT, "rust", "target", "release", "libpyquant.a")
@@ -44,13 +50,17 @@ def cdef_from_header(text: str) -> str:
     return "\n".join(f"#define {name} {value}" for name, value in defines) + "\n" + expanded
 
 
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 ffibuilder = FFI()
-with open(HEADER, encoding="utf-8") as f:
-    ffibuilder.cdef(cdef_from_header(f.read()))
+ffibuilder.cdef(cdef_from_header("\n".join(read(h) for h in HEADERS)))
 ffibuilder.set_source(
     "pyquant._native",
-    '#include "pyquant.h"',
-    include_dirs=[os.path.join(ROOT, "include")],
+    "".join(f'#include "{os.path.basename(h)}"\n' for h in HEADERS),
+    include_dirs=sorted({os.path.dirname(h) for h in HEADERS}),
     extra_objects=[STATIC_LIB],
     libraries=SYSTEM_LIBS,
 )

@@ -13,6 +13,11 @@ cd "$(dirname "$0")"
 CBINDGEN_VERSION=0.29.4  # keep in step with tests/test_header.py
 PYTHON=${PYTHON:-python3}
 export PATH="$HOME/.cargo/bin:$PATH"
+# Every build here has the test-only exports (pq_debug_panic,
+# pq_arrow_live_exports; tests/c/pyquant_test.h): setup.py passes the feature
+# to cargo and build_ffi.py declares them. One feature set for every cargo
+# command, so that they share (and do not overwrite) target/release.
+export PYQUANT_CARGO_FEATURES=test-ffi
 
 command -v cargo >/dev/null || { echo "test.sh: cargo (Rust) is required" >&2; exit 1; }
 command -v cc >/dev/null || { echo "test.sh: a C compiler (cc) is required" >&2; exit 1; }
@@ -29,14 +34,17 @@ fi
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e .
 
+echo "== cargo fmt, clippy =="
+(cd rust && cargo fmt --check && cargo clippy --locked --quiet --all-targets --all-features -- -D warnings)
+
 echo "== cargo test =="
-(cd rust && cargo test --release --locked --quiet)
+(cd rust && cargo test --release --locked --quiet --features "$PYQUANT_CARGO_FEATURES")
 
 echo "== pytest =="
 "$PYTHON" -m pytest "$@"
 
 echo "== pytest against the library built with debug assertions and overflow checks =="
-(cd rust && cargo build --profile checked --locked --lib --quiet)
+(cd rust && cargo build --profile checked --locked --lib --quiet --features "$PYQUANT_CARGO_FEATURES")
 checked=$(mktemp -d)
 trap 'rm -rf "$checked"' EXIT
 cp -r pyquant "$checked/"

@@ -62,7 +62,7 @@ struct ArrowArray {
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`.
  */
-#define PQ_ABI_VERSION 2
+#define PQ_ABI_VERSION 3
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -140,6 +140,11 @@ enum PqStatus
    column pyquant needs.
    */
   PQ_STATUS_INVALID_ARROW = 12,
+  /*
+   An internal error that is not a panic (e.g. building or exporting a
+   result failed): a bug in pyquant, like `Panic`.
+   */
+  PQ_STATUS_INTERNAL = 13,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -150,8 +155,8 @@ typedef uint32_t PqStatus;
 #endif // __cplusplus
 
 /*
- Element type codes, passed as `uint32_t dtype` to the functions that
- read or write tensor values.
+ Element types of tensor values, passed to the C functions as
+ `uint32_t dtype` (a `PQ_DTYPE_*` code; the values are stable).
  */
 enum PqDtype
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -305,13 +310,6 @@ PqStatus pq_dequantize_arrow(struct ArrowArray *in_array,
 PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqError *error);
 
 /*
- Number of arrays exported by pyquant's Arrow functions that still hold
- memory (their release callback, or a moved child's, has not run yet).
- For leak tests; cannot fail.
- */
-size_t pq_arrow_live_exports(void);
-
-/*
  The library version, e.g. "0.1.0": a static NUL-terminated string that
  the caller must not free. Cannot fail.
  */
@@ -431,9 +429,10 @@ PqStatus pq_dequantize(const uint8_t *codes,
  output of any item may overlap any input or output of any item or the
  `items` array (inputs may overlap each other), and every input value is
  validated, all before any output of any item is written. On failure
- nothing is written, the message starts with `item N: ` when the problem
- is about item N, and `*failed_item` is set to N (to `SIZE_MAX` when it is
- not about one item, and on success). Checks run in this order: each
+ nothing is written and `*failed_item` is set to the index N of the item
+ the problem is about (to `SIZE_MAX` when it is not about one item, and on
+ success); the message describes the problem without naming N, so that a
+ host can name the tensor in its own terms. Checks run in this order: each
  item's pointers and layout (first bad item), then overlaps, then buffer
  lengths (first item with a too-short buffer), then values (first bad
  item, first bad group).
@@ -455,9 +454,9 @@ PqStatus pq_quantize_batch(const struct PqQuantizeItem *items,
 
  All or nothing, as `pq_quantize_batch`: every item is checked, no output
  may overlap any buffer of any item or the `items` array, and every scale
- and min is validated before any output is written; on failure the message
- starts with `item N: ` and `*failed_item` is N (`SIZE_MAX` when not about
- one item, and on success).
+ and min is validated before any output is written; on failure
+ `*failed_item` is the index of the item the problem is about (`SIZE_MAX`
+ when not about one item, and on success).
 
  `items` (NULL only if `items_len` is 0), every buffer it points to, and
  `failed_item` (nullable, any alignment) are owned by the caller; pyquant
@@ -468,12 +467,6 @@ PqStatus pq_dequantize_batch(const struct PqDequantizeItem *items,
                              size_t threads,
                              size_t *failed_item,
                              struct PqError *error);
-
-/*
- Test hook: panics inside the panic boundary, to show that a panic becomes
- `PQ_STATUS_PANIC` with a message instead of aborting the host.
- */
-PqStatus pq_debug_panic(struct PqError *error);
 
 #ifdef __cplusplus
 }  // extern "C"

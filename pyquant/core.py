@@ -326,8 +326,8 @@ def _batch_call(function: Any, items: Any, n: int, names: list[Any], threads: in
     err = new_error_struct()
     status = function(items, n, c_threads(threads), failed, err)
     if status != lib.PQ_STATUS_OK and failed[0] < n:
-        # The native message starts "item N: "; name the tensor instead.
-        message = ffi.string(err.message).decode("utf-8", "replace").split(": ", 1)[-1]
+        # The native message leaves the item out (failed_item has it); name the tensor.
+        message = ffi.string(err.message).decode("utf-8", "replace")
         raise error_class(status)(f"tensor {names[failed[0]]!r}: {message}")
     check(status, err)
 

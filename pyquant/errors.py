@@ -115,6 +115,7 @@ _BY_STATUS: dict[int, type[QuantizeError]] = {
     for cls in QuantizeError.__subclasses__()
     if cls.status_name is not None
 }
+_BY_STATUS[lib.PQ_STATUS_INTERNAL] = InternalError  # a bug in pyquant that is not a panic
 
 
 _per_thread = threading.local()

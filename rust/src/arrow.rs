@@ -490,7 +490,7 @@ pub fn quantize(
         Arc::new(UInt32Array::new(out.scalars(layouts.iter().map(|l| l.group_size as u32).collect()), None)),
     ];
     let batch = StructArray::try_new(quantized_fields(), columns, None)
-        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error building the result: {e}")))?;
+        .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
 }
 
@@ -626,7 +626,7 @@ pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
         out.list::<Int64Type>(shape_offsets, shape_values),
     ];
     let batch = StructArray::try_new(dequantized_fields(dtype), columns, None)
-        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error building the result: {e}")))?;
+        .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
 }
 
@@ -675,7 +675,7 @@ where
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kernel;
+    use crate::batch as kernel;
     use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
     use std::sync::{Mutex, MutexGuard};
 

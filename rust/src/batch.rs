@@ -31,12 +31,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 
-use crate::element::{Values, ValuesMut};
-use crate::error::Error;
+use crate::element::{Element, Values, ValuesMut};
+use crate::error::{Error, Result};
 use crate::kernel::fast;
-use crate::kernel::reference::check_len;
 use crate::kernel::Isa;
-use crate::layout::Layout;
+use crate::layout::{check_len, Layout};
+
+#[cfg(test)]
+mod oracle;
 
 /// Input bytes per thread below which quantize does not add a thread:
 /// spawning and waking one costs tens of microseconds.
@@ -85,13 +87,6 @@ impl BatchError {
         BatchError { item: None, error }
     }
 
-    /// The error with its message prefixed by `item N: ` when it names an item.
-    pub fn into_prefixed(self) -> Error {
-        match self.item {
-            Some(i) => Error::new(self.error.status, format!("item {i}: {}", self.error.message)),
-            None => self.error,
-        }
-    }
 }
 
 impl fmt::Display for BatchError {
@@ -110,6 +105,41 @@ impl From<Error> for BatchError {
         BatchError::whole(error)
     }
 }
+
+/// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`,
+/// on the calling thread: a batch of one (see [`quantize_batch`] for threads).
+///
+/// Every group is checked before anything is written: on error the outputs
+/// are untouched. Outputs may be longer than needed; only the prefix the
+/// layout names is written. Same bytes as the scalar reference
+/// (`kernel::reference`, the test oracle).
+pub fn quantize<T: Element>(
+    input: &[T],
+    layout: &Layout,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> Result<()> {
+    let item = QuantizeItem { input: T::values(input), layout: *layout, codes, scales, mins };
+    quantize_batch(&mut [item], 1).map_err(|e| e.error)
+}
+
+/// Dequantizes codes, scales and mins laid out as `layout` into `output`
+/// (`mins + q * scales` in f32, then converted to `T`), on the calling thread.
+///
+/// Non-finite scales or mins are an error, found before anything is written.
+/// Same bytes as the scalar reference.
+pub fn dequantize<T: Element>(
+    codes: &[u8],
+    scales: &[f32],
+    mins: &[f32],
+    layout: &Layout,
+    output: &mut [T],
+) -> Result<()> {
+    let item = DequantizeItem { codes, scales, mins, layout: *layout, output: T::values_mut(output) };
+    dequantize_batch(&mut [item], 1).map_err(|e| e.error)
+}
+
 
 /// How a call is run; tests use other values than the default.
 #[derive(Clone, Copy, Debug)]

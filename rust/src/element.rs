@@ -1,30 +1,62 @@
-//! The input element types and their exact conversion to f32.
+//! The element types, their exact conversion to f32, and the dtype-erased
+//! slices the batch API takes.
+
+use std::slice;
 
 use half::{bf16, f16};
 
-/// Element types the kernels read and write.
+use crate::error::{Error, PqStatus};
+
+/// Element types of tensor values, passed to the C functions as
+/// `uint32_t dtype` (a `PQ_DTYPE_*` code; the values are stable).
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
-    F32,
-    F16,
-    BF16,
+    /// IEEE binary32, native byte order.
+    F32 = 0,
+    /// IEEE binary16, native byte order.
+    F16 = 1,
+    /// bfloat16 (the upper 16 bits of a binary32), native byte order.
+    Bf16 = 2,
 }
 
 impl Dtype {
-    /// Size of one element in bytes.
+    const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+    /// Size (and alignment) of one element in bytes.
     pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::F16 | Dtype::Bf16 => 2,
         }
     }
 
+    /// The numpy / safetensors-style name, e.g. "float32"; also the `dtype`
+    /// column of a quantized Arrow batch.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "float32",
             Dtype::F16 => "float16",
-            Dtype::BF16 => "bfloat16",
+            Dtype::Bf16 => "bfloat16",
         }
+    }
+
+    /// The dtype named `name` (see [`Dtype::name`]).
+    pub fn from_name(name: &str) -> Option<Dtype> {
+        Dtype::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl TryFrom<u32> for Dtype {
+    type Error = Error;
+
+    fn try_from(code: u32) -> Result<Dtype, Error> {
+        Dtype::ALL.into_iter().find(|&d| d as u32 == code).ok_or_else(|| {
+            Error::new(
+                PqStatus::UnsupportedDtype,
+                format!("dtype code {code} is not one of PQ_DTYPE_F32 (0), PQ_DTYPE_F16 (1), PQ_DTYPE_BF16 (2)"),
+            )
+        })
     }
 }
 
@@ -76,7 +108,7 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    const DTYPE: Dtype = Dtype::BF16;
+    const DTYPE: Dtype = Dtype::Bf16;
     fn values(s: &[Self]) -> Values<'_> {
         s.into()
     }
@@ -136,7 +168,7 @@ impl<'a> Values<'a> {
         match self {
             Values::F32(_) => Dtype::F32,
             Values::F16(_) => Dtype::F16,
-            Values::BF16(_) => Dtype::BF16,
+            Values::BF16(_) => Dtype::Bf16,
         }
     }
 
@@ -147,6 +179,21 @@ impl<'a> Values<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `len` values of `dtype` at `ptr`.
+    ///
+    /// # Safety
+    /// `ptr` is non-NULL, aligned for `dtype` and points to `len` values that
+    /// stay readable and unchanged for `'a`.
+    pub(crate) unsafe fn from_raw(dtype: Dtype, ptr: *const u8, len: usize) -> Values<'a> {
+        unsafe {
+            match dtype {
+                Dtype::F32 => Values::F32(slice::from_raw_parts(ptr.cast(), len)),
+                Dtype::F16 => Values::F16(slice::from_raw_parts(ptr.cast(), len)),
+                Dtype::Bf16 => Values::BF16(slice::from_raw_parts(ptr.cast(), len)),
+            }
+        }
     }
 
     /// Splits into `[..mid]` and `[mid..]`. Panics if `mid > len`.
@@ -173,7 +220,7 @@ impl<'a> ValuesMut<'a> {
         match self {
             ValuesMut::F32(_) => Dtype::F32,
             ValuesMut::F16(_) => Dtype::F16,
-            ValuesMut::BF16(_) => Dtype::BF16,
+            ValuesMut::BF16(_) => Dtype::Bf16,
         }
     }
 
@@ -184,6 +231,20 @@ impl<'a> ValuesMut<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `len` writable values of `dtype` at `ptr`.
+    ///
+    /// # Safety
+    /// As [`Values::from_raw`], and no other reference to the memory exists for `'a`.
+    pub(crate) unsafe fn from_raw(dtype: Dtype, ptr: *mut u8, len: usize) -> ValuesMut<'a> {
+        unsafe {
+            match dtype {
+                Dtype::F32 => ValuesMut::F32(slice::from_raw_parts_mut(ptr.cast(), len)),
+                Dtype::F16 => ValuesMut::F16(slice::from_raw_parts_mut(ptr.cast(), len)),
+                Dtype::Bf16 => ValuesMut::BF16(slice::from_raw_parts_mut(ptr.cast(), len)),
+            }
+        }
     }
 
     /// Splits into `[..mid]` and `[mid..]`. Panics if `mid > len`.

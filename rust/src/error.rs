@@ -37,6 +37,9 @@ pub enum PqStatus {
     /// buffers or children, bad lengths or offsets), holds nulls, or lacks a
     /// column pyquant needs.
     InvalidArrow = 12,
+    /// An internal error that is not a panic (e.g. building or exporting a
+    /// result failed): a bug in pyquant, like `Panic`.
+    Internal = 13,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.
@@ -49,6 +52,12 @@ pub struct Error {
 impl Error {
     pub fn new(status: PqStatus, message: impl Into<String>) -> Self {
         Error { status, message: message.into() }
+    }
+
+    /// A `PQ_STATUS_INTERNAL` error: "internal error {what}: {cause}".
+    #[cold]
+    pub fn internal(what: &str, cause: impl fmt::Display) -> Self {
+        Error::new(PqStatus::Internal, format!("internal error {what}: {cause}"))
     }
 }
 

@@ -108,6 +108,55 @@ impl Layout {
     pub fn qmax(&self) -> u32 {
         (1u32 << self.bits) - 1
     }
+
+    /// The error for the non-finite `value` at `offset` within `group`.
+    #[cold]
+    pub fn value_error(&self, group: usize, offset: usize, value: f32) -> Error {
+        let index = group * self.group_size + offset;
+        Error::new(
+            PqStatus::NonFinite,
+            format!(
+                "{value} at flat index {index} (row {}, column {}) in group {group}: \
+                 inputs must be finite",
+                index / self.row_len,
+                index % self.row_len
+            ),
+        )
+    }
+
+    /// The error for a group whose range `hi - lo` overflows f32.
+    #[cold]
+    pub fn range_error(&self, group: usize, lo: f32, hi: f32) -> Error {
+        Error::new(
+            PqStatus::NonFinite,
+            format!(
+                "group {group} (row {}) spans [{lo:e}, {hi:e}]: its range overflows float32",
+                group * self.group_size / self.row_len
+            ),
+        )
+    }
+}
+
+/// The error for a non-finite scale or min given to dequantize.
+#[cold]
+pub fn params_error(group: usize, scale: f32, min: f32) -> Error {
+    Error::new(
+        PqStatus::NonFinite,
+        format!("group {group} has a non-finite scale ({scale}) or min ({min})"),
+    )
+}
+
+/// Checks a buffer length against the layout. `exact`: an input must have
+/// exactly the expected length; an output at least.
+pub fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()> {
+    if got == want || (!exact && got > want) {
+        return Ok(());
+    }
+    let need = if exact { "exactly" } else { "at least" };
+    Err(Error::new(
+        PqStatus::BufferTooSmall,
+        format!("{what} has {got} elements, needs {need} {want}"),
+    ))
 }
 
 #[cfg(test)]

@@ -18,8 +18,7 @@ pub mod layout;
 
 pub mod ffi;
 
-pub use batch::{dequantize_batch, quantize_batch, BatchError, DequantizeItem, QuantizeItem};
+pub use batch::{dequantize, dequantize_batch, quantize, quantize_batch, BatchError, DequantizeItem, QuantizeItem};
 pub use element::{Dtype, Element, Values, ValuesMut};
 pub use error::{Error, PqStatus};
-pub use kernel::{dequantize, quantize};
 pub use layout::Layout;

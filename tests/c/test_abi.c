@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pyquant.h"
+#include "pyquant_test.h" /* pyquant.h and the test-only exports (test-ffi) */
 
 /* ------------------------------------------------------------------ */
 /* Tiny test framework                                                  */

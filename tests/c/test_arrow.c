@@ -47,7 +47,7 @@ struct ArrowArray {
 };
 #endif
 
-#include "pyquant.h"
+#include "pyquant_test.h" /* pyquant.h and the test-only exports (test-ffi) */
 
 #include "check.h"
 

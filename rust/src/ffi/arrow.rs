@@ -20,6 +20,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 
 use super::boundary::{run, PqError};
+use super::memory::{check_aligned, check_aligned_to, check_struct};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
 
@@ -129,46 +130,21 @@ unsafe fn transform(
 #[no_mangle]
 pub unsafe extern "C" fn pq_arrow_quantized_schema(out_schema: *mut FFI_ArrowSchema, error: *mut PqError) -> PqStatus {
     run(error, || {
-        check_out("out_schema", out_schema)?;
+        check_struct("out_schema", out_schema)?;
         let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields()))
-            .map_err(|e| Error::new(PqStatus::Panic, format!("internal error exporting the schema: {e}")))?;
+            .map_err(|e| Error::internal("exporting the schema", e))?;
         // SAFETY: checked non-NULL and aligned; the caller's struct is overwritten, not dropped.
         unsafe { ptr::write(out_schema, schema) };
         Ok(())
     })
 }
 
-/// Number of arrays exported by pyquant's Arrow functions that still hold
-/// memory (their release callback, or a moved child's, has not run yet).
-/// For leak tests; cannot fail.
-#[no_mangle]
-pub extern "C" fn pq_arrow_live_exports() -> usize {
-    arrow::live_exports()
-}
-
 // ---------------------------------------------------------------------------
 // Moving in, checking, importing, exporting
 
-fn check_out<T>(what: &str, p: *mut T) -> Result<()> {
-    if p.is_null() {
-        return Err(Error::new(PqStatus::NullPointer, format!("{what} is NULL")));
-    }
-    check_aligned(what, p as *const T)
-}
-
-fn check_aligned<T>(what: &str, p: *const T) -> Result<()> {
-    if (p as usize) % align_of::<T>() != 0 {
-        return Err(Error::new(
-            PqStatus::Misaligned,
-            format!("{what} at address {p:p} is not aligned to {} bytes", align_of::<T>()),
-        ));
-    }
-    Ok(())
-}
-
 fn check_outputs(out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
-    check_out("out_array", out_array)?;
-    check_out("out_schema", out_schema)
+    check_struct("out_array", out_array)?;
+    check_struct("out_schema", out_schema)
 }
 
 /// Moves `*in_array` into an owned value (the caller's struct is left
@@ -177,7 +153,7 @@ fn check_outputs(out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchem
 /// # Safety
 /// `in_array` is NULL or points to an `ArrowArray` the caller owns.
 unsafe fn take_array(in_array: *mut FFI_ArrowArray) -> Result<FFI_ArrowArray> {
-    check_out("in_array", in_array)?;
+    check_struct("in_array", in_array)?;
     // SAFETY: non-NULL, aligned, and the caller hands its struct over.
     let array = unsafe { FFI_ArrowArray::from_raw(in_array) };
     if array.is_released() {
@@ -200,10 +176,7 @@ unsafe fn import(
     in_schema: *const FFI_ArrowSchema,
     accept: fn(&DataType) -> Result<()>,
 ) -> Result<(Field, ArrayData)> {
-    if in_schema.is_null() {
-        return Err(Error::new(PqStatus::NullPointer, "in_schema is NULL"));
-    }
-    check_aligned("in_schema", in_schema)?;
+    check_struct("in_schema", in_schema)?;
     // SAFETY: non-NULL and aligned; FFI_ArrowSchema has the spec's layout.
     let schema = unsafe { &*in_schema };
     let raw_schema = unsafe { &*(in_schema as *const RawSchema) };
@@ -229,7 +202,7 @@ unsafe fn import(
 /// `out_array` and `out_schema` passed [`check_outputs`].
 unsafe fn export(data: ArrayData, out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
     let schema = FFI_ArrowSchema::try_from(data.data_type())
-        .map_err(|e| Error::new(PqStatus::Panic, format!("internal error exporting the schema: {e}")))?;
+        .map_err(|e| Error::internal("exporting the schema", e))?;
     let array = FFI_ArrowArray::new(&data);
     // SAFETY: checked writable structs; their old contents are overwritten, not dropped.
     unsafe {
@@ -412,12 +385,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
             }
             continue;
         }
-        if (p as usize) % align != 0 {
-            return Err(Error::new(
-                PqStatus::Misaligned,
-                format!("{path}: buffer {i} at address {p:p} is not aligned to {align} bytes"),
-            ));
-        }
+        check_aligned_to(&format!("{path}: buffer {i}"), p, align)?;
         if let Buf::Offsets(w) = kind {
             // SAFETY: aligned, and the spec puts end + 1 offsets there.
             let last = unsafe {

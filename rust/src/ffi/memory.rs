@@ -4,11 +4,13 @@
 //! inputs or each other. Regions are checked before any slice exists, since
 //! overlapping `&[T]` and `&mut [T]` would already be undefined behaviour.
 
+use std::ffi::c_void;
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 use std::slice;
 
 use crate::batch::BatchError;
+use crate::element::{Dtype, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
 
 /// A checked (pointer, length) pair, not yet a slice.
@@ -22,63 +24,108 @@ pub(crate) struct Region<T> {
 impl<T> Region<T> {
     /// Checks `ptr`/`len` (a count of `T`) for NULL, alignment and size.
     pub(crate) fn new(what: &'static str, ptr: *const T, len: usize) -> Result<Self> {
-        let bytes = len
-            .checked_mul(size_of::<T>())
-            .filter(|&b| b <= isize::MAX as usize)
-            .ok_or_else(|| {
-                Error::new(
-                    PqStatus::SizeOverflow,
-                    format!("{what}: length {len} times {} bytes overflows", size_of::<T>()),
-                )
-            })?;
-        if ptr.is_null() {
-            if len != 0 {
-                return Err(Error::new(
-                    PqStatus::NullPointer,
-                    format!("{what} is NULL but its length is {len}"),
-                ));
-            }
-            return Ok(Region { what, ptr: NonNull::dangling().as_ptr(), len, bytes });
-        }
-        if (ptr as usize) % align_of::<T>() != 0 {
-            return Err(Error::new(
-                PqStatus::Misaligned,
-                format!(
-                    "{what} at address {ptr:p} is not aligned to {} bytes",
-                    align_of::<T>()
-                ),
-            ));
-        }
-        if (ptr as usize).checked_add(bytes).is_none() {
-            return Err(Error::new(
-                PqStatus::SizeOverflow,
-                format!("{what}: address plus {bytes} bytes wraps around"),
-            ));
-        }
-        Ok(Region { what, ptr: ptr as *mut T, len, bytes })
+        let bytes = check_buffer(what, ptr as *const u8, len, size_of::<T>(), align_of::<T>())?;
+        let ptr = if ptr.is_null() { NonNull::dangling().as_ptr() } else { ptr as *mut T };
+        Ok(Region { what, ptr, len, bytes })
     }
 
     /// # Safety
     /// The caller of the C function promised `len` readable values at `ptr`,
     /// unchanged for the duration of the call.
     pub(crate) unsafe fn as_slice<'a>(&self) -> &'a [T] {
-        slice::from_raw_parts(self.ptr, self.len)
+        unsafe { slice::from_raw_parts(self.ptr, self.len) }
     }
 
     /// # Safety
     /// As [`Region::as_slice`], writable; and [`check_disjoint`] passed for
     /// this region among all the regions of the call.
     pub(crate) unsafe fn as_mut_slice<'a>(&self) -> &'a mut [T] {
-        slice::from_raw_parts_mut(self.ptr, self.len)
+        unsafe { slice::from_raw_parts_mut(self.ptr, self.len) }
     }
-}
 
-impl<T> Region<T> {
     /// This region as a buffer of batch item `item` (`None`: not an item's)
     /// for [`check_disjoint`].
     pub(crate) fn span(&self, item: Option<usize>, output: bool) -> Span {
         Span { item, what: self.what, start: self.ptr as usize, bytes: self.bytes, output }
     }
+}
+
+/// A checked region of `len` values of a run-time dtype (a `PQ_DTYPE_*` code).
+pub(crate) struct TensorRegion {
+    dtype: Dtype,
+    bytes: Region<u8>,
+    len: usize,
+}
+
+impl TensorRegion {
+    pub(crate) fn new(dtype: u32, what: &'static str, ptr: *const c_void, len: usize) -> Result<Self> {
+        let dtype = Dtype::try_from(dtype)?;
+        let bytes = check_buffer(what, ptr as *const u8, len, dtype.size(), dtype.size())?;
+        // NULL (length 0) becomes a dangling pointer aligned for every dtype.
+        let ptr = if ptr.is_null() { NonNull::<u32>::dangling().as_ptr() as *mut u8 } else { ptr as *mut u8 };
+        Ok(TensorRegion { dtype, bytes: Region { what, ptr, len: bytes, bytes }, len })
+    }
+
+    pub(crate) fn span(&self, item: usize, output: bool) -> Span {
+        self.bytes.span(Some(item), output)
+    }
+
+    /// # Safety
+    /// As [`Region::as_slice`].
+    pub(crate) unsafe fn values<'a>(&self) -> Values<'a> {
+        // SAFETY: checked non-NULL (or dangling for length 0), aligned and sized for the dtype.
+        unsafe { Values::from_raw(self.dtype, self.bytes.ptr, self.len) }
+    }
+
+    /// # Safety
+    /// As [`Region::as_mut_slice`].
+    pub(crate) unsafe fn values_mut<'a>(&self) -> ValuesMut<'a> {
+        unsafe { ValuesMut::from_raw(self.dtype, self.bytes.ptr, self.len) }
+    }
+}
+
+/// The one check of a caller's buffer, for every entry point (plain, batch
+/// and Arrow): `len` elements of `size` bytes at `ptr`, aligned to `align`.
+/// NULL is allowed only with length 0. Returns the size in bytes.
+fn check_buffer(what: &str, ptr: *const u8, len: usize, size: usize, align: usize) -> Result<usize> {
+    let bytes = len.checked_mul(size).filter(|&b| b <= isize::MAX as usize).ok_or_else(|| {
+        Error::new(PqStatus::SizeOverflow, format!("{what}: length {len} times {size} bytes overflows"))
+    })?;
+    if ptr.is_null() {
+        if len != 0 {
+            return Err(Error::new(PqStatus::NullPointer, format!("{what} is NULL but its length is {len}")));
+        }
+        return Ok(bytes);
+    }
+    check_aligned_to(what, ptr, align)?;
+    if (ptr as usize).checked_add(bytes).is_none() {
+        return Err(Error::new(PqStatus::SizeOverflow, format!("{what}: address plus {bytes} bytes wraps around")));
+    }
+    Ok(bytes)
+}
+
+/// Errors unless `ptr` is a multiple of `align`.
+pub(crate) fn check_aligned_to<T>(what: &str, ptr: *const T, align: usize) -> Result<()> {
+    if (ptr as usize) % align != 0 {
+        return Err(Error::new(
+            PqStatus::Misaligned,
+            format!("{what} at address {ptr:p} is not aligned to {align} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Errors unless `ptr` is aligned for `T`.
+pub(crate) fn check_aligned<T>(what: &str, ptr: *const T) -> Result<()> {
+    check_aligned_to(what, ptr, align_of::<T>())
+}
+
+/// Checks a pointer to one caller-owned struct: not NULL, aligned.
+pub(crate) fn check_struct<T>(what: &str, ptr: *const T) -> Result<()> {
+    if ptr.is_null() {
+        return Err(Error::new(PqStatus::NullPointer, format!("{what} is NULL")));
+    }
+    check_aligned(what, ptr)
 }
 
 /// One buffer of a call, for the overlap check.

@@ -9,27 +9,18 @@ mod arrow;
 mod boundary;
 mod memory;
 mod quantize;
+#[cfg(feature = "test-ffi")]
+mod test_ffi;
 
 pub use arrow::*;
 pub use boundary::PqError;
 pub use quantize::*;
+#[cfg(feature = "test-ffi")]
+pub use test_ffi::*;
 
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
 /// struct or constant in `pyquant.h`.
-pub const PQ_ABI_VERSION: u32 = 2;
+pub const PQ_ABI_VERSION: u32 = 3;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;
-
-/// Element type codes, passed as `uint32_t dtype` to the functions that
-/// read or write tensor values.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PqDtype {
-    /// IEEE binary32, native byte order.
-    F32 = 0,
-    /// IEEE binary16, native byte order.
-    F16 = 1,
-    /// bfloat16 (the upper 16 bits of a binary32), native byte order.
-    Bf16 = 2,
-}

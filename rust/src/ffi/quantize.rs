@@ -5,13 +5,10 @@
 
 use std::os::raw::{c_char, c_void};
 
-use half::{bf16, f16};
-
 use super::boundary::{run, PqError};
-use super::memory::{check_disjoint, Region, Span};
-use super::PqDtype;
+use super::memory::{check_disjoint, Region, Span, TensorRegion};
 use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
-use crate::element::{Dtype, Element, Values, ValuesMut};
+use crate::element::Dtype;
 use crate::error::{Error, PqStatus, Result};
 use crate::layout::Layout;
 
@@ -104,8 +101,8 @@ pub unsafe extern "C" fn pq_quantize(
         mins,
         mins_len,
     };
-    // A batch of one; its errors carry no "item 0: " prefix.
-    run(error, || quantize_items(&[item], threads, None).map_err(|e| e.error))
+    // A batch of one.
+    run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
 }
 
 /// Like `pq_quantize`, but first copies the `input_bytes` bytes at `input`
@@ -133,27 +130,56 @@ pub unsafe extern "C" fn pq_quantize_copy(
     error: *mut PqError,
 ) -> PqStatus {
     run(error, || {
-        let outputs = Outputs::new(codes, codes_len, scales, scales_len, mins, mins_len)?;
         let source = Region::new("input", input, input_bytes)?;
-        let mut spans = vec![source.span(Some(0), false)];
-        outputs.push_spans(0, &mut spans);
-        check_disjoint(&mut spans).map_err(|e| e.error)?;
-        let dtype = dtype_from_code(dtype)?;
+        let dtype = Dtype::try_from(dtype)?;
         if input_bytes % dtype.size() != 0 {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
                 format!("input_bytes {input_bytes} is not a multiple of the {} size {}", dtype.name(), dtype.size()),
             ));
         }
-        let layout = Layout::new(input_bytes / dtype.size(), row_len, bits, group_size)?;
+        let input_len = input_bytes / dtype.size();
+        // Checked before the copy is made, so that a bad layout costs no copy.
+        Layout::new(input_len, row_len, bits, group_size)?;
         // SAFETY: checked above; the bytes are only read, once, into the copy.
-        let bytes = unsafe { source.as_slice() };
-        match dtype {
-            Dtype::F32 => quantize_copied::<f32>(bytes, &layout, &outputs, threads),
-            Dtype::F16 => quantize_copied::<f16>(bytes, &layout, &outputs, threads),
-            Dtype::BF16 => quantize_copied::<bf16>(bytes, &layout, &outputs, threads),
-        }
+        let copy = aligned_copy(unsafe { source.as_slice() })?;
+        let item = PqQuantizeItem {
+            dtype: dtype as u32,
+            input: copy.as_ptr() as *const c_void,
+            input_len,
+            row_len,
+            bits,
+            group_size,
+            codes,
+            codes_len,
+            scales,
+            scales_len,
+            mins,
+            mins_len,
+        };
+        // The caller's bytes stay an input of the call: no output may overlap them.
+        quantize_items(&[item], threads, &[source.span(None, false)]).map_err(|e| e.error)
     })
+}
+
+/// `bytes` copied into memory aligned for every dtype (4 bytes), padded with
+/// zeros to a whole word.
+fn aligned_copy(bytes: &[u8]) -> Result<Vec<u32>> {
+    let words = bytes.len().div_ceil(4);
+    let mut copy: Vec<u32> = Vec::new();
+    copy.try_reserve_exact(words).map_err(|_| {
+        Error::new(PqStatus::SizeOverflow, format!("cannot allocate a copy of {} bytes", bytes.len()))
+    })?;
+    // SAFETY: `copy` has capacity for `words * 4 >= bytes.len()` bytes; the
+    // byte-wise copy reads `bytes` without assuming any alignment, and the
+    // padding after it is zeroed, so every word is initialized.
+    unsafe {
+        let dst = copy.as_mut_ptr() as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+        std::ptr::write_bytes(dst.add(bytes.len()), 0, words * 4 - bytes.len());
+        copy.set_len(words);
+    }
+    Ok(copy)
 }
 
 /// Dequantizes `codes`, `scales` and `mins` (as written by `pq_quantize` for
@@ -196,7 +222,7 @@ pub unsafe extern "C" fn pq_dequantize(
         output,
         output_len,
     };
-    run(error, || dequantize_items(&[item], threads, None).map_err(|e| e.error))
+    run(error, || dequantize_items(&[item], threads, &[]).map_err(|e| e.error))
 }
 
 /// One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
@@ -252,9 +278,10 @@ pub struct PqDequantizeItem {
 /// output of any item may overlap any input or output of any item or the
 /// `items` array (inputs may overlap each other), and every input value is
 /// validated, all before any output of any item is written. On failure
-/// nothing is written, the message starts with `item N: ` when the problem
-/// is about item N, and `*failed_item` is set to N (to `SIZE_MAX` when it is
-/// not about one item, and on success). Checks run in this order: each
+/// nothing is written and `*failed_item` is set to the index N of the item
+/// the problem is about (to `SIZE_MAX` when it is not about one item, and on
+/// success); the message describes the problem without naming N, so that a
+/// host can name the tensor in its own terms. Checks run in this order: each
 /// item's pointers and layout (first bad item), then overlaps, then buffer
 /// lengths (first item with a too-short buffer), then values (first bad
 /// item, first bad group).
@@ -281,9 +308,9 @@ pub unsafe extern "C" fn pq_quantize_batch(
 ///
 /// All or nothing, as `pq_quantize_batch`: every item is checked, no output
 /// may overlap any buffer of any item or the `items` array, and every scale
-/// and min is validated before any output is written; on failure the message
-/// starts with `item N: ` and `*failed_item` is N (`SIZE_MAX` when not about
-/// one item, and on success).
+/// and min is validated before any output is written; on failure
+/// `*failed_item` is the index of the item the problem is about (`SIZE_MAX`
+/// when not about one item, and on success).
 ///
 /// `items` (NULL only if `items_len` is 0), every buffer it points to, and
 /// `failed_item` (nullable, any alignment) are owned by the caller; pyquant
@@ -302,7 +329,7 @@ pub unsafe extern "C" fn pq_dequantize_batch(
 
 /// The shared body of the batch functions: the `items` array as a checked
 /// region (itself an input of the overlap check), `work` inside the panic
-/// boundary, the `item N: ` prefix and `*failed_item` on failure.
+/// boundary, and `*failed_item` on failure.
 ///
 /// # Safety
 /// `items` is NULL with length 0, or points to `items_len` readable items of
@@ -312,42 +339,20 @@ unsafe fn run_batch<I>(
     items_len: usize,
     failed_item: *mut usize,
     error: *mut PqError,
-    work: impl FnOnce(&[I], Option<Span>) -> std::result::Result<(), BatchError>,
+    work: impl FnOnce(&[I], &[Span]) -> std::result::Result<(), BatchError>,
 ) -> PqStatus {
     let mut failed = None;
     let status = run(error, || {
         let list = Region::new("items", items, items_len)?;
         // SAFETY: the caller's promise, above.
         let list_items = unsafe { list.as_slice() };
-        work(list_items, Some(list.span(None, false))).map_err(|e| {
+        work(list_items, &[list.span(None, false)]).map_err(|e| {
             failed = e.item;
-            e.into_prefixed()
+            e.error
         })
     });
     report_failed_item(failed_item, failed);
     status
-}
-
-/// Test hook: panics inside the panic boundary, to show that a panic becomes
-/// `PQ_STATUS_PANIC` with a message instead of aborting the host.
-#[no_mangle]
-pub unsafe extern "C" fn pq_debug_panic(error: *mut PqError) -> PqStatus {
-    run(error, || panic!("pq_debug_panic was called"))
-}
-
-fn dtype_from_code(code: u32) -> Result<Dtype> {
-    const F32: u32 = PqDtype::F32 as u32;
-    const F16: u32 = PqDtype::F16 as u32;
-    const BF16: u32 = PqDtype::Bf16 as u32;
-    match code {
-        F32 => Ok(Dtype::F32),
-        F16 => Ok(Dtype::F16),
-        BF16 => Ok(Dtype::BF16),
-        other => Err(Error::new(
-            PqStatus::UnsupportedDtype,
-            format!("dtype code {other} is not one of PQ_DTYPE_F32 (0), PQ_DTYPE_F16 (1), PQ_DTYPE_BF16 (2)"),
-        )),
-    }
 }
 
 /// Writes the failed item index (or SIZE_MAX) if the caller asked for it.
@@ -359,71 +364,30 @@ fn report_failed_item(failed_item: *mut usize, failed: Option<usize>) {
     }
 }
 
-/// A tensor region of a run-time dtype.
-enum TensorRegion {
-    F32(Region<f32>),
-    F16(Region<f16>),
-    BF16(Region<bf16>),
-}
-
-impl TensorRegion {
-    fn new(dtype: Dtype, what: &'static str, ptr: *const c_void, len: usize) -> Result<Self> {
-        Ok(match dtype {
-            Dtype::F32 => TensorRegion::F32(Region::new(what, ptr as *const f32, len)?),
-            Dtype::F16 => TensorRegion::F16(Region::new(what, ptr as *const f16, len)?),
-            Dtype::BF16 => TensorRegion::BF16(Region::new(what, ptr as *const bf16, len)?),
-        })
-    }
-
-    fn span(&self, item: usize, output: bool) -> Span {
-        match self {
-            TensorRegion::F32(r) => r.span(Some(item), output),
-            TensorRegion::F16(r) => r.span(Some(item), output),
-            TensorRegion::BF16(r) => r.span(Some(item), output),
-        }
-    }
-
-    /// # Safety
-    /// As [`Region::as_slice`].
-    unsafe fn values<'a>(&self) -> Values<'a> {
-        match self {
-            TensorRegion::F32(r) => Values::F32(r.as_slice()),
-            TensorRegion::F16(r) => Values::F16(r.as_slice()),
-            TensorRegion::BF16(r) => Values::BF16(r.as_slice()),
-        }
-    }
-
-    /// # Safety
-    /// As [`Region::as_mut_slice`].
-    unsafe fn values_mut<'a>(&self) -> ValuesMut<'a> {
-        match self {
-            TensorRegion::F32(r) => ValuesMut::F32(r.as_mut_slice()),
-            TensorRegion::F16(r) => ValuesMut::F16(r.as_mut_slice()),
-            TensorRegion::BF16(r) => ValuesMut::BF16(r.as_mut_slice()),
-        }
-    }
-}
-
 /// The checked regions of one quantize item, before any slice exists.
 struct QuantizeRegions {
     input: TensorRegion,
     layout: Layout,
-    outputs: Outputs,
+    codes: Region<u8>,
+    scales: Region<f32>,
+    mins: Region<f32>,
 }
 
 fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
-    let outputs = Outputs::new(item.codes, item.codes_len, item.scales, item.scales_len, item.mins, item.mins_len)?;
+    let codes = Region::new("codes", item.codes, item.codes_len)?;
+    let scales = Region::new("scales", item.scales, item.scales_len)?;
+    let mins = Region::new("mins", item.mins, item.mins_len)?;
     let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?;
-    let dtype = dtype_from_code(item.dtype)?;
-    let input = TensorRegion::new(dtype, "input", item.input, layout.len)?;
-    Ok(QuantizeRegions { input, layout, outputs })
+    let input = TensorRegion::new(item.dtype, "input", item.input, layout.len)?;
+    Ok(QuantizeRegions { input, layout, codes, scales, mins })
 }
 
 /// Checks every item with `check` (the first bad item fails the call), then
-/// every span `spans_of` lists, with the items array itself, for overlaps.
+/// every span `spans_of` lists, with the call's other inputs (`extra`: the
+/// items array, or the bytes `pq_quantize_copy` copied), for overlaps.
 fn checked_regions<I, R>(
     items: &[I],
-    items_span: Option<Span>,
+    extra: &[Span],
     check: impl Fn(&I) -> Result<R>,
     spans_of: impl Fn(usize, &R, &mut Vec<Span>),
 ) -> std::result::Result<Vec<R>, BatchError> {
@@ -432,8 +396,8 @@ fn checked_regions<I, R>(
         .enumerate()
         .map(|(i, item)| check(item).map_err(|e| BatchError::at(i, e)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut spans = Vec::with_capacity(4 * regions.len() + 1);
-    spans.extend(items_span);
+    let mut spans = Vec::with_capacity(4 * regions.len() + extra.len());
+    spans.extend_from_slice(extra);
     for (i, r) in regions.iter().enumerate() {
         spans_of(i, r, &mut spans);
     }
@@ -443,14 +407,12 @@ fn checked_regions<I, R>(
 
 /// Checks every item's regions, then overlaps across all of them, then hands
 /// the slices to the batch scheduler (which validates values before writing).
-fn quantize_items(
-    items: &[PqQuantizeItem],
-    threads: usize,
-    items_span: Option<Span>,
-) -> std::result::Result<(), BatchError> {
-    let regions = checked_regions(items, items_span, quantize_regions, |i, r, spans| {
+fn quantize_items(items: &[PqQuantizeItem], threads: usize, extra: &[Span]) -> std::result::Result<(), BatchError> {
+    let regions = checked_regions(items, extra, quantize_regions, |i, r, spans| {
         spans.push(r.input.span(i, false));
-        r.outputs.push_spans(i, spans);
+        spans.push(r.codes.span(Some(i), true));
+        spans.push(r.scales.span(Some(i), true));
+        spans.push(r.mins.span(Some(i), true));
     })?;
     // SAFETY: every region was checked (NULL, alignment, size) and no output
     // overlaps any other region of the call; the caller promised the memory
@@ -461,9 +423,9 @@ fn quantize_items(
             QuantizeItem {
                 input: r.input.values(),
                 layout: r.layout,
-                codes: r.outputs.codes.as_mut_slice(),
-                scales: r.outputs.scales.as_mut_slice(),
-                mins: r.outputs.mins.as_mut_slice(),
+                codes: r.codes.as_mut_slice(),
+                scales: r.scales.as_mut_slice(),
+                mins: r.mins.as_mut_slice(),
             }
         })
         .collect();
@@ -484,17 +446,12 @@ fn dequantize_regions(item: &PqDequantizeItem) -> Result<DequantizeRegions> {
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
     let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?;
-    let dtype = dtype_from_code(item.dtype)?;
-    let output = TensorRegion::new(dtype, "output", item.output, layout.len)?;
+    let output = TensorRegion::new(item.dtype, "output", item.output, layout.len)?;
     Ok(DequantizeRegions { codes, scales, mins, layout, output })
 }
 
-fn dequantize_items(
-    items: &[PqDequantizeItem],
-    threads: usize,
-    items_span: Option<Span>,
-) -> std::result::Result<(), BatchError> {
-    let regions = checked_regions(items, items_span, dequantize_regions, |i, r, spans| {
+fn dequantize_items(items: &[PqDequantizeItem], threads: usize, extra: &[Span]) -> std::result::Result<(), BatchError> {
+    let regions = checked_regions(items, extra, dequantize_regions, |i, r, spans| {
         spans.push(r.codes.span(Some(i), false));
         spans.push(r.scales.span(Some(i), false));
         spans.push(r.mins.span(Some(i), false));
@@ -516,65 +473,13 @@ fn dequantize_items(
     batch::dequantize_batch(&mut safe, threads)
 }
 
-/// The three output regions of a quantize call.
-struct Outputs {
-    codes: Region<u8>,
-    scales: Region<f32>,
-    mins: Region<f32>,
-}
-
-impl Outputs {
-    fn new(
-        codes: *mut u8,
-        codes_len: usize,
-        scales: *mut f32,
-        scales_len: usize,
-        mins: *mut f32,
-        mins_len: usize,
-    ) -> Result<Self> {
-        Ok(Outputs {
-            codes: Region::new("codes", codes, codes_len)?,
-            scales: Region::new("scales", scales, scales_len)?,
-            mins: Region::new("mins", mins, mins_len)?,
-        })
-    }
-
-    fn push_spans(&self, item: usize, spans: &mut Vec<Span>) {
-        spans.push(self.codes.span(Some(item), true));
-        spans.push(self.scales.span(Some(item), true));
-        spans.push(self.mins.span(Some(item), true));
-    }
-}
-
-fn quantize_copied<T: Element>(bytes: &[u8], layout: &Layout, out: &Outputs, threads: usize) -> Result<()> {
-    let mut copy: Vec<T> = Vec::new();
-    copy.try_reserve_exact(layout.len).map_err(|_| {
-        Error::new(PqStatus::SizeOverflow, format!("cannot allocate a copy of {} bytes", bytes.len()))
-    })?;
-    // SAFETY: `copy` has capacity for `layout.len` values, which is exactly
-    // `bytes.len()` bytes; every bit pattern is a valid f32 / f16 / bf16. The
-    // byte-wise copy reads `bytes` without assuming any alignment. The output
-    // regions were checked disjoint from each other and from the source (and
-    // the copy is new memory).
-    let item = unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), copy.as_mut_ptr() as *mut u8, bytes.len());
-        copy.set_len(layout.len);
-        QuantizeItem {
-            input: T::values(&copy),
-            layout: *layout,
-            codes: out.codes.as_mut_slice(),
-            scales: out.scales.as_mut_slice(),
-            mins: out.mins.as_mut_slice(),
-        }
-    };
-    batch::quantize_batch(&mut [item], threads).map_err(|e| e.error)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ffi::PQ_ERROR_MESSAGE_CAPACITY;
     use crate::kernel::reference;
+    use half::{bf16, f16};
+    use std::ffi::c_void;
     use std::ptr;
 
     fn new_error() -> PqError {
@@ -592,7 +497,7 @@ mod tests {
 
     /// A tensor of some dtype with its outputs, filled with sentinels.
     struct Tensor {
-        dtype: PqDtype,
+        dtype: Dtype,
         input: Vec<u8>,
         len: usize,
         row_len: usize,
@@ -606,12 +511,12 @@ mod tests {
     const SENTINEL: u8 = 0xA5;
 
     impl Tensor {
-        fn new(dtype: PqDtype, x: &[f32], row_len: usize, bits: u32, group_size: usize) -> Tensor {
+        fn new(dtype: Dtype, x: &[f32], row_len: usize, bits: u32, group_size: usize) -> Tensor {
             let l = Layout::new(x.len(), row_len, bits, group_size).unwrap();
             let input: Vec<u8> = match dtype {
-                PqDtype::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                PqDtype::F16 => x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-                PqDtype::Bf16 => x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+                Dtype::F32 => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F16 => x.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+                Dtype::Bf16 => x.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
             };
             Tensor {
                 dtype,
@@ -634,12 +539,12 @@ mod tests {
             let (c, s, m) = (&mut out.0[..l.codes_len], &mut out.1[..l.n_groups], &mut out.2[..l.n_groups]);
             let halves = self.input.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
             match self.dtype {
-                PqDtype::F32 => {
+                Dtype::F32 => {
                     let x: Vec<f32> = self.input.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
                     reference::quantize(&x, &l, c, s, m).unwrap()
                 }
-                PqDtype::F16 => reference::quantize(&halves.map(f16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
-                PqDtype::Bf16 => reference::quantize(&halves.map(bf16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
+                Dtype::F16 => reference::quantize(&halves.map(f16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
+                Dtype::Bf16 => reference::quantize(&halves.map(bf16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
             }
             out
         }
@@ -681,12 +586,12 @@ mod tests {
 
     fn mixed_tensors() -> Vec<Tensor> {
         vec![
-            Tensor::new(PqDtype::F32, &values(4096, 1), 512, 4, 128),
-            Tensor::new(PqDtype::F16, &values(2048, 2), 256, 2, 32),
-            Tensor::new(PqDtype::Bf16, &values(1024, 3), 1024, 8, 64),
-            Tensor::new(PqDtype::F32, &values(96, 4), 96, 8, 96),
+            Tensor::new(Dtype::F32, &values(4096, 1), 512, 4, 128),
+            Tensor::new(Dtype::F16, &values(2048, 2), 256, 2, 32),
+            Tensor::new(Dtype::Bf16, &values(1024, 3), 1024, 8, 64),
+            Tensor::new(Dtype::F32, &values(96, 4), 96, 8, 96),
             // Large enough to be split across threads.
-            Tensor::new(PqDtype::F16, &values(1 << 20, 5), 4096, 4, 128),
+            Tensor::new(Dtype::F16, &values(1 << 20, 5), 4096, 4, 128),
         ]
     }
 
@@ -741,7 +646,7 @@ mod tests {
             let items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
             let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
             assert_eq!((status, failed), (PqStatus::NonFinite, 2));
-            assert!(msg.starts_with("item 2: NaN at flat index 700 (row 0, column 700) in group 10"), "{msg}");
+            assert!(msg.starts_with("NaN at flat index 700 (row 0, column 700) in group 10"), "{msg}");
             assert!(tensors.iter().all(Tensor::untouched), "threads {threads}");
         }
     }
@@ -758,25 +663,25 @@ mod tests {
         items[1].codes_len = 10;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::BufferTooSmall, 1));
-        assert!(msg.starts_with("item 1: codes has 10 elements, needs at least 512"), "{msg}");
+        assert!(msg.starts_with("codes has 10 elements, needs at least 512"), "{msg}");
         // Input shorter than the layout says cannot be detected; a wrong
         // layout can: bits 3 in item 3.
         let mut items = good.clone();
         items[3].bits = 3;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::InvalidBits, 3));
-        assert!(msg.starts_with("item 3: bits must be 2, 4 or 8"), "{msg}");
+        assert!(msg.starts_with("bits must be 2, 4 or 8"), "{msg}");
         // NULL scales with a length in item 4; unknown dtype in item 0.
         let mut items = good.clone();
         items[4].scales = ptr::null_mut();
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::NullPointer, 4));
-        assert!(msg.starts_with("item 4: scales is NULL"), "{msg}");
+        assert!(msg.starts_with("scales is NULL"), "{msg}");
         let mut items = good.clone();
         items[0].dtype = 9;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::UnsupportedDtype, 0));
-        assert!(msg.starts_with("item 0: dtype code 9"), "{msg}");
+        assert!(msg.starts_with("dtype code 9"), "{msg}");
         // Misaligned input in item 3 (f32).
         let mut items = good.clone();
         items[3].input = (items[3].input as *const u8).wrapping_add(2) as *const c_void;
@@ -788,20 +693,20 @@ mod tests {
         items[3].mins_len = 2;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::Overlap, 3));
-        assert!(msg.starts_with("item 3: mins overlaps scales of item 1:"), "{msg}");
+        assert!(msg.starts_with("mins overlaps scales of item 1:"), "{msg}");
         // An output of item 2 over the input of item 0.
         let mut items = good.clone();
         items[2].codes = items[0].input as *mut u8;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::Overlap, 2));
-        assert!(msg.starts_with("item 2: codes overlaps input of item 0:"), "{msg}");
+        assert!(msg.starts_with("codes overlaps input of item 0:"), "{msg}");
         // An output over the items array itself.
         let mut items = good.clone();
         items[4].mins = items.as_mut_ptr() as *mut f32;
         items[4].mins_len = 4;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::Overlap, 4));
-        assert!(msg.starts_with("item 4: mins overlaps items:"), "{msg}");
+        assert!(msg.starts_with("mins overlaps items:"), "{msg}");
         drop(tensors);
 
         // Nothing of the above wrote anything.
@@ -848,7 +753,7 @@ mod tests {
     fn many_small_items_in_one_batch() {
         let mut tensors: Vec<Tensor> = (0..2000)
             .map(|i| {
-                let dtype = [PqDtype::F32, PqDtype::F16, PqDtype::Bf16][i % 3];
+                let dtype = [Dtype::F32, Dtype::F16, Dtype::Bf16][i % 3];
                 Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 4, 8][i % 3], 32)
             })
             .collect();
@@ -877,7 +782,7 @@ mod tests {
             let mut e = new_error();
             let status = unsafe {
                 pq_quantize(
-                    PqDtype::F32 as u32,
+                    Dtype::F32 as u32,
                     x.as_ptr() as *const c_void,
                     x.len(),
                     1024,
@@ -898,7 +803,7 @@ mod tests {
             let mut copied = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
             let status = unsafe {
                 pq_quantize_copy(
-                    PqDtype::F32 as u32,
+                    Dtype::F32 as u32,
                     x.as_ptr() as *const u8,
                     x.len() * 4,
                     1024,
@@ -928,7 +833,7 @@ mod tests {
                     1024,
                     4,
                     128,
-                    PqDtype::F32 as u32,
+                    Dtype::F32 as u32,
                     threads,
                     y.as_mut_ptr() as *mut c_void,
                     y.len(),
@@ -940,12 +845,12 @@ mod tests {
             reference::dequantize(&want.0, &want.1, &want.2, &l, &mut y_ref).unwrap();
             assert_eq!(y, y_ref);
         }
-        // Errors of single calls keep their old wording (no "item 0: ").
+        // Errors of single calls: the same wording as batch items.
         let mut e = new_error();
         let mut codes = vec![0u8; 4];
         let status = unsafe {
             pq_quantize(
-                PqDtype::F32 as u32,
+                Dtype::F32 as u32,
                 codes.as_ptr() as *const c_void,
                 1,
                 1,
@@ -999,7 +904,7 @@ mod tests {
         tensors[1].scales[3] = f32::INFINITY;
         let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
         assert_eq!((status, failed), (PqStatus::NonFinite, 1));
-        assert!(message(&e).starts_with("item 1: group 3 has a non-finite scale (inf)"), "{}", message(&e));
+        assert!(message(&e).starts_with("group 3 has a non-finite scale (inf)"), "{}", message(&e));
         assert!(outputs.iter().all(|o| o.iter().all(|&w| w == 0xDEAD_BEEF)));
         tensors[1].scales[3] = saved;
         // An output over another item's codes.
@@ -1007,7 +912,7 @@ mod tests {
         ditems[0].output = ditems[3].codes as *mut c_void;
         let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
         assert_eq!((status, failed), (PqStatus::Overlap, 0));
-        assert!(message(&e).starts_with("item 0: output overlaps codes of item 3:"), "{}", message(&e));
+        assert!(message(&e).starts_with("output overlaps codes of item 3:"), "{}", message(&e));
         ditems[0].output = saved;
         // Success: each output equals the reference dequantization.
         let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };

@@ -18,10 +18,10 @@
 
 use half::{bf16, f16};
 
-use super::reference::{params_error, range_error, value_error, ROUND_MAGIC};
+use super::ROUND_MAGIC;
 use crate::element::{Values, ValuesMut};
 use crate::error::Result;
-use crate::layout::Layout;
+use crate::layout::{params_error, Layout};
 
 /// Values per block of the validation pass (a block that has no value at or
 /// above 2**126 in magnitude and no non-finite value is accepted without
@@ -447,12 +447,12 @@ fn check_values_impl<T: Lane, H: HalfCvt>(x: &[T], layout: &Layout, first_group:
 fn check_groups_exactly<T: Lane>(block: &[T], layout: &Layout, first_group: usize) -> Result<()> {
     for (j, group) in block.chunks_exact(layout.group_size).enumerate() {
         if let Some(offset) = group.iter().position(|v| !v.widen::<Soft>().is_finite()) {
-            return Err(value_error(layout, first_group + j, offset, group[offset].widen::<Soft>()));
+            return Err(layout.value_error(first_group + j, offset, group[offset].widen::<Soft>()));
         }
         let (lo, hi) = min_max(group);
         let (lo, hi) = (lo + 0.0, hi + 0.0);
         if !(hi - lo).is_finite() {
-            return Err(range_error(layout, first_group + j, lo, hi));
+            return Err(layout.range_error(first_group + j, lo, hi));
         }
     }
     Ok(())

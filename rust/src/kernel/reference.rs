@@ -8,14 +8,10 @@
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
 //! owns bytes `i * G * bits / 8 ..` of the codes and entry `i` of scales/mins.
 
+use super::ROUND_MAGIC;
 use crate::element::Element;
-use crate::error::{Error, PqStatus, Result};
-use crate::layout::Layout;
-
-/// Adding then subtracting 2**23 rounds a float in `[0, 2**23)` to the nearest
-/// integer, ties to even (IEEE round-to-nearest on the addition). Unlike
-/// `round_ties_even` it needs no SSE4.1 and vectorizes on any x86-64.
-pub(crate) const ROUND_MAGIC: f32 = 8_388_608.0;
+use crate::error::{Error, Result};
+use crate::layout::{check_len, params_error, Layout};
 
 /// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`.
 ///
@@ -45,7 +41,7 @@ pub fn quantize<T: Element>(
             return Err(non_finite_error(input, layout, i));
         }
         if !(hi - lo).is_finite() {
-            return Err(range_error(layout, i, lo, hi));
+            return Err(layout.range_error(i, lo, hi));
         }
     }
     // Pass 2: write. The group is in L1 after its range is found, so the
@@ -106,18 +102,6 @@ pub fn dequantize<T: Element>(
     Ok(())
 }
 
-/// `exact`: an input must have exactly the expected length; an output at least.
-pub(crate) fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()> {
-    if got == want || (!exact && got > want) {
-        return Ok(());
-    }
-    let need = if exact { "exactly" } else { "at least" };
-    Err(Error::new(
-        PqStatus::BufferTooSmall,
-        format!("{what} has {got} elements, needs {need} {want}"),
-    ))
-}
-
 /// `(lo, hi, all_finite)` of a group in f32. `+ 0.0` turns -0.0 into +0.0 so
 /// that -0.0 behaves like 0.0 and the stored min is never -0.0.
 #[inline(always)]
@@ -145,43 +129,7 @@ fn non_finite_error<T: Element>(input: &[T], layout: &Layout, group: usize) -> E
         .enumerate()
         .find(|(_, x)| !x.is_finite())
         .expect("group_range reported a non-finite value");
-    value_error(layout, group, offset, value)
-}
-
-/// The error for the non-finite `value` at `offset` within `group`.
-#[cold]
-pub(crate) fn value_error(layout: &Layout, group: usize, offset: usize, value: f32) -> Error {
-    let index = group * layout.group_size + offset;
-    Error::new(
-        PqStatus::NonFinite,
-        format!(
-            "{value} at flat index {index} (row {}, column {}) in group {group}: \
-             inputs must be finite",
-            index / layout.row_len,
-            index % layout.row_len
-        ),
-    )
-}
-
-/// The error for a group whose range `hi - lo` overflows f32.
-#[cold]
-pub(crate) fn range_error(layout: &Layout, group: usize, lo: f32, hi: f32) -> Error {
-    Error::new(
-        PqStatus::NonFinite,
-        format!(
-            "group {group} (row {}) spans [{lo:e}, {hi:e}]: its range overflows float32",
-            group * layout.group_size / layout.row_len
-        ),
-    )
-}
-
-/// The error for a non-finite scale or min given to dequantize.
-#[cold]
-pub(crate) fn params_error(group: usize, scale: f32, min: f32) -> Error {
-    Error::new(
-        PqStatus::NonFinite,
-        format!("group {group} has a non-finite scale ({scale}) or min ({min})"),
-    )
+    layout.value_error(group, offset, value)
 }
 
 #[inline(always)]
@@ -222,6 +170,7 @@ fn dequantize_group<T: Element, const BITS: u32>(codes: &[u8], scale: f32, min: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::PqStatus;
     use half::{bf16, f16};
 
     /// The scheme written the slow, obvious way, one value at a time.
