@@ -27,10 +27,9 @@ use arrow_array::{
 use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, FieldRef, Fields};
-use half::f16;
 
 use crate::batch::{dequantize_batch, quantize_batch, DequantizeItem, QuantizeItem};
-use crate::element::{self, Element};
+use crate::element::{Element, Values};
 use crate::error::{Error, PqStatus, Result};
 use crate::layout::Layout;
 
@@ -197,45 +196,12 @@ fn validate(data: &ArrayData) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Reading columns in place
 
-/// A tensor's values, borrowed from the input's buffers.
-#[derive(Clone, Copy)]
-enum Values<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-}
-
-impl<'a> Values<'a> {
-    fn read(array: &'a dyn Array) -> Result<Values<'a>> {
-        match array.data_type() {
-            DataType::Float32 => Ok(Values::F32(array.as_primitive::<Float32Type>().values())),
-            DataType::Float16 => Ok(Values::F16(array.as_primitive::<Float16Type>().values())),
-            other => Err(unsupported(format!("values of type {other} are not float32 or float16"))),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.as_element().len()
-    }
-
-    fn as_element(&self) -> element::Values<'a> {
-        match *self {
-            Values::F32(v) => element::Values::F32(v),
-            Values::F16(v) => element::Values::F16(v),
-        }
-    }
-
-    fn slice(&self, range: Range<usize>) -> Values<'a> {
-        match self {
-            Values::F32(v) => Values::F32(&v[range]),
-            Values::F16(v) => Values::F16(&v[range]),
-        }
-    }
-
-    fn dtype_name(&self) -> &'static str {
-        match self {
-            Values::F32(_) => f32::DTYPE.name(),
-            Values::F16(_) => f16::DTYPE.name(),
-        }
+/// A float32 / float16 array's values, borrowed from its buffers.
+fn read_values(array: &dyn Array) -> Result<Values<'_>> {
+    match array.data_type() {
+        DataType::Float32 => Ok(Values::F32(array.as_primitive::<Float32Type>().values())),
+        DataType::Float16 => Ok(Values::F16(array.as_primitive::<Float16Type>().values())),
+        other => Err(unsupported(format!("values of type {other} are not float32 or float16"))),
     }
 }
 
@@ -387,7 +353,7 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
     check_quantize_type(array.data_type())?;
     let DataType::Struct(fields) = array.data_type() else {
         no_nulls(array, "the input array")?;
-        let values = Values::read(array)?;
+        let values = read_values(array)?;
         return Ok(vec![Tensor { name: field_name, values, shape: vec![values.len()] }]);
     };
     let columns = InputColumns::find(fields)?;
@@ -395,7 +361,7 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
     no_nulls(batch, "the input struct array")?;
     let names = strings(batch.column(columns.name).as_ref(), NAME)?;
     let weights = ListColumn::read(batch.column(columns.weights).as_ref(), WEIGHTS)?;
-    let values = Values::read(weights.values)?;
+    let values = read_values(weights.values)?;
     let shapes = match columns.shape {
         Some(i) => Some(ListColumn::read(batch.column(i).as_ref(), SHAPE)?),
         None => None,
@@ -462,7 +428,7 @@ pub fn quantize(
             let (s, sr) = std::mem::take(&mut scales_rest).split_at_mut(l.n_groups);
             let (m, mr) = std::mem::take(&mut mins_rest).split_at_mut(l.n_groups);
             (codes_rest, scales_rest, mins_rest) = (cr, sr, mr);
-            items.push(QuantizeItem { input: t.values.as_element(), layout: *l, codes: c, scales: s, mins: m });
+            items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m });
             codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
             group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
         }
@@ -485,7 +451,7 @@ pub fn quantize(
         out.list::<Float32Type>(group_offsets.clone(), scales),
         out.list::<Float32Type>(group_offsets, mins),
         out.list::<Int64Type>(shape_offsets, shape_values),
-        out.strings(tensors.iter().map(|t| t.values.dtype_name()), "dtype")?,
+        out.strings(tensors.iter().map(|t| t.values.dtype().name()), "dtype")?,
         Arc::new(UInt8Array::new(out.scalars(layouts.iter().map(|l| l.bits as u8).collect()), None)),
         Arc::new(UInt32Array::new(out.scalars(layouts.iter().map(|l| l.group_size as u32).collect()), None)),
     ];
@@ -676,6 +642,7 @@ where
 pub(crate) mod tests {
     use super::*;
     use crate::batch as kernel;
+    use half::f16;
     use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
     use std::sync::{Mutex, MutexGuard};
 

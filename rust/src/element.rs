@@ -196,6 +196,12 @@ impl<'a> Values<'a> {
         }
     }
 
+    /// The values in `range`. Panics if it is out of bounds.
+    pub fn slice(self, range: std::ops::Range<usize>) -> Values<'a> {
+        let (_, rest) = self.split_at(range.start);
+        rest.split_at(range.len()).0
+    }
+
     /// Splits into `[..mid]` and `[mid..]`. Panics if `mid > len`.
     pub fn split_at(self, mid: usize) -> (Values<'a>, Values<'a>) {
         match self {

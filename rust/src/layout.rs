@@ -69,7 +69,7 @@ impl Layout {
                 ),
             ));
         }
-        if row_len % group_size != 0 {
+        if !row_len.is_multiple_of(group_size) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
                 format!(
@@ -77,7 +77,7 @@ impl Layout {
                 ),
             ));
         }
-        if len % row_len != 0 {
+        if !len.is_multiple_of(row_len) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
                 format!("input length {len} is not a multiple of the row length {row_len}"),

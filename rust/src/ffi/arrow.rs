@@ -508,11 +508,11 @@ mod tests {
             ("offset+length overflow", |a| a.offset = i64::MAX - 2, PqStatus::InvalidArrow, "overflows"),
             ("missing buffer", |a| a.n_buffers = 1, PqStatus::InvalidArrow, "has 1 buffers"),
             ("NULL buffers", |a| a.buffers = ptr::null(), PqStatus::InvalidArrow, "buffers is NULL"),
-            ("NULL data", |a| unsafe { (*((*a).private_data as *mut Producer)).buffers[1] = ptr::null() }, PqStatus::InvalidArrow, "buffer 1 is NULL"),
+            ("NULL data", |a| unsafe { (*(a.private_data as *mut Producer)).buffers[1] = ptr::null() }, PqStatus::InvalidArrow, "buffer 1 is NULL"),
             ("misaligned", |a| unsafe {
-                let p = (*a).private_data as *mut Producer;
+                let p = a.private_data as *mut Producer;
                 (*p).buffers[1] = ((*p).buffers[1] as *const u8).add(1) as *const c_void;
-                (*a).length -= 1;
+                a.length -= 1;
             }, PqStatus::Misaligned, "not aligned"),
             ("stray children", |a| a.n_children = 1, PqStatus::InvalidArrow, "children"),
             ("unknown null count, no bitmap: no nulls", |a| a.null_count = -1, PqStatus::Ok, ""),

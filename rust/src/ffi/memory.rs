@@ -106,7 +106,7 @@ fn check_buffer(what: &str, ptr: *const u8, len: usize, size: usize, align: usiz
 
 /// Errors unless `ptr` is a multiple of `align`.
 pub(crate) fn check_aligned_to<T>(what: &str, ptr: *const T, align: usize) -> Result<()> {
-    if (ptr as usize) % align != 0 {
+    if !(ptr as usize).is_multiple_of(align) {
         return Err(Error::new(
             PqStatus::Misaligned,
             format!("{what} at address {ptr:p} is not aligned to {align} bytes"),

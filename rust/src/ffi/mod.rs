@@ -4,6 +4,11 @@
 //! them into slices, calls the safe kernels, and turns the result into a
 //! [`PqStatus`] inside a panic boundary ([`boundary`]). Nothing here
 //! quantizes; nothing here re-checks what [`crate::Layout`] checks.
+//!
+//! The safety contract of every `unsafe extern "C"` function (valid pointers
+//! with their lengths, ownership) is its doc comment in `pyquant.h` and the
+//! header's preamble, written for C callers, not a Rust `# Safety` section.
+#![allow(clippy::missing_safety_doc)]
 
 mod arrow;
 mod boundary;

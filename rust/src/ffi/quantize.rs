@@ -132,7 +132,7 @@ pub unsafe extern "C" fn pq_quantize_copy(
     run(error, || {
         let source = Region::new("input", input, input_bytes)?;
         let dtype = Dtype::try_from(dtype)?;
-        if input_bytes % dtype.size() != 0 {
+        if !input_bytes.is_multiple_of(dtype.size()) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
                 format!("input_bytes {input_bytes} is not a multiple of the {} size {}", dtype.name(), dtype.size()),
