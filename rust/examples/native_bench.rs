@@ -163,7 +163,8 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
         let start = Instant::now();
         if a.reference {
             for i in 0..count {
-                reference::quantize(&t.inputs[i], &t.layout, &mut t.codes[i], &mut t.scales[i], &mut t.mins[i]).unwrap();
+                reference::quantize(&t.inputs[i], &t.layout, &mut t.codes[i], &mut t.scales[i], &mut t.mins[i])
+                    .unwrap();
             }
         } else {
             let mut items: Vec<QuantizeItem> = t
@@ -171,7 +172,13 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
                 .iter()
                 .zip(&mut t.codes)
                 .zip(t.scales.iter_mut().zip(&mut t.mins))
-                .map(|((x, c), (s, m))| QuantizeItem { input: T::values(x), layout: t.layout, codes: c, scales: s, mins: m })
+                .map(|((x, c), (s, m))| QuantizeItem {
+                    input: T::values(x),
+                    layout: t.layout,
+                    codes: c,
+                    scales: s,
+                    mins: m,
+                })
                 .collect();
             quantize_batch(black_box(&mut items), a.threads).unwrap();
         }
@@ -190,7 +197,13 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
                 .iter()
                 .zip(t.scales.iter().zip(&t.mins))
                 .zip(&mut t.outputs)
-                .map(|((c, (s, m)), y)| DequantizeItem { codes: c, scales: s, mins: m, layout: t.layout, output: T::values_mut(y) })
+                .map(|((c, (s, m)), y)| DequantizeItem {
+                    codes: c,
+                    scales: s,
+                    mins: m,
+                    layout: t.layout,
+                    output: T::values_mut(y),
+                })
                 .collect();
             dequantize_batch(black_box(&mut items), a.threads).unwrap();
         }

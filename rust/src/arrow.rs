@@ -21,8 +21,8 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int64Type, UInt32Type, UInt8Type};
 use arrow_array::{
-    make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray,
-    ListArray, OffsetSizeTrait, StringArray, StructArray, UInt32Array, UInt8Array,
+    make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray, ListArray, OffsetSizeTrait, StringArray,
+    StructArray, UInt32Array, UInt8Array,
 };
 use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_data::ArrayData;
@@ -161,8 +161,7 @@ fn offset_i32(n: usize, column: &str) -> Result<i32> {
 }
 
 fn checked_add(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_add(b)
-        .ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("the total size of {what} overflows")))
+    a.checked_add(b).ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("the total size of {what} overflows")))
 }
 
 // ---------------------------------------------------------------------------
@@ -189,8 +188,7 @@ fn no_nulls(array: &dyn Array, what: &str) -> Result<()> {
 }
 
 fn validate(data: &ArrayData) -> Result<()> {
-    data.validate_full()
-        .map_err(|e| invalid(format!("the input breaks the Arrow format: {e}")))
+    data.validate_full().map_err(|e| invalid(format!("the input breaks the Arrow format: {e}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -257,11 +255,8 @@ fn offset_ranges<'a, O: OffsetSizeTrait>(
     column: &str,
 ) -> Result<(Vec<Range<usize>>, &'a dyn Array)> {
     let to_usize = |o: O| o.to_usize().ok_or_else(|| invalid(format!("column {column} has a negative offset")));
-    let ranges = list
-        .value_offsets()
-        .windows(2)
-        .map(|w| Ok(to_usize(w[0])?..to_usize(w[1])?))
-        .collect::<Result<Vec<_>>>()?;
+    let ranges =
+        list.value_offsets().windows(2).map(|w| Ok(to_usize(w[0])?..to_usize(w[1])?)).collect::<Result<Vec<_>>>()?;
     Ok((ranges, list.values().as_ref()))
 }
 
@@ -278,7 +273,10 @@ fn strings<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a str>> {
 fn shape_of(dims: &[i64], len: usize) -> Result<Vec<usize>> {
     let shape = dims
         .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| Error::new(PqStatus::ShapeMismatch, format!("shape {dims:?} has a negative dimension"))))
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| Error::new(PqStatus::ShapeMismatch, format!("shape {dims:?} has a negative dimension")))
+        })
         .collect::<Result<Vec<usize>>>()?;
     if shape.is_empty() {
         return Err(Error::new(PqStatus::ShapeMismatch, "shape is empty: a tensor needs at least one axis"));
@@ -328,7 +326,11 @@ impl InputColumns {
             }
         }
         let missing = |c: &str| invalid(format!("the input has no {c:?} column: expected {EXPECTED_INPUT}"));
-        Ok(InputColumns { name: name.ok_or_else(|| missing(NAME))?, weights: weights.ok_or_else(|| missing(WEIGHTS))?, shape })
+        Ok(InputColumns {
+            name: name.ok_or_else(|| missing(NAME))?,
+            weights: weights.ok_or_else(|| missing(WEIGHTS))?,
+            shape,
+        })
     }
 }
 
@@ -468,7 +470,9 @@ pub fn quantize(
 /// variants of the string, binary and list types.
 pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     let DataType::Struct(fields) = dt else {
-        return Err(unsupported(format!("cannot dequantize an Arrow array of type {dt}: expected a quantized batch (struct)")));
+        return Err(unsupported(format!(
+            "cannot dequantize an Arrow array of type {dt}: expected a quantized batch (struct)"
+        )));
     };
     QuantizedColumns::find(fields).map(|_| ())
 }
@@ -554,7 +558,10 @@ pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
         let name = names[row];
         if dtypes[row] != dtypes.first().copied().unwrap_or_default() {
             return Err(in_tensor(
-                unsupported(format!("dtype {:?} differs from row 0's {:?}: dequantize them separately", dtypes[row], dtypes[0])),
+                unsupported(format!(
+                    "dtype {:?} differs from row 0's {:?}: dequantize them separately",
+                    dtypes[row], dtypes[0]
+                )),
                 name,
                 row,
             ));
@@ -564,7 +571,9 @@ pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
         let shape = &dims[range];
         for &d in shape {
             let d = usize::try_from(d).ok().and_then(|d| count.checked_mul(d));
-            count = d.ok_or_else(|| in_tensor(Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")), name, row))?;
+            count = d.ok_or_else(|| {
+                in_tensor(Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")), name, row)
+            })?;
         }
         let row_len = shape.last().map_or(0, |&d| d as usize);
         let layout = Layout::new(count, row_len, bits[row] as u32, group_sizes[row] as usize)
@@ -576,9 +585,31 @@ pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
 
     let out = Output::new();
     let weights = if dtype == DataType::Float16 {
-        dequantize_rows::<Float16Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total, threads)?
+        dequantize_rows::<Float16Type>(
+            &out,
+            &layouts,
+            &names,
+            &codes,
+            &scales,
+            &mins,
+            scale_values,
+            min_values,
+            total,
+            threads,
+        )?
     } else {
-        dequantize_rows::<Float32Type>(&out, &layouts, &names, &codes, &scales, &mins, scale_values, min_values, total, threads)?
+        dequantize_rows::<Float32Type>(
+            &out,
+            &layouts,
+            &names,
+            &codes,
+            &scales,
+            &mins,
+            scale_values,
+            min_values,
+            total,
+            threads,
+        )?
     };
     let mut shape_offsets = vec![0i32];
     let mut shape_values = Vec::new();
@@ -586,11 +617,8 @@ pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
         shape_values.extend_from_slice(&dims[r.clone()]);
         shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
     }
-    let columns: Vec<ArrayRef> = vec![
-        out.strings(names.iter().copied(), NAME)?,
-        weights,
-        out.list::<Int64Type>(shape_offsets, shape_values),
-    ];
+    let columns: Vec<ArrayRef> =
+        vec![out.strings(names.iter().copied(), NAME)?, weights, out.list::<Int64Type>(shape_offsets, shape_values)];
     let batch = StructArray::try_new(dequantized_fields(dtype), columns, None)
         .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
@@ -642,8 +670,8 @@ where
 pub(crate) mod tests {
     use super::*;
     use crate::batch as kernel;
-    use half::f16;
     use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
+    use half::f16;
     use std::sync::{Mutex, MutexGuard};
 
     /// Tests that build results hold this, so that [`live_exports`] is theirs alone.
@@ -668,7 +696,9 @@ pub(crate) mod tests {
 
     fn rows(data: &ArrayData) -> Vec<Row> {
         let batch = StructArray::from(data.clone());
-        let list_f32 = |c: &str, i: usize| batch.column_by_name(c).unwrap().as_list::<i32>().value(i).as_primitive::<Float32Type>().values().to_vec();
+        let list_f32 = |c: &str, i: usize| {
+            batch.column_by_name(c).unwrap().as_list::<i32>().value(i).as_primitive::<Float32Type>().values().to_vec()
+        };
         (0..batch.len())
             .map(|i| {
                 (
@@ -676,7 +706,14 @@ pub(crate) mod tests {
                     batch.column_by_name("codes").unwrap().as_binary::<i64>().value(i).to_vec(),
                     list_f32("scales", i),
                     list_f32("mins", i),
-                    batch.column_by_name("shape").unwrap().as_list::<i32>().value(i).as_primitive::<Int64Type>().values().to_vec(),
+                    batch
+                        .column_by_name("shape")
+                        .unwrap()
+                        .as_list::<i32>()
+                        .value(i)
+                        .as_primitive::<Int64Type>()
+                        .values()
+                        .to_vec(),
                     batch.column_by_name("dtype").unwrap().as_string::<i32>().value(i).to_string(),
                     batch.column_by_name("bits").unwrap().as_primitive::<UInt8Type>().value(i),
                     batch.column_by_name("group_size").unwrap().as_primitive::<UInt32Type>().value(i),
@@ -739,7 +776,8 @@ pub(crate) mod tests {
         let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
         let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
         let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
-        let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), 0).unwrap());
+        let got =
+            rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), 0).unwrap());
         let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
         for (row, half) in got.iter().zip(wide.chunks(256)) {
             let (c, s, m) = kernel_bytes(half, 256, 8, 256);
@@ -776,22 +814,46 @@ pub(crate) mod tests {
         let w: ArrayRef = Arc::new(f32_list(&[&[1.0, 2.0, 3.0, 4.0]]));
         let shape = |dims: &[i64]| -> ArrayRef { Arc::new(i64_list(&[dims])) };
         for (dims, needle) in [(&[3i64][..], "does not match"), (&[][..], "empty"), (&[-4][..], "negative")] {
-            let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]), "", 4, Some(2), 0).unwrap_err();
-            assert!(e.status == PqStatus::ShapeMismatch && e.message.contains(needle) && e.message.contains("\"a\""), "{e}");
+            let e = quantize(
+                &batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]),
+                "",
+                4,
+                Some(2),
+                0,
+            )
+            .unwrap_err();
+            assert!(
+                e.status == PqStatus::ShapeMismatch && e.message.contains(needle) && e.message.contains("\"a\""),
+                "{e}"
+            );
         }
         let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
-        let e = quantize(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]), "", 4, Some(2), 0).unwrap_err();
+        let e = quantize(
+            &batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]),
+            "",
+            4,
+            Some(2),
+            0,
+        )
+        .unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
         let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
-        assert_eq!(status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)), PqStatus::UnsupportedDtype);
-        let with_null: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
+        assert_eq!(
+            status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)),
+            PqStatus::UnsupportedDtype
+        );
+        let with_null: ArrayRef =
+            Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
         let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
         let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
         let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), 0).unwrap_err();
         assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
-        assert_eq!(status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), 0)), PqStatus::ShapeMismatch);
+        assert_eq!(
+            status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), 0)),
+            PqStatus::ShapeMismatch
+        );
         assert_eq!(live_exports(), 0);
     }
 
@@ -816,7 +878,16 @@ pub(crate) mod tests {
             kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
             assert_eq!(weights.value(i).as_primitive::<Float32Type>().values().to_vec(), want);
         }
-        assert_eq!(back.column_by_name("shape").unwrap().as_list::<i32>().value(0).as_primitive::<Int64Type>().values().to_vec(), vec![2, 128]);
+        assert_eq!(
+            back.column_by_name("shape")
+                .unwrap()
+                .as_list::<i32>()
+                .value(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec(),
+            vec![2, 128]
+        );
         // The dequantized batch is a valid input again.
         assert!(quantize(&d, "", 8, Some(32), 0).is_ok());
         assert_eq!(live_exports(), 2);

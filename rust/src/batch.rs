@@ -86,7 +86,6 @@ impl BatchError {
     pub fn whole(error: Error) -> Self {
         BatchError { item: None, error }
     }
-
 }
 
 impl fmt::Display for BatchError {
@@ -139,7 +138,6 @@ pub fn dequantize<T: Element>(
     let item = DequantizeItem { codes, scales, mins, layout: *layout, output: T::values_mut(output) };
     dequantize_batch(&mut [item], 1).map_err(|e| e.error)
 }
-
 
 /// How a call is run; tests use other values than the default.
 #[derive(Clone, Copy, Debug)]
@@ -563,7 +561,9 @@ mod tests {
     #[test]
     fn partition_keeps_order_and_covers_everything() {
         let x = data(1 << 14, 0);
-        for (sizes, shares) in [(vec![4096usize, 8192, 64, 4032], 3usize), (vec![16384], 7), (vec![64; 256], 5), (vec![128, 16256], 64)] {
+        for (sizes, shares) in
+            [(vec![4096usize, 8192, 64, 4032], 3usize), (vec![16384], 7), (vec![64; 256], 5), (vec![128, 16256], 64)]
+        {
             let layouts: Vec<Layout> = sizes.iter().map(|&n| Layout::new(n, 64, 8, 32).unwrap()).collect();
             let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> =
                 layouts.iter().map(|l| (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups])).collect();
@@ -609,8 +609,10 @@ mod tests {
         let x32 = data(64 * 1024, 1);
         let xh: Vec<f16> = data(32 * 1024, 2).into_iter().map(f16::from_f32).collect();
         let xb: Vec<bf16> = data(48 * 1024, 3).into_iter().map(bf16::from_f32).collect();
-        let specs = [(Values::F32(&x32), 1024, 4, 128), (Values::F16(&xh), 256, 2, 16), (Values::BF16(&xb), 3072, 8, 3072)];
-        let layouts: Vec<Layout> = specs.iter().map(|(v, row, bits, g)| Layout::new(v.len(), *row, *bits, *g).unwrap()).collect();
+        let specs =
+            [(Values::F32(&x32), 1024, 4, 128), (Values::F16(&xh), 256, 2, 16), (Values::BF16(&xb), 3072, 8, 3072)];
+        let layouts: Vec<Layout> =
+            specs.iter().map(|(v, row, bits, g)| Layout::new(v.len(), *row, *bits, *g).unwrap()).collect();
         let fresh = || -> Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> {
             layouts.iter().map(|l| (vec![1; l.codes_len], vec![1.0; l.n_groups], vec![1.0; l.n_groups])).collect()
         };
@@ -627,7 +629,9 @@ mod tests {
             let (c, s, m) = &mut want[2];
             reference::quantize(&xb, &layouts[2], c, s, m).unwrap();
         }
-        for (threads, schedule) in [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))] {
+        for (threads, schedule) in
+            [forced(1), forced(2), forced(3), forced(8), (0, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))]
+        {
             let mut got = fresh();
             let mut items: Vec<QuantizeItem> = specs
                 .iter()
@@ -673,7 +677,13 @@ mod tests {
                 let mut items: Vec<QuantizeItem> = xs
                     .iter()
                     .zip(&mut outs)
-                    .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+                    .map(|(x, (c, s, m))| QuantizeItem {
+                        input: Values::F32(x),
+                        layout: l,
+                        codes: c,
+                        scales: s,
+                        mins: m,
+                    })
                     .collect();
                 let e = quantize_batch_with(&mut items, threads, schedule).unwrap_err();
                 let first = if bad_item < 4 { bad_item } else { 4 };

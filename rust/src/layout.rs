@@ -28,10 +28,7 @@ impl Layout {
     /// a row length of 0 is an error.
     pub fn new(len: usize, row_len: usize, bits: u32, group_size: usize) -> Result<Layout> {
         if !matches!(bits, 2 | 4 | 8) {
-            return Err(Error::new(
-                PqStatus::InvalidBits,
-                format!("bits must be 2, 4 or 8, got {bits}"),
-            ));
+            return Err(Error::new(PqStatus::InvalidBits, format!("bits must be 2, 4 or 8, got {bits}")));
         }
         if row_len == 0 {
             return Err(Error::new(
@@ -40,17 +37,11 @@ impl Layout {
             ));
         }
         if group_size == 0 {
-            return Err(Error::new(
-                PqStatus::InvalidGroupSize,
-                "group_size must be at least 1, got 0",
-            ));
+            return Err(Error::new(PqStatus::InvalidGroupSize, "group_size must be at least 1, got 0"));
         }
-        let group_bits = group_size.checked_mul(bits as usize).ok_or_else(|| {
-            Error::new(
-                PqStatus::InvalidGroupSize,
-                format!("group_size {group_size} is too large"),
-            )
-        })?;
+        let group_bits = group_size
+            .checked_mul(bits as usize)
+            .ok_or_else(|| Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} is too large")))?;
         if group_bits % 8 != 0 {
             return Err(Error::new(
                 PqStatus::InvalidGroupSize,
@@ -72,9 +63,7 @@ impl Layout {
         if !row_len.is_multiple_of(group_size) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
-                format!(
-                    "the last axis ({row_len}) must be a multiple of group_size ({group_size})"
-                ),
+                format!("the last axis ({row_len}) must be a multiple of group_size ({group_size})"),
             ));
         }
         if !len.is_multiple_of(row_len) {
@@ -84,19 +73,9 @@ impl Layout {
             ));
         }
         let codes_bits = len.checked_mul(bits as usize).ok_or_else(|| {
-            Error::new(
-                PqStatus::SizeOverflow,
-                format!("input length {len} times {bits} bits overflows usize"),
-            )
+            Error::new(PqStatus::SizeOverflow, format!("input length {len} times {bits} bits overflows usize"))
         })?;
-        Ok(Layout {
-            len,
-            row_len,
-            bits,
-            group_size,
-            codes_len: codes_bits / 8,
-            n_groups: len / group_size,
-        })
+        Ok(Layout { len, row_len, bits, group_size, codes_len: codes_bits / 8, n_groups: len / group_size })
     }
 
     /// Bytes of packed codes in one group.
@@ -140,10 +119,7 @@ impl Layout {
 /// The error for a non-finite scale or min given to dequantize.
 #[cold]
 pub fn params_error(group: usize, scale: f32, min: f32) -> Error {
-    Error::new(
-        PqStatus::NonFinite,
-        format!("group {group} has a non-finite scale ({scale}) or min ({min})"),
-    )
+    Error::new(PqStatus::NonFinite, format!("group {group} has a non-finite scale ({scale}) or min ({min})"))
 }
 
 /// Checks a buffer length against the layout. `exact`: an input must have
@@ -153,10 +129,7 @@ pub fn check_len(what: &str, got: usize, want: usize, exact: bool) -> Result<()>
         return Ok(());
     }
     let need = if exact { "exactly" } else { "at least" };
-    Err(Error::new(
-        PqStatus::BufferTooSmall,
-        format!("{what} has {got} elements, needs {need} {want}"),
-    ))
+    Err(Error::new(PqStatus::BufferTooSmall, format!("{what} has {got} elements, needs {need} {want}")))
 }
 
 #[cfg(test)]

@@ -61,7 +61,13 @@ fn value(rng: &mut Rng, family: u32, group_pos: usize, qmax: f32) -> f32 {
         // Constant groups (the caller copies each group's first value).
         4 => rng.pick(&[0.0, -0.0, 1.0, -3.5, 1e-30, f32::from_bits(1)]),
         // Signed zeros only.
-        5 => if rng.below(2) == 0 { 0.0 } else { -0.0 },
+        5 => {
+            if rng.below(2) == 0 {
+                0.0
+            } else {
+                -0.0
+            }
+        }
         // Huge magnitudes: ranges may overflow (an error) or not.
         6 => f32::MAX * (rng.unit() * 2.0 - 1.0),
         7 => f32::MAX * (0.5 + rng.unit() * 0.5),
@@ -99,7 +105,8 @@ fn check_case<T: Element>(x: &[T], l: &Layout, rng: &mut Rng, case: &str) -> Opt
     let want_result = reference::quantize(x, l, &mut want.0, &mut want.1, &mut want.2);
     for (schedule, threads) in schedules() {
         let mut got = (vec![0xA5; want.0.len()], vec![-7.25; want.1.len()], vec![-9.5; want.2.len()]);
-        let item = QuantizeItem { input: T::values(x), layout: *l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
+        let item =
+            QuantizeItem { input: T::values(x), layout: *l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
         let got_result: std::result::Result<(), Error> =
             quantize_batch_with(&mut [item], threads, schedule).map_err(|e| e.error);
         assert_eq!(got_result, want_result, "{case} {schedule:?} threads {threads}");
@@ -224,13 +231,20 @@ fn every_thread_count_gives_the_same_bytes() {
     reference::quantize(&x, &l, &mut want.0, &mut want.1, &mut want.2).unwrap();
     for threads in [0, 1, 2, 3, 4, 8] {
         let mut got = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
-        let item = QuantizeItem { input: Values::F32(&x), layout: l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
+        let item =
+            QuantizeItem { input: Values::F32(&x), layout: l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
         quantize_batch(&mut [item], threads).unwrap();
         assert!(same_bits(&got, &want), "threads {threads}");
         let mut y = vec![0f32; l.len];
         let mut y_ref = vec![0f32; l.len];
         reference::dequantize(&want.0, &want.1, &want.2, &l, &mut y_ref).unwrap();
-        let item = DequantizeItem { codes: &want.0, scales: &want.1, mins: &want.2, layout: l, output: ValuesMut::F32(&mut y) };
+        let item = DequantizeItem {
+            codes: &want.0,
+            scales: &want.1,
+            mins: &want.2,
+            layout: l,
+            output: ValuesMut::F32(&mut y),
+        };
         dequantize_batch(&mut [item], threads).unwrap();
         assert!(y.iter().zip(&y_ref).all(|(a, b)| a.to_bits() == b.to_bits()), "threads {threads}");
     }

@@ -184,8 +184,8 @@ unsafe fn import(
         return Err(Error::new(PqStatus::InvalidArrow, "in_schema is released (its release callback is NULL)"));
     }
     unsafe { check_schema(raw_schema, "in_schema", 0) }?;
-    let field = Field::try_from(schema)
-        .map_err(|e| Error::new(PqStatus::UnsupportedDtype, format!("in_schema: {e}")))?;
+    let field =
+        Field::try_from(schema).map_err(|e| Error::new(PqStatus::UnsupportedDtype, format!("in_schema: {e}")))?;
     accept(field.data_type())?;
     // SAFETY: `array` is owned here and laid out as the spec says.
     let raw = unsafe { &*(&array as *const FFI_ArrowArray as *const RawArray) };
@@ -201,8 +201,7 @@ unsafe fn import(
 /// # Safety
 /// `out_array` and `out_schema` passed [`check_outputs`].
 unsafe fn export(data: ArrayData, out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
-    let schema = FFI_ArrowSchema::try_from(data.data_type())
-        .map_err(|e| Error::internal("exporting the schema", e))?;
+    let schema = FFI_ArrowSchema::try_from(data.data_type()).map_err(|e| Error::internal("exporting the schema", e))?;
     let array = FFI_ArrowArray::new(&data);
     // SAFETY: checked writable structs; their old contents are overwritten, not dropped.
     unsafe {
@@ -389,7 +388,11 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
         if let Buf::Offsets(w) = kind {
             // SAFETY: aligned, and the spec puts end + 1 offsets there.
             let last = unsafe {
-                if w == 4 { *(p as *const i32).add(end) as i64 } else { *(p as *const i64).add(end) }
+                if w == 4 {
+                    *(p as *const i32).add(end) as i64
+                } else {
+                    *(p as *const i64).add(end)
+                }
             };
             last_offset = usize::try_from(last)
                 .ok()
@@ -476,7 +479,18 @@ mod tests {
         let schema = FFI_ArrowSchema::try_from(dt).unwrap();
         let (mut out_a, mut out_s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let mut e = PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] };
-        let s = unsafe { pq_quantize_arrow(raw as *mut RawArray as *mut FFI_ArrowArray, &schema, 4, 4, 0, &mut out_a, &mut out_s, &mut e) };
+        let s = unsafe {
+            pq_quantize_arrow(
+                raw as *mut RawArray as *mut FFI_ArrowArray,
+                &schema,
+                4,
+                4,
+                0,
+                &mut out_a,
+                &mut out_s,
+                &mut e,
+            )
+        };
         assert!(raw.release.is_none(), "the input must be moved from");
         let out = (s == PqStatus::Ok).then_some((out_a, out_s));
         (s, message(&e), RELEASES.load(Ordering::SeqCst) - before, out)
@@ -508,12 +522,22 @@ mod tests {
             ("offset+length overflow", |a| a.offset = i64::MAX - 2, PqStatus::InvalidArrow, "overflows"),
             ("missing buffer", |a| a.n_buffers = 1, PqStatus::InvalidArrow, "has 1 buffers"),
             ("NULL buffers", |a| a.buffers = ptr::null(), PqStatus::InvalidArrow, "buffers is NULL"),
-            ("NULL data", |a| unsafe { (*(a.private_data as *mut Producer)).buffers[1] = ptr::null() }, PqStatus::InvalidArrow, "buffer 1 is NULL"),
-            ("misaligned", |a| unsafe {
-                let p = a.private_data as *mut Producer;
-                (*p).buffers[1] = ((*p).buffers[1] as *const u8).add(1) as *const c_void;
-                a.length -= 1;
-            }, PqStatus::Misaligned, "not aligned"),
+            (
+                "NULL data",
+                |a| unsafe { (*(a.private_data as *mut Producer)).buffers[1] = ptr::null() },
+                PqStatus::InvalidArrow,
+                "buffer 1 is NULL",
+            ),
+            (
+                "misaligned",
+                |a| unsafe {
+                    let p = a.private_data as *mut Producer;
+                    (*p).buffers[1] = ((*p).buffers[1] as *const u8).add(1) as *const c_void;
+                    a.length -= 1;
+                },
+                PqStatus::Misaligned,
+                "not aligned",
+            ),
             ("stray children", |a| a.n_children = 1, PqStatus::InvalidArrow, "children"),
             ("unknown null count, no bitmap: no nulls", |a| a.null_count = -1, PqStatus::Ok, ""),
         ];

@@ -23,10 +23,9 @@ pub struct PqError {
 pub(crate) fn run(error: *mut PqError, body: impl FnOnce() -> Result<()>) -> PqStatus {
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
-        Err(payload) => Err(Error::new(
-            PqStatus::Panic,
-            format!("internal error (caught panic): {}", panic_message(&payload)),
-        )),
+        Err(payload) => {
+            Err(Error::new(PqStatus::Panic, format!("internal error (caught panic): {}", panic_message(&payload))))
+        }
     };
     let (status, message) = match &outcome {
         Ok(()) => (PqStatus::Ok, ""),

@@ -190,10 +190,7 @@ fn overlap_error(a: &Span, b: &Span) -> BatchError {
     };
     let error = Error::new(
         PqStatus::Overlap,
-        format!(
-            "{} overlaps {}{whose}: outputs must not share memory with other buffers",
-            out.what, other.what
-        ),
+        format!("{} overlaps {}{whose}: outputs must not share memory with other buffers", out.what, other.what),
     );
     BatchError { item: out.item, error }
 }
@@ -237,10 +234,21 @@ mod tests {
         assert!(check(&[input, (Some(0), "mins", p.wrapping_add(8), 8, true)]).is_ok());
         assert!(check(&[input, (Some(0), "codes", p, 0, true)]).is_ok());
         // Two outputs; inputs may overlap each other.
-        assert!(check(&[(Some(0), "scales", p.wrapping_add(7), 2, true), (Some(0), "mins", p.wrapping_add(8), 8, true)]).is_err());
-        assert!(check(&[input, (Some(1), "input", p.wrapping_add(4), 8, false), (None, "the items array", p, 16, false)]).is_ok());
+        assert!(check(&[
+            (Some(0), "scales", p.wrapping_add(7), 2, true),
+            (Some(0), "mins", p.wrapping_add(8), 8, true)
+        ])
+        .is_err());
+        assert!(check(&[
+            input,
+            (Some(1), "input", p.wrapping_add(4), 8, false),
+            (None, "the items array", p, 16, false)
+        ])
+        .is_ok());
         // Across items: the output's item is named, the other item too.
-        let e = check(&[(Some(3), "codes", p.wrapping_add(12), 4, true), (Some(1), "input", p.wrapping_add(4), 9, false)]).unwrap_err();
+        let e =
+            check(&[(Some(3), "codes", p.wrapping_add(12), 4, true), (Some(1), "input", p.wrapping_add(4), 9, false)])
+                .unwrap_err();
         assert_eq!(e.0, Some(3));
         assert!(e.2.starts_with("codes overlaps input of item 1:"), "{}", e.2);
         // Both outputs: the later item.
@@ -256,7 +264,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0, Some(0));
         // An output overlapping the item array.
-        let e = check(&[(None, "the items array", p, 2, false), (Some(4), "mins", p.wrapping_add(1), 1, true)]).unwrap_err();
+        let e = check(&[(None, "the items array", p, 2, false), (Some(4), "mins", p.wrapping_add(1), 1, true)])
+            .unwrap_err();
         assert_eq!(e.0, Some(4));
         assert!(e.2.starts_with("mins overlaps the items array:"), "{}", e.2);
     }
@@ -274,12 +283,23 @@ mod tests {
         for _ in 0..3000 {
             let n = 1 + next(12) as usize;
             let spans: Vec<Span> = (0..n)
-                .map(|i| Span { item: Some(i / 3), what: "x", start: 1000 + next(64) as usize, bytes: next(10) as usize, output: next(2) == 0 })
+                .map(|i| Span {
+                    item: Some(i / 3),
+                    what: "x",
+                    start: 1000 + next(64) as usize,
+                    bytes: next(10) as usize,
+                    output: next(2) == 0,
+                })
                 .collect();
             let pairwise = (0..n).any(|a| {
                 (0..n).any(|b| {
                     let (x, y) = (&spans[a], &spans[b]);
-                    a != b && x.output && x.bytes > 0 && y.bytes > 0 && x.start < y.start + y.bytes && y.start < x.start + x.bytes
+                    a != b
+                        && x.output
+                        && x.bytes > 0
+                        && y.bytes > 0
+                        && x.start < y.start + y.bytes
+                        && y.start < x.start + x.bytes
                 })
             });
             assert_eq!(check_disjoint(&mut spans.clone()).is_err(), pairwise, "{spans:?}");

@@ -167,9 +167,8 @@ pub unsafe extern "C" fn pq_quantize_copy(
 fn aligned_copy(bytes: &[u8]) -> Result<Vec<u32>> {
     let words = bytes.len().div_ceil(4);
     let mut copy: Vec<u32> = Vec::new();
-    copy.try_reserve_exact(words).map_err(|_| {
-        Error::new(PqStatus::SizeOverflow, format!("cannot allocate a copy of {} bytes", bytes.len()))
-    })?;
+    copy.try_reserve_exact(words)
+        .map_err(|_| Error::new(PqStatus::SizeOverflow, format!("cannot allocate a copy of {} bytes", bytes.len())))?;
     // SAFETY: `copy` has capacity for `words * 4 >= bytes.len()` bytes; the
     // byte-wise copy reads `bytes` without assuming any alignment, and the
     // padding after it is zeroed, so every word is initialized.
@@ -540,11 +539,16 @@ mod tests {
             let halves = self.input.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
             match self.dtype {
                 Dtype::F32 => {
-                    let x: Vec<f32> = self.input.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                    let x: Vec<f32> =
+                        self.input.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
                     reference::quantize(&x, &l, c, s, m).unwrap()
                 }
-                Dtype::F16 => reference::quantize(&halves.map(f16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
-                Dtype::Bf16 => reference::quantize(&halves.map(bf16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap(),
+                Dtype::F16 => {
+                    reference::quantize(&halves.map(f16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap()
+                }
+                Dtype::Bf16 => {
+                    reference::quantize(&halves.map(bf16::from_bits).collect::<Vec<_>>(), &l, c, s, m).unwrap()
+                }
             }
             out
         }
@@ -929,12 +933,16 @@ mod tests {
                 1 => {
                     let mut y = vec![f16::ZERO; t.len];
                     reference::dequantize(c, s, m, &l, &mut y).unwrap();
-                    y.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16).collect()
+                    y.chunks(2)
+                        .map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16)
+                        .collect()
                 }
                 _ => {
                     let mut y = vec![bf16::ZERO; t.len];
                     reference::dequantize(c, s, m, &l, &mut y).unwrap();
-                    y.chunks(2).map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16).collect()
+                    y.chunks(2)
+                        .map(|p| p[0].to_bits() as u32 | (p.get(1).map_or(0xDEAD, |h| h.to_bits()) as u32) << 16)
+                        .collect()
                 }
             };
             assert_eq!(&outputs[i][..words.len()], &words[..], "item {i}");

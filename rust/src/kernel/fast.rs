@@ -388,7 +388,14 @@ pub(crate) fn check_values(isa: Isa, input: Values<'_>, layout: &Layout, first_g
 /// Pass 2 of quantize: writes scales, mins and codes of every group of
 /// `input`. `check_values` must have passed; outputs have exactly the
 /// lengths of these groups.
-pub(crate) fn encode(isa: Isa, input: Values<'_>, layout: &Layout, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+pub(crate) fn encode(
+    isa: Isa,
+    input: Values<'_>,
+    layout: &Layout,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) {
     match input {
         Values::F32(x) => encode_isa(isa, x, layout, codes, scales, mins),
         Values::F16(x) => encode_isa(isa, x, layout, codes, scales, mins),
@@ -496,7 +503,13 @@ fn encode_impl<T: Lane, H: HalfCvt>(x: &[T], layout: &Layout, codes: &mut [u8], 
 const GROUPS_PER_BLOCK: usize = 16;
 
 #[inline(always)]
-fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(x: &[T], g: usize, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
+    x: &[T],
+    g: usize,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) {
     let qmax = ((1u32 << BITS) - 1) as f32;
     let code_bytes = g * BITS as usize / 8;
     let blocks = x
@@ -517,7 +530,9 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(x: &[T], g: usize, codes: &
             *scale_out = (hi - lo) / qmax;
             *min_out = lo;
         }
-        for ((group, group_codes), (&scale, &lo)) in xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter())) {
+        for ((group, group_codes), (&scale, &lo)) in
+            xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter()))
+        {
             if scale == 0.0 {
                 // A constant group: every code is 0.
                 group_codes.fill(0);
@@ -573,11 +588,14 @@ fn decode_impl<T: Lane, H: HalfCvt>(codes: &[u8], scales: &[f32], mins: &[f32], 
 }
 
 #[inline(always)]
-fn decode_bits<T: Lane, H: HalfCvt, const BITS: u32>(codes: &[u8], scales: &[f32], mins: &[f32], g: usize, y: &mut [T]) {
-    let groups = codes
-        .chunks_exact(g * BITS as usize / 8)
-        .zip(y.chunks_exact_mut(g))
-        .zip(scales.iter().zip(mins));
+fn decode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
+    codes: &[u8],
+    scales: &[f32],
+    mins: &[f32],
+    g: usize,
+    y: &mut [T],
+) {
+    let groups = codes.chunks_exact(g * BITS as usize / 8).zip(y.chunks_exact_mut(g)).zip(scales.iter().zip(mins));
     for ((group_codes, out), (&scale, &min)) in groups {
         T::decode_group::<H, BITS>(group_codes, scale, min, out);
     }
@@ -638,7 +656,10 @@ mod tests {
             let x = f32::from_bits(b);
             let (h, want) = (f32_to_f16_bits(x), f16::from_f32(x).to_bits());
             let h_nan = want & 0x7C00 == 0x7C00 && want & 0x03FF != 0;
-            assert!(h == want || (h_nan && h & 0x7C00 == 0x7C00 && h & 0x3FF != 0), "f16 {b:#010x}: {h:#06x} vs {want:#06x}");
+            assert!(
+                h == want || (h_nan && h & 0x7C00 == 0x7C00 && h & 0x3FF != 0),
+                "f16 {b:#010x}: {h:#06x} vs {want:#06x}"
+            );
             let (r, want) = (f32_to_bf16_bits(x), <bf16 as Element>::from_f32(x).to_bits());
             assert_eq!(r, want, "bf16 {b:#010x}");
         };
@@ -652,7 +673,8 @@ mod tests {
             }
         }
         for e in 0..256u32 {
-            for m in [0u32, 1, 0xFFF, 0x1000, 0x1001, 0x2000, 0x3000, 0x7FE000, 0x7FEFFF, 0x7FF000, 0x7FF001, 0x7FFFFF] {
+            for m in [0u32, 1, 0xFFF, 0x1000, 0x1001, 0x2000, 0x3000, 0x7FE000, 0x7FEFFF, 0x7FF000, 0x7FF001, 0x7FFFFF]
+            {
                 check((e << 23) | m);
                 check(0x8000_0000 | (e << 23) | m);
             }

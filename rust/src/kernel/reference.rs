@@ -183,11 +183,7 @@ mod tests {
             let hi = group.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 0.0;
             let scale = (hi - lo) / qmax;
             for (j, &v) in group.iter().enumerate() {
-                let q = if scale == 0.0 {
-                    0
-                } else {
-                    ((v - lo) / scale).round_ties_even().clamp(0.0, qmax) as u32
-                };
+                let q = if scale == 0.0 { 0 } else { ((v - lo) / scale).round_ties_even().clamp(0.0, qmax) as u32 };
                 let i = gi * g + j;
                 codes[i * bits as usize / 8] |= (q << (i * bits as usize % 8)) as u8;
             }
@@ -229,9 +225,8 @@ mod tests {
 
     #[test]
     fn matches_reference_all_bits() {
-        for (seed, &(bits, g, row)) in [(2, 4, 8), (2, 16, 64), (4, 2, 2), (4, 32, 128), (8, 1, 3), (8, 128, 256)]
-            .iter()
-            .enumerate()
+        for (seed, &(bits, g, row)) in
+            [(2, 4, 8), (2, 16, 64), (4, 2, 2), (4, 32, 128), (8, 1, 3), (8, 128, 256)].iter().enumerate()
         {
             let x = values(row * 5, seed as u64);
             assert_eq!(run(&x, row, bits, g).unwrap(), reference(&x, bits, g), "bits {bits} g {g}");
