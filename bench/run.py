@@ -142,7 +142,7 @@ def child_memory(scenario: str, variant: str) -> None:
 
 def native(scenario: str, repeats: int, threads: int) -> dict[str, Any] | None:
     """Median time of the Rust kernel alone, from the native bench binary."""
-    cmd = ["cargo", "run", "--quiet", "--release", "--locked", "--example", "native_bench", "--",
+    cmd = ["cargo", "run", "--quiet", "--release", "--locked", "--features", "reference", "--example", "native_bench", "--",
            "--scenario", scenario, "--repeats", str(repeats), "--threads", str(threads)]
     out = subprocess.run(cmd, cwd=os.path.join(ROOT, "rust"), capture_output=True, text=True)
     if out.returncode != 0:

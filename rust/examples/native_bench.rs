@@ -1,7 +1,7 @@
 //! Times the safe Rust API (no FFI) and a plain memory copy of the same bytes.
 //!
 //! ```text
-//! cargo run --release --locked --example native_bench -- \
+//! cargo run --release --locked --features reference --example native_bench -- \
 //!     --scenario S1|S2|S3 --repeats N --threads T
 //!     [--dtype float32|float16|bfloat16] [--bits 2|4|8] [--group-size G]
 //!     [--kernel fast|reference]

@@ -1,13 +1,17 @@
 //! pyquant: affine per-group weight quantization (2, 4 or 8 bits) of f32, f16
 //! and bf16 tensors.
 //!
-//! The safe API lives in [`layout`] (validated sizes of a quantized tensor),
-//! [`kernel`] (quantize / dequantize of one tensor over slices) and [`batch`]
-//! (many tensors, mixed dtypes and bit widths, on several threads). [`ffi`] is the only
-//! module with `extern "C"`; it checks pointers and lengths, builds slices and
-//! calls the safe code. [`arrow`] reads and builds Arrow arrays around the
-//! same kernels (the C Data Interface structs themselves are [`ffi`]'s).
-//! The scheme is the normative one of DESIGN.md.
+//! Modules, each using only the ones before it:
+//! [`error`] (statuses and errors), [`element`] (the one [`Dtype`] and the
+//! element types), [`layout`] (validated sizes of a quantized tensor, and the
+//! errors that name a place in it), [`kernel`] (the vectorized kernels over
+//! runs of groups; the scalar reference, their test oracle, only under
+//! `cfg(test)` or the `reference` feature), [`batch`] (lengths, all-or-nothing
+//! checks and threads for many tensors; single-tensor [`quantize`] /
+//! [`dequantize`] are batches of one), [`arrow`] (Arrow arrays in and out,
+//! and the quantized row format), and [`ffi`], the only module with
+//! `extern "C"`: it checks pointers and lengths, builds slices and calls the
+//! safe code. The scheme is the normative one of DESIGN.md.
 
 pub mod arrow;
 pub mod batch;

@@ -1,5 +1,5 @@
 //! The quantization kernels: the affine per-group scheme of DESIGN.md over
-//! safe slices. [`fast`] holds the vectorized kernels every entry point of
+//! safe slices. `fast` holds the vectorized kernels every entry point of
 //! pyquant ends in (through the batch scheduler, [`crate::batch`], which
 //! checks lengths and splits work across threads); `reference` keeps the
 //! original scalar code that defines their bytes, compiled only for tests and

@@ -1,6 +1,6 @@
 //! The reference kernels: the affine per-group scheme of DESIGN.md written
 //! the plain scalar way, one value at a time. This is the code pyquant
-//! shipped first; the fast kernels ([`super::quantize`], the batch API) must
+//! shipped first; the fast kernels (`kernel::fast`, run by `crate::batch`) must
 //! give exactly its bytes, and the tests compare them bit for bit. Not used
 //! on any production path.
 //!
