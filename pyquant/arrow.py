@@ -19,9 +19,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._call import call
 from ._lib import ffi, lib
 from .core import _c_uint, _SIZE_MAX, _UINT32_MAX, c_threads
-from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError, check, new_error_struct
+from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
 _PyCapsule_IsValid.restype = ctypes.c_int
@@ -78,7 +79,7 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
+        return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
 
     return _map(obj, convert, quantized_schema)
 
@@ -100,7 +101,7 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
+        return _convert(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
 
     return _map(obj, convert, None)
 
@@ -111,8 +112,7 @@ def quantized_schema() -> Any:
     list<int64>, dtype string, bits uint8, group_size uint32."""
     pa = _pyarrow()
     out = ffi.new("struct ArrowSchema *")
-    err = new_error_struct()
-    check(lib.pq_arrow_quantized_schema(out, err), err)
+    call(lib.pq_arrow_quantized_schema, out)
     try:
         return pa.Schema._import_from_c(_address(out))
     finally:
@@ -161,7 +161,7 @@ def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
     return ffi.cast(ctype, _PyCapsule_GetPointer(capsule, name))
 
 
-def _call(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
+def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
     """Calls ``function(array, schema, *args, out_array, out_schema, err)``
     and imports the result into pyarrow.
 
@@ -174,8 +174,7 @@ def _call(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) ->
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
-    err = new_error_struct()
-    check(function(in_array, in_schema, *args, out_array, out_schema, err), err)
+    call(function, in_array, in_schema, *args, out_array, out_schema)
     try:
         # Moves both structs into pyarrow (released by it, even if it fails).
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))
