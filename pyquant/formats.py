@@ -30,7 +30,8 @@ import numpy as np
 from ._atomic import atomic_output
 from .core import QuantizedTensor, quantized_layout
 from .errors import CheckpointError
-from .plan import QUANTIZABLE, Plan
+from .dtypes import BY_SAFETENSORS
+from .plan import Plan
 from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
 
 FORMAT = "pyquant"
@@ -65,7 +66,7 @@ def outputs(plan: Plan) -> list[OutputTensor]:
 def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapping[str, str]) -> dict[str, str]:
     """A checkpoint's metadata (either format)."""
     tensors = {
-        p.name: {"dtype": QUANTIZABLE[p.dtype], "shape": list(p.shape), "bits": p.bits, "group_size": p.group_size}
+        p.name: {"dtype": BY_SAFETENSORS[p.dtype].name, "shape": list(p.shape), "bits": p.bits, "group_size": p.group_size}
         for p in plans
         if p.bits is not None
     }
