@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -187,6 +187,17 @@ Layers = Union[Mapping[Any, np.ndarray[Any, Any]], Sequence[np.ndarray[Any, Any]
 Params = Union[Mapping[Any, tuple[int, Union[int, None]]], Callable[[Any], Optional[tuple[int, Union[int, None]]]], None]
 
 
+K = TypeVar("K")
+
+
+@overload
+def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
+                   params: Params = ..., threads: int | None = ...) -> dict[K, QuantizedTensor]: ...
+@overload
+def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
+                   params: Params = ..., threads: int | None = ...) -> list[QuantizedTensor]: ...
+
+
 def quantize_batch(
     layers: Layers,
     *,
@@ -194,7 +205,7 @@ def quantize_batch(
     group_size: int | None = 128,
     params: Params = None,
     threads: int | None = None,
-) -> Any:
+) -> dict[Any, QuantizedTensor] | list[QuantizedTensor]:
     """Quantizes many tensors in one native call.
 
     ``layers`` is a mapping name -> array or a sequence of arrays; the result
@@ -258,12 +269,20 @@ def quantize_batch(
     return dict(zip(names, results)) if as_dict else results
 
 
+@overload
+def dequantize_batch(tensors: Mapping[K, QuantizedTensor], *, dtype: DTypeLike = ...,
+                     threads: int | None = ...) -> dict[K, np.ndarray[Any, Any]]: ...
+@overload
+def dequantize_batch(tensors: Sequence[QuantizedTensor], *, dtype: DTypeLike = ...,
+                     threads: int | None = ...) -> list[np.ndarray[Any, Any]]: ...
+
+
 def dequantize_batch(
     tensors: Mapping[Any, QuantizedTensor] | Sequence[QuantizedTensor],
     *,
     dtype: DTypeLike = None,
     threads: int | None = None,
-) -> Any:
+) -> dict[Any, np.ndarray[Any, Any]] | list[np.ndarray[Any, Any]]:
     """Dequantizes many :class:`QuantizedTensor` in one native call.
 
     Returns the same form as given (a dict or a list) of numpy arrays, each
