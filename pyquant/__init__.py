@@ -23,11 +23,13 @@ The paths it chooses from, each callable directly:
   batches and streams, zero-copy through the Arrow C Data Interface (needs
   pyarrow, imported only when called).
 
-The scheme (normative): per group of ``group_size`` values along the last
-axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
-``round_half_even((x - lo) / scale)`` packed little-endian in bytes.
+The scheme: per group of ``group_size`` values along the last axis,
+``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
+``round_half_even((x - lo) / scale)`` packed little-endian in bytes
+(docs/scheme.md in the source tree is the normative definition).
 Errors are :class:`QuantizeError` subclasses (``ValueError``).
-docs/api-guide.md in the source tree has a decision table and an FAQ.
+docs/api-guide.md has a decision table and an FAQ; docs/bad-inputs.md what
+each bad input gets.
 """
 
 from ._version import __version__

@@ -1,4 +1,4 @@
-"""The Arrow path: same bytes as quantize_ptr, BAD_INPUTS rows 21-23, streams,
+"""The Arrow path: same bytes as quantize_ptr, rows 21-23 of docs/bad-inputs.md, streams,
 IPC files, and no leaks (the live-export counter and pyarrow's pool return to
 their baselines after every test)."""
 

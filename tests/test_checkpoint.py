@@ -1,6 +1,6 @@
 """Checkpoint files end to end: quantize -> inspect -> report -> dequantize,
 sharded inputs, the carry-over policy, bounded memory, and row 25 of
-shared/BAD_INPUTS.md (bad files)."""
+docs/bad-inputs.md (bad files)."""
 
 from __future__ import annotations
 
