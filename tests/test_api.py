@@ -9,20 +9,35 @@ import numpy as np
 import pytest
 
 import pyquant
-from pyquant import errors
+from pyquant import _call
 from pyquant._lib import check_native_version, ffi, lib
 
 
-def test_every_status_maps_to_exactly_one_exception_class():
+def test_every_status_maps_to_one_exception_class():
     statuses = {name: getattr(lib, name) for name in dir(lib) if name.startswith("PQ_STATUS_")}
     assert statuses.pop("PQ_STATUS_OK") == 0
     assert len(set(statuses.values())) == len(statuses)
     for name, value in statuses.items():
-        cls = errors._BY_STATUS[value]
-        # PQ_STATUS_INTERNAL (a bug that is not a panic) shares InternalError with PQ_STATUS_PANIC.
-        assert cls.status_name == name or (name, cls) == ("PQ_STATUS_INTERNAL", errors.InternalError)
+        cls = _call._BY_STATUS[value]
+        assert cls is _call._STATUS_CLASSES[name]
         assert issubclass(cls, pyquant.QuantizeError) and issubclass(cls, ValueError)
-    assert len(errors._BY_STATUS) == len(statuses)
+    assert len(_call._BY_STATUS) == len(statuses)
+    # Only the internal statuses share a class; an unknown status is internal too.
+    shared = [n for n, c in _call._STATUS_CLASSES.items() if c is pyquant.InternalError]
+    assert shared == ["PQ_STATUS_PANIC", "PQ_STATUS_INTERNAL"]
+    assert _call.error_class(10**6) is pyquant.InternalError
+
+
+def test_batch_error_names_the_failing_tensor_from_failed_item():
+    x = np.ones((2, 128), np.float32)
+    bad = x.copy()
+    bad[1, 5] = np.inf
+    with pytest.raises(pyquant.NonFiniteError) as info:
+        pyquant.quantize_batch({"a": x, "b.weight": bad, "c": x})
+    text = str(info.value)
+    assert text.startswith("tensor 'b.weight': ")
+    # The rest is the native message; builds before ABI 3 also began it "item 1: ".
+    assert text.removeprefix("tensor 'b.weight': ").removeprefix("item 1: ").startswith("inf at")
 
 
 def test_exported_names():
@@ -119,3 +134,18 @@ def test_hand_built_quantized_tensor_is_checked():
 def test_errors_are_value_errors_with_messages():
     with pytest.raises(ValueError, match="bits must be 2, 4 or 8, got 3"):
         pyquant.quantize_ptr(np.zeros((1, 128), np.float32), bits=3)
+
+
+def test_one_dtype_table():
+    from pyquant import dtypes
+
+    assert pyquant.SUPPORTED_DTYPES == ("float32", "float16", "bfloat16")
+    assert [d.name for d in dtypes.QUANTIZABLE] == list(pyquant.SUPPORTED_DTYPES)
+    c_codes = {name[len("PQ_DTYPE_"):]: getattr(lib, name) for name in dir(lib) if name.startswith("PQ_DTYPE_")}
+    assert {d.safetensors: d.c_code for d in dtypes.QUANTIZABLE} == c_codes
+    for d in dtypes.ALL:
+        assert str(d.numpy) == d.name and dtypes.BY_SAFETENSORS[d.safetensors] is d
+        assert d.numpy == d.numpy.newbyteorder("<")  # little-endian, as the file formats store it
+    ggml = {d.name: d.ggml_type for d in dtypes.ALL if d.ggml_type is not None}
+    assert ggml == {"float32": 0, "float16": 1, "int8": 24, "int16": 25, "int32": 26, "int64": 27,
+                    "float64": 28, "bfloat16": 30}

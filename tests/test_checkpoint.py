@@ -1,6 +1,6 @@
 """Checkpoint files end to end: quantize -> inspect -> report -> dequantize,
 sharded inputs, the carry-over policy, bounded memory, and row 25 of
-shared/BAD_INPUTS.md (bad files)."""
+docs/bad-inputs.md (bad files)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import safetensors.numpy
 
 import pyquant
 from pyquant import _peak_rss
-from pyquant import checkpoint
 from pyquant import CheckpointError
 from pyquant.safetensors_io import CODE_OF, OutputTensor, writing
 
