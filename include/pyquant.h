@@ -77,6 +77,20 @@ struct ArrowArray {
 #define PQ_GROUP_SIZE_PER_ROW ~0
 
 /*
+ `form` of `pq_dequantize_arrow`: `name`, `weights` (a list of the
+ dtype), `shape` when every row is a quantized float32 row, or every row a
+ quantized float16 row; otherwise as `PQ_DEQUANTIZED_RAW`.
+ */
+#define PQ_DEQUANTIZED_AUTO 0
+
+/*
+ `form` of `pq_dequantize_arrow`: `name` utf8, `dtype` utf8, `shape`
+ list<int64>, `data` large_binary (each tensor's raw little-endian bytes in
+ its dtype), whatever the rows hold: one schema for every batch of a stream.
+ */
+#define PQ_DEQUANTIZED_RAW 1
+
+/*
  Status code returned by every fallible `pq_` function.
 
  Values are explicit and stable: they are part of the ABI.
@@ -285,10 +299,12 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            struct PqError *error);
 
 /*
- The way back: dequantizes a record batch made by `pq_quantize_arrow`
- into a struct array with columns `name` utf8, `weights` list of the
- tensors' dtype (float32 or float16; every row must have the same one)
- and `shape` list<int64>.
+ The way back: reconstructs the tensors of a quantized batch (made by
+ `pq_quantize_arrow`, or a batch of an Arrow checkpoint) as a struct
+ array in the `form` asked for (`PQ_DEQUANTIZED_AUTO` or
+ `PQ_DEQUANTIZED_RAW`). Quantized rows come back as `mins + q * scales` in
+ their dtype (float32, float16 or bfloat16); carried-over rows (`bits` 0:
+ `codes` hold the tensor's raw little-endian bytes) come back unchanged.
 
  Ownership as for `pq_quantize_arrow`: `in_array` is moved from and
  released exactly once by pyquant, `in_schema` is borrowed, and the
@@ -297,10 +313,45 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
  */
 PqStatus pq_dequantize_arrow(struct ArrowArray *in_array,
                              const struct ArrowSchema *in_schema,
+                             uint32_t form,
                              size_t threads,
                              struct ArrowArray *out_array,
                              struct ArrowSchema *out_schema,
                              struct PqError *error);
+
+/*
+ Builds a quantized batch of one row, the way every row of the format is
+ checked when read, into the caller-allocated `*out_array` /
+ `*out_schema` (schema as `pq_arrow_quantized_schema`, written only on
+ `PQ_STATUS_OK`; the caller then releases each once). For writers of
+ Arrow checkpoints, so that they need not know the row format.
+
+ A quantized row: `bits` 2, 4 or 8, `dtype` "float32", "float16" or
+ "bfloat16", `codes` / `scales` / `mins` as `pq_quantize` writes them for
+ `shape` (groups of `group_size` along its last axis). A carried-over row:
+ `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
+ little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
+ int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
+ and `dtype` are UTF-8 (not NUL-terminated). Every buffer is copied and
+ owned by the caller.
+ */
+PqStatus pq_arrow_quantized_row(const uint8_t *name,
+                                size_t name_len,
+                                const uint8_t *dtype,
+                                size_t dtype_len,
+                                const int64_t *shape,
+                                size_t shape_len,
+                                uint32_t bits,
+                                size_t group_size,
+                                const uint8_t *codes,
+                                size_t codes_len,
+                                const float *scales,
+                                size_t scales_len,
+                                const float *mins,
+                                size_t mins_len,
+                                struct ArrowArray *out_array,
+                                struct ArrowSchema *out_schema,
+                                struct PqError *error);
 
 /*
  Writes the (fixed) schema of `pq_quantize_arrow`'s result into the

@@ -29,7 +29,7 @@ use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 use half::f16;
-use pyquant::ffi::{pq_arrow_live_exports, pq_dequantize_arrow, pq_quantize_arrow, PQ_GROUP_SIZE_PER_ROW};
+use pyquant::ffi::{pq_arrow_live_exports, pq_dequantize_arrow, pq_quantize_arrow, PQ_DEQUANTIZED_AUTO, PQ_GROUP_SIZE_PER_ROW};
 use pyquant::kernel::reference;
 use pyquant::{Layout, PqStatus};
 use pyquant_fuzz::*;
@@ -368,12 +368,12 @@ fn run(data: &[u8]) {
 
     let mut e = new_error();
     let (mut deq_a, mut deq_s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
-    let status = unsafe { pq_dequantize_arrow(&mut again, &out_s, threads, &mut deq_a, &mut deq_s, &mut e) };
+    let status = unsafe { pq_dequantize_arrow(&mut again, &out_s, PQ_DEQUANTIZED_AUTO, threads, &mut deq_a, &mut deq_s, &mut e) };
     let msg = check_error(status, &e);
     trace("pq_dequantize_arrow", status);
     assert!(again.is_released(), "pq_dequantize_arrow did not move its input");
     drop(out_s);
-    // Mixed dtypes in one batch is the one documented refusal; ours never mix.
+    // One float dtype per batch here: the AUTO form gives weights lists.
     assert_eq!(status, PqStatus::Ok, "dequantizing a fresh result failed: {msg}");
     let deq = unsafe { arrow_array::ffi::from_ffi(FFI_ArrowArray::from_raw(&mut deq_a), &deq_s) }.expect("the dequantized result does not import");
     deq.validate_full().expect("the dequantized result is not valid Arrow");

@@ -29,9 +29,9 @@ use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
 use crate::batch::{dequantize_batch, quantize_batch, DequantizeItem, QuantizeItem};
-use crate::element::{Element, Values};
+use crate::element::{Dtype, Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::Layout;
+use crate::layout::{check_len, Layout};
 
 /// Column names of an input batch.
 const NAME: &str = "name";
@@ -52,16 +52,6 @@ pub fn quantized_fields() -> Fields {
         Field::new("dtype", DataType::Utf8, false),
         Field::new("bits", DataType::UInt8, false),
         Field::new("group_size", DataType::UInt32, false),
-    ])
-}
-
-/// The schema of a dequantized batch: `name`, `weights` (a list of `value`)
-/// and `shape`; quantizing it again reads it as an input batch.
-pub fn dequantized_fields(value: DataType) -> Fields {
-    Fields::from(vec![
-        Field::new(NAME, DataType::Utf8, false),
-        Field::new(WEIGHTS, DataType::List(item(value)), false),
-        Field::new(SHAPE, DataType::List(item(DataType::Int64)), false),
     ])
 }
 
@@ -440,30 +430,90 @@ pub fn quantize(
         })?;
     }
 
-    let out = Output::new();
-    let mut shape_offsets = vec![0i32];
-    let mut shape_values = Vec::new();
-    for t in &tensors {
-        shape_values.extend(t.shape.iter().map(|&d| d as i64));
-        shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        out.strings(tensors.iter().map(|t| t.name), NAME)?,
-        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), out.buffer(codes), None)),
-        out.list::<Float32Type>(group_offsets.clone(), scales),
-        out.list::<Float32Type>(group_offsets, mins),
-        out.list::<Int64Type>(shape_offsets, shape_values),
-        out.strings(tensors.iter().map(|t| t.values.dtype().name()), "dtype")?,
-        Arc::new(UInt8Array::new(out.scalars(layouts.iter().map(|l| l.bits as u8).collect()), None)),
-        Arc::new(UInt32Array::new(out.scalars(layouts.iter().map(|l| l.group_size as u32).collect()), None)),
-    ];
-    let batch = StructArray::try_new(quantized_fields(), columns, None)
-        .map_err(|e| Error::internal("building the result", e))?;
-    Ok(batch.into_data())
+    let rows: Vec<RowMeta> = tensors
+        .iter()
+        .zip(&layouts)
+        .map(|(t, l)| RowMeta {
+            name: t.name,
+            dtype: t.values.dtype().name(),
+            shape: t.shape.iter().map(|&d| d as i64).collect(),
+            bits: l.bits as u8,
+            group_size: l.group_size as u32,
+        })
+        .collect();
+    quantized_batch(&Output::new(), &rows, (codes_offsets, codes), group_offsets, scales, mins)
 }
 
 // ---------------------------------------------------------------------------
-// Dequantize
+// The quantized row format
+
+/// Dtypes a carried-over row (`bits` 0) may hold, with their sizes in bytes:
+/// every dtype a safetensors checkpoint can carry over. Its `codes` are the
+/// tensor's raw little-endian bytes.
+const CARRIED: [(&str, usize); 13] = [
+    ("float64", 8),
+    ("float32", 4),
+    ("float16", 2),
+    ("bfloat16", 2),
+    ("int64", 8),
+    ("int32", 4),
+    ("int16", 2),
+    ("int8", 1),
+    ("uint64", 8),
+    ("uint32", 4),
+    ("uint16", 2),
+    ("uint8", 1),
+    ("bool", 1),
+];
+
+/// What a row of a quantized batch holds, once checked against the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Row {
+    /// `bits` 2, 4 or 8: the codes, scales and mins of a float32, float16
+    /// or bfloat16 tensor laid out as `layout`.
+    Quantized { dtype: Dtype, layout: Layout },
+    /// `bits` 0, `group_size` 0, no scales or mins: a tensor carried over
+    /// unchanged, `bytes` of it in `codes`.
+    Carried { bytes: usize },
+}
+
+/// The rules of one row (README "Arrow"); the lengths are those of its
+/// `codes`, `scales` and `mins`.
+fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, lens: [usize; 3]) -> Result<Row> {
+    let count = shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
+    let count = count.ok_or_else(|| Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")))?;
+    let [codes, scales, mins] = lens;
+    if bits == 0 {
+        let size = CARRIED.iter().find(|(name, _)| *name == dtype).map(|&(_, size)| size).ok_or_else(|| {
+            let known: Vec<&str> = CARRIED.iter().map(|(n, _)| *n).collect();
+            unsupported(format!("dtype {dtype:?} of a carried-over row (bits 0) is not one of {}", known.join(", ")))
+        })?;
+        if group_size != 0 || scales != 0 || mins != 0 {
+            return Err(invalid(format!(
+                "a carried-over row (bits 0) has group_size 0 and no scales or mins, \
+                 not group_size {group_size}, {scales} scales and {mins} mins"
+            )));
+        }
+        let bytes = count.checked_mul(size).filter(|&b| b == codes).ok_or_else(|| {
+            Error::new(
+                PqStatus::ShapeMismatch,
+                format!("codes hold {codes} bytes, but a carried-over {dtype} tensor of shape {shape:?} has {count} values of {size} bytes"),
+            )
+        })?;
+        return Ok(Row::Carried { bytes });
+    }
+    let dtype = Dtype::from_name(dtype).ok_or_else(|| {
+        unsupported(format!(
+            "dtype {dtype:?} is not float32, float16 or bfloat16, as a quantized row (bits {bits}) needs"
+        ))
+    })?;
+    let row_len = shape.last().map_or(0, |&d| d as usize);
+    let layout = Layout::new(count, row_len, bits as u32, group_size as usize)?;
+    check_len("codes", codes, layout.codes_len, true)?;
+    check_len("scales", scales, layout.n_groups, true)?;
+    check_len("mins", mins, layout.n_groups, true)?;
+    Ok(Row::Quantized { dtype, layout })
+}
 
 /// Errors unless `dt` is a quantized batch type [`dequantize`] accepts:
 /// the columns of [`quantized_fields`], in any order, with `large_`/plain
@@ -520,150 +570,322 @@ fn binary_rows<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a [u8]>> 
     }
 }
 
-/// Reconstructs the tensors of a quantized batch (`mins + q * scales`, in the
-/// dtype each row names) as a batch of [`dequantized_fields`]. Every row must
-/// name the same dtype.
-pub fn dequantize(input: &ArrayData, threads: usize) -> Result<ArrayData> {
-    validate(input)?;
-    check_dequantize_type(input.data_type())?;
-    let array = make_array(input.clone());
-    let DataType::Struct(fields) = array.data_type() else { unreachable!("checked above") };
-    let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size]) = QuantizedColumns::find(fields)?;
-    let batch = array.as_struct();
-    no_nulls(batch, "the quantized batch")?;
-    let col = |i: usize| batch.column(i).as_ref();
-    let names = strings(col(name), "name")?;
-    let codes = binary_rows(col(codes), "codes")?;
-    let scales = ListColumn::read(col(scales), "scales")?;
-    let mins = ListColumn::read(col(mins), "mins")?;
-    let shapes = ListColumn::read(col(shape), "shape")?;
-    let dtypes = strings(col(dtype), "dtype")?;
-    for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
-        no_nulls(col(c), &format!("column {what}"))?;
-    }
-    let bits = col(bits).as_primitive::<UInt8Type>().values();
-    let group_sizes = col(group_size).as_primitive::<UInt32Type>().values();
-    let scale_values = scales.values.as_primitive::<Float32Type>().values();
-    let min_values = mins.values.as_primitive::<Float32Type>().values();
-    let dims = shapes.values.as_primitive::<Int64Type>().values();
+/// A quantized batch, read in place, every row checked by [`check_row`].
+struct QuantizedBatch<'a> {
+    names: Vec<&'a str>,
+    codes: Vec<&'a [u8]>,
+    scales: Vec<&'a [f32]>,
+    mins: Vec<&'a [f32]>,
+    shapes: Vec<&'a [i64]>,
+    dtypes: Vec<&'a str>,
+    rows: Vec<Row>,
+}
 
-    let dtype = match dtypes.first().copied().unwrap_or("float32") {
-        "float32" => DataType::Float32,
-        "float16" => DataType::Float16,
-        other => return Err(unsupported(format!("dtype {other:?} (row 0) is not float32 or float16"))),
-    };
-    let mut layouts = Vec::with_capacity(batch.len());
-    let mut total = 0usize;
-    for row in 0..batch.len() {
-        let name = names[row];
-        if dtypes[row] != dtypes.first().copied().unwrap_or_default() {
-            return Err(in_tensor(
-                unsupported(format!(
-                    "dtype {:?} differs from row 0's {:?}: dequantize them separately",
-                    dtypes[row], dtypes[0]
-                )),
-                name,
-                row,
-            ));
+impl<'a> QuantizedBatch<'a> {
+    fn read(array: &'a dyn Array) -> Result<QuantizedBatch<'a>> {
+        check_dequantize_type(array.data_type())?;
+        let DataType::Struct(fields) = array.data_type() else { unreachable!("checked above") };
+        let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size]) =
+            QuantizedColumns::find(fields)?;
+        let batch = array.as_struct();
+        no_nulls(batch, "the quantized batch")?;
+        let col = |i: usize| batch.column(i).as_ref();
+        let names = strings(col(name), "name")?;
+        let codes = binary_rows(col(codes), "codes")?;
+        let floats = |i: usize, what: &str| -> Result<Vec<&'a [f32]>> {
+            let list = ListColumn::read(col(i), what)?;
+            let values = list.values.as_primitive::<Float32Type>().values();
+            Ok(list.ranges.into_iter().map(|r| &values[r]).collect())
+        };
+        let (scales, mins) = (floats(scales, "scales")?, floats(mins, "mins")?);
+        let shape_list = ListColumn::read(col(shape), "shape")?;
+        let dims = shape_list.values.as_primitive::<Int64Type>().values();
+        let shapes: Vec<&[i64]> = shape_list.ranges.into_iter().map(|r| &dims[r]).collect();
+        let dtypes = strings(col(dtype), "dtype")?;
+        for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
+            no_nulls(col(c), &format!("column {what}"))?;
         }
-        let range = shapes.ranges[row].clone();
-        let mut count = 1usize;
-        let shape = &dims[range];
-        for &d in shape {
-            let d = usize::try_from(d).ok().and_then(|d| count.checked_mul(d));
-            count = d.ok_or_else(|| {
-                in_tensor(Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")), name, row)
-            })?;
-        }
-        let row_len = shape.last().map_or(0, |&d| d as usize);
-        let layout = Layout::new(count, row_len, bits[row] as u32, group_sizes[row] as usize)
-            .map_err(|e| in_tensor(e, name, row))?;
-        total = checked_add(total, count, "weights")?;
-        layouts.push(layout);
+        let bits = col(bits).as_primitive::<UInt8Type>().values();
+        let group_sizes = col(group_size).as_primitive::<UInt32Type>().values();
+        let rows = (0..batch.len())
+            .map(|r| {
+                let lens = [codes[r].len(), scales[r].len(), mins[r].len()];
+                check_row(shapes[r], dtypes[r], bits[r], group_sizes[r], lens).map_err(|e| in_tensor(e, names[r], r))
+            })
+            .collect::<Result<Vec<Row>>>()?;
+        Ok(QuantizedBatch { names, codes, scales, mins, shapes, dtypes, rows })
     }
-    offset_i32(total, WEIGHTS)?;
 
-    let out = Output::new();
-    let weights = if dtype == DataType::Float16 {
-        dequantize_rows::<Float16Type>(
-            &out,
-            &layouts,
-            &names,
-            &codes,
-            &scales,
-            &mins,
-            scale_values,
-            min_values,
-            total,
-            threads,
-        )?
-    } else {
-        dequantize_rows::<Float32Type>(
-            &out,
-            &layouts,
-            &names,
-            &codes,
-            &scales,
-            &mins,
-            scale_values,
-            min_values,
-            total,
-            threads,
-        )?
-    };
+    /// The dtype of every row if they all are quantized float32 rows, or all
+    /// quantized float16 rows: then [`dequantize`] returns `weights` lists.
+    fn common_float(&self) -> Option<Dtype> {
+        let mut dtypes = self.rows.iter().map(|r| match r {
+            Row::Quantized { dtype: d @ (Dtype::F32 | Dtype::F16), .. } => Some(*d),
+            _ => None,
+        });
+        let first = dtypes.next().unwrap_or(Some(Dtype::F32))?;
+        dtypes.all(|d| d == Some(first)).then_some(first)
+    }
+}
+
+/// One row as [`quantized_batch`] writes it.
+struct RowMeta<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: Vec<i64>,
+    bits: u8,
+    group_size: u32,
+}
+
+/// Assembles a quantized batch ([`quantized_fields`]) from its rows and the
+/// concatenated codes (with their int64 offsets), scales and mins (with
+/// their int32 offsets per row). The vectors become the buffers, uncopied.
+fn quantized_batch(
+    out: &Output,
+    rows: &[RowMeta],
+    codes: (Vec<i64>, Vec<u8>),
+    group_offsets: Vec<i32>,
+    scales: Vec<f32>,
+    mins: Vec<f32>,
+) -> Result<ArrayData> {
     let mut shape_offsets = vec![0i32];
     let mut shape_values = Vec::new();
-    for r in &shapes.ranges {
-        shape_values.extend_from_slice(&dims[r.clone()]);
+    for r in rows {
+        shape_values.extend_from_slice(&r.shape);
         shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
     }
-    let columns: Vec<ArrayRef> =
-        vec![out.strings(names.iter().copied(), NAME)?, weights, out.list::<Int64Type>(shape_offsets, shape_values)];
-    let batch = StructArray::try_new(dequantized_fields(dtype), columns, None)
+    let (codes_offsets, codes) = codes;
+    let columns: Vec<ArrayRef> = vec![
+        out.strings(rows.iter().map(|r| r.name), NAME)?,
+        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), out.buffer(codes), None)),
+        out.list::<Float32Type>(group_offsets.clone(), scales),
+        out.list::<Float32Type>(group_offsets, mins),
+        out.list::<Int64Type>(shape_offsets, shape_values),
+        out.strings(rows.iter().map(|r| r.dtype), "dtype")?,
+        Arc::new(UInt8Array::new(out.scalars(rows.iter().map(|r| r.bits).collect()), None)),
+        Arc::new(UInt32Array::new(out.scalars(rows.iter().map(|r| r.group_size).collect()), None)),
+    ];
+    let batch = StructArray::try_new(quantized_fields(), columns, None)
         .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dequantize_rows<T>(
-    out: &Output,
-    layouts: &[Layout],
-    names: &[&str],
-    codes: &[&[u8]],
-    scales: &ListColumn<'_>,
-    mins: &ListColumn<'_>,
-    scale_values: &[f32],
-    min_values: &[f32],
-    total: usize,
-    threads: usize,
-) -> Result<ArrayRef>
+/// The parts of one row of a quantized batch, for [`row`].
+pub struct RowParts<'a> {
+    pub name: &'a str,
+    pub dtype: &'a str,
+    pub shape: &'a [i64],
+    /// 2, 4 or 8 for a quantized tensor; 0 for a carried-over one.
+    pub bits: u8,
+    /// 0 for a carried-over tensor.
+    pub group_size: u32,
+    /// Packed codes, or the carried-over tensor's raw little-endian bytes.
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub mins: &'a [f32],
+}
+
+/// A quantized batch of one row (copied from `parts`), checked by the rules
+/// every row is read with: how a writer (pyquant's Arrow checkpoints) makes
+/// rows without knowing the format.
+pub fn row(parts: &RowParts) -> Result<ArrayData> {
+    let lens = [parts.codes.len(), parts.scales.len(), parts.mins.len()];
+    check_row(parts.shape, parts.dtype, parts.bits, parts.group_size, lens).map_err(|e| in_tensor(e, parts.name, 0))?;
+    let groups = offset_i32(parts.scales.len(), "scales")?;
+    let meta = RowMeta {
+        name: parts.name,
+        dtype: parts.dtype,
+        shape: parts.shape.to_vec(),
+        bits: parts.bits,
+        group_size: parts.group_size,
+    };
+    let codes = (vec![0, parts.codes.len() as i64], parts.codes.to_vec());
+    quantized_batch(&Output::new(), &[meta], codes, vec![0, groups], parts.scales.to_vec(), parts.mins.to_vec())
+}
+
+// ---------------------------------------------------------------------------
+// Dequantize
+
+/// The forms of [`dequantize`]'s result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dequantized {
+    /// `name`, `weights` (list of the dtype), `shape` when every row is a
+    /// quantized float32 row, or every row a quantized float16 row;
+    /// otherwise as `Raw`.
+    Auto,
+    /// `name`, `dtype`, `shape`, `data` (large_binary: each tensor's raw
+    /// little-endian bytes in its dtype), whatever the rows: one schema for
+    /// every batch of a stream.
+    Raw,
+}
+
+/// The schema of a dequantized batch in the `Auto` form: `name`, `weights`
+/// (a list of `value`) and `shape`; quantizing it again reads it as an input
+/// batch.
+pub fn dequantized_fields(value: DataType) -> Fields {
+    Fields::from(vec![
+        Field::new(NAME, DataType::Utf8, false),
+        Field::new(WEIGHTS, DataType::List(item(value)), false),
+        Field::new(SHAPE, DataType::List(item(DataType::Int64)), false),
+    ])
+}
+
+/// The schema of a dequantized batch in the `Raw` form.
+pub fn raw_fields() -> Fields {
+    Fields::from(vec![
+        Field::new(NAME, DataType::Utf8, false),
+        Field::new("dtype", DataType::Utf8, false),
+        Field::new(SHAPE, DataType::List(item(DataType::Int64)), false),
+        Field::new("data", DataType::LargeBinary, false),
+    ])
+}
+
+/// Reconstructs the tensors of a quantized batch: quantized rows as
+/// `mins + q * scales` in their dtype, carried-over rows as they are, in the
+/// `form` asked for (see [`Dequantized`]).
+pub fn dequantize(input: &ArrayData, form: Dequantized, threads: usize) -> Result<ArrayData> {
+    validate(input)?;
+    let array = make_array(input.clone());
+    let q = QuantizedBatch::read(array.as_ref())?;
+    let out = Output::new();
+    let mut shape_offsets = vec![0i32];
+    let mut shape_values = Vec::new();
+    for s in &q.shapes {
+        shape_values.extend_from_slice(s);
+        shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
+    }
+    let names = out.strings(q.names.iter().copied(), NAME)?;
+    let shapes = out.list::<Int64Type>(shape_offsets, shape_values);
+    let (fields, columns) = match (form, q.common_float()) {
+        (Dequantized::Auto, Some(dtype)) => {
+            let (value, weights) = match dtype {
+                Dtype::F16 => (DataType::Float16, dequantize_lists::<Float16Type>(&out, &q, threads)?),
+                _ => (DataType::Float32, dequantize_lists::<Float32Type>(&out, &q, threads)?),
+            };
+            (dequantized_fields(value), vec![names, weights, shapes])
+        }
+        _ => {
+            let dtypes = out.strings(q.dtypes.iter().copied(), "dtype")?;
+            (raw_fields(), vec![names, dtypes, shapes, dequantize_raw(&out, &q, threads)?])
+        }
+    };
+    let batch = StructArray::try_new(fields, columns, None).map_err(|e| Error::internal("building the result", e))?;
+    Ok(batch.into_data())
+}
+
+/// Runs the dequantize items of `q`'s quantized rows in one batch call; an
+/// error names the tensor.
+fn run_items(q: &QuantizedBatch, items: &mut [DequantizeItem], rows: &[usize], threads: usize) -> Result<()> {
+    dequantize_batch(items, threads).map_err(|e| match e.item {
+        Some(i) => in_tensor(e.error, q.names[rows[i]], rows[i]),
+        None => e.error,
+    })
+}
+
+/// The `weights` column of the `Auto` form: every row is a quantized row of `T`.
+fn dequantize_lists<T>(out: &Output, q: &QuantizedBatch, threads: usize) -> Result<ArrayRef>
 where
     T: arrow_array::ArrowPrimitiveType,
     T::Native: Element,
 {
+    let layouts: Vec<Layout> = q
+        .rows
+        .iter()
+        .map(|r| match r {
+            Row::Quantized { layout, .. } => *layout,
+            Row::Carried { .. } => unreachable!("common_float: every row is quantized"),
+        })
+        .collect();
+    let total = layouts.iter().try_fold(0usize, |n, l| checked_add(n, l.len, "weights"))?;
+    offset_i32(total, WEIGHTS)?;
     let mut values = vec![T::Native::from_f32(0.0); total];
     let mut offsets = vec![0i32];
     {
         let mut rest = &mut values[..];
         let mut items = Vec::with_capacity(layouts.len());
-        for (row, l) in layouts.iter().enumerate() {
-            let (out, r) = std::mem::take(&mut rest).split_at_mut(l.len);
-            rest = r;
+        for (r, l) in layouts.iter().enumerate() {
+            let (o, tail) = std::mem::take(&mut rest).split_at_mut(l.len);
+            rest = tail;
             items.push(DequantizeItem {
-                codes: codes[row],
-                scales: &scale_values[scales.ranges[row].clone()],
-                mins: &min_values[mins.ranges[row].clone()],
+                codes: q.codes[r],
+                scales: q.scales[r],
+                mins: q.mins[r],
                 layout: *l,
-                output: T::Native::values_mut(out),
+                output: T::Native::values_mut(o),
             });
             offsets.push(offsets.last().copied().unwrap_or(0) + l.len as i32);
         }
-        dequantize_batch(&mut items, threads).map_err(|e| match e.item {
-            Some(row) => in_tensor(e.error, names[row], row),
-            None => e.error,
-        })?;
+        let rows: Vec<usize> = (0..layouts.len()).collect();
+        run_items(q, &mut items, &rows, threads)?;
     }
     Ok(out.list::<T>(offsets, values))
+}
+
+/// The `data` column of the `Raw` form: each quantized row dequantized into
+/// its dtype's bytes, each carried-over row's bytes as they are.
+fn dequantize_raw(out: &Output, q: &QuantizedBatch, threads: usize) -> Result<ArrayRef> {
+    let sizes: Vec<usize> = q
+        .rows
+        .iter()
+        .map(|r| match r {
+            Row::Quantized { dtype, layout } => layout.len * dtype.size(),
+            Row::Carried { bytes } => *bytes,
+        })
+        .collect();
+    let total = sizes.iter().try_fold(0usize, |n, &b| checked_add(n, b, "data"))?;
+    let mut offsets = vec![0i64];
+    for &b in &sizes {
+        offsets.push(offsets.last().copied().unwrap_or(0) + b as i64);
+    }
+    // Words, so that a row starting at a multiple of its element size is
+    // aligned for it and dequantized in place; the others are dequantized
+    // into a buffer of their own ("staged") and copied.
+    let mut words = vec![0u64; total.div_ceil(8)];
+    let aligned = |r: usize, dtype: Dtype| (offsets[r] as usize).is_multiple_of(dtype.size());
+    let mut staged: Vec<(usize, Vec<u32>)> = q
+        .rows
+        .iter()
+        .enumerate()
+        .filter_map(|(r, row)| match *row {
+            Row::Quantized { dtype, .. } if !aligned(r, dtype) => Some((r, vec![0u32; sizes[r].div_ceil(4)])),
+            _ => None,
+        })
+        .collect();
+    // SAFETY: `words` holds at least `total` initialized bytes; u8 has no alignment.
+    let data = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, total) };
+    {
+        let (mut items, mut item_rows) = (Vec::new(), Vec::new());
+        let mut staged_bufs = staged.iter_mut().map(|(_, buf)| buf);
+        let mut rest = &mut data[..];
+        for (r, row) in q.rows.iter().enumerate() {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(sizes[r]);
+            rest = tail;
+            let (dtype, layout) = match *row {
+                Row::Carried { .. } => {
+                    dst.copy_from_slice(q.codes[r]);
+                    continue;
+                }
+                Row::Quantized { dtype, layout } => (dtype, layout),
+            };
+            let target: *mut u8 = if aligned(r, dtype) {
+                dst.as_mut_ptr()
+            } else {
+                staged_bufs.next().expect("a staged buffer per misaligned row").as_mut_ptr() as *mut u8
+            };
+            // SAFETY: `target` is this row's own `layout.len * dtype.size()`
+            // bytes (in `data` or its staged buffer), aligned for the dtype,
+            // and nothing else reads or writes them until the batch returns.
+            let output = unsafe { ValuesMut::from_raw(dtype, target, layout.len) };
+            items.push(DequantizeItem { codes: q.codes[r], scales: q.scales[r], mins: q.mins[r], layout, output });
+            item_rows.push(r);
+        }
+        run_items(q, &mut items, &item_rows, threads)?;
+    }
+    for (r, buf) in &staged {
+        let start = offsets[*r] as usize;
+        data[start..start + sizes[*r]].copy_from_slice(&buf.to_byte_slice()[..sizes[*r]]);
+    }
+    Ok(Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(offsets)), out.buffer(words), None)))
 }
 
 #[cfg(test)]
@@ -671,7 +893,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::batch as kernel;
     use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
-    use half::f16;
+    use half::{bf16, f16};
     use std::sync::{Mutex, MutexGuard};
 
     /// Tests that build results hold this, so that [`live_exports`] is theirs alone.
@@ -868,7 +1090,7 @@ pub(crate) mod tests {
             ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
         ]);
         let q = quantize(&input, "", 8, Some(32), 0).unwrap();
-        let d = dequantize(&q, 0).unwrap();
+        let d = dequantize(&q, Dequantized::Auto, 0).unwrap();
         let back = StructArray::from(d.clone());
         let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
         for (i, (range, row)) in [(0..256, 128), (256..384, 128)].into_iter().enumerate() {
@@ -893,6 +1115,148 @@ pub(crate) mod tests {
         assert_eq!(live_exports(), 2);
         drop((q, d, back));
         assert_eq!(live_exports(), 0);
-        assert_eq!(status(dequantize(&Float32Array::from(vec![1.0f32]).into_data(), 0)), PqStatus::UnsupportedDtype);
+        assert_eq!(
+            status(dequantize(&Float32Array::from(vec![1.0f32]).into_data(), Dequantized::Auto, 0)),
+            PqStatus::UnsupportedDtype
+        );
+    }
+
+    /// One batch of the rows of one-row batches made by [`row`].
+    fn concat(batches: &[ArrayData]) -> ArrayData {
+        let parts: Vec<Row> = batches.iter().flat_map(rows).collect();
+        let metas: Vec<RowMeta> = parts
+            .iter()
+            .map(|p| RowMeta { name: &p.0, dtype: &p.5, shape: p.4.clone(), bits: p.6, group_size: p.7 })
+            .collect();
+        let (mut codes, mut groups, mut scales, mut mins) = ((vec![0i64], vec![]), vec![0i32], vec![], vec![]);
+        for p in &parts {
+            codes.1.extend_from_slice(&p.1);
+            codes.0.push(codes.1.len() as i64);
+            scales.extend_from_slice(&p.2);
+            mins.extend_from_slice(&p.3);
+            groups.push(scales.len() as i32);
+        }
+        quantized_batch(&Output::new(), &metas, codes, groups, scales, mins).unwrap()
+    }
+
+    fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, g: usize) -> ArrayData {
+        let row_len = *shape.last().unwrap() as usize;
+        let l = Layout::new(x.len(), row_len, bits, g).unwrap();
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        match dtype {
+            Dtype::F32 => kernel::quantize(x, &l, &mut c, &mut s, &mut m),
+            Dtype::F16 => {
+                kernel::quantize(&x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(), &l, &mut c, &mut s, &mut m)
+            }
+            Dtype::Bf16 => {
+                kernel::quantize(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(), &l, &mut c, &mut s, &mut m)
+            }
+        }
+        .unwrap();
+        let parts = RowParts {
+            name,
+            dtype: dtype.name(),
+            shape,
+            bits: bits as u8,
+            group_size: g as u32,
+            codes: &c,
+            scales: &s,
+            mins: &m,
+        };
+        row(&parts).unwrap()
+    }
+
+    fn carried_row(name: &str, dtype: &str, shape: &[i64], bytes: &[u8]) -> ArrayData {
+        row(&RowParts { name, dtype, shape, bits: 0, group_size: 0, codes: bytes, scales: &[], mins: &[] }).unwrap()
+    }
+
+    #[test]
+    fn carried_over_and_bfloat16_rows_dequantize_exactly_in_the_raw_form() {
+        let _g = exclusive();
+        let x = values(256, 9);
+        let ints: Vec<u8> = (0..5i64).flat_map(|v| (v * 1_000_000_007 - 3).to_le_bytes()).collect();
+        let odd = [1u8, 2, 3]; // int8, 3 values: the next row starts misaligned
+        let q = concat(&[
+            carried_row("ints", "int64", &[5], &ints),
+            carried_row("odd", "int8", &[3], &odd),
+            quantized_row("w32", &x, Dtype::F32, &[2, 128], 4, 32),
+            quantized_row("wbf", &x, Dtype::Bf16, &[4, 64], 8, 64),
+            carried_row("bias", "bfloat16", &[2], &[0x80, 0x3F, 0x00, 0xC0]),
+        ]);
+        for form in [Dequantized::Auto, Dequantized::Raw] {
+            let d = StructArray::from(dequantize(&q, form, 2).unwrap());
+            assert_eq!(d.fields(), &raw_fields(), "{form:?}: mixed rows come back raw");
+            let data = d.column_by_name("data").unwrap().as_binary::<i64>();
+            let dtypes = d.column_by_name("dtype").unwrap().as_string::<i32>();
+            assert_eq!(data.value(0), &ints[..]);
+            assert_eq!(data.value(1), &odd[..]);
+            assert_eq!(data.value(4), &[0x80, 0x3F, 0x00, 0xC0]);
+            assert_eq!((dtypes.value(0), dtypes.value(3), dtypes.value(4)), ("int64", "bfloat16", "bfloat16"));
+            let l = Layout::new(256, 128, 4, 32).unwrap();
+            let (c, s, m) = kernel_bytes(&x, 128, 4, 32);
+            let mut want = vec![0f32; 256];
+            kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+            let want: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(data.value(2), &want[..]);
+            let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            let l = Layout::new(256, 64, 8, 64).unwrap();
+            let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+            kernel::quantize(&xb, &l, &mut c, &mut s, &mut m).unwrap();
+            let mut want = vec![bf16::ZERO; 256];
+            kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+            let want: Vec<u8> = want.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+            assert_eq!(data.value(3), &want[..]);
+        }
+        // Float32 rows only: the Auto form keeps weights lists; Raw still raw.
+        let only = concat(&[quantized_row("a", &x, Dtype::F32, &[256], 2, 16)]);
+        let auto = StructArray::from(dequantize(&only, Dequantized::Auto, 0).unwrap());
+        assert_eq!(auto.fields(), &dequantized_fields(DataType::Float32));
+        let raw = StructArray::from(dequantize(&only, Dequantized::Raw, 0).unwrap());
+        assert_eq!(raw.fields(), &raw_fields());
+        drop((q, only, auto, raw));
+        assert_eq!(live_exports(), 0);
+    }
+
+    #[test]
+    fn rows_break_the_rules_with_named_errors() {
+        let _g = exclusive();
+        let bad = |parts: RowParts| row(&parts).unwrap_err();
+        let base = RowParts {
+            name: "t",
+            dtype: "int64",
+            shape: &[2],
+            bits: 0,
+            group_size: 0,
+            codes: &[0; 16],
+            scales: &[],
+            mins: &[],
+        };
+        assert!(row(&base).is_ok());
+        let e = bad(RowParts { codes: &[0; 15], ..base });
+        assert!(
+            e.status == PqStatus::ShapeMismatch && e.message.starts_with("tensor \"t\" (row 0): codes hold 15 bytes"),
+            "{e}"
+        );
+        let e = bad(RowParts { dtype: "complex64", ..base });
+        assert_eq!(e.status, PqStatus::UnsupportedDtype, "{e}");
+        let e = bad(RowParts { group_size: 4, ..base });
+        assert_eq!(e.status, PqStatus::InvalidArrow, "{e}");
+        let e = bad(RowParts { bits: 4, group_size: 2, ..base });
+        assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("float32, float16 or bfloat16"), "{e}");
+        let e = bad(RowParts {
+            dtype: "float32",
+            bits: 4,
+            group_size: 2,
+            codes: &[0; 2],
+            scales: &[1.0],
+            mins: &[0.0],
+            ..base
+        });
+        assert_eq!(e.status, PqStatus::BufferTooSmall, "{e}");
+        let e = bad(RowParts { dtype: "float32", bits: 3, group_size: 2, ..base });
+        assert_eq!(e.status, PqStatus::InvalidBits, "{e}");
+        let e = bad(RowParts { shape: &[-2], ..base });
+        assert_eq!(e.status, PqStatus::ShapeMismatch, "{e}");
+        assert_eq!(live_exports(), 0);
     }
 }

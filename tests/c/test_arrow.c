@@ -210,7 +210,7 @@ static void test_round_trip(void) {
     struct ArrowArray moved;
     memcpy(&moved, &out, sizeof moved);
     out.release = NULL;
-    s = pq_dequantize_arrow(&moved, &out_schema, 0, &back, &back_schema, &err);
+    s = pq_dequantize_arrow(&moved, &out_schema, PQ_DEQUANTIZED_AUTO, 0, &back, &back_schema, &err);
     CHECK(s == PQ_STATUS_OK && moved.release == NULL);
     CHECK(pq_arrow_live_exports() == 1); /* the quantized batch is gone, the result lives */
     if (s == PQ_STATUS_OK) {

@@ -20,7 +20,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 
 use super::boundary::{run, PqError};
-use super::memory::{check_aligned, check_aligned_to, check_struct};
+use super::memory::{check_aligned, check_aligned_to, check_struct, Region};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
 
@@ -71,10 +71,21 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     }
 }
 
-/// The way back: dequantizes a record batch made by `pq_quantize_arrow`
-/// into a struct array with columns `name` utf8, `weights` list of the
-/// tensors' dtype (float32 or float16; every row must have the same one)
-/// and `shape` list<int64>.
+/// `form` of `pq_dequantize_arrow`: `name`, `weights` (a list of the
+/// dtype), `shape` when every row is a quantized float32 row, or every row a
+/// quantized float16 row; otherwise as `PQ_DEQUANTIZED_RAW`.
+pub const PQ_DEQUANTIZED_AUTO: u32 = 0;
+/// `form` of `pq_dequantize_arrow`: `name` utf8, `dtype` utf8, `shape`
+/// list<int64>, `data` large_binary (each tensor's raw little-endian bytes in
+/// its dtype), whatever the rows hold: one schema for every batch of a stream.
+pub const PQ_DEQUANTIZED_RAW: u32 = 1;
+
+/// The way back: reconstructs the tensors of a quantized batch (made by
+/// `pq_quantize_arrow`, or a batch of an Arrow checkpoint) as a struct
+/// array in the `form` asked for (`PQ_DEQUANTIZED_AUTO` or
+/// `PQ_DEQUANTIZED_RAW`). Quantized rows come back as `mins + q * scales` in
+/// their dtype (float32, float16 or bfloat16); carried-over rows (`bits` 0:
+/// `codes` hold the tensor's raw little-endian bytes) come back unchanged.
 ///
 /// Ownership as for `pq_quantize_arrow`: `in_array` is moved from and
 /// released exactly once by pyquant, `in_schema` is borrowed, and the
@@ -84,6 +95,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
 pub unsafe extern "C" fn pq_dequantize_arrow(
     in_array: *mut FFI_ArrowArray,
     in_schema: *const FFI_ArrowSchema,
+    form: u32,
     threads: usize,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
@@ -92,9 +104,86 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
     // SAFETY: as for pq_quantize_arrow.
     unsafe {
         transform(in_array, in_schema, arrow::check_dequantize_type, out_array, out_schema, error, |_, data| {
-            arrow::dequantize(data, threads)
+            let form = match form {
+                PQ_DEQUANTIZED_AUTO => arrow::Dequantized::Auto,
+                PQ_DEQUANTIZED_RAW => arrow::Dequantized::Raw,
+                other => {
+                    return Err(Error::new(
+                        PqStatus::InvalidArrow,
+                        format!("form {other} is not PQ_DEQUANTIZED_AUTO (0) or PQ_DEQUANTIZED_RAW (1)"),
+                    ))
+                }
+            };
+            arrow::dequantize(data, form, threads)
         })
     }
+}
+
+/// Builds a quantized batch of one row, the way every row of the format is
+/// checked when read, into the caller-allocated `*out_array` /
+/// `*out_schema` (schema as `pq_arrow_quantized_schema`, written only on
+/// `PQ_STATUS_OK`; the caller then releases each once). For writers of
+/// Arrow checkpoints, so that they need not know the row format.
+///
+/// A quantized row: `bits` 2, 4 or 8, `dtype` "float32", "float16" or
+/// "bfloat16", `codes` / `scales` / `mins` as `pq_quantize` writes them for
+/// `shape` (groups of `group_size` along its last axis). A carried-over row:
+/// `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
+/// little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
+/// int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
+/// and `dtype` are UTF-8 (not NUL-terminated). Every buffer is copied and
+/// owned by the caller.
+#[no_mangle]
+pub unsafe extern "C" fn pq_arrow_quantized_row(
+    name: *const u8,
+    name_len: usize,
+    dtype: *const u8,
+    dtype_len: usize,
+    shape: *const i64,
+    shape_len: usize,
+    bits: u32,
+    group_size: usize,
+    codes: *const u8,
+    codes_len: usize,
+    scales: *const f32,
+    scales_len: usize,
+    mins: *const f32,
+    mins_len: usize,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let text = |what: &'static str, p: *const u8, len: usize| -> Result<&str> {
+            // SAFETY: checked by Region::new; the caller promised `len` readable bytes.
+            let bytes = unsafe { Region::new(what, p, len)?.as_slice() };
+            std::str::from_utf8(bytes)
+                .map_err(|e| Error::new(PqStatus::InvalidArrow, format!("{what} is not UTF-8: {e}")))
+        };
+        let (name, dtype) = (text("name", name, name_len)?, text("dtype", dtype, dtype_len)?);
+        let bits = u8::try_from(bits).map_err(|_| {
+            Error::new(PqStatus::InvalidBits, format!("bits must be 0 (carried over), 2, 4 or 8, got {bits}"))
+        })?;
+        let group_size = u32::try_from(group_size).map_err(|_| {
+            Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} does not fit uint32"))
+        })?;
+        check_outputs(out_array, out_schema)?;
+        // SAFETY: each region is checked (NULL, alignment, size) and only read.
+        let parts = unsafe {
+            arrow::RowParts {
+                name,
+                dtype,
+                shape: Region::new("shape", shape, shape_len)?.as_slice(),
+                bits,
+                group_size,
+                codes: Region::new("codes", codes, codes_len)?.as_slice(),
+                scales: Region::new("scales", scales, scales_len)?.as_slice(),
+                mins: Region::new("mins", mins, mins_len)?.as_slice(),
+            }
+        };
+        let row = arrow::row(&parts)?;
+        unsafe { export(row, out_array, out_schema) }
+    })
 }
 
 /// The shared body of the Arrow functions, inside the panic boundary: move
