@@ -19,6 +19,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
+
 from ._call import call
 from ._lib import ffi, lib
 from .core import _c_uint, _SIZE_MAX, _UINT32_MAX, c_threads
@@ -85,14 +87,24 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
 
 
 def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
-    """Reconstructs the tensors of a quantized batch made by :func:`quantize_arrow`.
+    """Reconstructs the tensors of quantized batches: those :func:`quantize_arrow`
+    makes, or the batches of an Arrow checkpoint (``quantize(..., format="arrow")``).
 
-    Returns a ``RecordBatch`` with columns ``name``, ``weights`` (a list of
-    each tensor's original dtype, float32 or float16) and ``shape``, which
-    :func:`quantize_arrow` accepts again. Tables and readers map batch by
-    batch, as in :func:`quantize_arrow`. All rows of a batch must share a dtype.
+    Quantized rows come back as ``mins + q * scales`` in their dtype
+    (float32, float16 or bfloat16); carried-over rows (``bits`` 0) come back
+    unchanged. The form of the result (README "Arrow"):
 
-    Copies: none of the inputs (read in place); the weights buffers are
+    - an array or record batch whose rows are all quantized float32, or all
+      quantized float16, comes back as ``name``, ``weights`` (a list of that
+      dtype) and ``shape``, which :func:`quantize_arrow` accepts again;
+    - any other batch (bfloat16 or carried-over rows, mixed dtypes), and
+      every batch of a Table or stream, comes back as ``name``, ``dtype``,
+      ``shape`` and ``data`` (large_binary: each tensor's raw little-endian
+      bytes in its dtype; ``np.frombuffer(data, dtype).reshape(shape)``), so
+      that all batches of a stream share one schema. A Table gives a Table, a
+      ``RecordBatchReader`` a lazy reader.
+
+    Copies: none of the inputs (read in place); the result's buffers are
     written by the Rust kernel and exported without a copy. Parallelism:
     one native call per batch on ``threads`` threads (None: all cores), GIL
     released. Raises ArrowDataError (not in the quantized schema, released,
@@ -100,10 +112,37 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     """
     t = c_threads(threads)
 
-    def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _convert(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
+    def convert(form: int) -> Callable[[Any, Any], Any]:
+        return lambda schema_capsule, array_capsule: _convert(
+            lib.pq_dequantize_arrow, schema_capsule, array_capsule, form, t)
 
-    return _map(obj, convert, None)
+    if hasattr(obj, "__arrow_c_array__"):
+        return convert(lib.PQ_DEQUANTIZED_AUTO)(*obj.__arrow_c_array__())
+    return _map(obj, convert(lib.PQ_DEQUANTIZED_RAW), None)
+
+
+def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, group_size: int,
+                  codes: Any, scales: Any, mins: Any) -> Any:
+    """One row of a quantized batch as a pyarrow ``RecordBatch`` in
+    :func:`quantized_schema`, built and checked by the Rust library (the one
+    owner of the row format): a quantized tensor (``bits`` 2, 4 or 8, and
+    its codes, scales and mins as numpy arrays), or a carried-over one
+    (``bits`` 0, ``group_size`` 0, empty scales and mins, ``codes`` the
+    tensor's raw little-endian bytes as a uint8 array). Copies the buffers."""
+    name_b, dtype_b = name.encode(), dtype.encode()
+    dims = np.ascontiguousarray(shape, np.int64)
+    codes = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
+    scales = np.ascontiguousarray(scales, np.float32).reshape(-1)
+    mins = np.ascontiguousarray(mins, np.float32).reshape(-1)
+
+    def buf(a: Any, ctype: str) -> Any:
+        return ffi.cast(ctype, a.ctypes.data) if a.size else ffi.NULL
+
+    return _import_result(
+        lib.pq_arrow_quantized_row, name_b, len(name_b), dtype_b, len(dtype_b),
+        buf(dims, "int64_t *"), dims.size, _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError),
+        _c_uint(group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
+        buf(codes, "uint8_t *"), codes.size, buf(scales, "float *"), scales.size, buf(mins, "float *"), mins.size)
 
 
 def quantized_schema() -> Any:
@@ -169,12 +208,18 @@ def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int)
     too), so the capsule's destructor will not release it again; the schema
     capsule keeps its schema and releases it itself.
     """
-    pa = _pyarrow()
     in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
+    return _import_result(function, in_array, in_schema, *args)
+
+
+def _import_result(function: Any, *args: Any) -> Any:
+    """Calls ``function(*args, out_array, out_schema, err)`` and imports the
+    record batch it exported into pyarrow."""
+    pa = _pyarrow()
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
-    call(function, in_array, in_schema, *args, out_array, out_schema)
+    call(function, *args, out_array, out_schema)
     try:
         # Moves both structs into pyarrow (released by it, even if it fails).
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))

@@ -118,8 +118,9 @@ class _SafetensorsSink:
 
 
 class _ArrowSink:
-    """Writes one record batch per tensor, in the Arrow path's schema; the
-    numpy outputs become Arrow buffers without a copy."""
+    """Writes one record batch per tensor; the rows are built and checked by
+    the Rust library (:func:`pyquant.arrow.quantized_row`), which owns the
+    row format."""
 
     def __init__(self, dst: Any, metadata: dict[str, str], force: bool):
         from .arrow import _pyarrow, quantized_schema
@@ -145,27 +146,17 @@ class _ArrowSink:
                 raise
         return self._cm.__exit__(*exc)
 
-    def _row(self, name: str, raw: np.ndarray[Any, Any], scales: np.ndarray[Any, Any], mins: np.ndarray[Any, Any],
-             shape: tuple[int, ...], dtype: str, bits: int, group_size: int) -> None:
-        pa = self.pa
-        raw = raw.reshape(-1).view(np.uint8)
-        codes = pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, raw.size], np.int64)), pa.py_buffer(raw)])
-
-        def floats(a: np.ndarray[Any, Any]) -> Any:
-            return pa.ListArray.from_arrays(pa.array([0, a.size], pa.int32()), pa.array(a.reshape(-1)))
-
-        columns = [pa.array([name]), codes, floats(scales), floats(mins),
-                   pa.array([list(shape)], pa.list_(pa.int64())), pa.array([dtype]),
-                   pa.array([bits], pa.uint8()), pa.array([group_size], pa.uint32())]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
-
     def keep(self, name: str, arr: np.ndarray[Any, Any]) -> None:
+        from .arrow import quantized_row
+
         empty = np.empty(0, np.float32)
-        self._row(name, np.ascontiguousarray(arr), empty, empty, arr.shape, str(arr.dtype), 0, 0)
+        self._writer.write_batch(quantized_row(name, str(arr.dtype), arr.shape, 0, 0, arr, empty, empty))
 
     def quantized(self, name: str, qt: QuantizedTensor) -> None:
-        self._row(name, qt.codes, qt.scales, qt.mins, qt.shape, qt.dtype, qt.bits, qt.group_size)
+        from .arrow import quantized_row
+
+        self._writer.write_batch(
+            quantized_row(name, qt.dtype, qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.mins))
 
 
 class QuantizedCheckpoint:
