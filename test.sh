@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, builds the
 # package (cargo release build + CFFI extension), checks cargo fmt and clippy
-# (-D warnings), then runs the Rust unit tests and the pytest suite (which also builds and runs the C host tests,
-# under valgrind too, and checks the committed header against a fresh cbindgen
-# run), and the pytest suite again against a build of the library with debug
+# (-D warnings), then runs the Rust unit tests and the pytest suite (which also
+# builds and runs the C host tests, under valgrind too, and checks the
+# committed headers against a fresh cbindgen run), and the pytest suite again against a build of the library with debug
 # assertions and overflow checks on, and finally the fuzz targets (fuzz/run.sh,
 # 45 s each on the committed seed corpora).
 # Extra arguments go to pytest, e.g. ./test.sh -k bad_inputs

@@ -319,10 +319,47 @@ static void test_row21(void) {
     CHECK(pq_arrow_live_exports() == 0);
 }
 
+/* A carried-over row built by pq_arrow_quantized_row comes back bit for bit
+ * from pq_dequantize_arrow in the raw form; a bad row is refused. */
+static void test_carried_over_row(void) {
+    const int64_t ids[3] = {-5, 1000000007, 42};
+    const int64_t shape[1] = {3};
+    struct ArrowArray row, back;
+    struct ArrowSchema row_schema, back_schema;
+    PqStatus s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
+                                        (const uint8_t *)ids, sizeof ids, NULL, 0, NULL, 0, &row, &row_schema, &err);
+    CHECK(s == PQ_STATUS_OK);
+    if (s != PQ_STATUS_OK) return;
+    CHECK(pq_arrow_live_exports() == 1);
+    s = pq_dequantize_arrow(&row, &row_schema, PQ_DEQUANTIZED_AUTO, 1, &back, &back_schema, &err);
+    CHECK(s == PQ_STATUS_OK && row.release == NULL);
+    if (s == PQ_STATUS_OK) {
+        int d = find_child(&back_schema, "data"), t = find_child(&back_schema, "dtype");
+        CHECK(d >= 0 && t >= 0 && strcmp(back_schema.children[d]->format, "Z") == 0);
+        if (d >= 0 && t >= 0) {
+            const int64_t *off = back.children[d]->buffers[1];
+            const uint8_t *data = back.children[d]->buffers[2];
+            const int32_t *toff = back.children[t]->buffers[1];
+            const char *tdata = back.children[t]->buffers[2];
+            CHECK(off[0] == 0 && off[1] == (int64_t)sizeof ids && memcmp(data, ids, sizeof ids) == 0);
+            CHECK(toff[1] - toff[0] == 5 && memcmp(tdata + toff[0], "int64", 5) == 0);
+        }
+        back.release(&back);
+        back_schema.release(&back_schema);
+    }
+    row_schema.release(&row_schema);
+    /* 23 bytes for 3 int64 values: refused, naming the tensor; nothing exported. */
+    s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
+                               (const uint8_t *)ids, sizeof ids - 1, NULL, 0, NULL, 0, &row, &row_schema, &err);
+    CHECK(s == PQ_STATUS_SHAPE_MISMATCH && strstr(err.message, "\"ids\"") != NULL);
+    CHECK(pq_arrow_live_exports() == 0);
+}
+
 int main(void) {
     for (int i = 0; i < 32; i++) values[i] = (float)((i * 37) % 29) / 7.0f - 2.0f;
     test_round_trip();
     test_export_children_outlive_parent();
     test_row21();
+    test_carried_over_row();
     return report();
 }
