@@ -97,12 +97,16 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     - an array or record batch whose rows are all quantized float32, or all
       quantized float16, comes back as ``name``, ``weights`` (a list of that
       dtype) and ``shape``, which :func:`quantize_arrow` accepts again;
-    - any other batch (bfloat16 or carried-over rows, mixed dtypes), and
-      every batch of a Table or stream, comes back as ``name``, ``dtype``,
-      ``shape`` and ``data`` (large_binary: each tensor's raw little-endian
-      bytes in its dtype; ``np.frombuffer(data, dtype).reshape(shape)``), so
-      that all batches of a stream share one schema. A Table gives a Table, a
-      ``RecordBatchReader`` a lazy reader.
+    - any other batch (bfloat16 or carried-over rows, mixed dtypes) comes
+      back as ``name``, ``dtype``, ``shape`` and ``data`` (large_binary:
+      each tensor's raw little-endian bytes in its dtype;
+      ``np.frombuffer(data, dtype).reshape(shape)``);
+    - a Table (or other stream) gives a Table: in the first form if every
+      batch gets it with one schema, else every batch in the second form, so
+      that all share one schema (an Arrow checkpoint, one tensor per batch,
+      of mixed dtypes, reads as such a Table); a ``RecordBatchReader`` gives
+      a lazy reader, always in the second form (its later batches are not
+      known in advance).
 
     Copies: none of the inputs (read in place); the result's buffers are
     written by the Rust kernel and exported without a copy. Parallelism:
@@ -116,9 +120,10 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
         return lambda schema_capsule, array_capsule: _convert(
             lib.pq_dequantize_arrow, schema_capsule, array_capsule, form, t)
 
-    if hasattr(obj, "__arrow_c_array__"):
-        return convert(lib.PQ_DEQUANTIZED_AUTO)(*obj.__arrow_c_array__())
-    return _map(obj, convert(lib.PQ_DEQUANTIZED_RAW), None)
+    auto, raw = convert(lib.PQ_DEQUANTIZED_AUTO), convert(lib.PQ_DEQUANTIZED_RAW)
+    # A lazy reader cannot know its later batches: the raw form from the start.
+    lazy = hasattr(obj, "__arrow_c_stream__") and isinstance(obj, _pyarrow().RecordBatchReader)
+    return _map(obj, raw if lazy else auto, None, uniform=raw)
 
 
 def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, group_size: int,
@@ -161,9 +166,12 @@ def quantized_schema() -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any] | None) -> Any:
+def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any] | None,
+         uniform: Callable[[Any, Any], Any] | None = None) -> Any:
     """Applies ``convert`` (schema capsule, array capsule) -> RecordBatch to
-    an array-like object, or to each batch of a stream."""
+    an array-like object, or to each batch of a stream. ``uniform``: for a
+    Table whose converted batches would not share one schema, the convert
+    that gives every batch the same one (applied to all of them instead)."""
     if hasattr(obj, "__arrow_c_array__"):
         schema_capsule, array_capsule = obj.__arrow_c_array__()
         return convert(schema_capsule, array_capsule)
@@ -180,7 +188,9 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
             f"a stream must hold record batches (struct arrays): {exc}; "
             "pass a float array's chunks one by one"
         ) from exc
-    batches: Iterator[Any] = (convert(*batch.__arrow_c_array__()) for batch in reader)
+    lazy = isinstance(obj, pa.RecordBatchReader)
+    inputs = reader if lazy else list(reader)  # zero-copy batches, kept for `uniform`
+    batches: Iterator[Any] = (convert(*batch.__arrow_c_array__()) for batch in inputs)
     if schema is not None:
         out_schema = schema()
     else:  # the result's schema depends on the data: take the first batch's
@@ -189,9 +199,16 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
             raise UnsupportedDtypeError("cannot infer the result schema of an empty stream")
         out_schema = first.schema
         batches = itertools.chain([first], batches)
-    if isinstance(obj, pa.RecordBatchReader):
+    if lazy:
         return pa.RecordBatchReader.from_batches(out_schema, batches)
-    return pa.Table.from_batches(list(batches), schema=out_schema)
+    out = []
+    for batch in batches:
+        if uniform is not None and batch.schema != out_schema:
+            out = [uniform(*b.__arrow_c_array__()) for b in inputs]
+            out_schema = out[0].schema
+            break
+        out.append(batch)
+    return pa.Table.from_batches(out, schema=out_schema)
 
 
 def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
