@@ -1,0 +1,365 @@
+//! Tests of the Arrow path in safe Rust.
+
+use super::format::{quantized_batch, RowMeta};
+use super::*;
+use crate::batch as kernel;
+use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
+use half::{bf16, f16};
+use std::sync::{Mutex, MutexGuard};
+
+/// Tests that build results hold this, so that [`live_exports`] is theirs alone.
+pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 37.0 - 13.0).collect()
+}
+
+fn kernel_bytes(x: &[f32], row: usize, bits: u32, g: usize) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+    let l = Layout::new(x.len(), row, bits, g).unwrap();
+    let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+    kernel::quantize(x, &l, &mut c, &mut s, &mut m).unwrap();
+    (c, s, m)
+}
+
+/// Row `i` of a quantized batch: (name, codes, scales, mins, shape, dtype, bits, group_size).
+type Row = (String, Vec<u8>, Vec<f32>, Vec<f32>, Vec<i64>, String, u8, u32);
+
+fn rows(data: &ArrayData) -> Vec<Row> {
+    let batch = StructArray::from(data.clone());
+    let list_f32 = |c: &str, i: usize| {
+        batch.column_by_name(c).unwrap().as_list::<i32>().value(i).as_primitive::<Float32Type>().values().to_vec()
+    };
+    (0..batch.len())
+        .map(|i| {
+            (
+                batch.column_by_name("name").unwrap().as_string::<i32>().value(i).to_string(),
+                batch.column_by_name("codes").unwrap().as_binary::<i64>().value(i).to_vec(),
+                list_f32("scales", i),
+                list_f32("mins", i),
+                batch
+                    .column_by_name("shape")
+                    .unwrap()
+                    .as_list::<i32>()
+                    .value(i)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec(),
+                batch.column_by_name("dtype").unwrap().as_string::<i32>().value(i).to_string(),
+                batch.column_by_name("bits").unwrap().as_primitive::<UInt8Type>().value(i),
+                batch.column_by_name("group_size").unwrap().as_primitive::<UInt32Type>().value(i),
+            )
+        })
+        .collect()
+}
+
+fn batch(columns: Vec<(&str, ArrayRef)>) -> ArrayData {
+    let fields: Vec<Field> = columns.iter().map(|(n, a)| Field::new(*n, a.data_type().clone(), true)).collect();
+    StructArray::new(Fields::from(fields), columns.into_iter().map(|(_, a)| a).collect(), None).into_data()
+}
+
+fn f32_list(rows: &[&[f32]]) -> ListArray {
+    ListArray::from_iter_primitive::<Float32Type, _, _>(rows.iter().map(|r| Some(r.iter().map(|&v| Some(v)))))
+}
+
+fn i64_list(rows: &[&[i64]]) -> ListArray {
+    ListArray::from_iter_primitive::<Int64Type, _, _>(rows.iter().map(|r| Some(r.iter().map(|&v| Some(v)))))
+}
+
+fn status<T>(r: Result<T>) -> PqStatus {
+    r.err().map(|e| e.status).unwrap_or(PqStatus::Ok)
+}
+
+#[test]
+fn lone_array_matches_the_kernel() {
+    let _g = exclusive();
+    let x = values(256, 1);
+    let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), 0).unwrap();
+    let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
+    assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
+    assert_eq!(live_exports(), 1);
+    drop(out);
+    assert_eq!(live_exports(), 0);
+}
+
+#[test]
+fn batch_with_shapes_and_every_list_kind() {
+    let _g = exclusive();
+    let (a, b) = (values(512, 2), values(96, 3));
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
+    let shapes: ArrayRef = Arc::new(i64_list(&[&[4, 128], &[2, 48]]));
+    let list: ArrayRef = Arc::new(f32_list(&[&a, &b]));
+    let large: ArrayRef = Arc::new(LargeListArray::from_iter_primitive::<Float32Type, _, _>(
+        [&a, &b].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+    ));
+    for weights in [list, large] {
+        let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
+        let got = rows(&quantize(&input, "", 2, Some(16), 0).unwrap());
+        let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
+        assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
+        assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
+        // None: one group per row, along the last axis of each shape.
+        let got = rows(&quantize(&input, "", 2, None, 0).unwrap());
+        assert_eq!((got[0].7, got[1].7), (128, 48));
+        assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
+    }
+    // fixed_size_list of float16, no shape column: each tensor is one row.
+    let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
+    let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
+    let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
+    let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), 0).unwrap());
+    let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+    for (row, half) in got.iter().zip(wide.chunks(256)) {
+        let (c, s, m) = kernel_bytes(half, 256, 8, 256);
+        assert_eq!((&row.1, &row.2, &row.3, &row.4, row.5.as_str()), (&c, &s, &m, &vec![256], "float16"));
+    }
+    assert_eq!(live_exports(), 0);
+}
+
+#[test]
+fn sliced_inputs_read_the_slice() {
+    let _g = exclusive();
+    let x = values(1024, 4);
+    let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
+    let out = quantize(&sliced, "s", 4, Some(128), 0).unwrap();
+    assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
+    let rows_in: Vec<&[f32]> = x.chunks(256).collect();
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
+    let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
+    let out = quantize(&full.slice(1, 2), "", 4, Some(64), 0).unwrap();
+    let got = rows(&out);
+    assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
+    assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
+}
+
+#[test]
+fn bad_inputs_are_named_errors() {
+    let _g = exclusive();
+    let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
+    let e = quantize(&nulls, "", 4, Some(2), 0).unwrap_err();
+    assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
+    assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
+    assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["a"]));
+    let w: ArrayRef = Arc::new(f32_list(&[&[1.0, 2.0, 3.0, 4.0]]));
+    let shape = |dims: &[i64]| -> ArrayRef { Arc::new(i64_list(&[dims])) };
+    for (dims, needle) in [(&[3i64][..], "does not match"), (&[][..], "empty"), (&[-4][..], "negative")] {
+        let e = quantize(
+            &batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]),
+            "",
+            4,
+            Some(2),
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            e.status == PqStatus::ShapeMismatch && e.message.contains(needle) && e.message.contains("\"a\""),
+            "{e}"
+        );
+    }
+    let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), 0).unwrap_err();
+    assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
+    let e = quantize(
+        &batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]),
+        "",
+        4,
+        Some(2),
+        0,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("extra"), "{e}");
+    let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
+    assert_eq!(
+        status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)),
+        PqStatus::UnsupportedDtype
+    );
+    let with_null: ArrayRef =
+        Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
+    let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), 0).unwrap_err();
+    assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
+    let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
+    let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), 0).unwrap_err();
+    assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
+    assert_eq!(
+        status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), 0)),
+        PqStatus::ShapeMismatch
+    );
+    assert_eq!(live_exports(), 0);
+}
+
+#[test]
+fn dequantize_round_trips_through_the_kernel() {
+    let _g = exclusive();
+    let x = values(384, 5);
+    let names: ArrayRef = Arc::new(StringArray::from(vec!["p", "q"]));
+    let input = batch(vec![
+        ("name", names),
+        ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
+        ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
+    ]);
+    let q = quantize(&input, "", 8, Some(32), 0).unwrap();
+    let d = dequantize(&q, Dequantized::Auto, 0).unwrap();
+    let back = StructArray::from(d.clone());
+    let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
+    for (i, (range, row)) in [(0..256, 128), (256..384, 128)].into_iter().enumerate() {
+        let (c, s, m) = kernel_bytes(&x[range.clone()], row, 8, 32);
+        let l = Layout::new(range.len(), row, 8, 32).unwrap();
+        let mut want = vec![0f32; range.len()];
+        kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+        assert_eq!(weights.value(i).as_primitive::<Float32Type>().values().to_vec(), want);
+    }
+    assert_eq!(
+        back.column_by_name("shape").unwrap().as_list::<i32>().value(0).as_primitive::<Int64Type>().values().to_vec(),
+        vec![2, 128]
+    );
+    // The dequantized batch is a valid input again.
+    assert!(quantize(&d, "", 8, Some(32), 0).is_ok());
+    assert_eq!(live_exports(), 2);
+    drop((q, d, back));
+    assert_eq!(live_exports(), 0);
+    assert_eq!(
+        status(dequantize(&Float32Array::from(vec![1.0f32]).into_data(), Dequantized::Auto, 0)),
+        PqStatus::UnsupportedDtype
+    );
+}
+
+/// One batch of the rows of one-row batches made by [`row`].
+fn concat(batches: &[ArrayData]) -> ArrayData {
+    let parts: Vec<Row> = batches.iter().flat_map(rows).collect();
+    let metas: Vec<RowMeta> = parts
+        .iter()
+        .map(|p| RowMeta { name: &p.0, dtype: &p.5, shape: p.4.clone(), bits: p.6, group_size: p.7 })
+        .collect();
+    let (mut codes, mut groups, mut scales, mut mins) = ((vec![0i64], vec![]), vec![0i32], vec![], vec![]);
+    for p in &parts {
+        codes.1.extend_from_slice(&p.1);
+        codes.0.push(codes.1.len() as i64);
+        scales.extend_from_slice(&p.2);
+        mins.extend_from_slice(&p.3);
+        groups.push(scales.len() as i32);
+    }
+    quantized_batch(&Output::new(), &metas, codes, groups, scales, mins).unwrap()
+}
+
+fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, g: usize) -> ArrayData {
+    let row_len = *shape.last().unwrap() as usize;
+    let l = Layout::new(x.len(), row_len, bits, g).unwrap();
+    let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+    match dtype {
+        Dtype::F32 => kernel::quantize(x, &l, &mut c, &mut s, &mut m),
+        Dtype::F16 => {
+            kernel::quantize(&x.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>(), &l, &mut c, &mut s, &mut m)
+        }
+        Dtype::Bf16 => {
+            kernel::quantize(&x.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>(), &l, &mut c, &mut s, &mut m)
+        }
+    }
+    .unwrap();
+    let parts = RowParts {
+        name,
+        dtype: dtype.name(),
+        shape,
+        bits: bits as u8,
+        group_size: g as u32,
+        codes: &c,
+        scales: &s,
+        mins: &m,
+    };
+    row(&parts).unwrap()
+}
+
+fn carried_row(name: &str, dtype: &str, shape: &[i64], bytes: &[u8]) -> ArrayData {
+    row(&RowParts { name, dtype, shape, bits: 0, group_size: 0, codes: bytes, scales: &[], mins: &[] }).unwrap()
+}
+
+#[test]
+fn carried_over_and_bfloat16_rows_dequantize_exactly_in_the_raw_form() {
+    let _g = exclusive();
+    let x = values(256, 9);
+    let ints: Vec<u8> = (0..5i64).flat_map(|v| (v * 1_000_000_007 - 3).to_le_bytes()).collect();
+    let odd = [1u8, 2, 3]; // int8, 3 values: the next row starts misaligned
+    let q = concat(&[
+        carried_row("ints", "int64", &[5], &ints),
+        carried_row("odd", "int8", &[3], &odd),
+        quantized_row("w32", &x, Dtype::F32, &[2, 128], 4, 32),
+        quantized_row("wbf", &x, Dtype::Bf16, &[4, 64], 8, 64),
+        carried_row("bias", "bfloat16", &[2], &[0x80, 0x3F, 0x00, 0xC0]),
+    ]);
+    for form in [Dequantized::Auto, Dequantized::Raw] {
+        let d = StructArray::from(dequantize(&q, form, 2).unwrap());
+        assert_eq!(d.fields(), &raw_fields(), "{form:?}: mixed rows come back raw");
+        let data = d.column_by_name("data").unwrap().as_binary::<i64>();
+        let dtypes = d.column_by_name("dtype").unwrap().as_string::<i32>();
+        assert_eq!(data.value(0), &ints[..]);
+        assert_eq!(data.value(1), &odd[..]);
+        assert_eq!(data.value(4), &[0x80, 0x3F, 0x00, 0xC0]);
+        assert_eq!((dtypes.value(0), dtypes.value(3), dtypes.value(4)), ("int64", "bfloat16", "bfloat16"));
+        let l = Layout::new(256, 128, 4, 32).unwrap();
+        let (c, s, m) = kernel_bytes(&x, 128, 4, 32);
+        let mut want = vec![0f32; 256];
+        kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+        let want: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(data.value(2), &want[..]);
+        let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+        let l = Layout::new(256, 64, 8, 64).unwrap();
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        kernel::quantize(&xb, &l, &mut c, &mut s, &mut m).unwrap();
+        let mut want = vec![bf16::ZERO; 256];
+        kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+        let want: Vec<u8> = want.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect();
+        assert_eq!(data.value(3), &want[..]);
+    }
+    // Float32 rows only: the Auto form keeps weights lists; Raw still raw.
+    let only = concat(&[quantized_row("a", &x, Dtype::F32, &[256], 2, 16)]);
+    let auto = StructArray::from(dequantize(&only, Dequantized::Auto, 0).unwrap());
+    assert_eq!(auto.fields(), &dequantized_fields(DataType::Float32));
+    let raw = StructArray::from(dequantize(&only, Dequantized::Raw, 0).unwrap());
+    assert_eq!(raw.fields(), &raw_fields());
+    drop((q, only, auto, raw));
+    assert_eq!(live_exports(), 0);
+}
+
+#[test]
+fn rows_break_the_rules_with_named_errors() {
+    let _g = exclusive();
+    let bad = |parts: RowParts| row(&parts).unwrap_err();
+    let base = RowParts {
+        name: "t",
+        dtype: "int64",
+        shape: &[2],
+        bits: 0,
+        group_size: 0,
+        codes: &[0; 16],
+        scales: &[],
+        mins: &[],
+    };
+    assert!(row(&base).is_ok());
+    let e = bad(RowParts { codes: &[0; 15], ..base });
+    assert!(
+        e.status == PqStatus::ShapeMismatch && e.message.starts_with("tensor \"t\" (row 0): codes hold 15 bytes"),
+        "{e}"
+    );
+    let e = bad(RowParts { dtype: "complex64", ..base });
+    assert_eq!(e.status, PqStatus::UnsupportedDtype, "{e}");
+    let e = bad(RowParts { group_size: 4, ..base });
+    assert_eq!(e.status, PqStatus::InvalidArrow, "{e}");
+    let e = bad(RowParts { bits: 4, group_size: 2, ..base });
+    assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("float32, float16 or bfloat16"), "{e}");
+    let e = bad(RowParts {
+        dtype: "float32",
+        bits: 4,
+        group_size: 2,
+        codes: &[0; 2],
+        scales: &[1.0],
+        mins: &[0.0],
+        ..base
+    });
+    assert_eq!(e.status, PqStatus::BufferTooSmall, "{e}");
+    let e = bad(RowParts { dtype: "float32", bits: 3, group_size: 2, ..base });
+    assert_eq!(e.status, PqStatus::InvalidBits, "{e}");
+    let e = bad(RowParts { shape: &[-2], ..base });
+    assert_eq!(e.status, PqStatus::ShapeMismatch, "{e}");
+    assert_eq!(live_exports(), 0);
+}
