@@ -320,6 +320,17 @@ PqStatus pq_dequantize_arrow(struct ArrowArray *in_array,
                              struct PqError *error);
 
 /*
+ Checks a quantized batch (a batch of an Arrow checkpoint, say) without
+ dequantizing it: every row against the rules `pq_dequantize_arrow` and
+ `pq_arrow_quantized_row` apply, with the same errors. Ownership as for
+ `pq_dequantize_arrow`'s input: `in_array` is moved from and released
+ exactly once by pyquant, `in_schema` is borrowed.
+ */
+PqStatus pq_arrow_check_quantized(struct ArrowArray *in_array,
+                                  const struct ArrowSchema *in_schema,
+                                  struct PqError *error);
+
+/*
  Builds a quantized batch of one row, the way every row of the format is
  checked when read, into the caller-allocated `*out_array` /
  `*out_schema` (schema as `pq_arrow_quantized_schema`, written only on

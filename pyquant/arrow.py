@@ -150,6 +150,16 @@ def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, grou
         buf(codes, "uint8_t *"), codes.size, buf(scales, "float *"), scales.size, buf(mins, "float *"), mins.size)
 
 
+def check_quantized(batch: Any) -> None:
+    """Checks every row of a quantized batch (an Arrow object) against the
+    row format's rules, in Rust, without dequantizing it; raises the
+    QuantizeError subclass :func:`dequantize_arrow` would. Copies nothing."""
+    schema_capsule, array_capsule = batch.__arrow_c_array__()
+    in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
+    in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
+    call(lib.pq_arrow_check_quantized, in_array, in_schema)
+
+
 def quantized_schema() -> Any:
     """The pyarrow schema of every quantized batch (fixed; see the README):
     name string, codes large_binary, scales and mins list<float32>, shape

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._atomic import atomic_output
 from .core import QuantizedTensor, quantized_layout
-from .errors import CheckpointError
+from .errors import CheckpointError, QuantizeError
 from .dtypes import BY_SAFETENSORS
 from .plan import Plan
 from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
@@ -229,7 +229,7 @@ class ArrowQuantizedCheckpoint:
     :class:`QuantizedCheckpoint`; arrays are views on the memory map."""
 
     def __init__(self, path: str | os.PathLike[str]):
-        from .arrow import _pyarrow
+        from .arrow import _pyarrow, check_quantized
 
         pa = _pyarrow()
         import pyarrow.ipc  # noqa: F401
@@ -252,6 +252,10 @@ class ArrowQuantizedCheckpoint:
         self._kept_meta: dict[str, tuple[str, tuple[int, ...]]] = {}
         for b in range(self._reader.num_record_batches):
             batch = self._reader.get_batch(b)
+            try:  # the row format's rules are Rust's (rust/src/arrow/format.rs)
+                check_quantized(batch)
+            except QuantizeError as exc:
+                raise CheckpointError(f"{self.path}: batch {b}: {exc}") from None
             cols = batch.select(["name", "shape", "dtype", "bits", "group_size"]).to_pydict()
             for r, name in enumerate(cols["name"]):
                 self._rows[name] = (b, r)

@@ -583,3 +583,30 @@ def test_dequantize_arrow_round_trips_an_arrow_checkpoint(tmp_path):
     for batch in lazy:
         check_raw(batch)
     del table, back, lazy, out, batch, combined
+
+
+def test_arrow_checkpoint_rows_follow_the_rust_row_rules(tmp_path):
+    """Rows are built (pyquant.arrow.quantized_row) and read back (Arrow
+    checkpoints) under the same rules, Rust's: a carried-over row whose bytes
+    do not fill its shape is refused by both, naming the tensor."""
+    from pyquant.arrow import quantized_row
+
+    empty = np.empty(0, np.float32)
+    good = quantized_row("ids", "int64", (3,), 0, 0, np.arange(3, dtype=np.int64), empty, empty)
+    assert good.schema == pyquant.quantized_schema()
+    assert good.to_pylist()[0]["codes"] == np.arange(3, dtype=np.int64).tobytes()
+    with pytest.raises(pyquant.ShapeError, match=r'tensor "ids" \(row 0\): codes hold 23 bytes'):
+        quantized_row("ids", "int64", (3,), 0, 0, np.zeros(23, np.uint8), empty, empty)
+    with pytest.raises(pyquant.UnsupportedDtypeError, match="float32, float16 or bfloat16"):
+        quantized_row("ids", "int64", (3, 8), 4, 8, np.zeros(12, np.uint8), np.ones(3, np.float32), empty)
+
+    row = good.to_pydict()
+    row["codes"] = [row["codes"][0][:-1]]
+    bad = pa.RecordBatch.from_pydict(row, schema=pyquant.quantized_schema())
+    path = tmp_path / "bad.arrow"
+    meta = {"format": "pyquant", "pyquant.format_version": "1"}
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, bad.schema.with_metadata(meta)) as writer:
+        writer.write_batch(bad)
+    with pytest.raises(pyquant.CheckpointError, match=r'batch 0: tensor "ids" \(row 0\): codes hold 23 bytes'):
+        pyquant.load_quantized(path)
+    del good, bad

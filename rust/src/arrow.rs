@@ -41,7 +41,7 @@ mod format;
 pub(crate) mod tests;
 
 pub use dequantize::{dequantize, dequantized_fields, raw_fields, Dequantized};
-pub use format::{check_dequantize_type, quantized_fields, row, RowParts};
+pub use format::{check_dequantize_type, check_quantized, quantized_fields, row, RowParts};
 use format::{quantized_batch, RowMeta};
 
 /// Column names of an input batch.

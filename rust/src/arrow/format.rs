@@ -274,3 +274,12 @@ pub fn row(parts: &RowParts) -> Result<ArrayData> {
     let codes = (vec![0, parts.codes.len() as i64], parts.codes.to_vec());
     quantized_batch(&Output::new(), &[meta], codes, vec![0, groups], parts.scales.to_vec(), parts.mins.to_vec())
 }
+
+/// Checks every row of a quantized batch against the rules, reading
+/// nothing but what [`super::dequantize`] would check: for readers of Arrow
+/// checkpoints, which then take views of the rows themselves.
+pub fn check_quantized(input: &ArrayData) -> Result<()> {
+    validate(input)?;
+    let array = make_array(input.clone());
+    QuantizedBatch::read(array.as_ref()).map(|_| ())
+}

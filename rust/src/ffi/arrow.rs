@@ -119,6 +119,25 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
     }
 }
 
+/// Checks a quantized batch (a batch of an Arrow checkpoint, say) without
+/// dequantizing it: every row against the rules `pq_dequantize_arrow` and
+/// `pq_arrow_quantized_row` apply, with the same errors. Ownership as for
+/// `pq_dequantize_arrow`'s input: `in_array` is moved from and released
+/// exactly once by pyquant, `in_schema` is borrowed.
+#[no_mangle]
+pub unsafe extern "C" fn pq_arrow_check_quantized(
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *const FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        // SAFETY: as for pq_dequantize_arrow's input.
+        let input = unsafe { take_array(in_array) }?;
+        let (_, data) = unsafe { import(input, in_schema, arrow::check_dequantize_type) }?;
+        arrow::check_quantized(&data)
+    })
+}
+
 /// Builds a quantized batch of one row, the way every row of the format is
 /// checked when read, into the caller-allocated `*out_array` /
 /// `*out_schema` (schema as `pq_arrow_quantized_schema`, written only on
