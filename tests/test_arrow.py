@@ -505,7 +505,7 @@ def test_pyquant_imports_without_pyarrow():
         try:
             pyquant.quantized_schema()
         except ImportError as e:
-            assert "pyquant[arrow]" in str(e), e
+            assert "pip install '.[arrow]'" in str(e), e
         else:
             raise AssertionError("expected ImportError")
         """
