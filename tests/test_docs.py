@@ -37,7 +37,7 @@ def blocks(lang: str) -> list:
     return found
 
 
-# The arrays and Arrow objects the snippets use without defining them.
+# The arrays, Arrow objects and files the snippets use without defining them.
 SETUP = textwrap.dedent(
     """
     import numpy as np
@@ -58,6 +58,12 @@ SETUP = textwrap.dedent(
     reader = pa.RecordBatchReader.from_batches(_batch.schema, [_batch, _batch])
     with pa.OSFile("weights.arrow", "wb") as _sink, pa.ipc.new_file(_sink, _batch.schema) as _writer:
         _writer.write_batch(_batch)
+    from pyquant.safetensors_io import CODE_OF, OutputTensor, writing
+    _model = {"embed.weight": wq, "layer.0.mlp.weight": wd, "norm.weight": w1d, "lm_head.weight": wk}
+    with writing("model.safetensors", [OutputTensor(n, CODE_OF[str(a.dtype)], a.shape)
+                                       for n, a in _model.items()], {}) as _w:
+        for _n, _a in _model.items():
+            _w.write(_n, _a)
     """
 )
 
