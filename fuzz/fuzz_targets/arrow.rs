@@ -29,7 +29,10 @@ use arrow_data::ffi::FFI_ArrowArray;
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 use half::f16;
-use pyquant::ffi::{pq_arrow_live_exports, pq_dequantize_arrow, pq_quantize_arrow, PQ_DEQUANTIZED_AUTO, PQ_GROUP_SIZE_PER_ROW};
+use pyquant::ffi::{
+    pq_arrow_check_quantized, pq_arrow_live_exports, pq_dequantize_arrow, pq_quantize_arrow, PQ_DEQUANTIZED_AUTO,
+    PQ_GROUP_SIZE_PER_ROW,
+};
 use pyquant::kernel::reference;
 use pyquant::{Layout, PqStatus};
 use pyquant_fuzz::*;
@@ -362,6 +365,12 @@ fn run(data: &[u8]) {
             assert_eq!((bits_col.value(i) as u32, groups_col.value(i) as usize), (l.bits, l.group_size));
         }
     }
+    // Every row of a result follows the row rules the checkpoint reader applies.
+    let mut e = new_error();
+    let mut to_check = FFI_ArrowArray::new(&quantized);
+    let status = unsafe { pq_arrow_check_quantized(&mut to_check, &out_s, &mut e) };
+    let msg = check_error(status, &e);
+    assert!(status == PqStatus::Ok && to_check.is_released(), "a fresh result breaks the row rules: {msg}");
     // Exported again (the same buffers), for the way back.
     let mut again = FFI_ArrowArray::new(&quantized);
     drop(quantized);

@@ -478,7 +478,6 @@ mod tests {
     use crate::ffi::PQ_ERROR_MESSAGE_CAPACITY;
     use crate::kernel::reference;
     use half::{bf16, f16};
-    use std::ffi::c_void;
     use std::ptr;
 
     fn new_error() -> PqError {
