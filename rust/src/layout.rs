@@ -1,4 +1,4 @@
-//! Validated sizes of a quantized tensor: the rules of DESIGN.md's memory
+//! Validated sizes of a quantized tensor: the rules of docs/scheme.md's memory
 //! layout, checked once, with checked arithmetic.
 
 use crate::error::{Error, PqStatus, Result};

@@ -11,7 +11,7 @@
 //! [`dequantize`] are batches of one), [`arrow`] (Arrow arrays in and out,
 //! and the quantized row format), and [`ffi`], the only module with
 //! `extern "C"`: it checks pointers and lengths, builds slices and calls the
-//! safe code. The scheme is the normative one of DESIGN.md.
+//! safe code. The normative scheme is docs/scheme.md.
 
 pub mod arrow;
 pub mod batch;

@@ -1,4 +1,4 @@
-//! The quantization kernels: the affine per-group scheme of DESIGN.md over
+//! The quantization kernels: the affine per-group scheme of docs/scheme.md over
 //! safe slices. `fast` holds the vectorized kernels every entry point of
 //! pyquant ends in (through the batch scheduler, [`crate::batch`], which
 //! checks lengths and splits work across threads); `reference` keeps the

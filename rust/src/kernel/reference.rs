@@ -1,4 +1,4 @@
-//! The reference kernels: the affine per-group scheme of DESIGN.md written
+//! The reference kernels: the affine per-group scheme of docs/scheme.md written
 //! the plain scalar way, one value at a time. This is the code pyquant
 //! shipped first; the fast kernels (`kernel::fast`, run by `crate::batch`) must
 //! give exactly its bytes, and the tests compare them bit for bit. Not used
