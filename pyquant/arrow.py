@@ -151,7 +151,7 @@ def quantize_arrow_file(
     import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)
 
     src = os.fspath(src)
-    with atomic_output(dst, overwrite=overwrite) as tmp:
+    with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:

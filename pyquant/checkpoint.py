@@ -219,7 +219,8 @@ def quantize_file(
         metadata = _metadata(plans, bits, group_size, ckpt.metadata)
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outputs))
         bar = Progress(len(plans), ckpt.nbytes, progress)
-        sink = _ArrowSink(dst, metadata, force) if format == "arrow" else _SafetensorsSink(dst, outputs, metadata, force)
+        sink = (_ArrowSink(dst, metadata, force, ckpt.paths) if format == "arrow"
+                else _SafetensorsSink(dst, outputs, metadata, force, ckpt.paths))
         # Quantizable tensors go to quantize_batch in runs of consecutive
         # tensors up to the largest tensor's size: small tensors share a call
         # (all cores busy), and no more than about one large tensor's pages
@@ -272,8 +273,9 @@ def quantize_file(
 
 
 class _SafetensorsSink:
-    def __init__(self, dst: Any, outputs: list[OutputTensor], metadata: dict[str, str], force: bool):
-        self._cm = writing(dst, outputs, metadata, force=force)
+    def __init__(self, dst: Any, outputs: list[OutputTensor], metadata: dict[str, str], force: bool,
+                 inputs: list[str]):
+        self._cm = writing(dst, outputs, metadata, force=force, inputs=inputs)
 
     def __enter__(self) -> _SafetensorsSink:
         self._w = self._cm.__enter__()
@@ -294,14 +296,14 @@ class _ArrowSink:
     """Writes one record batch per tensor, in the Arrow path's schema; the
     numpy outputs become Arrow buffers without a copy."""
 
-    def __init__(self, dst: Any, metadata: dict[str, str], force: bool):
+    def __init__(self, dst: Any, metadata: dict[str, str], force: bool, inputs: list[str]):
         from .arrow import _pyarrow, quantized_schema
 
         self.pa = _pyarrow()
         import pyarrow.ipc  # noqa: F401
 
         self.schema = quantized_schema().with_metadata(metadata)
-        self._cm = atomic_output(dst, overwrite=force)
+        self._cm = atomic_output(dst, overwrite=force, inputs=inputs)
 
     def __enter__(self) -> _ArrowSink:
         tmp = self._cm.__enter__()
@@ -526,7 +528,7 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         source = q.source_metadata
         summary = Summary(input_bytes=q.size)
         bar = Progress(len(names), sum(o.nbytes for o in outputs), progress, label="dequantizing")
-        with writing(dst, outputs, source, force=force) as w:
+        with writing(dst, outputs, source, force=force, inputs=[os.fspath(src)]) as w:
             for n, o in zip(names, outputs):
                 t = q.get(n)
                 if isinstance(t, QuantizedTensor):

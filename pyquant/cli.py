@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from typing import Any
 
@@ -161,8 +162,23 @@ def report_text(original: str, quantized: str, as_json: bool) -> str:
             f"worst {s['worst_rel_rmse']:.4f} ({s['worst_tensor']}), min cosine {s['min_cosine']:.6f}")
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so outputs in progress are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:  # leave handlers an embedding program set alone
+            signal.signal(sig, _terminate)
     try:
         if args.command == "demo":
             from . import demo
@@ -184,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyquant: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"pyquant: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     return 0
 
 

@@ -22,12 +22,13 @@ import os
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 
 from ._atomic import atomic_output
+from ._text import quoted
 from .errors import CheckpointError
 
 # safetensors dtype code -> numpy dtype (little-endian, as the format specifies)
@@ -43,7 +44,9 @@ CODE_OF: dict[str, str] = {
     "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
     "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
 }
-MAX_HEADER = 100 * 2**20  # the reference implementation's limit
+# The reference implementation's limit (safetensors' MAX_HEADER_SIZE): both
+# for reading, and for writing, so every output loads with the safetensors package.
+MAX_HEADER = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,13 @@ class SafetensorsFile:
         dt = DTYPES[info.dtype]
         if info.nbytes == 0 or self._mmap is None:
             return np.zeros(info.shape, dtype=dt)
+        # Touching mapped pages past the end of a file that shrank kills the
+        # process with SIGBUS; this cheap check catches a truncation that
+        # happened before this tensor is read (not one racing the read).
+        now = os.fstat(self._file.fileno()).st_size
+        if now < self.size:
+            raise CheckpointError(f"{self.path}: the file shrank from {self.size} to {now} bytes while "
+                                  "being read (another program is changing it)")
         return np.frombuffer(self._mmap, dtype=dt, count=math.prod(info.shape),
                              offset=self.data_start + info.begin).reshape(info.shape)
 
@@ -116,24 +126,37 @@ class SafetensorsFile:
 
 
 def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    # Errors say what is wrong, never which bytes were found: pointed at any
+    # file (a key, a password file), they must not reveal its content.
     if size < 8:
         raise CheckpointError(f"{path}: truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
     (n,) = struct.unpack("<Q", f.read(8))
     if n > MAX_HEADER:
-        raise CheckpointError(f"{path}: corrupt header: header length {n} exceeds the {MAX_HEADER}-byte limit")
+        raise CheckpointError(f"{path}: not a safetensors file (its header length field exceeds the "
+                              f"{MAX_HEADER}-byte limit)")
     if 8 + n > size:
-        raise CheckpointError(f"{path}: truncated: header length {n} points past the end of the {size}-byte file")
+        raise CheckpointError(f"{path}: not a safetensors file, or truncated (its header length field "
+                              f"points past the end of the {size}-byte file)")
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
+        text = f.read(n).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not UTF-8 text)") from None
+    try:
+        header = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        # ValueError: bad UTF-8, bad JSON, or an integer of more than
-        # sys.get_int_max_str_digits() digits; RecursionError: deep nesting.
-        raise CheckpointError(f"{path}: corrupt header: not valid JSON ({exc})") from None
+        # ValueError: bad JSON (the message gives a position, not content), or
+        # an integer of more than sys.get_int_max_str_digits() digits;
+        # RecursionError: deep nesting.
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply" \
+            if isinstance(exc, RecursionError) else "a number too long"
+        raise CheckpointError(f"{path}: corrupt header: not valid JSON ({why})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: corrupt header: __metadata__ must map strings to strings")
+    for text in (*header, *metadata, *metadata.values()):
+        _check_text(path, text)
     data_size = size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -141,35 +164,52 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
     spans = sorted((t.begin, t.end, t.name) for t in tensors.values() if t.nbytes)
     for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
         if begin_b < end_a:
-            raise CheckpointError(f"{path}: corrupt header: tensors {a!r} and {b!r} overlap")
+            raise CheckpointError(f"{path}: corrupt header: tensors {quoted(a)} and {quoted(b)} overlap")
     return tensors, metadata, 8 + n
 
 
+def _check_text(path: str, text: str) -> None:
+    """JSON's \\u escapes can spell lone surrogates, which are not text:
+    refused here, so nothing downstream fails on them (printing, writing)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CheckpointError(f"{path}: corrupt header: {quoted(text)} is not valid Unicode text "
+                              "(it holds a lone surrogate)") from None
+
+
 def _tensor_info(path: str, name: str, entry: Any, data_size: int) -> TensorInfo:
-    where = f"{path}: tensor {name!r}"
+    where = f"{path}: tensor {quoted(name)}"
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{where}: corrupt header entry (needs dtype, shape, data_offsets)")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise CheckpointError(f"{where}: unsupported dtype {dtype!r} (supported: {', '.join(DTYPES)})")
+        raise CheckpointError(f"{where}: unsupported dtype {_brief(dtype)} (supported: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise CheckpointError(f"{where}: corrupt shape {shape!r}")
+        raise CheckpointError(f"{where}: corrupt shape {_brief(shape)}")
     # numpy's limits: at most 64 axes, and the product of the non-zero
     # dimensions times the item size must fit in a signed 64-bit size.
     if len(shape) > 64 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize > sys.maxsize:
-        raise CheckpointError(f"{where}: shape {shape!r} is too large for an array")
+        raise CheckpointError(f"{where}: shape {_brief(shape)} is too large for an array")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
+        raise CheckpointError(f"{where}: corrupt data_offsets {_brief(offsets)}")
     begin, end = offsets
     if not 0 <= begin <= end:
-        raise CheckpointError(f"{where}: corrupt data_offsets {offsets!r}")
+        raise CheckpointError(f"{where}: corrupt data_offsets {_brief(offsets)}")
     if end > data_size:
-        raise CheckpointError(f"{where}: data_offsets {offsets!r} point past the end of the data ({data_size} bytes)")
+        raise CheckpointError(f"{where}: data_offsets {_brief(offsets)} point past the end of the data ({data_size} bytes)")
     want = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != want:
         raise CheckpointError(f"{where}: data_offsets span {end - begin} bytes, but {dtype} {shape} needs {want}")
     return TensorInfo(name, dtype, tuple(shape), begin, end)
+
+
+def _brief(value: Any) -> str:
+    """A header value in an error message: its repr (which escapes every
+    non-printable character), at most ~80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + f"...[{len(text) - 80} more]"
 
 
 class Checkpoint:
@@ -198,11 +238,11 @@ class Checkpoint:
                 self.files.append(f)
                 for name in f.tensors:
                     if name in self.where:
-                        raise CheckpointError(f"{path}: tensor {name!r} appears in two shards")
+                        raise CheckpointError(f"{path}: tensor {quoted(name)} appears in two shards")
                     self.where[name] = f
                 missing = sorted(n for n in expected if n not in f.tensors)
                 if missing:
-                    raise CheckpointError(f"{shard}: the index lists {missing[0]!r}, which this shard lacks")
+                    raise CheckpointError(f"{shard}: the index lists {quoted(missing[0])}, which this shard lacks")
         except BaseException:
             self.close()
             raise
@@ -220,6 +260,11 @@ class Checkpoint:
 
     def names(self) -> list[str]:
         return list(self.where)
+
+    @property
+    def paths(self) -> list[str]:
+        """Every file this checkpoint was read from (an output must not be one)."""
+        return [self.path, *(f.path for f in self.files)]
 
     def info(self, name: str) -> TensorInfo:
         return self.where[name].tensors[name]
@@ -284,6 +329,12 @@ class SafetensorsWriter:
             pos += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
+        if len(raw) > MAX_HEADER:
+            # Checked before anything is written: past the limit neither
+            # pyquant nor the safetensors package could read the output.
+            raise CheckpointError(
+                f"{self.label}: the output's header would be {len(raw)} bytes, over the {MAX_HEADER}-byte "
+                f"safetensors limit ({len(tensors)} tensors; their names are too many or too long)")
         self.data_start = 8 + len(raw)
         self.size = self.data_start + pos
         self.pending = {t.name: t.nbytes for t in tensors}
@@ -324,10 +375,11 @@ class SafetensorsWriter:
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike[str], tensors: list[OutputTensor], metadata: Mapping[str, str],
-            *, force: bool = False) -> Iterator[SafetensorsWriter]:
+            *, force: bool = False, inputs: Iterable[str] = ()) -> Iterator[SafetensorsWriter]:
     """A :class:`SafetensorsWriter` on a temporary file that replaces ``path``
-    only if the block completes; on any exception nothing is left behind."""
-    with atomic_output(path, overwrite=force) as tmp:
+    only if the block completes; on any exception nothing is left behind.
+    ``path`` must not be one of ``inputs`` (see :func:`atomic_output`)."""
+    with atomic_output(path, overwrite=force, inputs=inputs) as tmp:
         w = SafetensorsWriter(tmp, tensors, metadata, label=os.fspath(path))
         try:
             yield w
