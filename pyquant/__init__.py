@@ -29,7 +29,7 @@ docs/api-guide.md in the source tree has a decision table and an FAQ.
 """
 
 from ._version import __version__
-from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
+from .arrow import dequantize_arrow, quantize_arrow, quantized_schema
 from .core import (
     SUPPORTED_DTYPES,
     QuantizedTensor,
@@ -59,7 +59,9 @@ from .errors import (
 )
 from .metrics import ErrorStats, error_stats
 from . import safetensors_io
-from .checkpoint import Summary, dequantize_file, error_report, load_quantized, quantize_file
+from .formats import load_quantized
+from .pipeline import Progress, Summary, dequantize_file, quantize_arrow_file, quantize_file
+from .report import InspectRow, Report, TensorReport, error_report, inspect
 from .dispatch import PathChoice, explain, quantize
 
 __all__ = [

@@ -118,33 +118,58 @@ def atomic_output(dst: str | os.PathLike[str], *, overwrite: bool = False,
         raise CheckpointError(f"{dst}: output already exists (use --force / force=True to replace it)")
     directory = os.path.dirname(os.path.abspath(dst))
     remove_stale_temp_files(directory)
-    fd, named = _create(dst, directory)
+    tmp = _TempFile()
     try:
-        yield named or f"{_PROC_FD}/{fd}"
+        tmp.create(dst, directory)
+        yield tmp.path
         refuse_same_file(dst, inputs)  # again: dst may have appeared meanwhile
         try:
-            _publish(fd, named, dst, directory, overwrite)
+            _publish(tmp.fd, tmp.named, dst, directory, overwrite)
         except OSError as exc:
             raise CheckpointError(f"{dst}: cannot write: {exc.strerror}") from None
     finally:
-        os.close(fd)
-        if named:
+        tmp.discard()
+
+
+class _TempFile:
+    """The temporary output. Whatever interrupts (Ctrl-C, SIGTERM in the CLI)
+    may land anywhere, even inside os.open once the file exists, so the name
+    is recorded before the file is created and :meth:`discard` always works."""
+
+    fd = -1
+    named: str | None = None  # None: an unnamed O_TMPFILE file
+
+    @property
+    def path(self) -> str:
+        return self.named or f"{_PROC_FD}/{self.fd}"
+
+    def create(self, dst: str, directory: str) -> None:
+        try:
+            if USE_O_TMPFILE:
+                try:
+                    self.fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+                    return
+                except OSError as exc:
+                    if exc.errno not in _NO_TMPFILE:
+                        raise
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            for _ in range(100):
+                self.named = tempfile.mktemp(prefix=_prefix(), suffix=".tmp", dir=directory)
+                try:
+                    self.fd = os.open(self.named, flags, 0o600)
+                    return
+                except FileExistsError:
+                    self.named = None  # another file's name: not ours to remove
+            raise OSError(errno.EEXIST, "no free temporary file name")
+        except OSError as exc:
+            raise CheckpointError(f"{dst}: cannot write: {exc.strerror}") from None
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        if self.named:  # already linked as dst on success: this only removes the temporary name
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(named)
-
-
-def _create(dst: str, directory: str) -> tuple[int, str | None]:
-    """(fd, None) for an unnamed O_TMPFILE file, else (fd, its path)."""
-    try:
-        if USE_O_TMPFILE:
-            try:
-                return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), None
-            except OSError as exc:
-                if exc.errno not in _NO_TMPFILE:
-                    raise
-        return tempfile.mkstemp(prefix=_prefix(), suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise CheckpointError(f"{dst}: cannot write: {exc.strerror}") from None
+                os.unlink(self.named)
 
 
 def _publish(fd: int, named: str | None, dst: str, directory: str, overwrite: bool) -> None:

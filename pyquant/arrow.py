@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import mmap
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ._atomic import atomic_output
+from ._call import call
 from ._lib import ffi, lib
 from .core import _c_uint, _SIZE_MAX, _UINT32_MAX, c_threads
-from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError, check, new_error_struct
+from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
 _PyCapsule_IsValid.restype = ctypes.c_int
@@ -81,7 +79,7 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
+        return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
 
     return _map(obj, convert, quantized_schema)
 
@@ -103,7 +101,7 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     t = c_threads(threads)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _call(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
+        return _convert(lib.pq_dequantize_arrow, schema_capsule, array_capsule, t)
 
     return _map(obj, convert, None)
 
@@ -114,75 +112,11 @@ def quantized_schema() -> Any:
     list<int64>, dtype string, bits uint8, group_size uint32."""
     pa = _pyarrow()
     out = ffi.new("struct ArrowSchema *")
-    err = new_error_struct()
-    check(lib.pq_arrow_quantized_schema(out, err), err)
+    call(lib.pq_arrow_quantized_schema, out)
     try:
         return pa.Schema._import_from_c(_address(out))
     finally:
         _release_if_live(out)
-
-
-def quantize_arrow_file(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    bits: int = 4,
-    group_size: int | None = 128,
-    overwrite: bool = False,
-) -> int:
-    """Quantizes an Arrow IPC file of weight batches into an IPC file of
-    quantized batches (schema :func:`quantized_schema`); returns the number
-    of batches written.
-
-    ``src`` is memory-mapped and read batch by batch without copying; after
-    each batch its pages are dropped from this process (``MADV_DONTNEED``),
-    so peak memory is about one input batch plus its result, not the file.
-    The output goes to a temporary file beside ``dst`` that is renamed onto
-    ``dst`` only when complete; on any error it is removed and an existing
-    ``dst`` is untouched. An existing ``dst`` is an error unless ``overwrite``.
-
-    Copies: none of the values (each batch goes through
-    :func:`quantize_arrow`). Parallelism: one native call per batch, all
-    cores, GIL released. Raises CheckpointError (unreadable source, existing
-    ``dst``), pyarrow's errors for a file that is not Arrow IPC, and the
-    errors of :func:`quantize_arrow`, naming the tensor.
-    """
-    pa = _pyarrow()
-    import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)
-
-    src = os.fspath(src)
-    with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
-        with open(src, "rb") as f:
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            written = _quantize_mapped(pa, mapped, tmp, bits, group_size)
-        finally:
-            _close_mapping(mapped)
-    return written
-
-
-def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None) -> int:
-    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
-    written = 0
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema()) as writer:
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            result = quantize_arrow(batch, bits=bits, group_size=group_size)
-            del batch
-            writer.write_batch(result)
-            del result
-            written += 1
-            # The batch's pages are read; give them back (they stay in the page cache).
-            mapped.madvise(mmap.MADV_DONTNEED)
-    del reader
-    return written
-
-
-def _close_mapping(mapped: mmap.mmap) -> None:
-    try:
-        mapped.close()
-    except BufferError:  # pragma: no cover - a pyarrow object still views it; GC closes it
-        pass
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +161,7 @@ def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
     return ffi.cast(ctype, _PyCapsule_GetPointer(capsule, name))
 
 
-def _call(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
+def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
     """Calls ``function(array, schema, *args, out_array, out_schema, err)``
     and imports the result into pyarrow.
 
@@ -240,8 +174,7 @@ def _call(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) ->
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
-    err = new_error_struct()
-    check(function(in_array, in_schema, *args, out_array, out_schema, err), err)
+    call(function, in_array, in_schema, *args, out_array, out_schema)
     try:
         # Moves both structs into pyarrow (released by it, even if it fails).
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))

@@ -11,10 +11,14 @@ import json
 import math
 import signal
 import sys
-from typing import Any
+import time
+from typing import Any, TYPE_CHECKING
 
 from ._version import __version__
 from .errors import QuantizeError
+
+if TYPE_CHECKING:
+    from .pipeline import Progress
 
 
 def _group_size(text: str) -> int | None:
@@ -32,6 +36,37 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} GiB"  # pragma: no cover
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (tensors and bytes done, throughput),
+    drawn from a file entry point's ``progress`` callback; at most every 0.1 s
+    and at the end. Used only on a terminal."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.drawn = False
+
+    def __call__(self, p: Progress) -> None:
+        now = time.perf_counter()
+        if now - self.last > 0.1 or p.done_tensors == p.tensors:
+            self.last, self.drawn = now, True
+            frac = p.done_bytes / p.total_bytes if p.total_bytes else 1.0
+            bar = "#" * int(frac * 30)
+            rate = p.done_bytes / max(now - self.start, 1e-9) / 1e9
+            sys.stderr.write(
+                f"\r{p.label} [{bar:<30}] {p.done_tensors}/{p.tensors} tensors "
+                f"{p.done_bytes / 1e9:.2f}/{p.total_bytes / 1e9:.2f} GB {rate:.2f} GB/s"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+
+
+def _progress_bar(args: argparse.Namespace) -> ProgressBar | None:
+    return None if args.quiet or not sys.stderr.isatty() else ProgressBar()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,11 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from .checkpoint import parse_bits_for, quantize_file
+    from .pipeline import quantize_file
+    from .plan import parse_bits_for
 
-    s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
-                      format=args.format, skip=args.skip, bits_for=parse_bits_for(args.bits_for), force=args.force,
-                      progress=not args.quiet and sys.stderr.isatty())
+    bar = _progress_bar(args)
+    try:
+        s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
+                          format=args.format, skip=args.skip, bits_for=parse_bits_for(args.bits_for),
+                          force=args.force, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if not args.quiet:
         print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
               f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
@@ -114,17 +155,21 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_dequantize(args: argparse.Namespace) -> None:
-    from .checkpoint import dequantize_file
+    from .pipeline import dequantize_file
 
-    s = dequantize_file(args.input, args.output, force=args.force,
-                        progress=not args.quiet and sys.stderr.isatty())
+    bar = _progress_bar(args)
+    try:
+        s = dequantize_file(args.input, args.output, force=args.force, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if not args.quiet:
         print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.output_bytes)} "
               f"in {s.seconds:.2f} s -> {args.output}")
 
 
 def inspect_text(path: str) -> str:
-    from .checkpoint import inspect
+    from .report import inspect
     from .metrics import format_table
 
     rows, meta = inspect(path)
@@ -142,7 +187,7 @@ def inspect_text(path: str) -> str:
 
 
 def report_text(original: str, quantized: str, as_json: bool) -> str:
-    from .checkpoint import error_report
+    from .report import error_report
     from .metrics import format_table
 
     rep = error_report(original, quantized)

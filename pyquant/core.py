@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
+from ._call import call, call_batch
 from ._lib import ffi, lib
 from .errors import (
     CopyRequiredError,
@@ -25,9 +26,6 @@ from .errors import (
     QuantizeError,
     ShapeError,
     UnsupportedDtypeError,
-    check,
-    error_class,
-    new_error_struct,
 )
 
 DTypeLike = Union[str, npt.DTypeLike, None]
@@ -133,12 +131,8 @@ def quantize_ptr(
     """
     name, code = _check_in_place(arr, dtype)
     out, row_len = _allocate(arr.shape, name, bits, group_size)
-    err = new_error_struct()
-    status = lib.pq_quantize(
-        code, ffi.from_buffer(_raw_view(arr)), arr.size, row_len, out.bits, out.group_size,
-        c_threads(threads), *_output_args(out), err,
-    )
-    check(status, err)
+    call(lib.pq_quantize, code, ffi.from_buffer(_raw_view(arr)), arr.size, row_len, out.bits,
+         out.group_size, c_threads(threads), *_output_args(out))
     return out
 
 
@@ -173,12 +167,8 @@ def quantize_copy(
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
     a = np.ascontiguousarray(a)  # a 0-d array becomes 1-d; otherwise a no-op
     out, row_len = _allocate(a.shape, name, bits, group_size)
-    err = new_error_struct()
-    status = lib.pq_quantize_copy(
-        code, ffi.from_buffer(_raw_view(a)), a.nbytes, row_len, out.bits, out.group_size,
-        c_threads(threads), *_output_args(out), err,
-    )
-    check(status, err)
+    call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, row_len, out.bits,
+         out.group_size, c_threads(threads), *_output_args(out))
     return out
 
 
@@ -194,10 +184,8 @@ def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | N
     InvalidGroupSizeError.
     """
     code, out = _dequantize_output(qt, dtype)
-    err = new_error_struct()
-    status = lib.pq_dequantize(*_dequantize_args(qt), code, c_threads(threads),
-                               ffi.from_buffer(_raw_view(out), require_writable=True), out.size, err)
-    check(status, err)
+    call(lib.pq_dequantize, *_dequantize_args(qt), code, c_threads(threads),
+         ffi.from_buffer(_raw_view(out), require_writable=True), out.size)
     return out
 
 
@@ -272,7 +260,7 @@ def quantize_batch(
         items[members] = rows
         for i, c, sc, m in zip(members, codes, scales, mins):
             results[i] = _trusted(c, sc, m, shape, dname, b, g)
-    _batch_call(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), n, names, threads)
+    call_batch(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
 
 
@@ -308,7 +296,7 @@ def dequantize_batch(
          it.row_len, it.bits, it.group_size) = args
         it.dtype, it.output, it.output_len = code, output, out.size
         results.append(out)
-    _batch_call(lib.pq_dequantize_batch, items, n, names, threads)
+    call_batch(lib.pq_dequantize_batch, items, names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
 
 
@@ -319,17 +307,6 @@ def c_threads(threads: int | None) -> int:
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= _SIZE_MAX:
         raise QuantizeError(f"threads must be None (all cores) or a positive integer, got {threads!r}")
     return int(threads)
-
-
-def _batch_call(function: Any, items: Any, n: int, names: list[Any], threads: int | None) -> None:
-    failed = ffi.new("size_t *")
-    err = new_error_struct()
-    status = function(items, n, c_threads(threads), failed, err)
-    if status != lib.PQ_STATUS_OK and failed[0] < n:
-        # The native message starts "item N: "; name the tensor instead.
-        message = ffi.string(err.message).decode("utf-8", "replace").split(": ", 1)[-1]
-        raise error_class(status)(f"tensor {names[failed[0]]!r}: {message}")
-    check(status, err)
 
 
 def _unpack(layers: Any) -> tuple[list[Any], list[Any], bool]:
@@ -501,8 +478,7 @@ def _row_sizes(row_len: int, bits: int, group_size: int) -> tuple[int, int]:
     """Codes bytes and groups of one row, from the C ABI (cached: a pure
     function of its arguments; errors are raised, never cached)."""
     sizes = ffi.new("size_t[2]")
-    err = new_error_struct()
-    check(lib.pq_quantized_sizes(row_len, row_len, bits, group_size, sizes, sizes + 1, err), err)
+    call(lib.pq_quantized_sizes, row_len, row_len, bits, group_size, sizes, sizes + 1)
     return sizes[0], sizes[1]
 
 

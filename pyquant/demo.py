@@ -76,7 +76,7 @@ def run_files(bits: int = 4, group_size: int | None = 128, seed: int = 0) -> str
     import os
     import tempfile
 
-    from .checkpoint import dequantize_file, quantize_file
+    from .pipeline import dequantize_file, quantize_file
     from .cli import inspect_text, report_text
     from .safetensors_io import CODE_OF, OutputTensor, writing
 

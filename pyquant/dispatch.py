@@ -33,8 +33,10 @@ from typing import Any, Literal, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from .arrow import quantize_arrow, quantize_arrow_file
-from .checkpoint import Summary, _is_arrow, plan_tensors, quantize_file
+from .arrow import quantize_arrow
+from .formats import is_arrow
+from .pipeline import Summary, quantize_arrow_file, quantize_file
+from .plan import plan_tensors
 from .core import (
     DTypeLike,
     Params,
@@ -201,7 +203,7 @@ def _batch_decision(x: Mapping[Any, Any] | Sequence[Any], t: str) -> _Decision:
 
 
 def _file_decision(src: str, bits: int, group_size: int | None) -> _Decision:
-    if _is_arrow(src):
+    if is_arrow(src):
         return _Decision(PathChoice(
             "file", "an Arrow IPC file (magic ARROW1): quantize_arrow_file, memory-mapped, batch by batch",
             0, "one native call per record batch, all cores, GIL released"), src, arrow_file=True)
@@ -258,7 +260,7 @@ def quantize(x: list[np.ndarray[Any, Any]] | tuple[np.ndarray[Any, Any], ...], *
 @overload
 def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path: PathArg = ...,
              threads: int | None = ..., dtype: DTypeLike = ..., params: Params = ...,
-             dst: StrPath, force: bool = ...) -> Summary | int: ...
+             dst: StrPath, force: bool = ...) -> Summary: ...
 @overload
 def quantize(x: npt.ArrayLike | object, *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
@@ -282,10 +284,10 @@ def quantize(
     ``path="auto"`` picks, in this order (:func:`explain` tells which and why):
 
     - ``str`` / ``os.PathLike``: ``"file"``. An Arrow IPC file (magic
-      ``ARROW1``) goes to :func:`quantize_arrow_file` (returns the number of
-      batches written); a ``.safetensors`` file or sharded model directory
-      to :func:`quantize_file` (returns its :class:`Summary`). ``dst`` (the
-      output file) is required; ``force=True`` replaces an existing one.
+      ``ARROW1``) goes to :func:`quantize_arrow_file`, a ``.safetensors``
+      file or sharded model directory to :func:`quantize_file`; both return
+      a :class:`Summary`. ``dst`` (the output file) is required;
+      ``force=True`` replaces an existing one.
     - a C-contiguous, aligned, native-order numpy array: ``"ptr"``
       (:func:`quantize_ptr`, zero-copy) -> :class:`QuantizedTensor`.
     - any other numpy array (strided, byte-swapped, misaligned) or
@@ -325,7 +327,7 @@ def quantize(
         if dst is None:
             raise PathError(f"quantize({data!r}) writes a quantized checkpoint: pass dst='output path'")
         if decision.arrow_file:
-            return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, overwrite=force)
+            return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force)
         return quantize_file(data, dst, bits=bits, group_size=group_size, force=force)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")

@@ -9,19 +9,35 @@ import numpy as np
 import pytest
 
 import pyquant
-from pyquant import errors
+from pyquant import _call
 from pyquant._lib import check_native_version, ffi, lib
 
 
-def test_every_status_maps_to_exactly_one_exception_class():
+def test_every_status_maps_to_one_exception_class():
     statuses = {name: getattr(lib, name) for name in dir(lib) if name.startswith("PQ_STATUS_")}
     assert statuses.pop("PQ_STATUS_OK") == 0
     assert len(set(statuses.values())) == len(statuses)
     for name, value in statuses.items():
-        cls = errors._BY_STATUS[value]
-        assert cls.status_name == name
+        cls = _call._BY_STATUS[value]
+        assert cls is _call._STATUS_CLASSES[name]
         assert issubclass(cls, pyquant.QuantizeError) and issubclass(cls, ValueError)
-    assert len(errors._BY_STATUS) == len(statuses)
+    assert len(_call._BY_STATUS) == len(statuses)
+    # Only the internal statuses share a class; an unknown status is internal too.
+    shared = [n for n, c in _call._STATUS_CLASSES.items() if c is pyquant.InternalError]
+    assert shared == ["PQ_STATUS_PANIC", "PQ_STATUS_INTERNAL"]
+    assert _call.error_class(10**6) is pyquant.InternalError
+
+
+def test_batch_error_names_the_failing_tensor_from_failed_item():
+    x = np.ones((2, 128), np.float32)
+    bad = x.copy()
+    bad[1, 5] = np.inf
+    with pytest.raises(pyquant.NonFiniteError) as info:
+        pyquant.quantize_batch({"a": x, "b.weight": bad, "c": x})
+    text = str(info.value)
+    assert text.startswith("tensor 'b.weight': ")
+    # The rest is the native message; builds before ABI 3 also began it "item 1: ".
+    assert text.removeprefix("tensor 'b.weight': ").removeprefix("item 1: ").startswith("inf at")
 
 
 def test_exported_names():

@@ -420,7 +420,9 @@ def test_quantize_arrow_file(tmp_path):
     batches = [weights_batch({f"l{i}.w": rng.normal(size=(8, 128)).astype(np.float16)}) for i in range(4)]
     src, dst = tmp_path / "w.arrow", tmp_path / "q.arrow"
     write_ipc(src, batches)
-    assert pyquant.quantize_arrow_file(src, dst, bits=8, group_size=64) == 4
+    summary = pyquant.quantize_arrow_file(src, dst, bits=8, group_size=64)
+    assert (summary.quantized, summary.kept, summary.input_bytes) == (4, 0, src.stat().st_size)
+    assert summary.output_bytes == dst.stat().st_size
     got = pa.ipc.open_file(str(dst)).read_all()
     want = pyquant.quantize_arrow(pa.Table.from_batches(batches), bits=8, group_size=64)
     assert got.equals(want)
@@ -431,7 +433,7 @@ def test_quantize_arrow_file(tmp_path):
     write_ipc(src, bad)
     before = dst.read_bytes()
     with pytest.raises(pyquant.NonFiniteError, match='"nan"'):
-        pyquant.quantize_arrow_file(src, dst, overwrite=True)
+        pyquant.quantize_arrow_file(src, dst, force=True)
     assert dst.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["q.arrow", "w.arrow"]
     del got, want

@@ -16,7 +16,7 @@ import pytest
 
 import pyquant
 from pyquant._lib import ffi, lib
-from pyquant.errors import check, new_error_struct
+from pyquant._call import check, error_struct
 
 RNG = np.random.default_rng(1234)
 
@@ -39,7 +39,7 @@ def c_quantize(x, codes, scales, mins, *, n=None, row_len=None, bits=4, group_si
     def ptr(a, t):
         return ffi.NULL if a is None else ffi.from_buffer(t, a, require_writable=t != "char[]")
 
-    err = new_error_struct()
+    err = error_struct()
     status = lib.pq_quantize(
         lib.PQ_DTYPE_F32 if dtype is None else dtype,
         ptr(x, "char[]"),
@@ -165,7 +165,7 @@ def test_row07_empty_last_axis_is_a_documented_error(shape):
 def test_row07_null_and_zero_length_from_c():
     c_quantize(None, None, None, None, n=0, row_len=128, group_size=128)
     sizes = ffi.new("size_t[2]")
-    err = new_error_struct()
+    err = error_struct()
     check(lib.pq_quantized_sizes(0, 128, 4, 128, sizes, sizes + 1, err), err)
     assert list(sizes) == [0, 0]
 
@@ -205,7 +205,7 @@ def test_row10_bad_bits(bits):
 # Row 11 ----------------------------------------------------------------------
 def test_row11_overflowing_sizes_are_errors_without_allocation():
     sizes = ffi.new("size_t[2]")
-    err = new_error_struct()
+    err = error_struct()
     with pytest.raises(pyquant.SizeOverflowError, match="overflows"):
         check(lib.pq_quantized_sizes(2**64 - 128, 128, 8, 128, sizes, sizes + 1, err), err)
     x = np.zeros(128, np.float32)
@@ -217,7 +217,7 @@ def test_row11_overflowing_sizes_are_errors_without_allocation():
 # Row 12 ----------------------------------------------------------------------
 @pytest.mark.parametrize("null", ["input", "codes", "scales", "mins"])
 def test_row12_null_with_nonzero_length(null):
-    err = new_error_struct()
+    err = error_struct()
     x = np.zeros(128, np.float32)
     bufs = {"codes": np.empty(64, np.uint8), "scales": np.empty(1, np.float32), "mins": np.empty(1, np.float32)}
 
@@ -331,7 +331,7 @@ def test_row19_ties_round_half_to_even_and_negative_zero():
 
 # Row 20 ----------------------------------------------------------------------
 def test_row20_panic_becomes_an_error_and_the_process_survives():
-    err = new_error_struct()
+    err = error_struct()
     with pytest.raises(pyquant.InternalError, match=r"caught panic\): pq_debug_panic was called"):
         check(lib.pq_debug_panic(err), err)
     assert pyquant.quantize_ptr(weights(1, 128)).codes.size == 64

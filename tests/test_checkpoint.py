@@ -19,7 +19,6 @@ import safetensors.numpy
 
 import pyquant
 from pyquant import _peak_rss
-from pyquant import checkpoint
 from pyquant import CheckpointError
 from pyquant.safetensors_io import CODE_OF, OutputTensor, writing
 

@@ -265,9 +265,12 @@ def test_dangling_symlink_at_the_destination_is_not_replaced_without_force(tmp_p
 def test_two_runs_racing_for_one_new_path_do_not_both_succeed(tmp_path, fallback):
     src, dst = tmp_path / "big.safetensors", tmp_path / "q.safetensors"
     big_model(src, n=8)
-    procs = [subprocess.Popen(cli_command("quantize", src, dst, "--bits", str(b), fallback=fallback), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for b in (4, 8)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    # Both runs get past the "exists?" check (their outputs are open) before either finishes.
+    first = start_and_wait_for_output(("quantize", src, dst, "--bits", "4"), tmp_path, fallback)
+    first.send_signal(signal.SIGSTOP)
+    second = start_and_wait_for_output(("quantize", src, dst, "--bits", "8"), tmp_path, fallback)
+    first.send_signal(signal.SIGCONT)
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 1], results
     loser = next(err for rc, err in results if rc == 1)

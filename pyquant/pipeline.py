@@ -1,0 +1,279 @@
+"""Whole files in, whole files out: quantize a safetensors checkpoint (or an
+Arrow IPC file of weights) into a quantized checkpoint, and back.
+
+Tensors are read through a memory map and quantized in place, one bounded
+batch at a time, and each result goes straight to its place in the output
+file, so peak memory follows the largest tensor (or batch), not the model.
+Every entry point returns a :class:`Summary` and takes an optional
+``progress`` callback (the CLI draws its progress bar from it).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from ._atomic import atomic_output
+from .arrow import _pyarrow, quantize_arrow, quantized_schema
+from .core import QuantizedTensor, quantize_batch, quantize_copy
+from .errors import QuantizeError
+from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs
+from .plan import Plan, plan_tensors
+from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
+
+
+@dataclass
+class Summary:
+    """What a file entry point did: tensors quantized (or dequantized) and
+    kept, bytes in and out, seconds."""
+
+    quantized: int = 0
+    kept: int = 0
+    input_bytes: int = 0
+    output_bytes: int = 0
+    seconds: float = 0.0
+    kept_reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.input_bytes / self.seconds / 1e9 if self.seconds else 0.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a file entry point is, passed to its ``progress`` callback after
+    each tensor (or, for an Arrow IPC file, each record batch). ``tensors``
+    and ``total_bytes`` are 0 when not known up front."""
+
+    label: str  # "quantizing" or "dequantizing"
+    done_tensors: int
+    tensors: int
+    done_bytes: int
+    total_bytes: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Tracker:
+    """Counts tensors and bytes done and reports them to the callback, if any."""
+
+    def __init__(self, callback: ProgressCallback | None, label: str, tensors: int, nbytes: int):
+        self.callback, self.label, self.tensors, self.nbytes = callback, label, tensors, nbytes
+        self.done_tensors = self.done_bytes = 0
+
+    def update(self, nbytes: int, tensors: int = 1) -> None:
+        self.done_tensors += tensors
+        self.done_bytes += nbytes
+        if self.callback is not None:
+            self.callback(Progress(self.label, self.done_tensors, self.tensors, self.done_bytes, self.nbytes))
+
+
+def quantize_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    format: str = "safetensors",
+    skip: Sequence[str] = (),
+    bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = (),
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Quantizes a ``.safetensors`` file or sharded model directory into ``dst``.
+
+    ``format`` is ``"safetensors"`` or ``"arrow"`` (see
+    :mod:`pyquant.formats`); which tensors are quantized is decided by
+    :func:`pyquant.plan.plan_tensors` (``skip``, ``bits_for``). Copies: none
+    for aligned tensors (read in place from the memory map); misaligned
+    ones go through :func:`quantize_copy`. Parallelism: consecutive tensors
+    are quantized together by :func:`quantize_batch` on all cores, in runs
+    of at most the largest tensor's size. Memory: one such run's mapped
+    pages and outputs at a time, released after. ``dst`` is written to a
+    temporary file and renamed at the end; an error leaves no output.
+    ``progress`` is called after each tensor.
+
+    Raises CheckpointError (bad or missing input, an existing ``dst``
+    without ``force``, an unwritable output, name clashes), InvalidBitsError
+    and InvalidGroupSizeError, and NonFiniteError naming the tensor.
+    """
+    if format not in FORMATS:
+        raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
+    t0 = time.perf_counter()
+    with Checkpoint(src) as ckpt:
+        plans = plan_tensors(ckpt, bits=bits, group_size=group_size, skip=skip, bits_for=bits_for)
+        check_clashes(plans, ckpt.where)
+        meta = metadata(plans, bits, group_size, ckpt.metadata)
+        summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for p in plans for o in outputs(p)))
+        bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
+        sink = open_sink(format, dst, plans, meta, force, ckpt.paths)
+        # Quantizable tensors go to quantize_batch in runs of consecutive
+        # tensors up to the largest tensor's size: small tensors share a call
+        # (all cores busy), and no more than about one large tensor's pages
+        # are mapped in at a time (bounded memory).
+        limit = max((p.nbytes for p in plans if p.bits is not None), default=0)
+        pending: list[Plan] = []
+
+        def done(p: Plan) -> None:
+            ckpt.release(p.name)
+            summary.quantized += 1
+            bar.update(p.nbytes)
+
+        def flush() -> None:
+            arrays = {p.name: ckpt.array(p.name) for p in pending}
+            params: dict[str, tuple[int, int | None]] = {
+                p.name: (p.bits, p.group_size) for p in pending if p.bits is not None  # all of them
+            }
+            for name, qt in quantize_batch(arrays, params=params).items():
+                sink.quantized(name, qt)
+            del arrays
+            for p in pending:
+                done(p)
+            pending.clear()
+
+        with sink:
+            for p in plans:
+                if p.bits is None:
+                    sink.keep(p.name, ckpt.array(p.name))
+                    ckpt.release(p.name)
+                    summary.kept += 1
+                    summary.kept_reasons[p.name] = p.kept_because or ""
+                    bar.update(p.nbytes)
+                    continue
+                if pending and sum(q.nbytes for q in pending) + p.nbytes > limit:
+                    flush()
+                if ckpt.array(p.name).flags.aligned:
+                    pending.append(p)
+                    continue
+                # A misaligned tensor (possible in hand-made files) takes the copy path.
+                try:
+                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size)
+                except QuantizeError as exc:
+                    raise type(exc)(f"tensor {p.name!r}: {exc}") from None
+                sink.quantized(p.name, qt)
+                done(p)
+            if pending:
+                flush()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                    force: bool = False, progress: ProgressCallback | None = None) -> Summary:
+    """Writes a plain safetensors checkpoint with every tensor in its original
+    dtype and shape, from a pyquant checkpoint in either format; returns a
+    :class:`Summary`.
+
+    Copies: inputs are read in place from the memory map; each dequantized
+    tensor is one output-sized array, written then freed, so memory follows
+    the largest tensor. Parallelism: one tensor at a time, each dequantized
+    by one native call on all cores with the GIL released. ``dst`` is written
+    to a temporary file and renamed at the end (an existing ``dst`` needs
+    ``force=True``). ``progress`` is called after each tensor. Raises
+    CheckpointError (bad input, existing or unwritable output) and the
+    errors of :func:`dequantize`.
+    """
+    t0 = time.perf_counter()
+    with open_quantized(src) as q:
+        names = q.names()
+        outs = []
+        for n in names:
+            if n in q.quantized:
+                m = q.quantized[n]
+                outs.append(OutputTensor(n, CODE_OF[m["dtype"]], tuple(m["shape"])))
+            else:
+                outs.append(OutputTensor(n, *q.kept_info(n)))
+        source = q.source_metadata
+        summary = Summary(input_bytes=q.size)
+        bar = _Tracker(progress, "dequantizing", len(names), sum(o.nbytes for o in outs))
+        with writing(dst, outs, source, force=force, inputs=[os.fspath(src)]) as w:
+            for n, o in zip(names, outs):
+                t = q.get(n)
+                if isinstance(t, QuantizedTensor):
+                    w.write(n, t.dequantize())
+                    summary.quantized += 1
+                else:
+                    w.write(n, t)
+                    summary.kept += 1
+                del t
+                q.release(n)
+                bar.update(o.nbytes)
+    summary.output_bytes = sum(o.nbytes for o in outs)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def quantize_arrow_file(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Quantizes an Arrow IPC file of weight batches into an IPC file of
+    quantized batches (schema :func:`quantized_schema`); returns a
+    :class:`Summary` (every row is a quantized tensor).
+
+    ``src`` is memory-mapped and read batch by batch without copying; after
+    each batch its pages are dropped from this process (``MADV_DONTNEED``),
+    so peak memory is about one input batch plus its result, not the file.
+    The output goes to a temporary file beside ``dst`` that is renamed onto
+    ``dst`` only when complete; on any error it is removed and an existing
+    ``dst`` is untouched. An existing ``dst`` is an error unless ``force``.
+    ``progress`` is called after each batch.
+
+    Copies: none of the values (each batch goes through
+    :func:`quantize_arrow`). Parallelism: one native call per batch, all
+    cores, GIL released. Raises CheckpointError (unreadable source, existing
+    ``dst``), pyarrow's errors for a file that is not Arrow IPC, and the
+    errors of :func:`quantize_arrow`, naming the tensor.
+    """
+    pa = _pyarrow()
+    import pyarrow.ipc  # noqa: F401  (a submodule, loaded on demand)
+
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    with atomic_output(dst, overwrite=force, inputs=[src]) as tmp:
+        with open(src, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress)
+        finally:
+            _close_mapping(mapped)
+        summary.output_bytes = os.path.getsize(tmp)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None,
+                     progress: ProgressCallback | None) -> Summary:
+    reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
+    summary = Summary(input_bytes=len(mapped))
+    bar = _Tracker(progress, "quantizing", 0, len(mapped))
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema()) as writer:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            nbytes = batch.nbytes
+            result = quantize_arrow(batch, bits=bits, group_size=group_size)
+            del batch
+            writer.write_batch(result)
+            summary.quantized += result.num_rows
+            bar.update(nbytes, result.num_rows)
+            del result
+            # The batch's pages are read; give them back (they stay in the page cache).
+            mapped.madvise(mmap.MADV_DONTNEED)
+    del reader
+    return summary
+
+
+def _close_mapping(mapped: mmap.mmap) -> None:
+    try:
+        mapped.close()
+    except BufferError:  # pragma: no cover - a pyarrow object still views it; GC closes it
+        pass

@@ -1,0 +1,99 @@
+"""What happens to each tensor of a checkpoint, and why: quantized with
+which bits and group size, or carried over unchanged with the reason.
+
+Pure decisions from the tensors' names, dtypes and shapes; nothing is read
+or written here (see :mod:`pyquant.pipeline` for that).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from .core import SUPPORTED_DTYPES, quantized_layout
+from .errors import InvalidBitsError, QuantizeError
+from .safetensors_io import Checkpoint
+
+QUANTIZABLE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What happens to one tensor: quantized with ``bits``/``group_size``, or kept (with why)."""
+
+    name: str
+    dtype: str  # safetensors code of the input
+    shape: tuple[int, ...]
+    nbytes: int
+    bits: int | None = None
+    group_size: int | None = None
+    kept_because: str | None = None
+
+
+def plan_tensors(
+    ckpt: Checkpoint,
+    *,
+    bits: int = 4,
+    group_size: int | None = 128,
+    skip: Sequence[str] = (),
+    bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = (),
+    keep_1d: bool = True,
+) -> list[Plan]:
+    """Decides, per tensor, whether it is quantized and how.
+
+    Kept unchanged: tensors that are not float32/float16/bfloat16, 1-D
+    tensors (biases, norms) when ``keep_1d``, tensors whose name matches a
+    ``skip`` regular expression (``re.search``), and tensors whose last axis
+    does not fit the group size. ``bits_for`` maps regular expressions to
+    bit widths; the first match wins over ``bits``.
+    """
+    skip_res = [_regex(p, "--skip") for p in skip]
+    rules = [(_regex(p, "--bits-for"), b) for p, b in (bits_for.items() if isinstance(bits_for, Mapping) else bits_for)]
+    plans = []
+    for name in ckpt.names():
+        info = ckpt.info(name)
+        base = (name, info.dtype, info.shape, info.nbytes)
+        reason = None
+        if info.dtype not in QUANTIZABLE:
+            reason = f"dtype {info.dtype} is not floating point ({', '.join(SUPPORTED_DTYPES)})"
+        elif len(info.shape) < 2 and keep_1d:
+            reason = "1-D (bias or norm)"
+        elif any(r.search(name) for r in skip_res):
+            reason = "matches --skip"
+        elif math.prod(info.shape) == 0:
+            reason = "empty"
+        if reason:
+            plans.append(Plan(*base, kept_because=reason))
+            continue
+        b = next((b for r, b in rules if r.search(name)), bits)
+        try:
+            _, _, b, g = quantized_layout(info.shape, b, group_size)
+        except InvalidBitsError as exc:
+            raise InvalidBitsError(f"tensor {name!r}: {exc}") from None
+        except QuantizeError as exc:
+            # A shape that doesn't fit the group size is carried over, not lost.
+            plans.append(Plan(*base, kept_because=f"does not fit: {exc}"))
+            continue
+        plans.append(Plan(*base, bits=b, group_size=g))
+    return plans
+
+
+def _regex(pattern: str, what: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise QuantizeError(f"{what} pattern {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def parse_bits_for(items: Iterable[str]) -> list[tuple[str, int]]:
+    """``PATTERN=BITS`` strings (CLI ``--bits-for``) as (pattern, bits) pairs."""
+    out = []
+    for item in items:
+        pattern, sep, value = item.rpartition("=")
+        if not sep or not pattern or not value.isdigit():
+            raise QuantizeError(f"--bits-for expects PATTERN=BITS, got {item!r}")
+        _regex(pattern, "--bits-for")
+        out.append((pattern, int(value)))
+    return out

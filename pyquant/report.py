@@ -1,0 +1,113 @@
+"""How good a quantized checkpoint is, and what a checkpoint holds:
+per-tensor error statistics against the original (:func:`error_report`)
+and a per-tensor listing of any checkpoint (:func:`inspect`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .core import QuantizedTensor
+from .errors import CheckpointError
+from .formats import open_quantized, stored_tensors
+from .metrics import ErrorStats, error_stats
+from .safetensors_io import CODE_OF, DTYPES, Checkpoint
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bits: int | None  # None: carried over
+    stats: ErrorStats
+
+
+@dataclass(frozen=True)
+class Report:
+    tensors: list[TensorReport]
+
+    def summary(self) -> dict[str, Any]:
+        q = [t for t in self.tensors if t.bits is not None]
+        return {
+            "tensors": len(self.tensors),
+            "quantized": len(q),
+            "kept": len(self.tensors) - len(q),
+            "mean_rel_rmse": float(np.mean([t.stats.rel_rmse for t in q])) if q else 0.0,
+            "worst_rel_rmse": max((t.stats.rel_rmse for t in q), default=0.0),
+            "worst_tensor": max(q, key=lambda t: t.stats.rel_rmse).name if q else None,
+            "min_cosine": min((t.stats.cosine for t in q), default=1.0),
+            "max_abs": max((t.stats.max_abs for t in self.tensors), default=0.0),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tensors": [
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bits": t.bits, **t.stats.as_dict()}
+                for t in self.tensors
+            ],
+            "summary": self.summary(),
+        }
+
+
+def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
+    """Per-tensor error statistics of a quantized checkpoint against its
+    original (max abs, RMSE, relative RMSE, cosine, SNR); see
+    :meth:`Report.summary` for the totals.
+
+    Copies: both files are memory-mapped; each quantized tensor is
+    dequantized to one float32 array, compared and freed, one tensor at a
+    time. Parallelism: each dequantization is one native call on all cores;
+    the statistics are numpy on the calling thread. Raises CheckpointError
+    when the files hold different tensors, a carried-over tensor differs, or
+    a file is bad.
+    """
+    rows = []
+    with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
+        names = q.names()
+        missing = sorted(set(ckpt.names()) ^ set(names))
+        if missing:
+            raise CheckpointError(f"the checkpoints hold different tensors (e.g. {missing[0]!r})")
+        for n in names:
+            x = ckpt.array(n)
+            t = q.get(n)
+            if isinstance(t, QuantizedTensor):
+                rows.append(TensorReport(n, t.shape, t.dtype, t.bits, error_stats(x, t.dequantize("float32"))))
+            else:
+                same = x.shape == t.shape and x.tobytes() == t.tobytes()
+                if not same:
+                    raise CheckpointError(f"carried-over tensor {n!r} differs from the original")
+                stats = ErrorStats(0.0, 0.0, 0.0, 1.0, math.inf)
+                rows.append(TensorReport(n, tuple(x.shape), str(x.dtype), None, stats))
+            del x, t
+            ckpt.release(n)
+            q.release(n)
+    return Report(rows)
+
+
+@dataclass(frozen=True)
+class InspectRow:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    bits: int | None
+    group_size: int | None
+    stored_bytes: int
+    original_bytes: int
+
+
+def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, str]]:
+    """What a checkpoint (plain safetensors, or pyquant in either format)
+    holds: one row per original tensor, and the file's metadata."""
+    stored, meta = stored_tensors(path)
+    rows = [InspectRow(*s, original_bytes=math.prod(s.shape) * _itemsize(s.dtype)) for s in stored]
+    return rows, meta
+
+
+def _itemsize(dtype: str) -> int:
+    return DTYPES[CODE_OF[dtype]].itemsize
