@@ -8,13 +8,14 @@ be megabytes long. Everything printed from a file goes through :func:`shown`.
 from __future__ import annotations
 
 
-def shown(text: str, limit: int | None = None) -> str:
+def shown(text: str, limit: int | None = None, *, backslashes: bool = True) -> str:
     """``text`` with every non-printable character (controls, escape
     sequences, newlines, bidi and other format characters, lone surrogates)
     written as a Python escape (``\\x1b``, ``\\n``, ``\\u202e``) and
-    backslashes doubled, so what is printed is unambiguous and inert.
+    backslashes doubled (unless ``backslashes=False``, for messages that
+    already hold escapes), so what is printed is unambiguous and inert.
     ``limit`` shortens it to about that many characters (for error lines)."""
-    out = "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+    out = "".join(c if c.isprintable() and (c != "\\" or not backslashes) else repr(c)[1:-1] for c in text)
     if limit is not None and len(out) > limit:
         out = out[:limit] + f"...[{len(out) - limit} more]"
     return out

@@ -23,12 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from ._atomic import atomic_output
 from .core import QuantizedTensor, quantized_layout
+from ._text import quoted
 from .errors import CheckpointError
 from .plan import QUANTIZABLE, Plan
 from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
@@ -48,6 +50,24 @@ def check_clashes(plans: list[Plan], names: Mapping[str, Any]) -> None:
             for part in PARTS:
                 if f"{p.name}.{part}" in names:
                     raise CheckpointError(f"tensor {p.name}.{part} would clash with the quantized {p.name!r}")
+
+
+def refuse_quantized_input(ckpt: Checkpoint) -> None:
+    """CheckpointError if ``ckpt`` is already a pyquant checkpoint: by its
+    metadata, or (metadata stripped) by a tensor stored as NAME.codes (U8)
+    beside NAME.scales and NAME.mins (F32). Quantizing it again would
+    quantize the scales and mins. (GGUF and Arrow files are refused by the
+    safetensors reader.)"""
+    for f in ckpt.files:
+        if f.metadata.get("format") == FORMAT:
+            raise CheckpointError(f"{f.path}: already a pyquant checkpoint; quantize the original model "
+                                  "(or `pyquant dequantize` this one first)")
+    for name in ckpt.names():
+        if name.endswith(".codes") and ckpt.info(name).dtype == "U8":
+            base = name[: -len(".codes")]
+            if all(ckpt.where.get(f"{base}.{p}") and ckpt.info(f"{base}.{p}").dtype == "F32" for p in ("scales", "mins")):
+                raise CheckpointError(f"{ckpt.path}: looks like a pyquant checkpoint (tensor {quoted(base)} is "
+                                      "stored as .codes, .scales and .mins); quantize the original model")
 
 
 def outputs(plan: Plan) -> list[OutputTensor]:
@@ -375,9 +395,9 @@ def _kept_row(name: str, code: str, shape: tuple[int, ...]) -> StoredTensor:
 
 def is_arrow(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an Arrow IPC file (by its magic bytes)."""
-    if os.path.isdir(path):
-        return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a directory, FIFO, device: never opened here (a FIFO would block)
         with open(path, "rb") as f:
             return f.read(len(ARROW_MAGIC)) == ARROW_MAGIC
     except OSError:

@@ -19,6 +19,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import sys
 from dataclasses import dataclass
@@ -49,6 +50,14 @@ CODE_OF: dict[str, str] = {
 MAX_HEADER = 100_000_000
 
 
+# Files that are not safetensors but are easily handed to pyquant by mistake.
+KNOWN_MAGIC = {
+    b"GGUF": "a GGUF file (already quantized; pyquant reads safetensors)",
+    b"ARROW1": "an Arrow IPC file (a pyquant Arrow checkpoint is already quantized; "
+               "`pyquant dequantize` reads it)",
+}
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -62,28 +71,55 @@ class TensorInfo:
         return self.end - self.begin
 
 
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of ``path``, which must be a regular file.
+    O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
+    anything but a regular file is refused before a byte is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a safetensors file") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot open: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket cannot be a model)")
+    return fd, st
+
+
 class SafetensorsFile:
-    """A memory-mapped, validated safetensors file. Use as a context manager."""
+    """A memory-mapped, validated safetensors file. Use as a context manager.
+
+    The file is opened (and mapped) on demand: :meth:`close` gives back its
+    descriptor, and the next :meth:`array` opens it again, checking it is
+    still the same file. So a checkpoint of thousands of shards never holds
+    more than a few descriptors (see :class:`Checkpoint`)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
+        self._file: Any = None
+        self._mmap: mmap.mmap | None = None
+        self._open()
         try:
-            self._file = open(self.path, "rb")
-        except FileNotFoundError:
-            raise CheckpointError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise CheckpointError(f"{self.path}: is a directory, not a safetensors file") from None
-        except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot open: {exc.strerror}") from None
-        try:
-            self.size = os.fstat(self._file.fileno()).st_size
             self.tensors, self.metadata, self.data_start = _parse_header(self._file, self.size, self.path)
-            self._mmap = (
-                mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
-            )
         except BaseException:
-            self._file.close()
+            self.close()
             raise
+
+    def _open(self) -> None:
+        fd, st = _open_regular(self.path)
+        self._file = os.fdopen(fd, "rb")
+        identity = (st.st_dev, st.st_ino, st.st_size)
+        if getattr(self, "_identity", identity) != identity:
+            self.close()
+            raise CheckpointError(f"{self.path}: the file was replaced or changed while being read")
+        self._identity = identity
+        self.size = st.st_size
+        if self.size:
+            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -92,17 +128,22 @@ class SafetensorsFile:
         self.close()
 
     def close(self) -> None:
-        # The mmap stays valid while numpy views reference it; dropping our
-        # reference lets it go once they are gone.
+        """Gives back the descriptor. The mmap stays valid while numpy views
+        reference it; dropping our reference lets it go once they are gone."""
         self._mmap = None
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def array(self, name: str) -> np.ndarray[Any, Any]:
         """A read-only numpy view of tensor ``name`` on the mapped file (no copy)."""
         info = self.tensors[name]
         dt = DTYPES[info.dtype]
-        if info.nbytes == 0 or self._mmap is None:
+        if info.nbytes == 0:
             return np.zeros(info.shape, dtype=dt)
+        if self._file is None:
+            self._open()
+        assert self._file is not None and self._mmap is not None
         # Touching mapped pages past the end of a file that shrank kills the
         # process with SIGBUS; this cheap check catches a truncation that
         # happened before this tensor is read (not one racing the read).
@@ -130,7 +171,11 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
     # file (a key, a password file), they must not reveal its content.
     if size < 8:
         raise CheckpointError(f"{path}: truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
-    (n,) = struct.unpack("<Q", f.read(8))
+    first = f.read(8)
+    for magic, kind in KNOWN_MAGIC.items():
+        if first.startswith(magic):
+            raise CheckpointError(f"{path}: not a safetensors file: it is {kind}")
+    (n,) = struct.unpack("<Q", first)
     if n > MAX_HEADER:
         raise CheckpointError(f"{path}: not a safetensors file (its header length field exceeds the "
                               f"{MAX_HEADER}-byte limit)")
@@ -212,6 +257,9 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 80 else text[:80] + f"...[{len(text) - 80} more]"
 
 
+MAX_OPEN_SHARDS = 16  # descriptors a sharded checkpoint keeps open at once
+
+
 class Checkpoint:
     """A single safetensors file or a sharded model directory, as one mapping
     of tensor names to zero-copy views. Use as a context manager."""
@@ -232,10 +280,13 @@ class Checkpoint:
                 raise CheckpointError(f"{path}: no model.safetensors.index.json or model.safetensors in this directory")
         else:
             shards = [(path, [])]
+        self._open: dict[SafetensorsFile, None] = {}  # shards with a descriptor, least recently used first
         try:
             for shard, expected in shards:
                 f = SafetensorsFile(shard)
                 self.files.append(f)
+                if len(shards) > 1:
+                    f.close()  # opened again on demand: thousands of shards, few descriptors
                 for name in f.tensors:
                     if name in self.where:
                         raise CheckpointError(f"{path}: tensor {quoted(name)} appears in two shards")
@@ -270,7 +321,14 @@ class Checkpoint:
         return self.where[name].tensors[name]
 
     def array(self, name: str) -> np.ndarray[Any, Any]:
-        return self.where[name].array(name)
+        f = self.where[name]
+        self._open.pop(f, None)
+        self._open[f] = None
+        if len(self._open) > MAX_OPEN_SHARDS:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.close()
+        return f.array(name)
 
     def release(self, name: str) -> None:
         self.where[name].release(name)
@@ -281,17 +339,48 @@ class Checkpoint:
 
 
 def _read_index(index: str) -> list[tuple[str, list[str]]]:
-    """(shard path, tensor names the index puts in it) for each shard."""
+    """(shard path, tensor names the index puts in it) for each shard.
+
+    The index comes from whoever made the model: every shard it names must
+    be a regular file inside the model directory once symlinks are resolved
+    (no ``../``, absolute paths, or links leading out, no FIFOs)."""
+    fd, _ = _open_regular(index)
     try:
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{index}: unreadable index ({exc})") from None
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(MAX_HEADER + 1)
+        if len(raw) > MAX_HEADER:
+            raise CheckpointError(f"{index}: index larger than {MAX_HEADER} bytes")
+        doc = json.loads(raw.decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{index}: cannot read the index: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{index}: malformed index (not UTF-8 text)") from None
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{index}: malformed index (not valid JSON)") from None
+    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: malformed index (needs a \"weight_map\" object of tensor name -> shard file)")
+    base = os.path.realpath(os.path.dirname(os.path.abspath(index)))
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
-        shards.setdefault(shard, []).append(name)
-    base = os.path.dirname(index)
-    return [(os.path.join(base, shard), names) for shard, names in shards.items()]
+        _check_text(index, name)
+        where = f"{index}: weight_map entry {quoted(name)}"
+        if not isinstance(shard, str) or not shard or "\0" in shard:
+            raise CheckpointError(f"{where}: the shard must be a non-empty file name, got {_brief(shard)}")
+        _check_text(index, shard)
+        path = os.path.realpath(os.path.join(base, shard))
+        if os.path.isabs(shard) or os.path.commonpath([base, path]) != base:
+            raise CheckpointError(f"{where}: shard {quoted(shard)} is outside the model directory")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise CheckpointError(f"{where}: shard {quoted(shard)}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise CheckpointError(f"{where}: shard {quoted(shard)} is not a regular file")
+        shards.setdefault(path, []).append(name)
+    if not shards:
+        raise CheckpointError(f"{index}: the index's weight_map is empty")
+    return list(shards.items())
 
 
 @dataclass(frozen=True)
