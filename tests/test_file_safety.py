@@ -25,9 +25,9 @@ RNG = np.random.default_rng(11)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, umask=None, **kw):
+def run_cli(*args, umask=None, timeout=300, **kw):
     return subprocess.run([sys.executable, "-m", "pyquant.cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=timeout,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None, **kw)
 
 
@@ -318,3 +318,192 @@ def test_truncated_source_is_a_one_line_error_not_sigbus(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     one_line_error(out, "shrank from", "while being read")
     assert not (tmp_path / "q.safetensors").exists() and not debris(tmp_path)
+
+
+# 1. A sharded model's index can point anywhere ---------------------------------------------------
+
+def sharded(directory, weight_map, shards=None):
+    """A model directory: shard files (name -> tensors) and an index (given as is)."""
+    directory.mkdir(exist_ok=True)
+    for shard, tensors in (shards or {}).items():
+        write_safetensors(directory / shard, tensors)
+    (directory / "model.safetensors.index.json").write_text(
+        weight_map if isinstance(weight_map, str) else json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return directory
+
+
+def test_index_entry_outside_model_dir_is_refused(tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    write_safetensors(secret / "private.safetensors", {"stolen.weight": RNG.normal(size=(4, 128)).astype(np.float32)})
+    inside = {"ok.weight": RNG.normal(size=(4, 128)).astype(np.float32)}
+    model = tmp_path / "model"
+    model.mkdir()
+    write_safetensors(model / "a.safetensors", inside)
+    os.symlink(secret / "private.safetensors", model / "link.safetensors")
+    os.symlink(secret, model / "subdir")
+    for entry in ("../secret/private.safetensors", str(secret / "private.safetensors"),
+                  "link.safetensors", "subdir/private.safetensors"):
+        sharded(model, {"ok.weight": "a.safetensors", "stolen.weight": entry})
+        for args in (("quantize", model, tmp_path / "q.safetensors"), ("inspect", model)):
+            one_line_error(run_cli(*args), "weight_map entry 'stolen.weight'", "outside the model directory")
+        assert not (tmp_path / "q.safetensors").exists()
+    # A symlink that stays inside the directory is fine.
+    os.symlink("a.safetensors", model / "alias.safetensors")
+    sharded(model, {"ok.weight": "alias.safetensors"})
+    assert run_cli("quantize", model, tmp_path / "q.safetensors").returncode == 0
+
+
+def test_index_entry_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    os.mkfifo(model / "pipe.safetensors")
+    sharded(model, {"w": "pipe.safetensors"})
+    one_line_error(run_cli("quantize", model, tmp_path / "q.safetensors", timeout=60), "not a regular file")
+    # The same for a FIFO given directly, or as the index itself.
+    one_line_error(run_cli("inspect", model / "pipe.safetensors", timeout=60), "not a regular file")
+    other = tmp_path / "other"
+    other.mkdir()
+    os.mkfifo(other / "model.safetensors.index.json")
+    one_line_error(run_cli("quantize", other, tmp_path / "q.safetensors", timeout=60), "not a regular file")
+
+
+@pytest.mark.parametrize("index,expect", [
+    ("{", "not valid JSON"),
+    ("[1, 2]", "weight_map"),
+    ('{"weight_map": ["a.safetensors"]}', "weight_map"),
+    ('{"weight_map": {"w": 5}}', "must be a non-empty file name"),
+    ('{"weight_map": {"w": ["a.safetensors"]}}', "must be a non-empty file name"),
+    ('{"weight_map": {"w": "a.safetensors\\u0000.txt"}}', "must be a non-empty file name"),
+    ('{"weight_map": {"w": ""}}', "must be a non-empty file name"),
+    ('{"weight_map": {}}', "empty"),
+    ('{"weight_map": {"w": "missing.safetensors"}}', "No such file"),
+    ('{"weight_map": {"w\\ud800": "a.safetensors"}}', "not valid Unicode text"),
+])
+def test_malformed_index_is_a_checkpoint_error_not_a_traceback(tmp_path, index, expect):
+    model = sharded(tmp_path / "model", index, {"a.safetensors": small_model()})
+    one_line_error(run_cli("quantize", model, tmp_path / "q.safetensors"), expect)
+    one_line_error(run_cli("inspect", model), expect)
+
+
+# 13. Many shards -------------------------------------------------------------------------------
+
+def test_model_with_more_shards_than_open_files_allowed_works(tmp_path):
+    model = tmp_path / "model"
+    weight_map, n = {}, 1100
+    for i in range(n):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        write_safetensors(model / name if model.exists() else (model.mkdir() or model / name),
+                          {f"layer.{i}.weight": np.full((2, 32), i, np.float32)})
+        weight_map[f"layer.{i}.weight"] = name
+    sharded(model, weight_map)
+    q = tmp_path / "q.safetensors"
+    # At most 256 descriptors: opening every shard at once would fail with "Too many open files".
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    for args in (("quantize", model, q, "--group-size", "32", "--quiet"), ("inspect", model), ("report", model, q)):
+        out = subprocess.run([sys.executable, "-m", "pyquant.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, preexec_fn=limit)
+        assert out.returncode == 0, out.stderr
+    assert f"{n} quantized" in out.stdout
+
+
+# 6. Invalid options ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options,expect", [
+    (("--group-size", "0"), "group size must be a positive integer"),
+    (("--group-size", "-1"), "group size must be a positive integer"),
+    (("--group-size", "7"), "group size 7 with 4-bit codes does not fill whole bytes"),
+    (("--group-size", "6", "--bits", "2"), "group size 6 with 2-bit codes"),
+    (("--bits", "3"), "bits must be 2, 4 or 8, got 3"),
+    (("--bits-for", "q=5"), "bits must be 2, 4 or 8, got 5"),
+    (("--bits-for", "q=2", "--group-size", "2"), "group size 2 with 2-bit codes"),
+])
+def test_invalid_option_is_a_usage_error_before_any_work(tmp_path, options, expect):
+    # The input does not even exist: options are checked first.
+    out = run_cli("quantize", tmp_path / "missing.safetensors", tmp_path / "q.safetensors", *options)
+    assert out.returncode == 2 and expect in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_run_that_quantizes_nothing_fails_unless_allow_empty(tmp_path):
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    write_safetensors(src, small_model())  # last axes 128, 256 and a 1-D bias
+    out = run_cli("quantize", src, dst, "--group-size", "100")
+    one_line_error(out, "nothing to quantize: all 3 tensors would be carried over", "--allow-empty")
+    assert not dst.exists()
+    out = run_cli("quantize", src, dst, "--group-size", "100", "--allow-empty")
+    assert out.returncode == 0 and "quantized 0 tensors, kept 3" in out.stdout
+    assert "kept a.weight: does not fit" in out.stdout and "kept b.bias: 1-D (bias or norm)" in out.stdout
+
+
+def test_carried_over_tensors_are_reported_with_their_reason(tmp_path):
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    tensors = small_model()
+    tensors["odd.weight"] = RNG.normal(size=(4, 100)).astype(np.float32)
+    tensors["ids"] = np.arange(8, dtype=np.int64).reshape(2, 4)
+    write_safetensors(src, tensors)
+    out = run_cli("quantize", src, dst, "--skip", "^b\\.weight$")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "kept b.weight: matches --skip" in lines and "kept b.bias: 1-D (bias or norm)" in lines
+    assert any(line.startswith("kept odd.weight: does not fit:") for line in lines)
+    assert any(line.startswith("kept ids: dtype I64 is not floating point") for line in lines)
+    assert "quantized 1 tensors, kept 4" in lines[-1]
+    assert "kept" not in run_cli("quantize", src, dst, "--force", "--quiet").stdout
+
+
+# 7. Quantized files as inputs ------------------------------------------------------------------
+
+def test_pyquant_or_gguf_output_as_input_is_refused(tmp_path):
+    src, q, qa = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "q.arrow"
+    write_safetensors(src, small_model())
+    assert run_cli("quantize", src, q).returncode == 0
+    assert run_cli("quantize", src, qa, "--format", "arrow").returncode == 0
+    one_line_error(run_cli("quantize", q, tmp_path / "qq.safetensors"), "already a pyquant checkpoint")
+    one_line_error(run_cli("quantize", qa, tmp_path / "qq.safetensors"), "an Arrow IPC file")
+    # Metadata stripped: the .codes/.scales/.mins layout still gives it away.
+    import safetensors.numpy
+
+    stripped = tmp_path / "stripped.safetensors"
+    safetensors.numpy.save_file(safetensors.numpy.load_file(str(q)), str(stripped))
+    one_line_error(run_cli("quantize", stripped, tmp_path / "qq.safetensors"), "looks like a pyquant checkpoint")
+    # In a sharded model too.
+    model = sharded(tmp_path / "model", {"a.weight": "../q.safetensors"})
+    (model / "q.safetensors").write_bytes(q.read_bytes())
+    sharded(model, {"a.weight.codes": "q.safetensors"})
+    one_line_error(run_cli("quantize", model, tmp_path / "qq.safetensors"), "already a pyquant checkpoint")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(64))
+    one_line_error(run_cli("quantize", gguf, tmp_path / "qq.safetensors"), "a GGUF file")
+    assert not (tmp_path / "qq.safetensors").exists()
+
+
+# 4. Names printed to a terminal ----------------------------------------------------------------
+
+def test_escape_sequences_in_names_are_printed_escaped(tmp_path):
+    evil = "x\x1b]0;pwned\x07\x1b[2J\nfake line\u202e"
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    write_safetensors(src, {evil + ".weight": RNG.normal(size=(4, 128)).astype(np.float32),
+                            evil + ".bias": np.ones(4, np.float32)})
+    outputs = [run_cli("quantize", src, dst), run_cli("inspect", dst), run_cli("inspect", src),
+               run_cli("report", src, dst)]
+    for out in outputs:
+        assert out.returncode == 0, out.stderr
+        text = out.stdout + out.stderr
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\nfake line" not in text
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\nfake line\\u202e" in text
+    # JSON output stays exact (JSON escapes control characters itself).
+    rep = json.loads(run_cli("report", src, dst, "--json").stdout)
+    assert {t["name"] for t in rep["tensors"]} == {evil + ".weight", evil + ".bias"}
+    # Error messages too.
+    out = run_cli("quantize", src, dst)
+    assert "\x1b" not in out.stderr
+    bad = tmp_path / "bad.safetensors"
+    write_safetensors(bad, {evil: np.full((4, 128), np.nan, np.float32)})
+    out = run_cli("quantize", bad, tmp_path / "b.safetensors")
+    one_line_error(out, "NaN")
+    assert "\x1b" not in out.stderr
