@@ -20,8 +20,10 @@ memory map.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
 import os
 import stat
 from typing import Any, Mapping, NamedTuple, Protocol, Sequence
@@ -30,10 +32,11 @@ import numpy as np
 
 from ._atomic import atomic_output
 from .core import QuantizedTensor, quantized_layout
-from ._text import quoted
-from .errors import CheckpointError
-from .plan import QUANTIZABLE, Plan
-from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
+from ._text import quoted, shown
+from .errors import CheckpointError, QuantizeError
+from .plan import QUANTIZABLE, Plan, check_options
+from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
+                             open_regular, writing)
 
 FORMAT = "pyquant"
 FORMAT_VERSION = "1"
@@ -189,34 +192,103 @@ class _ArrowSink:
         self._row(name, qt.codes, qt.scales, qt.mins, qt.shape, qt.dtype, qt.bits, qt.group_size)
 
 
+def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size: Any
+            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(codes shape, groups shape) of a quantized tensor as a checkpoint
+    describes it; CheckpointError if the description is not one pyquant
+    could have written (wrong JSON types, unknown dtype, bad bits or group)."""
+    where = f"{path}: tensor {quoted(name)}"
+    if dtype not in QUANTIZABLE.values():
+        raise CheckpointError(f"{where}: corrupt metadata: dtype {_brief(dtype)} is not one pyquant quantizes")
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise CheckpointError(f"{where}: corrupt metadata: shape {_brief(shape)}")
+    for what, v in (("bits", bits), ("group_size", group_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise CheckpointError(f"{where}: corrupt metadata: {what} {_brief(v)}")
+    try:
+        check_options(bits, group_size)
+        codes, groups, _, _ = quantized_layout(tuple(shape), bits, group_size)
+    except QuantizeError as exc:
+        raise CheckpointError(f"{where}: corrupt metadata: {exc}") from None
+    return codes, groups
+
+
+def _checked(path: str, name: str, qt: QuantizedTensor) -> QuantizedTensor:
+    """``qt`` if its scales and mins can be from pyquant (finite, scales not
+    negative, every code decoding to a finite value); else CheckpointError,
+    rather than silently wrong values."""
+    scales, mins = qt.scales, qt.mins
+    top = mins + scales * np.float32(2**qt.bits - 1)
+    if not (np.isfinite(scales).all() and (scales >= 0).all() and np.isfinite(mins).all() and np.isfinite(top).all()):
+        raise CheckpointError(f"{path}: tensor {quoted(name)}: scales or mins are NaN, infinite or negative "
+                              "(a damaged or tampered file)")
+    return qt
+
+
+def _source_metadata(path: str, text: Any) -> dict[str, str]:
+    """The input's metadata that ``dequantize`` restores: a JSON object of strings."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.source_metadata must be a JSON object of strings")
+    for v in (*value, *value.values()):
+        check_text(path, v)
+    return value
+
+
 class QuantizedCheckpoint:
-    """A pyquant checkpoint opened for reading; arrays are views on the map."""
+    """A pyquant checkpoint opened for reading; arrays are views on the map.
+    Everything the metadata says is checked against the tensors on opening
+    (a tampered file is a CheckpointError, never wrong values)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.file = SafetensorsFile(path)
-        meta = self.file.metadata
+        try:
+            self._read()
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _read(self) -> None:
+        path, meta = self.file.path, self.file.metadata
         if meta.get("format") != FORMAT:
-            self.file.close()
-            raise CheckpointError(f"{self.file.path}: not a pyquant checkpoint (no format=pyquant metadata)")
+            raise CheckpointError(f"{path}: not a pyquant checkpoint (no format=pyquant metadata)")
         if meta.get("pyquant.format_version") != FORMAT_VERSION:
-            self.file.close()
             raise CheckpointError(
-                f"{self.file.path}: pyquant checkpoint format {meta.get('pyquant.format_version')!r}, "
+                f"{path}: pyquant checkpoint format {_brief(meta.get('pyquant.format_version'))}, "
                 f"this pyquant reads format {FORMAT_VERSION}"
             )
         try:
-            self.quantized: dict[str, dict[str, Any]] = json.loads(meta["pyquant.tensors"])
-        except (KeyError, ValueError) as exc:
-            self.file.close()
-            raise CheckpointError(f"{self.file.path}: corrupt pyquant.tensors metadata ({exc})") from None
-        parts = {f"{n}.{p}" for n in self.quantized for p in PARTS}
-        missing = sorted(parts - self.file.tensors.keys())
-        if missing:
-            self.file.close()
-            raise CheckpointError(f"{self.file.path}: metadata names {missing[0]!r}, which the file lacks")
-        self.kept = [n for n in self.file.tensors if n not in parts]
+            quantized = json.loads(meta["pyquant.tensors"])
+        except KeyError:
+            raise CheckpointError(f"{path}: corrupt metadata: no pyquant.tensors") from None
+        except (ValueError, RecursionError):
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors is not valid JSON") from None
+        if not isinstance(quantized, dict) or not all(isinstance(m, dict) for m in quantized.values()):
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must map names to objects")
+        self.quantized: dict[str, dict[str, Any]] = quantized
+        tensors = self.file.tensors
+        for n, m in quantized.items():
+            check_text(path, n)
+            codes, groups = _layout(path, n, m.get("dtype"), m.get("shape"), m.get("bits"), m.get("group_size"))
+            for part, code, shape in (("codes", "U8", codes), ("scales", "F32", groups), ("mins", "F32", groups)):
+                info = tensors.get(f"{n}.{part}")
+                if info is None:
+                    raise CheckpointError(f"{path}: metadata names {quoted(f'{n}.{part}')}, which the file lacks")
+                if (info.dtype, info.shape) != (code, shape):
+                    raise CheckpointError(
+                        f"{path}: tensor {quoted(n)}: {part} is {info.dtype} {list(info.shape)}, but its metadata "
+                        f"(shape {m['shape']}, {m['bits']} bits, group size {m['group_size']}) needs {code} {list(shape)}")
+        parts = {f"{n}.{p}" for n in quantized for p in PARTS}
+        self.kept = [n for n in tensors if n not in parts]
+        clash = next((n for n in self.kept if n in quantized), None)
+        if clash is not None:
+            raise CheckpointError(f"{path}: tensor {quoted(clash)} is both quantized and carried over")
         self.size = self.file.size
-        self.source_metadata: dict[str, str] = json.loads(meta.get("pyquant.source_metadata", "{}"))
+        self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
 
     def kept_info(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype code, shape) of a carried-over tensor."""
@@ -243,8 +315,8 @@ class QuantizedCheckpoint:
             a = self.file.array(f"{name}.{part}")
             # Views on a read-only map may be misaligned in hand-made files; copy then.
             arrays[part] = a if a.flags.aligned else a.copy()
-        return QuantizedTensor(**arrays, shape=tuple(m["shape"]), dtype=m["dtype"],
-                               bits=int(m["bits"]), group_size=int(m["group_size"]))
+        return _checked(self.file.path, name, QuantizedTensor(
+            **arrays, shape=tuple(m["shape"]), dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"])))
 
     def release(self, name: str) -> None:
         for n in ([f"{name}.{p}" for p in PARTS] if name in self.quantized else [name]):
@@ -256,7 +328,10 @@ class ArrowQuantizedCheckpoint:
     Arrow path's schema (:func:`pyquant.quantized_schema`), one tensor per
     row; a row with ``bits == 0`` is a carried-over tensor whose ``codes``
     hold its raw little-endian bytes. Same interface as
-    :class:`QuantizedCheckpoint`; arrays are views on the memory map."""
+    :class:`QuantizedCheckpoint`; arrays are views on the memory map, whose
+    pages :meth:`release` gives back (bounded memory, as for safetensors).
+    Every row is checked on opening (schema, nulls, duplicate names, dtype,
+    bits, group size, and the lengths of codes, scales and mins)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         from .arrow import _pyarrow
@@ -265,40 +340,95 @@ class ArrowQuantizedCheckpoint:
         import pyarrow.ipc  # noqa: F401
 
         self.path = os.fspath(path)
+        fd, st = open_regular(self.path)
         try:
-            self._map = pa.memory_map(self.path, "r")
-            self._reader = pa.ipc.open_file(self._map)
-            schema = self._reader.schema
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CheckpointError(f"{self.path}: not a readable Arrow IPC file ({exc})") from None
-        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else None
+        except OSError as exc:
+            raise CheckpointError(f"{self.path}: cannot map: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            if self._mmap is None:
+                raise CheckpointError(f"{self.path}: empty file, not an Arrow IPC file")
+            self._reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._mmap)))
+            self._read(pa)
+        except pa.ArrowException as exc:
+            self.close()
+            raise CheckpointError(f"{self.path}: not a readable pyquant Arrow file ({shown(str(exc), 200)})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self, pa: Any) -> None:
+        import pyarrow.compute as pc
+
+        from .arrow import quantized_schema
+
+        path, schema = self.path, self._reader.schema
+        try:
+            meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: corrupt metadata: not UTF-8 text") from None
         if meta.get("format") != FORMAT or meta.get("pyquant.format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{self.path}: not a pyquant checkpoint (format {FORMAT} {FORMAT_VERSION})")
-        self.size = os.path.getsize(self.path)
-        self.source_metadata = json.loads(meta.get("pyquant.source_metadata", "{}"))
+            raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {FORMAT_VERSION})")
+        if not schema.remove_metadata().equals(quantized_schema()):
+            raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
+                                  "(name, codes, scales, mins, shape, dtype, bits, group_size)")
+        self.size = self._mmap.size() if self._mmap is not None else 0
+        self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
         self.quantized: dict[str, dict[str, Any]] = {}
         self.kept: list[str] = []
         self._rows: dict[str, tuple[int, int]] = {}
         self._kept_meta: dict[str, tuple[str, tuple[int, ...]]] = {}
         for b in range(self._reader.num_record_batches):
             batch = self._reader.get_batch(b)
-            cols = batch.select(["name", "shape", "dtype", "bits", "group_size"]).to_pydict()
+            batch.validate()  # offsets inside their buffers: nothing below reads out of bounds
+            small = batch.select(["name", "shape", "dtype", "bits", "group_size"])
+            small.validate(full=True)  # and these are checked completely (UTF-8 names included)
+            if any(c.null_count for c in batch.columns):
+                raise CheckpointError(f"{path}: corrupt checkpoint: null values in record batch {b}")
+            cols = small.to_pydict()
+            lengths = {c: pc.binary_length(batch.column(c)) if c == "codes" else pc.list_value_length(batch.column(c))
+                       for c in ("codes", "scales", "mins")}
+            lengths = {c: v.to_pylist() for c, v in lengths.items()}
             for r, name in enumerate(cols["name"]):
+                check_text(path, name)
+                if name in self._rows:
+                    raise CheckpointError(f"{path}: corrupt checkpoint: tensor {quoted(name)} appears twice")
                 self._rows[name] = (b, r)
-                shape, dtype, bits = tuple(cols["shape"][r]), cols["dtype"][r], cols["bits"][r]
+                shape, dtype, bits, group = cols["shape"][r], cols["dtype"][r], cols["bits"][r], cols["group_size"][r]
                 if bits == 0:
+                    code = CODE_OF.get(dtype)
+                    if code is None or any(d < 0 for d in shape):
+                        raise CheckpointError(f"{path}: tensor {quoted(name)}: corrupt carried-over row "
+                                              f"(dtype {_brief(dtype)}, shape {_brief(shape)})")
+                    want = (math.prod(shape) * DTYPES[code].itemsize, 0, 0)
                     self.kept.append(name)
-                    self._kept_meta[name] = (CODE_OF[dtype], shape)
+                    self._kept_meta[name] = (code, tuple(shape))
                 else:
-                    self.quantized[name] = {"dtype": dtype, "shape": list(shape), "bits": bits,
-                                            "group_size": cols["group_size"][r]}
+                    codes, groups = _layout(path, name, dtype, shape, bits, group)
+                    want = (math.prod(codes), math.prod(groups), math.prod(groups))
+                    self.quantized[name] = {"dtype": dtype, "shape": list(shape), "bits": bits, "group_size": group}
+                got = (lengths["codes"][r], lengths["scales"][r], lengths["mins"][r])
+                if got != want:
+                    raise CheckpointError(f"{path}: tensor {quoted(name)}: codes, scales and mins hold "
+                                          f"{got[0]}, {got[1]} and {got[2]} values, its shape, bits and group "
+                                          f"size need {want[0]}, {want[1]} and {want[2]}")
+
+    def close(self) -> None:
+        self._reader = None
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # an array handed out still views it: it goes with the last one
+                pass
+            self._mmap = None
 
     def __enter__(self) -> ArrowQuantizedCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._reader = None
-        self._map.close()
+        self.close()
 
     def names(self) -> list[str]:
         return list(self._rows)
@@ -320,11 +450,16 @@ class ArrowQuantizedCheckpoint:
         codes_shape, groups_shape, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
         groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape)
                   for p in ("scales", "mins")}
-        return QuantizedTensor(codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]),
-                               dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"]))
+        return _checked(self.path, name, QuantizedTensor(
+            codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]), dtype=m["dtype"],
+            bits=int(m["bits"]), group_size=int(m["group_size"])))
 
     def release(self, name: str) -> None:
-        """Nothing to do: pyarrow's memory map is read on demand per row."""
+        """Gives the map's pages back (they stay in the page cache), so that
+        reading the file tensor by tensor keeps RSS bounded."""
+        if self._mmap is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def open_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint | ArrowQuantizedCheckpoint:

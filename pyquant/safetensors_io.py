@@ -71,7 +71,7 @@ class TensorInfo:
         return self.end - self.begin
 
 
-def _open_regular(path: str) -> tuple[int, os.stat_result]:
+def open_regular(path: str) -> tuple[int, os.stat_result]:
     """A read-only descriptor of ``path``, which must be a regular file.
     O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
     anything but a regular file is refused before a byte is read."""
@@ -110,7 +110,7 @@ class SafetensorsFile:
             raise
 
     def _open(self) -> None:
-        fd, st = _open_regular(self.path)
+        fd, st = open_regular(self.path)
         self._file = os.fdopen(fd, "rb")
         identity = (st.st_dev, st.st_ino, st.st_size)
         if getattr(self, "_identity", identity) != identity:
@@ -186,8 +186,20 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
         text = f.read(n).decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not a safetensors file (its header is not UTF-8 text)") from None
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # JSON readers keep the last of two equal keys; a name given twice is
+        # a tampered header (which tensor is meant?), not a choice to make.
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise CheckpointError(f"{path}: corrupt header: {quoted(k)} appears twice")
+            out[k] = v
+        return out
+
     try:
-        header = json.loads(text)
+        header = json.loads(text, object_pairs_hook=unique)
+    except CheckpointError:
+        raise
     except (ValueError, RecursionError) as exc:
         # ValueError: bad JSON (the message gives a position, not content), or
         # an integer of more than sys.get_int_max_str_digits() digits;
@@ -201,7 +213,7 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: corrupt header: __metadata__ must map strings to strings")
     for text in (*header, *metadata, *metadata.values()):
-        _check_text(path, text)
+        check_text(path, text)
     data_size = size - 8 - n
     tensors: dict[str, TensorInfo] = {}
     for name, entry in header.items():
@@ -213,7 +225,7 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
     return tensors, metadata, 8 + n
 
 
-def _check_text(path: str, text: str) -> None:
+def check_text(path: str, text: str) -> None:
     """JSON's \\u escapes can spell lone surrogates, which are not text:
     refused here, so nothing downstream fails on them (printing, writing)."""
     try:
@@ -229,28 +241,28 @@ def _tensor_info(path: str, name: str, entry: Any, data_size: int) -> TensorInfo
         raise CheckpointError(f"{where}: corrupt header entry (needs dtype, shape, data_offsets)")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise CheckpointError(f"{where}: unsupported dtype {_brief(dtype)} (supported: {', '.join(DTYPES)})")
+        raise CheckpointError(f"{where}: unsupported dtype {brief(dtype)} (supported: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise CheckpointError(f"{where}: corrupt shape {_brief(shape)}")
+        raise CheckpointError(f"{where}: corrupt shape {brief(shape)}")
     # numpy's limits: at most 64 axes, and the product of the non-zero
     # dimensions times the item size must fit in a signed 64-bit size.
     if len(shape) > 64 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize > sys.maxsize:
-        raise CheckpointError(f"{where}: shape {_brief(shape)} is too large for an array")
+        raise CheckpointError(f"{where}: shape {brief(shape)} is too large for an array")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise CheckpointError(f"{where}: corrupt data_offsets {_brief(offsets)}")
+        raise CheckpointError(f"{where}: corrupt data_offsets {brief(offsets)}")
     begin, end = offsets
     if not 0 <= begin <= end:
-        raise CheckpointError(f"{where}: corrupt data_offsets {_brief(offsets)}")
+        raise CheckpointError(f"{where}: corrupt data_offsets {brief(offsets)}")
     if end > data_size:
-        raise CheckpointError(f"{where}: data_offsets {_brief(offsets)} point past the end of the data ({data_size} bytes)")
+        raise CheckpointError(f"{where}: data_offsets {brief(offsets)} point past the end of the data ({data_size} bytes)")
     want = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != want:
         raise CheckpointError(f"{where}: data_offsets span {end - begin} bytes, but {dtype} {shape} needs {want}")
     return TensorInfo(name, dtype, tuple(shape), begin, end)
 
 
-def _brief(value: Any) -> str:
+def brief(value: Any) -> str:
     """A header value in an error message: its repr (which escapes every
     non-printable character), at most ~80 characters."""
     text = repr(value)
@@ -344,7 +356,7 @@ def _read_index(index: str) -> list[tuple[str, list[str]]]:
     The index comes from whoever made the model: every shard it names must
     be a regular file inside the model directory once symlinks are resolved
     (no ``../``, absolute paths, or links leading out, no FIFOs)."""
-    fd, _ = _open_regular(index)
+    fd, _ = open_regular(index)
     try:
         with os.fdopen(fd, "rb") as f:
             raw = f.read(MAX_HEADER + 1)
@@ -363,11 +375,11 @@ def _read_index(index: str) -> list[tuple[str, list[str]]]:
     base = os.path.realpath(os.path.dirname(os.path.abspath(index)))
     shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
-        _check_text(index, name)
+        check_text(index, name)
         where = f"{index}: weight_map entry {quoted(name)}"
         if not isinstance(shard, str) or not shard or "\0" in shard:
-            raise CheckpointError(f"{where}: the shard must be a non-empty file name, got {_brief(shard)}")
-        _check_text(index, shard)
+            raise CheckpointError(f"{where}: the shard must be a non-empty file name, got {brief(shard)}")
+        check_text(index, shard)
         path = os.path.realpath(os.path.join(base, shard))
         if os.path.isabs(shard) or os.path.commonpath([base, path]) != base:
             raise CheckpointError(f"{where}: shard {quoted(shard)} is outside the model directory")
