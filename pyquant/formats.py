@@ -219,7 +219,8 @@ def _checked(path: str, name: str, qt: QuantizedTensor) -> QuantizedTensor:
     negative, every code decoding to a finite value); else CheckpointError,
     rather than silently wrong values."""
     scales, mins = qt.scales, qt.mins
-    top = mins + scales * np.float32(2**qt.bits - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = mins + scales * np.float32(2**qt.bits - 1)
     if not (np.isfinite(scales).all() and (scales >= 0).all() and np.isfinite(mins).all() and np.isfinite(top).all()):
         raise CheckpointError(f"{path}: tensor {quoted(name)}: scales or mins are NaN, infinite or negative "
                               "(a damaged or tampered file)")
@@ -507,14 +508,14 @@ def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], di
         return rows, {"format": FORMAT, "pyquant.container": "arrow"}
     with Checkpoint(path) as ckpt:
         meta = ckpt.metadata
-        quantized = json.loads(meta.get("pyquant.tensors", "{}")) if meta.get("format") == FORMAT else {}
-        parts = {f"{n}.{p}" for n in quantized for p in PARTS}
-        for n, m in quantized.items():
-            rows.append(_quantized_row(n, m, sum(ckpt.info(f"{n}.{p}").nbytes for p in PARTS if f"{n}.{p}" in ckpt.where)))
-        for n in ckpt.names():
-            if n not in parts:
-                info = ckpt.info(n)
-                rows.append(_kept_row(n, info.dtype, info.shape))
+        if meta.get("format") != FORMAT:
+            return [_kept_row(n, ckpt.info(n).dtype, ckpt.info(n).shape) for n in ckpt.names()], meta
+    with QuantizedCheckpoint(path) as q:  # checks the metadata against the tensors
+        for n in q.names():
+            if n in q.quantized:
+                rows.append(_quantized_row(n, q.quantized[n], sum(q.file.tensors[f"{n}.{p}"].nbytes for p in PARTS)))
+            else:
+                rows.append(_kept_row(n, *q.kept_info(n)))
     return rows, meta
 
 

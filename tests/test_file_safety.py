@@ -507,3 +507,152 @@ def test_escape_sequences_in_names_are_printed_escaped(tmp_path):
     out = run_cli("quantize", bad, tmp_path / "b.safetensors")
     one_line_error(out, "NaN")
     assert "\x1b" not in out.stderr
+
+
+# 8. Tampered or inconsistent quantized checkpoints ---------------------------------------------
+
+def read_st(path):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def write_st(path, header, data):
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def tampered_safetensors(tmp_path, q):
+    """name -> path of pyquant safetensors checkpoints damaged one way each."""
+    header, data = read_st(q)
+    meta = header["__metadata__"]
+    tensors = json.loads(meta["pyquant.tensors"])
+    out = {}
+
+    def variant(name, *, tensors_=None, meta_=None, header_=None, data_=None, raw_header=None):
+        h = json.loads(json.dumps(header))
+        h["__metadata__"].update(meta_ or {})
+        if tensors_ is not None:
+            h["__metadata__"]["pyquant.tensors"] = tensors_ if isinstance(tensors_, str) else json.dumps(tensors_)
+        if header_:
+            header_(h)
+        path = tmp_path / f"bad-{name}.safetensors"
+        if raw_header is not None:
+            path.write_bytes(struct.pack("<Q", len(raw_header)) + raw_header + (data_ or data))
+        else:
+            write_st(path, h, data_ if data_ is not None else data)
+        out[name] = path
+
+    def edit(name, **fields):
+        t = json.loads(json.dumps(tensors))
+        t["a.weight"].update(fields)
+        variant(name, tensors_=t)
+
+    edit("shape_disagrees", shape=[16, 128])
+    edit("shape_not_a_list", shape="8x128")
+    edit("shape_empty", shape=[])
+    edit("bits_3", bits=3)
+    edit("bits_string", bits="4")
+    edit("bits_bool", bits=True)
+    edit("group_zero", group_size=0)
+    edit("group_disagrees", group_size=64)
+    edit("group_null", group_size=None)
+    edit("dtype_int", dtype="int8")
+    edit("dtype_list", dtype=["float32"])
+    variant("entry_missing_keys", tensors_={"a.weight": {}, **{k: v for k, v in tensors.items() if k != "a.weight"}})
+    variant("entry_not_object", tensors_={"a.weight": 5})
+    variant("tensors_list", tensors_="[1, 2]")
+    variant("tensors_not_json", tensors_="{not json")
+    variant("tensors_missing", header_=lambda h: h["__metadata__"].pop("pyquant.tensors"))
+    variant("names_missing_part", header_=lambda h: h.pop("a.weight.mins"))
+    variant("kept_and_quantized", header_=lambda h: h.update({"a.weight": h["b.bias"]}))
+    variant("source_metadata_int", meta_={"pyquant.source_metadata": '{"origin": 1}'})
+    variant("source_metadata_list", meta_={"pyquant.source_metadata": "[]"})
+    variant("source_metadata_not_json", meta_={"pyquant.source_metadata": "{"})
+    variant("source_metadata_surrogate", meta_={"pyquant.source_metadata": '{"k": "\\ud800"}'})
+    variant("format_version_2", meta_={"pyquant.format_version": "2"})
+    begin = header["a.weight.scales"]["data_offsets"][0]
+    for name, value in (("scale_nan", np.nan), ("scale_inf", np.inf), ("scale_negative", -1.0),
+                        ("scale_overflows", 3e38)):
+        d = bytearray(data)
+        d[begin:begin + 4] = np.float32(value).tobytes()
+        variant(name, data_=bytes(d))
+    mins = header["a.weight.mins"]["data_offsets"][0]
+    d = bytearray(data)
+    d[mins:mins + 4] = np.float32(-np.inf).tobytes()
+    variant("min_inf", data_=bytes(d))
+    raw = json.dumps(header).encode()
+    dup = raw.replace(b'"b.bias":', b'"b.bias": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}, "b.bias":', 1)
+    variant("duplicate_name", raw_header=dup + b" " * (-len(dup) % 8))
+    return out
+
+
+def tampered_arrow(tmp_path, qa):
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    table = pa.ipc.open_file(pa.memory_map(str(qa))).read_all()
+    out = {}
+
+    def variant(name, t, schema=None):
+        path = tmp_path / f"bad-{name}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema or t.schema) as w:
+            w.write_table(t)
+        out[name] = path
+
+    def column(name, col, values, typ=None):
+        i = table.schema.get_field_index(col)
+        field = table.schema.field(i)
+        typ = typ or field.type
+        return table.set_column(i, pa.field(col, typ, nullable=field.nullable), pa.array(values, typ))
+
+    rows = table.to_pylist()
+    names = [r["name"] for r in rows]
+    variant("duplicate_name", column("duplicate", "name", [names[0]] * len(names)))
+    variant("missing_column", table.drop_columns(["group_size"]).replace_schema_metadata(table.schema.metadata))
+    variant("bits_int32", column("bits32", "bits", [r["bits"] for r in rows], pa.int32()))
+    variant("bits_3", column("bits3", "bits", [3 if r["bits"] else 0 for r in rows]))
+    variant("dtype_unknown", column("dtype", "dtype", ["complex64"] * len(rows)))
+    variant("shape_disagrees", column("shape", "shape", [[d * 2 for d in r["shape"]] for r in rows]))
+    variant("group_disagrees", column("group", "group_size", [64 if r["bits"] else 0 for r in rows]))
+    variant("scales_short", column("scales", "scales", [r["scales"][:-1] for r in rows]))
+    variant("scales_nan", column("nan", "scales", [[float("nan")] * len(r["scales"]) for r in rows]))
+    nullable = pa.schema([pa.field(f.name, f.type, nullable=True) for f in table.schema], metadata=table.schema.metadata)
+    with_null = table.cast(nullable).set_column(0, pa.field("name", pa.string(), nullable=True),
+                                                pa.array([None] + names[1:], pa.string()))
+    variant("null_name", with_null)
+    meta = dict(table.schema.metadata)
+    meta[b"pyquant.source_metadata"] = b'{"x": 1}'
+    variant("source_metadata_int", table.replace_schema_metadata(meta))
+    cut = tmp_path / "bad-truncated.arrow"
+    cut.write_bytes(qa.read_bytes()[: qa.stat().st_size // 2])
+    out["truncated"] = cut
+    garbage = tmp_path / "bad-garbage.arrow"
+    garbage.write_bytes(b"ARROW1\x00\x00" + bytes(range(256)) * 4)
+    out["garbage"] = garbage
+    return out
+
+
+def test_tampered_quantized_checkpoints_are_one_line_errors_never_tracebacks(tmp_path):
+    src, q, qa = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "q.arrow"
+    write_safetensors(src, small_model(), {"origin": "test"})
+    assert run_cli("quantize", src, q, "--bits", "4", "--group-size", "128").returncode == 0
+    assert run_cli("quantize", src, qa, "--format", "arrow").returncode == 0
+    corpus = {**{f"st-{k}": v for k, v in tampered_safetensors(tmp_path, q).items()},
+              **{f"arrow-{k}": v for k, v in tampered_arrow(tmp_path, qa).items()}}
+    assert len(corpus) >= 40
+    for name, path in corpus.items():
+        back = tmp_path / "back.safetensors"
+        # dequantize reads every value: a damaged file must never give output and exit 0.
+        out = run_cli("dequantize", path, back)
+        one_line_error(out)
+        assert not back.exists(), name
+        for args in (("inspect", path), ("report", src, path)):
+            out = run_cli(*args)
+            assert out.returncode in (0, 1) and "Traceback" not in out.stderr, (name, args, out.stderr)
+            assert out.returncode == 0 or out.stderr.count("\n") == 1, (name, out.stderr)
+            assert "internal error" not in out.stderr, (name, out.stderr)
+    # The good files still work.
+    for good in (q, qa):
+        assert run_cli("dequantize", good, tmp_path / "ok.safetensors", "--force").returncode == 0
