@@ -656,3 +656,45 @@ def test_tampered_quantized_checkpoints_are_one_line_errors_never_tracebacks(tmp
     # The good files still work.
     for good in (q, qa):
         assert run_cli("dequantize", good, tmp_path / "ok.safetensors", "--force").returncode == 0
+
+
+# 13. Memory: Arrow checkpoints and report --------------------------------------------------------
+
+PEAK = textwrap.dedent("""
+    import sys
+    import pyarrow, pyarrow.compute, pyarrow.ipc  # imported up front: their size is not the file's
+    from pyquant import _peak_rss, pipeline, report
+    from pyquant.cli import main
+    _peak_rss.reset(); before = _peak_rss.peak_bytes()
+    code = main(sys.argv[1:])
+    print(_peak_rss.peak_bytes() - before)
+    sys.exit(code)
+""")
+
+
+def peak_growth(*args):
+    out = subprocess.run([sys.executable, "-c", PEAK, *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_arrow_dequantize_and_report_memory_does_not_grow_with_the_file(tmp_path):
+    # 16 tensors of 16 MiB: 8 carried over (raw rows), 8 quantized at 8 bits.
+    src, qa, qs = tmp_path / "m.safetensors", tmp_path / "q.arrow", tmp_path / "q.safetensors"
+    big_model(src, n=16)
+    for dst, fmt in ((qa, "arrow"), (qs, "safetensors")):
+        out = run_cli("quantize", src, dst, "--format", fmt, "--bits", "8", "--skip", r"^layer\.[0-7]\.", "--quiet")
+        assert out.returncode == 0, out.stderr
+    tensor = 16 * 2**20
+    assert qa.stat().st_size > 9 * tensor
+    growth = {
+        "dequantize arrow": peak_growth("dequantize", qa, tmp_path / "d1.safetensors", "--quiet"),
+        "report arrow": peak_growth("report", src, qa),
+        "dequantize safetensors": peak_growth("dequantize", qs, tmp_path / "d2.safetensors", "--quiet"),
+        "report safetensors": peak_growth("report", src, qs),
+    }
+    # About one tensor and its result, never the file (162 MiB) or float64 copies (4x a tensor each).
+    for what, g in growth.items():
+        assert g < 4 * tensor, (what, {k: v / 2**20 for k, v in growth.items()})
