@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 import math
 import mmap
 import os
@@ -31,7 +32,7 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from ._atomic import atomic_output
-from .core import QuantizedTensor, quantized_layout
+from .core import SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
 from ._text import quoted, shown
 from .errors import CheckpointError, QuantizeError
 from .plan import QUANTIZABLE, Plan, check_options
@@ -39,7 +40,8 @@ from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, Safetens
                              open_regular, writing)
 
 FORMAT = "pyquant"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READS = ("1", "2")  # format 1 listed every quantized tensor with its shape in pyquant.tensors
 PARTS = ("codes", "scales", "mins")
 ARROW_MAGIC = b"ARROW1"
 FORMATS = ("safetensors", "arrow")
@@ -86,18 +88,25 @@ def outputs(plan: Plan) -> list[OutputTensor]:
 
 
 def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapping[str, str]) -> dict[str, str]:
-    """A checkpoint's metadata (either format)."""
-    tensors = {
-        p.name: {"dtype": QUANTIZABLE[p.dtype], "shape": list(p.shape), "bits": p.bits, "group_size": p.group_size}
-        for p in plans
-        if p.bits is not None
+    """A checkpoint's metadata (either format), compact: a tensor's name is
+    not repeated in the metadata unless its dtype, bits or group size differ
+    from the defaults (its shape follows from its parts'), so the header
+    stays about three times the input's even for long names."""
+    quantized = [p for p in plans if p.bits is not None]
+    counts = Counter(QUANTIZABLE[p.dtype] for p in quantized)
+    dtype = counts.most_common(1)[0][0] if counts else "float32"
+    exceptions = {
+        p.name: [QUANTIZABLE[p.dtype], p.bits, p.group_size]
+        for p in quantized
+        if (QUANTIZABLE[p.dtype], p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
     }
     return {
         "format": FORMAT,
         "pyquant.format_version": FORMAT_VERSION,
+        "pyquant.dtype": dtype,
         "pyquant.bits": str(bits),
         "pyquant.group_size": "row" if group_size is None else str(group_size),
-        "pyquant.tensors": json.dumps(tensors, separators=(",", ":")),
+        "pyquant.tensors": json.dumps(exceptions, separators=(",", ":")),
         "pyquant.source_metadata": json.dumps(dict(source), separators=(",", ":")),
     }
 
@@ -198,7 +207,7 @@ def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size:
     describes it; CheckpointError if the description is not one pyquant
     could have written (wrong JSON types, unknown dtype, bad bits or group)."""
     where = f"{path}: tensor {quoted(name)}"
-    if dtype not in QUANTIZABLE.values():
+    if dtype not in SUPPORTED_DTYPES:
         raise CheckpointError(f"{where}: corrupt metadata: dtype {_brief(dtype)} is not one pyquant quantizes")
     if (not isinstance(shape, (list, tuple)) or not shape
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
@@ -240,6 +249,46 @@ def _source_metadata(path: str, text: Any) -> dict[str, str]:
     return value
 
 
+def _described_v1(path: str, listed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format 1: pyquant.tensors maps every quantized tensor to its dtype, shape, bits and group_size."""
+    if not all(isinstance(m, dict) for m in listed.values()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must map names to objects")
+    return {n: {k: m.get(k) for k in ("dtype", "shape", "bits", "group_size")} for n, m in listed.items()}
+
+
+def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
+               tensors: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format 2: every NAME.codes (U8) beside NAME.scales and NAME.mins (F32)
+    is a quantized NAME (inputs holding such a trio are refused, so nothing
+    else is), with the default dtype, bits and group size unless
+    pyquant.tensors gives [dtype, bits, group_size]; its shape is its
+    codes' leading axes and the row length the codes hold."""
+    bits_text, group_text = meta.get("pyquant.bits", ""), meta.get("pyquant.group_size", "")
+    if not bits_text.isdigit() or not (group_text == "row" or group_text.isdigit()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.bits {_brief(bits_text)} or "
+                              f"pyquant.group_size {_brief(group_text)}")
+    default = [meta.get("pyquant.dtype"), int(bits_text), None if group_text == "row" else int(group_text)]
+    trios = [n[: -len(".codes")] for n, info in tensors.items()
+             if n.endswith(".codes") and info.dtype == "U8"
+             and all(getattr(tensors.get(n[: -len("codes")] + p), "dtype", None) == "F32" for p in ("scales", "mins"))]
+    unknown = sorted(set(listed) - set(trios))
+    if unknown:
+        raise CheckpointError(f"{path}: metadata names {quoted(unknown[0])}, whose codes, scales and mins the file lacks")
+    out = {}
+    for n in trios:
+        entry = listed.get(n, default)
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata {_brief(entry)} "
+                                  "(expected [dtype, bits, group_size])")
+        dtype, bits, group = entry
+        codes = tensors[f"{n}.codes"].shape
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8) or not codes:
+            raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata: bits {_brief(bits)}")
+        row = codes[-1] * 8 // bits
+        out[n] = {"dtype": dtype, "shape": [*codes[:-1], row], "bits": bits, "group_size": row if group is None else group}
+    return out
+
+
 class QuantizedCheckpoint:
     """A pyquant checkpoint opened for reading; arrays are views on the map.
     Everything the metadata says is checked against the tensors on opening
@@ -257,24 +306,24 @@ class QuantizedCheckpoint:
         path, meta = self.file.path, self.file.metadata
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: not a pyquant checkpoint (no format=pyquant metadata)")
-        if meta.get("pyquant.format_version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: pyquant checkpoint format {_brief(meta.get('pyquant.format_version'))}, "
-                f"this pyquant reads format {FORMAT_VERSION}"
-            )
+        version = meta.get("pyquant.format_version")
+        if version not in READS:
+            raise CheckpointError(f"{path}: pyquant checkpoint format {_brief(version)}, "
+                                  f"this pyquant reads formats {', '.join(READS)}")
         try:
-            quantized = json.loads(meta["pyquant.tensors"])
+            listed = json.loads(meta["pyquant.tensors"])
         except KeyError:
             raise CheckpointError(f"{path}: corrupt metadata: no pyquant.tensors") from None
         except (ValueError, RecursionError):
             raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors is not valid JSON") from None
-        if not isinstance(quantized, dict) or not all(isinstance(m, dict) for m in quantized.values()):
-            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must map names to objects")
-        self.quantized: dict[str, dict[str, Any]] = quantized
+        if not isinstance(listed, dict):
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must be a JSON object")
         tensors = self.file.tensors
+        quantized = _described_v1(path, listed) if version == "1" else _described(path, meta, listed, tensors)
+        self.quantized: dict[str, dict[str, Any]] = quantized
         for n, m in quantized.items():
             check_text(path, n)
-            codes, groups = _layout(path, n, m.get("dtype"), m.get("shape"), m.get("bits"), m.get("group_size"))
+            codes, groups = _layout(path, n, m["dtype"], m["shape"], m["bits"], m["group_size"])
             for part, code, shape in (("codes", "U8", codes), ("scales", "F32", groups), ("mins", "F32", groups)):
                 info = tensors.get(f"{n}.{part}")
                 if info is None:
@@ -370,8 +419,8 @@ class ArrowQuantizedCheckpoint:
             meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
         except UnicodeDecodeError:
             raise CheckpointError(f"{path}: corrupt metadata: not UTF-8 text") from None
-        if meta.get("format") != FORMAT or meta.get("pyquant.format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {FORMAT_VERSION})")
+        if meta.get("format") != FORMAT or meta.get("pyquant.format_version") not in READS:
+            raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {', '.join(READS)})")
         if not schema.remove_metadata().equals(quantized_schema()):
             raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
                                   "(name, codes, scales, mins, shape, dtype, bits, group_size)")

@@ -194,16 +194,44 @@ def test_destination_that_is_the_source_is_refused_even_with_force(tmp_path):
 # 9. Outputs pyquant cannot read back -------------------------------------------------------------
 
 def test_output_header_over_the_safetensors_limit_is_refused_before_writing(tmp_path):
-    # 30,000 tensors with 1,000-character names: a 33 MB input header, whose
+    # 40,000 tensors with 1,000-character names: a 43 MB input header, whose
     # output (three tensors per quantized one) would pass the 100 MB limit.
     src, dst = tmp_path / "many.safetensors", tmp_path / "q.safetensors"
     row = np.ones((1, 32), np.float32)
-    write_safetensors(src, {f"{i:06d}." + "x" * 993: row for i in range(30_000)})
+    write_safetensors(src, {f"{i:06d}." + "x" * 993: row for i in range(40_000)})
     t0 = time.monotonic()
     out = run_cli("quantize", src, dst, "--group-size", "32")
-    one_line_error(out, "over the 100000000-byte safetensors limit", "90000 tensors")
+    one_line_error(out, "over the 100000000-byte safetensors limit", "120000 tensors")
     assert not dst.exists() and not debris(tmp_path)
     assert time.monotonic() - t0 < 60
+
+
+def header_size(path):
+    with open(path, "rb") as f:
+        return struct.unpack("<Q", f.read(8))[0]
+
+
+def test_many_long_names_do_not_make_the_output_header_4x_the_input(tmp_path):
+    # Each quantized tensor needs three stored tensors (codes, scales, mins),
+    # so three names; the metadata no longer repeats each name a fourth time.
+    src, dst = tmp_path / "many.safetensors", tmp_path / "q.safetensors"
+    tensors = {f"{i:05d}." + "x" * 994: np.ones((1, 32), np.float32) for i in range(2000)}
+    tensors.update({f"{i:05d}.eight." + "y" * 988: np.ones((1, 32), np.float32) for i in range(100)})
+    write_safetensors(src, tensors)
+    out = run_cli("quantize", src, dst, "--group-size", "32", "--bits-for", "eight=8", "--quiet")
+    assert out.returncode == 0, out.stderr
+    ratio = header_size(dst) / header_size(src)
+    assert ratio < 3.2, ratio  # was 4.1
+    import safetensors
+
+    with safetensors.safe_open(str(dst), framework="numpy") as f:  # the reference reader reads it
+        assert len(f.keys()) == 3 * len(tensors)
+    loaded = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import pyquant
+        q = pyquant.load_quantized({str(dst)!r})
+        print(len(q), sorted({{(t.bits, t.group_size, t.shape) for t in q.values()}}))
+    """)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.split("\n")[0] == "2100 [(4, 32, (1, 32)), (8, 32, (1, 32))]", loaded.stdout + loaded.stderr
 
 
 # 10. Temporary files after a kill ----------------------------------------------------------------
@@ -524,17 +552,14 @@ def write_st(path, header, data):
 
 
 def tampered_safetensors(tmp_path, q):
-    """name -> path of pyquant safetensors checkpoints damaged one way each."""
+    """name -> path of pyquant safetensors checkpoints damaged one way each,
+    in format 2 (written today) and format 1 (read for older files)."""
     header, data = read_st(q)
-    meta = header["__metadata__"]
-    tensors = json.loads(meta["pyquant.tensors"])
     out = {}
 
-    def variant(name, *, tensors_=None, meta_=None, header_=None, data_=None, raw_header=None):
+    def variant(name, *, meta_=None, header_=None, data_=None, raw_header=None):
         h = json.loads(json.dumps(header))
         h["__metadata__"].update(meta_ or {})
-        if tensors_ is not None:
-            h["__metadata__"]["pyquant.tensors"] = tensors_ if isinstance(tensors_, str) else json.dumps(tensors_)
         if header_:
             header_(h)
         path = tmp_path / f"bad-{name}.safetensors"
@@ -544,34 +569,52 @@ def tampered_safetensors(tmp_path, q):
             write_st(path, h, data_ if data_ is not None else data)
         out[name] = path
 
-    def edit(name, **fields):
-        t = json.loads(json.dumps(tensors))
-        t["a.weight"].update(fields)
-        variant(name, tensors_=t)
+    # Format 1: every quantized tensor listed with dtype, shape, bits, group_size.
+    v1 = {"a.weight": {"dtype": "float32", "shape": [8, 128], "bits": 4, "group_size": 128},
+          "b.weight": {"dtype": "float32", "shape": [4, 256], "bits": 4, "group_size": 128}}
 
-    edit("shape_disagrees", shape=[16, 128])
-    edit("shape_not_a_list", shape="8x128")
-    edit("shape_empty", shape=[])
-    edit("bits_3", bits=3)
-    edit("bits_string", bits="4")
-    edit("bits_bool", bits=True)
-    edit("group_zero", group_size=0)
-    edit("group_disagrees", group_size=64)
-    edit("group_null", group_size=None)
-    edit("dtype_int", dtype="int8")
-    edit("dtype_list", dtype=["float32"])
-    variant("entry_missing_keys", tensors_={"a.weight": {}, **{k: v for k, v in tensors.items() if k != "a.weight"}})
-    variant("entry_not_object", tensors_={"a.weight": 5})
-    variant("tensors_list", tensors_="[1, 2]")
-    variant("tensors_not_json", tensors_="{not json")
+    def edit_v1(name, **fields):
+        t = json.loads(json.dumps(v1))
+        t["a.weight"].update(fields)
+        variant("v1-" + name, meta_={"pyquant.format_version": "1", "pyquant.tensors": json.dumps(t)})
+
+    edit_v1("shape_disagrees", shape=[16, 128])
+    edit_v1("shape_not_a_list", shape="8x128")
+    edit_v1("shape_empty", shape=[])
+    edit_v1("bits_3", bits=3)
+    edit_v1("bits_string", bits="4")
+    edit_v1("bits_bool", bits=True)
+    edit_v1("group_zero", group_size=0)
+    edit_v1("group_disagrees", group_size=64)
+    edit_v1("group_null", group_size=None)
+    edit_v1("dtype_int", dtype="int8")
+    edit_v1("dtype_list", dtype=["float32"])
+    variant("v1-entry_missing_keys", meta_={"pyquant.format_version": "1",
+                                            "pyquant.tensors": json.dumps({**v1, "a.weight": {}})})
+    variant("v1-entry_not_object", meta_={"pyquant.format_version": "1", "pyquant.tensors": '{"a.weight": 5}'})
+    # Format 2: defaults in the metadata, exceptions listed as [dtype, bits, group_size].
+    variant("dtype_int", meta_={"pyquant.dtype": "int8"})
+    variant("bits_3", meta_={"pyquant.bits": "3"})
+    variant("bits_text", meta_={"pyquant.bits": "four"})
+    variant("group_zero", meta_={"pyquant.group_size": "0"})
+    variant("group_disagrees", meta_={"pyquant.group_size": "64"})
+    variant("group_text", meta_={"pyquant.group_size": "-1"})
+    variant("exception_bits_disagree", meta_={"pyquant.tensors": '{"a.weight": ["float32", 8, 128]}'})
+    variant("exception_not_a_list", meta_={"pyquant.tensors": '{"a.weight": {"bits": 4}}'})
+    variant("exception_bits_string", meta_={"pyquant.tensors": '{"a.weight": ["float32", "4", 128]}'})
+    variant("exception_without_parts", meta_={"pyquant.tensors": '{"ghost": ["float32", 4, 128]}'})
+    variant("scales_shape_disagrees", header_=lambda h: h["a.weight.scales"].update(shape=[4, 2]))
+    variant("tensors_list", meta_={"pyquant.tensors": "[1, 2]"})
+    variant("tensors_not_json", meta_={"pyquant.tensors": "{not json"})
     variant("tensors_missing", header_=lambda h: h["__metadata__"].pop("pyquant.tensors"))
-    variant("names_missing_part", header_=lambda h: h.pop("a.weight.mins"))
+    variant("names_missing_part", meta_={"pyquant.format_version": "1", "pyquant.tensors": json.dumps(v1)},
+            header_=lambda h: h.pop("a.weight.mins"))
     variant("kept_and_quantized", header_=lambda h: h.update({"a.weight": h["b.bias"]}))
     variant("source_metadata_int", meta_={"pyquant.source_metadata": '{"origin": 1}'})
     variant("source_metadata_list", meta_={"pyquant.source_metadata": "[]"})
     variant("source_metadata_not_json", meta_={"pyquant.source_metadata": "{"})
     variant("source_metadata_surrogate", meta_={"pyquant.source_metadata": '{"k": "\\ud800"}'})
-    variant("format_version_2", meta_={"pyquant.format_version": "2"})
+    variant("format_version_3", meta_={"pyquant.format_version": "3"})
     begin = header["a.weight.scales"]["data_offsets"][0]
     for name, value in (("scale_nan", np.nan), ("scale_inf", np.inf), ("scale_negative", -1.0),
                         ("scale_overflows", 3e38)):
@@ -641,7 +684,7 @@ def test_tampered_quantized_checkpoints_are_one_line_errors_never_tracebacks(tmp
     assert run_cli("quantize", src, qa, "--format", "arrow").returncode == 0
     corpus = {**{f"st-{k}": v for k, v in tampered_safetensors(tmp_path, q).items()},
               **{f"arrow-{k}": v for k, v in tampered_arrow(tmp_path, qa).items()}}
-    assert len(corpus) >= 40
+    assert len(corpus) >= 50
     for name, path in corpus.items():
         back = tmp_path / "back.safetensors"
         # dequantize reads every value: a damaged file must never give output and exit 0.
@@ -653,8 +696,15 @@ def test_tampered_quantized_checkpoints_are_one_line_errors_never_tracebacks(tmp
             assert out.returncode in (0, 1) and "Traceback" not in out.stderr, (name, args, out.stderr)
             assert out.returncode == 0 or out.stderr.count("\n") == 1, (name, out.stderr)
             assert "internal error" not in out.stderr, (name, out.stderr)
-    # The good files still work.
-    for good in (q, qa):
+    # The good files still work, and so does a format 1 file.
+    header, data = read_st(q)
+    header["__metadata__"].update({"pyquant.format_version": "1", "pyquant.tensors": json.dumps(
+        {"a.weight": {"dtype": "float32", "shape": [8, 128], "bits": 4, "group_size": 128},
+         "b.weight": {"dtype": "float32", "shape": [4, 256], "bits": 4, "group_size": 128}})})
+    v1 = tmp_path / "v1.safetensors"
+    write_st(v1, header, data)
+    assert run_cli("report", src, v1).returncode == 0
+    for good in (q, qa, v1):
         assert run_cli("dequantize", good, tmp_path / "ok.safetensors", "--force").returncode == 0
 
 
