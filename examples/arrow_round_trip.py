@@ -1,5 +1,5 @@
 """An Arrow table of weights, quantized and dequantized without copying the
-values (needs pyarrow: pip install 'pyquant[arrow]')."""
+values (needs pyarrow: pip install '.[arrow]' from the source tree)."""
 
 import numpy as np
 import pyarrow as pa

@@ -15,17 +15,21 @@ The paths it chooses from, each callable directly:
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
 - :func:`quantize_batch` / :func:`dequantize_batch`: many tensors, one
   native call, all cores, GIL released.
-- :func:`quantize_file`, :func:`dequantize_file`, :func:`load_quantized`,
-  :func:`error_report`: whole safetensors checkpoints, bounded memory.
-- :func:`quantize_arrow` / :func:`dequantize_arrow` / :func:`quantize_arrow_file`:
-  Arrow arrays, record batches, streams and IPC files, zero-copy through the
-  Arrow C Data Interface (needs pyarrow, imported only when called).
+- :func:`quantize_file`, :func:`dequantize_file`, :func:`quantize_arrow_file`
+  (each returns a :class:`Summary`), :func:`load_quantized`,
+  :func:`error_report` (a :class:`Report`), :func:`inspect`: whole
+  checkpoints, bounded memory.
+- :func:`quantize_arrow` / :func:`dequantize_arrow`: Arrow arrays, record
+  batches and streams, zero-copy through the Arrow C Data Interface (needs
+  pyarrow, imported only when called).
 
-The scheme (normative): per group of ``group_size`` values along the last
-axis, ``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
-``round_half_even((x - lo) / scale)`` packed little-endian in bytes.
+The scheme: per group of ``group_size`` values along the last axis,
+``lo = min``, ``scale = (max - min) / (2**bits - 1)``, codes
+``round_half_even((x - lo) / scale)`` packed little-endian in bytes
+(docs/scheme.md in the source tree is the normative definition).
 Errors are :class:`QuantizeError` subclasses (``ValueError``).
-docs/api-guide.md in the source tree has a decision table and an FAQ.
+docs/api-guide.md has a decision table and an FAQ; docs/bad-inputs.md what
+each bad input gets.
 """
 
 from ._version import __version__
@@ -60,7 +64,7 @@ from .errors import (
 from .metrics import ErrorStats, error_stats
 from . import safetensors_io
 from .formats import load_quantized
-from .pipeline import Progress, Summary, dequantize_file, quantize_arrow_file, quantize_file
+from .pipeline import Progress, ProgressCallback, Summary, dequantize_file, quantize_arrow_file, quantize_file
 from .report import InspectRow, Report, TensorReport, error_report, inspect
 from .dispatch import PathChoice, explain, quantize
 
@@ -78,17 +82,23 @@ __all__ = [
     "dequantize_batch",
     "quantize_file",
     "dequantize_file",
+    "quantize_arrow_file",
     "load_quantized",
     "error_report",
+    "inspect",
     "Summary",
-    "CheckpointError",
+    "Progress",
+    "ProgressCallback",
+    "Report",
+    "TensorReport",
+    "InspectRow",
     "quantize_arrow",
     "dequantize_arrow",
-    "quantize_arrow_file",
     "quantized_schema",
     "error_stats",
     "ErrorStats",
     "QuantizeError",
+    "CheckpointError",
     "ArrowDataError",
     "BufferSizeError",
     "CopyRequiredError",

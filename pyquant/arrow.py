@@ -40,7 +40,8 @@ def _pyarrow() -> Any:
         import pyarrow
     except ImportError as exc:  # pragma: no cover - only without pyarrow
         raise ImportError(
-            "pyquant's Arrow functions need pyarrow: pip install 'pyquant[arrow]'"
+            "pyquant's Arrow functions need pyarrow: pip install pyarrow, or pip install '.[arrow]' "
+            "from pyquant's source tree"
         ) from exc
     return pyarrow
 

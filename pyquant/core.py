@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, overload
 
-import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
 from ._call import call, call_batch
 from ._lib import ffi, lib
+from .dtypes import BFLOAT16, QUANTIZABLE
 from .errors import (
     CopyRequiredError,
     InvalidBitsError,
@@ -30,17 +30,11 @@ from .errors import (
 
 DTypeLike = Union[str, npt.DTypeLike, None]
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-
-# name -> (numpy dtype, C dtype code)
-_DTYPES: dict[str, tuple[np.dtype[Any], int]] = {
-    "float32": (np.dtype(np.float32), lib.PQ_DTYPE_F32),
-    "float16": (np.dtype(np.float16), lib.PQ_DTYPE_F16),
-    "bfloat16": (BFLOAT16, lib.PQ_DTYPE_BF16),
-}
-SUPPORTED_DTYPES = tuple(_DTYPES)
+SUPPORTED_DTYPES = tuple(d.name for d in QUANTIZABLE)
+_QUANTIZABLE = {d.name: d for d in QUANTIZABLE}
+_C_CODE = {d.name: d.c_code for d in QUANTIZABLE if d.c_code is not None}
 # numpy dtype -> (name, C code), for the common case in one lookup
-_NATIVE_DTYPES = {np_dtype: (name, code) for name, (np_dtype, code) in _DTYPES.items()}
+_NATIVE_DTYPES = {d.numpy: (d.name, _C_CODE[d.name]) for d in QUANTIZABLE}
 _SIZE_MAX = 2**64 - 1
 _UINT32_MAX = 2**32 - 1
 
@@ -64,7 +58,7 @@ class QuantizedTensor:
     group_size: int
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
+        if self.dtype not in _QUANTIZABLE:
             raise UnsupportedDtypeError(
                 f"dtype {self.dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
             )
@@ -83,7 +77,7 @@ class QuantizedTensor:
     @property
     def original_nbytes(self) -> int:
         """Bytes of the tensor before quantization."""
-        return math.prod(self.shape) * _DTYPES[self.dtype][0].itemsize
+        return math.prod(self.shape) * _QUANTIZABLE[self.dtype].itemsize
 
     @property
     def compression_ratio(self) -> float:
@@ -193,6 +187,17 @@ Layers = Union[Mapping[Any, np.ndarray[Any, Any]], Sequence[np.ndarray[Any, Any]
 Params = Union[Mapping[Any, tuple[int, Union[int, None]]], Callable[[Any], Optional[tuple[int, Union[int, None]]]], None]
 
 
+K = TypeVar("K")
+
+
+@overload
+def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
+                   params: Params = ..., threads: int | None = ...) -> dict[K, QuantizedTensor]: ...
+@overload
+def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
+                   params: Params = ..., threads: int | None = ...) -> list[QuantizedTensor]: ...
+
+
 def quantize_batch(
     layers: Layers,
     *,
@@ -200,7 +205,7 @@ def quantize_batch(
     group_size: int | None = 128,
     params: Params = None,
     threads: int | None = None,
-) -> Any:
+) -> dict[Any, QuantizedTensor] | list[QuantizedTensor]:
     """Quantizes many tensors in one native call.
 
     ``layers`` is a mapping name -> array or a sequence of arrays; the result
@@ -264,12 +269,20 @@ def quantize_batch(
     return dict(zip(names, results)) if as_dict else results
 
 
+@overload
+def dequantize_batch(tensors: Mapping[K, QuantizedTensor], *, dtype: DTypeLike = ...,
+                     threads: int | None = ...) -> dict[K, np.ndarray[Any, Any]]: ...
+@overload
+def dequantize_batch(tensors: Sequence[QuantizedTensor], *, dtype: DTypeLike = ...,
+                     threads: int | None = ...) -> list[np.ndarray[Any, Any]]: ...
+
+
 def dequantize_batch(
     tensors: Mapping[Any, QuantizedTensor] | Sequence[QuantizedTensor],
     *,
     dtype: DTypeLike = None,
     threads: int | None = None,
-) -> Any:
+) -> dict[Any, np.ndarray[Any, Any]] | list[np.ndarray[Any, Any]]:
     """Dequantizes many :class:`QuantizedTensor` in one native call.
 
     Returns the same form as given (a dict or a list) of numpy arrays, each
@@ -383,8 +396,8 @@ def needs_normalizing(arr: np.ndarray[Any, Any]) -> bool:
 
 def _dequantize_output(qt: QuantizedTensor, dtype: DTypeLike) -> tuple[int, np.ndarray[Any, Any]]:
     name = qt.dtype if dtype is None else _dtype_name(np.dtype(dtype))
-    np_dtype, code = _DTYPES[name]
-    return code, np.empty(qt.shape, dtype=np_dtype)
+    d = _QUANTIZABLE[name]
+    return _C_CODE[name], np.empty(qt.shape, dtype=d.numpy)
 
 
 def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
@@ -400,9 +413,9 @@ def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
 
 
 def _dtype_name(dt: np.dtype[Any]) -> str:
-    for name, (np_dtype, _) in _DTYPES.items():
-        if dt == np_dtype or dt == np_dtype.newbyteorder("S"):
-            return name
+    for d in QUANTIZABLE:
+        if dt == d.numpy or dt == d.numpy.newbyteorder("S"):
+            return d.name
     raise UnsupportedDtypeError(
         f"dtype {dt} is not supported; supported dtypes: {', '.join(SUPPORTED_DTYPES)} "
         "(and uint16 holding bfloat16 bits, with dtype='bfloat16')"
@@ -413,9 +426,9 @@ def _resolve_dtype(arr: np.ndarray[Any, Any], dtype: DTypeLike) -> tuple[str, in
     """The dtype name and C code the kernel reads ``arr`` as."""
     if dtype is not None and _is_bfloat16_request(dtype):
         if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
-            return "bfloat16", lib.PQ_DTYPE_BF16
+            return "bfloat16", _C_CODE["bfloat16"]
         if arr.dtype == BFLOAT16 or arr.dtype == BFLOAT16.newbyteorder("S"):
-            return "bfloat16", lib.PQ_DTYPE_BF16
+            return "bfloat16", _C_CODE["bfloat16"]
         raise UnsupportedDtypeError(
             f"dtype='bfloat16' needs a uint16 or bfloat16 array, got {arr.dtype}"
         )
@@ -425,7 +438,7 @@ def _resolve_dtype(arr: np.ndarray[Any, Any], dtype: DTypeLike) -> tuple[str, in
     name = _dtype_name(arr.dtype)
     if dtype is not None and _dtype_name(np.dtype(dtype)) != name:
         raise UnsupportedDtypeError(f"dtype={dtype!r} does not match the array's dtype {arr.dtype}")
-    return name, _DTYPES[name][1]
+    return name, _C_CODE[name]
 
 
 def _is_bfloat16_request(dtype: DTypeLike) -> bool:

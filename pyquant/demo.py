@@ -8,7 +8,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .core import BFLOAT16, quantize_ptr
+from .core import quantize_ptr
+from .dtypes import BFLOAT16
 from .metrics import error_stats, format_table
 
 

@@ -34,8 +34,9 @@ import numpy as np
 from ._atomic import atomic_output
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
 from ._text import quoted, shown
+from .dtypes import BY_SAFETENSORS
 from .errors import CheckpointError, QuantizeError
-from .plan import QUANTIZABLE, Plan, check_options
+from .plan import Plan, check_options
 from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
                              open_regular, writing)
 
@@ -93,12 +94,12 @@ def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mappi
     from the defaults (its shape follows from its parts'), so the header
     stays about three times the input's even for long names."""
     quantized = [p for p in plans if p.bits is not None]
-    counts = Counter(QUANTIZABLE[p.dtype] for p in quantized)
+    counts = Counter(BY_SAFETENSORS[p.dtype].name for p in quantized)
     dtype = counts.most_common(1)[0][0] if counts else "float32"
     exceptions = {
-        p.name: [QUANTIZABLE[p.dtype], p.bits, p.group_size]
+        p.name: [BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size]
         for p in quantized
-        if (QUANTIZABLE[p.dtype], p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
+        if (BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
     }
     return {
         "format": FORMAT,

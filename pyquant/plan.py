@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from .core import SUPPORTED_DTYPES, quantized_layout
+from .dtypes import BY_SAFETENSORS
 from .errors import InvalidBitsError, InvalidGroupSizeError, QuantizeError
 from .safetensors_io import Checkpoint
-
-QUANTIZABLE = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def plan_tensors(
         info = ckpt.info(name)
         base = (name, info.dtype, info.shape, info.nbytes)
         reason = None
-        if info.dtype not in QUANTIZABLE:
+        if not BY_SAFETENSORS[info.dtype].quantizable:
             reason = f"dtype {info.dtype} is not floating point ({', '.join(SUPPORTED_DTYPES)})"
         elif len(info.shape) < 2 and keep_1d:
             reason = "1-D (bias or norm)"

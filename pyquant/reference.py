@@ -1,5 +1,5 @@
 """A plain numpy implementation of pyquant's scheme, written from its
-definition (README, "The scheme") and kept deliberately simple: the tests
+definition (docs/scheme.md) and kept deliberately simple: the tests
 compare every native path to it bit for bit, and the benchmarks use it as the
 numpy baseline. It is slow; use it to check, not to quantize."""
 

@@ -25,26 +25,17 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-import ml_dtypes
 import numpy as np
 
 from ._atomic import atomic_output
 from ._text import quoted
+from .dtypes import ALL
 from .errors import CheckpointError
 
-# safetensors dtype code -> numpy dtype (little-endian, as the format specifies)
-DTYPES: dict[str, np.dtype[Any]] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
-    "BOOL": np.dtype("?"),
-}
-CODE_OF: dict[str, str] = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
-    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
-}
+# Indexes of the one dtype table (pyquant/dtypes.py): safetensors code ->
+# numpy dtype (little-endian, as the format specifies), and name -> code.
+DTYPES: dict[str, np.dtype[Any]] = {d.safetensors: d.numpy for d in ALL}
+CODE_OF: dict[str, str] = {d.name: d.safetensors for d in ALL}
 # The reference implementation's limit (safetensors' MAX_HEADER_SIZE): both
 # for reading, and for writing, so every output loads with the safetensors package.
 MAX_HEADER = 100_000_000

@@ -134,3 +134,18 @@ def test_hand_built_quantized_tensor_is_checked():
 def test_errors_are_value_errors_with_messages():
     with pytest.raises(ValueError, match="bits must be 2, 4 or 8, got 3"):
         pyquant.quantize_ptr(np.zeros((1, 128), np.float32), bits=3)
+
+
+def test_one_dtype_table():
+    from pyquant import dtypes
+
+    assert pyquant.SUPPORTED_DTYPES == ("float32", "float16", "bfloat16")
+    assert [d.name for d in dtypes.QUANTIZABLE] == list(pyquant.SUPPORTED_DTYPES)
+    c_codes = {name[len("PQ_DTYPE_"):]: getattr(lib, name) for name in dir(lib) if name.startswith("PQ_DTYPE_")}
+    assert {d.safetensors: d.c_code for d in dtypes.QUANTIZABLE} == c_codes
+    for d in dtypes.ALL:
+        assert str(d.numpy) == d.name and dtypes.BY_SAFETENSORS[d.safetensors] is d
+        assert d.numpy == d.numpy.newbyteorder("<")  # little-endian, as the file formats store it
+    ggml = {d.name: d.ggml_type for d in dtypes.ALL if d.ggml_type is not None}
+    assert ggml == {"float32": 0, "float16": 1, "int8": 24, "int16": 25, "int32": 26, "int64": 27,
+                    "float64": 28, "bfloat16": 30}

@@ -1,4 +1,4 @@
-"""The Arrow path: same bytes as quantize_ptr, BAD_INPUTS rows 21-23, streams,
+"""The Arrow path: same bytes as quantize_ptr, rows 21-23 of docs/bad-inputs.md, streams,
 IPC files, and no leaks (the live-export counter and pyarrow's pool return to
 their baselines after every test)."""
 
@@ -420,8 +420,10 @@ def test_quantize_arrow_file(tmp_path):
     batches = [weights_batch({f"l{i}.w": rng.normal(size=(8, 128)).astype(np.float16)}) for i in range(4)]
     src, dst = tmp_path / "w.arrow", tmp_path / "q.arrow"
     write_ipc(src, batches)
-    summary = pyquant.quantize_arrow_file(src, dst, bits=8, group_size=64)
+    events = []
+    summary = pyquant.quantize_arrow_file(src, dst, bits=8, group_size=64, progress=events.append)
     assert (summary.quantized, summary.kept, summary.input_bytes) == (4, 0, src.stat().st_size)
+    assert [e.done_tensors for e in events] == [1, 2, 3, 4]  # one event per batch (one tensor each here)
     assert summary.output_bytes == dst.stat().st_size
     got = pa.ipc.open_file(str(dst)).read_all()
     want = pyquant.quantize_arrow(pa.Table.from_batches(batches), bits=8, group_size=64)
@@ -505,7 +507,7 @@ def test_pyquant_imports_without_pyarrow():
         try:
             pyquant.quantized_schema()
         except ImportError as e:
-            assert "pyquant[arrow]" in str(e), e
+            assert "pip install '.[arrow]'" in str(e), e
         else:
             raise AssertionError("expected ImportError")
         """

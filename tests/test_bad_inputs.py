@@ -1,4 +1,4 @@
-"""Rows 1-20 of shared/BAD_INPUTS.md, from Python. Each test names its row.
+"""Rows 1-20 of docs/bad-inputs.md, from Python. Each test names its row.
 
 Rows that only make sense at the C boundary (NULL pointers, overlapping or
 too-small caller buffers, overflowing lengths) call the C ABI through the

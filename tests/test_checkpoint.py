@@ -1,6 +1,6 @@
 """Checkpoint files end to end: quantize -> inspect -> report -> dequantize,
 sharded inputs, the carry-over policy, bounded memory, and row 25 of
-shared/BAD_INPUTS.md (bad files)."""
+docs/bad-inputs.md (bad files)."""
 
 from __future__ import annotations
 
@@ -382,3 +382,30 @@ def test_progress_bar_on_a_terminal(tmp_path):
     text = out.decode()
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "quantizing [" in text and "7/7 tensors" in text and "GB/s" in text
+
+
+def test_progress_callback_and_summary_of_every_file_entry_point(tmp_path):
+    """The library reports progress through a callback (the CLI draws its bar
+    from it) and every file entry point returns a Summary."""
+    src, dst, back = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "d.safetensors"
+    tensors = model()
+    save(src, tensors)
+    events = []
+    s = pyquant.quantize_file(src, dst, group_size=64, progress=events.append)
+    assert isinstance(s, pyquant.Summary) and s.quantized + s.kept == len(tensors)
+    assert [e.done_tensors for e in events] == list(range(1, len(tensors) + 1))
+    assert {(e.label, e.tensors, e.total_bytes) for e in events} == {("quantizing", len(tensors), s.input_bytes)}
+    assert events[-1].done_bytes == s.input_bytes
+    events.clear()
+    d = pyquant.dequantize_file(dst, back, progress=events.append)
+    assert (d.quantized, d.kept) == (s.quantized, s.kept)
+    assert events[-1].label == "dequantizing" and events[-1].done_tensors == len(tensors)
+    assert events[-1].done_bytes == events[-1].total_bytes == d.output_bytes
+
+
+def test_quantized_names_must_not_clash_with_existing_tensors(tmp_path):
+    src = tmp_path / "m.safetensors"
+    save(src, {"w": RNG.normal(size=(4, 128)).astype(np.float32), "w.codes": np.zeros(3, np.uint8)})
+    with pytest.raises(CheckpointError, match="tensor w.codes would clash with the quantized 'w'"):
+        pyquant.quantize_file(src, tmp_path / "q.safetensors")
+    assert not (tmp_path / "q.safetensors").exists()

@@ -1,6 +1,6 @@
 /*
  * Exhaustive test of pyquant's C ABI from C: every status code, exact codes
- * checked by hand and against a C reference of the scheme in DESIGN.md, and
+ * checked by hand and against a C reference of the scheme in docs/scheme.md, and
  * "nothing written on error" proven with canary bytes.
  *
  * Prints "N passed, M failed" as its last line; exits non-zero if M > 0.
@@ -105,7 +105,7 @@ static float to_f32(uint32_t dtype, const void *p, size_t i) {
     }
 }
 
-/* The scheme of DESIGN.md written out in C (f32 arithmetic, no FMA: -std=c11
+/* The scheme of docs/scheme.md written out in C (f32 arithmetic, no FMA: -std=c11
  * turns contraction off in GCC; rintf rounds half to even). */
 static void reference_quantize(uint32_t dtype, const void *in, size_t n, unsigned bits, size_t g,
                                uint8_t *codes, float *scales, float *mins) {

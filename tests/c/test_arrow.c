@@ -2,7 +2,7 @@
  * The Arrow C Data Interface path from a C host: input structs built by
  * hand (with release callbacks that count their calls), a quantize /
  * dequantize round trip checked against pq_quantize / pq_dequantize, moving
- * and releasing the exported structs, and every BAD_INPUTS row 21 error
+ * and releasing the exported structs, and every docs/bad-inputs.md row 21 error
  * releasing the input exactly once.
  *
  * The Arrow structs are defined here first, under the spec's guard, as a
