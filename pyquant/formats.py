@@ -38,7 +38,7 @@ from .dtypes import BY_SAFETENSORS
 from .errors import CheckpointError, QuantizeError
 from .plan import Plan, check_options
 from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
-                             open_regular, writing)
+                             check_not_shrunk, open_regular, writing)
 
 FORMAT = "pyquant"
 FORMAT_VERSION = "2"
@@ -392,12 +392,12 @@ class ArrowQuantizedCheckpoint:
 
         self.path = os.fspath(path)
         fd, st = open_regular(self.path)
+        self._fd = fd  # kept for the shrink check before each tensor
         try:
             self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else None
         except OSError as exc:
-            raise CheckpointError(f"{self.path}: cannot map: {exc.strerror}") from None
-        finally:
             os.close(fd)
+            raise CheckpointError(f"{self.path}: cannot map: {exc.strerror}") from None
         try:
             if self._mmap is None:
                 raise CheckpointError(f"{self.path}: empty file, not an Arrow IPC file")
@@ -468,6 +468,9 @@ class ArrowQuantizedCheckpoint:
 
     def close(self) -> None:
         self._reader = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._mmap is not None:
             try:
                 self._mmap.close()
@@ -488,6 +491,7 @@ class ArrowQuantizedCheckpoint:
         return self._kept_meta[name]
 
     def get(self, name: str) -> QuantizedTensor | np.ndarray[Any, Any]:
+        check_not_shrunk(self._fd, self.size, self.path)
         b, r = self._rows[name]
         row = self._reader.get_batch(b).slice(r, 1)
         raw = row.column("codes")

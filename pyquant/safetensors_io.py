@@ -81,6 +81,17 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def check_not_shrunk(fd: int, size: int, path: str) -> None:
+    """CheckpointError if the file behind ``fd`` is now shorter than ``size``.
+    Touching mapped pages past the end of a file that shrank kills the
+    process with SIGBUS; called before each tensor is read, this catches a
+    truncation that happened before (not one racing the read)."""
+    now = os.fstat(fd).st_size
+    if now < size:
+        raise CheckpointError(f"{path}: the file shrank from {size} to {now} bytes while being read "
+                              "(another program is changing it)")
+
+
 class SafetensorsFile:
     """A memory-mapped, validated safetensors file. Use as a context manager.
 
@@ -135,13 +146,7 @@ class SafetensorsFile:
         if self._file is None:
             self._open()
         assert self._file is not None and self._mmap is not None
-        # Touching mapped pages past the end of a file that shrank kills the
-        # process with SIGBUS; this cheap check catches a truncation that
-        # happened before this tensor is read (not one racing the read).
-        now = os.fstat(self._file.fileno()).st_size
-        if now < self.size:
-            raise CheckpointError(f"{self.path}: the file shrank from {self.size} to {now} bytes while "
-                                  "being read (another program is changing it)")
+        check_not_shrunk(self._file.fileno(), self.size, self.path)
         return np.frombuffer(self._mmap, dtype=dt, count=math.prod(info.shape),
                              offset=self.data_start + info.begin).reshape(info.shape)
 
@@ -271,12 +276,14 @@ class Checkpoint:
         path = os.fspath(path)
         self.path = path
         self.files: list[SafetensorsFile] = []
+        self.index: str | None = None
         self.where: dict[str, SafetensorsFile] = {}
         if os.path.isdir(path):
             index = os.path.join(path, "model.safetensors.index.json")
             single = os.path.join(path, "model.safetensors")
             if os.path.exists(index):
                 shards = _read_index(index)
+                self.index = index
             elif os.path.exists(single):
                 shards = [(single, [])]
             else:
@@ -318,7 +325,7 @@ class Checkpoint:
     @property
     def paths(self) -> list[str]:
         """Every file this checkpoint was read from (an output must not be one)."""
-        return [self.path, *(f.path for f in self.files)]
+        return [self.path, *([self.index] if self.index else []), *(f.path for f in self.files)]
 
     def info(self, name: str) -> TensorInfo:
         return self.where[name].tensors[name]

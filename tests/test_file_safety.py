@@ -184,6 +184,15 @@ def test_destination_that_is_the_source_is_refused_even_with_force(tmp_path):
             one_line_error(run_cli("quantize", src, dst, *extra), "same file as the input")
             one_line_error(run_cli("quantize", tmp_path / "dir", dst, *extra), "same file as the input")
     assert src.read_bytes() == original
+    # A sharded model: neither a shard nor the index may be the output.
+    model = tmp_path / "sharded"
+    model.mkdir()
+    write_safetensors(model / "s1.safetensors", small_model())
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "s1.safetensors" for n in small_model()}}))
+    index = (model / "model.safetensors.index.json").read_bytes()
+    for dst in (model / "s1.safetensors", model / "model.safetensors.index.json"):
+        one_line_error(run_cli("quantize", model, dst, "--force"), "same file as the input")
+    assert (model / "model.safetensors.index.json").read_bytes() == index
     q = tmp_path / "q.safetensors"
     assert run_cli("quantize", src, q).returncode == 0
     q_bytes = q.read_bytes()
@@ -748,3 +757,24 @@ def test_arrow_dequantize_and_report_memory_does_not_grow_with_the_file(tmp_path
     # About one tensor and its result, never the file (162 MiB) or float64 copies (4x a tensor each).
     for what, g in growth.items():
         assert g < 4 * tensor, (what, {k: v / 2**20 for k, v in growth.items()})
+
+
+def test_arrow_checkpoint_truncated_while_read_is_a_one_line_error_not_sigbus(tmp_path):
+    src, qa = tmp_path / "m.safetensors", tmp_path / "q.arrow"
+    big_model(src, n=4, rows=256, cols=1024)
+    assert run_cli("quantize", src, qa, "--format", "arrow", "--quiet").returncode == 0
+    code = FALLBACK + textwrap.dedent(f"""
+        import os, sys
+        from pyquant import formats
+        real = formats.ArrowQuantizedCheckpoint.get
+        def get(self, name):
+            if name == "layer.2.weight":
+                os.truncate({str(qa)!r}, 4096)  # another program truncates it midway
+            return real(self, name)
+        formats.ArrowQuantizedCheckpoint.get = get
+        from pyquant.cli import main
+        sys.exit(main(["dequantize", {str(qa)!r}, {str(tmp_path / "d.safetensors")!r}]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    one_line_error(out, "shrank from", "while being read")
+    assert not (tmp_path / "d.safetensors").exists() and not debris(tmp_path)
