@@ -192,8 +192,7 @@ def _publish(fd: int, named: str | None, dst: str, directory: str, overwrite: bo
     try:
         _link(source, dst)
     except FileExistsError:
-        raise CheckpointError(f"{dst}: output already exists (it appeared while pyquant was working; "
-                              "use --force / force=True to replace it)") from None
+        raise _appeared(dst) from None
     except OSError as exc:
         if named is None or exc.errno not in _NO_LINK:
             raise
@@ -201,6 +200,11 @@ def _publish(fd: int, named: str | None, dst: str, directory: str, overwrite: bo
         return
     if named:
         os.unlink(named)
+
+
+def _appeared(dst: str) -> CheckpointError:
+    return CheckpointError(f"{dst}: output already exists (it appeared while pyquant was working; "
+                           "use --force / force=True to replace it)")
 
 
 def _link(source: str, dst: str) -> None:
@@ -236,6 +240,5 @@ def _rename_noreplace(src: str, dst: str) -> None:
     if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), rename_noreplace) != 0:
         err = ctypes.get_errno()
         if err == errno.EEXIST:
-            raise CheckpointError(f"{dst}: output already exists (it appeared while pyquant was working; "
-                                  "use --force / force=True to replace it)")
+            raise _appeared(dst)
         raise OSError(err, os.strerror(err))
