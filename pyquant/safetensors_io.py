@@ -380,7 +380,8 @@ def _read_index(index: str) -> list[tuple[str, list[str]]]:
         check_text(index, shard)
         path = os.path.realpath(os.path.join(base, shard))
         if os.path.isabs(shard) or os.path.commonpath([base, path]) != base:
-            raise CheckpointError(f"{where}: shard {quoted(shard)} is outside the model directory")
+            raise CheckpointError(f"{where}: shard {quoted(shard)} is outside the model directory "
+                                  "(shards are relative paths that stay inside it, symlinks included)")
         try:
             mode = os.stat(path).st_mode
         except OSError as exc:
