@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from typing import Any, TYPE_CHECKING
 
 from ._version import __version__
+from ._text import shown
 from .errors import QuantizeError
 
 if TYPE_CHECKING:
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits-for", action="append", default=[], metavar="PATTERN=BITS",
                    help="use BITS for tensors matching PATTERN (repeatable; first match wins)")
     q.add_argument("--force", action="store_true", help="replace the output if it exists")
-    q.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    q.add_argument("--allow-empty", action="store_true",
+                   help="write the output even if no tensor is quantized (otherwise an error)")
+    q.add_argument("--quiet", action="store_true", help="no progress bar, carried-over reasons or summary")
 
     d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
                        description="Writes every tensor in its original dtype and shape.")
@@ -143,11 +147,13 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
                           format=args.format, skip=args.skip, bits_for=parse_bits_for(args.bits_for),
-                          force=args.force, progress=bar)
+                          force=args.force, allow_empty=args.allow_empty, progress=bar)
     finally:
         if bar is not None:
             bar.close()
     if not args.quiet:
+        for name, why in s.kept_reasons.items():
+            print(f"kept {shown(name)}: {why}")
         print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
               f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
               f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
@@ -172,7 +178,7 @@ def inspect_text(path: str) -> str:
     from .metrics import format_table
 
     rows, meta = inspect(path)
-    table = [[r.name, r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
+    table = [[shown(r.name), r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
               r.group_size or "-", _fmt_bytes(r.stored_bytes),
               f"{r.original_bytes / r.stored_bytes:.2f}x" if r.stored_bytes else "-"] for r in rows]
     stored = sum(r.stored_bytes for r in rows)
@@ -197,17 +203,46 @@ def report_text(original: str, quantized: str, as_json: bool) -> str:
         d = rep.as_dict()
         d["tensors"] = [{k: clean(v) for k, v in t.items()} for t in d["tensors"]]
         return json.dumps(d, indent=2)
-    rows = [[t.name, "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
+    rows = [[shown(t.name), "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
              f"{t.stats.rmse:.3e}", f"{t.stats.rel_rmse:.4f}", f"{t.stats.cosine:.6f}",
              "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}"] for t in rep.tensors]
     s = rep.summary()
     return (format_table(["tensor", "shape", "bits", "max abs", "RMSE", "rel RMSE", "cosine", "SNR dB"], rows)
             + f"\nsummary: {s['quantized']} quantized, {s['kept']} kept; mean rel RMSE {s['mean_rel_rmse']:.4f}, "
-            f"worst {s['worst_rel_rmse']:.4f} ({s['worst_tensor']}), min cosine {s['min_cosine']:.6f}")
+            f"worst {s['worst_rel_rmse']:.4f} ({shown(s['worst_tensor'] or '-')}), min cosine {s['min_cosine']:.6f}")
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so outputs in progress are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options no run could use are usage errors (exit 2), found before any work."""
+    if args.command != "quantize":
+        return
+    from .plan import check_options, parse_bits_for
+
+    try:
+        check_options(args.bits, args.group_size, parse_bits_for(args.bits_for))
+    except QuantizeError as exc:
+        parser.error(f"quantize: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_usage(parser, args)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:  # leave handlers an embedding program set alone
+            signal.signal(sig, _terminate)
     try:
         if args.command == "demo":
             from . import demo
@@ -224,11 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             print(report_text(args.original, args.quantized, args.json))
     except (QuantizeError, OSError) as exc:
-        print(f"pyquant: error: {exc}", file=sys.stderr)
+        print(f"pyquant: error: {shown(str(exc), 2000, backslashes=False)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # anything else is a bug in pyquant: still one line, no traceback
+        print(f"pyquant: internal error (a bug in pyquant, please report it): {type(exc).__name__}: "
+              f"{shown(str(exc), 2000, backslashes=False)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pyquant: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"pyquant: terminated by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     return 0
 
 

@@ -20,22 +20,29 @@ memory map.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import Counter
 import math
+import mmap
 import os
-from typing import Any, Mapping, NamedTuple, Protocol
+import stat
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from ._atomic import atomic_output
-from .core import QuantizedTensor, quantized_layout
+from .core import SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
+from ._text import quoted, shown
+from .dtypes import BY_NAME, BY_SAFETENSORS
 from .errors import CheckpointError, QuantizeError
-from .dtypes import BY_SAFETENSORS
-from .plan import Plan
-from .safetensors_io import CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, writing
+from .plan import Plan, check_options
+from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
+                             check_not_shrunk, open_regular, writing)
 
 FORMAT = "pyquant"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READS = ("1", "2")  # format 1 listed every quantized tensor with its shape in pyquant.tensors
 PARTS = ("codes", "scales", "mins")
 ARROW_MAGIC = b"ARROW1"
 FORMATS = ("safetensors", "arrow")
@@ -51,6 +58,24 @@ def check_clashes(plans: list[Plan], names: Mapping[str, Any]) -> None:
                     raise CheckpointError(f"tensor {p.name}.{part} would clash with the quantized {p.name!r}")
 
 
+def refuse_quantized_input(ckpt: Checkpoint) -> None:
+    """CheckpointError if ``ckpt`` is already a pyquant checkpoint: by its
+    metadata, or (metadata stripped) by a tensor stored as NAME.codes (U8)
+    beside NAME.scales and NAME.mins (F32). Quantizing it again would
+    quantize the scales and mins. (GGUF and Arrow files are refused by the
+    safetensors reader.)"""
+    for f in ckpt.files:
+        if f.metadata.get("format") == FORMAT:
+            raise CheckpointError(f"{f.path}: already a pyquant checkpoint; quantize the original model "
+                                  "(or `pyquant dequantize` this one first)")
+    for name in ckpt.names():
+        if name.endswith(".codes") and ckpt.info(name).dtype == "U8":
+            base = name[: -len(".codes")]
+            if all(ckpt.where.get(f"{base}.{p}") and ckpt.info(f"{base}.{p}").dtype == "F32" for p in ("scales", "mins")):
+                raise CheckpointError(f"{ckpt.path}: looks like a pyquant checkpoint (tensor {quoted(base)} is "
+                                      "stored as .codes, .scales and .mins); quantize the original model")
+
+
 def outputs(plan: Plan) -> list[OutputTensor]:
     """The safetensors tensors that hold ``plan``'s tensor in a checkpoint."""
     if plan.bits is None:
@@ -64,18 +89,25 @@ def outputs(plan: Plan) -> list[OutputTensor]:
 
 
 def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapping[str, str]) -> dict[str, str]:
-    """A checkpoint's metadata (either format)."""
-    tensors = {
-        p.name: {"dtype": BY_SAFETENSORS[p.dtype].name, "shape": list(p.shape), "bits": p.bits, "group_size": p.group_size}
-        for p in plans
-        if p.bits is not None
+    """A checkpoint's metadata (either format), compact: a tensor's name is
+    not repeated in the metadata unless its dtype, bits or group size differ
+    from the defaults (its shape follows from its parts'), so the header
+    stays about three times the input's even for long names."""
+    quantized = [p for p in plans if p.bits is not None]
+    counts = Counter(BY_SAFETENSORS[p.dtype].name for p in quantized)
+    dtype = counts.most_common(1)[0][0] if counts else "float32"
+    exceptions = {
+        p.name: [BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size]
+        for p in quantized
+        if (BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
     }
     return {
         "format": FORMAT,
         "pyquant.format_version": FORMAT_VERSION,
+        "pyquant.dtype": dtype,
         "pyquant.bits": str(bits),
         "pyquant.group_size": "row" if group_size is None else str(group_size),
-        "pyquant.tensors": json.dumps(tensors, separators=(",", ":")),
+        "pyquant.tensors": json.dumps(exceptions, separators=(",", ":")),
         "pyquant.source_metadata": json.dumps(dict(source), separators=(",", ":")),
     }
 
@@ -91,16 +123,18 @@ class Sink(Protocol):
 
 
 def open_sink(format: str, dst: str | os.PathLike[str], plans: list[Plan], meta: dict[str, str],
-              force: bool) -> Sink:
-    """A writer of a checkpoint in ``format`` holding the tensors of ``plans``."""
+              force: bool, inputs: Sequence[str] = ()) -> Sink:
+    """A writer of a checkpoint in ``format`` holding the tensors of ``plans``;
+    ``dst`` must not be one of ``inputs``."""
     if format == "arrow":
-        return _ArrowSink(dst, meta, force)
-    return _SafetensorsSink(dst, [o for p in plans for o in outputs(p)], meta, force)
+        return _ArrowSink(dst, meta, force, inputs)
+    return _SafetensorsSink(dst, [o for p in plans for o in outputs(p)], meta, force, inputs)
 
 
 class _SafetensorsSink:
-    def __init__(self, dst: Any, outputs: list[OutputTensor], metadata: dict[str, str], force: bool):
-        self._cm = writing(dst, outputs, metadata, force=force)
+    def __init__(self, dst: Any, outputs: list[OutputTensor], metadata: dict[str, str], force: bool,
+                 inputs: Sequence[str]):
+        self._cm = writing(dst, outputs, metadata, force=force, inputs=inputs)
 
     def __enter__(self) -> _SafetensorsSink:
         self._w = self._cm.__enter__()
@@ -122,14 +156,14 @@ class _ArrowSink:
     the Rust library (:func:`pyquant.arrow.quantized_row`), which owns the
     row format."""
 
-    def __init__(self, dst: Any, metadata: dict[str, str], force: bool):
+    def __init__(self, dst: Any, metadata: dict[str, str], force: bool, inputs: Sequence[str]):
         from .arrow import _pyarrow, quantized_schema
 
         self.pa = _pyarrow()
         import pyarrow.ipc  # noqa: F401
 
         self.schema = quantized_schema().with_metadata(metadata)
-        self._cm = atomic_output(dst, overwrite=force)
+        self._cm = atomic_output(dst, force=force, inputs=inputs)
 
     def __enter__(self) -> _ArrowSink:
         tmp = self._cm.__enter__()
@@ -159,34 +193,144 @@ class _ArrowSink:
             quantized_row(name, qt.dtype, qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.mins))
 
 
+def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size: Any
+            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(codes shape, groups shape) of a quantized tensor as a checkpoint
+    describes it; CheckpointError if the description is not one pyquant
+    could have written (wrong JSON types, unknown dtype, bad bits or group)."""
+    where = f"{path}: tensor {quoted(name)}"
+    if dtype not in SUPPORTED_DTYPES:
+        raise CheckpointError(f"{where}: corrupt metadata: dtype {_brief(dtype)} is not one pyquant quantizes")
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise CheckpointError(f"{where}: corrupt metadata: shape {_brief(shape)}")
+    for what, v in (("bits", bits), ("group_size", group_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise CheckpointError(f"{where}: corrupt metadata: {what} {_brief(v)}")
+    try:
+        check_options(bits, group_size)
+        codes, groups, _, _ = quantized_layout(tuple(shape), bits, group_size)
+    except QuantizeError as exc:
+        raise CheckpointError(f"{where}: corrupt metadata: {exc}") from None
+    return codes, groups
+
+
+def _checked(path: str, name: str, qt: QuantizedTensor) -> QuantizedTensor:
+    """``qt`` if its scales and mins can be from pyquant (finite, scales not
+    negative, every code decoding to a finite value); else CheckpointError,
+    rather than silently wrong values."""
+    scales, mins = qt.scales, qt.mins
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = mins + scales * np.float32(2**qt.bits - 1)
+    if not (np.isfinite(scales).all() and (scales >= 0).all() and np.isfinite(mins).all() and np.isfinite(top).all()):
+        raise CheckpointError(f"{path}: tensor {quoted(name)}: scales or mins are NaN, infinite or negative "
+                              "(a damaged or tampered file)")
+    return qt
+
+
+def _source_metadata(path: str, text: Any) -> dict[str, str]:
+    """The input's metadata that ``dequantize`` restores: a JSON object of strings."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.source_metadata must be a JSON object of strings")
+    for v in (*value, *value.values()):
+        check_text(path, v)
+    return value
+
+
+def _described_v1(path: str, listed: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format 1: pyquant.tensors maps every quantized tensor to its dtype, shape, bits and group_size."""
+    if not all(isinstance(m, dict) for m in listed.values()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must map names to objects")
+    return {n: {k: m.get(k) for k in ("dtype", "shape", "bits", "group_size")} for n, m in listed.items()}
+
+
+def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
+               tensors: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Format 2: every NAME.codes (U8) beside NAME.scales and NAME.mins (F32)
+    is a quantized NAME (inputs holding such a trio are refused, so nothing
+    else is), with the default dtype, bits and group size unless
+    pyquant.tensors gives [dtype, bits, group_size]; its shape is its
+    codes' leading axes and the row length the codes hold."""
+    bits_text, group_text = meta.get("pyquant.bits", ""), meta.get("pyquant.group_size", "")
+    if not bits_text.isdigit() or not (group_text == "row" or group_text.isdigit()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.bits {_brief(bits_text)} or "
+                              f"pyquant.group_size {_brief(group_text)}")
+    default = [meta.get("pyquant.dtype"), int(bits_text), None if group_text == "row" else int(group_text)]
+    trios = [n[: -len(".codes")] for n, info in tensors.items()
+             if n.endswith(".codes") and info.dtype == "U8"
+             and all(getattr(tensors.get(n[: -len("codes")] + p), "dtype", None) == "F32" for p in ("scales", "mins"))]
+    unknown = sorted(set(listed) - set(trios))
+    if unknown:
+        raise CheckpointError(f"{path}: metadata names {quoted(unknown[0])}, whose codes, scales and mins the file lacks")
+    out = {}
+    for n in trios:
+        entry = listed.get(n, default)
+        if not isinstance(entry, list) or len(entry) != 3:
+            raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata {_brief(entry)} "
+                                  "(expected [dtype, bits, group_size])")
+        dtype, bits, group = entry
+        codes = tensors[f"{n}.codes"].shape
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8) or not codes:
+            raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata: bits {_brief(bits)}")
+        row = codes[-1] * 8 // bits
+        out[n] = {"dtype": dtype, "shape": [*codes[:-1], row], "bits": bits, "group_size": row if group is None else group}
+    return out
+
+
 class QuantizedCheckpoint:
-    """A pyquant checkpoint opened for reading; arrays are views on the map."""
+    """A pyquant checkpoint opened for reading; arrays are views on the map.
+    Everything the metadata says is checked against the tensors on opening
+    (a tampered file is a CheckpointError, never wrong values)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.file = SafetensorsFile(path)
-        meta = self.file.metadata
-        if meta.get("format") != FORMAT:
-            self.file.close()
-            raise CheckpointError(f"{self.file.path}: not a pyquant checkpoint (no format=pyquant metadata)")
-        if meta.get("pyquant.format_version") != FORMAT_VERSION:
-            self.file.close()
-            raise CheckpointError(
-                f"{self.file.path}: pyquant checkpoint format {meta.get('pyquant.format_version')!r}, "
-                f"this pyquant reads format {FORMAT_VERSION}"
-            )
         try:
-            self.quantized: dict[str, dict[str, Any]] = json.loads(meta["pyquant.tensors"])
-        except (KeyError, ValueError) as exc:
+            self._read()
+        except BaseException:
             self.file.close()
-            raise CheckpointError(f"{self.file.path}: corrupt pyquant.tensors metadata ({exc})") from None
-        parts = {f"{n}.{p}" for n in self.quantized for p in PARTS}
-        missing = sorted(parts - self.file.tensors.keys())
-        if missing:
-            self.file.close()
-            raise CheckpointError(f"{self.file.path}: metadata names {missing[0]!r}, which the file lacks")
-        self.kept = [n for n in self.file.tensors if n not in parts]
+            raise
+
+    def _read(self) -> None:
+        path, meta = self.file.path, self.file.metadata
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a pyquant checkpoint (no format=pyquant metadata)")
+        version = meta.get("pyquant.format_version")
+        if version not in READS:
+            raise CheckpointError(f"{path}: pyquant checkpoint format {_brief(version)}, "
+                                  f"this pyquant reads formats {', '.join(READS)}")
+        try:
+            listed = json.loads(meta["pyquant.tensors"])
+        except KeyError:
+            raise CheckpointError(f"{path}: corrupt metadata: no pyquant.tensors") from None
+        except (ValueError, RecursionError):
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors is not valid JSON") from None
+        if not isinstance(listed, dict):
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must be a JSON object")
+        tensors = self.file.tensors
+        quantized = _described_v1(path, listed) if version == "1" else _described(path, meta, listed, tensors)
+        self.quantized: dict[str, dict[str, Any]] = quantized
+        for n, m in quantized.items():
+            check_text(path, n)
+            codes, groups = _layout(path, n, m["dtype"], m["shape"], m["bits"], m["group_size"])
+            for part, code, shape in (("codes", "U8", codes), ("scales", "F32", groups), ("mins", "F32", groups)):
+                info = tensors.get(f"{n}.{part}")
+                if info is None:
+                    raise CheckpointError(f"{path}: metadata names {quoted(f'{n}.{part}')}, which the file lacks")
+                if (info.dtype, info.shape) != (code, shape):
+                    raise CheckpointError(
+                        f"{path}: tensor {quoted(n)}: {part} is {info.dtype} {list(info.shape)}, but its metadata "
+                        f"(shape {m['shape']}, {m['bits']} bits, group size {m['group_size']}) needs {code} {list(shape)}")
+        parts = {f"{n}.{p}" for n in quantized for p in PARTS}
+        self.kept = [n for n in tensors if n not in parts]
+        clash = next((n for n in self.kept if n in quantized), None)
+        if clash is not None:
+            raise CheckpointError(f"{path}: tensor {quoted(clash)} is both quantized and carried over")
         self.size = self.file.size
-        self.source_metadata: dict[str, str] = json.loads(meta.get("pyquant.source_metadata", "{}"))
+        self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
 
     def kept_info(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype code, shape) of a carried-over tensor."""
@@ -213,8 +357,8 @@ class QuantizedCheckpoint:
             a = self.file.array(f"{name}.{part}")
             # Views on a read-only map may be misaligned in hand-made files; copy then.
             arrays[part] = a if a.flags.aligned else a.copy()
-        return QuantizedTensor(**arrays, shape=tuple(m["shape"]), dtype=m["dtype"],
-                               bits=int(m["bits"]), group_size=int(m["group_size"]))
+        return _checked(self.file.path, name, QuantizedTensor(
+            **arrays, shape=tuple(m["shape"]), dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"])))
 
     def release(self, name: str) -> None:
         for n in ([f"{name}.{p}" for p in PARTS] if name in self.quantized else [name]):
@@ -226,7 +370,10 @@ class ArrowQuantizedCheckpoint:
     Arrow path's schema (:func:`pyquant.quantized_schema`), one tensor per
     row; a row with ``bits == 0`` is a carried-over tensor whose ``codes``
     hold its raw little-endian bytes. Same interface as
-    :class:`QuantizedCheckpoint`; arrays are views on the memory map."""
+    :class:`QuantizedCheckpoint`; arrays are views on the memory map, whose
+    pages :meth:`release` gives back (bounded memory, as for safetensors).
+    Every row is checked on opening (schema, nulls, duplicate names, dtype,
+    bits, group size, and the lengths of codes, scales and mins)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         from .arrow import _pyarrow, check_quantized
@@ -235,17 +382,40 @@ class ArrowQuantizedCheckpoint:
         import pyarrow.ipc  # noqa: F401
 
         self.path = os.fspath(path)
+        fd, st = open_regular(self.path)
+        self._fd = fd  # kept for the shrink check before each tensor
         try:
-            self._map = pa.memory_map(self.path, "r")
-            self._reader = pa.ipc.open_file(self._map)
-            schema = self._reader.schema
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise CheckpointError(f"{self.path}: not a readable Arrow IPC file ({exc})") from None
-        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-        if meta.get("format") != FORMAT or meta.get("pyquant.format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"{self.path}: not a pyquant checkpoint (format {FORMAT} {FORMAT_VERSION})")
-        self.size = os.path.getsize(self.path)
-        self.source_metadata = json.loads(meta.get("pyquant.source_metadata", "{}"))
+            self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if st.st_size else None
+        except OSError as exc:
+            os.close(fd)
+            raise CheckpointError(f"{self.path}: cannot map: {exc.strerror}") from None
+        try:
+            if self._mmap is None:
+                raise CheckpointError(f"{self.path}: empty file, not an Arrow IPC file")
+            self._reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._mmap)))
+            self._read(check_quantized)
+        except pa.ArrowException as exc:
+            self.close()
+            raise CheckpointError(f"{self.path}: not a readable pyquant Arrow file ({shown(str(exc), 200)})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self, check_quantized: Any) -> None:
+        from .arrow import quantized_schema
+
+        path, schema = self.path, self._reader.schema
+        try:
+            meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: corrupt metadata: not UTF-8 text") from None
+        if meta.get("format") != FORMAT or meta.get("pyquant.format_version") not in READS:
+            raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {', '.join(READS)})")
+        if not schema.remove_metadata().equals(quantized_schema()):
+            raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
+                                  "(name, codes, scales, mins, shape, dtype, bits, group_size)")
+        self.size = self._mmap.size() if self._mmap is not None else 0
+        self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
         self.quantized: dict[str, dict[str, Any]] = {}
         self.kept: list[str] = []
         self._rows: dict[str, tuple[int, int]] = {}
@@ -258,21 +428,35 @@ class ArrowQuantizedCheckpoint:
                 raise CheckpointError(f"{self.path}: batch {b}: {exc}") from None
             cols = batch.select(["name", "shape", "dtype", "bits", "group_size"]).to_pydict()
             for r, name in enumerate(cols["name"]):
+                check_text(path, name)
+                if name in self._rows:
+                    raise CheckpointError(f"{path}: corrupt checkpoint: tensor {quoted(name)} appears twice")
                 self._rows[name] = (b, r)
-                shape, dtype, bits = tuple(cols["shape"][r]), cols["dtype"][r], cols["bits"][r]
+                shape, dtype, bits, group = cols["shape"][r], cols["dtype"][r], cols["bits"][r], cols["group_size"][r]
+                # check_quantized applied the row rules (dtype, bits, group size, lengths against the shape).
                 if bits == 0:
                     self.kept.append(name)
-                    self._kept_meta[name] = (CODE_OF[dtype], shape)
+                    self._kept_meta[name] = (BY_NAME[dtype].safetensors, tuple(shape))
                 else:
-                    self.quantized[name] = {"dtype": dtype, "shape": list(shape), "bits": bits,
-                                            "group_size": cols["group_size"][r]}
+                    self.quantized[name] = {"dtype": dtype, "shape": list(shape), "bits": bits, "group_size": group}
+
+    def close(self) -> None:
+        self._reader = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # an array handed out still views it: it goes with the last one
+                pass
+            self._mmap = None
 
     def __enter__(self) -> ArrowQuantizedCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._reader = None
-        self._map.close()
+        self.close()
 
     def names(self) -> list[str]:
         return list(self._rows)
@@ -281,6 +465,7 @@ class ArrowQuantizedCheckpoint:
         return self._kept_meta[name]
 
     def get(self, name: str) -> QuantizedTensor | np.ndarray[Any, Any]:
+        check_not_shrunk(self._fd, self.size, self.path)
         b, r = self._rows[name]
         row = self._reader.get_batch(b).slice(r, 1)
         raw = row.column("codes")
@@ -294,11 +479,16 @@ class ArrowQuantizedCheckpoint:
         codes_shape, groups_shape, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
         groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape)
                   for p in ("scales", "mins")}
-        return QuantizedTensor(codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]),
-                               dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"]))
+        return _checked(self.path, name, QuantizedTensor(
+            codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]), dtype=m["dtype"],
+            bits=int(m["bits"]), group_size=int(m["group_size"])))
 
     def release(self, name: str) -> None:
-        """Nothing to do: pyarrow's memory map is read on demand per row."""
+        """Gives the map's pages back (they stay in the page cache), so that
+        reading the file tensor by tensor keeps RSS bounded."""
+        if self._mmap is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 def open_quantized(path: str | os.PathLike[str]) -> QuantizedCheckpoint | ArrowQuantizedCheckpoint:
@@ -346,14 +536,14 @@ def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], di
         return rows, {"format": FORMAT, "pyquant.container": "arrow"}
     with Checkpoint(path) as ckpt:
         meta = ckpt.metadata
-        quantized = json.loads(meta.get("pyquant.tensors", "{}")) if meta.get("format") == FORMAT else {}
-        parts = {f"{n}.{p}" for n in quantized for p in PARTS}
-        for n, m in quantized.items():
-            rows.append(_quantized_row(n, m, sum(ckpt.info(f"{n}.{p}").nbytes for p in PARTS if f"{n}.{p}" in ckpt.where)))
-        for n in ckpt.names():
-            if n not in parts:
-                info = ckpt.info(n)
-                rows.append(_kept_row(n, info.dtype, info.shape))
+        if meta.get("format") != FORMAT:
+            return [_kept_row(n, ckpt.info(n).dtype, ckpt.info(n).shape) for n in ckpt.names()], meta
+    with QuantizedCheckpoint(path) as q:  # checks the metadata against the tensors
+        for n in q.names():
+            if n in q.quantized:
+                rows.append(_quantized_row(n, q.quantized[n], sum(q.file.tensors[f"{n}.{p}"].nbytes for p in PARTS)))
+            else:
+                rows.append(_kept_row(n, *q.kept_info(n)))
     return rows, meta
 
 
@@ -369,9 +559,9 @@ def _kept_row(name: str, code: str, shape: tuple[int, ...]) -> StoredTensor:
 
 def is_arrow(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an Arrow IPC file (by its magic bytes)."""
-    if os.path.isdir(path):
-        return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a directory, FIFO, device: never opened here (a FIFO would block)
         with open(path, "rb") as f:
             return f.read(len(ARROW_MAGIC)) == ARROW_MAGIC
     except OSError:

@@ -22,25 +22,40 @@ class ErrorStats:
         return asdict(self)
 
 
+CHUNK = 1 << 18  # values per step: the float64 temporaries stay at a few MiB, whatever the tensor
+
+
 def error_stats(original: npt.ArrayLike, reconstructed: npt.ArrayLike) -> ErrorStats:
-    """Compares two tensors of one shape, in float64 (numpy on the calling
-    thread; both are converted to float64 copies). Raises ValueError when
-    the shapes differ."""
-    x = np.asarray(original).astype(np.float64).ravel()
-    y = np.asarray(reconstructed).astype(np.float64).ravel()
-    if x.shape != y.shape:
+    """Compares two tensors of one shape (numpy on the calling thread).
+
+    Streams: both are read in steps of :data:`CHUNK` values, each step
+    converted to float64 and folded into float64 sums, so the memory used
+    is a few MiB beyond the inputs (which may be views on a mapped file),
+    not float64 copies of whole tensors. Raises ValueError when the shapes
+    differ."""
+    x = np.asarray(original).reshape(-1)
+    y = np.asarray(reconstructed).reshape(-1)
+    if np.shape(original) != np.shape(reconstructed):
         raise ValueError(f"shapes differ: {np.shape(original)} vs {np.shape(reconstructed)}")
     if x.size == 0:
         return ErrorStats(0.0, 0.0, 0.0, 1.0, math.inf)
-    diff = x - y
-    signal = float(np.mean(x * x))
-    noise = float(np.mean(diff * diff))
-    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+    xx = yy = xy = dd = max_abs = 0.0
+    for i in range(0, x.size, CHUNK):
+        xc = x[i:i + CHUNK].astype(np.float64)
+        yc = y[i:i + CHUNK].astype(np.float64)
+        d = xc - yc
+        xx += float(np.dot(xc, xc))
+        yy += float(np.dot(yc, yc))
+        xy += float(np.dot(xc, yc))
+        dd += float(np.dot(d, d))
+        max_abs = max(max_abs, float(np.max(np.abs(d))))
+    signal, noise = xx / x.size, dd / x.size
+    norms = math.sqrt(xx) * math.sqrt(yy)
     return ErrorStats(
-        max_abs=float(np.max(np.abs(diff))),
+        max_abs=max_abs,
         rmse=math.sqrt(noise),
         rel_rmse=math.sqrt(noise / signal) if signal > 0 else (0.0 if noise == 0 else math.inf),
-        cosine=float(np.dot(x, y) / norms) if norms > 0 else float(noise == 0),
+        cosine=xy / norms if norms > 0 else float(noise == 0),
         snr_db=10 * math.log10(signal / noise) if noise > 0 else math.inf,
     )
 

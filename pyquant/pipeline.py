@@ -19,9 +19,10 @@ from typing import Any, Callable, Mapping, Sequence
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import QuantizedTensor, quantize_batch, quantize_copy
-from .errors import QuantizeError
-from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs
-from .plan import Plan, plan_tensors
+from ._text import quoted
+from .errors import CheckpointError, QuantizeError
+from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
+from .plan import Plan, check_options, plan_tensors
 from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
 
 
@@ -82,6 +83,7 @@ def quantize_file(
     skip: Sequence[str] = (),
     bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = (),
     force: bool = False,
+    allow_empty: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Summary:
     """Quantizes a ``.safetensors`` file or sharded model directory into ``dst``.
@@ -97,20 +99,32 @@ def quantize_file(
     temporary file and renamed at the end; an error leaves no output.
     ``progress`` is called after each tensor.
 
-    Raises CheckpointError (bad or missing input, an existing ``dst``
-    without ``force``, an unwritable output, name clashes), InvalidBitsError
-    and InvalidGroupSizeError, and NonFiniteError naming the tensor.
+    Options are checked before anything is read (:func:`check_options`).
+    A run that would quantize no tensor is an error unless ``allow_empty``.
+    A pyquant checkpoint (either format) or a GGUF file is refused as input.
+
+    Raises CheckpointError (bad or missing input, an already quantized
+    input, nothing to quantize, an existing ``dst`` without ``force``, an
+    unwritable output, name clashes), InvalidBitsError and
+    InvalidGroupSizeError, and NonFiniteError naming the tensor.
     """
     if format not in FORMATS:
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
+    check_options(bits, group_size, bits_for)
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
+        refuse_quantized_input(ckpt)
         plans = plan_tensors(ckpt, bits=bits, group_size=group_size, skip=skip, bits_for=bits_for)
+        if not allow_empty and all(p.bits is None for p in plans):
+            first = next((p for p in plans), None)
+            example = f" (e.g. {quoted(first.name)}: {first.kept_because})" if first else ""
+            raise CheckpointError(f"nothing to quantize: all {len(plans)} tensors would be carried over{example}; "
+                                  "--allow-empty / allow_empty=True writes the copy anyway")
         check_clashes(plans, ckpt.where)
         meta = metadata(plans, bits, group_size, ckpt.metadata)
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for p in plans for o in outputs(p)))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
-        sink = open_sink(format, dst, plans, meta, force)
+        sink = open_sink(format, dst, plans, meta, force, ckpt.paths)
         # Quantizable tensors go to quantize_batch in runs of consecutive
         # tensors up to the largest tensor's size: small tensors share a call
         # (all cores busy), and no more than about one large tensor's pages
@@ -190,7 +204,7 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         source = q.source_metadata
         summary = Summary(input_bytes=q.size)
         bar = _Tracker(progress, "dequantizing", len(names), sum(o.nbytes for o in outs))
-        with writing(dst, outs, source, force=force) as w:
+        with writing(dst, outs, source, force=force, inputs=[os.fspath(src)]) as w:
             for n, o in zip(names, outs):
                 t = q.get(n)
                 if isinstance(t, QuantizedTensor):
@@ -239,7 +253,7 @@ def quantize_arrow_file(
 
     t0 = time.perf_counter()
     src = os.fspath(src)
-    with atomic_output(dst, overwrite=force) as tmp:
+    with atomic_output(dst, force=force, inputs=[src]) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 from .core import SUPPORTED_DTYPES, quantized_layout
 from .dtypes import BY_SAFETENSORS
-from .errors import InvalidBitsError, QuantizeError
+from .errors import InvalidBitsError, InvalidGroupSizeError, QuantizeError
 from .safetensors_io import Checkpoint
 
 
@@ -29,6 +29,30 @@ class Plan:
     bits: int | None = None
     group_size: int | None = None
     kept_because: str | None = None
+
+
+BITS = (2, 4, 8)
+
+
+def check_options(bits: int, group_size: int | None,
+                  bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = ()) -> None:
+    """Refuses, before any work, options no tensor could be quantized with:
+    bits not 2, 4 or 8 (``bits`` or a ``bits_for`` width), a group size that
+    is not a positive integer, or one whose codes do not fill whole bytes
+    (group size x bits must be a multiple of 8). Raises InvalidBitsError or
+    InvalidGroupSizeError."""
+    widths = [bits, *(bits_for.values() if isinstance(bits_for, Mapping) else (b for _, b in bits_for))]
+    for b in widths:
+        if isinstance(b, bool) or b not in BITS:
+            raise InvalidBitsError(f"bits must be 2, 4 or 8, got {b!r}")
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise InvalidGroupSizeError(f"group size must be a positive integer or 'row', got {group_size!r}")
+    for b in sorted(set(widths)):
+        if group_size * b % 8:
+            raise InvalidGroupSizeError(f"group size {group_size} with {b}-bit codes does not fill whole bytes "
+                                        "(group size x bits must be a multiple of 8)")
 
 
 def plan_tensors(

@@ -88,9 +88,10 @@ def test_output_loads_with_the_safetensors_package(tmp_path):
     pyquant.quantize_file(src, dst, bits=2, group_size=128)
     with safetensors.safe_open(str(dst), framework="numpy") as f:
         meta = f.metadata()
-        assert meta["format"] == "pyquant" and meta["pyquant.format_version"] == "1"
-        info = json.loads(meta["pyquant.tensors"])["layer.0.q.weight"]
-        assert info == {"dtype": "float32", "shape": [128, 256], "bits": 2, "group_size": 128}
+        assert meta["format"] == "pyquant" and meta["pyquant.format_version"] == "2"
+        # Every tensor has the defaults, so none is listed (format 2: shapes follow from the parts).
+        assert (meta["pyquant.dtype"], meta["pyquant.bits"], meta["pyquant.group_size"]) == ("float32", "2", "128")
+        assert json.loads(meta["pyquant.tensors"]) == {}
         codes = f.get_tensor("layer.0.q.weight.codes")
         assert codes.dtype == np.uint8 and codes.shape == (128, 64)
         np.testing.assert_array_equal(codes, pyquant.quantize_ptr(tensors["layer.0.q.weight"], bits=2).codes)
