@@ -49,8 +49,12 @@ const NAME: &str = "name";
 const WEIGHTS: &str = "weights";
 const SHAPE: &str = "shape";
 
-const EXPECTED_INPUT: &str = "a float32/float16 array, or a struct (record batch) of \
-     name: utf8, weights: list of float32/float16, optional shape: list<int64>";
+const EXPECTED_INPUT: &str = "a float32/float16 array, or a struct (record batch) of name (a string), \
+     weights (a list of float32/float16) and optional shape (a list of integers)";
+
+/// What to do with float64 weights (numpy's, duckdb's DOUBLE[], polars' Float64 default).
+const CAST_HINT: &str = "float64 is not quantized: cast to float32 first (pyarrow: \
+     .cast(pa.list_(pa.float32())), polars: pl.List(pl.Float32), duckdb: ::FLOAT[])";
 
 fn item(value: DataType) -> FieldRef {
     Arc::new(Field::new_list_field(value, true))
@@ -186,15 +190,82 @@ fn read_values(array: &dyn Array) -> Result<Values<'_>> {
     match array.data_type() {
         DataType::Float32 => Ok(Values::F32(array.as_primitive::<Float32Type>().values())),
         DataType::Float16 => Ok(Values::F16(array.as_primitive::<Float16Type>().values())),
+        DataType::Float64 => Err(unsupported(CAST_HINT)),
         other => Err(unsupported(format!("values of type {other} are not float32 or float16"))),
     }
 }
 
-/// The value type of a list, large list or fixed-size list.
+/// The value type of a list, large list, list view, large list view or
+/// fixed-size list.
 fn list_value_type(dt: &DataType) -> Option<&DataType> {
     match dt {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => Some(f.data_type()),
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _) => Some(f.data_type()),
         _ => None,
+    }
+}
+
+fn is_string(dt: &DataType) -> bool {
+    matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+/// A list-like type of integers (a shape column: duckdb writes list<int32>,
+/// others list<int64> or list<uint64>).
+fn is_int_list(dt: &DataType) -> bool {
+    list_value_type(dt).is_some_and(|v| v.is_integer())
+}
+
+/// An integer array's values as i64: borrowed for int64, converted for the
+/// other integer types (shapes are a few values per tensor).
+fn int_values<'a>(array: &'a dyn Array, column: &str) -> Result<std::borrow::Cow<'a, [i64]>> {
+    use arrow_array::types::*;
+    use std::borrow::Cow;
+    fn widen<T: arrow_array::ArrowPrimitiveType>(array: &dyn Array, column: &str) -> Result<Cow<'static, [i64]>>
+    where
+        T::Native: TryInto<i64> + Copy + std::fmt::Display,
+    {
+        let values = array.as_primitive::<T>().values();
+        values
+            .iter()
+            .map(|&v| {
+                v.try_into().map_err(|_| {
+                    Error::new(PqStatus::ShapeMismatch, format!("column {column}: dimension {v} is too large"))
+                })
+            })
+            .collect::<Result<Vec<i64>>>()
+            .map(Cow::Owned)
+    }
+    match array.data_type() {
+        DataType::Int64 => Ok(Cow::Borrowed(array.as_primitive::<Int64Type>().values())),
+        DataType::Int32 => widen::<Int32Type>(array, column),
+        DataType::Int16 => widen::<Int16Type>(array, column),
+        DataType::Int8 => widen::<Int8Type>(array, column),
+        DataType::UInt64 => widen::<UInt64Type>(array, column),
+        DataType::UInt32 => widen::<UInt32Type>(array, column),
+        DataType::UInt16 => widen::<UInt16Type>(array, column),
+        DataType::UInt8 => widen::<UInt8Type>(array, column),
+        other => Err(unsupported(format!("column {column} holds {other}, not integers"))),
+    }
+}
+
+/// A list-like column of integers (shapes), read as i64: row `i` is
+/// `values[ranges[i]]`.
+struct IntLists<'a> {
+    ranges: Vec<Range<usize>>,
+    values: std::borrow::Cow<'a, [i64]>,
+}
+
+impl<'a> IntLists<'a> {
+    fn read(array: &'a dyn Array, column: &str) -> Result<IntLists<'a>> {
+        let list = ListColumn::read(array, column)?;
+        Ok(IntLists { values: int_values(list.values, column)?, ranges: list.ranges })
+    }
+
+    fn row(&self, i: usize) -> &[i64] {
+        &self.values[self.ranges[i].clone()]
     }
 }
 
@@ -211,6 +282,8 @@ impl<'a> ListColumn<'a> {
         let (ranges, values) = match array.data_type() {
             DataType::List(_) => offset_ranges(array.as_list::<i32>(), column)?,
             DataType::LargeList(_) => offset_ranges(array.as_list::<i64>(), column)?,
+            DataType::ListView(_) => view_ranges(array.as_list_view::<i32>(), column)?,
+            DataType::LargeListView(_) => view_ranges(array.as_list_view::<i64>(), column)?,
             DataType::FixedSizeList(_, size) => {
                 let list = array.as_fixed_size_list();
                 let size = usize::try_from(*size)
@@ -247,11 +320,31 @@ fn offset_ranges<'a, O: OffsetSizeTrait>(
     Ok((ranges, list.values().as_ref()))
 }
 
+/// A list view's rows: `offsets[i]..offsets[i] + sizes[i]` (rows may
+/// overlap or come in any order; bounds are checked by the caller).
+fn view_ranges<'a, O: OffsetSizeTrait>(
+    list: &'a arrow_array::GenericListViewArray<O>,
+    column: &str,
+) -> Result<(Vec<Range<usize>>, &'a dyn Array)> {
+    let bad = || invalid(format!("column {column} has a negative or overflowing list view offset or size"));
+    let ranges = list
+        .offsets()
+        .iter()
+        .zip(list.sizes().iter())
+        .map(|(&o, &n)| {
+            let start = o.to_usize().ok_or_else(bad)?;
+            Ok(start..start.checked_add(n.to_usize().ok_or_else(bad)?).ok_or_else(bad)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((ranges, list.values().as_ref()))
+}
+
 fn strings<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a str>> {
     no_nulls(array, &format!("column {column}"))?;
     match array.data_type() {
         DataType::Utf8 => Ok(array.as_string::<i32>().iter().map(|s| s.unwrap_or_default()).collect()),
         DataType::LargeUtf8 => Ok(array.as_string::<i64>().iter().map(|s| s.unwrap_or_default()).collect()),
+        DataType::Utf8View => Ok(array.as_string_view().iter().map(|s| s.unwrap_or_default()).collect()),
         other => Err(unsupported(format!("column {column} has type {other}, not utf8"))),
     }
 }
@@ -293,12 +386,15 @@ impl InputColumns {
         let (mut name, mut weights, mut shape) = (None, None, None);
         for (i, field) in fields.iter().enumerate() {
             let (slot, ok) = match field.name().as_str() {
-                NAME => (&mut name, matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8)),
-                WEIGHTS => (
-                    &mut weights,
-                    matches!(list_value_type(field.data_type()), Some(DataType::Float32 | DataType::Float16)),
-                ),
-                SHAPE => (&mut shape, list_value_type(field.data_type()) == Some(&DataType::Int64)),
+                NAME => (&mut name, is_string(field.data_type())),
+                WEIGHTS => match list_value_type(field.data_type()) {
+                    Some(DataType::Float32 | DataType::Float16) => (&mut weights, true),
+                    Some(DataType::Float64) => {
+                        return Err(unsupported(format!("column \"weights\" holds float64: {CAST_HINT}")))
+                    }
+                    _ => (&mut weights, false),
+                },
+                SHAPE => (&mut shape, is_int_list(field.data_type())),
                 other => return Err(invalid(format!("unexpected column {other:?}: expected {EXPECTED_INPUT}"))),
             };
             if !ok {
@@ -327,6 +423,7 @@ pub fn check_quantize_type(dt: &DataType) -> Result<()> {
     match dt {
         DataType::Float32 | DataType::Float16 => Ok(()),
         DataType::Struct(fields) => InputColumns::find(fields).map(|_| ()),
+        DataType::Float64 => Err(unsupported(format!("cannot quantize an Arrow array of type Float64: {CAST_HINT}"))),
         other => Err(unsupported(format!("cannot quantize an Arrow array of type {other}: expected {EXPECTED_INPUT}"))),
     }
 }
@@ -352,18 +449,15 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
     let weights = ListColumn::read(batch.column(columns.weights).as_ref(), WEIGHTS)?;
     let values = read_values(weights.values)?;
     let shapes = match columns.shape {
-        Some(i) => Some(ListColumn::read(batch.column(i).as_ref(), SHAPE)?),
+        Some(i) => Some(IntLists::read(batch.column(i).as_ref(), SHAPE)?),
         None => None,
     };
-    let dims = shapes.as_ref().map(|s| s.values.as_primitive::<Int64Type>().values().as_ref());
     let mut tensors = Vec::with_capacity(batch.len());
     for (row, (name, range)) in names.into_iter().zip(weights.ranges).enumerate() {
         let values = values.slice(range);
-        let shape = match (&shapes, dims) {
-            (Some(s), Some(dims)) => {
-                shape_of(&dims[s.ranges[row].clone()], values.len()).map_err(|e| in_tensor(e, name, row))?
-            }
-            _ => vec![values.len()],
+        let shape = match &shapes {
+            Some(s) => shape_of(s.row(row), values.len()).map_err(|e| in_tensor(e, name, row))?,
+            None => vec![values.len()],
         };
         tensors.push(Tensor { name, values, shape });
     }

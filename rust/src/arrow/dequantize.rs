@@ -48,8 +48,8 @@ pub fn dequantize(input: &ArrayData, form: Dequantized, threads: usize) -> Resul
     let out = Output::new();
     let mut shape_offsets = vec![0i32];
     let mut shape_values = Vec::new();
-    for s in &q.shapes {
-        shape_values.extend_from_slice(s);
+    for r in 0..q.rows.len() {
+        shape_values.extend_from_slice(q.shapes.row(r));
         shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
     }
     let names = out.strings(q.names.iter().copied(), NAME)?;

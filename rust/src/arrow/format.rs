@@ -88,8 +88,9 @@ pub(super) fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, l
 }
 
 /// Errors unless `dt` is a quantized batch type [`dequantize`] accepts:
-/// the columns of [`quantized_fields`], in any order, with `large_`/plain
-/// variants of the string, binary and list types.
+/// the columns of [`quantized_fields`], in any order, with the plain,
+/// `large_` and view variants of the string, binary and list types (what
+/// polars and other producers write back) and a shape of any integer type.
 pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     let DataType::Struct(fields) = dt else {
         return Err(unsupported(format!(
@@ -114,10 +115,10 @@ impl QuantizedColumns {
                 .ok_or_else(|| invalid(format!("a quantized batch needs a column {:?}", want.name())))?;
             let dt = field.data_type();
             let ok = match want.name().as_str() {
-                "name" | "dtype" => matches!(dt, DataType::Utf8 | DataType::LargeUtf8),
-                "codes" => matches!(dt, DataType::Binary | DataType::LargeBinary),
+                "name" | "dtype" => is_string(dt),
+                "codes" => matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView),
                 "scales" | "mins" => list_value_type(dt) == Some(&DataType::Float32),
-                "shape" => list_value_type(dt) == Some(&DataType::Int64),
+                "shape" => is_int_list(dt),
                 _ => dt == want.data_type(),
             };
             if !ok {
@@ -138,6 +139,7 @@ fn binary_rows<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a [u8]>> 
     match array.data_type() {
         DataType::Binary => Ok(array.as_binary::<i32>().iter().map(|b| b.unwrap_or_default()).collect()),
         DataType::LargeBinary => Ok(array.as_binary::<i64>().iter().map(|b| b.unwrap_or_default()).collect()),
+        DataType::BinaryView => Ok(array.as_binary_view().iter().map(|b| b.unwrap_or_default()).collect()),
         other => Err(unsupported(format!("column {column} has type {other}, not binary"))),
     }
 }
@@ -148,7 +150,7 @@ pub(super) struct QuantizedBatch<'a> {
     pub(super) codes: Vec<&'a [u8]>,
     pub(super) scales: Vec<&'a [f32]>,
     pub(super) mins: Vec<&'a [f32]>,
-    pub(super) shapes: Vec<&'a [i64]>,
+    pub(super) shapes: IntLists<'a>,
     pub(super) dtypes: Vec<&'a str>,
     pub(super) rows: Vec<Row>,
 }
@@ -170,9 +172,7 @@ impl<'a> QuantizedBatch<'a> {
             Ok(list.ranges.into_iter().map(|r| &values[r]).collect())
         };
         let (scales, mins) = (floats(scales, "scales")?, floats(mins, "mins")?);
-        let shape_list = ListColumn::read(col(shape), "shape")?;
-        let dims = shape_list.values.as_primitive::<Int64Type>().values();
-        let shapes: Vec<&[i64]> = shape_list.ranges.into_iter().map(|r| &dims[r]).collect();
+        let shapes = IntLists::read(col(shape), "shape")?;
         let dtypes = strings(col(dtype), "dtype")?;
         for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
             no_nulls(col(c), &format!("column {what}"))?;
@@ -182,7 +182,8 @@ impl<'a> QuantizedBatch<'a> {
         let rows = (0..batch.len())
             .map(|r| {
                 let lens = [codes[r].len(), scales[r].len(), mins[r].len()];
-                check_row(shapes[r], dtypes[r], bits[r], group_sizes[r], lens).map_err(|e| in_tensor(e, names[r], r))
+                check_row(shapes.row(r), dtypes[r], bits[r], group_sizes[r], lens)
+                    .map_err(|e| in_tensor(e, names[r], r))
             })
             .collect::<Result<Vec<Row>>>()?;
         Ok(QuantizedBatch { names, codes, scales, mins, shapes, dtypes, rows })

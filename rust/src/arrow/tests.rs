@@ -363,3 +363,88 @@ fn rows_break_the_rules_with_named_errors() {
     assert_eq!(e.status, PqStatus::ShapeMismatch, "{e}");
     assert_eq!(live_exports(), 0);
 }
+
+/// What polars, duckdb and other producers write: utf8_view names, list
+/// views and large lists, shapes of any integer type; the same bytes as a
+/// plain list<float32> / list<int64> batch. And back: a quantized batch
+/// with binary_view codes and view / large columns dequantizes alike.
+#[test]
+fn view_and_integer_types_of_other_producers() {
+    use arrow_array::types::{Int32Type, UInt64Type};
+    use arrow_array::{BinaryViewArray, LargeListViewArray, ListViewArray, StringViewArray};
+    let _g = exclusive();
+    let (a, b) = (values(512, 7), values(256, 8));
+    let plain = batch(vec![
+        ("name", Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef),
+        ("weights", Arc::new(f32_list(&[&a, &b]))),
+        ("shape", Arc::new(i64_list(&[&[4, 128], &[2, 128]]))),
+    ]);
+    let want = rows(&quantize(&plain, "", 4, Some(64), 0).unwrap());
+    let all: Vec<f32> = a.iter().chain(&b).copied().collect();
+    let values: ArrayRef = Arc::new(Float32Array::from(all));
+    let f = item(DataType::Float32);
+    // Rows of a list view in reverse order of their values: offsets need not grow.
+    let view: ArrayRef = Arc::new(ListViewArray::new(
+        f.clone(),
+        ScalarBuffer::from(vec![0i32, 512]),
+        ScalarBuffer::from(vec![512i32, 256]),
+        values.clone(),
+        None,
+    ));
+    let large_view: ArrayRef = Arc::new(LargeListViewArray::new(
+        f,
+        ScalarBuffer::from(vec![0i64, 512]),
+        ScalarBuffer::from(vec![512i64, 256]),
+        values,
+        None,
+    ));
+    let int32_shape: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
+        [[4, 128], [2, 128]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+    ));
+    let uint64_shape: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
+        [[4u64, 128], [2, 128]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+    ));
+    let names: ArrayRef = Arc::new(StringViewArray::from(vec!["a", "b"]));
+    for (weights, shape) in [(view, int32_shape), (large_view, uint64_shape)] {
+        let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shape)]);
+        assert_eq!(rows(&quantize(&input, "", 4, Some(64), 0).unwrap()), want);
+    }
+    // A dimension that does not fit i64 is a shape error, not a wrap-around.
+    let huge: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
+        [[u64::MAX], [256]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+    ));
+    let input = batch(vec![("name", names.clone()), ("weights", Arc::new(f32_list(&[&a, &b]))), ("shape", huge)]);
+    assert_eq!(status(quantize(&input, "", 4, Some(64), 0)), PqStatus::ShapeMismatch);
+    // Float64 weights: an error that says how to cast.
+    let doubles: ArrayRef = Arc::new(ListArray::from_iter_primitive::<arrow_array::types::Float64Type, _, _>([
+        Some(vec![Some(1.0f64)]),
+        Some(vec![Some(2.0)]),
+    ]));
+    let e = quantize(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None, 0).unwrap_err();
+    assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("cast to float32"), "{}", e.message);
+    let lone = arrow_array::Float64Array::from(vec![1.0]).into_data();
+    assert!(quantize(&lone, "w", 4, None, 0).unwrap_err().message.contains("cast to float32"));
+
+    // The quantized batch with view / large columns, as polars writes it back.
+    let q = StructArray::from(quantize(&plain, "", 4, Some(64), 0).unwrap());
+    let col = |n: &str| q.column_by_name(n).unwrap().clone();
+    let codes: Vec<&[u8]> = (0..2).map(|i| q.column_by_name("codes").unwrap().as_binary::<i64>().value(i)).collect();
+    let shape_u64: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
+        [[4u64, 128], [2, 128]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
+    ));
+    let viewed = batch(vec![
+        ("name", Arc::new(StringViewArray::from(vec!["a", "b"])) as ArrayRef),
+        ("codes", Arc::new(BinaryViewArray::from(codes))),
+        ("scales", col("scales")),
+        ("mins", col("mins")),
+        ("shape", shape_u64),
+        ("dtype", Arc::new(StringViewArray::from(vec!["float32", "float32"]))),
+        ("bits", col("bits")),
+        ("group_size", col("group_size")),
+    ]);
+    let (d1, d2) =
+        (dequantize(&q.into_data(), Dequantized::Raw, 0).unwrap(), dequantize(&viewed, Dequantized::Raw, 0).unwrap());
+    assert_eq!(d1, d2);
+    drop((d1, d2, viewed));
+    assert_eq!(live_exports(), 0);
+}

@@ -426,19 +426,27 @@ enum Buf {
     Offsets(usize),
     /// Bytes of a string or binary array, as many as the last offset says.
     Data,
+    /// The 16-byte views of a string or binary view array (8-aligned, as
+    /// the spec allows; arrow-rs realigns them), followed by the variadic
+    /// data buffers and their int64 lengths (checked by [`check_variadic`]).
+    Views,
 }
 
 fn buffers_of(dt: &DataType, path: &str) -> Result<&'static [Buf]> {
     use Buf::*;
     Ok(match dt {
-        DataType::UInt8 => &[Validity, Values(1)],
-        DataType::Float16 => &[Validity, Values(2)],
-        DataType::Float32 | DataType::UInt32 => &[Validity, Values(4)],
-        DataType::Int64 => &[Validity, Values(8)],
+        DataType::UInt8 | DataType::Int8 => &[Validity, Values(1)],
+        DataType::Float16 | DataType::UInt16 | DataType::Int16 => &[Validity, Values(2)],
+        DataType::Float32 | DataType::UInt32 | DataType::Int32 => &[Validity, Values(4)],
+        DataType::Int64 | DataType::UInt64 => &[Validity, Values(8)],
         DataType::Utf8 | DataType::Binary => &[Validity, Offsets(4), Data],
         DataType::LargeUtf8 | DataType::LargeBinary => &[Validity, Offsets(8), Data],
+        DataType::Utf8View | DataType::BinaryView => &[Validity, Views],
         DataType::List(_) => &[Validity, Offsets(4)],
         DataType::LargeList(_) => &[Validity, Offsets(8)],
+        // Offsets and sizes, one of each per row.
+        DataType::ListView(_) => &[Validity, Values(4), Values(4)],
+        DataType::LargeListView(_) => &[Validity, Values(8), Values(8)],
         DataType::FixedSizeList(_, _) | DataType::Struct(_) => &[Validity],
         other => return Err(Error::new(PqStatus::UnsupportedDtype, format!("{path}: type {other} is not supported"))),
     })
@@ -470,11 +478,19 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
         return Err(invalid(path, "has a dictionary, but its type is not dictionary-encoded"));
     }
     let bufs = buffers_of(dt, path)?;
-    if a.n_buffers != bufs.len() as i64 {
-        return Err(invalid(path, format!("has {} buffers, type {dt} needs {}", a.n_buffers, bufs.len())));
+    let views = bufs.iter().any(|b| matches!(b, Buf::Views));
+    // View types add their data buffers and one buffer of their lengths.
+    let count_ok = if views { a.n_buffers > bufs.len() as i64 } else { a.n_buffers == bufs.len() as i64 };
+    if !count_ok {
+        let plus = if views { " plus its data buffers and their lengths" } else { "" };
+        return Err(invalid(path, format!("has {} buffers, type {dt} needs {}{plus}", a.n_buffers, bufs.len())));
     }
     if a.buffers.is_null() {
         return Err(invalid(path, "buffers is NULL"));
+    }
+    if views {
+        // SAFETY: n_buffers (> 2) pointers, as the producer promises.
+        unsafe { check_variadic(a, path) }?;
     }
     let mut last_offset = 0usize;
     for (i, &kind) in bufs.iter().enumerate() {
@@ -485,6 +501,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
             Buf::Values(w) => (end * w, w),
             Buf::Offsets(w) => ((end + 1) * w, w),
             Buf::Data => (last_offset, 1),
+            Buf::Views => (end * 16, 8),
         };
         if p.is_null() {
             if bytes > 0 {
@@ -509,7 +526,11 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
         }
     }
     let children: Vec<&DataType> = match dt {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => vec![f.data_type()],
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _) => vec![f.data_type()],
         DataType::Struct(fields) => fields.iter().map(|f| f.data_type()).collect(),
         _ => vec![],
     };
@@ -529,6 +550,38 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
         check_aligned(&child_path, child)?;
         // SAFETY: non-NULL, aligned, owned by the parent array.
         unsafe { check_array(&*child, child_type, &child_path) }?;
+    }
+    Ok(())
+}
+
+/// The variadic buffers of a view array: buffers `2..n - 1` hold the
+/// strings the views point into, and the last one their `n - 3` lengths
+/// (int64), which arrow-rs's import trusts. The views themselves are
+/// checked against these buffers by `validate_full` after the import.
+///
+/// # Safety
+/// `a` has `n_buffers` (> 2) buffer pointers.
+unsafe fn check_variadic(a: &RawArray, path: &str) -> Result<()> {
+    let n = (a.n_buffers - 3) as usize;
+    // SAFETY: the last of the n_buffers pointers.
+    let lens = unsafe { nth(a.buffers, n + 2) } as *const i64;
+    if n == 0 {
+        return Ok(());
+    }
+    if lens.is_null() {
+        return Err(invalid(path, format!("the lengths of its {n} data buffers are NULL")));
+    }
+    check_aligned_to(&format!("{path}: buffer {}", n + 2), lens as *const u8, 8)?;
+    for i in 0..n {
+        // SAFETY: aligned, and the spec puts n lengths there.
+        let len = unsafe { *lens.add(i) };
+        if len < 0 || len > isize::MAX as i64 {
+            return Err(invalid(path, format!("data buffer {} has length {len}", i + 2)));
+        }
+        // SAFETY: one of the n_buffers pointers.
+        if len > 0 && unsafe { nth(a.buffers, i + 2) }.is_null() {
+            return Err(invalid(path, format!("buffer {} is NULL but must hold {len} bytes", i + 2)));
+        }
     }
     Ok(())
 }
