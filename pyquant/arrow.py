@@ -57,7 +57,14 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     large_list or fixed_size_list of float32 or float16) and optional
     ``shape`` (list<int64>); without ``shape`` a tensor is 1-D). Groups of
     ``group_size`` run along the last axis of each shape; ``None`` makes one
-    group per row.
+    group per row. The string, list and shape columns may also be the types
+    other producers write (polars, duckdb; README "Arrow"): ``large_string``
+    or ``string_view`` names, ``list_view`` weights, shapes of any integer
+    type. Float64 weights are refused (cast them to float32 first). A stream
+    of plain float arrays (a ``ChunkedArray``, a polars ``Series``) is one
+    1-D tensor per chunk, named after the stream (a Series' name), with
+    ``.0``, ``.1``... appended when there are several chunks (``rechunk()``
+    first for one tensor).
 
     Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
     :func:`quantized_schema`) for an array or batch; for a stream, a
@@ -182,7 +189,11 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
     """Applies ``convert`` (schema capsule, array capsule) -> RecordBatch to
     an array-like object, or to each batch of a stream. ``uniform``: for a
     Table whose converted batches would not share one schema, the convert
-    that gives every batch the same one (applied to all of them instead)."""
+    that gives every batch the same one (applied to all of them instead).
+
+    A stream of record batches is converted batch by batch; a stream of
+    plain float arrays (a ChunkedArray, a polars Series) is a stream of 1-D
+    tensors, one per chunk (see :func:`quantize_arrow`)."""
     if hasattr(obj, "__arrow_c_array__"):
         schema_capsule, array_capsule = obj.__arrow_c_array__()
         return convert(schema_capsule, array_capsule)
@@ -192,16 +203,17 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
             f"got {type(obj).__name__}"
         )
     pa = _pyarrow()
-    try:
-        reader = pa.RecordBatchReader.from_stream(obj)
-    except pa.ArrowInvalid as exc:  # e.g. a ChunkedArray: a stream of plain arrays
-        raise UnsupportedDtypeError(
-            f"a stream must hold record batches (struct arrays): {exc}; "
-            "pass a float array's chunks one by one"
-        ) from exc
     lazy = isinstance(obj, pa.RecordBatchReader)
-    inputs = reader if lazy else list(reader)  # zero-copy batches, kept for `uniform`
-    batches: Iterator[Any] = (convert(*batch.__arrow_c_array__()) for batch in inputs)
+    inputs: Any
+    if lazy:
+        inputs = obj
+        capsules: Iterator[tuple[Any, Any]] = (b.__arrow_c_array__() for b in inputs)
+    else:
+        # Any stream, of record batches or of plain arrays, imported without a copy.
+        chunks = pa.chunked_array(obj)
+        inputs = chunks.chunks  # kept for `uniform`
+        capsules = _chunk_capsules(obj, chunks)
+    batches: Iterator[Any] = (convert(*c) for c in capsules)
     if schema is not None:
         out_schema = schema()
     else:  # the result's schema depends on the data: take the first batch's
@@ -220,6 +232,25 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
             break
         out.append(batch)
     return pa.Table.from_batches(out, schema=out_schema)
+
+
+def _chunk_capsules(obj: Any, chunks: Any) -> Iterator[tuple[Any, Any]]:
+    """The (schema, array) capsules of a stream's chunks. A chunk of a plain
+    array is one tensor named after the stream (a polars Series' name, else
+    ""), with ``.0``, ``.1``... appended when there are several chunks
+    (``0``, ``1``... without a name)."""
+    pa = _pyarrow()
+    if pa.types.is_struct(chunks.type):
+        return (c.__arrow_c_array__() for c in chunks.chunks)
+    name = getattr(obj, "name", "")
+    name = name if isinstance(name, str) else ""
+    def tensor_name(i: int) -> str:
+        if chunks.num_chunks == 1:
+            return name
+        return f"{name}.{i}" if name else str(i)
+
+    return ((pa.field(tensor_name(i), c.type).__arrow_c_schema__(), c.__arrow_c_array__()[1])
+            for i, c in enumerate(chunks.chunks))
 
 
 def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
