@@ -36,18 +36,23 @@ import numpy.typing as npt
 from .arrow import quantize_arrow
 from .formats import is_arrow
 from .pipeline import Summary, quantize_arrow_file, quantize_file
-from .plan import plan_tensors
+from .plan import check_options, plan_tensors
 from .core import (
     DTypeLike,
     Params,
     QuantizedTensor,
+    _check_in_place as check_in_place,
+    _params_for as params_for,
+    _resolve_dtype as resolve_dtype,
+    c_threads,
     copy_plan,
     in_place_problem,
     quantize_batch,
     quantize_copy,
     quantize_ptr,
+    quantized_layout,
 )
-from .errors import CopyRequiredError, PathError
+from .errors import CopyRequiredError, PathError, QuantizeError
 from .safetensors_io import Checkpoint
 
 PathName = Literal["ptr", "copy", "batch", "arrow", "file"]
@@ -141,7 +146,39 @@ def _decide(
         raise PathError(f"params= is only for the batch path, not the {chosen} path")
     if threads is not None and chosen == "file":
         raise PathError("threads= is not taken by the file path (it uses all cores)")
+    _check_call(decision, bits, group_size, dtype, params, threads)
     return decision
+
+
+def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: DTypeLike,
+                params: Params, threads: int | None) -> None:
+    """The argument checks the chosen path's function runs before it reads
+    any value, by the very functions it calls, so that :func:`explain`
+    raises what :func:`quantize` would: the dtype (e.g. float64), bits,
+    group size against the shape, threads. Not the values (NaN, Inf), nor
+    an Arrow object's column types (checked in Rust as it is read)."""
+    chosen, data = decision.choice.path, decision.data
+    if chosen == "file":
+        check_options(bits, group_size)  # quantize_file's first step
+        return
+    c_threads(threads)
+    if chosen == "ptr":
+        check_in_place(data, dtype)
+        quantized_layout(data.shape, bits, group_size)
+    elif chosen == "copy":
+        resolve_dtype(data, dtype)
+        quantized_layout(data.shape or (1,), bits, group_size)  # quantize_copy makes a 0-d array 1-d
+    elif chosen == "batch":
+        items = data.items() if isinstance(data, Mapping) else enumerate(data)
+        for name, arr in items:
+            if not isinstance(arr, np.ndarray) or in_place_problem(arr) is not None:
+                continue  # the CopyRequiredError the reason announces
+            b, g = params_for(name, bits, group_size, params)
+            try:
+                resolve_dtype(arr, None)
+                quantized_layout(arr.shape, b, g)
+            except QuantizeError as exc:  # named as quantize_batch names it
+                raise type(exc)(f"tensor {name!r}: {exc}") from None
 
 
 def _decide_kind(kind: str, x: Any, path: str, t: str, bits: int, group_size: int | None) -> _Decision:
@@ -236,10 +273,17 @@ def explain(
     forced ``path`` (or an argument the path does not take),
     :class:`CopyRequiredError` for ``path="ptr"`` on an array that needs a
     copy, and :class:`CheckpointError` for a file that cannot be read (the
-    safetensors header is read to count misaligned tensors). Copies: an
-    array-like that is not a numpy array is converted with ``np.asarray``
-    (to count its bytes); nothing else. The data itself is not validated
-    (NaN, dtype, shape): :func:`quantize` reports those.
+    safetensors header is read to count misaligned tensors). It also runs
+    the checks the chosen path runs before reading any value, with the same
+    functions, and raises the error :func:`quantize` would:
+    :class:`UnsupportedDtypeError` (a float64 array, say),
+    :class:`InvalidBitsError`, :class:`InvalidGroupSizeError` and
+    :class:`ShapeError` (the group size against the shape), a bad
+    ``threads``. Copies: an array-like that is not a numpy array is
+    converted with ``np.asarray`` (to count its bytes); nothing else. The
+    values themselves are not read (NaN and Inf are found by
+    :func:`quantize`), nor an Arrow object's column types (checked in Rust
+    as the object is read).
     """
     return _decide(x, path, threads, dtype, params, bits, group_size).choice
 

@@ -82,13 +82,15 @@ def test_forced_copy_on_a_contiguous_array():
 
 
 def test_array_like_counts_the_conversion():
-    rows = W[:4].tolist()
+    rows = [[np.float32(v) for v in row] for row in W[:4]]
     choice = pyquant.explain(rows)
-    # np.asarray makes a float64 array (8 bytes a value) ...
-    assert choice.path == "copy" and choice.bytes_copied == 2 * 4 * 256 * 8
-    # ... which no path quantizes: the lower layer says so.
-    with pytest.raises(pyquant.UnsupportedDtypeError):
-        pyquant.quantize(rows)
+    # np.asarray makes a float32 array, then Rust copies it.
+    assert choice.path == "copy" and choice.bytes_copied == 2 * 4 * 256 * 4
+    same(pyquant.quantize(rows), pyquant.quantize_ptr(W[:4]))
+    # Python floats make a float64 array, which no path quantizes: explain says so too.
+    for f in (pyquant.explain, pyquant.quantize):
+        with pytest.raises(pyquant.UnsupportedDtypeError, match="float64"):
+            f(W[:4].tolist())
     # A buffer numpy views without converting: only Rust's copy.
     view = memoryview(W)
     assert pyquant.explain(view).bytes_copied == W.nbytes
@@ -266,3 +268,37 @@ def test_explain_is_a_frozen_dataclass():
     with pytest.raises(AttributeError):
         choice.path = "copy"  # type: ignore[misc]
     assert set(choice.__dataclass_fields__) == {"path", "reason", "bytes_copied", "parallelism"}
+
+
+BAD_CALLS = [
+    (np.ones((4, 128)), {}),                                        # float64: ptr path
+    (np.ones((4, 128))[:, ::2], {}),                                # float64, strided: copy path
+    ([[1.0, 2.0]], {}),                                             # array-like float64: copy path
+    (np.ones((4, 128), np.float32), {"bits": 3}),
+    (np.ones((4, 100), np.float32), {}),                            # group size larger than a row
+    (np.ones((4, 128), np.float32), {"group_size": 0}),
+    (np.ones((4, 128), np.float32), {"threads": 0}),
+    (np.ones((4, 128), np.uint16), {"dtype": "float16"}),
+    ({"a": np.ones((2, 128), np.float32), "b": np.ones(8)}, {}),     # batch: names the tensor
+    ({"a": np.ones((2, 128), np.float32)}, {"params": {"a": (3, 128)}}),
+]
+
+
+@pytest.mark.parametrize("x,kw", BAD_CALLS)
+def test_explain_raises_what_quantize_raises(x, kw):
+    """explain runs the checks of the call it describes (issue 12 item 10):
+    never 'read in place' for an input quantize then refuses."""
+    with pytest.raises(pyquant.QuantizeError) as by_quantize:
+        pyquant.quantize(x, **kw)
+    with pytest.raises(type(by_quantize.value)) as by_explain:
+        pyquant.explain(x, **kw)
+    assert str(by_explain.value) == str(by_quantize.value)
+
+
+def test_explain_checks_the_options_of_a_file(tmp_path):
+    src = tmp_path / "m.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones((4, 128), np.float32)}, str(src))
+    with pytest.raises(pyquant.InvalidGroupSizeError, match="does not fill whole bytes"):
+        pyquant.explain(src, bits=2, group_size=3)
