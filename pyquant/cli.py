@@ -1,7 +1,11 @@
-"""The `pyquant` command line: demo, quantize, dequantize, inspect, report.
+"""The `pyquant` command line (also ``python -m pyquant``): demo, quantize,
+dequantize, inspect, report.
 
 Errors print one line, ``pyquant: error: ...``, and exit with status 1
-(2 for bad command-line usage); no tracebacks.
+(2 for bad command-line usage); no tracebacks. A closed pipe
+(``pyquant inspect x | head``) ends the command quietly, as Unix tools do.
+Progress bars (tqdm) are drawn on stderr only when it is a terminal, and
+never with ``--quiet``.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import signal
 import sys
-import time
 from typing import Any, TYPE_CHECKING
 
 from ._version import __version__
@@ -40,40 +45,53 @@ def _fmt_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr (tensors and bytes done, throughput),
-    drawn from a file entry point's ``progress`` callback; at most every 0.1 s
-    and at the end. Used only on a terminal."""
+    """A tqdm bar on stderr (bytes done, throughput, tensors done), drawn from
+    a file entry point's ``progress`` callback. Used only on a terminal."""
 
     def __init__(self) -> None:
-        self.start = self.last = time.perf_counter()
-        self.drawn = False
+        self.bar: Any = None
 
     def __call__(self, p: Progress) -> None:
-        now = time.perf_counter()
-        if now - self.last > 0.1 or p.done_tensors == p.tensors:
-            self.last, self.drawn = now, True
-            frac = p.done_bytes / p.total_bytes if p.total_bytes else 1.0
-            bar = "#" * int(frac * 30)
-            rate = p.done_bytes / max(now - self.start, 1e-9) / 1e9
-            sys.stderr.write(
-                f"\r{p.label} [{bar:<30}] {p.done_tensors}/{p.tensors} tensors "
-                f"{p.done_bytes / 1e9:.2f}/{p.total_bytes / 1e9:.2f} GB {rate:.2f} GB/s"
-            )
-            sys.stderr.flush()
+        from tqdm import tqdm  # type: ignore[import-untyped]  # (no stubs; used through Any)
+
+        if self.bar is None:
+            # shutil: a terminal that reports a 0x0 size (a bare pty) counts as 80x24; tqdm
+            # would draw nothing there.
+            size = shutil.get_terminal_size()
+            self.bar = tqdm(total=p.total_bytes or None, desc=p.label, unit="B", unit_scale=True,
+                            file=sys.stderr, ncols=size.columns, nrows=size.lines, mininterval=0.1)
+        self.bar.set_postfix_str(f"{p.done_tensors}/{p.tensors or '?'} tensors", refresh=False)
+        self.bar.update(p.done_bytes - self.bar.n)
 
     def close(self) -> None:
-        if self.drawn:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _progress_bar(args: argparse.Namespace) -> ProgressBar | None:
     return None if args.quiet or not sys.stderr.isatty() else ProgressBar()
 
 
+# The format an output's extension implies (`quantize --format` must agree).
+EXTENSIONS = {".safetensors": "safetensors", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}
+
+
+def _format_of(path: str) -> str | None:
+    return EXTENSIONS.get(os.path.splitext(path)[1].lower())
+
+
+EXAMPLES = """examples:
+  pyquant demo                                   # no files needed: a synthetic model, per-layer table
+  pyquant quantize model.safetensors model.q4.safetensors --bits 4 --skip lm_head
+  pyquant report model.safetensors model.q4.safetensors --json | jq .summary
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyquant",
         description="Fast, zero-copy 2/4/8-bit weight quantization (Rust core, C ABI, CFFI).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyquant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -85,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="values per group along the last axis, or 'row' for one group per row (default: 128)")
 
     demo = sub.add_parser(
-        "demo",
+        "demo", epilog="examples:\n  pyquant demo\n  pyquant demo --bits 4 --group-size 64 --no-files\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="quantize a built-in synthetic transformer and print a per-layer table",
         description="Builds a deterministic synthetic transformer in memory (no download), "
         "quantizes every layer at each bit width with the zero-copy path and prints shape, "
-        "compression ratio, max abs error, relative RMSE and time per layer; then writes the "
+        "compression ratio, max abs error, relative RMSE and time per layer (!! flags a layer whose "
+        "relative RMSE is high enough to break a model); then writes the "
         "model to a temporary safetensors file and runs the file pipeline on it "
         "(quantize, inspect, report, dequantize).",
     )
@@ -103,13 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Quantizes a .safetensors file or a sharded model directory "
                        "(with model.safetensors.index.json) into a pyquant checkpoint. Floating-point "
                        "tensors of 2+ dimensions are quantized; others (and --skip matches) are carried "
-                       "over unchanged. The output is written to a temporary file and renamed at the end.")
+                       "over unchanged. The output is written to a temporary file and renamed at the end.",
+                       epilog="examples:\n"
+                       "  pyquant quantize model.safetensors model.q4.safetensors\n"
+                       "  pyquant quantize llama/ llama.q4.safetensors --skip lm_head --bits-for 'mlp=8'\n"
+                       "  pyquant quantize model.safetensors model.q4.arrow   # the Arrow format, by extension\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("input", help="a .safetensors file or a model directory")
-    q.add_argument("output", help="the output checkpoint file")
+    q.add_argument("output", help="the output checkpoint file (.safetensors, or .arrow for the Arrow format)")
     quant_options(q)
-    q.add_argument("--format", choices=["safetensors", "arrow"], default="safetensors",
+    q.add_argument("--format", choices=["safetensors", "arrow"], default=None,
                    help="output format: a safetensors checkpoint, or an Arrow IPC file in the "
-                   "Arrow path's schema (default: safetensors)")
+                   "Arrow path's schema (default: from the output's extension, .arrow/.ipc/.feather "
+                   "for arrow, else safetensors); a format the extension contradicts is refused")
+    q.add_argument("--force-format", action="store_true",
+                   help="write --format even if the output's extension says otherwise")
     q.add_argument("--skip", action="append", default=[], metavar="PATTERN",
                    help="keep tensors whose name matches this regular expression (repeatable), e.g. lm_head")
     q.add_argument("--bits-for", action="append", default=[], metavar="PATTERN=BITS",
@@ -120,22 +148,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bar, carried-over reasons or summary")
 
     d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
-                       description="Writes every tensor in its original dtype and shape.")
-    d.add_argument("input")
-    d.add_argument("output")
+                       description="Writes every tensor in its original shape: quantized tensors in their "
+                       "original dtype (or --dtype), carried-over tensors unchanged.",
+                       epilog="examples:\n"
+                       "  pyquant dequantize model.q4.safetensors restored.safetensors\n"
+                       "  pyquant dequantize model.q4.arrow restored.safetensors --dtype float16\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("input", help="a pyquant checkpoint (safetensors or Arrow format)")
+    d.add_argument("output", help="the plain safetensors file to write")
+    d.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="dtype of the dequantized tensors (default: each tensor's original dtype); "
+                   "carried-over tensors keep theirs")
     d.add_argument("--force", action="store_true", help="replace the output if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     i = sub.add_parser("inspect", help="list what a checkpoint holds",
-                       description="Tensors, dtypes, shapes, bits, sizes and compression ratio.")
-    i.add_argument("file")
+                       description="Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
+                       "tensor a pyquant checkpoint carried over unchanged, why it was kept.",
+                       epilog="examples:\n  pyquant inspect model.q4.safetensors\n"
+                       "  pyquant inspect model.q4.arrow --json\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("file", help="a safetensors file or a pyquant checkpoint (either format)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     r = sub.add_parser("report", help="error statistics of a quantized checkpoint against its original",
                        description="Per tensor: max abs error, RMSE, relative RMSE, cosine similarity and "
-                       "SNR in dB; then a summary.")
-    r.add_argument("original")
-    r.add_argument("quantized")
+                       "SNR in dB (!! flags a tensor whose relative RMSE is high enough to break a model; "
+                       "a carried-over tensor says why it was kept); then a summary.",
+                       epilog="examples:\n"
+                       "  pyquant report model.safetensors model.q4.safetensors\n"
+                       "  pyquant report model.safetensors model.q2.arrow --json\n",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("original", help="the original safetensors file or model directory")
+    r.add_argument("quantized", help="the pyquant checkpoint made from it (either format)")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -146,7 +193,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     bar = _progress_bar(args)
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
-                          format=args.format, skip=args.skip, bits_for=parse_bits_for(args.bits_for),
+                          format=args.format or _format_of(args.output) or "safetensors", skip=args.skip, bits_for=parse_bits_for(args.bits_for),
                           force=args.force, allow_empty=args.allow_empty, progress=bar)
     finally:
         if bar is not None:
@@ -164,7 +211,7 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
 
     bar = _progress_bar(args)
     try:
-        s = dequantize_file(args.input, args.output, force=args.force, progress=bar)
+        s = dequantize_file(args.input, args.output, force=args.force, dtype=args.dtype, progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -173,11 +220,18 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s -> {args.output}")
 
 
-def inspect_text(path: str) -> str:
+def inspect_text(path: str, as_json: bool = False) -> str:
     from .report import inspect
     from .metrics import format_table
 
     rows, meta = inspect(path)
+    if as_json:
+        return json.dumps({
+            "file": path, "format": meta.get("format"), "container": meta.get("pyquant.container", "safetensors"),
+            "tensors": [{"name": r.name, "dtype": r.dtype, "shape": list(r.shape), "bits": r.bits,
+                         "group_size": r.group_size, "stored_bytes": r.stored_bytes,
+                         "original_bytes": r.original_bytes, "kept_because": r.kept_because} for r in rows],
+        }, indent=2)
     table = [[shown(r.name), r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
               r.group_size or "-", _fmt_bytes(r.stored_bytes),
               f"{r.original_bytes / r.stored_bytes:.2f}x" if r.stored_bytes else "-"] for r in rows]
@@ -185,17 +239,22 @@ def inspect_text(path: str) -> str:
     orig = sum(r.original_bytes for r in rows)
     kind = "pyquant checkpoint" if meta.get("format") == "pyquant" else "safetensors checkpoint"
     n_q = sum(r.bits is not None for r in rows)
+    kept = "".join(f"\nkept {shown(r.name)}: {shown(r.kept_because)}" for r in rows if r.kept_because)
     return (f"{path}: {kind}, {len(rows)} tensors ({n_q} quantized)\n"
             + format_table(["tensor", "dtype", "shape", "bits", "group", "stored", "ratio"], table)
             + f"\ntotal: {_fmt_bytes(stored)} stored, {_fmt_bytes(orig)} original "
-            f"({orig / stored if stored else 1:.2f}x)")
+            f"({orig / stored if stored else 1:.2f}x)" + kept)
 
 
-def report_text(original: str, quantized: str, as_json: bool) -> str:
+def report_text(original: str, quantized: str, as_json: bool, bar: ProgressBar | None = None) -> str:
     from .report import error_report
-    from .metrics import format_table
+    from .metrics import HIGH_ERROR_NOTE, format_table
 
-    rep = error_report(original, quantized)
+    try:
+        rep = error_report(original, quantized, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     if as_json:
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and math.isinf(v) else v
@@ -205,11 +264,17 @@ def report_text(original: str, quantized: str, as_json: bool) -> str:
         return json.dumps(d, indent=2)
     rows = [[shown(t.name), "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
              f"{t.stats.rmse:.3e}", f"{t.stats.rel_rmse:.4f}", f"{t.stats.cosine:.6f}",
-             "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}"] for t in rep.tensors]
+             "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}",
+             "!!" if t.high_error else ""] for t in rep.tensors]
     s = rep.summary()
-    return (format_table(["tensor", "shape", "bits", "max abs", "RMSE", "rel RMSE", "cosine", "SNR dB"], rows)
+    kept = "".join(f"\nkept {shown(t.name)}: {shown(t.kept_because)}" for t in rep.tensors if t.kept_because)
+    flagged = (f"\n{len(s['high_error'])} of {s['quantized']} quantized tensors flagged. {HIGH_ERROR_NOTE}"
+               if s["high_error"] else "")
+    return (format_table(["tensor", "shape", "bits", "max abs", "RMSE", "rel RMSE", "cosine", "SNR dB", "flag"],
+                         rows)
             + f"\nsummary: {s['quantized']} quantized, {s['kept']} kept; mean rel RMSE {s['mean_rel_rmse']:.4f}, "
-            f"worst {s['worst_rel_rmse']:.4f} ({shown(s['worst_tensor'] or '-')}), min cosine {s['min_cosine']:.6f}")
+            f"worst {s['worst_rel_rmse']:.4f} ({shown(s['worst_tensor'] or '-')}), min cosine {s['min_cosine']:.6f}"
+            + kept + flagged)
 
 
 class Terminated(BaseException):
@@ -229,6 +294,12 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.command != "quantize":
         return
     from .plan import check_options, parse_bits_for
+
+    implied = _format_of(args.output)
+    if args.format is not None and implied is not None and implied != args.format and not args.force_format:
+        parser.error(f"quantize: --format {args.format}, but the output {shown(args.output)!r} is named like a "
+                     f"{implied} file: name it {'.arrow' if args.format == 'arrow' else '.safetensors'}, "
+                     "or add --force-format")
 
     try:
         check_options(args.bits, args.group_size, parse_bits_for(args.bits_for))
@@ -255,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "dequantize":
             cmd_dequantize(args)
         elif args.command == "inspect":
-            print(inspect_text(args.file))
+            print(inspect_text(args.file, args.json))
         elif args.command == "report":
-            print(report_text(args.original, args.quantized, args.json))
+            print(report_text(args.original, args.quantized, args.json, _progress_bar(args)))
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at exit
+    except BrokenPipeError:
+        # The reader went away (`pyquant inspect x | head`): stop quietly, as
+        # Unix tools do; stdout goes to /dev/null so the exit flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (QuantizeError, OSError) as exc:
         print(f"pyquant: error: {shown(str(exc), 2000, backslashes=False)}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from .core import quantize_ptr
 from .dtypes import BFLOAT16
-from .metrics import error_stats, format_table
+from .metrics import HIGH_ERROR_NOTE, error_stats, format_table, high_error
 
 
 def synthetic_model(seed: int = 0, d_model: int = 512, d_ff: int = 1408, vocab: int = 8000,
@@ -47,6 +47,7 @@ def run(bits_list: Iterable[int] = (8, 4, 2), group_size: int | None = 128, seed
         rows = []
         total_in = total_q = 0
         total_time = 0.0
+        flagged = 0
         for name, w in model.items():
             t0 = time.perf_counter()
             qt = quantize_ptr(w, bits=bits, group_size=group_size)
@@ -58,11 +59,14 @@ def run(bits_list: Iterable[int] = (8, 4, 2), group_size: int | None = 128, seed
             rows.append([
                 name, "x".join(map(str, w.shape)), qt.dtype, bits,
                 f"{qt.compression_ratio:.2f}x", f"{stats.max_abs:.3e}",
-                f"{stats.rel_rmse:.4f}", f"{elapsed * 1e3:.2f}",
+                f"{stats.rel_rmse:.4f}", f"{elapsed * 1e3:.2f}", "!!" if high_error(stats) else "",
             ])
-        headers = ["layer", "shape", "dtype", "bits", "ratio", "max abs err", "rel RMSE", "time ms"]
+            flagged += high_error(stats)
+        headers = ["layer", "shape", "dtype", "bits", "ratio", "max abs err", "rel RMSE", "time ms", "flag"]
         out.append(f"== {bits}-bit, group size {group_size or 'per row'} ==")
         out.append(format_table(headers, rows))
+        if flagged:
+            out.append(f"{flagged} of {len(rows)} layers flagged. {HIGH_ERROR_NOTE}")
         out.append(
             f"total: {total_in / 2**20:.1f} MiB -> {total_q / 2**20:.1f} MiB "
             f"({total_in / total_q:.2f}x) in {total_time * 1e3:.1f} ms "

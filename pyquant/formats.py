@@ -7,7 +7,9 @@ other tensor is carried over unchanged. Its metadata says which is which:
 ``format = "pyquant"``, ``pyquant.format_version`` (:data:`FORMAT_VERSION`),
 ``pyquant.bits``, ``pyquant.group_size``, ``pyquant.tensors`` (JSON: name ->
 dtype, shape, bits, group_size of each quantized tensor) and
-``pyquant.source_metadata`` (the input's metadata, JSON).
+``pyquant.source_metadata`` (the input's metadata, JSON) and ``pyquant.kept``
+(JSON: reason -> names of the tensors carried over for that reason; absent
+in checkpoints written before it was added, which still read).
 
 An Arrow checkpoint is an Arrow IPC file in the Arrow path's schema
 (:func:`pyquant.quantized_schema`), one tensor per row, with the same
@@ -109,7 +111,42 @@ def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mappi
         "pyquant.group_size": "row" if group_size is None else str(group_size),
         "pyquant.tensors": json.dumps(exceptions, separators=(",", ":")),
         "pyquant.source_metadata": json.dumps(dict(source), separators=(",", ":")),
+        "pyquant.kept": json.dumps(kept_reasons(plans), separators=(",", ":")),
     }
+
+
+def kept_reasons(plans: list[Plan]) -> dict[str, list[str]]:
+    """Why each carried-over tensor was kept, as the checkpoint's
+    ``pyquant.kept`` metadata stores it: reason -> names (compact: a
+    handful of reasons for hundreds of norms and biases)."""
+    out: dict[str, list[str]] = {}
+    for p in plans:
+        if p.bits is None:
+            out.setdefault(p.kept_because or "", []).append(p.name)
+    return out
+
+
+NOT_RECORDED = "not recorded in this checkpoint (an older pyquant wrote it)"
+
+
+def _kept_reasons(path: str, text: Any) -> dict[str, str]:
+    """``pyquant.kept`` read back as name -> reason (empty if absent: an
+    older checkpoint; callers then say :data:`NOT_RECORDED`)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict) or not all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in value.values()):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.kept must be a JSON object of string lists")
+    out = {}
+    for reason, names in value.items():
+        check_text(path, reason)
+        for n in names:
+            out[n] = reason
+    return out
 
 
 class Sink(Protocol):
@@ -331,6 +368,7 @@ class QuantizedCheckpoint:
             raise CheckpointError(f"{path}: tensor {quoted(clash)} is both quantized and carried over")
         self.size = self.file.size
         self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
+        self.kept_reasons = _kept_reasons(path, meta.get("pyquant.kept"))
 
     def kept_info(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(safetensors dtype code, shape) of a carried-over tensor."""
@@ -416,6 +454,7 @@ class ArrowQuantizedCheckpoint:
                                   "(name, codes, scales, mins, shape, dtype, bits, group_size)")
         self.size = self._mmap.size() if self._mmap is not None else 0
         self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
+        self.kept_reasons = _kept_reasons(path, meta.get("pyquant.kept"))
         self.quantized: dict[str, dict[str, Any]] = {}
         self.kept: list[str] = []
         self._rows: dict[str, tuple[int, int]] = {}
@@ -518,6 +557,7 @@ class StoredTensor(NamedTuple):
     bits: int | None
     group_size: int | None
     stored_bytes: int
+    kept_because: str | None = None  # a carried-over tensor of a pyquant checkpoint: why
 
 
 def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], dict[str, str]]:
@@ -532,7 +572,7 @@ def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], di
                     codes, groups, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
                     rows.append(_quantized_row(n, m, math.prod(codes) + 8 * math.prod(groups)))
                 else:
-                    rows.append(_kept_row(n, *q.kept_info(n)))
+                    rows.append(_kept_row(n, *q.kept_info(n), q.kept_reasons.get(n, NOT_RECORDED)))
         return rows, {"format": FORMAT, "pyquant.container": "arrow"}
     with Checkpoint(path) as ckpt:
         meta = ckpt.metadata
@@ -543,7 +583,7 @@ def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], di
             if n in q.quantized:
                 rows.append(_quantized_row(n, q.quantized[n], sum(q.file.tensors[f"{n}.{p}"].nbytes for p in PARTS)))
             else:
-                rows.append(_kept_row(n, *q.kept_info(n)))
+                rows.append(_kept_row(n, *q.kept_info(n), q.kept_reasons.get(n, NOT_RECORDED)))
     return rows, meta
 
 
@@ -552,9 +592,9 @@ def _quantized_row(name: str, m: Mapping[str, Any], stored: int) -> StoredTensor
     return StoredTensor(name, m["dtype"], tuple(m["shape"]), m["bits"], m["group_size"], stored)
 
 
-def _kept_row(name: str, code: str, shape: tuple[int, ...]) -> StoredTensor:
+def _kept_row(name: str, code: str, shape: tuple[int, ...], why: str | None = None) -> StoredTensor:
     """A row for a carried-over tensor (safetensors dtype code)."""
-    return StoredTensor(name, str(DTYPES[code]), shape, None, None, math.prod(shape) * DTYPES[code].itemsize)
+    return StoredTensor(name, str(DTYPES[code]), shape, None, None, math.prod(shape) * DTYPES[code].itemsize, why)
 
 
 def is_arrow(path: str | os.PathLike[str]) -> bool:

@@ -22,6 +22,24 @@ class ErrorStats:
         return asdict(self)
 
 
+HIGH_REL_RMSE = 0.3
+"""Relative RMSE at or above which ``demo`` and ``report`` flag a tensor.
+0.3 is an error power of 9% of the signal's (SNR under 10.5 dB): 4-bit
+codes with groups of 128 stay near 0.1-0.17 on transformer weights, 8-bit
+near 0.01, while 2-bit codes land at 0.5-0.9 and one group per row with
+outlier channels passes 0.3; such a tensor is likely to break the model."""
+
+HIGH_ERROR_NOTE = (f"!! = relative RMSE >= {HIGH_REL_RMSE}: the error is about as large as a third of the weights "
+                   "themselves, which is likely to break the model; use more bits for these tensors "
+                   "(--bits-for PATTERN=8), a smaller group size, or --skip them, and test the model before "
+                   "shipping it")
+
+
+def high_error(stats: ErrorStats) -> bool:
+    """Whether ``stats`` are past :data:`HIGH_REL_RMSE` (the ``!!`` marker)."""
+    return stats.rel_rmse >= HIGH_REL_RMSE
+
+
 CHUNK = 1 << 18  # values per step: the float64 temporaries stay at a few MiB, whatever the tensor
 
 

@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
-from .core import QuantizedTensor, quantize_batch, quantize_copy
+from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy
 from ._text import quoted
-from .errors import CheckpointError, QuantizeError
+from .errors import CheckpointError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
 from .plan import Plan, check_options, plan_tensors
 from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
@@ -177,10 +177,14 @@ def quantize_file(
 
 
 def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                    force: bool = False, progress: ProgressCallback | None = None) -> Summary:
+                    force: bool = False, dtype: str | None = None,
+                    progress: ProgressCallback | None = None) -> Summary:
     """Writes a plain safetensors checkpoint with every tensor in its original
-    dtype and shape, from a pyquant checkpoint in either format; returns a
-    :class:`Summary`.
+    shape, from a pyquant checkpoint in either format; returns a
+    :class:`Summary`. Quantized tensors are written in their original dtype,
+    or in ``dtype`` (``"float32"``, ``"float16"`` or ``"bfloat16"``, as
+    :meth:`QuantizedTensor.dequantize` takes it); carried-over tensors
+    unchanged.
 
     Copies: inputs are read in place from the memory map; each dequantized
     tensor is one output-sized array, written then freed, so memory follows
@@ -191,6 +195,9 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     CheckpointError (bad input, existing or unwritable output) and the
     errors of :func:`dequantize`.
     """
+    if dtype is not None and dtype not in SUPPORTED_DTYPES:
+        raise UnsupportedDtypeError(f"dtype must be one of {', '.join(SUPPORTED_DTYPES)} (or None: the "
+                                    f"original's), got {dtype!r}")
     t0 = time.perf_counter()
     with open_quantized(src) as q:
         names = q.names()
@@ -198,7 +205,7 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         for n in names:
             if n in q.quantized:
                 m = q.quantized[n]
-                outs.append(OutputTensor(n, CODE_OF[m["dtype"]], tuple(m["shape"])))
+                outs.append(OutputTensor(n, CODE_OF[dtype or m["dtype"]], tuple(m["shape"])))
             else:
                 outs.append(OutputTensor(n, *q.kept_info(n)))
         source = q.source_metadata
@@ -208,7 +215,7 @@ def dequantize_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
             for n, o in zip(names, outs):
                 t = q.get(n)
                 if isinstance(t, QuantizedTensor):
-                    w.write(n, t.dequantize())
+                    w.write(n, t.dequantize(dtype))
                     summary.quantized += 1
                 else:
                     w.write(n, t)

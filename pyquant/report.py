@@ -14,8 +14,9 @@ import numpy as np
 
 from .core import QuantizedTensor
 from .errors import CheckpointError
-from .formats import open_quantized, stored_tensors
-from .metrics import ErrorStats, error_stats
+from .formats import NOT_RECORDED, open_quantized, stored_tensors
+from .metrics import HIGH_REL_RMSE, ErrorStats, error_stats, high_error
+from .pipeline import ProgressCallback, _Tracker
 from .safetensors_io import CODE_OF, DTYPES, Checkpoint
 
 
@@ -26,6 +27,12 @@ class TensorReport:
     dtype: str
     bits: int | None  # None: carried over
     stats: ErrorStats
+    kept_because: str | None = None  # a carried-over tensor: why it was kept
+
+    @property
+    def high_error(self) -> bool:
+        """Relative RMSE at or above :data:`pyquant.metrics.HIGH_REL_RMSE` (flagged ``!!``)."""
+        return high_error(self.stats)
 
 
 @dataclass(frozen=True)
@@ -43,19 +50,23 @@ class Report:
             "worst_tensor": max(q, key=lambda t: t.stats.rel_rmse).name if q else None,
             "min_cosine": min((t.stats.cosine for t in q), default=1.0),
             "max_abs": max((t.stats.max_abs for t in self.tensors), default=0.0),
+            "high_error_threshold": HIGH_REL_RMSE,
+            "high_error": [t.name for t in q if t.high_error],
         }
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tensors": [
-                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bits": t.bits, **t.stats.as_dict()}
+                {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bits": t.bits, **t.stats.as_dict(),
+                 "high_error": t.high_error, "kept_because": t.kept_because}
                 for t in self.tensors
             ],
             "summary": self.summary(),
         }
 
 
-def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
+def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str], *,
+                 progress: ProgressCallback | None = None) -> Report:
     """Per-tensor error statistics of a quantized checkpoint against its
     original (max abs, RMSE, relative RMSE, cosine, SNR); see
     :meth:`Report.summary` for the totals.
@@ -67,7 +78,9 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
     not the model. Parallelism: each dequantization is one native call on all cores;
     the statistics are numpy on the calling thread. Raises CheckpointError
     when the files hold different tensors, a carried-over tensor differs, or
-    a file is bad.
+    a file is bad. ``progress`` is called after each tensor (label
+    ``"comparing"``, bytes of the original). A carried-over tensor's row
+    says why it was kept (``kept_because``, from the checkpoint's metadata).
     """
     rows = []
     with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
@@ -75,6 +88,7 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
         missing = sorted(set(ckpt.names()) ^ set(names))
         if missing:
             raise CheckpointError(f"the checkpoints hold different tensors (e.g. {missing[0]!r})")
+        bar = _Tracker(progress, "comparing", len(names), ckpt.nbytes)
         for n in names:
             x = ckpt.array(n)
             t = q.get(n)
@@ -84,7 +98,9 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
                 if not (x.shape == t.shape and x.dtype == t.dtype and _same_bytes(x, t)):
                     raise CheckpointError(f"carried-over tensor {n!r} differs from the original")
                 stats = ErrorStats(0.0, 0.0, 0.0, 1.0, math.inf)
-                rows.append(TensorReport(n, tuple(x.shape), str(x.dtype), None, stats))
+                why = q.kept_reasons.get(n, NOT_RECORDED)
+                rows.append(TensorReport(n, tuple(x.shape), str(x.dtype), None, stats, why))
+            bar.update(x.nbytes)
             del x, t
             ckpt.release(n)
             q.release(n)
@@ -106,12 +122,14 @@ class InspectRow:
     bits: int | None
     group_size: int | None
     stored_bytes: int
+    kept_because: str | None  # a carried-over tensor of a pyquant checkpoint: why it was kept
     original_bytes: int
 
 
 def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, str]]:
     """What a checkpoint (plain safetensors, or pyquant in either format)
-    holds: one row per original tensor, and the file's metadata."""
+    holds: one row per original tensor (for a carried-over tensor of a
+    pyquant checkpoint, why it was kept), and the file's metadata."""
     stored, meta = stored_tensors(path)
     rows = [InspectRow(*s, original_bytes=math.prod(s.shape) * _itemsize(s.dtype)) for s in stored]
     return rows, meta

@@ -46,6 +46,9 @@ KNOWN_MAGIC = {
     b"GGUF": "a GGUF file (already quantized; pyquant reads safetensors)",
     b"ARROW1": "an Arrow IPC file (a pyquant Arrow checkpoint is already quantized; "
                "`pyquant dequantize` reads it)",
+    b"PK\x03\x04": "a zip archive (a PyTorch .bin/.pt checkpoint? convert it to safetensors first)",
+    b"\x80\x02": "a Python pickle (a PyTorch checkpoint? convert it to safetensors first)",
+    b"\x89HDF": "an HDF5 file (a Keras checkpoint? convert it to safetensors first)",
 }
 
 
@@ -165,16 +168,22 @@ class SafetensorsFile:
 def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     # Errors say what is wrong, never which bytes were found: pointed at any
     # file (a key, a password file), they must not reveal its content.
-    if size < 8:
-        raise CheckpointError(f"{path}: truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
+    if size == 0:
+        raise CheckpointError(f"{path}: not a safetensors file: it is empty")
     first = f.read(8)
     for magic, kind in KNOWN_MAGIC.items():
         if first.startswith(magic):
             raise CheckpointError(f"{path}: not a safetensors file: it is {kind}")
+    if all(32 <= b < 127 or b in b"\t\n\r" for b in first):
+        # A real header length has zero high bytes, so never reads as text.
+        raise CheckpointError(f"{path}: not a safetensors file: it starts with text (a safetensors file "
+                              "starts with an 8-byte header length, then a JSON header)")
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated: {size} bytes, a safetensors file starts with an 8-byte header length")
     (n,) = struct.unpack("<Q", first)
     if n > MAX_HEADER:
-        raise CheckpointError(f"{path}: not a safetensors file (its header length field exceeds the "
-                              f"{MAX_HEADER}-byte limit)")
+        raise CheckpointError(f"{path}: not a safetensors file (its first 8 bytes, read as the header length, "
+                              f"exceed the {MAX_HEADER // 1_000_000} MB limit)")
     if 8 + n > size:
         raise CheckpointError(f"{path}: not a safetensors file, or truncated (its header length field "
                               f"points past the end of the {size}-byte file)")
@@ -202,7 +211,8 @@ def _parse_header(f: Any, size: int, path: str) -> tuple[dict[str, TensorInfo], 
         # RecursionError: deep nesting.
         why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply" \
             if isinstance(exc, RecursionError) else "a number too long"
-        raise CheckpointError(f"{path}: corrupt header: not valid JSON ({why})") from None
+        raise CheckpointError(f"{path}: not a safetensors file, or a corrupt one: its header is not valid "
+                              f"JSON ({why})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
     metadata = header.pop("__metadata__", None) or {}

@@ -175,9 +175,9 @@ def header_file(path, header: dict, data: bytes = b""):
 
 @pytest.mark.parametrize("case,expect", [
     ("missing", "no such file"),
-    ("empty", "truncated"),
+    ("empty", "not a safetensors file: it is empty"),
     ("truncated_data", "point past the end"),
-    ("huge_header_len", "exceeds"),
+    ("huge_header_len", "exceed the 100 MB limit"),
     ("header_past_end", "points past the end"),
     ("not_json", "not valid JSON"),
     ("bad_dtype", "unsupported dtype 'F8_E4M3'"),
@@ -381,7 +381,40 @@ def test_progress_bar_on_a_terminal(tmp_path):
     status = pty.spawn([sys.executable, "-c", code], read)
     text = out.decode()
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "quantizing [" in text and "7/7 tensors" in text and "GB/s" in text
+    # tqdm's bar: label, percentage, bytes, throughput, and the tensors done.
+    assert "quantizing: 100%" in text and "7/7 tensors" in text and "B/s" in text, text
+    assert "\r" in text  # redrawn in place
+
+
+def test_progress_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
+    """Off a terminal (a pipe) there is no bar; on one, --quiet silences it
+    (issue 12 item 6). report draws one too."""
+    import pty
+
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    save(src, model())
+    out = run_cli("quantize", src, dst)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    out = run_cli("report", src, dst)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+
+    def on_pty(*args):
+        code = f"from pyquant.cli import main; raise SystemExit(main({list(map(str, args))!r}))"
+        buf = bytearray()
+
+        def read(fd):
+            data = os.read(fd, 1024)
+            buf.extend(data)
+            return data
+
+        status = pty.spawn([sys.executable, "-c", code], read)
+        assert os.waitstatus_to_exitcode(status) == 0, buf.decode()
+        return buf.decode()
+
+    assert "%|" not in on_pty("quantize", src, dst, "--force", "--quiet")
+    assert "%|" not in on_pty("report", src, dst, "--quiet")
+    text = on_pty("report", src, dst)
+    assert "comparing: 100%" in text and "7/7 tensors" in text
 
 
 def test_progress_callback_and_summary_of_every_file_entry_point(tmp_path):
