@@ -148,7 +148,7 @@ def test_outputs_follow_the_umask_and_a_replaced_file_keeps_its_mode(tmp_path):
     private.write_bytes(b"old")
     private.chmod(0o600)
     for fmt in ("safetensors", "arrow"):
-        assert run_cli("quantize", src, private, "--force", "--format", fmt, umask=0o022).returncode == 0
+        assert run_cli("quantize", src, private, "--force", "--format", fmt, "--force-format", umask=0o022).returncode == 0
         assert os.stat(private).st_mode & 0o777 == 0o600
     assert not debris(tmp_path)
 
@@ -180,7 +180,7 @@ def test_destination_that_is_the_source_is_refused_even_with_force(tmp_path):
     (tmp_path / "dir").mkdir()
     os.symlink(src, tmp_path / "dir" / "model.safetensors")
     for dst in (src, tmp_path / "hard.safetensors", tmp_path / "soft.safetensors", tmp_path / "dir" / "model.safetensors"):
-        for extra in ((), ("--force",), ("--force", "--format", "arrow")):
+        for extra in ((), ("--force",), ("--force", "--format", "arrow", "--force-format")):
             one_line_error(run_cli("quantize", src, dst, *extra), "same file as the input")
             one_line_error(run_cli("quantize", tmp_path / "dir", dst, *extra), "same file as the input")
     assert src.read_bytes() == original
