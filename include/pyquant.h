@@ -271,9 +271,10 @@ extern "C" {
 
  Input: `*in_array` with type `*in_schema` is a float32 or float16 array
  (one 1-D tensor, named by the schema's name), or a struct array with
- columns `name` (utf8 / large_utf8), `weights` (list, large_list or
- fixed_size_list of float32 or float16) and optional `shape`
- (list<int64>). Groups of `group_size` run along the last axis of each
+ columns `name` (utf8, large_utf8 or utf8_view), `weights` (list,
+ large_list, list_view, large_list_view or fixed_size_list of float32 or
+ float16) and optional `shape` (a list-like of any integer type).
+ Float64 is refused with the cast to make. Groups of `group_size` run along the last axis of each
  tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
  read in place; value and offset buffers must be aligned for their type.
  `threads` as for `pq_quantize_batch` (0: all cores); all tensors of the
