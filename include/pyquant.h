@@ -300,6 +300,17 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            struct PqError *error);
 
 /*
+ Checks an Arrow type, with no array yet, against what
+ `pq_quantize_arrow` accepts: the very check that function runs on its
+ `in_schema` before it reads the array (for `pyquant.explain`, which must
+ raise what the call would). `in_schema` is borrowed; the caller still
+ releases it. Errors as `pq_quantize_arrow`'s for a type it refuses:
+ `PQ_STATUS_UNSUPPORTED_DTYPE` (float64 says how to cast),
+ `PQ_STATUS_INVALID_ARROW` (a missing, unknown or repeated column).
+ */
+PqStatus pq_arrow_check_quantize_schema(const struct ArrowSchema *in_schema, struct PqError *error);
+
+/*
  The way back: reconstructs the tensors of a quantized batch (made by
  `pq_quantize_arrow`, or a batch of an Arrow checkpoint) as a struct
  array in the `form` asked for (`PQ_DEQUANTIZED_AUTO` or

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -166,6 +167,28 @@ def check_quantized(batch: Any) -> None:
     in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
     call(lib.pq_arrow_check_quantized, in_array, in_schema)
+
+
+def check_input_type(obj: Any) -> bool:
+    """Runs :func:`quantize_arrow`'s type check (the same Rust function,
+    ``pq_arrow_check_quantize_schema``) on ``obj``'s Arrow type, when that
+    type can be read without consuming ``obj``: an array (its exported
+    schema), or a pyarrow Table, RecordBatchReader or ChunkedArray (their
+    ``schema`` / ``type``). Returns whether it was checked (False for other
+    streams, whose type only shows when they are read); raises the error
+    :func:`quantize_arrow` would for a type it refuses. Copies nothing."""
+    pa = sys.modules.get("pyarrow")  # not imported: obj is no pyarrow object
+    if hasattr(obj, "__arrow_c_array__"):
+        schema_capsule, _ = obj.__arrow_c_array__()  # the unused array capsule releases itself
+    elif pa is not None and isinstance(obj, (pa.Table, pa.RecordBatchReader)):
+        schema_capsule = obj.schema.__arrow_c_schema__()
+    elif pa is not None and isinstance(obj, pa.ChunkedArray):
+        schema_capsule = obj.type.__arrow_c_schema__()
+    else:
+        return False
+    call(lib.pq_arrow_check_quantize_schema,
+         _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *"))
+    return True
 
 
 def quantized_schema() -> Any:

@@ -33,7 +33,7 @@ from typing import Any, Literal, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from .arrow import quantize_arrow
+from .arrow import check_input_type, quantize_arrow
 from .formats import is_arrow
 from .pipeline import Summary, quantize_arrow_file, quantize_file
 from .plan import check_options, plan_tensors
@@ -155,13 +155,16 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
     """The argument checks the chosen path's function runs before it reads
     any value, by the very functions it calls, so that :func:`explain`
     raises what :func:`quantize` would: the dtype (e.g. float64), bits,
-    group size against the shape, threads. Not the values (NaN, Inf), nor
-    an Arrow object's column types (checked in Rust as it is read)."""
+    group size against the shape, threads, an Arrow object's type when it
+    can be read without consuming the object (:func:`check_input_type`).
+    Not the values (NaN, Inf)."""
     chosen, data = decision.choice.path, decision.data
     if chosen == "file":
         check_options(bits, group_size)  # quantize_file's first step
         return
     c_threads(threads)
+    if chosen == "arrow":
+        check_input_type(data)  # the type check pq_quantize_arrow runs first
     if chosen == "ptr":
         check_in_place(data, dtype)
         quantized_layout(data.shape, bits, group_size)
@@ -282,8 +285,11 @@ def explain(
     ``threads``. Copies: an array-like that is not a numpy array is
     converted with ``np.asarray`` (to count its bytes); nothing else. The
     values themselves are not read (NaN and Inf are found by
-    :func:`quantize`), nor an Arrow object's column types (checked in Rust
-    as the object is read).
+    :func:`quantize`). An Arrow object's type is checked by the Rust check
+    :func:`quantize_arrow` runs (float64 weights, a missing column) when it
+    can be read without consuming the object: arrays and pyarrow
+    Tables, readers and chunked arrays; other streams (polars, duckdb,
+    nanoarrow) are checked as they are read.
     """
     return _decide(x, path, threads, dtype, params, bits, group_size).choice
 

@@ -302,3 +302,23 @@ def test_explain_checks_the_options_of_a_file(tmp_path):
     save_file({"w": np.ones((4, 128), np.float32)}, str(src))
     with pytest.raises(pyquant.InvalidGroupSizeError, match="does not fill whole bytes"):
         pyquant.explain(src, bits=2, group_size=3)
+
+
+def test_explain_runs_the_arrow_type_check():
+    """A float64 Arrow array, chunked array or Table column: explain raises
+    the UnsupportedDtypeError quantize_arrow raises (the same Rust check)."""
+    pa = pytest.importorskip("pyarrow")
+    doubles = np.ones(128)
+    for obj in (pa.array(doubles), pa.chunked_array([doubles]),
+                pa.table({"name": ["a"], "weights": [doubles]}),
+                pa.RecordBatchReader.from_batches(pa.schema([("name", pa.string()), ("weights", pa.list_(pa.float64()))]), [])):
+        with pytest.raises(pyquant.UnsupportedDtypeError, match="cast to float32 first") as by_explain:
+            pyquant.explain(obj)
+        with pytest.raises(pyquant.UnsupportedDtypeError) as by_quantize:
+            pyquant.quantize(obj)
+        assert str(by_quantize.value) == str(by_explain.value)
+    with pytest.raises(pyquant.ArrowDataError, match='unexpected column "w"'):
+        pyquant.explain(pa.record_batch({"name": ["a"], "w": [[1.0]]}))
+    ok = pa.table({"name": ["a"], "weights": pa.array([np.ones(128, np.float32)], pa.list_(pa.float32()))})
+    assert pyquant.explain(ok).path == "arrow"
+    assert pyquant.explain(ok.column("weights").chunk(0).values).path == "arrow"

@@ -72,6 +72,22 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     }
 }
 
+/// Checks an Arrow type, with no array yet, against what
+/// `pq_quantize_arrow` accepts: the very check that function runs on its
+/// `in_schema` before it reads the array (for `pyquant.explain`, which must
+/// raise what the call would). `in_schema` is borrowed; the caller still
+/// releases it. Errors as `pq_quantize_arrow`'s for a type it refuses:
+/// `PQ_STATUS_UNSUPPORTED_DTYPE` (float64 says how to cast),
+/// `PQ_STATUS_INVALID_ARROW` (a missing, unknown or repeated column).
+#[no_mangle]
+pub unsafe extern "C" fn pq_arrow_check_quantize_schema(
+    in_schema: *const FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
+    // SAFETY: the caller's promise on `in_schema`, as documented above.
+    run(error, || unsafe { import_field(in_schema, arrow::check_quantize_type) }.map(|_| ()))
+}
+
 /// `form` of `pq_dequantize_arrow`: `name`, `weights` (a list of the
 /// dtype), `shape` when every row is a quantized float32 row, or every row a
 /// quantized float16 row; otherwise as `PQ_DEQUANTIZED_RAW`.
@@ -285,6 +301,22 @@ unsafe fn import(
     in_schema: *const FFI_ArrowSchema,
     accept: fn(&DataType) -> Result<()>,
 ) -> Result<(Field, ArrayData)> {
+    let field = unsafe { import_field(in_schema, accept) }?;
+    // SAFETY: `array` is owned here and laid out as the spec says.
+    let raw = unsafe { &*(&array as *const FFI_ArrowArray as *const RawArray) };
+    unsafe { check_array(raw, field.data_type(), "in_array") }?;
+    // SAFETY: every buffer, child and length that the import reads was checked above.
+    let data = unsafe { from_ffi_and_data_type(array, field.data_type().clone()) }
+        .map_err(|e| Error::new(PqStatus::InvalidArrow, format!("in_array: {e}")))?;
+    Ok((field, data))
+}
+
+/// Checks the schema against the C Data Interface and reads it as a field,
+/// rejecting types `accept` refuses.
+///
+/// # Safety
+/// `in_schema` is NULL or points to an `ArrowSchema`.
+unsafe fn import_field(in_schema: *const FFI_ArrowSchema, accept: fn(&DataType) -> Result<()>) -> Result<Field> {
     check_struct("in_schema", in_schema)?;
     // SAFETY: non-NULL and aligned; FFI_ArrowSchema has the spec's layout.
     let schema = unsafe { &*in_schema };
@@ -296,13 +328,7 @@ unsafe fn import(
     let field =
         Field::try_from(schema).map_err(|e| Error::new(PqStatus::UnsupportedDtype, format!("in_schema: {e}")))?;
     accept(field.data_type())?;
-    // SAFETY: `array` is owned here and laid out as the spec says.
-    let raw = unsafe { &*(&array as *const FFI_ArrowArray as *const RawArray) };
-    unsafe { check_array(raw, field.data_type(), "in_array") }?;
-    // SAFETY: every buffer, child and length that the import reads was checked above.
-    let data = unsafe { from_ffi_and_data_type(array, field.data_type().clone()) }
-        .map_err(|e| Error::new(PqStatus::InvalidArrow, format!("in_array: {e}")))?;
-    Ok((field, data))
+    Ok(field)
 }
 
 /// Exports `data` into the caller's structs; nothing is written on error.
