@@ -116,3 +116,17 @@ def test_c_block_compiles(code, mark, tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, source + proc.stderr
+
+
+def test_readme_says_how_long_the_build_takes_and_how_to_watch_it():
+    """Issue 12 item 12: pip prints nothing for minutes; the README says how
+    long, why, and the verbose install that shows cargo's progress. The
+    command it measured is the one setup.py runs."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    text = " ".join(readme.split())
+    assert "The build takes a few minutes and prints nothing meanwhile." in text
+    assert "pip install -v '.[arrow]'" in text
+    measured = re.search(r"\(`(cargo build [^`]*)`\) took (\d+) s", text)
+    assert measured and 10 <= int(measured.group(2)) <= 600
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    assert all(f'"{word}"' in setup for word in measured.group(1).split())
