@@ -97,21 +97,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    def command(name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help ends with its examples."""
+        return sub.add_parser(name, help=help, description=description,
+                              epilog="examples:\n" + "".join(f"  pyquant {name} {e}".rstrip() + "\n" for e in examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def quant_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 4 or 8 (default: 4)")
         p.add_argument("--group-size", type=_group_size, default=128,
                        help="values per group along the last axis, or 'row' for one group per row (default: 128)")
 
-    demo = sub.add_parser(
-        "demo", epilog="examples:\n  pyquant demo\n  pyquant demo --bits 4 --group-size 64 --no-files\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="quantize a built-in synthetic transformer and print a per-layer table",
-        description="Builds a deterministic synthetic transformer in memory (no download), "
+    demo = command(
+        "demo", "quantize a built-in synthetic transformer and print a per-layer table",
+        "Builds a deterministic synthetic transformer in memory (no download), "
         "quantizes every layer at each bit width with the zero-copy path and prints shape, "
         "compression ratio, max abs error, relative RMSE and time per layer (!! flags a layer whose "
         "relative RMSE is high enough to break a model); then writes the "
         "model to a temporary safetensors file and runs the file pipeline on it "
         "(quantize, inspect, report, dequantize).",
+        "", "--bits 4 --group-size 64 --no-files",
     )
     demo.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2], help="bit widths (default: 8 4 2)")
     demo.add_argument("--group-size", type=_group_size, default=128,
@@ -119,16 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights (default: 0)")
     demo.add_argument("--no-files", action="store_true", help="skip the file pipeline part")
 
-    q = sub.add_parser("quantize", help="quantize a safetensors checkpoint",
-                       description="Quantizes a .safetensors file or a sharded model directory "
+    q = command("quantize", "quantize a safetensors checkpoint",
+                "Quantizes a .safetensors file or a sharded model directory "
                        "(with model.safetensors.index.json) into a pyquant checkpoint. Floating-point "
                        "tensors of 2+ dimensions are quantized; others (and --skip matches) are carried "
-                       "over unchanged. The output is written to a temporary file and renamed at the end.",
-                       epilog="examples:\n"
-                       "  pyquant quantize model.safetensors model.q4.safetensors\n"
-                       "  pyquant quantize llama/ llama.q4.safetensors --skip lm_head --bits-for 'mlp=8'\n"
-                       "  pyquant quantize model.safetensors model.q4.arrow   # the Arrow format, by extension\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                "over unchanged. The output is written to a temporary file and renamed at the end.",
+                "model.safetensors model.q4.safetensors",
+                "llama/ llama.q4.safetensors --skip lm_head --bits-for 'mlp=8'",
+                "model.safetensors model.q4.arrow   # the Arrow format, by extension")
     q.add_argument("input", help="a .safetensors file or a model directory")
     q.add_argument("output", help="the output checkpoint file (.safetensors, or .arrow for the Arrow format)")
     quant_options(q)
@@ -147,13 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the output even if no tensor is quantized (otherwise an error)")
     q.add_argument("--quiet", action="store_true", help="no progress bar, carried-over reasons or summary")
 
-    d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
-                       description="Writes every tensor in its original shape: quantized tensors in their "
-                       "original dtype (or --dtype), carried-over tensors unchanged.",
-                       epilog="examples:\n"
-                       "  pyquant dequantize model.q4.safetensors restored.safetensors\n"
-                       "  pyquant dequantize model.q4.arrow restored.safetensors --dtype float16\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = command("dequantize", "turn a pyquant checkpoint back into a plain safetensors file",
+                "Writes every tensor in its original shape: quantized tensors in their "
+                "original dtype (or --dtype), carried-over tensors unchanged.",
+                "model.q4.safetensors restored.safetensors",
+                "model.q4.arrow restored.safetensors --dtype float16")
     d.add_argument("input", help="a pyquant checkpoint (safetensors or Arrow format)")
     d.add_argument("output", help="the plain safetensors file to write")
     d.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
@@ -162,23 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace the output if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
-    i = sub.add_parser("inspect", help="list what a checkpoint holds",
-                       description="Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
-                       "tensor a pyquant checkpoint carried over unchanged, why it was kept.",
-                       epilog="examples:\n  pyquant inspect model.q4.safetensors\n"
-                       "  pyquant inspect model.q4.arrow --json\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = command("inspect", "list what a checkpoint holds",
+                "Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
+                "tensor a pyquant checkpoint carried over unchanged, why it was kept.",
+                "model.q4.safetensors", "model.q4.arrow --json")
     i.add_argument("file", help="a safetensors file or a pyquant checkpoint (either format)")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    r = sub.add_parser("report", help="error statistics of a quantized checkpoint against its original",
-                       description="Per tensor: max abs error, RMSE, relative RMSE, cosine similarity and "
-                       "SNR in dB (!! flags a tensor whose relative RMSE is high enough to break a model; "
-                       "a carried-over tensor says why it was kept); then a summary.",
-                       epilog="examples:\n"
-                       "  pyquant report model.safetensors model.q4.safetensors\n"
-                       "  pyquant report model.safetensors model.q2.arrow --json\n",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = command("report", "error statistics of a quantized checkpoint against its original",
+                "Per tensor: max abs error, RMSE, relative RMSE, cosine similarity and "
+                "SNR in dB (!! flags a tensor whose relative RMSE is high enough to break a model; "
+                "a carried-over tensor says why it was kept); then a summary.",
+                "model.safetensors model.q4.safetensors", "model.safetensors model.q2.arrow --json")
     r.add_argument("original", help="the original safetensors file or model directory")
     r.add_argument("quantized", help="the pyquant checkpoint made from it (either format)")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")

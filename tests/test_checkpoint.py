@@ -364,13 +364,11 @@ def test_arrow_format_matches_the_arrow_path_and_round_trips(tmp_path):
         assert f.array("bf16.weight").dtype == ml_dtypes.bfloat16
 
 
-def test_progress_bar_on_a_terminal(tmp_path):
-    """On a terminal (a pty here) quantize shows tensors, bytes and throughput."""
+def on_pty(*args):
+    """What the command prints on a terminal (a pty), stdout and stderr together."""
     import pty
 
-    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
-    save(src, model())
-    code = f"from pyquant.cli import main; raise SystemExit(main(['quantize', {str(src)!r}, {str(dst)!r}]))"
+    code = f"from pyquant.cli import main; raise SystemExit(main({list(map(str, args))!r}))"
     out = bytearray()
 
     def read(fd):
@@ -379,8 +377,15 @@ def test_progress_bar_on_a_terminal(tmp_path):
         return data
 
     status = pty.spawn([sys.executable, "-c", code], read)
-    text = out.decode()
-    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert os.waitstatus_to_exitcode(status) == 0, out.decode()
+    return out.decode()
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal (a pty here) quantize shows tensors, bytes and throughput."""
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    save(src, model())
+    text = on_pty("quantize", src, dst)
     # tqdm's bar: label, percentage, bytes, throughput, and the tensors done.
     assert "quantizing: 100%" in text and "7/7 tensors" in text and "B/s" in text, text
     assert "\r" in text  # redrawn in place
@@ -389,27 +394,12 @@ def test_progress_bar_on_a_terminal(tmp_path):
 def test_progress_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
     """Off a terminal (a pipe) there is no bar; on one, --quiet silences it
     (issue 12 item 6). report draws one too."""
-    import pty
-
     src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
     save(src, model())
     out = run_cli("quantize", src, dst)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     out = run_cli("report", src, dst)
     assert out.returncode == 0 and out.stderr == "", out.stderr
-
-    def on_pty(*args):
-        code = f"from pyquant.cli import main; raise SystemExit(main({list(map(str, args))!r}))"
-        buf = bytearray()
-
-        def read(fd):
-            data = os.read(fd, 1024)
-            buf.extend(data)
-            return data
-
-        status = pty.spawn([sys.executable, "-c", code], read)
-        assert os.waitstatus_to_exitcode(status) == 0, buf.decode()
-        return buf.decode()
 
     assert "%|" not in on_pty("quantize", src, dst, "--force", "--quiet")
     assert "%|" not in on_pty("report", src, dst, "--quiet")
