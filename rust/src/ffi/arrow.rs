@@ -769,4 +769,28 @@ mod tests {
         assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields()));
         assert_eq!(arrow::live_exports(), 0);
     }
+
+    /// The schema-only check says what pq_quantize_arrow would, with no array.
+    #[test]
+    fn schema_check_without_an_array() {
+        let check = |dt: Option<DataType>| {
+            let mut e = PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] };
+            let schema = dt.map(|dt| FFI_ArrowSchema::try_from(dt).unwrap());
+            let p = schema.as_ref().map_or(ptr::null(), |s| s as *const FFI_ArrowSchema);
+            let st = unsafe { pq_arrow_check_quantize_schema(p, &mut e) };
+            (st, message(&e))
+        };
+        let list = |v: DataType| DataType::List(std::sync::Arc::new(Field::new_list_field(v, true)));
+        let batch = |weights: DataType| {
+            DataType::Struct(
+                vec![Field::new("name", DataType::Utf8View, false), Field::new("weights", weights, false)].into(),
+            )
+        };
+        assert_eq!(check(Some(DataType::Float32)).0, PqStatus::Ok);
+        assert_eq!(check(Some(batch(list(DataType::Float16)))).0, PqStatus::Ok);
+        let (st, msg) = check(Some(batch(list(DataType::Float64))));
+        assert!(st == PqStatus::UnsupportedDtype && msg.contains("cast to float32"), "{msg}");
+        assert_eq!(check(Some(DataType::Utf8)).0, PqStatus::UnsupportedDtype);
+        assert_eq!(check(None).0, PqStatus::NullPointer);
+    }
 }
