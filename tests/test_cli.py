@@ -187,3 +187,25 @@ def test_demo_and_report_flag_high_error(tmp_path):
         assert rep["summary"]["high_error"] == (["w"] if marked else [])
         assert rep["summary"]["high_error_threshold"] == HIGH_REL_RMSE
         assert [t["high_error"] for t in rep["tensors"] if t["name"] == "w"] == [marked]
+
+
+def test_a_tampered_kept_list_is_an_error_and_reasons_print_escaped(tmp_path):
+    """pyquant.kept comes from the file: a wrong type is a one-line error,
+    and a reason holding escape sequences is printed inert."""
+    from pyquant.safetensors_io import SafetensorsFile
+
+    src, dst = model_file(tmp_path / "m.safetensors"), tmp_path / "q.safetensors"
+    assert run("quantize", src, dst, "--group-size", "64").returncode == 0
+    with SafetensorsFile(dst) as f:
+        tensors = {n: np.array(f.array(n)) for n in f.tensors}
+        meta = dict(f.metadata)
+    for kept, expect in (('{"why": "norm.weight"}', "pyquant.kept must be a JSON object of string lists"),
+                         ("[1]", "pyquant.kept must be a JSON object of string lists")):
+        bad = tmp_path / "bad.safetensors"
+        save_file(tensors, str(bad), {**meta, "pyquant.kept": kept})
+        out = run("inspect", bad)
+        assert out.returncode == 1 and expect in out.stderr, out.stderr
+    odd = tmp_path / "odd.safetensors"
+    save_file(tensors, str(odd), {**meta, "pyquant.kept": json.dumps({"\x1b[31mred": ["norm.weight", "ids"]})})
+    out = run("inspect", odd)
+    assert out.returncode == 0 and "\x1b" not in out.stdout and "kept ids: \\x1b[31mred" in out.stdout
