@@ -618,8 +618,9 @@ class _Plan:
         self.size, self.row_len = math.prod(shape), shape[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
-        # Scales, then mins, then codes: every offset a multiple of 4.
-        self.nbytes = 8 * self.n_groups + self.codes_len
+        # Scales, then mins, then codes: every offset a multiple of 4, and
+        # the size too, so that a family's records keep their floats aligned.
+        self.nbytes = -(-(8 * self.n_groups + self.codes_len) // 4) * 4
         self.record = _block_record(self.codes_shape, self.groups_shape, self.nbytes)
         self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size}
 
