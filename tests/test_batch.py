@@ -159,3 +159,14 @@ def test_row24_the_gil_is_released_during_a_long_call():
     middle = [x for x in ticks if start + 0.2 * (end - start) < x < end - 0.2 * (end - start)]
     # With the GIL held for the call, this loop could not run inside it at all.
     assert len(middle) > 100, (len(middle), end - start)
+
+
+def test_family_records_keep_floats_aligned():
+    """Tensors whose codes are not a multiple of 4 bytes share one block:
+    every record's scales and mins stay aligned (records are padded)."""
+    xs = [np.arange(4, dtype=np.float32) + i for i in range(3)]
+    got = pyquant.quantize_batch(xs, bits=2, group_size=4)
+    for x, q in zip(xs, got):
+        want = pyquant.quantize_ptr(x, bits=2, group_size=4)
+        assert q.codes.tobytes() == want.codes.tobytes() and q.scales.tobytes() == want.scales.tobytes()
+        assert q.scales.ctypes.data % 4 == 0 and q.mins.ctypes.data % 4 == 0
