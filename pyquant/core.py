@@ -305,12 +305,13 @@ def quantize_batch(
             _carve(plan, members, rows, results)
         else:
             given: list[Any] = []
+            reuse, extend = plan.reuse, given.extend
             for i in members:
                 try:
-                    results[i], *arrs = plan.reuse(outs[i])
+                    results[i], *arrs = reuse(outs[i])
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
-                given += arrs
+                extend(arrs)
             at = _addresses(given).reshape(-1, 3)
             rows["codes"], rows["scales"], rows["mins"] = at[:, 0], at[:, 1], at[:, 2]
         if not whole:
@@ -652,9 +653,17 @@ class _Plan:
             codes, scales, mins = out
         else:
             raise QuantizeError(f"out must be a QuantizedTensor or a tuple (codes, scales, mins), got {type(out).__name__}")
-        _check_output("out codes", codes, _U8, self.codes_shape)
-        _check_output("out scales", scales, _F32, self.groups_shape)
-        _check_output("out mins", mins, _F32, self.groups_shape)
+        groups = self.groups_shape
+        # The common case in one expression (this runs per tensor of a
+        # batch); anything else goes through the checks that name the problem.
+        if not (type(codes) is np.ndarray and type(scales) is np.ndarray and type(mins) is np.ndarray
+                and codes.dtype is _U8 and scales.dtype is _F32 and mins.dtype is _F32
+                and codes.shape == self.codes_shape and scales.shape == groups and mins.shape == groups
+                and (f := codes.flags).c_contiguous and f.writeable and (f := scales.flags).c_contiguous
+                and f.writeable and (f := mins.flags).c_contiguous and f.writeable):
+            _check_output("out codes", codes, _U8, self.codes_shape)
+            _check_output("out scales", scales, _F32, groups)
+            _check_output("out mins", mins, _F32, groups)
         return _trusted(codes, scales, mins, self.fields), codes, scales, mins
 
 
@@ -697,10 +706,6 @@ def _block_record(codes_shape: tuple[int, ...], groups_shape: tuple[int, ...], n
 def _check_output(what: str, arr: Any, want: np.dtype[Any], shape: tuple[int, ...]) -> None:
     """A caller-provided output: a writable, C-contiguous numpy array of
     dtype ``want`` and ``shape``."""
-    if isinstance(arr, np.ndarray) and arr.dtype is want and arr.shape == shape:
-        f = arr.flags
-        if f.c_contiguous and f.writeable:
-            return
     if not isinstance(arr, np.ndarray) or arr.dtype != want:
         got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
         raise UnsupportedDtypeError(f"{what} must be a numpy {want} array, got {got}")
