@@ -16,7 +16,9 @@ Variants:
   legacy   what older bindings do: arr.tolist() -> ffi.new -> one C call per layer
   copy     pyquant.quantize_copy per layer
   ptr      pyquant.quantize_ptr per layer
-  batch    one pyquant.quantize_batch call
+  batch    one pyquant.quantize_batch call (fresh outputs)
+  batch_out  one pyquant.quantize_batch call into outputs allocated once (out=), as a
+           loop over checkpoints reuses warm memory (memcpy's outputs are allocated once too)
   arrow    pyquant.quantize_arrow on the same tensors as Arrow data (when available)
 
 Times are medians of repeated runs; ratios are to memcpy and numpy of the same
@@ -107,6 +109,11 @@ def variants() -> dict[str, Callable[[list[np.ndarray]], Callable[[], Any]]]:
     table = {"memcpy": memcpy, "numpy": numpy_ref, "legacy": legacy, "cffi": cffi_raw, "copy": copy, "ptr": ptr}
     if hasattr(pyquant, "quantize_batch"):
         table["batch"] = lambda layers: (lambda: pyquant.quantize_batch(layers, bits=BITS, group_size=GROUP))
+
+        def batch_out(layers):
+            out = pyquant.quantize_batch(layers, bits=BITS, group_size=GROUP)
+            return lambda: pyquant.quantize_batch(layers, bits=BITS, group_size=GROUP, out=out)
+        table["batch_out"] = batch_out
     if hasattr(pyquant, "quantize_arrow"):
         def arrow(layers):
             import pyarrow as pa
@@ -214,7 +221,7 @@ def tiny_overhead(repeats: int) -> dict[str, float]:
 
 def render_table(results: dict[str, Any]) -> str:
     """The Markdown table that goes into the README."""
-    order = ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "arrow"]
+    order = ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "batch_out", "arrow"]
     lines = ["| scenario | variant | median | vs memcpy | speed-up vs numpy | peak memory |",
              "|---|---|---|---|---|---|"]
     for sc, res in results["scenarios"].items():
@@ -244,7 +251,8 @@ def chart(results: dict[str, Any], path: str) -> None:
     fig, axes = plt.subplots(1, len(scs), figsize=(5 * len(scs), 4))
     for ax, sc in zip(np.atleast_1d(axes), scs):
         res = results["scenarios"][sc]["variants"]
-        names = [v for v in ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "arrow"] if v in res]
+        names = [v for v in ["memcpy", "numpy", "native", "cffi", "legacy", "copy", "ptr", "batch", "batch_out", "arrow"]
+                 if v in res]
         ratios = [res[v]["vs_memcpy"] for v in names]
         colors = ["#888" if v in ("memcpy", "numpy", "native", "cffi") else "#1f77b4" for v in names]
         ax.barh(names, ratios, color=colors)

@@ -4,7 +4,11 @@
  * Conventions: every fallible function returns a PqStatus (PQ_STATUS_OK = 0)
  * and takes a caller-allocated, nullable PqError* as its last argument.
  * Every pointer is followed by its length (a count of its element type);
- * NULL with length 0 is an empty buffer. Outputs are written only on success.
+ * NULL with length 0 is an empty buffer. On an error about pointers, lengths
+ * or the layout, outputs are untouched; on a bad value (NaN, Inf, a range
+ * that overflows) the caller's outputs may be partly written, never any
+ * other memory, and the error names the first bad value in item and group
+ * order, the same for every thread count.
  * All buffers are owned by the caller unless a function says otherwise.
  */
 
@@ -60,9 +64,10 @@ struct ArrowArray {
 
 /*
  Version of the C ABI. Bumped on any incompatible change of a signature,
- struct or constant in `pyquant.h`.
+ struct or constant in `pyquant.h`, or of a documented guarantee (4:
+ outputs may be partly written on a bad value).
  */
-#define PQ_ABI_VERSION 3
+#define PQ_ABI_VERSION 4
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -425,8 +430,11 @@ PqStatus pq_quantized_sizes(size_t input_len,
  (use `pq_quantize_copy` if it may). Output lengths are counts of their
  element type and must be at least what `pq_quantized_sizes` returns;
  outputs may not overlap the input or each other. All buffers are owned by
- the caller; pyquant keeps no pointer after returning. Outputs are written
- only when the call returns `PQ_STATUS_OK`.
+ the caller; pyquant keeps no pointer after returning. On an error about
+ pointers, lengths or the layout nothing is written; on a bad value
+ (`PQ_STATUS_NON_FINITE`) the outputs may be partly written (the input is
+ read once, each group validated as it is quantized) and the error names
+ the first bad value, the same for every `threads`.
  */
 PqStatus pq_quantize(uint32_t dtype,
                      const void *input,
@@ -449,8 +457,8 @@ PqStatus pq_quantize(uint32_t dtype,
  quantizes that copy. `input` needs no alignment and may change after the
  copy is taken; `input_bytes` must be a multiple of the element size.
  Same bytes out as `pq_quantize` for the same values; `threads` as there.
- Buffers are owned by the caller; outputs are written only on
- `PQ_STATUS_OK`.
+ Buffers are owned by the caller; on error the outputs may be partly
+ written, as for `pq_quantize`.
  */
 PqStatus pq_quantize_copy(uint32_t dtype,
                           const uint8_t *input,
@@ -476,7 +484,9 @@ PqStatus pq_quantize_copy(uint32_t dtype,
 
  Input lengths must match the layout exactly; `output` must be aligned for
  `dtype`, at least `output_len` long and not overlap the inputs. Buffers are
- owned by the caller. `output` is written only on `PQ_STATUS_OK`.
+ owned by the caller. On a non-finite scale or min, `output` may be partly
+ written (each run of groups is checked just before it is decoded); on
+ any other error it is untouched.
  */
 PqStatus pq_dequantize(const uint8_t *codes,
                        size_t codes_len,
@@ -499,11 +509,14 @@ PqStatus pq_dequantize(const uint8_t *codes,
  threads, small ones are spread over them). Items may mix dtypes, bit
  widths and group sizes.
 
- All or nothing: every item is checked (pointers, lengths, layout), no
- output of any item may overlap any input or output of any item or the
- `items` array (inputs may overlap each other), and every input value is
- validated, all before any output of any item is written. On failure
- nothing is written and `*failed_item` is set to the index N of the item
+ Every item is checked (pointers, lengths, layout), and no output of any
+ item may overlap any input or output of any item or the `items` array
+ (inputs may overlap each other), before any output is written. Input
+ values are validated in the same pass that quantizes them: on a bad value
+ the outputs of any items may be partly written, and the error is the
+ first bad value in item and group order, the same for every `threads`.
+ Nothing but the items' outputs is ever written. On failure
+ `*failed_item` is set to the index N of the item
  the problem is about (to `SIZE_MAX` when it is not about one item, and on
  success); the message describes the problem without naming N, so that a
  host can name the tensor in its own terms. Checks run in this order: each
@@ -526,9 +539,11 @@ PqStatus pq_quantize_batch(const struct PqQuantizeItem *items,
  to `threads` threads as `pq_quantize`. Items may mix dtypes, bit widths
  and group sizes.
 
- All or nothing, as `pq_quantize_batch`: every item is checked, no output
- may overlap any buffer of any item or the `items` array, and every scale
- and min is validated before any output is written; on failure
+ Errors as `pq_quantize_batch`: every item is checked and no output may
+ overlap any buffer of any item or the `items` array, before any output is
+ written; scales and mins are validated as their groups are decoded (on a
+ non-finite one, outputs may be partly written; the error is the first in
+ item and group order); on failure
  `*failed_item` is the index of the item the problem is about (`SIZE_MAX`
  when not about one item, and on success).
 

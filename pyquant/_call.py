@@ -83,7 +83,13 @@ def message(err: Any) -> str:
 def check(status: int, err: Any) -> None:
     """Raises the exception for ``status`` with the message in ``err``, if not OK."""
     if status != _OK:
-        raise error_class(status)(message(err))
+        raise_for(status, err)
+
+
+def raise_for(status: int, err: Any) -> None:
+    """Raises the exception for a non-OK ``status`` with the message in ``err``
+    (for callers that make the C call themselves, on their fast path)."""
+    raise error_class(status)(message(err))
 
 
 def call(function: Any, *args: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, o
 import numpy as np
 import numpy.typing as npt
 
-from ._call import call, call_batch
+from ._call import call, call_batch, error_struct, raise_for
 from ._lib import ffi, lib
 from .dtypes import BFLOAT16, QUANTIZABLE
 from .errors import (
@@ -103,13 +103,24 @@ def quantize_ptr(
     group_size: int | None = 128,
     dtype: DTypeLike = None,
     threads: int | None = None,
+    out: Out = None,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` along its last axis, reading its buffer in place.
 
     Copies: none. The array's memory is passed to Rust by address; the
-    outputs are numpy arrays allocated here and filled by Rust. An input that
-    would need a copy (not C-contiguous, misaligned, non-native byte order,
-    not a numpy array) raises :class:`CopyRequiredError` saying how to fix it.
+    outputs are one block allocated here (codes, scales and mins are three
+    views of it) and filled by Rust. An input that would need a copy (not
+    C-contiguous, misaligned, non-native byte order, not a numpy array)
+    raises :class:`CopyRequiredError` saying how to fix it.
+
+    ``out`` (a :class:`QuantizedTensor`, e.g. an earlier result, or a tuple
+    ``(codes, scales, mins)`` of numpy arrays) makes Rust write into those
+    arrays instead, so that a loop over layers reuses warm memory: they must
+    have the result's dtypes (uint8, float32, float32) and shapes, be
+    C-contiguous and writable (QuantizeError otherwise), aligned and not
+    overlap ``arr`` (MisalignedError / OverlapError, from the C ABI). The
+    result's arrays are then ``out``'s. On an error about a value (NaN,
+    Inf, a range that overflows) ``out`` may have been partly written.
 
     Parallelism: one native call with the GIL released; a large tensor is
     split across ``threads`` threads (None: all cores; 1: the calling thread
@@ -123,11 +134,23 @@ def quantize_ptr(
     Raises QuantizeError subclasses: UnsupportedDtypeError, CopyRequiredError,
     InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError.
     """
-    name, code = _check_in_place(arr, dtype)
-    out, row_len = _allocate(arr.shape, name, bits, group_size)
-    call(lib.pq_quantize, code, ffi.from_buffer(_raw_view(arr)), arr.size, row_len, out.bits,
-         out.group_size, c_threads(threads), *_output_args(out))
-    return out
+    # Python checks only what C cannot see (type, strides, dtype); C checks
+    # lengths, alignment and overlaps.
+    if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
+        _check_in_place(arr, dtype)
+    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype)
+    if out is None:
+        qt, codes, scales, mins = plan.new()
+    else:
+        qt, *arrays = plan.reuse(out)
+        codes, scales, mins = ffi.from_buffer("uint8_t[]", arrays[0]), *(ffi.from_buffer("float[]", a) for a in arrays[1:])
+    err = error_struct()
+    status = lib.pq_quantize(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)), plan.size,
+                             plan.row_len, plan.bits, plan.group_size, 0 if threads is None else c_threads(threads),
+                             codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups, err)
+    if status:
+        raise_for(status, err)
+    return qt
 
 
 def quantize_copy(
@@ -156,30 +179,37 @@ def quantize_copy(
     InvalidGroupSizeError, ShapeError, NonFiniteError.
     """
     a = np.asarray(arr)
-    name, code = _resolve_dtype(a, dtype)
+    name, code = _resolve_dtype(a.dtype, dtype)
     if needs_normalizing(a):  # one numpy copy: contiguous and native order at once
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
     a = np.ascontiguousarray(a)  # a 0-d array becomes 1-d; otherwise a no-op
-    out, row_len = _allocate(a.shape, name, bits, group_size)
-    call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, row_len, out.bits,
-         out.group_size, c_threads(threads), *_output_args(out))
-    return out
+    plan = _plan(a.dtype, a.shape, bits, group_size, dtype)
+    qt, codes, scales, mins = plan.new()
+    call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, plan.row_len, plan.bits,
+         plan.group_size, c_threads(threads), codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
+    return qt
 
 
-def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | None = None) -> np.ndarray[Any, Any]:
+def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | None = None,
+               out: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
     """Reconstructs ``mins + q * scales`` (float32 arithmetic) with ``qt.shape``.
 
-    ``dtype`` defaults to the original dtype; float32, float16 and bfloat16
-    are supported (rounded to nearest-even from the float32 result).
-    Copies: none beyond the output array, which is allocated here and
-    filled by Rust. Parallelism as :func:`quantize_ptr`. Raises
-    UnsupportedDtypeError (``dtype``), BufferSizeError / ShapeError (codes,
-    scales or mins that do not fit ``shape``), InvalidBitsError,
-    InvalidGroupSizeError.
+    ``dtype`` defaults to the original dtype (or ``out``'s); float32, float16
+    and bfloat16 are supported (rounded to nearest-even from the float32
+    result). Copies: none beyond the output array, which is allocated here
+    and filled by Rust; ``out`` (a writable, C-contiguous array of that dtype
+    and ``qt.shape``) makes Rust write into it instead and is returned (on a
+    non-finite scale or min it may have been partly written). Parallelism
+    as :func:`quantize_ptr`. Raises UnsupportedDtypeError (``dtype``),
+    BufferSizeError / ShapeError (codes, scales or mins that do not fit
+    ``shape``), InvalidBitsError, InvalidGroupSizeError; for ``out``,
+    ShapeError, CopyRequiredError, MisalignedError, OverlapError.
     """
-    code, out = _dequantize_output(qt, dtype)
+    if out is not None and dtype is None and isinstance(out, np.ndarray):
+        dtype = out.dtype
+    code, out = _dequantize_output(qt, dtype, out)
     call(lib.pq_dequantize, *_dequantize_args(qt), code, c_threads(threads),
-         ffi.from_buffer(_raw_view(out), require_writable=True), out.size)
+         ffi.from_buffer(_raw_view(out)), out.size)
     return out
 
 
@@ -192,10 +222,12 @@ K = TypeVar("K")
 
 @overload
 def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
-                   params: Params = ..., threads: int | None = ...) -> dict[K, QuantizedTensor]: ...
+                   params: Params = ..., threads: int | None = ...,
+                   out: Mapping[K, Out] | None = ...) -> dict[K, QuantizedTensor]: ...
 @overload
 def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
-                   params: Params = ..., threads: int | None = ...) -> list[QuantizedTensor]: ...
+                   params: Params = ..., threads: int | None = ...,
+                   out: Sequence[Out] | None = ...) -> list[QuantizedTensor]: ...
 
 
 def quantize_batch(
@@ -205,6 +237,7 @@ def quantize_batch(
     group_size: int | None = 128,
     params: Params = None,
     threads: int | None = None,
+    out: Mapping[Any, Out] | Sequence[Out] | None = None,
 ) -> dict[Any, QuantizedTensor] | list[QuantizedTensor]:
     """Quantizes many tensors in one native call.
 
@@ -215,14 +248,22 @@ def quantize_batch(
     name -> pair (or None for the defaults); names of a sequence are its
     indices. Mixed precision is one call.
 
+    ``out`` (the same form as the result, e.g. an earlier result) makes Rust
+    write each tensor's result into the given arrays, as ``out=`` of
+    :func:`quantize_ptr` does; no output may overlap any input or output
+    (OverlapError).
+
     Copies: none; every input is read in place, so every input must meet
     :func:`quantize_ptr`'s rules (CopyRequiredError names the tensor that
-    does not). Python checks every input and allocates every output first;
-    then one C call quantizes them all on ``threads`` threads (None: all
-    cores), across tensors and across groups of a large tensor, with the GIL
-    released. All or nothing: a bad tensor fails the whole call before any
-    output is written, and the error names it. Same bytes as
-    :func:`quantize_ptr` on each tensor, for every thread count.
+    does not). Python checks every input and sets up every output first
+    (tensors of one shape, dtype and layout share one output block); then
+    one C call quantizes them all on ``threads`` threads (None: all cores),
+    across tensors and across groups of a large tensor, with the GIL
+    released. A bad tensor fails the whole call and the error names it: a
+    bad shape, dtype or layout before anything is written; a bad value (NaN,
+    Inf) as the first one in tensor order, for every thread count, with
+    outputs (fresh ones unless ``out`` is given) possibly partly written.
+    Same bytes as :func:`quantize_ptr` on each tensor, for every thread count.
 
     Raises the errors of :func:`quantize_ptr` (prefixed with the tensor's
     name), and QuantizeError for a ``layers`` that is neither a mapping nor
@@ -230,43 +271,92 @@ def quantize_batch(
     """
     names, arrays, as_dict = _unpack(layers)
     n = len(arrays)
-    items = np.zeros(n, dtype=_QUANTIZE_ITEM)
-    # Tensors of one shape, dtype and layout share one block per output, so
-    # that a thousand small layers cost a few numpy calls, not thousands.
-    families: dict[tuple[Any, ...], list[int]] = {}
-    layouts: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # (shape, bits, group_size) -> layout, per call
-    addresses = []
-    for i, (name, arr) in enumerate(zip(names, arrays)):
-        b, g = _params_for(name, bits, group_size, params)
+    outs = None if out is None else _unpack_out(out, names, as_dict)
+    # Per tensor, only what C cannot see (type, strides, dtype) and the
+    # cached plan; tensors with one plan form a family.
+    families: dict[_Plan, list[int]] = {}
+    inputs = []
+    b, g = bits, group_size
+    last: tuple[Any, ...] = (None, None, None, None)  # a run of like tensors skips the plan lookup
+    for i, arr in enumerate(arrays):
+        if params is not None:
+            b, g = _params_for(names[i], bits, group_size, params)
         try:
-            dname, code = _check_in_place(arr, None)
-            key = (arr.shape, b, g)
-            layout = layouts.get(key)
-            if layout is None:
-                layout = layouts[key] = quantized_layout(arr.shape, b, g)
+            if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
+                _check_in_place(arr, None)
+            if arr.dtype is not last[1] or arr.shape != last[0] or b is not last[2] or g is not last[3]:
+                plan = _plan(arr.dtype, arr.shape, b, g, None)
+                members = families.setdefault(plan, [])
+                last = (arr.shape, arr.dtype, b, g)
         except QuantizeError as exc:
-            raise type(exc)(f"tensor {name!r}: {exc}") from None
-        families.setdefault((arr.shape, dname, code) + layout, []).append(i)
-        addresses.append(_address(arr))
-    items["input"] = addresses
+            raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
+        members.append(i)
+        inputs.append(arr if plan.exports else _raw_view(arr))
+    items = np.zeros(n, dtype=_QUANTIZE_ITEM)
+    items["input"] = _addresses(inputs)
     results: list[Any] = [None] * n
-    for (shape, dname, code, codes_shape, groups_shape, b, g), members in families.items():
-        k = len(members)
-        codes = np.empty((k,) + codes_shape, dtype=np.uint8)
-        scales = np.empty((k,) + groups_shape, dtype=np.float32)
-        mins = np.empty((k,) + groups_shape, dtype=np.float32)
-        rows = items[members]
-        rows["dtype"], rows["bits"], rows["group_size"] = code, b, g
-        rows["input_len"], rows["row_len"] = math.prod(shape), shape[-1]
-        for field, block in (("codes", codes), ("scales", scales), ("mins", mins)):
-            per = block[0].size if k else 0
-            rows[field] = _address(block) + np.arange(k, dtype=np.uintp) * np.uintp(per * block.itemsize)
-            rows[field + "_len"] = per
-        items[members] = rows
-        for i, c, sc, m in zip(members, codes, scales, mins):
-            results[i] = _trusted(c, sc, m, shape, dname, b, g)
+    for plan, members in families.items():
+        whole = len(members) == n  # one family (the common case): no gather and scatter
+        rows = items if whole else items[members]
+        rows["dtype"], rows["bits"], rows["group_size"] = plan.code, plan.bits, plan.group_size
+        rows["input_len"], rows["row_len"] = plan.size, plan.row_len
+        rows["codes_len"], rows["scales_len"], rows["mins_len"] = plan.codes_len, plan.n_groups, plan.n_groups
+        if outs is None:
+            _carve(plan, members, rows, results)
+        else:
+            given: list[Any] = []
+            reuse, extend = plan.reuse, given.extend
+            for i in members:
+                try:
+                    results[i], *arrs = reuse(outs[i])
+                except QuantizeError as exc:
+                    raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
+                extend(arrs)
+            at = _addresses(given).reshape(-1, 3)
+            rows["codes"], rows["scales"], rows["mins"] = at[:, 0], at[:, 1], at[:, 2]
+        if not whole:
+            items[members] = rows
     call_batch(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
+
+
+def _carve(plan: _Plan, members: list[int], rows: np.ndarray[Any, Any], results: list[Any]) -> None:
+    """Fresh outputs of a family of ``k`` tensors: one block, whose k
+    records are the tensors' results; their addresses go into ``rows``."""
+    k = len(members)
+    if plan.record is not None:
+        block = np.empty(k, plan.record)
+        codes, scales, mins = block["codes"], block["scales"], block["mins"]
+        base = np.uintp(int(ffi.cast("uintptr_t", ffi.from_buffer(block))))
+        at = base + np.arange(k, dtype=np.uintp) * np.uintp(plan.nbytes)
+        rows["scales"], rows["mins"], rows["codes"] = at, at + np.uintp(4 * plan.n_groups), at + np.uintp(8 * plan.n_groups)
+    else:  # too large for a record type: one block per output
+        codes = np.empty((k,) + plan.codes_shape, np.uint8)
+        scales = np.empty((k,) + plan.groups_shape, np.float32)
+        mins = np.empty((k,) + plan.groups_shape, np.float32)
+        for field, arr, per in (("codes", codes, plan.codes_len), ("scales", scales, 4 * plan.n_groups),
+                                ("mins", mins, 4 * plan.n_groups)):
+            rows[field] = np.uintp(_address(arr)) + np.arange(k, dtype=np.uintp) * np.uintp(per)
+    fields, new = plan.fields, object.__new__
+    for i, c, sc, m in zip(members, codes, scales, mins):  # _trusted, inlined: this loop is per tensor
+        qt = results[i] = new(QuantizedTensor)
+        d = qt.__dict__
+        d.update(fields)
+        d["codes"], d["scales"], d["mins"] = c, sc, m
+
+
+def _unpack_out(out: Any, names: list[Any], as_dict: bool) -> list[Any]:
+    """``out`` of :func:`quantize_batch` as a list in the order of ``names``."""
+    if as_dict:
+        if not isinstance(out, Mapping):
+            raise QuantizeError(f"out must be a mapping like layers, got {type(out).__name__}")
+        missing = [name for name in names if name not in out]
+        if missing:
+            raise QuantizeError(f"out has no tensor {missing[0]!r}")
+        return [out[name] for name in names]
+    if isinstance(out, Mapping) or not isinstance(out, Sequence) or len(out) != len(names):
+        raise QuantizeError(f"out must be a sequence of {len(names)} outputs, like layers")
+    return list(out)
 
 
 @overload
@@ -315,6 +405,8 @@ def dequantize_batch(
 
 def c_threads(threads: int | None) -> int:
     """The C ABI's ``threads`` argument: 0 for all cores (None), else n >= 1."""
+    if type(threads) is int and 1 <= threads <= _SIZE_MAX:
+        return threads
     if threads is None:
         return 0
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= _SIZE_MAX:
@@ -353,7 +445,7 @@ def _check_in_place(arr: Any, dtype: DTypeLike) -> tuple[str, int]:
             f"quantize_ptr needs a numpy array, got {type(arr).__name__}; "
             "use quantize_copy, or np.asarray(...) first"
         )
-    name, code = _resolve_dtype(arr, dtype)
+    name, code = _resolve_dtype(arr.dtype, dtype)
     problem = in_place_problem(arr)
     if problem is not None:
         what, fix = problem
@@ -368,8 +460,7 @@ def in_place_problem(arr: np.ndarray[Any, Any]) -> tuple[str, str] | None:
     :func:`quantize_ptr`, :func:`quantize_batch` and the dispatch of
     :func:`pyquant.quantize`."""
     if not arr.dtype.isnative:
-        return (f"the array's byte order is {_byte_order_name(arr.dtype)}, not the machine's",
-                "arr.astype(arr.dtype.newbyteorder('='))")
+        return _byte_order_problem(arr.dtype)
     if not arr.flags.c_contiguous:
         return ("the array is not C-contiguous (a strided or transposed view)",
                 "np.ascontiguousarray(arr)")
@@ -377,6 +468,11 @@ def in_place_problem(arr: np.ndarray[Any, Any]) -> tuple[str, str] | None:
         return (f"the array's data at address {arr.ctypes.data:#x} is not aligned to "
                 f"{arr.dtype.itemsize} bytes", "arr.copy()")
     return None
+
+
+def _byte_order_problem(dt: np.dtype[Any]) -> tuple[str, str]:
+    return (f"the array's byte order is {_byte_order_name(dt)}, not the machine's",
+            "arr.astype(arr.dtype.newbyteorder('='))")
 
 
 def copy_plan(arr: np.ndarray[Any, Any]) -> tuple[int, int]:
@@ -394,10 +490,15 @@ def needs_normalizing(arr: np.ndarray[Any, Any]) -> bool:
     return not arr.dtype.isnative or not arr.flags.c_contiguous
 
 
-def _dequantize_output(qt: QuantizedTensor, dtype: DTypeLike) -> tuple[int, np.ndarray[Any, Any]]:
+def _dequantize_output(qt: QuantizedTensor, dtype: DTypeLike,
+                       out: np.ndarray[Any, Any] | None = None) -> tuple[int, np.ndarray[Any, Any]]:
+    """The C dtype code and the output array: ``out`` (checked), or a fresh one."""
     name = qt.dtype if dtype is None else _dtype_name(np.dtype(dtype))
-    d = _QUANTIZABLE[name]
-    return _C_CODE[name], np.empty(qt.shape, dtype=d.numpy)
+    want = _QUANTIZABLE[name].numpy
+    if out is None:
+        return _C_CODE[name], np.empty(qt.shape, dtype=want)
+    _check_output("out", out, want, tuple(qt.shape))
+    return _C_CODE[name], out
 
 
 def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
@@ -422,22 +523,22 @@ def _dtype_name(dt: np.dtype[Any]) -> str:
     )
 
 
-def _resolve_dtype(arr: np.ndarray[Any, Any], dtype: DTypeLike) -> tuple[str, int]:
-    """The dtype name and C code the kernel reads ``arr`` as."""
+def _resolve_dtype(arr_dtype: np.dtype[Any], dtype: DTypeLike) -> tuple[str, int]:
+    """The dtype name and C code the kernel reads an array of ``arr_dtype`` as."""
     if dtype is not None and _is_bfloat16_request(dtype):
-        if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:
+        if arr_dtype.kind == "u" and arr_dtype.itemsize == 2:
             return "bfloat16", _C_CODE["bfloat16"]
-        if arr.dtype == BFLOAT16 or arr.dtype == BFLOAT16.newbyteorder("S"):
+        if arr_dtype == BFLOAT16 or arr_dtype == BFLOAT16.newbyteorder("S"):
             return "bfloat16", _C_CODE["bfloat16"]
         raise UnsupportedDtypeError(
-            f"dtype='bfloat16' needs a uint16 or bfloat16 array, got {arr.dtype}"
+            f"dtype='bfloat16' needs a uint16 or bfloat16 array, got {arr_dtype}"
         )
-    known = _NATIVE_DTYPES.get(arr.dtype)
+    known = _NATIVE_DTYPES.get(arr_dtype)
     if known is not None and dtype is None:
         return known
-    name = _dtype_name(arr.dtype)
+    name = _dtype_name(arr_dtype)
     if dtype is not None and _dtype_name(np.dtype(dtype)) != name:
-        raise UnsupportedDtypeError(f"dtype={dtype!r} does not match the array's dtype {arr.dtype}")
+        raise UnsupportedDtypeError(f"dtype={dtype!r} does not match the array's dtype {arr_dtype}")
     return name, _C_CODE[name]
 
 
@@ -457,9 +558,14 @@ def _byte_order_name(dt: np.dtype[Any]) -> str:
 def _raw_view(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """``arr``, or a byte view of it where numpy cannot export a buffer
     (bfloat16 and other extension dtypes)."""
-    if arr.dtype.char in "efBHb?":  # float32 'f', float16 'e', and plain ints export directly
+    if _exports_buffer(arr.dtype):
         return arr
     return arr.view(np.uint8) if arr.ndim else arr.reshape(1).view(np.uint8)
+
+
+def _exports_buffer(dt: np.dtype[Any]) -> bool:
+    """Whether numpy exports a buffer of this dtype to CFFI."""
+    return dt.char in "efBHb?"  # float32 'f', float16 'e', and plain ints
 
 
 def _c_uint(value: Any, what: str, limit: int, error: type[QuantizeError]) -> int:
@@ -495,24 +601,139 @@ def _row_sizes(row_len: int, bits: int, group_size: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _allocate(
-    shape: tuple[int, ...], dtype: str, bits: int, group_size: int | None
-) -> tuple[QuantizedTensor, int]:
-    """Output arrays for ``shape``, sized by the C ABI's layout rules."""
-    codes_shape, groups_shape, bits, g = quantized_layout(shape, bits, group_size)
-    qt = _trusted(np.empty(codes_shape, dtype=np.uint8), np.empty(groups_shape, dtype=np.float32),
-                  np.empty(groups_shape, dtype=np.float32), shape, dtype, bits, g)
-    return qt, shape[-1]
+class _Plan:
+    """Everything about quantizing one (dtype, shape, bits, group_size) that
+    does not depend on the values: C codes, lengths, output shapes, and the
+    record type of the one output block. Built once, cached (see :func:`_plan`)."""
+
+    __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
+                 "groups_shape", "exports", "record", "nbytes", "fields")
+
+    def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
+                 dtype: DTypeLike) -> None:
+        name, self.code = _resolve_dtype(arr_dtype, dtype)
+        if not arr_dtype.isnative:
+            problem = _byte_order_problem(arr_dtype)
+            raise CopyRequiredError(f"{problem[0]}; quantize_ptr never copies: use quantize_copy, or {problem[1]}")
+        self.codes_shape, self.groups_shape, self.bits, self.group_size = quantized_layout(shape, bits, group_size)
+        self.size, self.row_len = math.prod(shape), shape[-1]
+        self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
+        self.exports = _exports_buffer(arr_dtype)
+        # Scales, then mins, then codes: every offset a multiple of 4, and
+        # the size too, so that a family's records keep their floats aligned.
+        self.nbytes = -(-(8 * self.n_groups + self.codes_len) // 4) * 4
+        self.record = _block_record(self.codes_shape, self.groups_shape, self.nbytes)
+        self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size}
+
+    def new(self) -> tuple[QuantizedTensor, Any, Any, Any]:
+        """A result over one fresh block, and the C pointers to its codes,
+        scales and mins."""
+        if self.record is not None:
+            block = np.empty((), self.record)
+            codes, scales, mins = block["codes"], block["scales"], block["mins"]
+        else:  # too large for a record type: the same block, viewed by offsets
+            block = np.empty(self.nbytes, np.uint8)
+            scales = np.ndarray(self.groups_shape, np.float32, block, 0)
+            mins = np.ndarray(self.groups_shape, np.float32, block, 4 * self.n_groups)
+            codes = np.ndarray(self.codes_shape, np.uint8, block, 8 * self.n_groups)
+        # The block's address through its first view (exporting a record
+        # type's buffer costs more); mins and codes follow in the block.
+        floats = ffi.from_buffer("float[]", scales)
+        n = self.n_groups
+        return _trusted(codes, scales, mins, self.fields), ffi.cast("uint8_t *", floats + 2 * n), floats, floats + n
+
+    def reuse(self, out: Out) -> tuple[QuantizedTensor, np.ndarray[Any, Any], np.ndarray[Any, Any],
+                                       np.ndarray[Any, Any]]:
+        """A result over the caller's arrays ``out``, and those arrays,
+        checked for what the C ABI cannot see: dtype, shape, strides,
+        writability."""
+        if isinstance(out, QuantizedTensor):
+            codes, scales, mins = out.codes, out.scales, out.mins
+        elif isinstance(out, tuple) and len(out) == 3:
+            codes, scales, mins = out
+        else:
+            raise QuantizeError(f"out must be a QuantizedTensor or a tuple (codes, scales, mins), got {type(out).__name__}")
+        groups = self.groups_shape
+        # The common case in one expression (this runs per tensor of a
+        # batch); anything else goes through the checks that name the problem.
+        if not (type(codes) is np.ndarray and type(scales) is np.ndarray and type(mins) is np.ndarray
+                and codes.dtype is _U8 and scales.dtype is _F32 and mins.dtype is _F32
+                and codes.shape == self.codes_shape and scales.shape == groups and mins.shape == groups
+                and (f := codes.flags).c_contiguous and f.writeable and (f := scales.flags).c_contiguous
+                and f.writeable and (f := mins.flags).c_contiguous and f.writeable):
+            _check_output("out codes", codes, _U8, self.codes_shape)
+            _check_output("out scales", scales, _F32, groups)
+            _check_output("out mins", mins, _F32, groups)
+        return _trusted(codes, scales, mins, self.fields), codes, scales, mins
 
 
-def _trusted(codes: Any, scales: Any, mins: Any, shape: tuple[int, ...], dtype: str, bits: int,
-             group_size: int) -> QuantizedTensor:
+_U8, _F32 = np.dtype(np.uint8), np.dtype(np.float32)
+Out = Union["QuantizedTensor", tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]], None]
+_PLANS: dict[tuple[Any, ...], _Plan] = {}
+_MAX_PLANS = 4096
+
+
+def _plan(arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: Any, group_size: Any, dtype: DTypeLike) -> _Plan:
+    """The cached :class:`_Plan` (errors are raised, never cached). The key
+    has the types of ``bits`` and ``group_size``, since ``4.0 == 4``."""
+    key = (arr_dtype, shape, bits, type(bits), group_size, type(group_size), dtype)
+    try:
+        return _PLANS[key]
+    except KeyError:
+        plan = _PLANS[key] = _Plan(arr_dtype, shape, bits, group_size, dtype)
+        if len(_PLANS) > _MAX_PLANS:
+            _PLANS.clear()
+        return plan
+    except TypeError:  # an unhashable dtype argument: not cached
+        return _Plan(arr_dtype, shape, bits, group_size, dtype)
+
+
+def _block_record(codes_shape: tuple[int, ...], groups_shape: tuple[int, ...], nbytes: int) -> np.dtype[Any] | None:
+    """A record type (scales, mins, codes) whose one 0-d instance holds a
+    whole result: one allocation, three views as cheap as attribute access.
+    None where numpy cannot make one (item sizes and dimensions are C ints)."""
+    if nbytes >= 2**31 or max(codes_shape + groups_shape, default=0) >= 2**31:
+        return None
+    n_groups = math.prod(groups_shape)
+    try:
+        return np.dtype({"names": ["scales", "mins", "codes"],
+                         "formats": [(np.float32, groups_shape), (np.float32, groups_shape), (np.uint8, codes_shape)],
+                         "offsets": [0, 4 * n_groups, 8 * n_groups], "itemsize": nbytes})
+    except (ValueError, TypeError):
+        return None
+
+
+def _check_output(what: str, arr: Any, want: np.dtype[Any], shape: tuple[int, ...]) -> None:
+    """A caller-provided output: a writable, C-contiguous numpy array of
+    dtype ``want`` and ``shape``."""
+    if not isinstance(arr, np.ndarray) or arr.dtype != want:
+        got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise UnsupportedDtypeError(f"{what} must be a numpy {want} array, got {got}")
+    if arr.shape != shape:
+        raise ShapeError(f"{what} has shape {arr.shape}, the result has {shape}")
+    if not arr.flags.c_contiguous:
+        raise CopyRequiredError(f"{what} must be C-contiguous")
+    if not arr.flags.writeable:
+        raise QuantizeError(f"{what} is read-only")
+
+
+def _trusted(codes: Any, scales: Any, mins: Any, fields: dict[str, Any]) -> QuantizedTensor:
     """A QuantizedTensor built without __post_init__'s checks, for arrays
-    that are right by construction (it saves microseconds per tensor)."""
+    that are right by construction (it saves microseconds per tensor);
+    ``fields`` holds shape, dtype, bits and group_size."""
     qt = object.__new__(QuantizedTensor)
-    qt.__dict__.update(codes=codes, scales=scales, mins=mins, shape=tuple(shape), dtype=dtype,
-                       bits=bits, group_size=group_size)
+    d = qt.__dict__
+    d.update(fields)
+    d["codes"], d["scales"], d["mins"] = codes, scales, mins
     return qt
+
+
+def _addresses(arrays: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """The data addresses of many arrays, as uintp: through one C array of
+    pointers, cheaper than one ``int()`` each."""
+    if not arrays:
+        return np.zeros(0, np.uintp)
+    return np.frombuffer(ffi.buffer(ffi.new("void *[]", [ffi.from_buffer(a) for a in arrays])), np.uintp)
 
 
 def _address(arr: np.ndarray[Any, Any]) -> int:

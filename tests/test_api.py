@@ -149,3 +149,92 @@ def test_one_dtype_table():
     ggml = {d.name: d.ggml_type for d in dtypes.ALL if d.ggml_type is not None}
     assert ggml == {"float32": 0, "float16": 1, "int8": 24, "int16": 25, "int32": 26, "int64": 27,
                     "float64": 28, "bfloat16": 30}
+
+
+def _same(a: pyquant.QuantizedTensor, b: pyquant.QuantizedTensor) -> bool:
+    return (a.codes.tobytes(), a.scales.tobytes(), a.mins.tobytes(), a.shape, a.dtype, a.bits, a.group_size) == (
+        b.codes.tobytes(), b.scales.tobytes(), b.mins.tobytes(), b.shape, b.dtype, b.bits, b.group_size)
+
+
+def test_one_block_per_result_viewed_three_ways():
+    x = np.random.default_rng(3).normal(size=(3, 256)).astype(np.float32)
+    qt = pyquant.quantize_ptr(x)
+    assert qt.codes.base is qt.scales.base is qt.mins.base is not None
+    assert (qt.codes.dtype, qt.scales.dtype, qt.mins.dtype) == (np.uint8, np.float32, np.float32)
+    assert qt.codes.shape == (3, 128) and qt.scales.shape == qt.mins.shape == (3, 2)
+    assert all(a.flags.c_contiguous and a.flags.aligned and a.flags.writeable for a in (qt.codes, qt.scales, qt.mins))
+    assert _same(qt, pyquant.quantize_copy(x))
+    # Cached plans: a float 4.0 is still refused after an int 4 was seen.
+    with pytest.raises(pyquant.InvalidBitsError):
+        pyquant.quantize_ptr(x, bits=4.0)  # type: ignore[arg-type]
+
+
+def test_out_reuses_the_callers_arrays():
+    rng = np.random.default_rng(4)
+    xs = [rng.normal(size=(4, 256)).astype(np.float32) for _ in range(3)]
+    out = pyquant.quantize_ptr(np.zeros((4, 256), np.float32))
+    for x in xs:
+        got = pyquant.quantize_ptr(x, out=out)
+        assert got.codes is out.codes and got.scales is out.scales and got.mins is out.mins
+        assert _same(got, pyquant.quantize_ptr(x))
+    # A tuple of arrays works too, e.g. rows of bigger arrays.
+    codes, scales, mins = np.empty((2, 4, 128), np.uint8), np.empty((2, 4, 2), np.float32), np.empty((2, 4, 2), np.float32)
+    got = pyquant.quantize_ptr(xs[0], out=(codes[1], scales[1], mins[1]))
+    assert got.codes.base is codes and _same(got, pyquant.quantize_ptr(xs[0]))
+    # dequantize into a given array, of the result's dtype or another.
+    y = np.empty((4, 256), np.float32)
+    assert pyquant.dequantize(got, out=y) is y and np.array_equal(y, got.dequantize())
+    h = np.empty((4, 256), np.float16)
+    assert pyquant.dequantize(got, out=h) is h and np.array_equal(h, got.dequantize(np.float16))
+    # quantize_batch into an earlier result (a list, or a dict).
+    first = pyquant.quantize_batch(xs)
+    again = pyquant.quantize_batch(xs[::-1], out=first)
+    assert all(a.codes is b.codes for a, b in zip(again, first))
+    assert all(_same(a, pyquant.quantize_ptr(x)) for a, x in zip(again, xs[::-1]))
+    named = {f"l{i}": x for i, x in enumerate(xs)}
+    d = pyquant.quantize_batch(named, out=pyquant.quantize_batch(named))
+    assert all(_same(d[k], pyquant.quantize_ptr(v)) for k, v in named.items())
+
+
+def test_out_is_checked():
+    x = np.random.default_rng(5).normal(size=(4, 256)).astype(np.float32)
+    qt = pyquant.quantize_ptr(x)
+    with pytest.raises(pyquant.ShapeError, match="out codes has shape"):
+        pyquant.quantize_ptr(x[:2], out=qt)
+    with pytest.raises(pyquant.UnsupportedDtypeError, match="out scales must be a numpy float32"):
+        pyquant.quantize_ptr(x, out=(qt.codes, qt.scales.astype(np.float64), qt.mins))
+    strided = np.empty((4, 4), np.float32)[:, ::2]
+    with pytest.raises(pyquant.CopyRequiredError, match="out mins must be C-contiguous"):
+        pyquant.quantize_ptr(x, out=(qt.codes, qt.scales, strided))
+    ro = qt.mins.copy()
+    ro.flags.writeable = False
+    with pytest.raises(pyquant.QuantizeError, match="read-only"):
+        pyquant.quantize_ptr(x, out=(qt.codes, qt.scales, ro))
+    with pytest.raises(pyquant.QuantizeError, match="out must be a QuantizedTensor"):
+        pyquant.quantize_ptr(x, out=[qt.codes, qt.scales, qt.mins])  # type: ignore[arg-type]
+    # Alignment and overlap are the C ABI's checks.
+    raw = np.zeros(4 * 2 * 4 + 4, np.uint8)
+    misaligned = raw[1:33].view(np.float32).reshape(4, 2)
+    with pytest.raises(pyquant.MisalignedError):
+        pyquant.quantize_ptr(x, out=(qt.codes, misaligned, qt.mins))
+    with pytest.raises(pyquant.OverlapError):
+        pyquant.quantize_ptr(x, out=(qt.codes, qt.scales, qt.scales))
+    with pytest.raises(pyquant.OverlapError):
+        pyquant.quantize_ptr(x, out=(x.view(np.uint8).reshape(-1)[:512].reshape(4, 128), qt.scales, qt.mins))
+    y = np.empty((4, 256), np.float32)
+    with pytest.raises(pyquant.ShapeError):
+        pyquant.dequantize(qt, out=y[:2])
+    with pytest.raises(pyquant.UnsupportedDtypeError):
+        pyquant.dequantize(qt, np.float16, out=y)
+    codes_in_y = y.view(np.uint8).reshape(-1)[:512].reshape(4, 128)
+    codes_in_y[...] = qt.codes
+    inside = pyquant.QuantizedTensor(codes_in_y, qt.scales, qt.mins, qt.shape, qt.dtype, qt.bits, qt.group_size)
+    with pytest.raises(pyquant.OverlapError):
+        pyquant.dequantize(inside, out=y)
+    # quantize_batch: the failing tensor is named, and outputs may not be shared.
+    with pytest.raises(pyquant.ShapeError, match="tensor 'b': out codes"):
+        pyquant.quantize_batch({"a": x, "b": x}, out={"a": qt, "b": pyquant.quantize_ptr(x[:2])})
+    with pytest.raises(pyquant.QuantizeError, match="out has no tensor 'b'"):
+        pyquant.quantize_batch({"a": x, "b": x}, out={"a": qt})
+    with pytest.raises(pyquant.OverlapError):
+        pyquant.quantize_batch([x, x], out=[qt, qt])

@@ -278,6 +278,12 @@ pub fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
 }
 
+/// The first byte where `a` and `b` differ outside every range of `outputs`
+/// (after a bad value the call's outputs may be partly written, nothing else).
+pub fn first_diff_outside(a: &[u8], b: &[u8], outputs: &[std::ops::Range<usize>]) -> Option<usize> {
+    a.iter().zip(b).enumerate().position(|(i, (x, y))| x != y && !outputs.iter().any(|r| r.contains(&i)))
+}
+
 /// With PQFUZZ_TRACE set, prints each call's status (to see which paths a
 /// corpus reaches: `PQFUZZ_TRACE=1 target -runs=0 corpus 2>&1 | sort | uniq -c`).
 pub fn trace(what: &str, status: PqStatus) {

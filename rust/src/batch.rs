@@ -1,27 +1,28 @@
 //! Batches of tensors and the threads that quantize them.
 //!
 //! A call takes any number of items (tensors with their own dtype, bits and
-//! group size) and runs in two phases:
+//! group size). Every item's lengths are checked first; then one pass over
+//! the data validates each run of groups as it quantizes it (input values)
+//! or just before it dequantizes it (scales and mins), so the input is read
+//! once.
 //!
-//! 1. every item's lengths are checked, then every input value (quantize) or
-//!    every scale and min (dequantize) is validated;
-//! 2. only if all of that passed, outputs are written.
-//!
-//! So an error anywhere leaves every output of every item untouched.
+//! Errors: the error returned is the first bad value in item and group
+//! order, the same for every thread count. When it is returned the outputs
+//! of the call may have been partly written (any group, of any item); no
+//! other memory is touched. A length error is found before anything is
+//! written.
 //!
 //! Threads: the groups of all items form one sequence, cut by bytes into
 //! contiguous chunks of about 128 KiB (a large tensor is split, small ones
-//! are grouped). Threads claim chunks in order from a counter: first to
-//! check them, then, once every chunk is checked and none failed, to write
-//! them. Dynamic claiming rather than one fixed share per thread, because a
-//! newly spawned thread may start tens of microseconds late or on the
-//! caller's CPU; with claiming, whoever runs does the work and the calling
-//! thread alone always finishes. Threads are scoped to the call
-//! (`std::thread::scope`); there is no pool and no global state. Calls with
-//! less than 1 MiB of input (quantize) or 4 MiB of output (dequantize) per
-//! thread run on the calling thread alone. Every group is computed by the same code whatever the partition,
-//! and the error reported is the first one in item and group order, so
-//! results are identical for every thread count.
+//! are grouped). Threads claim chunks in order from a counter. Dynamic
+//! claiming rather than one fixed share per thread, because a newly spawned
+//! thread may start tens of microseconds late or on the caller's CPU; with
+//! claiming, whoever runs does the work and the calling thread alone always
+//! finishes. Threads are scoped to the call (`std::thread::scope`); there is
+//! no pool and no global state. Calls with less than 1 MiB of input
+//! (quantize) or 4 MiB of output (dequantize) per thread run on the calling
+//! thread alone. Every group is computed by the same code whatever the
+//! partition, so results are identical for every thread count.
 
 use std::any::Any;
 use std::fmt;
@@ -108,10 +109,10 @@ impl From<Error> for BatchError {
 /// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`,
 /// on the calling thread: a batch of one (see [`quantize_batch`] for threads).
 ///
-/// Every group is checked before anything is written: on error the outputs
-/// are untouched. Outputs may be longer than needed; only the prefix the
-/// layout names is written. Same bytes as the scalar reference
-/// (`kernel::reference`, the test oracle).
+/// Errors name the first non-finite value or overflowing group range; the
+/// outputs may then be partly written. Outputs may be longer than needed;
+/// only the prefix the layout names is written. Same bytes as the scalar
+/// reference (`kernel::reference`, the test oracle).
 pub fn quantize<T: Element>(
     input: &[T],
     layout: &Layout,
@@ -126,8 +127,8 @@ pub fn quantize<T: Element>(
 /// Dequantizes codes, scales and mins laid out as `layout` into `output`
 /// (`mins + q * scales` in f32, then converted to `T`), on the calling thread.
 ///
-/// Non-finite scales or mins are an error, found before anything is written.
-/// Same bytes as the scalar reference.
+/// Non-finite scales or mins are an error (the output may then be partly
+/// written). Same bytes as the scalar reference.
 pub fn dequantize<T: Element>(
     codes: &[u8],
     scales: &[f32],
@@ -155,16 +156,17 @@ impl Schedule {
 /// Quantizes every item, with `threads` threads: 0 = all available cores,
 /// 1 = only the calling thread, n = at most n threads (fewer for small work).
 ///
-/// Lengths and values of all items are checked before any output is written;
-/// on error nothing is written and the error names the first offending item.
+/// Lengths of all items are checked before any output is written; values are
+/// checked as they are quantized. The error is the first in item and group
+/// order, for every thread count; outputs may then be partly written.
 pub fn quantize_batch(items: &mut [QuantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
     quantize_batch_with(items, threads, Schedule::detect(QUANTIZE_BYTES_PER_THREAD))
 }
 
 /// Dequantizes every item, with `threads` as in [`quantize_batch`].
 ///
-/// Lengths, scales and mins of all items are checked before any output is
-/// written; on error nothing is written.
+/// Errors as [`quantize_batch`]: lengths first, then scales and mins as
+/// each run of groups is decoded.
 pub fn dequantize_batch(items: &mut [DequantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
     dequantize_batch_with(items, threads, Schedule::detect(DEQUANTIZE_BYTES_PER_THREAD))
 }
@@ -195,13 +197,10 @@ pub(crate) fn quantize_batch_with(
         }
     }
     let isa = schedule.isa;
-    run_two_phase(
-        pieces,
-        threads,
-        schedule.min_bytes_per_thread,
-        |p| fast::check_values(isa, p.input, &p.layout, p.first_group).map_err(|e| BatchError::at(p.item, e)),
-        |p| fast::encode(isa, p.input, &p.layout, p.codes, p.scales, p.mins),
-    )
+    run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
+        fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
+            .map_err(|e| BatchError::at(p.item, e))
+    })
 }
 
 pub(crate) fn dequantize_batch_with(
@@ -233,13 +232,13 @@ pub(crate) fn dequantize_batch_with(
         }
     }
     let isa = schedule.isa;
-    run_two_phase(
-        pieces,
-        threads,
-        schedule.min_bytes_per_thread,
-        |p| fast::check_params(p.scales, p.mins, p.first_group).map_err(|e| BatchError::at(p.item, e)),
-        |p| fast::decode(isa, p.codes, p.scales, p.mins, &p.layout, p.output),
-    )
+    run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
+        // Scales and mins are one pair per group: checking a piece's just
+        // before decoding it reads them from cache.
+        fast::check_params(p.scales, p.mins, p.first_group).map_err(|e| BatchError::at(p.item, e))?;
+        fast::decode(isa, p.codes, p.scales, p.mins, &p.layout, p.output);
+        Ok(())
+    })
 }
 
 /// A run of whole groups of one item: the unit a thread works on.
@@ -376,30 +375,26 @@ fn partition<P: Piece>(pieces: Vec<P>, n: usize, total: usize) -> Vec<Vec<P>> {
     shares
 }
 
-/// Runs `check` on every piece, then, if all passed, `write` on every piece,
-/// on up to `threads` threads (see the module documentation).
-fn run_two_phase<P, C, W>(
+/// Runs `work` on every piece, on up to `threads` threads (see the module
+/// documentation), stopping at the first error.
+fn run_pieces<P, W>(
     pieces: Vec<P>,
     threads: usize,
     min_bytes_per_thread: usize,
-    check: C,
-    write: W,
+    work: W,
 ) -> std::result::Result<(), BatchError>
 where
     P: Piece,
-    C: Fn(&P) -> std::result::Result<(), BatchError> + Sync,
-    W: Fn(P) + Sync,
+    W: Fn(P) -> std::result::Result<(), BatchError> + Sync,
 {
     let total = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
     let (known, cap) = thread_count(threads, total, min_bytes_per_thread);
     if known == Some(1) {
-        pieces.iter().try_for_each(&check)?;
-        pieces.into_iter().for_each(write);
-        return Ok(());
+        return pieces.into_iter().try_for_each(work);
     }
     let chunks = (total / CHUNK_BYTES).clamp(cap * 4, MAX_CHUNKS.max(cap * 4));
     let job = Job::new(partition(pieces, chunks, total));
-    let participate = || job.participate(&check, &write);
+    let participate = || job.participate(&work);
     thread::scope(|scope| {
         let participate = &participate;
         match known {
@@ -431,28 +426,19 @@ const CHUNK_BYTES: usize = 128 * 1024;
 const MAX_CHUNKS: usize = 4096;
 
 /// The shared state of one parallel call. Chunks are contiguous runs of
-/// pieces in item and group order, claimed in increasing order from
-/// counters. Every chunk is checked before any is written: a thread that
-/// runs out of chunks to check waits until all are checked (or one failed).
+/// pieces in item and group order, claimed in increasing order from a
+/// counter; a chunk once claimed is worked to its end or its first error.
 /// Because claims are in order, when chunk `k` fails every chunk before it
-/// was claimed and is checked to the end, so the first error in chunk order
-/// is the first error of the batch, whatever the threads did.
+/// was claimed and is worked to the end, so the error of the lowest failed
+/// chunk is the first error of the batch, whatever the threads did.
 struct Job<P> {
     chunks: Vec<Mutex<Vec<P>>>,
-    next_check: AtomicUsize,
-    checked: AtomicUsize,
-    next_write: AtomicUsize,
-    /// Set when a check failed or panicked: nothing more is checked and
-    /// nothing is written.
+    next: AtomicUsize,
+    /// Set when a chunk failed or panicked: no more chunks are claimed.
     stop: AtomicBool,
-    /// The failure of the lowest chunk.
-    failure: Mutex<Option<(usize, Failure)>>,
-    write_panic: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-enum Failure {
-    Error(BatchError),
-    Panic(Box<dyn Any + Send>),
+    /// The error of the lowest failed chunk.
+    failure: Mutex<Option<(usize, BatchError)>>,
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -463,82 +449,50 @@ impl<P: Piece> Job<P> {
     fn new(chunks: Vec<Vec<P>>) -> Self {
         Job {
             chunks: chunks.into_iter().map(Mutex::new).collect(),
-            next_check: AtomicUsize::new(0),
-            checked: AtomicUsize::new(0),
-            next_write: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
-            write_panic: Mutex::new(None),
+            panic: Mutex::new(None),
         }
     }
 
     /// The work of one thread. Panics are caught and kept for [`Job::outcome`].
-    fn participate<C, W>(&self, check: &C, write: &W)
+    fn participate<W>(&self, work: &W)
     where
-        C: Fn(&P) -> std::result::Result<(), BatchError> + Sync,
-        W: Fn(P) + Sync,
+        W: Fn(P) -> std::result::Result<(), BatchError> + Sync,
     {
         let n = self.chunks.len();
         while !self.stop.load(Ordering::SeqCst) {
-            let k = self.next_check.fetch_add(1, Ordering::SeqCst);
-            if k >= n {
-                break;
-            }
-            let checked = panic::catch_unwind(AssertUnwindSafe(|| locked(&self.chunks[k]).iter().try_for_each(check)));
-            match checked {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.fail(k, Failure::Error(e)),
-                Err(payload) => self.fail(k, Failure::Panic(payload)),
-            }
-            // After `fail`: whoever sees all chunks checked also sees `stop`.
-            self.checked.fetch_add(1, Ordering::SeqCst);
-        }
-        // Wait for the chunks others are still checking: at most one each.
-        let mut spins = 0u32;
-        while self.checked.load(Ordering::SeqCst) < n {
-            if self.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(64) {
-                // Lets a thread that holds a chunk run if it shares our CPU.
-                thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-        if self.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        loop {
-            let k = self.next_write.fetch_add(1, Ordering::SeqCst);
+            let k = self.next.fetch_add(1, Ordering::SeqCst);
             if k >= n {
                 break;
             }
             let pieces = std::mem::take(&mut *locked(&self.chunks[k]));
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| pieces.into_iter().for_each(write))) {
-                locked(&self.write_panic).get_or_insert(payload);
+            match panic::catch_unwind(AssertUnwindSafe(|| pieces.into_iter().try_for_each(work))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let mut slot = locked(&self.failure);
+                    if slot.as_ref().is_none_or(|(first, _)| k < *first) {
+                        *slot = Some((k, e));
+                    }
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+                Err(payload) => {
+                    locked(&self.panic).get_or_insert(payload);
+                    self.stop.store(true, Ordering::SeqCst);
+                }
             }
         }
     }
 
-    fn fail(&self, chunk: usize, failure: Failure) {
-        let mut slot = locked(&self.failure);
-        if slot.as_ref().is_none_or(|(k, _)| chunk < *k) {
-            *slot = Some((chunk, failure));
-        }
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
     /// The result once every thread is done; re-raises a caught panic.
     fn outcome(self) -> std::result::Result<(), BatchError> {
-        if let Some(payload) = self.write_panic.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        if let Some(payload) = self.panic.into_inner().unwrap_or_else(PoisonError::into_inner) {
             panic::resume_unwind(payload);
         }
         match self.failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
             None => Ok(()),
-            Some((_, Failure::Error(e))) => Err(e),
-            Some((_, Failure::Panic(payload))) => panic::resume_unwind(payload),
+            Some((_, e)) => Err(e),
         }
     }
 }
@@ -689,7 +643,13 @@ mod tests {
                 let first = if bad_item < 4 { bad_item } else { 4 };
                 assert_eq!((e.item, e.error.status), (Some(first), PqStatus::NonFinite), "{e}");
                 assert!(e.to_string().starts_with(&format!("item {first}: ")));
-                assert!(outs.iter().all(|(c, s, m)| c.iter().all(|&b| b == 9) && s.iter().chain(m).all(|&v| v == 9.0)));
+                // Items before the first bad one are complete (outputs may be
+                // partly written from there on).
+                for (x, (c, s, m)) in xs.iter().zip(&outs).take(first) {
+                    let (mut rc, mut rs, mut rm) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+                    reference::quantize(x, &l, &mut rc, &mut rs, &mut rm).unwrap();
+                    assert!((c, s, m) == (&rc, &rs, &rm), "item before {first}, threads {threads}");
+                }
             }
         }
         // A too-small output in item 3 is found before any value is looked at.

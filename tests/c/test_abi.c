@@ -170,6 +170,15 @@ static int outputs_untouched(void) {
            is_canary(mins_mem, sizeof mins_mem);
 }
 
+/* After a bad value the outputs may be partly written (ABI 4), but nothing
+ * outside the lengths the call was given: the guards and the spare capacity
+ * keep the canary. */
+static int nothing_written_past(size_t codes_len, size_t groups) {
+    return is_canary(codes_mem, GUARD) && is_canary(codes + codes_len, sizeof codes_mem - GUARD - codes_len) &&
+           is_canary(scales_mem, GUARD) && is_canary(scales + groups, sizeof scales_mem - GUARD - groups * 4) &&
+           is_canary(mins_mem, GUARD) && is_canary(mins + groups, sizeof mins_mem - GUARD - groups * 4);
+}
+
 /* Arguments of pq_quantize, so that each test changes one thing. */
 typedef struct {
     uint32_t dtype;
@@ -707,7 +716,7 @@ static void test_non_finite(void) {
         EXPECT_MSG(quantize(a), PQ_STATUS_NON_FINITE, "group 3");
         CHECK(strstr(err.message, "flat index 200") != NULL);
         EXPECT(quantize_copy(a, (const uint8_t *)x, sizeof x), PQ_STATUS_NON_FINITE);
-        CHECK(outputs_untouched());
+        CHECK(nothing_written_past(128, 4));
     }
     /* A NaN with a payload and a negative NaN are NaN too. */
     x[200] = f32_from_bits(0x7F800001u);
@@ -722,7 +731,7 @@ static void test_non_finite(void) {
     x[255] = INFINITY; /* very last value */
     EXPECT_MSG(quantize(a), PQ_STATUS_NON_FINITE, "group 3");
     x[255] = 1.0f;
-    CHECK(outputs_untouched());
+    CHECK(nothing_written_past(128, 4));
 
     /* f16 NaN, +Inf, -Inf and bf16 NaN, +Inf, -Inf. */
     const uint16_t bad_f16[3] = {0x7E00, 0x7C00, 0xFC00};
@@ -740,7 +749,7 @@ static void test_non_finite(void) {
         EXPECT_MSG(quantize(a), PQ_STATUS_NON_FINITE, "group 2");
         EXPECT(quantize_copy(a, (const uint8_t *)h, sizeof h), PQ_STATUS_NON_FINITE);
     }
-    CHECK(outputs_untouched());
+    CHECK(nothing_written_past(128, 4));
 
     /* +FLT_MAX and -FLT_MAX in one group: the range overflows, no infinite scale. */
     for (int i = 0; i < 256; i++) x[i] = 0.0f;
@@ -748,7 +757,7 @@ static void test_non_finite(void) {
     x[65] = -FLT_MAX;
     a = base(); a.input = x;
     EXPECT_MSG(quantize(a), PQ_STATUS_NON_FINITE, "overflows");
-    CHECK(outputs_untouched());
+    CHECK(nothing_written_past(128, 4));
     /* ... in different groups it is fine, as is a range of exactly FLT_MAX. */
     x[65] = 0.0f;
     x[0] = -FLT_MAX;
@@ -762,7 +771,7 @@ static void test_non_finite(void) {
     EXPECT(pq_quantize(PQ_DTYPE_F32, m2, 2, 2, 4, 2, 0, codes, 1, scales, 1, mins, 1, &err), PQ_STATUS_OK);
     CHECK(scales[0] == 0.0f && mins[0] == FLT_MAX && codes[0] == 0);
 
-    /* Dequantize refuses non-finite scales or mins, writing nothing. */
+    /* Dequantize refuses non-finite scales or mins, naming the first. */
     EXPECT(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, &err),
            PQ_STATUS_OK);
     for (int i = 0; i < 256; i++) y[i] = 42.0f;
@@ -780,9 +789,7 @@ static void test_non_finite(void) {
     m[3] = mins[3];
     EXPECT(pq_dequantize(codes, 128, s, 4, m, 4, 128, 4, 64, PQ_DTYPE_BF16, 0, y, 256, &err),
            PQ_STATUS_NON_FINITE);
-    int untouched = 1;
-    for (int i = 0; i < 256; i++) untouched &= y[i] == 42.0f;
-    CHECK(untouched);
+    /* (y may be partly written: ABI 4.) */
 }
 
 static void test_constant_zero_subnormal_negzero(void) {

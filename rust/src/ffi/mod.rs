@@ -24,8 +24,9 @@ pub use quantize::*;
 pub use test_ffi::*;
 
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
-/// struct or constant in `pyquant.h`.
-pub const PQ_ABI_VERSION: u32 = 3;
+/// struct or constant in `pyquant.h`, or of a documented guarantee (4:
+/// outputs may be partly written on a bad value).
+pub const PQ_ABI_VERSION: u32 = 4;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;

@@ -68,8 +68,11 @@ pub unsafe extern "C" fn pq_quantized_sizes(
 /// (use `pq_quantize_copy` if it may). Output lengths are counts of their
 /// element type and must be at least what `pq_quantized_sizes` returns;
 /// outputs may not overlap the input or each other. All buffers are owned by
-/// the caller; pyquant keeps no pointer after returning. Outputs are written
-/// only when the call returns `PQ_STATUS_OK`.
+/// the caller; pyquant keeps no pointer after returning. On an error about
+/// pointers, lengths or the layout nothing is written; on a bad value
+/// (`PQ_STATUS_NON_FINITE`) the outputs may be partly written (the input is
+/// read once, each group validated as it is quantized) and the error names
+/// the first bad value, the same for every `threads`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_quantize(
     dtype: u32,
@@ -110,8 +113,8 @@ pub unsafe extern "C" fn pq_quantize(
 /// quantizes that copy. `input` needs no alignment and may change after the
 /// copy is taken; `input_bytes` must be a multiple of the element size.
 /// Same bytes out as `pq_quantize` for the same values; `threads` as there.
-/// Buffers are owned by the caller; outputs are written only on
-/// `PQ_STATUS_OK`.
+/// Buffers are owned by the caller; on error the outputs may be partly
+/// written, as for `pq_quantize`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_quantize_copy(
     dtype: u32,
@@ -189,7 +192,9 @@ fn aligned_copy(bytes: &[u8]) -> Result<Vec<u32>> {
 ///
 /// Input lengths must match the layout exactly; `output` must be aligned for
 /// `dtype`, at least `output_len` long and not overlap the inputs. Buffers are
-/// owned by the caller. `output` is written only on `PQ_STATUS_OK`.
+/// owned by the caller. On a non-finite scale or min, `output` may be partly
+/// written (each run of groups is checked just before it is decoded); on
+/// any other error it is untouched.
 #[no_mangle]
 pub unsafe extern "C" fn pq_dequantize(
     codes: *const u8,
@@ -273,11 +278,14 @@ pub struct PqDequantizeItem {
 /// threads, small ones are spread over them). Items may mix dtypes, bit
 /// widths and group sizes.
 ///
-/// All or nothing: every item is checked (pointers, lengths, layout), no
-/// output of any item may overlap any input or output of any item or the
-/// `items` array (inputs may overlap each other), and every input value is
-/// validated, all before any output of any item is written. On failure
-/// nothing is written and `*failed_item` is set to the index N of the item
+/// Every item is checked (pointers, lengths, layout), and no output of any
+/// item may overlap any input or output of any item or the `items` array
+/// (inputs may overlap each other), before any output is written. Input
+/// values are validated in the same pass that quantizes them: on a bad value
+/// the outputs of any items may be partly written, and the error is the
+/// first bad value in item and group order, the same for every `threads`.
+/// Nothing but the items' outputs is ever written. On failure
+/// `*failed_item` is set to the index N of the item
 /// the problem is about (to `SIZE_MAX` when it is not about one item, and on
 /// success); the message describes the problem without naming N, so that a
 /// host can name the tensor in its own terms. Checks run in this order: each
@@ -305,9 +313,11 @@ pub unsafe extern "C" fn pq_quantize_batch(
 /// to `threads` threads as `pq_quantize`. Items may mix dtypes, bit widths
 /// and group sizes.
 ///
-/// All or nothing, as `pq_quantize_batch`: every item is checked, no output
-/// may overlap any buffer of any item or the `items` array, and every scale
-/// and min is validated before any output is written; on failure
+/// Errors as `pq_quantize_batch`: every item is checked and no output may
+/// overlap any buffer of any item or the `items` array, before any output is
+/// written; scales and mins are validated as their groups are decoded (on a
+/// non-finite one, outputs may be partly written; the error is the first in
+/// item and group order); on failure
 /// `*failed_item` is the index of the item the problem is about (`SIZE_MAX`
 /// when not about one item, and on success).
 ///
@@ -639,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn nan_in_item_2_writes_nothing_anywhere() {
+    fn nan_in_item_2_is_the_error_for_every_thread_count() {
         for threads in [1, 2] {
             let mut tensors = mixed_tensors();
             // Item 2 is bfloat16: 0x7FC0 is a NaN. Item 4 also has one; item 2 is first.
@@ -650,7 +660,8 @@ mod tests {
             let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
             assert_eq!((status, failed), (PqStatus::NonFinite, 2));
             assert!(msg.starts_with("NaN at flat index 700 (row 0, column 700) in group 10"), "{msg}");
-            assert!(tensors.iter().all(Tensor::untouched), "threads {threads}");
+            // Items before it are complete; outputs from there on may be partly written.
+            assert!(tensors[..2].iter().all(Tensor::matches_reference), "threads {threads}");
         }
     }
 
@@ -874,7 +885,7 @@ mod tests {
     }
 
     #[test]
-    fn dequantize_batch_all_or_nothing() {
+    fn dequantize_batch_errors_and_results() {
         let mut tensors = mixed_tensors();
         let mut keep = vec![];
         let items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
@@ -902,13 +913,14 @@ mod tests {
             .collect();
         let mut e = new_error();
         let mut failed = 0usize;
-        // A non-finite scale in item 1: nothing written anywhere.
+        // A non-finite scale in item 1: the error names it; outputs may be
+        // partly written, never past their lengths.
         let saved = tensors[1].scales[3];
         tensors[1].scales[3] = f32::INFINITY;
         let status = unsafe { pq_dequantize_batch(ditems.as_ptr(), ditems.len(), 2, &mut failed, &mut e) };
         assert_eq!((status, failed), (PqStatus::NonFinite, 1));
         assert!(message(&e).starts_with("group 3 has a non-finite scale (inf)"), "{}", message(&e));
-        assert!(outputs.iter().all(|o| o.iter().all(|&w| w == 0xDEAD_BEEF)));
+        assert!(outputs.iter().zip(&tensors).all(|(o, t)| o[t.len] == 0xDEAD_BEEF));
         tensors[1].scales[3] = saved;
         // An output over another item's codes.
         let saved = ditems[0].output;

@@ -23,11 +23,6 @@ use crate::element::{Values, ValuesMut};
 use crate::error::Result;
 use crate::layout::{params_error, Layout};
 
-/// Values per block of the validation pass (a block that has no value at or
-/// above 2**126 in magnitude and no non-finite value is accepted without
-/// looking at its groups).
-const CHECK_BLOCK: usize = 4096;
-
 /// The instruction set the kernels run with, detected at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -118,9 +113,6 @@ pub(crate) trait Lane: Copy + Send + Sync + 'static {
     fn decode_group<H: HalfCvt, const BITS: u32>(codes: &[u8], scale: f32, min: f32, out: &mut [Self]) {
         decode_values::<Self, H, BITS>(codes, scale, min, out)
     }
-    /// True when every value of `xs` is finite and below 2**126 in magnitude:
-    /// then no group made of them can have a non-finite range `hi - lo`.
-    fn plain(xs: &[Self]) -> bool;
     /// A signed integer whose order is the order of the (non-NaN) values,
     /// with -0.0 just below +0.0: min / max reductions over it vectorize.
     type Key: Ord + Copy;
@@ -149,14 +141,6 @@ impl Lane for f32 {
     fn narrow<H: HalfCvt>(x: f32) -> Self {
         x
     }
-    #[inline(always)]
-    fn plain(xs: &[Self]) -> bool {
-        let mut m = 0u32;
-        for x in xs {
-            m = m.max(x.to_bits() & 0x7FFF_FFFF);
-        }
-        m < 0x7E80_0000 // 2**126
-    }
     type Key = i32;
     const KEY_MAX: i32 = i32::MAX;
     const KEY_MIN: i32 = i32::MIN;
@@ -183,15 +167,6 @@ impl Lane for f16 {
     fn decode_group<H: HalfCvt, const BITS: u32>(codes: &[u8], scale: f32, min: f32, out: &mut [Self]) {
         H::decode_group_f16::<BITS>(codes, scale, min, out)
     }
-    #[inline(always)]
-    fn plain(xs: &[Self]) -> bool {
-        // Finite f16 values are at most 65504: only non-finite ones matter.
-        let mut m = 0u16;
-        for x in xs {
-            m = m.max(x.to_bits() & 0x7FFF);
-        }
-        m < 0x7C00
-    }
     type Key = i16;
     const KEY_MAX: i16 = i16::MAX;
     const KEY_MIN: i16 = i16::MIN;
@@ -214,14 +189,6 @@ impl Lane for bf16 {
     #[inline(always)]
     fn narrow<H: HalfCvt>(x: f32) -> Self {
         bf16::from_bits(f32_to_bf16_bits(x))
-    }
-    #[inline(always)]
-    fn plain(xs: &[Self]) -> bool {
-        let mut m = 0u16;
-        for x in xs {
-            m = m.max(x.to_bits() & 0x7FFF);
-        }
-        m < 0x7E80 // 2**126
     }
     type Key = i16;
     const KEY_MAX: i16 = i16::MAX;
@@ -375,35 +342,30 @@ pub(crate) fn f32_to_bf16_bits(x: f32) -> u16 {
 // ---------------------------------------------------------------------------
 // Entry points (dtype-erased, per piece)
 
-/// Pass 1 of quantize: errors if a value is non-finite or a group's range
-/// overflows, exactly as the reference would, naming the first such group.
-pub(crate) fn check_values(isa: Isa, input: Values<'_>, layout: &Layout, first_group: usize) -> Result<()> {
-    match input {
-        Values::F32(x) => check_values_isa(isa, x, layout, first_group),
-        Values::F16(x) => check_values_isa(isa, x, layout, first_group),
-        Values::BF16(x) => check_values_isa(isa, x, layout, first_group),
-    }
-}
-
-/// Pass 2 of quantize: writes scales, mins and codes of every group of
-/// `input`. `check_values` must have passed; outputs have exactly the
-/// lengths of these groups.
+/// Quantizes every group of `input` (a piece whose first group is group
+/// `first_group` of its tensor): writes scales, mins and codes, validating
+/// each block of groups as it goes. Errors exactly as the reference would,
+/// naming the first non-finite value or overflowing range; on error the
+/// outputs of the groups before it (and of its block's scales and mins) may
+/// have been written. Outputs have exactly the lengths of these groups.
 pub(crate) fn encode(
     isa: Isa,
     input: Values<'_>,
     layout: &Layout,
+    first_group: usize,
     codes: &mut [u8],
     scales: &mut [f32],
     mins: &mut [f32],
-) {
+) -> Result<()> {
     match input {
-        Values::F32(x) => encode_isa(isa, x, layout, codes, scales, mins),
-        Values::F16(x) => encode_isa(isa, x, layout, codes, scales, mins),
-        Values::BF16(x) => encode_isa(isa, x, layout, codes, scales, mins),
+        Values::F32(x) => encode_isa(isa, x, layout, first_group, codes, scales, mins),
+        Values::F16(x) => encode_isa(isa, x, layout, first_group, codes, scales, mins),
+        Values::BF16(x) => encode_isa(isa, x, layout, first_group, codes, scales, mins),
     }
 }
 
-/// Pass 1 of dequantize: errors on the first non-finite scale or min.
+/// Dequantize's check of a piece, made just before it is decoded: errors on
+/// the first non-finite scale or min.
 pub(crate) fn check_params(scales: &[f32], mins: &[f32], first_group: usize) -> Result<()> {
     // Tiny (one pair per group) and vectorizes as is.
     let mut m = 0u32;
@@ -419,7 +381,7 @@ pub(crate) fn check_params(scales: &[f32], mins: &[f32], first_group: usize) -> 
     Err(params_error(first_group + i, scales[i], mins[i]))
 }
 
-/// Pass 2 of dequantize: writes `mins + q * scales` for every group.
+/// Dequantize: writes `mins + q * scales` for every group.
 pub(crate) fn decode(isa: Isa, codes: &[u8], scales: &[f32], mins: &[f32], layout: &Layout, output: ValuesMut<'_>) {
     match output {
         ValuesMut::F32(y) => decode_isa(isa, codes, scales, mins, layout, y),
@@ -428,27 +390,14 @@ pub(crate) fn decode(isa: Isa, codes: &[u8], scales: &[f32], mins: &[f32], layou
     }
 }
 
-isa_dispatch!(fn check_values_isa<T>(x: &[T], layout: &Layout, first_group: usize) -> Result<()> = check_values_impl);
-isa_dispatch!(fn encode_isa<T>(x: &[T], layout: &Layout, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) -> () = encode_impl);
+isa_dispatch!(fn encode_isa<T>(x: &[T], layout: &Layout, first_group: usize, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) -> Result<()> = encode_impl);
 isa_dispatch!(fn decode_isa<T>(codes: &[u8], scales: &[f32], mins: &[f32], layout: &Layout, y: &mut [T]) -> () = decode_impl);
 
 // ---------------------------------------------------------------------------
 // Generic inner loops
 
-#[inline(always)]
-fn check_values_impl<T: Lane, H: HalfCvt>(x: &[T], layout: &Layout, first_group: usize) -> Result<()> {
-    let g = layout.group_size;
-    let groups_per_block = (CHECK_BLOCK / g).max(1);
-    for (b, block) in x.chunks(groups_per_block * g).enumerate() {
-        if !T::plain(block) {
-            check_groups_exactly(block, layout, first_group + b * groups_per_block)?;
-        }
-    }
-    Ok(())
-}
-
-/// The reference's pass 1 over the groups of one block: only reached for
-/// blocks holding huge or non-finite values.
+/// The reference's check of the groups of one block, naming the first bad
+/// value or range: only reached for a block whose scales are not all finite.
 #[cold]
 #[inline(never)]
 fn check_groups_exactly<T: Lane>(block: &[T], layout: &Layout, first_group: usize) -> Result<()> {
@@ -489,11 +438,18 @@ fn min_max_keys<T: Lane>(xs: &[T]) -> (T::Key, T::Key) {
 }
 
 #[inline(always)]
-fn encode_impl<T: Lane, H: HalfCvt>(x: &[T], layout: &Layout, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) {
+fn encode_impl<T: Lane, H: HalfCvt>(
+    x: &[T],
+    layout: &Layout,
+    first_group: usize,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> Result<()> {
     match layout.bits {
-        2 => encode_bits::<T, H, 2>(x, layout.group_size, codes, scales, mins),
-        4 => encode_bits::<T, H, 4>(x, layout.group_size, codes, scales, mins),
-        8 => encode_bits::<T, H, 8>(x, layout.group_size, codes, scales, mins),
+        2 => encode_bits::<T, H, 2>(x, layout, first_group, codes, scales, mins),
+        4 => encode_bits::<T, H, 4>(x, layout, first_group, codes, scales, mins),
+        8 => encode_bits::<T, H, 8>(x, layout, first_group, codes, scales, mins),
         _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
     }
 }
@@ -505,18 +461,20 @@ const GROUPS_PER_BLOCK: usize = 16;
 #[inline(always)]
 fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
     x: &[T],
-    g: usize,
+    layout: &Layout,
+    first_group: usize,
     codes: &mut [u8],
     scales: &mut [f32],
     mins: &mut [f32],
-) {
+) -> Result<()> {
+    let g = layout.group_size;
     let qmax = ((1u32 << BITS) - 1) as f32;
     let code_bytes = g * BITS as usize / 8;
     let blocks = x
         .chunks(g * GROUPS_PER_BLOCK)
         .zip(codes.chunks_mut(code_bytes * GROUPS_PER_BLOCK))
         .zip(scales.chunks_mut(GROUPS_PER_BLOCK).zip(mins.chunks_mut(GROUPS_PER_BLOCK)));
-    for ((xb, cb), (sb, mb)) in blocks {
+    for (b, ((xb, cb), (sb, mb))) in blocks.enumerate() {
         // Keys of every group's min and max, then scales and mins of all of
         // them in one vector loop (no scalar divide per group).
         let mut lo_keys = [T::KEY_MAX; GROUPS_PER_BLOCK];
@@ -530,6 +488,14 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
             *scale_out = (hi - lo) / qmax;
             *min_out = lo;
         }
+        // The validation, in the same pass: a non-finite value makes the
+        // group's max or min key non-finite, so every error of the
+        // reference (a non-finite value, or a range `hi - lo` that
+        // overflows) shows as a non-finite scale, and only then.
+        if sb.iter().fold(0u32, |m, s| m.max(s.to_bits() & 0x7FFF_FFFF)) >= 0x7F80_0000 {
+            check_groups_exactly(xb, layout, first_group + b * GROUPS_PER_BLOCK)?;
+            unreachable!("a non-finite scale comes from a bad value or range");
+        }
         for ((group, group_codes), (&scale, &lo)) in
             xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter()))
         {
@@ -541,6 +507,7 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
             }
         }
     }
+    Ok(())
 }
 
 /// The code of one value, as the reference computes it: subtraction and
