@@ -169,7 +169,7 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
         check_in_place(data, dtype)
         quantized_layout(data.shape, bits, group_size)
     elif chosen == "copy":
-        resolve_dtype(data, dtype)
+        resolve_dtype(data.dtype, dtype)
         quantized_layout(data.shape or (1,), bits, group_size)  # quantize_copy makes a 0-d array 1-d
     elif chosen == "batch":
         items = data.items() if isinstance(data, Mapping) else enumerate(data)
@@ -178,7 +178,7 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
                 continue  # the CopyRequiredError the reason announces
             b, g = params_for(name, bits, group_size, params)
             try:
-                resolve_dtype(arr, None)
+                resolve_dtype(arr.dtype, None)
                 quantized_layout(arr.shape, b, g)
             except QuantizeError as exc:  # named as quantize_batch names it
                 raise type(exc)(f"tensor {name!r}: {exc}") from None
