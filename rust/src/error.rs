@@ -37,6 +37,11 @@ pub enum PqStatus {
     /// buffers or children, bad lengths or offsets), holds nulls, or lacks a
     /// column pyquant needs.
     InvalidArrow = 12,
+    /// The GGML type id is not one of the types pyquant implements.
+    UnsupportedGgmlType = 13,
+    /// An importance matrix has the wrong length or a negative or non-finite
+    /// entry, or is missing for a type that needs one.
+    InvalidImatrix = 14,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.

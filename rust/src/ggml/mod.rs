@@ -1,0 +1,282 @@
+//! llama.cpp's GGML block formats, bit-identical to ggml's C reference
+//! (`ggml_quantize_chunk` and `dequantize_row_*` of llama.cpp as shipped in
+//! llama-cpp-python 0.3.36; the tests compare against that C code).
+//!
+//! [`types`] is the table of types, [`search`] the shared scalar helpers
+//! (`nearest_int`, `make_qx_quants`, ...), [`legacy`], [`kquants`] and
+//! [`iq4`] the per-type rows. This module validates a whole call first
+//! (shape, values, importance matrix) and only then writes, rows in
+//! parallel: every row is computed by the same code on whichever thread, so
+//! the bytes do not depend on the thread count.
+
+pub mod iq4;
+pub mod kquants;
+pub mod legacy;
+pub mod search;
+pub mod types;
+
+use std::num::NonZeroUsize;
+use std::thread;
+
+use crate::element::{Values, ValuesMut};
+use crate::error::{Error, PqStatus, Result};
+pub use types::{GgmlType, TypeInfo, TYPES};
+
+type QuantizeRow = fn(&[f32], Option<&[f32]>, &mut [u8]);
+type DequantizeRow = fn(&[u8], &mut [f32]);
+
+/// Input bytes per thread below which no thread is added (spawning costs
+/// tens of microseconds; a Q8_0 row of 4096 values takes about as long).
+const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
+
+fn quantize_f32(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn quantize_f16(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(2)) {
+        o.copy_from_slice(&search::fp32_to_fp16(*v).to_le_bytes());
+    }
+}
+
+fn quantize_bf16(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(2)) {
+        o.copy_from_slice(&search::fp32_to_bf16(*v).to_le_bytes());
+    }
+}
+
+fn dequantize_f32(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(4)) {
+        *o = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    }
+}
+
+fn dequantize_f16(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(2)) {
+        *o = search::fp16_to_fp32(u16::from_le_bytes([v[0], v[1]]));
+    }
+}
+
+fn dequantize_bf16(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(2)) {
+        *o = search::bf16_to_fp32(u16::from_le_bytes([v[0], v[1]]));
+    }
+}
+
+/// The row kernels of a type.
+fn kernels(ty: GgmlType) -> (QuantizeRow, DequantizeRow) {
+    use GgmlType::*;
+    match ty {
+        F32 => (quantize_f32, dequantize_f32),
+        F16 => (quantize_f16, dequantize_f16),
+        Bf16 => (quantize_bf16, dequantize_bf16),
+        Q4_0 => (legacy::quantize_q4_0, legacy::dequantize_q4_0),
+        Q4_1 => (legacy::quantize_q4_1, legacy::dequantize_q4_1),
+        Q5_0 => (legacy::quantize_q5_0, legacy::dequantize_q5_0),
+        Q5_1 => (legacy::quantize_q5_1, legacy::dequantize_q5_1),
+        Q8_0 => (legacy::quantize_q8_0, legacy::dequantize_q8_0),
+        Q2K => (kquants::quantize_q2_k, kquants::dequantize_q2_k),
+        Q3K => (kquants::quantize_q3_k, kquants::dequantize_q3_k),
+        Q4K => (kquants::quantize_q4_k, kquants::dequantize_q4_k),
+        Q5K => (kquants::quantize_q5_k, kquants::dequantize_q5_k),
+        Q6K => (kquants::quantize_q6_k, kquants::dequantize_q6_k),
+        Iq4Nl => (iq4::quantize_iq4_nl, iq4::dequantize_iq4_nl),
+        Iq4Xs => (iq4::quantize_iq4_xs, iq4::dequantize_iq4_xs),
+    }
+}
+
+/// Rows and bytes of `n_values` values of type `ty` in rows of `row_len`:
+/// `(rows, bytes per row)`, checking every shape rule.
+pub fn shape(ty: GgmlType, n_values: usize, row_len: usize) -> Result<(usize, usize)> {
+    let row_bytes = ty.row_bytes(row_len)?;
+    if n_values % row_len != 0 {
+        return Err(Error::new(
+            PqStatus::ShapeMismatch,
+            format!("{n_values} values do not split into rows of {row_len}"),
+        ));
+    }
+    let rows = n_values / row_len;
+    rows.checked_mul(row_bytes)
+        .ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("{rows} rows of {row_bytes} bytes overflow")))?;
+    Ok((rows, row_bytes))
+}
+
+/// Bytes of `n_values` values quantized to `ty` in rows of `row_len`.
+pub fn quantized_len(ty: GgmlType, n_values: usize, row_len: usize) -> Result<usize> {
+    let (rows, row_bytes) = shape(ty, n_values, row_len)?;
+    Ok(rows * row_bytes)
+}
+
+/// Checks an importance matrix: one finite, non-negative weight per column.
+pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> Result<()> {
+    let Some(w) = imatrix else {
+        if ty.info().needs_imatrix {
+            return Err(Error::new(
+                PqStatus::InvalidImatrix,
+                format!("{} needs an importance matrix", ty.name()),
+            ));
+        }
+        return Ok(());
+    };
+    if w.len() != row_len {
+        return Err(Error::new(
+            PqStatus::InvalidImatrix,
+            format!("imatrix has {} entries; it needs one per column ({row_len})", w.len()),
+        ));
+    }
+    if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        return Err(Error::new(
+            PqStatus::InvalidImatrix,
+            format!("imatrix entry {i} is {v}; entries must be finite and non-negative"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_finite(input: Values<'_>) -> Result<()> {
+    fn first_bad<T: crate::Element>(s: &[T]) -> Option<(usize, f32)> {
+        s.iter().map(|v| v.to_f32()).enumerate().find(|(_, v)| !v.is_finite())
+    }
+    let bad = match input {
+        Values::F32(s) => first_bad(s),
+        Values::F16(s) => first_bad(s),
+        Values::BF16(s) => first_bad(s),
+    };
+    match bad {
+        Some((i, v)) => Err(Error::new(PqStatus::NonFinite, format!("input value {i} is {v}; GGML types need finite values"))),
+        None => Ok(()),
+    }
+}
+
+/// Number of threads for `rows` rows of `bytes` input: `threads` (0 = one
+/// per core), at most one per row and per `MIN_BYTES_PER_THREAD`.
+fn thread_count(threads: usize, rows: usize, bytes: usize) -> usize {
+    let want = match threads {
+        0 => thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        n => n,
+    };
+    want.min(rows).min(bytes / MIN_BYTES_PER_THREAD).max(1)
+}
+
+/// Runs `work(first_row, rows_slice_in, rows_slice_out)` over contiguous
+/// row ranges, one per thread, the calling thread taking the first.
+fn for_row_ranges<I: Sync, O: Send>(
+    input: &[I],
+    in_row: usize,
+    out: &mut [O],
+    out_row: usize,
+    n_threads: usize,
+    work: impl Fn(&[I], &mut [O]) + Sync,
+) {
+    let rows = input.len() / in_row;
+    let per = rows.div_ceil(n_threads.max(1));
+    if n_threads <= 1 || per == 0 {
+        work(input, out);
+        return;
+    }
+    thread::scope(|scope| {
+        let mut pieces = input.chunks(per * in_row).zip(out.chunks_mut(per * out_row));
+        let first = pieces.next();
+        for (i, o) in pieces {
+            let work = &work;
+            scope.spawn(move || work(i, o));
+        }
+        if let Some((i, o)) = first {
+            work(i, o);
+        }
+    });
+}
+
+/// Quantizes `input` (rows of `row_len` values) to `ty` into the first
+/// [`quantized_len`] bytes of `out`, with `imatrix` (one weight per column)
+/// if given, on up to `threads` threads (0 = all cores). Same bytes as
+/// ggml's `ggml_quantize_chunk` for every thread count. Checks everything
+/// first; on error `out` is untouched.
+pub fn quantize(
+    ty: GgmlType,
+    input: Values<'_>,
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    threads: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let (rows, row_bytes) = shape(ty, input.len(), row_len)?;
+    let needed = rows * row_bytes;
+    if out.len() < needed {
+        return Err(Error::new(
+            PqStatus::BufferTooSmall,
+            format!("output has {} bytes; {} {} needs {needed}", out.len(), ty.name(), input.len()),
+        ));
+    }
+    check_imatrix(ty, imatrix, row_len)?;
+    check_finite(input)?;
+    let out = &mut out[..needed];
+    let n_threads = thread_count(threads, rows, input.len() * input.dtype().size());
+    let (quantize_row, _) = kernels(ty);
+    fn run<T: crate::Element>(
+        x: &[T],
+        row_len: usize,
+        row_bytes: usize,
+        out: &mut [u8],
+        n_threads: usize,
+        f: impl Fn(&[f32], &mut [u8]) + Sync,
+    ) {
+        for_row_ranges(x, row_len, out, row_bytes, n_threads, |xs, os| {
+            let mut buf = vec![0f32; if T::DTYPE == crate::Dtype::F32 { 0 } else { row_len }];
+            for (xr, or) in xs.chunks_exact(row_len).zip(os.chunks_exact_mut(row_bytes)) {
+                let row = match T::values(xr) {
+                    Values::F32(r) => r,
+                    _ => {
+                        for (b, v) in buf.iter_mut().zip(xr) {
+                            *b = v.to_f32();
+                        }
+                        &buf[..]
+                    }
+                };
+                f(row, or);
+            }
+        });
+    }
+    let f = |row: &[f32], o: &mut [u8]| quantize_row(row, imatrix, o);
+    match input {
+        Values::F32(s) => run(s, row_len, row_bytes, out, n_threads, f),
+        Values::F16(s) => run(s, row_len, row_bytes, out, n_threads, f),
+        Values::BF16(s) => run(s, row_len, row_bytes, out, n_threads, f),
+    }
+    Ok(())
+}
+
+/// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
+/// `output.len()` values in rows of `row_len`) into `output`, as ggml's
+/// `dequantize_row_*` (f32; rounded to nearest-even for f16 / bf16 outputs).
+pub fn dequantize(ty: GgmlType, input: &[u8], row_len: usize, output: ValuesMut<'_>, threads: usize) -> Result<()> {
+    let n = output.len();
+    let (rows, row_bytes) = shape(ty, n, row_len)?;
+    if input.len() != rows * row_bytes {
+        return Err(Error::new(
+            PqStatus::BufferTooSmall,
+            format!("input has {} bytes; {n} values of {} need {}", input.len(), ty.name(), rows * row_bytes),
+        ));
+    }
+    let n_threads = thread_count(threads, rows, n * 4);
+    let (_, dequantize_row) = kernels(ty);
+    fn run<T: crate::Element>(input: &[u8], row_bytes: usize, out: &mut [T], row_len: usize, n_threads: usize, f: DequantizeRow) {
+        for_row_ranges(input, row_bytes, out, row_len, n_threads, |bs, os| {
+            let mut buf = vec![0f32; row_len];
+            for (br, or) in bs.chunks_exact(row_bytes).zip(os.chunks_exact_mut(row_len)) {
+                f(br, &mut buf);
+                for (o, v) in or.iter_mut().zip(&buf) {
+                    *o = T::from_f32(*v);
+                }
+            }
+        });
+    }
+    match output {
+        ValuesMut::F32(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
+        ValuesMut::F16(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
+        ValuesMut::BF16(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
+    }
+    Ok(())
+}
