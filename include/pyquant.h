@@ -62,7 +62,7 @@ struct ArrowArray {
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`.
  */
-#define PQ_ABI_VERSION 2
+#define PQ_ABI_VERSION 3
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -140,6 +140,15 @@ enum PqStatus
    column pyquant needs.
    */
   PQ_STATUS_INVALID_ARROW = 12,
+  /*
+   The GGML type id is not one of the types pyquant implements.
+   */
+  PQ_STATUS_UNSUPPORTED_GGML_TYPE = 13,
+  /*
+   An importance matrix has the wrong length or a negative or non-finite
+   entry, or is missing for a type that needs one.
+   */
+  PQ_STATUS_INVALID_IMATRIX = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -310,6 +319,71 @@ PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqErro
  For leak tests; cannot fail.
  */
 size_t pq_arrow_live_exports(void);
+
+/*
+ Bytes of one row of `row_len` values of GGML type `ggml_type` (a
+ `ggml_type` / `GGMLQuantizationType` value) into `*row_bytes`. Fails if
+ the type is not supported or `row_len` is not a positive multiple of its
+ block size.
+ */
+PqStatus pq_ggml_row_size(uint32_t ggml_type,
+                          size_t row_len,
+                          size_t *row_bytes,
+                          struct PqError *error);
+
+/*
+ Bytes of `input_len` values of GGML type `ggml_type` in rows of
+ `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
+ the input size of `pq_ggml_dequantize`.
+ */
+PqStatus pq_ggml_quantized_size(uint32_t ggml_type,
+                                size_t input_len,
+                                size_t row_len,
+                                size_t *output_len,
+                                struct PqError *error);
+
+/*
+ Quantizes `input_len` values of type `dtype` (a `PQ_DTYPE_*` code) read
+ in place from `input`, in rows of `row_len`, to GGML type `ggml_type`,
+ writing the first `pq_ggml_quantized_size` bytes of `output`: the bytes
+ of ggml's `ggml_quantize_chunk`. `imatrix` is NULL (no importance
+ matrix; `imatrix_len` must then be 0) or `imatrix_len == row_len`
+ finite, non-negative weights, one per column. `threads`: 0 = all cores,
+ n = at most n; the bytes are the same for every value.
+
+ `input` must be aligned for `dtype`; `output` may not overlap `input` or
+ `imatrix`. Buffers are owned by the caller; `output` is written only
+ when the call returns `PQ_STATUS_OK`.
+ */
+PqStatus pq_ggml_quantize(uint32_t ggml_type,
+                          uint32_t dtype,
+                          const void *input,
+                          size_t input_len,
+                          size_t row_len,
+                          const float *imatrix,
+                          size_t imatrix_len,
+                          size_t threads,
+                          uint8_t *output,
+                          size_t output_len,
+                          struct PqError *error);
+
+/*
+ Dequantizes `input` (exactly `pq_ggml_quantized_size(ggml_type,
+ output_len, row_len)` bytes) into `output_len` values of type `dtype`,
+ as ggml's `dequantize_row_*` (rounded to nearest-even for f16 / bf16
+ outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
+ for `dtype` and not overlap `input`; it is written only on
+ `PQ_STATUS_OK`.
+ */
+PqStatus pq_ggml_dequantize(uint32_t ggml_type,
+                            const uint8_t *input,
+                            size_t input_len,
+                            size_t row_len,
+                            uint32_t dtype,
+                            size_t threads,
+                            void *output,
+                            size_t output_len,
+                            struct PqError *error);
 
 /*
  The library version, e.g. "0.1.0": a static NUL-terminated string that

@@ -7,16 +7,18 @@
 
 mod arrow;
 mod boundary;
+mod ggml;
 mod memory;
 mod quantize;
 
 pub use arrow::*;
 pub use boundary::PqError;
+pub use ggml::*;
 pub use quantize::*;
 
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
 /// struct or constant in `pyquant.h`.
-pub const PQ_ABI_VERSION: u32 = 2;
+pub const PQ_ABI_VERSION: u32 = 3;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;

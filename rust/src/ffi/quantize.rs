@@ -335,7 +335,7 @@ pub unsafe extern "C" fn pq_debug_panic(error: *mut PqError) -> PqStatus {
     run(error, || panic!("pq_debug_panic was called"))
 }
 
-fn dtype_from_code(code: u32) -> Result<Dtype> {
+pub(super) fn dtype_from_code(code: u32) -> Result<Dtype> {
     const F32: u32 = PqDtype::F32 as u32;
     const F16: u32 = PqDtype::F16 as u32;
     const BF16: u32 = PqDtype::Bf16 as u32;
@@ -360,14 +360,14 @@ fn report_failed_item(failed_item: *mut usize, failed: Option<usize>) {
 }
 
 /// A tensor region of a run-time dtype.
-enum TensorRegion {
+pub(super) enum TensorRegion {
     F32(Region<f32>),
     F16(Region<f16>),
     BF16(Region<bf16>),
 }
 
 impl TensorRegion {
-    fn new(dtype: Dtype, what: &'static str, ptr: *const c_void, len: usize) -> Result<Self> {
+    pub(super) fn new(dtype: Dtype, what: &'static str, ptr: *const c_void, len: usize) -> Result<Self> {
         Ok(match dtype {
             Dtype::F32 => TensorRegion::F32(Region::new(what, ptr as *const f32, len)?),
             Dtype::F16 => TensorRegion::F16(Region::new(what, ptr as *const f16, len)?),
@@ -375,7 +375,7 @@ impl TensorRegion {
         })
     }
 
-    fn span(&self, item: usize, output: bool) -> Span {
+    pub(super) fn span(&self, item: usize, output: bool) -> Span {
         match self {
             TensorRegion::F32(r) => r.span(Some(item), output),
             TensorRegion::F16(r) => r.span(Some(item), output),
@@ -385,7 +385,7 @@ impl TensorRegion {
 
     /// # Safety
     /// As [`Region::as_slice`].
-    unsafe fn values<'a>(&self) -> Values<'a> {
+    pub(super) unsafe fn values<'a>(&self) -> Values<'a> {
         match self {
             TensorRegion::F32(r) => Values::F32(r.as_slice()),
             TensorRegion::F16(r) => Values::F16(r.as_slice()),
@@ -395,7 +395,7 @@ impl TensorRegion {
 
     /// # Safety
     /// As [`Region::as_mut_slice`].
-    unsafe fn values_mut<'a>(&self) -> ValuesMut<'a> {
+    pub(super) unsafe fn values_mut<'a>(&self) -> ValuesMut<'a> {
         match self {
             TensorRegion::F32(r) => ValuesMut::F32(r.as_mut_slice()),
             TensorRegion::F16(r) => ValuesMut::F16(r.as_mut_slice()),

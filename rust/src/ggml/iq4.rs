@@ -6,7 +6,7 @@
 use super::search::{best_index_int8, c_max, c_min, fp32_to_fp16, get_f16, nearest_int, GROUP_MAX_EPS};
 
 /// `kvalues_iq4nl`: the 16 levels of IQ4.
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 const NTRY: i32 = 7;
 const QK_K: usize = 256;
 

@@ -6,7 +6,7 @@
 //! The per-type quantizers and a future scale search build on these.
 
 /// `GROUP_MAX_EPS`: below this absolute maximum a group counts as all zero.
-pub const GROUP_MAX_EPS: f32 = 1e-15;
+pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// The C macro `MIN(a, b)`: `a < b ? a : b`.
 #[inline(always)]

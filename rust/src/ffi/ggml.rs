@@ -1,0 +1,122 @@
+//! Exported GGML functions: check regions (NULL, alignment, sizes, overlap),
+//! build slices, call [`crate::ggml`], all inside [`run`].
+
+use std::os::raw::c_void;
+
+use super::boundary::{run, PqError};
+use super::memory::{check_disjoint, Region};
+use super::quantize::{dtype_from_code, TensorRegion};
+use crate::error::{PqStatus, Result};
+use crate::ggml::{self, GgmlType};
+
+/// Writes `*out` (a caller-owned size_t that must not be NULL).
+fn write_size(what: &'static str, out: *mut usize, value: usize) -> Result<()> {
+    let region = Region::new(what, out, 1)?;
+    // SAFETY: checked non-NULL and aligned; the caller owns one writable size_t.
+    unsafe { region.as_mut_slice()[0] = value };
+    Ok(())
+}
+
+/// Bytes of one row of `row_len` values of GGML type `ggml_type` (a
+/// `ggml_type` / `GGMLQuantizationType` value) into `*row_bytes`. Fails if
+/// the type is not supported or `row_len` is not a positive multiple of its
+/// block size.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_row_size(
+    ggml_type: u32,
+    row_len: usize,
+    row_bytes: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let bytes = GgmlType::try_from(ggml_type)?.row_bytes(row_len)?;
+        write_size("row_bytes", row_bytes, bytes)
+    })
+}
+
+/// Bytes of `input_len` values of GGML type `ggml_type` in rows of
+/// `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
+/// the input size of `pq_ggml_dequantize`.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_quantized_size(
+    ggml_type: u32,
+    input_len: usize,
+    row_len: usize,
+    output_len: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let bytes = ggml::quantized_len(GgmlType::try_from(ggml_type)?, input_len, row_len)?;
+        write_size("output_len", output_len, bytes)
+    })
+}
+
+/// Quantizes `input_len` values of type `dtype` (a `PQ_DTYPE_*` code) read
+/// in place from `input`, in rows of `row_len`, to GGML type `ggml_type`,
+/// writing the first `pq_ggml_quantized_size` bytes of `output`: the bytes
+/// of ggml's `ggml_quantize_chunk`. `imatrix` is NULL (no importance
+/// matrix; `imatrix_len` must then be 0) or `imatrix_len == row_len`
+/// finite, non-negative weights, one per column. `threads`: 0 = all cores,
+/// n = at most n; the bytes are the same for every value.
+///
+/// `input` must be aligned for `dtype`; `output` may not overlap `input` or
+/// `imatrix`. Buffers are owned by the caller; `output` is written only
+/// when the call returns `PQ_STATUS_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_quantize(
+    ggml_type: u32,
+    dtype: u32,
+    input: *const c_void,
+    input_len: usize,
+    row_len: usize,
+    imatrix: *const f32,
+    imatrix_len: usize,
+    threads: usize,
+    output: *mut u8,
+    output_len: usize,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let ty = GgmlType::try_from(ggml_type)?;
+        let source = TensorRegion::new(dtype_from_code(dtype)?, "input", input, input_len)?;
+        let weights = Region::new("imatrix", imatrix, imatrix_len)?;
+        let out = Region::new("output", output as *const u8, output_len)?;
+        let mut spans = [source.span(0, false), weights.span(None, false), out.span(None, true)];
+        check_disjoint(&mut spans).map_err(|e| e.error)?;
+        // SAFETY: regions checked above (NULL, alignment, size, no overlap
+        // of the output with anything); the caller keeps them valid.
+        unsafe {
+            let imatrix = (!imatrix.is_null()).then(|| weights.as_slice());
+            ggml::quantize(ty, source.values(), row_len, imatrix, threads, out.as_mut_slice())
+        }
+    })
+}
+
+/// Dequantizes `input` (exactly `pq_ggml_quantized_size(ggml_type,
+/// output_len, row_len)` bytes) into `output_len` values of type `dtype`,
+/// as ggml's `dequantize_row_*` (rounded to nearest-even for f16 / bf16
+/// outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
+/// for `dtype` and not overlap `input`; it is written only on
+/// `PQ_STATUS_OK`.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_dequantize(
+    ggml_type: u32,
+    input: *const u8,
+    input_len: usize,
+    row_len: usize,
+    dtype: u32,
+    threads: usize,
+    output: *mut c_void,
+    output_len: usize,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let ty = GgmlType::try_from(ggml_type)?;
+        let source = Region::new("input", input, input_len)?;
+        let out = TensorRegion::new(dtype_from_code(dtype)?, "output", output, output_len)?;
+        let mut spans = [source.span(None, false), out.span(0, true)];
+        check_disjoint(&mut spans).map_err(|e| e.error)?;
+        // SAFETY: as in pq_ggml_quantize.
+        unsafe { ggml::dequantize(ty, source.as_slice(), row_len, out.values_mut(), threads) }
+    })
+}
