@@ -29,6 +29,7 @@ docs/api-guide.md in the source tree has a decision table and an FAQ.
 """
 
 from ._version import __version__
+from . import gguf
 from .arrow import dequantize_arrow, quantize_arrow, quantize_arrow_file, quantized_schema
 from .core import (
     SUPPORTED_DTYPES,

@@ -94,6 +94,18 @@ class ArrowDataError(QuantizeError):
     status_name = "PQ_STATUS_INVALID_ARROW"
 
 
+class UnsupportedGgmlTypeError(QuantizeError):
+    """The GGML type is not one pyquant implements (see ``pyquant.gguf.SUPPORTED_TYPES``)."""
+
+    status_name = "PQ_STATUS_UNSUPPORTED_GGML_TYPE"
+
+
+class InvalidImatrixError(QuantizeError):
+    """An importance matrix has the wrong length or a negative or non-finite entry."""
+
+    status_name = "PQ_STATUS_INVALID_IMATRIX"
+
+
 class CheckpointError(QuantizeError):
     """A file is missing, unreadable, malformed or inconsistent, or an output
     cannot be written."""

@@ -1,0 +1,164 @@
+"""llama.cpp's GGML block formats, bit-identical to ggml's own C code, with
+the interface of gguf-py's ``gguf.quants``.
+
+- :func:`quantize` ``(data, qtype, *, imatrix=None, threads=None)``: the
+  bytes of ggml's ``ggml_quantize_chunk`` (what ``llama-quantize`` writes),
+  with or without an importance matrix.
+- :func:`dequantize` ``(data, qtype)``: ggml's ``dequantize_row_*``.
+
+Shapes, dtypes and ``qtype`` as ``gguf.quants.quantize`` / ``dequantize``:
+an input of shape ``(..., n)`` quantizes to uint8 ``(..., n / block * bytes)``
+(float32 for F32, float16 for F16, as gguf-py returns them) and back.
+``qtype`` is a ``gguf.GGMLQuantizationType``, its name (``"Q4_K"``) or its
+integer value; gguf-py itself is never imported. Types: :data:`SUPPORTED_TYPES`.
+
+The input is read in place when it is a C-contiguous, aligned, native-order
+float32, float16 or bfloat16 array; other float or integer arrays are first
+converted to float32 (as gguf-py does), strided ones made contiguous. One
+native call, GIL released, rows spread over ``threads`` threads (None: all
+cores); the bytes are the same for every thread count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._lib import ffi, lib
+from .core import _NATIVE_DTYPES, c_threads
+from .errors import (
+    ShapeError,
+    UnsupportedDtypeError,
+    UnsupportedGgmlTypeError,
+    check,
+    new_error_struct,
+)
+
+__all__ = ["SUPPORTED_TYPES", "block_size", "dequantize", "quantize"]
+
+
+def _type_table() -> dict[str, int]:
+    """ggml name -> type id, from the native type table (ids are < 64)."""
+    table = {}
+    for type_id in range(64):
+        name = lib.pq_ggml_type_name(type_id)
+        if name != ffi.NULL:
+            table[ffi.string(name).decode()] = type_id
+    return table
+
+
+_IDS = _type_table()
+_NAMES = {type_id: name for name, type_id in _IDS.items()}
+SUPPORTED_TYPES: tuple[str, ...] = tuple(_IDS)
+
+
+def _type_id(qtype: Any) -> int:
+    """The GGML type id of a GGMLQuantizationType, name or integer."""
+    if isinstance(qtype, str):
+        found = _IDS.get(qtype.upper())
+    elif isinstance(qtype, (int, np.integer)) and not isinstance(qtype, bool):
+        # GGMLQuantizationType is an IntEnum: this branch takes it too.
+        found = int(qtype) if int(qtype) in _NAMES else None
+    else:
+        found = None
+    if found is None:
+        raise UnsupportedGgmlTypeError(
+            f"GGML type {qtype!r} is not supported; supported: {', '.join(SUPPORTED_TYPES)}"
+        )
+    return found
+
+
+def block_size(qtype: Any) -> tuple[int, int]:
+    """``(values, bytes)`` of one block of ``qtype`` (gguf-py's ``GGML_QUANT_SIZES``)."""
+    sizes = ffi.new("size_t[2]")
+    err = new_error_struct()
+    check(lib.pq_ggml_block_size(_type_id(qtype), sizes, sizes + 1, err), err)
+    return int(sizes[0]), int(sizes[1])
+
+
+def _readable(data: Any) -> tuple[np.ndarray[Any, Any], int]:
+    """``data`` as an array the kernel reads in place, and its dtype code."""
+    arr = np.asarray(data)
+    known = _NATIVE_DTYPES.get(arr.dtype)
+    if known is None:
+        if arr.dtype.kind not in "fiu" and arr.dtype != _BF16_SWAPPED:
+            raise UnsupportedDtypeError(f"dtype {arr.dtype} cannot be quantized to a GGML type")
+        arr = arr.astype(np.float32)
+        known = _NATIVE_DTYPES[arr.dtype]
+    if not arr.flags.c_contiguous or not arr.flags.aligned:
+        arr = arr.copy(order="C")
+    return arr, known[1]
+
+
+_BF16_SWAPPED = next(dt for dt in _NATIVE_DTYPES if dt.name == "bfloat16").newbyteorder("S")
+
+
+def _last_axis(arr: np.ndarray[Any, Any], what: str) -> int:
+    if arr.ndim == 0:
+        raise ShapeError(f"{what} must have at least one axis, got a 0-d array")
+    return int(arr.shape[-1])
+
+
+def quantize(data: Any, qtype: Any, *, imatrix: Any = None, threads: int | None = None) -> np.ndarray[Any, Any]:
+    """Quantizes ``data`` along its last axis to ``qtype``, as ggml's
+    ``ggml_quantize_chunk`` (``llama-quantize``). ``imatrix``: None or one
+    non-negative weight per column (llama.cpp's importance matrix for this
+    tensor). Returns what ``gguf.quants.quantize`` returns, same bytes.
+
+    Raises QuantizeError subclasses: UnsupportedGgmlTypeError, ShapeError
+    (the last axis is not a multiple of the block size), NonFiniteError,
+    InvalidImatrixError, UnsupportedDtypeError.
+    """
+    type_id = _type_id(qtype)
+    arr, code = _readable(data)
+    n = _last_axis(arr, "data")
+    values, nbytes = block_size(type_id)
+    if n == 0 or n % values:
+        raise ShapeError(
+            f"the last axis ({n}) is not a positive multiple of the {_NAMES[type_id]} block size {values}"
+        )
+    out = np.empty(arr.shape[:-1] + (n // values * nbytes,), dtype=np.uint8)
+    if imatrix is None:
+        weights, weights_len = ffi.NULL, 0
+    else:
+        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
+        weights, weights_len = ffi.from_buffer("float[]", imatrix), imatrix.size
+    err = new_error_struct()
+    status = lib.pq_ggml_quantize(
+        type_id, code, ffi.from_buffer(arr), arr.size, n, weights, weights_len,
+        c_threads(threads), ffi.from_buffer("uint8_t[]", out), out.size, err,
+    )
+    check(status, err)
+    if _NAMES[type_id] == "F32":
+        return out.view(np.float32)
+    if _NAMES[type_id] == "F16":
+        return out.view(np.float16)
+    return out
+
+
+def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarray[Any, Any]:
+    """Dequantizes ``data`` (the bytes of ``qtype`` along the last axis, any
+    dtype viewed as uint8, as gguf-py does) to float32 of shape
+    ``(..., bytes / block_bytes * block_values)``, as ggml's ``dequantize_row_*``.
+    """
+    type_id = _type_id(qtype)
+    raw = np.ascontiguousarray(data)
+    if raw.ndim == 0:
+        raise ShapeError("data must have at least one axis, got a 0-d array")
+    raw = raw.view(np.uint8)
+    nbytes = raw.shape[-1]
+    values, block_bytes = block_size(type_id)
+    if nbytes % block_bytes:
+        raise ShapeError(
+            f"the last axis holds {nbytes} bytes, not a multiple of the {_NAMES[type_id]} block of {block_bytes}"
+        )
+    n = nbytes // block_bytes * values
+    out = np.empty(raw.shape[:-1] + (n,), dtype=np.float32)
+    err = new_error_struct()
+    status = lib.pq_ggml_dequantize(
+        type_id, ffi.from_buffer("uint8_t[]", raw), raw.size, n, lib.PQ_DTYPE_F32,
+        c_threads(threads), ffi.from_buffer(out), out.size, err,
+    )
+    check(status, err)
+    return out
