@@ -321,20 +321,32 @@ PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqErro
 size_t pq_arrow_live_exports(void);
 
 /*
- Bytes of one row of `row_len` values of GGML type `ggml_type` (a
- `ggml_type` / `GGMLQuantizationType` value) into `*row_bytes`. Fails if
- the type is not supported or `row_len` is not a positive multiple of its
- block size.
+ ggml's name of GGML type `ggml_type` (a `ggml_type` /
+ `GGMLQuantizationType` value), e.g. "Q4_K": a static NUL-terminated
+ string the caller must not free; NULL if pyquant does not support the
+ type. Cannot fail.
  */
-PqStatus pq_ggml_row_size(uint32_t ggml_type,
-                          size_t row_len,
-                          size_t *row_bytes,
-                          struct PqError *error);
+const char *pq_ggml_type_name(uint32_t ggml_type);
+
+/*
+ The block of GGML type `ggml_type`: `*block_values` values are stored in
+ `*block_bytes` bytes; rows must hold whole blocks. Both out-pointers are
+ owned by the caller and must not be NULL. Fails only for an unsupported
+ type.
+ # Safety
+ `block_values` and `block_bytes` are NULL (an error) or writable `size_t`s.
+ */
+PqStatus pq_ggml_block_size(uint32_t ggml_type,
+                            size_t *block_values,
+                            size_t *block_bytes,
+                            struct PqError *error);
 
 /*
  Bytes of `input_len` values of GGML type `ggml_type` in rows of
  `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
  the input size of `pq_ggml_dequantize`.
+ # Safety
+ `output_len` is NULL (an error) or a writable `size_t`.
  */
 PqStatus pq_ggml_quantized_size(uint32_t ggml_type,
                                 size_t input_len,
@@ -354,6 +366,9 @@ PqStatus pq_ggml_quantized_size(uint32_t ggml_type,
  `input` must be aligned for `dtype`; `output` may not overlap `input` or
  `imatrix`. Buffers are owned by the caller; `output` is written only
  when the call returns `PQ_STATUS_OK`.
+ # Safety
+ Each pointer is NULL with length 0, or valid for its length (in
+ elements of its type) for the whole call; `error` is NULL or writable.
  */
 PqStatus pq_ggml_quantize(uint32_t ggml_type,
                           uint32_t dtype,
@@ -374,6 +389,8 @@ PqStatus pq_ggml_quantize(uint32_t ggml_type,
  outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
  for `dtype` and not overlap `input`; it is written only on
  `PQ_STATUS_OK`.
+ # Safety
+ As `pq_ggml_quantize`.
  */
 PqStatus pq_ggml_dequantize(uint32_t ggml_type,
                             const uint8_t *input,

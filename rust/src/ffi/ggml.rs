@@ -1,42 +1,55 @@
 //! Exported GGML functions: check regions (NULL, alignment, sizes, overlap),
 //! build slices, call [`crate::ggml`], all inside [`run`].
 
-use std::os::raw::c_void;
+use std::os::raw::{c_char, c_void};
+use std::ptr;
 
 use super::boundary::{run, PqError};
 use super::memory::{check_disjoint, Region};
 use super::quantize::{dtype_from_code, TensorRegion};
-use crate::error::{PqStatus, Result};
+use crate::error::PqStatus;
 use crate::ggml::{self, GgmlType};
 
-/// Writes `*out` (a caller-owned size_t that must not be NULL).
-fn write_size(what: &'static str, out: *mut usize, value: usize) -> Result<()> {
-    let region = Region::new(what, out, 1)?;
-    // SAFETY: checked non-NULL and aligned; the caller owns one writable size_t.
-    unsafe { region.as_mut_slice()[0] = value };
-    Ok(())
+/// ggml's name of GGML type `ggml_type` (a `ggml_type` /
+/// `GGMLQuantizationType` value), e.g. "Q4_K": a static NUL-terminated
+/// string the caller must not free; NULL if pyquant does not support the
+/// type. Cannot fail.
+#[no_mangle]
+pub extern "C" fn pq_ggml_type_name(ggml_type: u32) -> *const c_char {
+    GgmlType::try_from(ggml_type).map_or(ptr::null(), |t| t.info().c_name.as_ptr())
 }
 
-/// Bytes of one row of `row_len` values of GGML type `ggml_type` (a
-/// `ggml_type` / `GGMLQuantizationType` value) into `*row_bytes`. Fails if
-/// the type is not supported or `row_len` is not a positive multiple of its
-/// block size.
+/// The block of GGML type `ggml_type`: `*block_values` values are stored in
+/// `*block_bytes` bytes; rows must hold whole blocks. Both out-pointers are
+/// owned by the caller and must not be NULL. Fails only for an unsupported
+/// type.
+/// # Safety
+/// `block_values` and `block_bytes` are NULL (an error) or writable `size_t`s.
 #[no_mangle]
-pub unsafe extern "C" fn pq_ggml_row_size(
+pub unsafe extern "C" fn pq_ggml_block_size(
     ggml_type: u32,
-    row_len: usize,
-    row_bytes: *mut usize,
+    block_values: *mut usize,
+    block_bytes: *mut usize,
     error: *mut PqError,
 ) -> PqStatus {
     run(error, || {
-        let bytes = GgmlType::try_from(ggml_type)?.row_bytes(row_len)?;
-        write_size("row_bytes", row_bytes, bytes)
+        let values_out = Region::new("block_values", block_values, 1)?;
+        let bytes_out = Region::new("block_bytes", block_bytes, 1)?;
+        let info = GgmlType::try_from(ggml_type)?.info();
+        // SAFETY: both checked non-NULL and aligned; the caller owns them.
+        unsafe {
+            values_out.as_mut_slice()[0] = info.block;
+            bytes_out.as_mut_slice()[0] = info.bytes;
+        }
+        Ok(())
     })
 }
 
 /// Bytes of `input_len` values of GGML type `ggml_type` in rows of
 /// `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
 /// the input size of `pq_ggml_dequantize`.
+/// # Safety
+/// `output_len` is NULL (an error) or a writable `size_t`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_ggml_quantized_size(
     ggml_type: u32,
@@ -46,8 +59,11 @@ pub unsafe extern "C" fn pq_ggml_quantized_size(
     error: *mut PqError,
 ) -> PqStatus {
     run(error, || {
+        let out = Region::new("output_len", output_len, 1)?;
         let bytes = ggml::quantized_len(GgmlType::try_from(ggml_type)?, input_len, row_len)?;
-        write_size("output_len", output_len, bytes)
+        // SAFETY: checked non-NULL and aligned; the caller owns it.
+        unsafe { out.as_mut_slice()[0] = bytes };
+        Ok(())
     })
 }
 
@@ -62,6 +78,9 @@ pub unsafe extern "C" fn pq_ggml_quantized_size(
 /// `input` must be aligned for `dtype`; `output` may not overlap `input` or
 /// `imatrix`. Buffers are owned by the caller; `output` is written only
 /// when the call returns `PQ_STATUS_OK`.
+/// # Safety
+/// Each pointer is NULL with length 0, or valid for its length (in
+/// elements of its type) for the whole call; `error` is NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn pq_ggml_quantize(
     ggml_type: u32,
@@ -81,13 +100,24 @@ pub unsafe extern "C" fn pq_ggml_quantize(
         let source = TensorRegion::new(dtype_from_code(dtype)?, "input", input, input_len)?;
         let weights = Region::new("imatrix", imatrix, imatrix_len)?;
         let out = Region::new("output", output as *const u8, output_len)?;
-        let mut spans = [source.span(0, false), weights.span(None, false), out.span(None, true)];
+        let mut spans = [
+            source.span(0, false),
+            weights.span(None, false),
+            out.span(None, true),
+        ];
         check_disjoint(&mut spans).map_err(|e| e.error)?;
         // SAFETY: regions checked above (NULL, alignment, size, no overlap
         // of the output with anything); the caller keeps them valid.
         unsafe {
             let imatrix = (!imatrix.is_null()).then(|| weights.as_slice());
-            ggml::quantize(ty, source.values(), row_len, imatrix, threads, out.as_mut_slice())
+            ggml::quantize(
+                ty,
+                source.values(),
+                row_len,
+                imatrix,
+                threads,
+                out.as_mut_slice(),
+            )
         }
     })
 }
@@ -98,6 +128,8 @@ pub unsafe extern "C" fn pq_ggml_quantize(
 /// outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
 /// for `dtype` and not overlap `input`; it is written only on
 /// `PQ_STATUS_OK`.
+/// # Safety
+/// As `pq_ggml_quantize`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_ggml_dequantize(
     ggml_type: u32,

@@ -3,17 +3,26 @@
 //! `quantize_iq4_nl` / `quantize_iq4_xs` call it (`ntry = 7`, with or without
 //! quant weights), and `dequantize_row_iq4_*`.
 
-use super::search::{best_index_int8, c_max, c_min, fp32_to_fp16, get_f16, nearest_int, GROUP_MAX_EPS};
+use super::search::{
+    best_index_int8, c_max, c_min, fp32_to_fp16, get_f16, nearest_int, GROUP_MAX_EPS,
+};
 
 /// `kvalues_iq4nl`: the 16 levels of IQ4.
-pub(crate) const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 const NTRY: i32 = 7;
 const QK_K: usize = 256;
 
 /// One super-block of `x.len()` values (32 for IQ4_NL, 256 for IQ4_XS) in
 /// blocks of 32. Returns the stored super-block scale `d`, writes the
 /// 4-bit levels to `q4` and, for IQ4_XS, the six-bit block scales.
-fn quantize_super_block(x: &[f32], qw: Option<&[f32]>, q4: &mut [u8], xs_scales: Option<(&mut u16, &mut [u8])>) -> u16 {
+fn quantize_super_block(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    q4: &mut [u8],
+    xs_scales: Option<(&mut u16, &mut [u8])>,
+) -> u16 {
     let n = x.len();
     let values = &KVALUES_IQ4NL;
     let mut l = [0u8; QK_K];
@@ -106,7 +115,11 @@ fn quantize_super_block(x: &[f32], qw: Option<&[f32]>, q4: &mut [u8], xs_scales:
             fp32_to_fp16(d)
         }
         None => {
-            let id = if scales[0] != 0.0 { 1.0 / scales[0] } else { 0.0 };
+            let id = if scales[0] != 0.0 {
+                1.0 / scales[0]
+            } else {
+                0.0
+            };
             for j in 0..n {
                 l[j] = best_index_int8(values, id * x[j]) as u8;
             }
@@ -130,7 +143,11 @@ pub fn quantize_iq4_nl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 }
 
 pub fn quantize_iq4_xs(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for (ib, (xb, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(136)).enumerate() {
+    for (ib, (xb, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(136))
+        .enumerate()
+    {
         let qw = imatrix.map(|w| &w[QK_K * ib..QK_K * ib + QK_K]);
         let (head, qs) = y.split_at_mut(8);
         let mut scales_h = 0u16;
@@ -155,7 +172,8 @@ pub fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
         let d = get_f16(blk, 0);
         let scales_h = u16::from_le_bytes([blk[2], blk[3]]) as i32;
         for ib in 0..QK_K / 32 {
-            let ls = ((blk[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf) | (((scales_h >> (2 * ib)) & 3) << 4);
+            let ls = ((blk[4 + ib / 2] as i32 >> (4 * (ib % 2))) & 0xf)
+                | (((scales_h >> (2 * ib)) & 3) << 4);
             let dl = d * (ls - 32) as f32;
             let qs = &blk[8 + 16 * ib..8 + 16 * ib + 16];
             for j in 0..16 {

@@ -4,8 +4,8 @@
 //! `dequantize_row_*`, one row at a time.
 
 use super::search::{
-    c_max, c_min, get_f16, make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, put_f16,
-    QkxSearch, GROUP_MAX_EPS,
+    c_max, c_min, get_f16, make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants,
+    nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
 };
 
 const QK_K: usize = 256;
@@ -15,7 +15,8 @@ const QK_K: usize = 256;
 fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
-            qs[j / 4 + i] = l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
         }
     }
 }
@@ -64,11 +65,21 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut weights = [0f32; 16];
     let mut mins = [0f32; QK_K / 16];
     let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(84)).enumerate() {
+    for (i, (x, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(84))
+        .enumerate()
+    {
         if let Some(qw) = imatrix {
             let sigma2 = sum_squares(x) / QK_K as f32;
             let mut sw = [0f32; QK_K / 16];
-            let p = QkxSearch { nmax: 3, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+            let p = QkxSearch {
+                nmax: 3,
+                rmin: -0.9,
+                rdelta: 0.05,
+                nstep: 36,
+                use_mad: false,
+            };
             for j in 0..QK_K / 16 {
                 let xs = &x[16 * j..16 * j + 16];
                 sw[j] = weighted(&qw[QK_K * i + 16 * j..], xs, sigma2, &mut weights);
@@ -85,13 +96,20 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
             }
         } else {
             let (mut max_scale, mut max_min) = (0f32, 0f32);
-            let p = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+            let p = QkxSearch {
+                nmax: 3,
+                rmin: -0.5,
+                rdelta: 0.1,
+                nstep: 15,
+                use_mad: true,
+            };
             for j in 0..QK_K / 16 {
                 let xs = &x[16 * j..16 * j + 16];
                 for (w, v) in weights.iter_mut().zip(xs) {
                     *w = v.abs();
                 }
-                (scales[j], mins[j]) = make_qkx_quants(p, xs, Some(&weights), &mut l[16 * j..], &mut laux, true);
+                (scales[j], mins[j]) =
+                    make_qkx_quants(p, xs, Some(&weights), &mut l[16 * j..], &mut laux, true);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -201,7 +219,11 @@ fn finish_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
 pub fn quantize_q3_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(110)).enumerate() {
+    for (i, (x, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(110))
+        .enumerate()
+    {
         let mut stored = [0i32; 16];
         if let Some(qw) = imatrix {
             let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
@@ -274,7 +296,10 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -294,7 +319,14 @@ fn put_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], sb: &mut [u8]) {
 
 /// Scale/min search shared by Q4_K and Q5_K (`nmax` 15 or 31): fills `l`
 /// and the 12 scale bytes, `d` and `dmin` at the front of `y`.
-fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u8; QK_K], y: &mut [u8]) {
+fn scales_k(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    nmax: i32,
+    clamp_qp: bool,
+    l: &mut [u8; QK_K],
+    y: &mut [u8],
+) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
     let mut mins = [0f32; QK_K / 32];
@@ -305,11 +337,18 @@ fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u
         Some(qw) => {
             let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
             let mut sw = [0f32; QK_K / 32];
-            let p = QkxSearch { nmax, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+            let p = QkxSearch {
+                nmax,
+                rmin: -0.9,
+                rdelta: 0.05,
+                nstep: 36,
+                use_mad: false,
+            };
             for j in 0..QK_K / 32 {
                 let xs = &x[32 * j..32 * j + 32];
                 sw[j] = weighted(&qw[32 * j..], xs, sigma2, &mut weights);
-                (scales[j], mins[j]) = make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, false);
+                (scales[j], mins[j]) =
+                    make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, false);
             }
             let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
             let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
@@ -324,9 +363,21 @@ fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u
         None => {
             let (mut max_scale, mut max_min) = (0f32, 0f32);
             let p = if nmax == 15 {
-                QkxSearch { nmax, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
+                QkxSearch {
+                    nmax,
+                    rmin: -1.0,
+                    rdelta: 0.1,
+                    nstep: 20,
+                    use_mad: false,
+                }
             } else {
-                QkxSearch { nmax, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false }
+                QkxSearch {
+                    nmax,
+                    rmin: -0.5,
+                    rdelta: 0.1,
+                    nstep: 15,
+                    use_mad: false,
+                }
             };
             for j in 0..QK_K / 32 {
                 let xs = &x[32 * j..32 * j + 32];
@@ -334,7 +385,8 @@ fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u
                 for (w, v) in weights.iter_mut().zip(xs) {
                     *w = av_x + v.abs();
                 }
-                (scales[j], mins[j]) = make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, true);
+                (scales[j], mins[j]) =
+                    make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, true);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -342,7 +394,11 @@ fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u
                     max_min = mins[j];
                 }
             }
-            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+            let inv_scale = if max_scale > 0.0 {
+                63.0 / max_scale
+            } else {
+                0.0
+            };
             let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
             for j in 0..QK_K / 32 {
                 ls[j] = c_min(63, nearest_int(inv_scale * scales[j]) as u8);
@@ -369,7 +425,11 @@ fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u
 
 pub fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(144)).enumerate() {
+    for (i, (x, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(144))
+        .enumerate()
+    {
         scales_k(x, imatrix.map(|w| &w[QK_K * i..]), 15, false, &mut l, y);
         let q = &mut y[16..144];
         for (n, j) in (0..QK_K).step_by(64).enumerate() {
@@ -382,7 +442,11 @@ pub fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 pub fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(176)).enumerate() {
+    for (i, (x, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(176))
+        .enumerate()
+    {
         scales_k(x, imatrix.map(|w| &w[QK_K * i..]), 31, true, &mut l, y);
         let (qh, ql) = y[16..176].split_at_mut(32);
         qh.fill(0);
@@ -448,7 +512,11 @@ pub fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
 pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(210)).enumerate() {
+    for (i, (x, y)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(210))
+        .enumerate()
+    {
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..QK_K / 16 {
             let qw = imatrix.map(|w| &w[QK_K * i + 16 * ib..QK_K * i + 16 * ib + 16]);
@@ -486,7 +554,8 @@ pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                 let q = [lu[j + i], lu[j + i + 32], lu[j + i + 64], lu[j + i + 96]];
                 ql[64 * n + i] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
                 ql[64 * n + i + 32] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
-                qh[32 * n + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+                qh[32 * n + i] =
+                    (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
             }
         }
     }
@@ -496,7 +565,11 @@ pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
     for (blk, yb) in b.chunks_exact(210).zip(y.chunks_exact_mut(QK_K)) {
         let d = get_f16(blk, 208);
         for n in 0..2 {
-            let (ql, qh, sc) = (&blk[64 * n..64 * n + 64], &blk[128 + 32 * n..160 + 32 * n], &blk[192 + 8 * n..]);
+            let (ql, qh, sc) = (
+                &blk[64 * n..64 * n + 64],
+                &blk[128 + 32 * n..160 + 32 * n],
+                &blk[192 + 8 * n..],
+            );
             let yn = &mut yb[128 * n..128 * n + 128];
             for l in 0..32 {
                 let is = l / 16;

@@ -2,7 +2,9 @@
 //! `quantize_row_*_ref` (no importance matrix), `quantize_row_*_impl` (with
 //! one) and `dequantize_row_*`, one row at a time.
 
-use super::search::{c_float_to_int, c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch};
+use super::search::{
+    c_float_to_int, c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch,
+};
 
 const QK: usize = 32;
 
@@ -107,7 +109,13 @@ pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
             (Some(qw), Some(s2)) => {
                 let mut weight = [0f32; QK];
                 row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let p = QkxSearch { nmax: 15, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+                let p = QkxSearch {
+                    nmax: 15,
+                    rmin: -0.9,
+                    rdelta: 0.05,
+                    nstep: 36,
+                    use_mad: false,
+                };
                 let (d, min) = make_qkx_quants(p, xb, Some(&weight), &mut l, &mut [0u8; QK], false);
                 (d, -min)
             }
@@ -164,7 +172,13 @@ pub fn quantize_q5_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
             (Some(qw), Some(s2)) => {
                 let mut weight = [0f32; QK];
                 row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let p = QkxSearch { nmax: 31, rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+                let p = QkxSearch {
+                    nmax: 31,
+                    rmin: -0.9,
+                    rdelta: 0.05,
+                    nstep: 36,
+                    use_mad: false,
+                };
                 let (d, min) = make_qkx_quants(p, xb, Some(&weight), &mut l, &mut [0u8; QK], false);
                 (d, -min)
             }

@@ -91,15 +91,19 @@ fn kernels(ty: GgmlType) -> (QuantizeRow, DequantizeRow) {
 /// `(rows, bytes per row)`, checking every shape rule.
 pub fn shape(ty: GgmlType, n_values: usize, row_len: usize) -> Result<(usize, usize)> {
     let row_bytes = ty.row_bytes(row_len)?;
-    if n_values % row_len != 0 {
+    if !n_values.is_multiple_of(row_len) {
         return Err(Error::new(
             PqStatus::ShapeMismatch,
             format!("{n_values} values do not split into rows of {row_len}"),
         ));
     }
     let rows = n_values / row_len;
-    rows.checked_mul(row_bytes)
-        .ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("{rows} rows of {row_bytes} bytes overflow")))?;
+    rows.checked_mul(row_bytes).ok_or_else(|| {
+        Error::new(
+            PqStatus::SizeOverflow,
+            format!("{rows} rows of {row_bytes} bytes overflow"),
+        )
+    })?;
     Ok((rows, row_bytes))
 }
 
@@ -123,10 +127,17 @@ pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> R
     if w.len() != row_len {
         return Err(Error::new(
             PqStatus::InvalidImatrix,
-            format!("imatrix has {} entries; it needs one per column ({row_len})", w.len()),
+            format!(
+                "imatrix has {} entries; it needs one per column ({row_len})",
+                w.len()
+            ),
         ));
     }
-    if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+    if let Some((i, v)) = w
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !(v.is_finite() && **v >= 0.0))
+    {
         return Err(Error::new(
             PqStatus::InvalidImatrix,
             format!("imatrix entry {i} is {v}; entries must be finite and non-negative"),
@@ -137,7 +148,10 @@ pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> R
 
 fn check_finite(input: Values<'_>) -> Result<()> {
     fn first_bad<T: crate::Element>(s: &[T]) -> Option<(usize, f32)> {
-        s.iter().map(|v| v.to_f32()).enumerate().find(|(_, v)| !v.is_finite())
+        s.iter()
+            .map(|v| v.to_f32())
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
     }
     let bad = match input {
         Values::F32(s) => first_bad(s),
@@ -145,7 +159,10 @@ fn check_finite(input: Values<'_>) -> Result<()> {
         Values::BF16(s) => first_bad(s),
     };
     match bad {
-        Some((i, v)) => Err(Error::new(PqStatus::NonFinite, format!("input value {i} is {v}; GGML types need finite values"))),
+        Some((i, v)) => Err(Error::new(
+            PqStatus::NonFinite,
+            format!("input value {i} is {v}; GGML types need finite values"),
+        )),
         None => Ok(()),
     }
 }
@@ -177,7 +194,9 @@ fn for_row_ranges<I: Sync, O: Send>(
         return;
     }
     thread::scope(|scope| {
-        let mut pieces = input.chunks(per * in_row).zip(out.chunks_mut(per * out_row));
+        let mut pieces = input
+            .chunks(per * in_row)
+            .zip(out.chunks_mut(per * out_row));
         let first = pieces.next();
         for (i, o) in pieces {
             let work = &work;
@@ -207,7 +226,12 @@ pub fn quantize(
     if out.len() < needed {
         return Err(Error::new(
             PqStatus::BufferTooSmall,
-            format!("output has {} bytes; {} {} needs {needed}", out.len(), ty.name(), input.len()),
+            format!(
+                "output has {} bytes; {} {} needs {needed}",
+                out.len(),
+                ty.name(),
+                input.len()
+            ),
         ));
     }
     check_imatrix(ty, imatrix, row_len)?;
@@ -224,7 +248,14 @@ pub fn quantize(
         f: impl Fn(&[f32], &mut [u8]) + Sync,
     ) {
         for_row_ranges(x, row_len, out, row_bytes, n_threads, |xs, os| {
-            let mut buf = vec![0f32; if T::DTYPE == crate::Dtype::F32 { 0 } else { row_len }];
+            let mut buf = vec![
+                0f32;
+                if T::DTYPE == crate::Dtype::F32 {
+                    0
+                } else {
+                    row_len
+                }
+            ];
             for (xr, or) in xs.chunks_exact(row_len).zip(os.chunks_exact_mut(row_bytes)) {
                 let row = match T::values(xr) {
                     Values::F32(r) => r,
@@ -251,18 +282,36 @@ pub fn quantize(
 /// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
 /// `output.len()` values in rows of `row_len`) into `output`, as ggml's
 /// `dequantize_row_*` (f32; rounded to nearest-even for f16 / bf16 outputs).
-pub fn dequantize(ty: GgmlType, input: &[u8], row_len: usize, output: ValuesMut<'_>, threads: usize) -> Result<()> {
+pub fn dequantize(
+    ty: GgmlType,
+    input: &[u8],
+    row_len: usize,
+    output: ValuesMut<'_>,
+    threads: usize,
+) -> Result<()> {
     let n = output.len();
     let (rows, row_bytes) = shape(ty, n, row_len)?;
     if input.len() != rows * row_bytes {
         return Err(Error::new(
             PqStatus::BufferTooSmall,
-            format!("input has {} bytes; {n} values of {} need {}", input.len(), ty.name(), rows * row_bytes),
+            format!(
+                "input has {} bytes; {n} values of {} need {}",
+                input.len(),
+                ty.name(),
+                rows * row_bytes
+            ),
         ));
     }
     let n_threads = thread_count(threads, rows, n * 4);
     let (_, dequantize_row) = kernels(ty);
-    fn run<T: crate::Element>(input: &[u8], row_bytes: usize, out: &mut [T], row_len: usize, n_threads: usize, f: DequantizeRow) {
+    fn run<T: crate::Element>(
+        input: &[u8],
+        row_bytes: usize,
+        out: &mut [T],
+        row_len: usize,
+        n_threads: usize,
+        f: DequantizeRow,
+    ) {
         for_row_ranges(input, row_bytes, out, row_len, n_threads, |bs, os| {
             let mut buf = vec![0f32; row_len];
             for (br, or) in bs.chunks_exact(row_bytes).zip(os.chunks_exact_mut(row_len)) {

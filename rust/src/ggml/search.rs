@@ -4,6 +4,9 @@
 //! integer truncations (`as u8` / `as i8` wrap like the C conversions), and
 //! the C `MIN`/`MAX` macros rather than `f32::min`/`max` (they differ on NaN).
 //! The per-type quantizers and a future scale search build on these.
+//! Loops index like the C (`x[i]`, `L[i]` and `qw[i]` together), so the two
+//! read side by side.
+#![allow(clippy::needless_range_loop)]
 
 /// `GROUP_MAX_EPS`: below this absolute maximum a group counts as all zero.
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
@@ -43,7 +46,7 @@ pub fn nearest_int(x: f32) -> i32 {
 /// Narrower C targets (`(int8_t)f`, `(uint8_t)f`) take the low bits of this.
 #[inline(always)]
 pub fn c_float_to_int(x: f32) -> i32 {
-    if x.is_nan() || x >= 2_147_483_648.0 || x < -2_147_483_648.0 {
+    if !(-2_147_483_648.0..2_147_483_648.0).contains(&x) {
         i32::MIN
     } else {
         x as i32
@@ -65,7 +68,12 @@ pub fn fp32_to_fp16(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xFF00_0000 {
+            0x7E00
+        } else {
+            nonsign
+        }) as u16
 }
 
 /// ggml's `GGML_FP16_TO_FP32` (exact).
@@ -143,7 +151,13 @@ fn qx_weight(qw: Option<&[f32]>, i: usize, x: f32, rmse_type: i32) -> f32 {
 /// `make_qx_quants`: symmetric quantization of `x` to `L` in `[0, 2*nmax)`
 /// (stored offset by `nmax`), searching 18 scales around `-nmax/max` for the
 /// best weighted fit; returns the scale.
-pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32, qw: Option<&[f32]>) -> f32 {
+pub fn make_qx_quants(
+    nmax: i32,
+    x: &[f32],
+    l_out: &mut [i8],
+    mut rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -183,7 +197,11 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     if return_early {
-        return if suml2 > 0.0 { 0.5 * (scale + 1.0 / iscale) } else { 1.0 / iscale };
+        return if suml2 > 0.0 {
+            0.5 * (scale + 1.0 / iscale)
+        } else {
+            1.0 / iscale
+        };
     }
     let mut best = scale * sumlx;
     for is in -9i32..=9 {
@@ -465,7 +483,10 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        assert_eq!([0.5, 1.5, 2.5, -0.5, -1.5, 3.49].map(nearest_int), [0, 2, 2, 0, -2, 3]);
+        assert_eq!(
+            [0.5, 1.5, 2.5, -0.5, -1.5, 3.49].map(nearest_int),
+            [0, 2, 2, 0, -2, 3]
+        );
         assert_eq!(nearest_int(4_194_303.0), 4_194_303);
     }
 
@@ -493,13 +514,19 @@ mod tests {
 
     #[test]
     fn c_float_to_int_is_cvttss2si() {
-        assert_eq!([1.9, -1.9, f32::NAN, f32::INFINITY, -3e9].map(c_float_to_int), [1, -1, i32::MIN, i32::MIN, i32::MIN]);
+        assert_eq!(
+            [1.9, -1.9, f32::NAN, f32::INFINITY, -3e9].map(c_float_to_int),
+            [1, -1, i32::MIN, i32::MIN, i32::MIN]
+        );
     }
 
     #[test]
     fn best_index_picks_the_nearest_entry() {
         let v: [i8; 4] = [-10, 0, 5, 20];
-        assert_eq!([-50.0, -5.0, -4.9, 2.5, 2.4, 12.5, 99.0].map(|x| best_index_int8(&v, x)), [0, 1, 1, 2, 1, 3, 3]);
+        assert_eq!(
+            [-50.0, -5.0, -4.9, 2.5, 2.4, 12.5, 99.0].map(|x| best_index_int8(&v, x)),
+            [0, 1, 1, 2, 1, 3, 3]
+        );
     }
 
     #[test]
@@ -508,8 +535,17 @@ mod tests {
         assert_eq!(make_qx_quants(8, &[0.0; 8], &mut l, 1, None), 0.0);
         assert_eq!(l, [0; 8]);
         let (mut lu, mut aux) = ([9u8; 8], [0u8; 8]);
-        let p = QkxSearch { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
-        assert_eq!(make_qkx_quants(p, &[0.0; 8], Some(&[1.0; 8]), &mut lu, &mut aux, true), (0.0, -0.0));
+        let p = QkxSearch {
+            nmax: 15,
+            rmin: -1.0,
+            rdelta: 0.1,
+            nstep: 20,
+            use_mad: false,
+        };
+        assert_eq!(
+            make_qkx_quants(p, &[0.0; 8], Some(&[1.0; 8]), &mut lu, &mut aux, true),
+            (0.0, -0.0)
+        );
         assert_eq!(lu, [0; 8]);
         assert_eq!(make_qp_quants(63, &[0.0; 4], &mut lu, &[1.0; 4]), 0.0);
     }

@@ -1,6 +1,8 @@
 //! The GGML types pyquant reads and writes: one table of name, GGML type id,
 //! block size and bytes per block.
 
+use std::ffi::CStr;
+
 use crate::error::{Error, PqStatus, Result};
 
 /// A GGML tensor type. Discriminants are ggml's `enum ggml_type` values
@@ -29,8 +31,9 @@ pub enum GgmlType {
 #[derive(Clone, Copy, Debug)]
 pub struct TypeInfo {
     pub ty: GgmlType,
-    /// ggml's name (`ggml_type_name`), as gguf-py spells it in upper case.
-    pub name: &'static str,
+    /// ggml's name (`ggml_type_name`) in upper case, as gguf-py's
+    /// `GGMLQuantizationType` spells it; NUL-terminated for the C ABI.
+    pub c_name: &'static CStr,
     /// Values per block.
     pub block: usize,
     /// Bytes per block.
@@ -41,46 +44,59 @@ pub struct TypeInfo {
     pub needs_imatrix: bool,
 }
 
-const fn t(ty: GgmlType, name: &'static str, block: usize, bytes: usize) -> TypeInfo {
-    TypeInfo { ty, name, block, bytes, needs_imatrix: false }
+const fn t(ty: GgmlType, c_name: &'static CStr, block: usize, bytes: usize) -> TypeInfo {
+    TypeInfo {
+        ty,
+        c_name,
+        block,
+        bytes,
+        needs_imatrix: false,
+    }
 }
 
 /// Every supported type, in GGML id order.
 pub const TYPES: [TypeInfo; 15] = [
-    t(GgmlType::F32, "F32", 1, 4),
-    t(GgmlType::F16, "F16", 1, 2),
-    t(GgmlType::Q4_0, "Q4_0", 32, 18),
-    t(GgmlType::Q4_1, "Q4_1", 32, 20),
-    t(GgmlType::Q5_0, "Q5_0", 32, 22),
-    t(GgmlType::Q5_1, "Q5_1", 32, 24),
-    t(GgmlType::Q8_0, "Q8_0", 32, 34),
-    t(GgmlType::Q2K, "Q2_K", 256, 84),
-    t(GgmlType::Q3K, "Q3_K", 256, 110),
-    t(GgmlType::Q4K, "Q4_K", 256, 144),
-    t(GgmlType::Q5K, "Q5_K", 256, 176),
-    t(GgmlType::Q6K, "Q6_K", 256, 210),
-    t(GgmlType::Iq4Nl, "IQ4_NL", 32, 18),
-    t(GgmlType::Iq4Xs, "IQ4_XS", 256, 136),
-    t(GgmlType::Bf16, "BF16", 1, 2),
+    t(GgmlType::F32, c"F32", 1, 4),
+    t(GgmlType::F16, c"F16", 1, 2),
+    t(GgmlType::Q4_0, c"Q4_0", 32, 18),
+    t(GgmlType::Q4_1, c"Q4_1", 32, 20),
+    t(GgmlType::Q5_0, c"Q5_0", 32, 22),
+    t(GgmlType::Q5_1, c"Q5_1", 32, 24),
+    t(GgmlType::Q8_0, c"Q8_0", 32, 34),
+    t(GgmlType::Q2K, c"Q2_K", 256, 84),
+    t(GgmlType::Q3K, c"Q3_K", 256, 110),
+    t(GgmlType::Q4K, c"Q4_K", 256, 144),
+    t(GgmlType::Q5K, c"Q5_K", 256, 176),
+    t(GgmlType::Q6K, c"Q6_K", 256, 210),
+    t(GgmlType::Iq4Nl, c"IQ4_NL", 32, 18),
+    t(GgmlType::Iq4Xs, c"IQ4_XS", 256, 136),
+    t(GgmlType::Bf16, c"BF16", 1, 2),
 ];
 
 impl GgmlType {
     pub fn info(self) -> &'static TypeInfo {
-        TYPES.iter().find(|i| i.ty == self).expect("every GgmlType is in TYPES")
+        TYPES
+            .iter()
+            .find(|i| i.ty == self)
+            .expect("every GgmlType is in TYPES")
     }
 
     pub fn name(self) -> &'static str {
-        self.info().name
+        self.info().c_name.to_str().expect("type names are ASCII")
     }
 
     /// Bytes of one row of `row_len` values, checking that `row_len` is a
     /// positive multiple of the block size.
     pub fn row_bytes(self, row_len: usize) -> Result<usize> {
         let info = self.info();
-        if row_len == 0 || row_len % info.block != 0 {
+        if row_len == 0 || !row_len.is_multiple_of(info.block) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
-                format!("row length {row_len} is not a positive multiple of the {} block size {}", info.name, info.block),
+                format!(
+                    "row length {row_len} is not a positive multiple of the {} block size {}",
+                    self.name(),
+                    info.block
+                ),
             ));
         }
         Ok(row_len / info.block * info.bytes)
@@ -91,13 +107,23 @@ impl TryFrom<u32> for GgmlType {
     type Error = Error;
 
     fn try_from(id: u32) -> Result<Self> {
-        TYPES.iter().find(|i| i.ty as u32 == id).map(|i| i.ty).ok_or_else(|| {
-            let known: Vec<String> = TYPES.iter().map(|i| format!("{}={}", i.name, i.ty as u32)).collect();
-            Error::new(
-                PqStatus::UnsupportedGgmlType,
-                format!("GGML type {id} is not supported (supported: {})", known.join(", ")),
-            )
-        })
+        TYPES
+            .iter()
+            .find(|i| i.ty as u32 == id)
+            .map(|i| i.ty)
+            .ok_or_else(|| {
+                let known: Vec<String> = TYPES
+                    .iter()
+                    .map(|i| format!("{}={}", i.ty.name(), i.ty as u32))
+                    .collect();
+                Error::new(
+                    PqStatus::UnsupportedGgmlType,
+                    format!(
+                        "GGML type {id} is not supported (supported: {})",
+                        known.join(", ")
+                    ),
+                )
+            })
     }
 }
 
@@ -121,7 +147,13 @@ mod tests {
     fn row_bytes_needs_whole_blocks() {
         assert_eq!(GgmlType::Q4K.row_bytes(512).unwrap(), 288);
         assert_eq!(GgmlType::F16.row_bytes(3).unwrap(), 6);
-        assert_eq!(GgmlType::Q8_0.row_bytes(33).unwrap_err().status, PqStatus::ShapeMismatch);
-        assert_eq!(GgmlType::Q6K.row_bytes(0).unwrap_err().status, PqStatus::ShapeMismatch);
+        assert_eq!(
+            GgmlType::Q8_0.row_bytes(33).unwrap_err().status,
+            PqStatus::ShapeMismatch
+        );
+        assert_eq!(
+            GgmlType::Q6K.row_bytes(0).unwrap_err().status,
+            PqStatus::ShapeMismatch
+        );
     }
 }
