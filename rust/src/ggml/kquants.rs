@@ -84,7 +84,7 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                 let xs = &x[16 * j..16 * j + 16];
                 sw[j] = weighted(&qw[QK_K * i + 16 * j..], xs, sigma2, &mut weights);
                 (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, Some(&weights), &mut l[16 * j..], &mut laux, false);
+                    make_qkx_quants(p, xs, &weights, &mut l[16 * j..], &mut laux, false);
             }
             let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
             let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -109,7 +109,7 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                     *w = v.abs();
                 }
                 (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, Some(&weights), &mut l[16 * j..], &mut laux, true);
+                    make_qkx_quants(p, xs, &weights, &mut l[16 * j..], &mut laux, true);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }
@@ -348,7 +348,7 @@ fn scales_k(
                 let xs = &x[32 * j..32 * j + 32];
                 sw[j] = weighted(&qw[32 * j..], xs, sigma2, &mut weights);
                 (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, false);
+                    make_qkx_quants(p, xs, &weights, &mut l[32 * j..], &mut laux, false);
             }
             let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
             let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
@@ -386,7 +386,7 @@ fn scales_k(
                     *w = av_x + v.abs();
                 }
                 (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, Some(&weights), &mut l[32 * j..], &mut laux, true);
+                    make_qkx_quants(p, xs, &weights, &mut l[32 * j..], &mut laux, true);
                 if scales[j] > max_scale {
                     max_scale = scales[j];
                 }

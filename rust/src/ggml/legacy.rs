@@ -116,7 +116,7 @@ pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                     nstep: 36,
                     use_mad: false,
                 };
-                let (d, min) = make_qkx_quants(p, xb, Some(&weight), &mut l, &mut [0u8; QK], false);
+                let (d, min) = make_qkx_quants(p, xb, &weight, &mut l, &mut [0u8; QK], false);
                 (d, -min)
             }
             _ => {
@@ -179,7 +179,7 @@ pub fn quantize_q5_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                     nstep: 36,
                     use_mad: false,
                 };
-                let (d, min) = make_qkx_quants(p, xb, Some(&weight), &mut l, &mut [0u8; QK], false);
+                let (d, min) = make_qkx_quants(p, xb, &weight, &mut l, &mut [0u8; QK], false);
                 (d, -min)
             }
             _ => {

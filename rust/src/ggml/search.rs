@@ -109,7 +109,7 @@ pub fn get_f16(b: &[u8], at: usize) -> f32 {
 
 /// `best_index_int8`: index of the entry of the sorted table `val` nearest
 /// to `x` (ties to the upper one), by bisection as in C.
-pub fn best_index_int8(val: &[i8], x: f32) -> usize {
+pub fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
     let n = val.len();
     if x <= val[0] as f32 {
         return 0;
@@ -133,24 +133,31 @@ pub fn best_index_int8(val: &[i8], x: f32) -> usize {
     }
 }
 
-/// The weight `make_qx_quants` gives value `x` for `rmse_type` when no
-/// quant weights are passed.
-#[inline(always)]
-fn qx_weight(qw: Option<&[f32]>, i: usize, x: f32, rmse_type: i32) -> f32 {
-    match qw {
-        Some(w) => w[i],
-        None => match rmse_type {
-            1 => x * x,
-            2 => 1.0,
-            3 => x.abs(),
-            _ => x.abs().sqrt(),
-        },
+/// The weights `make_qx_quants` uses: `qw`, or for `rmse_type` without quant
+/// weights the same per-value formula the C evaluates inside its loops.
+fn qx_weights<'a>(
+    qw: Option<&'a [f32]>,
+    x: &[f32],
+    rmse_type: i32,
+    buf: &'a mut [f32; 32],
+) -> &'a [f32] {
+    if let Some(w) = qw {
+        return &w[..x.len()];
     }
+    for (b, &v) in buf.iter_mut().zip(x) {
+        *b = match rmse_type {
+            1 => v * v,
+            2 => 1.0,
+            3 => v.abs(),
+            _ => v.abs().sqrt(),
+        };
+    }
+    &buf[..x.len()]
 }
 
-/// `make_qx_quants`: symmetric quantization of `x` to `L` in `[0, 2*nmax)`
-/// (stored offset by `nmax`), searching 18 scales around `-nmax/max` for the
-/// best weighted fit; returns the scale.
+/// `make_qx_quants`: symmetric quantization of `x` (at most 32 values) to
+/// `L` in `[0, 2*nmax)` (stored offset by `nmax`), searching 18 scales around
+/// `-nmax/max` for the best weighted fit; returns the scale.
 pub fn make_qx_quants(
     nmax: i32,
     x: &[f32],
@@ -186,12 +193,15 @@ pub fn make_qx_quants(
         rmse_type = -rmse_type;
         return_early = true;
     }
+    let mut buf = [0f32; 32];
+    let w = qx_weights(qw, x, rmse_type, &mut buf);
+    let l_out = &mut l_out[..n];
     let mut sumlx = 0f32;
     let mut suml2 = 0f32;
     for i in 0..n {
         let l = clamp(nearest_int(iscale * x[i]));
         l_out[i] = (l + nmax) as i8;
-        let w = qx_weight(qw, i, x[i], rmse_type);
+        let w = w[i];
         sumlx += w * x[i] * l as f32;
         suml2 += w * l as f32 * l as f32;
     }
@@ -213,7 +223,7 @@ pub fn make_qx_quants(
         suml2 = 0.0;
         for i in 0..n {
             let l = clamp(nearest_int(iscale * x[i]));
-            let w = qx_weight(qw, i, x[i], rmse_type);
+            let w = w[i];
             sumlx += w * x[i] * l as f32;
             suml2 += w * l as f32 * l as f32;
         }
@@ -305,26 +315,25 @@ pub struct QkxSearch {
     pub use_mad: bool,
 }
 
-/// `make_qkx2_quants` (`max_is_min_only = true`, weights given) and
-/// `make_qkx3_quants` (`false`, weights `x*x` when `None`): asymmetric
-/// quantization to `L` in `[0, nmax]` with a weighted least-squares search
-/// over `nstep + 1` scales. Returns `(scale, -min)` as C returns the scale
-/// and writes `*the_min`. The two C functions differ only in the weights
-/// default and in `max == min` vs `max <= min` for the flat case.
+/// `make_qkx2_quants` (`qkx2 = true`) and `make_qkx3_quants` (`false`):
+/// asymmetric quantization to `L` in `[0, nmax]` with a weighted
+/// least-squares search over `nstep + 1` scales. Returns `(scale, -min)` as
+/// C returns the scale and writes `*the_min`. With weights given (every
+/// caller in ggml passes them) the two C functions differ only in
+/// `max == min` vs `max <= min` for the flat case.
 pub fn make_qkx_quants(
     p: QkxSearch,
     x: &[f32],
-    weights: Option<&[f32]>,
+    weights: &[f32],
     l_out: &mut [u8],
     laux: &mut [u8],
     qkx2: bool,
 ) -> (f32, f32) {
     let n = x.len();
     let nmax = p.nmax;
-    let wt = |i: usize| match weights {
-        Some(w) => w[i],
-        None => x[i] * x[i],
-    };
+    // Equal lengths up front, so the loops below carry no bounds checks.
+    let (weights, l_out, laux) = (&weights[..n], &mut l_out[..n], &mut laux[..n]);
+    let wt = |i: usize| weights[i];
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = wt(0);
@@ -387,7 +396,7 @@ pub fn make_qkx_quants(
                 cur_error += wt(i) * err(diff);
             }
             if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
+                l_out.copy_from_slice(laux);
                 best_error = cur_error;
                 scale = this_scale;
                 min = this_min;
@@ -522,10 +531,12 @@ mod tests {
 
     #[test]
     fn best_index_picks_the_nearest_entry() {
-        let v: [i8; 4] = [-10, 0, 5, 20];
+        let v: [i8; 16] = [
+            -10, 0, 5, 20, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+        ];
         assert_eq!(
             [-50.0, -5.0, -4.9, 2.5, 2.4, 12.5, 99.0].map(|x| best_index_int8(&v, x)),
-            [0, 1, 1, 2, 1, 3, 3]
+            [0, 1, 1, 2, 1, 3, 15]
         );
     }
 
@@ -543,7 +554,7 @@ mod tests {
             use_mad: false,
         };
         assert_eq!(
-            make_qkx_quants(p, &[0.0; 8], Some(&[1.0; 8]), &mut lu, &mut aux, true),
+            make_qkx_quants(p, &[0.0; 8], &[1.0; 8], &mut lu, &mut aux, true),
             (0.0, -0.0)
         );
         assert_eq!(lu, [0; 8]);
