@@ -4,7 +4,7 @@
 //! quant weights), and `dequantize_row_iq4_*`.
 
 use super::search::{
-    best_index_int8, c_max, c_min, fp32_to_fp16, get_f16, nearest_int, GROUP_MAX_EPS,
+    best_index_int8, c_max, c_min, fp32_to_fp16, get_f16, nearest_int, signed_absmax, GROUP_MAX_EPS,
 };
 
 /// `kvalues_iq4nl`: the 16 levels of IQ4.
@@ -48,13 +48,7 @@ fn quantize_super_block(
                 }
             }
         }
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (amax, max) = signed_absmax(xb);
         if amax < GROUP_MAX_EPS {
             scales[ib] = 0.0;
             continue;

@@ -40,6 +40,35 @@ fn weighted(qw: &[f32], x: &[f32], sigma2: f32, w: &mut [f32]) -> f32 {
     sumw
 }
 
+/// The `_ref` scale search of Q2_K, Q4_K and Q5_K: `make_qkx2_quants` on
+/// each sub-block (`scales.len()` of them) with the weights `weigh` gives
+/// it; returns the largest scale and the largest min.
+fn ref_sub_blocks(
+    x: &[f32],
+    p: QkxSearch,
+    l: &mut [u8; QK_K],
+    scales: &mut [f32],
+    mins: &mut [f32],
+    weigh: impl Fn(&[f32], &mut [f32]),
+) -> (f32, f32) {
+    let sub = QK_K / scales.len();
+    let (mut weights, mut laux) = ([0f32; 32], [0u8; 32]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..scales.len() {
+        let xs = &x[sub * j..sub * j + sub];
+        weigh(xs, &mut weights[..sub]);
+        (scales[j], mins[j]) =
+            make_qkx_quants(p, xs, &weights[..sub], &mut l[sub * j..], &mut laux, true);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    (max_scale, max_min)
+}
+
 // ---------------------------------------------------------------- Q2_K
 
 /// Requantizes with the stored 4-bit scales and mins, then packs (both paths).
@@ -73,13 +102,7 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         if let Some(qw) = imatrix {
             let sigma2 = sum_squares(x) / QK_K as f32;
             let mut sw = [0f32; QK_K / 16];
-            let p = QkxSearch {
-                nmax: 3,
-                rmin: -0.9,
-                rdelta: 0.05,
-                nstep: 36,
-                use_mad: false,
-            };
+            let p = QkxSearch::with_imatrix(3);
             for j in 0..QK_K / 16 {
                 let xs = &x[16 * j..16 * j + 16];
                 sw[j] = weighted(&qw[QK_K * i + 16 * j..], xs, sigma2, &mut weights);
@@ -95,7 +118,6 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                 y[j] = ls[j] | (lm[j] << 4);
             }
         } else {
-            let (mut max_scale, mut max_min) = (0f32, 0f32);
             let p = QkxSearch {
                 nmax: 3,
                 rmin: -0.5,
@@ -103,20 +125,12 @@ pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
                 nstep: 15,
                 use_mad: true,
             };
-            for j in 0..QK_K / 16 {
-                let xs = &x[16 * j..16 * j + 16];
-                for (w, v) in weights.iter_mut().zip(xs) {
-                    *w = v.abs();
-                }
-                (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, &weights, &mut l[16 * j..], &mut laux, true);
-                if scales[j] > max_scale {
-                    max_scale = scales[j];
-                }
-                if mins[j] > max_min {
-                    max_min = mins[j];
-                }
-            }
+            let (max_scale, max_min) =
+                ref_sub_blocks(x, p, &mut l, &mut scales, &mut mins, |xs, w| {
+                    for (w, v) in w.iter_mut().zip(xs) {
+                        *w = v.abs();
+                    }
+                });
             if max_scale > 0.0 {
                 let iscale = 15.0 / max_scale;
                 for j in 0..QK_K / 16 {
@@ -337,13 +351,7 @@ fn scales_k(
         Some(qw) => {
             let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
             let mut sw = [0f32; QK_K / 32];
-            let p = QkxSearch {
-                nmax,
-                rmin: -0.9,
-                rdelta: 0.05,
-                nstep: 36,
-                use_mad: false,
-            };
+            let p = QkxSearch::with_imatrix(nmax);
             for j in 0..QK_K / 32 {
                 let xs = &x[32 * j..32 * j + 32];
                 sw[j] = weighted(&qw[32 * j..], xs, sigma2, &mut weights);
@@ -361,7 +369,6 @@ fn scales_k(
         }
         // The `_ref` path.
         None => {
-            let (mut max_scale, mut max_min) = (0f32, 0f32);
             let p = if nmax == 15 {
                 QkxSearch {
                     nmax,
@@ -379,21 +386,12 @@ fn scales_k(
                     use_mad: false,
                 }
             };
-            for j in 0..QK_K / 32 {
-                let xs = &x[32 * j..32 * j + 32];
+            let (max_scale, max_min) = ref_sub_blocks(x, p, l, &mut scales, &mut mins, |xs, w| {
                 let av_x = (sum_squares(xs) / 32.0).sqrt();
-                for (w, v) in weights.iter_mut().zip(xs) {
+                for (w, v) in w.iter_mut().zip(xs) {
                     *w = av_x + v.abs();
                 }
-                (scales[j], mins[j]) =
-                    make_qkx_quants(p, xs, &weights, &mut l[32 * j..], &mut laux, true);
-                if scales[j] > max_scale {
-                    max_scale = scales[j];
-                }
-                if mins[j] > max_min {
-                    max_min = mins[j];
-                }
-            }
+            });
             let inv_scale = if max_scale > 0.0 {
                 63.0 / max_scale
             } else {

@@ -3,7 +3,8 @@
 //! one) and `dequantize_row_*`, one row at a time.
 
 use super::search::{
-    c_float_to_int, c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch,
+    c_float_to_int, c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, signed_absmax,
+    QkxSearch,
 };
 
 const QK: usize = 32;
@@ -11,18 +12,6 @@ const QK: usize = 32;
 /// `(int8_t)f` / `(uint8_t)f` as compiled by gcc: the low byte of the i32.
 fn low_byte(f: f32) -> u8 {
     c_float_to_int(f) as u8
-}
-
-/// The signed value and its magnitude of largest absolute value (first wins).
-fn signed_absmax(x: &[f32]) -> (f32, f32) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    (amax, max)
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
@@ -57,14 +46,6 @@ fn pack4(l: &[u8; QK], qs: &mut [u8]) {
     }
 }
 
-/// The per-value weights of the imatrix paths: `qw * sqrt(sigma2 + x*x)`,
-/// `sigma2` the mean square of the whole row.
-fn row_weights(x: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32; QK]) {
-    for j in 0..QK {
-        weight[j] = qw[j] * (sigma2 + x[j] * x[j]).sqrt();
-    }
-}
-
 fn row_sigma2(x: &[f32]) -> f32 {
     let mut sum_x2 = 0f32;
     for &v in x {
@@ -73,130 +54,115 @@ fn row_sigma2(x: &[f32]) -> f32 {
     sum_x2 / x.len() as f32
 }
 
-pub fn quantize_q4_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+/// Runs `block(values, weights, bytes)` over the blocks of a row. With an
+/// imatrix, `weights` are ggml's `qw * sqrt(sigma2 + x*x)` with `sigma2`
+/// the mean square of the whole row (the `quantize_row_*_impl` paths).
+fn for_blocks(
+    x: &[f32],
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+    bytes: usize,
+    mut block: impl FnMut(&[f32], Option<&[f32; QK]>, &mut [u8]),
+) {
     let sigma2 = imatrix.map(|_| row_sigma2(x));
-    for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(18)).enumerate() {
-        let mut l = [0u8; QK];
-        let d = match (imatrix, sigma2) {
-            (Some(qw), Some(s2)) => {
-                let mut weight = [0f32; QK];
-                row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let mut li = [0i8; QK];
-                let d = make_qx_quants(8, xb, &mut li, 1, Some(&weight));
-                l = li.map(|v| v as u8);
-                d
-            }
-            _ => {
-                let (_, max) = signed_absmax(xb);
-                let d = max / -8.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut weight = [0f32; QK];
+    for (ib, (xb, y)) in x
+        .chunks_exact(QK)
+        .zip(out.chunks_exact_mut(bytes))
+        .enumerate()
+    {
+        let weights = match (imatrix, sigma2) {
+            (Some(qw), Some(sigma2)) => {
+                let qw = &qw[ib * QK..ib * QK + QK];
                 for j in 0..QK {
-                    l[j] = c_min(15, low_byte(xb[j] * id + 8.5) as i8 as i32) as u8;
+                    weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
                 }
-                d
+                Some(&weight)
             }
+            _ => None,
         };
-        put_f16(y, 0, d);
-        pack4(&l, &mut y[2..18]);
+        block(xb, weights, y);
     }
 }
 
-pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let sigma2 = imatrix.map(|_| row_sigma2(x));
-    for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(20)).enumerate() {
-        let mut l = [0u8; QK];
-        let (d, m) = match (imatrix, sigma2) {
-            (Some(qw), Some(s2)) => {
-                let mut weight = [0f32; QK];
-                row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let p = QkxSearch {
-                    nmax: 15,
-                    rmin: -0.9,
-                    rdelta: 0.05,
-                    nstep: 36,
-                    use_mad: false,
-                };
-                let (d, min) = make_qkx_quants(p, xb, &weight, &mut l, &mut [0u8; QK], false);
-                (d, -min)
-            }
-            _ => {
-                let (min, max) = min_max(xb);
-                let d = (max - min) / 15.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                for j in 0..QK {
-                    l[j] = c_min(15, low_byte((xb[j] - min) * id + 0.5) as i8 as i32) as u8;
-                }
-                (d, min)
-            }
-        };
-        put_f16(y, 0, d);
-        put_f16(y, 2, m);
-        pack4(&l, &mut y[4..20]);
+/// Q4_0 (`nmax` 8) and Q5_0 (16): levels in `[0, 2*nmax)` and the scale.
+fn symmetric_block(xb: &[f32], weights: Option<&[f32; QK]>, nmax: i32, l: &mut [u8; QK]) -> f32 {
+    if let Some(w) = weights {
+        let mut li = [0i8; QK];
+        let d = make_qx_quants(nmax, xb, &mut li, 1, Some(w));
+        *l = li.map(|v| v as u8);
+        return d;
     }
+    let (_, max) = signed_absmax(xb);
+    let d = max / -(nmax as f32);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
+    for j in 0..QK {
+        l[j] = c_min(2 * nmax - 1, low_byte(xb[j] * id + offset) as i8 as i32) as u8;
+    }
+    d
+}
+
+/// Q4_1 (`nmax` 15) and Q5_1 (31): levels in `[0, nmax]`, scale and min.
+/// `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does not).
+fn asymmetric_block(
+    xb: &[f32],
+    weights: Option<&[f32; QK]>,
+    nmax: i32,
+    round: fn(f32) -> u8,
+    l: &mut [u8; QK],
+) -> (f32, f32) {
+    if let Some(w) = weights {
+        let p = QkxSearch::with_imatrix(nmax);
+        let (d, min) = make_qkx_quants(p, xb, w, l, &mut [0u8; QK], false);
+        return (d, -min);
+    }
+    let (min, max) = min_max(xb);
+    let d = (max - min) / nmax as f32;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for j in 0..QK {
+        l[j] = round((xb[j] - min) * id + 0.5);
+    }
+    (d, min)
+}
+
+pub fn quantize_q4_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for_blocks(x, imatrix, out, 18, |xb, w, y| {
+        let mut l = [0u8; QK];
+        put_f16(y, 0, symmetric_block(xb, w, 8, &mut l));
+        pack4(&l, &mut y[2..18]);
+    });
 }
 
 pub fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let sigma2 = imatrix.map(|_| row_sigma2(x));
-    for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(22)).enumerate() {
+    for_blocks(x, imatrix, out, 22, |xb, w, y| {
         let mut l = [0u8; QK];
-        let d = match (imatrix, sigma2) {
-            (Some(qw), Some(s2)) => {
-                let mut weight = [0f32; QK];
-                row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let mut li = [0i8; QK];
-                let d = make_qx_quants(16, xb, &mut li, 1, Some(&weight));
-                l = li.map(|v| v as u8);
-                d
-            }
-            _ => {
-                let (_, max) = signed_absmax(xb);
-                let d = max / -16.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                for j in 0..QK {
-                    l[j] = c_min(31, low_byte(xb[j] * id + 16.5) as i8 as i32) as u8;
-                }
-                d
-            }
-        };
-        put_f16(y, 0, d);
+        put_f16(y, 0, symmetric_block(xb, w, 16, &mut l));
         let (qh, qs) = y[2..22].split_at_mut(4);
         pack5(&l, qh, qs);
-    }
+    });
+}
+
+pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    let round = |v: f32| c_min(15, low_byte(v) as i8 as i32) as u8;
+    for_blocks(x, imatrix, out, 20, |xb, w, y| {
+        let mut l = [0u8; QK];
+        let (d, m) = asymmetric_block(xb, w, 15, round, &mut l);
+        put_f16(y, 0, d);
+        put_f16(y, 2, m);
+        pack4(&l, &mut y[4..20]);
+    });
 }
 
 pub fn quantize_q5_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let sigma2 = imatrix.map(|_| row_sigma2(x));
-    for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(24)).enumerate() {
+    for_blocks(x, imatrix, out, 24, |xb, w, y| {
         let mut l = [0u8; QK];
-        let (d, m) = match (imatrix, sigma2) {
-            (Some(qw), Some(s2)) => {
-                let mut weight = [0f32; QK];
-                row_weights(xb, &qw[ib * QK..], s2, &mut weight);
-                let p = QkxSearch {
-                    nmax: 31,
-                    rmin: -0.9,
-                    rdelta: 0.05,
-                    nstep: 36,
-                    use_mad: false,
-                };
-                let (d, min) = make_qkx_quants(p, xb, &weight, &mut l, &mut [0u8; QK], false);
-                (d, -min)
-            }
-            _ => {
-                let (min, max) = min_max(xb);
-                let d = (max - min) / 31.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                for j in 0..QK {
-                    l[j] = low_byte((xb[j] - min) * id + 0.5);
-                }
-                (d, min)
-            }
-        };
+        let (d, m) = asymmetric_block(xb, w, 31, low_byte, &mut l);
         put_f16(y, 0, d);
         put_f16(y, 2, m);
         let (qh, qs) = y[4..24].split_at_mut(4);
         pack5(&l, qh, qs);
-    }
+    });
 }
 
 /// Q8_0 has no imatrix path in ggml (`quantize_q8_0` ignores it).

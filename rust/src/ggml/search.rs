@@ -95,6 +95,20 @@ pub fn bf16_to_fp32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// `(amax, max)`: the largest magnitude in `x` and the signed value that has
+/// it (the first one on ties), 0 and 0 for an empty or all-zero `x`.
+pub fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 /// Stores `v` as ggml's `ggml_half` (little-endian) at byte `at`.
 #[inline(always)]
 pub fn put_f16(out: &mut [u8], at: usize, v: f32) {
@@ -166,15 +180,7 @@ pub fn make_qx_quants(
     qw: Option<&[f32]>,
 ) -> f32 {
     let n = x.len();
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &xi in x {
-        let ax = xi.abs();
-        if ax > amax {
-            amax = ax;
-            max = xi;
-        }
-    }
+    let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
@@ -243,15 +249,7 @@ pub fn make_qx_quants(
 /// refinement (`do_rmse`), weights `x*x`; `L` offset by `nmax`.
 pub fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: bool) -> f32 {
     let n = x.len();
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &xi in x {
-        let ax = xi.abs();
-        if ax > amax {
-            amax = ax;
-            max = xi;
-        }
-    }
+    let (amax, max) = signed_absmax(x);
     if amax < GROUP_MAX_EPS {
         l_out[..n].fill(0);
         return 0.0;
@@ -313,6 +311,20 @@ pub struct QkxSearch {
     pub rdelta: f32,
     pub nstep: i32,
     pub use_mad: bool,
+}
+
+impl QkxSearch {
+    /// The search ggml's `quantize_row_*_impl` paths (with quant weights)
+    /// run: 37 scales from `nmax - 0.9` in steps of 0.05, squared error.
+    pub const fn with_imatrix(nmax: i32) -> Self {
+        QkxSearch {
+            nmax,
+            rmin: -0.9,
+            rdelta: 0.05,
+            nstep: 36,
+            use_mad: false,
+        }
+    }
 }
 
 /// `make_qkx2_quants` (`qkx2 = true`) and `make_qkx3_quants` (`false`):
