@@ -329,3 +329,133 @@ pub fn dequantize(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic values in [-2, 2) without a rand crate.
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
+            })
+            .collect()
+    }
+
+    fn run(
+        ty: GgmlType,
+        x: &[f32],
+        row_len: usize,
+        imatrix: Option<&[f32]>,
+        threads: usize,
+    ) -> Result<Vec<u8>> {
+        let mut out = vec![0xAB; quantized_len(ty, x.len(), row_len)?];
+        quantize(ty, Values::F32(x), row_len, imatrix, threads, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn every_thread_count_writes_the_same_bytes() {
+        let (rows, row_len) = (160, 4096); // 2.5 MiB: several threads' worth
+        let x = data(rows * row_len, 1);
+        let w: Vec<f32> = data(row_len, 2).iter().map(|v| v.abs()).collect();
+        for info in TYPES {
+            let one = run(info.ty, &x, row_len, Some(&w), 1).unwrap();
+            for threads in [2, 3, 7, 0] {
+                assert!(
+                    one == run(info.ty, &x, row_len, Some(&w), threads).unwrap(),
+                    "{}",
+                    info.ty.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn half_inputs_are_widened_exactly() {
+        let x: Vec<f16> = data(512, 3).iter().map(|&v| f16::from_f32(v)).collect();
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        for info in TYPES {
+            let mut out = vec![0; quantized_len(info.ty, 512, 256).unwrap()];
+            quantize(info.ty, Values::F16(&x), 256, None, 1, &mut out).unwrap();
+            assert_eq!(
+                out,
+                run(info.ty, &wide, 256, None, 1).unwrap(),
+                "{}",
+                info.ty.name()
+            );
+        }
+    }
+
+    #[test]
+    fn dequantize_inverts_plain_conversions_and_checks_lengths() {
+        let x = data(512, 4);
+        for ty in [GgmlType::F32, GgmlType::Bf16, GgmlType::Q8_0] {
+            let q = run(ty, &x, 256, None, 1).unwrap();
+            let mut back = vec![0f32; 512];
+            dequantize(ty, &q, 256, ValuesMut::F32(&mut back), 2).unwrap();
+            let tol = if ty == GgmlType::F32 { 0.0 } else { 0.02 };
+            assert!(
+                x.iter().zip(&back).all(|(a, b)| (a - b).abs() <= tol),
+                "{}",
+                ty.name()
+            );
+            let e = dequantize(ty, &q[1..], 256, ValuesMut::F32(&mut back), 1).unwrap_err();
+            assert_eq!(e.status, PqStatus::BufferTooSmall);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_and_nothing_is_written() {
+        let mut x = data(512, 5);
+        let ty = GgmlType::Q4K;
+        let mut out = vec![0xAB; 288];
+        let status = |r: Result<()>| r.unwrap_err().status;
+        assert_eq!(
+            status(quantize(ty, Values::F32(&x), 128, None, 1, &mut out)),
+            PqStatus::ShapeMismatch
+        );
+        assert_eq!(
+            status(quantize(ty, Values::F32(&x), 256, None, 1, &mut out[..287])),
+            PqStatus::BufferTooSmall
+        );
+        let short = [1.0f32; 255];
+        assert_eq!(
+            status(quantize(
+                ty,
+                Values::F32(&x),
+                256,
+                Some(&short),
+                1,
+                &mut out
+            )),
+            PqStatus::InvalidImatrix
+        );
+        let mut w = [1.0f32; 256];
+        w[9] = -0.5;
+        let e = quantize(ty, Values::F32(&x), 256, Some(&w), 1, &mut out).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.contains("entry 9 is -0.5")),
+            (PqStatus::InvalidImatrix, true)
+        );
+        x[300] = f32::NAN;
+        let e = quantize(ty, Values::F32(&x), 256, None, 1, &mut out).unwrap_err();
+        assert_eq!(
+            (e.status, e.message.contains("input value 300 is NaN")),
+            (PqStatus::NonFinite, true)
+        );
+        assert!(out.iter().all(|&b| b == 0xAB));
+        assert_eq!(
+            status(shape(ty, 512, 0).map(|_| ())),
+            PqStatus::ShapeMismatch
+        );
+        assert_eq!(
+            status(shape(ty, 500, 256).map(|_| ())),
+            PqStatus::ShapeMismatch
+        );
+    }
+}
