@@ -200,6 +200,37 @@ typedef struct PqError {
 } PqError;
 
 /*
+ One tensor of `pq_ggml_quantize_batch`: the arguments of
+ `pq_ggml_quantize` but `threads`.
+ */
+typedef struct PqGgmlQuantizeItem {
+  /*
+   A `ggml_type` / `GGMLQuantizationType` value.
+   */
+  uint32_t ggml_type;
+  /*
+   A `PQ_DTYPE_*` code: the type of `input`.
+   */
+  uint32_t dtype;
+  /*
+   `input_len` values of `dtype`, aligned for it, read in place.
+   */
+  const void *input;
+  size_t input_len;
+  size_t row_len;
+  /*
+   NULL, or `row_len` finite non-negative weights.
+   */
+  const float *imatrix;
+  size_t imatrix_len;
+  /*
+   At least `pq_ggml_quantized_size` bytes; written on success.
+   */
+  uint8_t *output;
+  size_t output_len;
+} PqGgmlQuantizeItem;
+
+/*
  One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
  the same meaning and rules. Allocated and owned by the caller, like every
  buffer it points to.
@@ -366,6 +397,7 @@ PqStatus pq_ggml_quantized_size(uint32_t ggml_type,
  `input` must be aligned for `dtype`; `output` may not overlap `input` or
  `imatrix`. Buffers are owned by the caller; `output` is written only
  when the call returns `PQ_STATUS_OK`.
+
  # Safety
  Each pointer is NULL with length 0, or valid for its length (in
  elements of its type) for the whole call; `error` is NULL or writable.
@@ -381,6 +413,26 @@ PqStatus pq_ggml_quantize(uint32_t ggml_type,
                           uint8_t *output,
                           size_t output_len,
                           struct PqError *error);
+
+/*
+ Quantizes `items_len` tensors described by `items` (mixed GGML types and
+ dtypes) in one call on up to `threads` threads, as `pq_ggml_quantize`
+ each. All or nothing: every item's pointers, lengths, overlaps (no output
+ may overlap any buffer of any item or the `items` array), importance
+ matrix and values are checked before any output is written. On failure
+ the message starts with `item N: ` when it is about item N, and
+ `*failed_item` (nullable) is set to N (to `SIZE_MAX` when it is not about
+ one item, and on success).
+
+ # Safety
+ `items` is NULL with `items_len` 0 or points to `items_len` readable
+ items whose buffers are valid as in `pq_ggml_quantize`.
+ */
+PqStatus pq_ggml_quantize_batch(const struct PqGgmlQuantizeItem *items,
+                                size_t items_len,
+                                size_t threads,
+                                size_t *failed_item,
+                                struct PqError *error);
 
 /*
  Dequantizes `input` (exactly `pq_ggml_quantized_size(ggml_type,

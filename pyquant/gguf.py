@@ -5,6 +5,7 @@ the interface of gguf-py's ``gguf.quants``.
   bytes of ggml's ``ggml_quantize_chunk`` (what ``llama-quantize`` writes),
   with or without an importance matrix.
 - :func:`dequantize` ``(data, qtype)``: ggml's ``dequantize_row_*``.
+- :func:`quantize_batch`: many tensors of mixed types in one native call.
 
 Shapes, dtypes and ``qtype`` as ``gguf.quants.quantize`` / ``dequantize``:
 an input of shape ``(..., n)`` quantizes to uint8 ``(..., n / block * bytes)``
@@ -21,13 +22,14 @@ cores); the bytes are the same for every thread count.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ._lib import ffi, lib
 from .core import _NATIVE_DTYPES, c_threads
 from .errors import (
+    QuantizeError,
     ShapeError,
     UnsupportedDtypeError,
     UnsupportedGgmlTypeError,
@@ -35,7 +37,7 @@ from .errors import (
     new_error_struct,
 )
 
-__all__ = ["SUPPORTED_TYPES", "block_size", "dequantize", "quantize"]
+__all__ = ["SUPPORTED_TYPES", "block_size", "dequantize", "quantize", "quantize_batch"]
 
 
 def _type_table() -> dict[str, int]:
@@ -100,6 +102,31 @@ def _last_axis(arr: np.ndarray[Any, Any], what: str) -> int:
     return int(arr.shape[-1])
 
 
+def _prepare(data: Any, qtype: Any, imatrix: Any) -> tuple[Any, ...]:
+    """The checked arguments of one tensor: type id, input, its dtype code,
+    row length, imatrix (or None) and the output array."""
+    type_id = _type_id(qtype)
+    arr, code = _readable(data)
+    n = _last_axis(arr, "data")
+    values, nbytes = block_size(type_id)
+    if n == 0 or n % values:
+        raise ShapeError(
+            f"the last axis ({n}) is not a positive multiple of the {_NAMES[type_id]} block size {values}"
+        )
+    out = np.empty(arr.shape[:-1] + (n // values * nbytes,), dtype=np.uint8)
+    weights = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    return type_id, arr, code, n, weights, out
+
+
+def _result(type_id: int, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """gguf-py's result type: float32 / float16 arrays for F32 / F16."""
+    if _NAMES[type_id] == "F32":
+        return out.view(np.float32)
+    if _NAMES[type_id] == "F16":
+        return out.view(np.float16)
+    return out
+
+
 def quantize(data: Any, qtype: Any, *, imatrix: Any = None, threads: int | None = None) -> np.ndarray[Any, Any]:
     """Quantizes ``data`` along its last axis to ``qtype``, as ggml's
     ``ggml_quantize_chunk`` (``llama-quantize``). ``imatrix``: None or one
@@ -110,31 +137,43 @@ def quantize(data: Any, qtype: Any, *, imatrix: Any = None, threads: int | None 
     (the last axis is not a multiple of the block size), NonFiniteError,
     InvalidImatrixError, UnsupportedDtypeError.
     """
-    type_id = _type_id(qtype)
-    arr, code = _readable(data)
-    n = _last_axis(arr, "data")
-    values, nbytes = block_size(type_id)
-    if n == 0 or n % values:
-        raise ShapeError(
-            f"the last axis ({n}) is not a positive multiple of the {_NAMES[type_id]} block size {values}"
-        )
-    out = np.empty(arr.shape[:-1] + (n // values * nbytes,), dtype=np.uint8)
-    if imatrix is None:
-        weights, weights_len = ffi.NULL, 0
-    else:
-        imatrix = np.ascontiguousarray(imatrix, dtype=np.float32)
-        weights, weights_len = ffi.from_buffer("float[]", imatrix), imatrix.size
+    type_id, arr, code, n, weights, out = _prepare(data, qtype, imatrix)
     err = new_error_struct()
     status = lib.pq_ggml_quantize(
-        type_id, code, ffi.from_buffer(arr), arr.size, n, weights, weights_len,
+        type_id, code, ffi.from_buffer(arr), arr.size, n,
+        ffi.NULL if weights is None else ffi.from_buffer("float[]", weights),
+        0 if weights is None else weights.size,
         c_threads(threads), ffi.from_buffer("uint8_t[]", out), out.size, err,
     )
     check(status, err)
-    if _NAMES[type_id] == "F32":
-        return out.view(np.float32)
-    if _NAMES[type_id] == "F16":
-        return out.view(np.float16)
-    return out
+    return _result(type_id, out)
+
+
+def quantize_batch(tensors: Sequence[tuple[Any, ...]], *, threads: int | None = None) -> list[np.ndarray[Any, Any]]:
+    """Quantizes each ``(data, qtype)`` or ``(data, qtype, imatrix)`` of
+    ``tensors`` as :func:`quantize` does, in one native call (all cores,
+    GIL released, large tensors split by rows). All or nothing: every tensor
+    is checked before any is written; the error message names the index of
+    the tensor at fault (``item N: ...``)."""
+    prepared = []
+    for i, entry in enumerate(tensors):
+        if not 2 <= len(entry) <= 3:
+            raise QuantizeError(f"tensor {i}: expected (data, qtype) or (data, qtype, imatrix), got {len(entry)} fields")
+        prepared.append(_prepare(entry[0], entry[1], entry[2] if len(entry) == 3 else None))
+    items = ffi.new("PqGgmlQuantizeItem[]", len(prepared))
+    keep = []  # the cdata buffers must outlive the call
+    for item, (type_id, arr, code, n, weights, out) in zip(items, prepared):
+        buffers = (ffi.from_buffer(arr), None if weights is None else ffi.from_buffer("float[]", weights),
+                   ffi.from_buffer("uint8_t[]", out))
+        keep.append(buffers)
+        item.ggml_type, item.dtype, item.input, item.input_len, item.row_len = type_id, code, buffers[0], arr.size, n
+        item.imatrix = ffi.NULL if weights is None else buffers[1]
+        item.imatrix_len = 0 if weights is None else weights.size
+        item.output, item.output_len = buffers[2], out.size
+    failed = ffi.new("size_t *")
+    err = new_error_struct()
+    check(lib.pq_ggml_quantize_batch(items, len(prepared), c_threads(threads), failed, err), err)
+    return [_result(p[0], p[5]) for p in prepared]
 
 
 def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarray[Any, Any]:

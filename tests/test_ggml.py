@@ -270,7 +270,7 @@ def test_c_abi_checks_sizes_and_overlap():
     small = np.zeros(100, np.uint8)
     status = lib.pq_ggml_quantize(12, lib.PQ_DTYPE_F32, ffi.from_buffer(x), 256, 256, ffi.NULL, 0, 1,
                                   ffi.from_buffer("uint8_t[]", small), small.size, err)
-    assert status == lib.PQ_STATUS_BUFFER_TOO_SMALL and b"needs 144" in ffi.string(err.message)
+    assert status == lib.PQ_STATUS_BUFFER_TOO_SMALL and b"need 144" in ffi.string(err.message)
     buf = np.zeros(2048, np.uint8)
     status = lib.pq_ggml_quantize(12, lib.PQ_DTYPE_F32, ffi.from_buffer(buf), 256, 256, ffi.NULL, 0, 1,
                                   ffi.from_buffer("uint8_t[]", buf) + 512, 144, err)
@@ -287,3 +287,42 @@ def test_c_abi_checks_sizes_and_overlap():
     assert lib.pq_ggml_quantized_size(99, 512, 256, size, err) == lib.PQ_STATUS_UNSUPPORTED_GGML_TYPE
     assert lib.pq_ggml_type_name(99) == ffi.NULL
     assert ffi.string(lib.pq_ggml_type_name(23)) == b"IQ4_XS"
+
+
+# --- batch ----------------------------------------------------------------
+
+
+@given(st.lists(cases(), min_size=1, max_size=4))
+def test_batch_matches_ggml_per_tensor(oracle, batch):
+    outs = pg.quantize_batch([(x, qtype, imatrix) for qtype, x, imatrix, _ in batch], threads=batch[0][3])
+    for (qtype, x, imatrix, _), got in zip(batch, outs):
+        np.testing.assert_array_equal(got.view(np.uint8).reshape(-1), ggml_quantize(oracle, qtype, x, imatrix))
+
+
+def batch_items(arrays):
+    """PqGgmlQuantizeItem[] for (qtype id, float32 input, output) triples."""
+    items = ffi.new("PqGgmlQuantizeItem[]", len(arrays))
+    for item, (type_id, x, out) in zip(items, arrays):
+        item.ggml_type, item.dtype, item.input, item.input_len = type_id, lib.PQ_DTYPE_F32, ffi.from_buffer(x), x.size
+        item.row_len, item.imatrix, item.imatrix_len = x.shape[-1], ffi.NULL, 0
+        item.output, item.output_len = ffi.from_buffer("uint8_t[]", out), out.size
+    return items
+
+
+def test_batch_is_all_or_nothing():
+    good = np.ones((4, 256), np.float32)
+    bad = good.copy()
+    bad[3, 7] = np.inf
+    outs = [np.full(4 * 144, 0xAB, np.uint8), np.full(4 * 210, 0xAB, np.uint8)]
+    items = batch_items([(12, good, outs[0]), (14, bad, outs[1])])
+    failed, err = ffi.new("size_t *"), ffi.new("PqError *")
+    assert lib.pq_ggml_quantize_batch(items, 2, 0, failed, err) == lib.PQ_STATUS_NON_FINITE
+    assert failed[0] == 1 and ffi.string(err.message).startswith(b"item 1: input value 775")
+    assert all((o == 0xAB).all() for o in outs)
+    outs[1][:] = 0
+    shared = np.zeros(4 * 144, np.uint8)  # two outputs on the same bytes
+    items = batch_items([(12, good, shared), (12, good, shared)])
+    assert lib.pq_ggml_quantize_batch(items, 2, 0, failed, err) == lib.PQ_STATUS_OVERLAP
+    assert failed[0] == 1
+    assert lib.pq_ggml_quantize_batch(ffi.NULL, 0, 0, failed, err) == lib.PQ_STATUS_OK
+    assert failed[0] == 2**64 - 1

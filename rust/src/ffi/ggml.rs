@@ -5,10 +5,11 @@ use std::os::raw::{c_char, c_void};
 use std::ptr;
 
 use super::boundary::{run, PqError};
-use super::memory::{check_disjoint, Region};
-use super::quantize::{dtype_from_code, TensorRegion};
-use crate::error::PqStatus;
-use crate::ggml::{self, GgmlType};
+use super::memory::{check_disjoint, Region, Span};
+use super::quantize::{dtype_from_code, run_batch, TensorRegion};
+use crate::batch::BatchError;
+use crate::error::{PqStatus, Result};
+use crate::ggml::{self, GgmlQuantizeItem, GgmlType};
 
 /// ggml's name of GGML type `ggml_type` (a `ggml_type` /
 /// `GGMLQuantizationType` value), e.g. "Q4_K": a static NUL-terminated
@@ -78,6 +79,7 @@ pub unsafe extern "C" fn pq_ggml_quantized_size(
 /// `input` must be aligned for `dtype`; `output` may not overlap `input` or
 /// `imatrix`. Buffers are owned by the caller; `output` is written only
 /// when the call returns `PQ_STATUS_OK`.
+///
 /// # Safety
 /// Each pointer is NULL with length 0, or valid for its length (in
 /// elements of its type) for the whole call; `error` is NULL or writable.
@@ -95,31 +97,136 @@ pub unsafe extern "C" fn pq_ggml_quantize(
     output_len: usize,
     error: *mut PqError,
 ) -> PqStatus {
+    let item = PqGgmlQuantizeItem {
+        ggml_type,
+        dtype,
+        input,
+        input_len,
+        row_len,
+        imatrix,
+        imatrix_len,
+        output,
+        output_len,
+    };
+    // A batch of one; its errors carry no "item 0: " prefix.
     run(error, || {
-        let ty = GgmlType::try_from(ggml_type)?;
-        let source = TensorRegion::new(dtype_from_code(dtype)?, "input", input, input_len)?;
-        let weights = Region::new("imatrix", imatrix, imatrix_len)?;
-        let out = Region::new("output", output as *const u8, output_len)?;
-        let mut spans = [
-            source.span(0, false),
-            weights.span(None, false),
-            out.span(None, true),
-        ];
-        check_disjoint(&mut spans).map_err(|e| e.error)?;
-        // SAFETY: regions checked above (NULL, alignment, size, no overlap
-        // of the output with anything); the caller keeps them valid.
-        unsafe {
-            let imatrix = (!imatrix.is_null()).then(|| weights.as_slice());
-            ggml::quantize(
-                ty,
-                source.values(),
-                row_len,
-                imatrix,
-                threads,
-                out.as_mut_slice(),
-            )
-        }
+        quantize_items(&[item], threads, None).map_err(|e| e.error)
     })
+}
+
+/// One tensor of `pq_ggml_quantize_batch`: the arguments of
+/// `pq_ggml_quantize` but `threads`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PqGgmlQuantizeItem {
+    /// A `ggml_type` / `GGMLQuantizationType` value.
+    pub ggml_type: u32,
+    /// A `PQ_DTYPE_*` code: the type of `input`.
+    pub dtype: u32,
+    /// `input_len` values of `dtype`, aligned for it, read in place.
+    pub input: *const c_void,
+    pub input_len: usize,
+    pub row_len: usize,
+    /// NULL, or `row_len` finite non-negative weights.
+    pub imatrix: *const f32,
+    pub imatrix_len: usize,
+    /// At least `pq_ggml_quantized_size` bytes; written on success.
+    pub output: *mut u8,
+    pub output_len: usize,
+}
+
+/// Quantizes `items_len` tensors described by `items` (mixed GGML types and
+/// dtypes) in one call on up to `threads` threads, as `pq_ggml_quantize`
+/// each. All or nothing: every item's pointers, lengths, overlaps (no output
+/// may overlap any buffer of any item or the `items` array), importance
+/// matrix and values are checked before any output is written. On failure
+/// the message starts with `item N: ` when it is about item N, and
+/// `*failed_item` (nullable) is set to N (to `SIZE_MAX` when it is not about
+/// one item, and on success).
+///
+/// # Safety
+/// `items` is NULL with `items_len` 0 or points to `items_len` readable
+/// items whose buffers are valid as in `pq_ggml_quantize`.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_quantize_batch(
+    items: *const PqGgmlQuantizeItem,
+    items_len: usize,
+    threads: usize,
+    failed_item: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    // SAFETY: the caller provides `items_len` readable items; every bit
+    // pattern is a valid PqGgmlQuantizeItem (integers and raw pointers).
+    unsafe {
+        run_batch(items, items_len, failed_item, error, |list, span| {
+            quantize_items(list, threads, span)
+        })
+    }
+}
+
+/// The checked regions of one item, before any slice exists.
+struct ItemRegions {
+    ty: GgmlType,
+    input: TensorRegion,
+    imatrix: Option<Region<f32>>,
+    output: Region<u8>,
+    row_len: usize,
+}
+
+fn item_regions(item: &PqGgmlQuantizeItem) -> Result<ItemRegions> {
+    let ty = GgmlType::try_from(item.ggml_type)?;
+    let input = TensorRegion::new(
+        dtype_from_code(item.dtype)?,
+        "input",
+        item.input,
+        item.input_len,
+    )?;
+    let weights = Region::new("imatrix", item.imatrix, item.imatrix_len)?;
+    let output = Region::new("output", item.output as *const u8, item.output_len)?;
+    let imatrix = (!item.imatrix.is_null()).then_some(weights);
+    Ok(ItemRegions {
+        ty,
+        input,
+        imatrix,
+        output,
+        row_len: item.row_len,
+    })
+}
+
+/// Checks every item's regions and their overlaps (with `list`, the items
+/// array, when the call has one), then runs the safe batch.
+fn quantize_items(
+    items: &[PqGgmlQuantizeItem],
+    threads: usize,
+    list: Option<Span>,
+) -> std::result::Result<(), BatchError> {
+    let regions = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| item_regions(item).map_err(|e| BatchError::at(i, e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut spans: Vec<Span> = list.into_iter().collect();
+    for (i, r) in regions.iter().enumerate() {
+        spans.push(r.input.span(i, false));
+        spans.extend(r.imatrix.as_ref().map(|w| w.span(Some(i), false)));
+        spans.push(r.output.span(Some(i), true));
+    }
+    check_disjoint(&mut spans)?;
+    // SAFETY: every region was checked (NULL, alignment, size) and no
+    // output overlaps anything; the caller keeps the buffers valid.
+    let mut safe: Vec<GgmlQuantizeItem<'_>> = regions
+        .iter()
+        .map(|r| unsafe {
+            GgmlQuantizeItem {
+                ty: r.ty,
+                input: r.input.values(),
+                row_len: r.row_len,
+                imatrix: r.imatrix.as_ref().map(|w| w.as_slice()),
+                output: r.output.as_mut_slice(),
+            }
+        })
+        .collect();
+    ggml::quantize_batch(&mut safe, threads)
 }
 
 /// Dequantizes `input` (exactly `pq_ggml_quantized_size(ggml_type,

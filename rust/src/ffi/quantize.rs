@@ -307,7 +307,7 @@ pub unsafe extern "C" fn pq_dequantize_batch(
 /// # Safety
 /// `items` is NULL with length 0, or points to `items_len` readable items of
 /// a type every bit pattern of which is valid.
-unsafe fn run_batch<I>(
+pub(super) unsafe fn run_batch<I>(
     items: *const I,
     items_len: usize,
     failed_item: *mut usize,

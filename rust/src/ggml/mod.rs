@@ -16,8 +16,10 @@ pub mod search;
 pub mod types;
 
 use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 
+use crate::batch::BatchError;
 use crate::element::{Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
 pub use types::{GgmlType, TypeInfo, TYPES};
@@ -167,96 +169,111 @@ fn check_finite(input: Values<'_>) -> Result<()> {
     }
 }
 
-/// Number of threads for `rows` rows of `bytes` input: `threads` (0 = one
-/// per core), at most one per row and per `MIN_BYTES_PER_THREAD`.
-fn thread_count(threads: usize, rows: usize, bytes: usize) -> usize {
+/// Number of threads for `pieces` pieces of work over `bytes` of input:
+/// `threads` (0 = one per core), at most one per piece and per
+/// `MIN_BYTES_PER_THREAD`.
+fn thread_count(threads: usize, pieces: usize, bytes: usize) -> usize {
     let want = match threads {
         0 => thread::available_parallelism().map_or(1, NonZeroUsize::get),
         n => n,
     };
-    want.min(rows).min(bytes / MIN_BYTES_PER_THREAD).max(1)
+    want.min(pieces).min(bytes / MIN_BYTES_PER_THREAD).max(1)
 }
 
-/// Runs `work(first_row, rows_slice_in, rows_slice_out)` over contiguous
-/// row ranges, one per thread, the calling thread taking the first.
-fn for_row_ranges<I: Sync, O: Send>(
-    input: &[I],
-    in_row: usize,
-    out: &mut [O],
-    out_row: usize,
-    n_threads: usize,
-    work: impl Fn(&[I], &mut [O]) + Sync,
-) {
-    let rows = input.len() / in_row;
-    let per = rows.div_ceil(n_threads.max(1));
-    if n_threads <= 1 || per == 0 {
-        work(input, out);
+/// Rows per piece of work for rows of `row_bytes` input bytes: pieces of
+/// about `PIECE_BYTES`, whole rows.
+fn rows_per_piece(row_bytes: usize) -> usize {
+    (PIECE_BYTES / row_bytes.max(1)).max(1)
+}
+
+/// Input bytes per piece that a thread claims at a time: small enough to
+/// balance threads that start late, large enough that claiming costs nothing.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// Runs `work` on every piece, on `n_threads` threads (the calling one
+/// included) that claim pieces in order. Each piece is computed by the same
+/// code whoever claims it, so the result does not depend on the threads.
+fn run_pieces<P: Send>(pieces: Vec<P>, n_threads: usize, work: impl Fn(P) + Sync) {
+    if n_threads <= 1 {
+        pieces.into_iter().for_each(work);
         return;
     }
+    let queue = Mutex::new(pieces.into_iter());
+    let participate = || loop {
+        // Take the next piece and release the lock before working on it.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+        match next {
+            Some(piece) => work(piece),
+            None => break,
+        }
+    };
     thread::scope(|scope| {
-        let mut pieces = input
-            .chunks(per * in_row)
-            .zip(out.chunks_mut(per * out_row));
-        let first = pieces.next();
-        for (i, o) in pieces {
-            let work = &work;
-            scope.spawn(move || work(i, o));
+        for _ in 1..n_threads {
+            scope.spawn(participate);
         }
-        if let Some((i, o)) = first {
-            work(i, o);
-        }
+        participate();
     });
 }
 
-/// Quantizes `input` (rows of `row_len` values) to `ty` into the first
-/// [`quantized_len`] bytes of `out`, with `imatrix` (one weight per column)
-/// if given, on up to `threads` threads (0 = all cores). Same bytes as
-/// ggml's `ggml_quantize_chunk` for every thread count. Checks everything
-/// first; on error `out` is untouched.
-pub fn quantize(
-    ty: GgmlType,
-    input: Values<'_>,
-    row_len: usize,
-    imatrix: Option<&[f32]>,
-    threads: usize,
-    out: &mut [u8],
-) -> Result<()> {
-    let (rows, row_bytes) = shape(ty, input.len(), row_len)?;
-    let needed = rows * row_bytes;
-    if out.len() < needed {
-        return Err(Error::new(
-            PqStatus::BufferTooSmall,
-            format!(
-                "output has {} bytes; {} {} needs {needed}",
-                out.len(),
-                ty.name(),
-                input.len()
-            ),
-        ));
+/// One tensor of a [`quantize_batch`] call.
+#[derive(Debug)]
+pub struct GgmlQuantizeItem<'a> {
+    pub ty: GgmlType,
+    pub input: Values<'a>,
+    pub row_len: usize,
+    /// One non-negative weight per column, or `None`.
+    pub imatrix: Option<&'a [f32]>,
+    /// At least [`quantized_len`] bytes; only that prefix is written.
+    pub output: &'a mut [u8],
+}
+
+impl GgmlQuantizeItem<'_> {
+    /// Every check of the item: shape, output length, imatrix, values.
+    fn check(&self) -> Result<(usize, usize)> {
+        let (rows, row_bytes) = shape(self.ty, self.input.len(), self.row_len)?;
+        let needed = rows * row_bytes;
+        if self.output.len() < needed {
+            return Err(Error::new(
+                PqStatus::BufferTooSmall,
+                format!(
+                    "output has {} bytes; {} values of {} need {needed}",
+                    self.output.len(),
+                    self.input.len(),
+                    self.ty.name()
+                ),
+            ));
+        }
+        check_imatrix(self.ty, self.imatrix, self.row_len)?;
+        check_finite(self.input)?;
+        Ok((rows, row_bytes))
     }
-    check_imatrix(ty, imatrix, row_len)?;
-    check_finite(input)?;
-    let out = &mut out[..needed];
-    let n_threads = thread_count(threads, rows, input.len() * input.dtype().size());
-    let (quantize_row, _) = kernels(ty);
-    fn run<T: crate::Element>(
-        x: &[T],
-        row_len: usize,
-        row_bytes: usize,
-        out: &mut [u8],
-        n_threads: usize,
-        f: impl Fn(&[f32], &mut [u8]) + Sync,
-    ) {
-        for_row_ranges(x, row_len, out, row_bytes, n_threads, |xs, os| {
+}
+
+/// Rows of one item to quantize on one thread.
+struct QuantizePiece<'a> {
+    quantize_row: QuantizeRow,
+    input: Values<'a>,
+    row_len: usize,
+    row_bytes: usize,
+    imatrix: Option<&'a [f32]>,
+    output: &'a mut [u8],
+}
+
+impl QuantizePiece<'_> {
+    fn run(self) {
+        fn rows<T: crate::Element>(x: &[T], p: &QuantizePiece<'_>, out: &mut [u8]) {
             let mut buf = vec![
                 0f32;
                 if T::DTYPE == crate::Dtype::F32 {
                     0
                 } else {
-                    row_len
+                    p.row_len
                 }
             ];
-            for (xr, or) in xs.chunks_exact(row_len).zip(os.chunks_exact_mut(row_bytes)) {
+            for (xr, or) in x
+                .chunks_exact(p.row_len)
+                .zip(out.chunks_exact_mut(p.row_bytes))
+            {
                 let row = match T::values(xr) {
                     Values::F32(r) => r,
                     _ => {
@@ -266,17 +283,80 @@ pub fn quantize(
                         &buf[..]
                     }
                 };
-                f(row, or);
+                (p.quantize_row)(row, p.imatrix, or);
             }
-        });
+        }
+        let mut p = self;
+        let out = std::mem::take(&mut p.output);
+        match p.input {
+            Values::F32(s) => rows(s, &p, out),
+            Values::F16(s) => rows(s, &p, out),
+            Values::BF16(s) => rows(s, &p, out),
+        }
     }
-    let f = |row: &[f32], o: &mut [u8]| quantize_row(row, imatrix, o);
-    match input {
-        Values::F32(s) => run(s, row_len, row_bytes, out, n_threads, f),
-        Values::F16(s) => run(s, row_len, row_bytes, out, n_threads, f),
-        Values::BF16(s) => run(s, row_len, row_bytes, out, n_threads, f),
+}
+
+/// Quantizes many tensors of mixed GGML types and dtypes in one call on up
+/// to `threads` threads (0 = all cores): large tensors are split by rows,
+/// small ones spread over the threads. All or nothing: every item is checked
+/// (in item order) before any output is written; the error names the item.
+pub fn quantize_batch(
+    items: &mut [GgmlQuantizeItem<'_>],
+    threads: usize,
+) -> std::result::Result<(), BatchError> {
+    let mut shapes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        shapes.push(item.check().map_err(|e| BatchError::at(i, e))?);
     }
+    let mut pieces = Vec::new();
+    let mut bytes = 0;
+    for (item, (rows, row_bytes)) in items.iter_mut().zip(shapes) {
+        let in_row_bytes = item.row_len * item.input.dtype().size();
+        bytes += rows * in_row_bytes;
+        let per = rows_per_piece(in_row_bytes);
+        let (mut input, mut output) = (item.input, &mut item.output[..rows * row_bytes]);
+        while !input.is_empty() {
+            let take = input.len().min(per * item.row_len);
+            let (now, rest) = input.split_at(take);
+            let (out_now, out_rest) =
+                std::mem::take(&mut output).split_at_mut(take / item.row_len * row_bytes);
+            pieces.push(QuantizePiece {
+                quantize_row: kernels(item.ty).0,
+                input: now,
+                row_len: item.row_len,
+                row_bytes,
+                imatrix: item.imatrix,
+                output: out_now,
+            });
+            (input, output) = (rest, out_rest);
+        }
+    }
+    let n_threads = thread_count(threads, pieces.len(), bytes);
+    run_pieces(pieces, n_threads, QuantizePiece::run);
     Ok(())
+}
+
+/// Quantizes `input` (rows of `row_len` values) to `ty` into the first
+/// [`quantized_len`] bytes of `out`, with `imatrix` (one weight per column)
+/// if given, on up to `threads` threads (0 = all cores): a batch of one.
+/// Same bytes as ggml's `ggml_quantize_chunk` for every thread count.
+/// Checks everything first; on error `out` is untouched.
+pub fn quantize(
+    ty: GgmlType,
+    input: Values<'_>,
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    threads: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let item = GgmlQuantizeItem {
+        ty,
+        input,
+        row_len,
+        imatrix,
+        output: out,
+    };
+    quantize_batch(&mut [item], threads).map_err(|e| e.error)
 }
 
 /// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
@@ -302,17 +382,23 @@ pub fn dequantize(
             ),
         ));
     }
-    let n_threads = thread_count(threads, rows, n * 4);
-    let (_, dequantize_row) = kernels(ty);
+    let dequantize_row = kernels(ty).1;
+    let per = rows_per_piece(row_len * 4);
     fn run<T: crate::Element>(
         input: &[u8],
-        row_bytes: usize,
         out: &mut [T],
-        row_len: usize,
-        n_threads: usize,
+        shape: (usize, usize, usize),
+        threads: usize,
         f: DequantizeRow,
     ) {
-        for_row_ranges(input, row_bytes, out, row_len, n_threads, |bs, os| {
+        let (row_len, row_bytes, per) = shape;
+        let bytes = out.len() * 4; // f32 rows are the work
+        let pieces: Vec<_> = input
+            .chunks(per * row_bytes)
+            .zip(out.chunks_mut(per * row_len))
+            .collect();
+        let n_threads = thread_count(threads, pieces.len(), bytes);
+        run_pieces(pieces, n_threads, |(bs, os)| {
             let mut buf = vec![0f32; row_len];
             for (br, or) in bs.chunks_exact(row_bytes).zip(os.chunks_exact_mut(row_len)) {
                 f(br, &mut buf);
@@ -322,10 +408,11 @@ pub fn dequantize(
             }
         });
     }
+    let dims = (row_len, row_bytes, per);
     match output {
-        ValuesMut::F32(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
-        ValuesMut::F16(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
-        ValuesMut::BF16(s) => run(input, row_bytes, s, row_len, n_threads, dequantize_row),
+        ValuesMut::F32(s) => run(input, s, dims, threads, dequantize_row),
+        ValuesMut::F16(s) => run(input, s, dims, threads, dequantize_row),
+        ValuesMut::BF16(s) => run(input, s, dims, threads, dequantize_row),
     }
     Ok(())
 }
