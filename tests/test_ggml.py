@@ -103,7 +103,9 @@ def test_adversarial_rows_match_ggml(oracle, qtype, kind):
     x = np.stack([adversarial(kind, n, rng) for _ in range(3)])
     imatrix = rng.uniform(0, 4, n).astype(np.float32)
     imatrix[::7] = 0.0  # zero weights are allowed
-    for w in (None, imatrix):
+    # Extreme but valid matrices: all zero, overflowing products, subnormal.
+    extremes = [np.zeros(n), np.full(n, 1e30), np.full(n, np.finfo(np.float32).max), np.full(n, TINY)]
+    for w in (None, imatrix, *(e.astype(np.float32) for e in extremes)):
         want = ggml_quantize(oracle, qtype, x, w)
         got = pg.quantize(x, qtype, imatrix=w)
         np.testing.assert_array_equal(got.view(np.uint8).reshape(-1), want, err_msg=f"{qtype} {kind} imatrix={w is not None}")
