@@ -80,20 +80,20 @@ def block_size(qtype: Any) -> tuple[int, int]:
 
 
 def _readable(data: Any) -> tuple[np.ndarray[Any, Any], int]:
-    """``data`` as an array the kernel reads in place, and its dtype code."""
+    """``data`` as an array the kernel reads in place, and its dtype code.
+    float32, float16 and bfloat16 arrays are used as they are (copied only
+    when strided or misaligned); other numeric arrays become float32, as
+    gguf-py converts them."""
     arr = np.asarray(data)
     known = _NATIVE_DTYPES.get(arr.dtype)
     if known is None:
-        if arr.dtype.kind not in "fiu" and arr.dtype != _BF16_SWAPPED:
+        if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":  # bfloat16: byte-swapped
             raise UnsupportedDtypeError(f"dtype {arr.dtype} cannot be quantized to a GGML type")
         arr = arr.astype(np.float32)
         known = _NATIVE_DTYPES[arr.dtype]
     if not arr.flags.c_contiguous or not arr.flags.aligned:
         arr = arr.copy(order="C")
     return arr, known[1]
-
-
-_BF16_SWAPPED = next(dt for dt in _NATIVE_DTYPES if dt.name == "bfloat16").newbyteorder("S")
 
 
 def _last_axis(arr: np.ndarray[Any, Any], what: str) -> int:
