@@ -261,19 +261,10 @@ struct QuantizePiece<'a> {
 
 impl QuantizePiece<'_> {
     fn run(self) {
-        fn rows<T: crate::Element>(x: &[T], p: &QuantizePiece<'_>, out: &mut [u8]) {
-            let mut buf = vec![
-                0f32;
-                if T::DTYPE == crate::Dtype::F32 {
-                    0
-                } else {
-                    p.row_len
-                }
-            ];
-            for (xr, or) in x
-                .chunks_exact(p.row_len)
-                .zip(out.chunks_exact_mut(p.row_bytes))
-            {
+        fn rows<T: crate::Element>(x: &[T], p: QuantizePiece<'_>) {
+            let mut buf = vec![0f32; p.row_len]; // f16 / bf16 rows widened here
+            let out_rows = p.output.chunks_exact_mut(p.row_bytes);
+            for (xr, or) in x.chunks_exact(p.row_len).zip(out_rows) {
                 let row = match T::values(xr) {
                     Values::F32(r) => r,
                     _ => {
@@ -286,12 +277,10 @@ impl QuantizePiece<'_> {
                 (p.quantize_row)(row, p.imatrix, or);
             }
         }
-        let mut p = self;
-        let out = std::mem::take(&mut p.output);
-        match p.input {
-            Values::F32(s) => rows(s, &p, out),
-            Values::F16(s) => rows(s, &p, out),
-            Values::BF16(s) => rows(s, &p, out),
+        match self.input {
+            Values::F32(s) => rows(s, self),
+            Values::F16(s) => rows(s, self),
+            Values::BF16(s) => rows(s, self),
         }
     }
 }
