@@ -364,6 +364,7 @@ const char *pq_ggml_type_name(uint32_t ggml_type);
  `*block_bytes` bytes; rows must hold whole blocks. Both out-pointers are
  owned by the caller and must not be NULL. Fails only for an unsupported
  type.
+
  # Safety
  `block_values` and `block_bytes` are NULL (an error) or writable `size_t`s.
  */
@@ -376,6 +377,7 @@ PqStatus pq_ggml_block_size(uint32_t ggml_type,
  Bytes of `input_len` values of GGML type `ggml_type` in rows of
  `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
  the input size of `pq_ggml_dequantize`.
+
  # Safety
  `output_len` is NULL (an error) or a writable `size_t`.
  */

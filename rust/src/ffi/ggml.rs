@@ -24,6 +24,7 @@ pub extern "C" fn pq_ggml_type_name(ggml_type: u32) -> *const c_char {
 /// `*block_bytes` bytes; rows must hold whole blocks. Both out-pointers are
 /// owned by the caller and must not be NULL. Fails only for an unsupported
 /// type.
+///
 /// # Safety
 /// `block_values` and `block_bytes` are NULL (an error) or writable `size_t`s.
 #[no_mangle]
@@ -49,6 +50,7 @@ pub unsafe extern "C" fn pq_ggml_block_size(
 /// Bytes of `input_len` values of GGML type `ggml_type` in rows of
 /// `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
 /// the input size of `pq_ggml_dequantize`.
+///
 /// # Safety
 /// `output_len` is NULL (an error) or a writable `size_t`.
 #[no_mangle]
