@@ -443,6 +443,7 @@ PqStatus pq_ggml_quantize_batch(const struct PqGgmlQuantizeItem *items,
  outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
  for `dtype` and not overlap `input`; it is written only on
  `PQ_STATUS_OK`.
+
  # Safety
  As `pq_ggml_quantize`.
  */

@@ -237,6 +237,7 @@ fn quantize_items(
 /// outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
 /// for `dtype` and not overlap `input`; it is written only on
 /// `PQ_STATUS_OK`.
+///
 /// # Safety
 /// As `pq_ggml_quantize`.
 #[no_mangle]
