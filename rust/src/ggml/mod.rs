@@ -300,7 +300,8 @@ pub fn quantize_batch(
     let mut pieces = Vec::new();
     let mut bytes = 0;
     for (item, (rows, row_bytes)) in items.iter_mut().zip(shapes) {
-        let in_row_bytes = item.row_len * item.input.dtype().size();
+        // Saturating: with zero rows the row length may be anything.
+        let in_row_bytes = item.row_len.saturating_mul(item.input.dtype().size());
         bytes += rows * in_row_bytes;
         let per = rows_per_piece(in_row_bytes);
         let (mut input, mut output) = (item.input, &mut item.output[..rows * row_bytes]);
@@ -372,7 +373,7 @@ pub fn dequantize(
         ));
     }
     let dequantize_row = kernels(ty).1;
-    let per = rows_per_piece(row_len * 4);
+    let per = rows_per_piece(row_len.saturating_mul(4));
     fn run<T: crate::Element>(
         input: &[u8],
         out: &mut [T],

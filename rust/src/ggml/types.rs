@@ -99,7 +99,17 @@ impl GgmlType {
                 ),
             ));
         }
-        Ok(row_len / info.block * info.bytes)
+        (row_len / info.block)
+            .checked_mul(info.bytes)
+            .ok_or_else(|| {
+                Error::new(
+                    PqStatus::SizeOverflow,
+                    format!(
+                        "a row of {row_len} {} values overflows the byte count",
+                        self.name()
+                    ),
+                )
+            })
     }
 }
 
