@@ -231,6 +231,32 @@ typedef struct PqGgmlQuantizeItem {
 } PqGgmlQuantizeItem;
 
 /*
+ One tensor of `pq_ggml_dequantize_batch`: the arguments of
+ `pq_ggml_dequantize` but `threads`.
+ */
+typedef struct PqGgmlDequantizeItem {
+  /*
+   A `ggml_type` / `GGMLQuantizationType` value.
+   */
+  uint32_t ggml_type;
+  /*
+   Exactly `pq_ggml_quantized_size(ggml_type, output_len, row_len)` bytes.
+   */
+  const uint8_t *input;
+  size_t input_len;
+  size_t row_len;
+  /*
+   A `PQ_DTYPE_*` code: the type of `output`.
+   */
+  uint32_t dtype;
+  /*
+   `output_len` values of `dtype`, aligned for it; written on success.
+   */
+  void *output;
+  size_t output_len;
+} PqGgmlDequantizeItem;
+
+/*
  One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
  the same meaning and rules. Allocated and owned by the caller, like every
  buffer it points to.
@@ -456,6 +482,21 @@ PqStatus pq_ggml_dequantize(uint32_t ggml_type,
                             void *output,
                             size_t output_len,
                             struct PqError *error);
+
+/*
+ Dequantizes `items_len` tensors described by `items` (mixed GGML types,
+ mixed output dtypes) in one call on up to `threads` threads, as
+ `pq_ggml_dequantize` each; all or nothing, with `item N: ` messages and
+ `*failed_item` as in `pq_ggml_quantize_batch`.
+
+ # Safety
+ As `pq_ggml_quantize_batch`.
+ */
+PqStatus pq_ggml_dequantize_batch(const struct PqGgmlDequantizeItem *items,
+                                  size_t items_len,
+                                  size_t threads,
+                                  size_t *failed_item,
+                                  struct PqError *error);
 
 /*
  The library version, e.g. "0.1.0": a static NUL-terminated string that

@@ -5,7 +5,8 @@ the interface of gguf-py's ``gguf.quants``.
   bytes of ggml's ``ggml_quantize_chunk`` (what ``llama-quantize`` writes),
   with or without an importance matrix.
 - :func:`dequantize` ``(data, qtype)``: ggml's ``dequantize_row_*``.
-- :func:`quantize_batch`: many tensors of mixed types in one native call.
+- :func:`quantize_batch` / :func:`dequantize_batch`: many tensors of mixed
+  types in one native call.
 
 Shapes, dtypes and ``qtype`` as ``gguf.quants.quantize`` / ``dequantize``:
 an input of shape ``(..., n)`` quantizes to uint8 ``(..., n / block * bytes)``
@@ -37,7 +38,7 @@ from .errors import (
     new_error_struct,
 )
 
-__all__ = ["SUPPORTED_TYPES", "block_size", "dequantize", "quantize", "quantize_batch"]
+__all__ = ["SUPPORTED_TYPES", "block_size", "dequantize", "dequantize_batch", "quantize", "quantize_batch"]
 
 
 def _type_table() -> dict[str, int]:
@@ -176,11 +177,8 @@ def quantize_batch(tensors: Sequence[tuple[Any, ...]], *, threads: int | None = 
     return [_result(p[0], p[5]) for p in prepared]
 
 
-def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarray[Any, Any]:
-    """Dequantizes ``data`` (the bytes of ``qtype`` along the last axis, any
-    dtype viewed as uint8, as gguf-py does) to float32 of shape
-    ``(..., bytes / block_bytes * block_values)``, as ggml's ``dequantize_row_*``.
-    """
+def _prepare_dequantize(data: Any, qtype: Any) -> tuple[int, np.ndarray[Any, Any], int, np.ndarray[Any, Any]]:
+    """Type id, input bytes, row length and the float32 output of one tensor."""
     type_id = _type_id(qtype)
     raw = np.ascontiguousarray(data)
     if raw.ndim == 0:
@@ -193,7 +191,15 @@ def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarr
             f"the last axis holds {nbytes} bytes, not a multiple of the {_NAMES[type_id]} block of {block_bytes}"
         )
     n = nbytes // block_bytes * values
-    out = np.empty(raw.shape[:-1] + (n,), dtype=np.float32)
+    return type_id, raw, n, np.empty(raw.shape[:-1] + (n,), dtype=np.float32)
+
+
+def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarray[Any, Any]:
+    """Dequantizes ``data`` (the bytes of ``qtype`` along the last axis, any
+    dtype viewed as uint8, as gguf-py does) to float32 of shape
+    ``(..., bytes / block_bytes * block_values)``, as ggml's ``dequantize_row_*``.
+    """
+    type_id, raw, n, out = _prepare_dequantize(data, qtype)
     err = new_error_struct()
     status = lib.pq_ggml_dequantize(
         type_id, ffi.from_buffer("uint8_t[]", raw), raw.size, n, lib.PQ_DTYPE_F32,
@@ -201,3 +207,20 @@ def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarr
     )
     check(status, err)
     return out
+
+
+def dequantize_batch(tensors: Sequence[tuple[Any, Any]], *, threads: int | None = None) -> list[np.ndarray[Any, Any]]:
+    """Dequantizes each ``(data, qtype)`` of ``tensors`` as :func:`dequantize`
+    does, in one native call; all or nothing, errors name the tensor index."""
+    prepared = [_prepare_dequantize(data, qtype) for data, qtype in tensors]
+    items = ffi.new("PqGgmlDequantizeItem[]", len(prepared))
+    keep = []  # the cdata buffers must outlive the call
+    for item, (type_id, raw, n, out) in zip(items, prepared):
+        buffers = (ffi.from_buffer("uint8_t[]", raw), ffi.from_buffer(out))
+        keep.append(buffers)
+        item.ggml_type, item.input, item.input_len, item.row_len = type_id, buffers[0], raw.size, n
+        item.dtype, item.output, item.output_len = lib.PQ_DTYPE_F32, buffers[1], out.size
+    failed = ffi.new("size_t *")
+    err = new_error_struct()
+    check(lib.pq_ggml_dequantize_batch(items, len(prepared), c_threads(threads), failed, err), err)
+    return [p[3] for p in prepared]

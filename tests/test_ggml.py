@@ -328,3 +328,35 @@ def test_batch_is_all_or_nothing():
     assert failed[0] == 1
     assert lib.pq_ggml_quantize_batch(ffi.NULL, 0, 0, failed, err) == lib.PQ_STATUS_OK
     assert failed[0] == 2**64 - 1
+
+
+@given(st.lists(cases(), min_size=1, max_size=4), st.integers(0, 2**32 - 1))
+def test_dequantize_batch_matches_ggml(oracle, batch, seed):
+    rng = np.random.default_rng(seed)
+    raws = []
+    for qtype, x, _, _ in batch:
+        raw = ggml_quantize(oracle, qtype, x)
+        if rng.integers(2):  # arbitrary bytes too
+            raw = rng.integers(0, 256, raw.size, dtype=np.uint8)
+        raws.append(raw.reshape(x.shape[0], -1))
+    outs = pg.dequantize_batch([(raw, qtype) for raw, (qtype, *_) in zip(raws, batch)], threads=batch[0][3])
+    for raw, (qtype, x, _, _), got in zip(raws, batch, outs):
+        want = ggml_dequantize(oracle, qtype, raw, x.size)
+        np.testing.assert_array_equal(got.reshape(-1).view(np.uint32), want.view(np.uint32))
+
+
+def test_dequantize_batch_is_all_or_nothing():
+    q = pg.quantize(np.ones((2, 256), np.float32), "Q4_K")
+    outs = [np.full(512, 7.0, np.float32), np.full(512, 7.0, np.float32)]
+    items = ffi.new("PqGgmlDequantizeItem[]", 2)
+    for item, out, length in zip(items, outs, (q.size, q.size - 1)):
+        item.ggml_type, item.input, item.input_len, item.row_len = 12, ffi.from_buffer("uint8_t[]", q), length, 256
+        item.dtype, item.output, item.output_len = lib.PQ_DTYPE_F32, ffi.from_buffer(out), out.size
+    failed, err = ffi.new("size_t *"), ffi.new("PqError *")
+    assert lib.pq_ggml_dequantize_batch(items, 2, 0, failed, err) == lib.PQ_STATUS_BUFFER_TOO_SMALL
+    assert failed[0] == 1 and ffi.string(err.message).startswith(b"item 1: input has 287 bytes")
+    assert all((o == 7.0).all() for o in outs)
+    f16 = np.zeros(512, np.float16)
+    items[1].input_len, items[1].dtype, items[1].output = q.size, lib.PQ_DTYPE_F16, ffi.from_buffer(f16)
+    assert lib.pq_ggml_dequantize_batch(items, 2, 0, failed, err) == lib.PQ_STATUS_OK
+    np.testing.assert_array_equal(f16, outs[0].astype(np.float16))

@@ -9,7 +9,7 @@ use super::memory::{check_disjoint, Region, Span};
 use super::quantize::{dtype_from_code, run_batch, TensorRegion};
 use crate::batch::BatchError;
 use crate::error::{PqStatus, Result};
-use crate::ggml::{self, GgmlQuantizeItem, GgmlType};
+use crate::ggml::{self, GgmlDequantizeItem, GgmlQuantizeItem, GgmlType};
 
 /// ggml's name of GGML type `ggml_type` (a `ggml_type` /
 /// `GGMLQuantizationType` value), e.g. "Q4_K": a static NUL-terminated
@@ -252,13 +252,102 @@ pub unsafe extern "C" fn pq_ggml_dequantize(
     output_len: usize,
     error: *mut PqError,
 ) -> PqStatus {
+    let item = PqGgmlDequantizeItem {
+        ggml_type,
+        input,
+        input_len,
+        row_len,
+        dtype,
+        output,
+        output_len,
+    };
     run(error, || {
-        let ty = GgmlType::try_from(ggml_type)?;
-        let source = Region::new("input", input, input_len)?;
-        let out = TensorRegion::new(dtype_from_code(dtype)?, "output", output, output_len)?;
-        let mut spans = [source.span(None, false), out.span(0, true)];
-        check_disjoint(&mut spans).map_err(|e| e.error)?;
-        // SAFETY: as in pq_ggml_quantize.
-        unsafe { ggml::dequantize(ty, source.as_slice(), row_len, out.values_mut(), threads) }
+        dequantize_items(&[item], threads, None).map_err(|e| e.error)
     })
+}
+
+/// One tensor of `pq_ggml_dequantize_batch`: the arguments of
+/// `pq_ggml_dequantize` but `threads`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PqGgmlDequantizeItem {
+    /// A `ggml_type` / `GGMLQuantizationType` value.
+    pub ggml_type: u32,
+    /// Exactly `pq_ggml_quantized_size(ggml_type, output_len, row_len)` bytes.
+    pub input: *const u8,
+    pub input_len: usize,
+    pub row_len: usize,
+    /// A `PQ_DTYPE_*` code: the type of `output`.
+    pub dtype: u32,
+    /// `output_len` values of `dtype`, aligned for it; written on success.
+    pub output: *mut c_void,
+    pub output_len: usize,
+}
+
+/// Dequantizes `items_len` tensors described by `items` (mixed GGML types,
+/// mixed output dtypes) in one call on up to `threads` threads, as
+/// `pq_ggml_dequantize` each; all or nothing, with `item N: ` messages and
+/// `*failed_item` as in `pq_ggml_quantize_batch`.
+///
+/// # Safety
+/// As `pq_ggml_quantize_batch`.
+#[no_mangle]
+pub unsafe extern "C" fn pq_ggml_dequantize_batch(
+    items: *const PqGgmlDequantizeItem,
+    items_len: usize,
+    threads: usize,
+    failed_item: *mut usize,
+    error: *mut PqError,
+) -> PqStatus {
+    // SAFETY: the caller provides `items_len` readable items; every bit
+    // pattern is a valid PqGgmlDequantizeItem (integers and raw pointers).
+    unsafe {
+        run_batch(items, items_len, failed_item, error, |list, span| {
+            dequantize_items(list, threads, span)
+        })
+    }
+}
+
+/// As [`quantize_items`], for dequantization.
+fn dequantize_items(
+    items: &[PqGgmlDequantizeItem],
+    threads: usize,
+    list: Option<Span>,
+) -> std::result::Result<(), BatchError> {
+    let checked = |item: &PqGgmlDequantizeItem| -> Result<(GgmlType, Region<u8>, TensorRegion)> {
+        let ty = GgmlType::try_from(item.ggml_type)?;
+        let input = Region::new("input", item.input, item.input_len)?;
+        let output = TensorRegion::new(
+            dtype_from_code(item.dtype)?,
+            "output",
+            item.output,
+            item.output_len,
+        )?;
+        Ok((ty, input, output))
+    };
+    let regions = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| checked(item).map_err(|e| BatchError::at(i, e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut spans: Vec<Span> = list.into_iter().collect();
+    for (i, (_, input, output)) in regions.iter().enumerate() {
+        spans.push(input.span(Some(i), false));
+        spans.push(output.span(i, true));
+    }
+    check_disjoint(&mut spans)?;
+    // SAFETY: as in quantize_items.
+    let mut safe: Vec<GgmlDequantizeItem<'_>> = regions
+        .iter()
+        .zip(items)
+        .map(|((ty, input, output), item)| unsafe {
+            GgmlDequantizeItem {
+                ty: *ty,
+                input: input.as_slice(),
+                row_len: item.row_len,
+                output: output.values_mut(),
+            }
+        })
+        .collect();
+    ggml::dequantize_batch(&mut safe, threads)
 }

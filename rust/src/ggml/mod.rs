@@ -349,9 +349,106 @@ pub fn quantize(
     quantize_batch(&mut [item], threads).map_err(|e| e.error)
 }
 
+/// One tensor of a [`dequantize_batch`] call.
+#[derive(Debug)]
+pub struct GgmlDequantizeItem<'a> {
+    pub ty: GgmlType,
+    /// Exactly [`quantized_len`] bytes for `output.len()` values.
+    pub input: &'a [u8],
+    pub row_len: usize,
+    pub output: ValuesMut<'a>,
+}
+
+impl GgmlDequantizeItem<'_> {
+    fn check(&self) -> Result<(usize, usize)> {
+        let n = self.output.len();
+        let (rows, row_bytes) = shape(self.ty, n, self.row_len)?;
+        if self.input.len() != rows * row_bytes {
+            return Err(Error::new(
+                PqStatus::BufferTooSmall,
+                format!(
+                    "input has {} bytes; {n} values of {} need {}",
+                    self.input.len(),
+                    self.ty.name(),
+                    rows * row_bytes
+                ),
+            ));
+        }
+        Ok((rows, row_bytes))
+    }
+}
+
+/// Rows of one item to dequantize on one thread.
+struct DequantizePiece<'a> {
+    dequantize_row: DequantizeRow,
+    input: &'a [u8],
+    row_len: usize,
+    row_bytes: usize,
+    output: ValuesMut<'a>,
+}
+
+impl DequantizePiece<'_> {
+    fn run(self) {
+        fn rows<T: crate::Element>(out: &mut [T], p: &DequantizePiece<'_>) {
+            let mut buf = vec![0f32; p.row_len];
+            let in_rows = p.input.chunks_exact(p.row_bytes);
+            for (br, or) in in_rows.zip(out.chunks_exact_mut(p.row_len)) {
+                (p.dequantize_row)(br, &mut buf);
+                for (o, v) in or.iter_mut().zip(&buf) {
+                    *o = T::from_f32(*v);
+                }
+            }
+        }
+        let mut p = self;
+        match std::mem::replace(&mut p.output, ValuesMut::F32(&mut [])) {
+            ValuesMut::F32(s) => rows(s, &p),
+            ValuesMut::F16(s) => rows(s, &p),
+            ValuesMut::BF16(s) => rows(s, &p),
+        }
+    }
+}
+
+/// Dequantizes many tensors of mixed GGML types into mixed dtypes in one
+/// call, as ggml's `dequantize_row_*` (f32; rounded to nearest-even for
+/// f16 / bf16 outputs), on up to `threads` threads. All or nothing: every
+/// item's lengths are checked before any output is written.
+pub fn dequantize_batch(
+    items: &mut [GgmlDequantizeItem<'_>],
+    threads: usize,
+) -> std::result::Result<(), BatchError> {
+    let mut shapes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        shapes.push(item.check().map_err(|e| BatchError::at(i, e))?);
+    }
+    let mut pieces = Vec::new();
+    let mut bytes = 0;
+    for (item, (rows, row_bytes)) in items.iter_mut().zip(shapes) {
+        let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
+        bytes += rows * out_row_bytes;
+        let per = rows_per_piece(out_row_bytes);
+        let mut input = item.input;
+        let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
+        while !input.is_empty() {
+            let take = input.len().min(per * row_bytes);
+            let (now, rest) = input.split_at(take);
+            let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
+            pieces.push(DequantizePiece {
+                dequantize_row: kernels(item.ty).1,
+                input: now,
+                row_len: item.row_len,
+                row_bytes,
+                output: out_now,
+            });
+            (input, output) = (rest, out_rest);
+        }
+    }
+    let n_threads = thread_count(threads, pieces.len(), bytes);
+    run_pieces(pieces, n_threads, DequantizePiece::run);
+    Ok(())
+}
+
 /// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
-/// `output.len()` values in rows of `row_len`) into `output`, as ggml's
-/// `dequantize_row_*` (f32; rounded to nearest-even for f16 / bf16 outputs).
+/// `output.len()` values in rows of `row_len`) into `output`: a batch of one.
 pub fn dequantize(
     ty: GgmlType,
     input: &[u8],
@@ -359,52 +456,13 @@ pub fn dequantize(
     output: ValuesMut<'_>,
     threads: usize,
 ) -> Result<()> {
-    let n = output.len();
-    let (rows, row_bytes) = shape(ty, n, row_len)?;
-    if input.len() != rows * row_bytes {
-        return Err(Error::new(
-            PqStatus::BufferTooSmall,
-            format!(
-                "input has {} bytes; {n} values of {} need {}",
-                input.len(),
-                ty.name(),
-                rows * row_bytes
-            ),
-        ));
-    }
-    let dequantize_row = kernels(ty).1;
-    let per = rows_per_piece(row_len.saturating_mul(4));
-    fn run<T: crate::Element>(
-        input: &[u8],
-        out: &mut [T],
-        shape: (usize, usize, usize),
-        threads: usize,
-        f: DequantizeRow,
-    ) {
-        let (row_len, row_bytes, per) = shape;
-        let bytes = out.len() * 4; // f32 rows are the work
-        let pieces: Vec<_> = input
-            .chunks(per * row_bytes)
-            .zip(out.chunks_mut(per * row_len))
-            .collect();
-        let n_threads = thread_count(threads, pieces.len(), bytes);
-        run_pieces(pieces, n_threads, |(bs, os)| {
-            let mut buf = vec![0f32; row_len];
-            for (br, or) in bs.chunks_exact(row_bytes).zip(os.chunks_exact_mut(row_len)) {
-                f(br, &mut buf);
-                for (o, v) in or.iter_mut().zip(&buf) {
-                    *o = T::from_f32(*v);
-                }
-            }
-        });
-    }
-    let dims = (row_len, row_bytes, per);
-    match output {
-        ValuesMut::F32(s) => run(input, s, dims, threads, dequantize_row),
-        ValuesMut::F16(s) => run(input, s, dims, threads, dequantize_row),
-        ValuesMut::BF16(s) => run(input, s, dims, threads, dequantize_row),
-    }
-    Ok(())
+    let item = GgmlDequantizeItem {
+        ty,
+        input,
+        row_len,
+        output,
+    };
+    dequantize_batch(&mut [item], threads).map_err(|e| e.error)
 }
 
 #[cfg(test)]
