@@ -11,7 +11,7 @@ def test_c_ggml(tmp_path):
     exe = build(ROOT / "tests" / "c" / "test_ggml.c", tmp_path / "test_ggml")
     proc = run([exe], env=RUN_ENV)
     assert proc.returncode == 0, show(proc)
-    assert proc.stdout.strip().splitlines()[-1] == "23 passed, 0 failed", show(proc)
+    assert proc.stdout.strip().splitlines()[-1] == "26 passed, 0 failed", show(proc)
 
 
 def test_c_ggml_under_valgrind(tmp_path):

@@ -77,5 +77,14 @@ int main(void) {
     items[1].row_len = 48;
     CHECK(pq_ggml_quantize_batch(items, 2, 0, &failed, &err) == PQ_STATUS_SHAPE_MISMATCH && failed == 1);
     CHECK(strncmp(err.message, "item 1: ", 8) == 0);
+
+    /* Dequantize batch: Q4_K rows back as the single call gives them. */
+    static float back2[ROWS * COLS];
+    PqGgmlDequantizeItem deq[1] = {{Q4_K, out, ROWS * 288, COLS, PQ_DTYPE_F32, back2, ROWS * COLS}};
+    CHECK(pq_ggml_dequantize_batch(deq, 1, 2, &failed, &err) == PQ_STATUS_OK && failed == SIZE_MAX);
+    pq_ggml_dequantize(Q4_K, out, ROWS * 288, COLS, PQ_DTYPE_F32, 1, back, ROWS * COLS, &err);
+    CHECK(memcmp(back, back2, sizeof back) == 0);
+    deq[0].input_len -= 1;
+    CHECK(pq_ggml_dequantize_batch(deq, 1, 2, &failed, &err) == PQ_STATUS_BUFFER_TOO_SMALL && failed == 0);
     return report();
 }
