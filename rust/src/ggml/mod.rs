@@ -293,36 +293,60 @@ pub fn quantize_batch(
     items: &mut [GgmlQuantizeItem<'_>],
     threads: usize,
 ) -> std::result::Result<(), BatchError> {
+    run_batch(
+        items,
+        threads,
+        GgmlQuantizeItem::check,
+        QuantizePiece::run,
+        |item, (rows, row_bytes), pieces| {
+            // Saturating: with zero rows the row length may be anything.
+            let in_row_bytes = item.row_len.saturating_mul(item.input.dtype().size());
+            let per = rows_per_piece(in_row_bytes);
+            let (mut input, mut output) = (
+                item.input,
+                &mut std::mem::take(&mut item.output)[..rows * row_bytes],
+            );
+            while !input.is_empty() {
+                let take = input.len().min(per * item.row_len);
+                let (now, rest) = input.split_at(take);
+                let (out_now, out_rest) =
+                    std::mem::take(&mut output).split_at_mut(take / item.row_len * row_bytes);
+                pieces.push(QuantizePiece {
+                    quantize_row: kernels(item.ty).0,
+                    input: now,
+                    row_len: item.row_len,
+                    row_bytes,
+                    imatrix: item.imatrix,
+                    output: out_now,
+                });
+                (input, output) = (rest, out_rest);
+            }
+            rows * in_row_bytes
+        },
+    )
+}
+
+/// The shared body of the batch calls: `check` every item (in order; the
+/// first error names its item), `cut` each into pieces of whole rows
+/// (returning its bytes of work), then `work` on every piece on the threads.
+fn run_batch<I, P: Send>(
+    items: &mut [I],
+    threads: usize,
+    check: impl Fn(&I) -> Result<(usize, usize)>,
+    work: impl Fn(P) + Sync,
+    mut cut: impl FnMut(&mut I, (usize, usize), &mut Vec<P>) -> usize,
+) -> std::result::Result<(), BatchError> {
     let mut shapes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        shapes.push(item.check().map_err(|e| BatchError::at(i, e))?);
+        shapes.push(check(item).map_err(|e| BatchError::at(i, e))?);
     }
     let mut pieces = Vec::new();
     let mut bytes = 0;
-    for (item, (rows, row_bytes)) in items.iter_mut().zip(shapes) {
-        // Saturating: with zero rows the row length may be anything.
-        let in_row_bytes = item.row_len.saturating_mul(item.input.dtype().size());
-        bytes += rows * in_row_bytes;
-        let per = rows_per_piece(in_row_bytes);
-        let (mut input, mut output) = (item.input, &mut item.output[..rows * row_bytes]);
-        while !input.is_empty() {
-            let take = input.len().min(per * item.row_len);
-            let (now, rest) = input.split_at(take);
-            let (out_now, out_rest) =
-                std::mem::take(&mut output).split_at_mut(take / item.row_len * row_bytes);
-            pieces.push(QuantizePiece {
-                quantize_row: kernels(item.ty).0,
-                input: now,
-                row_len: item.row_len,
-                row_bytes,
-                imatrix: item.imatrix,
-                output: out_now,
-            });
-            (input, output) = (rest, out_rest);
-        }
+    for (item, shape) in items.iter_mut().zip(shapes) {
+        bytes += cut(item, shape, &mut pieces);
     }
     let n_threads = thread_count(threads, pieces.len(), bytes);
-    run_pieces(pieces, n_threads, QuantizePiece::run);
+    run_pieces(pieces, n_threads, work);
     Ok(())
 }
 
@@ -416,35 +440,32 @@ pub fn dequantize_batch(
     items: &mut [GgmlDequantizeItem<'_>],
     threads: usize,
 ) -> std::result::Result<(), BatchError> {
-    let mut shapes = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        shapes.push(item.check().map_err(|e| BatchError::at(i, e))?);
-    }
-    let mut pieces = Vec::new();
-    let mut bytes = 0;
-    for (item, (rows, row_bytes)) in items.iter_mut().zip(shapes) {
-        let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
-        bytes += rows * out_row_bytes;
-        let per = rows_per_piece(out_row_bytes);
-        let mut input = item.input;
-        let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
-        while !input.is_empty() {
-            let take = input.len().min(per * row_bytes);
-            let (now, rest) = input.split_at(take);
-            let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
-            pieces.push(DequantizePiece {
-                dequantize_row: kernels(item.ty).1,
-                input: now,
-                row_len: item.row_len,
-                row_bytes,
-                output: out_now,
-            });
-            (input, output) = (rest, out_rest);
-        }
-    }
-    let n_threads = thread_count(threads, pieces.len(), bytes);
-    run_pieces(pieces, n_threads, DequantizePiece::run);
-    Ok(())
+    run_batch(
+        items,
+        threads,
+        GgmlDequantizeItem::check,
+        DequantizePiece::run,
+        |item, (rows, row_bytes), pieces| {
+            let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
+            let per = rows_per_piece(out_row_bytes);
+            let mut input = item.input;
+            let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
+            while !input.is_empty() {
+                let take = input.len().min(per * row_bytes);
+                let (now, rest) = input.split_at(take);
+                let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
+                pieces.push(DequantizePiece {
+                    dequantize_row: kernels(item.ty).1,
+                    input: now,
+                    row_len: item.row_len,
+                    row_bytes,
+                    output: out_now,
+                });
+                (input, output) = (rest, out_rest);
+            }
+            rows * out_row_bytes
+        },
+    )
 }
 
 /// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
