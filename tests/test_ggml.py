@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import event, given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pyquant
@@ -121,8 +121,9 @@ values = st.one_of(
 
 
 @st.composite
-def cases(draw):
-    qtype = draw(st.sampled_from(TYPES))
+def cases(draw, qtype=None):
+    """(qtype, rows, imatrix or None, threads); a random type unless given."""
+    qtype = qtype or draw(st.sampled_from(TYPES))
     n = row_len(qtype, draw(st.integers(1, 2 if pg.block_size(qtype)[0] >= 256 else 9)))
     rows = draw(st.integers(1, 3))
     dtype = draw(st.sampled_from(DTYPES))
@@ -143,17 +144,20 @@ def cases(draw):
     return qtype, x, imatrix, threads
 
 
-@given(cases())
-def test_quantize_matches_ggml(oracle, case):
-    qtype, x, imatrix, threads = case
+@pytest.mark.parametrize("qtype", TYPES)
+@given(data=st.data())
+def test_quantize_matches_ggml(oracle, qtype, data):
+    _, x, imatrix, threads = data.draw(cases(qtype))
+    event(f"{'with' if imatrix is not None else 'without'} imatrix")
     want = ggml_quantize(oracle, qtype, x, imatrix)
     got = pg.quantize(x, qtype, imatrix=imatrix, threads=threads)
     np.testing.assert_array_equal(got.view(np.uint8).reshape(-1), want)
 
 
-@given(cases(), st.integers(0, 2**32 - 1))
-def test_dequantize_matches_ggml(oracle, case, seed):
-    qtype, x, _, threads = case
+@pytest.mark.parametrize("qtype", TYPES)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_dequantize_matches_ggml(oracle, qtype, data, seed):
+    _, x, _, threads = data.draw(cases(qtype))
     n = x.shape[-1]
     raw = ggml_quantize(oracle, qtype, x)
     if seed % 2:  # arbitrary bytes: any scale, any code (NaN scales too)
