@@ -19,7 +19,7 @@ from pyquant import gguf as pg
 from pyquant._lib import ffi, lib
 
 TYPES = pg.SUPPORTED_TYPES
-IDS = {name: i for i in range(64) for name in [pg._NAMES.get(i)] if name}
+IDS = pg._IDS  # name -> GGML type id
 DTYPES = [np.float32, np.float16, ml_dtypes.bfloat16]
 # Types gguf-py can quantize (the rest it can only dequantize).
 GGUF_PY_QUANTIZE = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
@@ -116,7 +116,7 @@ values = st.one_of(
     finite32,
     st.floats(-1.0, 1.0, width=32, allow_subnormal=True),
     st.integers(-40, 40).map(lambda v: v / 2),
-    st.sampled_from([0.0, -0.0, float(TINY), -float(TINY), 1e-38, 65504.0, 3e38]),
+    st.sampled_from([float(np.float32(v)) for v in (0.0, -0.0, TINY, -TINY, 1e-38, 65504.0, 3e38)]),
 )
 
 
