@@ -50,7 +50,12 @@ fn run(data: &[u8]) {
     }
     let imatrix: Option<Vec<f32>> = match r.u8() % 4 {
         0 => None,
-        1 => Some(r.values_f32(row_len.min(MAX_VALUES)).iter().map(|v| v.abs()).collect()),
+        1 => Some(
+            r.values_f32(row_len.min(MAX_VALUES))
+                .iter()
+                .map(|v| v.abs())
+                .collect(),
+        ),
         2 => {
             let len = r.below(300);
             Some(r.values_f32(len))
@@ -70,11 +75,14 @@ fn run(data: &[u8]) {
         .as_ref()
         .is_none_or(|w| w.len() == row_len && w.iter().all(|v| v.is_finite() && *v >= 0.0));
     let finite = dtype <= 2 && to_f32(dtype, &bytes).iter().all(|v| v.is_finite());
-    let must_succeed = dtype <= 2 && need.is_some_and(|need| out_len >= need) && valid_imatrix && finite;
+    let must_succeed =
+        dtype <= 2 && need.is_some_and(|need| out_len >= need) && valid_imatrix && finite;
 
     let quantize = |out: &mut [u8], threads: usize| {
         let mut e = new_error();
-        let (w_ptr, w_len) = imatrix.as_ref().map_or((ptr::null(), 0), |w| (w.as_ptr(), w.len()));
+        let (w_ptr, w_len) = imatrix
+            .as_ref()
+            .map_or((ptr::null(), 0), |w| (w.as_ptr(), w.len()));
         // SAFETY: every pointer is valid for its length for the whole call.
         let status = unsafe {
             pq_ggml_quantize(
@@ -102,10 +110,17 @@ fn run(data: &[u8]) {
         assert!(out.iter().all(|&b| b == CANARY), "output written on error");
         return;
     };
-    assert!(out[need..].iter().all(|&b| b == CANARY), "bytes past the result written");
+    assert!(
+        out[need..].iter().all(|&b| b == CANARY),
+        "bytes past the result written"
+    );
     let mut serial = vec![CANARY; out_len + TAIL];
     assert_eq!(quantize(&mut serial, 1), PqStatus::Ok);
-    assert_eq!(first_diff(&out, &serial), None, "bytes depend on the thread count");
+    assert_eq!(
+        first_diff(&out, &serial),
+        None,
+        "bytes depend on the thread count"
+    );
 
     let mut back = vec![0f32; n];
     let mut e = new_error();
