@@ -29,7 +29,21 @@ type DequantizeRow = fn(&[u8], &mut [f32]);
 
 /// Input bytes per thread below which no thread is added (spawning costs
 /// tens of microseconds; a Q8_0 row of 4096 values takes about as long).
+/// Bytes of the types that search for scales count [`search_weight`] times.
 const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
+
+/// How much more work a byte of input is for `ty` than for a plain
+/// conversion: the K-quants, IQ4 and the imatrix paths of Q4_0..Q5_1 search
+/// many scales per block (measured 20-100 MB/s on one thread against
+/// 1-4 GB/s), so they get threads for 32x smaller tensors.
+fn search_weight(ty: GgmlType, imatrix: bool) -> usize {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | Bf16 | Q8_0 => 1,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 if !imatrix => 1,
+        _ => 32,
+    }
+}
 
 fn quantize_f32(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
     for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {
@@ -321,7 +335,7 @@ pub fn quantize_batch(
                 });
                 (input, output) = (rest, out_rest);
             }
-            rows * in_row_bytes
+            rows * in_row_bytes * search_weight(item.ty, item.imatrix.is_some())
         },
     )
 }
