@@ -54,7 +54,7 @@ run_target() {  # name, command...
         echo $? >"$work/$name.rc"
     fi
 }
-targets=(quantize batch arrow safetensors_header)
+targets=(quantize batch arrow ggml safetensors_header)
 jobs=${FUZZ_JOBS:-$(( $(nproc) < 2 ? 1 : 2 ))}
 run_start=$(date +%s)
 for name in "${targets[@]}"; do

@@ -33,6 +33,7 @@ each bad input gets.
 """
 
 from ._version import __version__
+from . import gguf
 from .arrow import dequantize_arrow, quantize_arrow, quantized_schema
 from .core import (
     SUPPORTED_DTYPES,

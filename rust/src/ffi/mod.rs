@@ -12,6 +12,7 @@
 
 mod arrow;
 mod boundary;
+mod ggml;
 mod memory;
 mod quantize;
 #[cfg(feature = "test-ffi")]
@@ -19,13 +20,14 @@ mod test_ffi;
 
 pub use arrow::*;
 pub use boundary::PqError;
+pub use ggml::*;
 pub use quantize::*;
 #[cfg(feature = "test-ffi")]
 pub use test_ffi::*;
 
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
 /// struct or constant in `pyquant.h`.
-pub const PQ_ABI_VERSION: u32 = 3;
+pub const PQ_ABI_VERSION: u32 = 4;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;
