@@ -118,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-empty", action="store_true",
                    help="write the output even if no tensor is quantized (otherwise an error)")
     q.add_argument("--quiet", action="store_true", help="no progress bar, carried-over reasons or summary")
+    g = q.add_argument_group("GGUF in, GGUF out (as llama-quantize; chosen by an input .gguf file)")
+    g.add_argument("--type", metavar="PRESET",
+                   help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
+                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS")
+    g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="GGML type for tensors whose name matches the regular expression (repeatable)")
+    g.add_argument("--output-tensor-type", metavar="TYPE", help="GGML type of output.weight")
+    g.add_argument("--token-embedding-type", metavar="TYPE", help="GGML type of token_embd.weight")
+    g.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
+    g.add_argument("--pure", action="store_true", help="the preset's type for every tensor (no promotions)")
 
     d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
                        description="Writes every tensor in its original dtype and shape.")
@@ -139,10 +149,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_gguf(path: str) -> bool:
+    """Whether ``path`` is a GGUF file (by its magic; a directory or unreadable file is not)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def _tensor_types(specs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        pattern, sep, name = spec.partition("=")
+        if not sep or not pattern or not name:
+            raise QuantizeError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
+        out.append((pattern, name))
+    return out
+
+
+def cmd_quantize_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import quantize_gguf
+
+    if args.type is None:
+        raise QuantizeError(f"{args.input}: a GGUF input needs --type PRESET (e.g. --type Q4_K_M)")
+    bar = _progress_bar(args)
+    try:
+        s = quantize_gguf(args.input, args.output, preset=args.type, tensor_types=_tensor_types(args.tensor_type),
+                          output_tensor_type=args.output_tensor_type,
+                          token_embedding_type=args.token_embedding_type,
+                          leave_output_tensor=args.leave_output_tensor, pure=args.pure, force=args.force,
+                          progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
+              f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from .pipeline import quantize_file
     from .plan import parse_bits_for
 
+    if is_gguf(args.input):
+        cmd_quantize_gguf(args)
+        return
+    gguf_only = [o for o, v in (("--type", args.type), ("--tensor-type", args.tensor_type),
+                                ("--output-tensor-type", args.output_tensor_type),
+                                ("--token-embedding-type", args.token_embedding_type),
+                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure)) if v]
+    if gguf_only:
+        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,

@@ -291,3 +291,82 @@ def _close_mapping(mapped: mmap.mmap) -> None:
         mapped.close()
     except BufferError:  # pragma: no cover - a pyarrow object still views it; GC closes it
         pass
+
+
+def quantize_gguf(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    preset: str,
+    tensor_types: Sequence[tuple[str, str]] = (),
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    leave_output_tensor: bool = False,
+    pure: bool = False,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Quantizes a GGUF model (F32/F16/BF16 tensors) into a GGUF file as
+    llama-quantize does: ``preset`` (``"Q4_K_M"``, see
+    :data:`pyquant.llama_quant.PRESETS`), each tensor's type chosen by
+    :func:`pyquant.llama_quant.choose_types`, the bytes of ggml's own
+    quantizers (:mod:`pyquant.gguf`), the file laid out as llama-quantize
+    lays it out (its tensor order, every key-value pair carried over byte
+    for byte, ``general.quantization_version`` and ``general.file_type``
+    set last). Options as llama-quantize's: ``tensor_types``
+    (``--tensor-type PATTERN=TYPE``), ``output_tensor_type``,
+    ``token_embedding_type``, ``leave_output_tensor``, ``pure``.
+
+    The input is memory-mapped and read one tensor at a time; the output is
+    written to a temporary file and published atomically. Raises
+    CheckpointError for a bad, truncated or already quantized input.
+    """
+    from . import gguf as ggml
+    from .gguf_file import FLOAT_DTYPES, GGUFFile, OutputTensor, Writer, kv_u32
+    from .llama_quant import QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, model_of
+
+    _, ftype, default = find_preset(preset)
+    opts = Options(
+        ftype, default,
+        output_tensor_type=None if output_tensor_type is None else ggml_type(output_tensor_type,
+                                                                               "output_tensor_type"),
+        token_embedding_type=None if token_embedding_type is None else ggml_type(token_embedding_type,
+                                                                                   "token_embedding_type"),
+        quantize_output_tensor=not leave_output_tensor, pure=pure,
+        tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
+    )
+    t0 = time.perf_counter()
+    with GGUFFile(src) as f:
+        order = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
+        targets, _notes = choose_types([(t.name, t.shape, t.type_id) for t in order], model_of(f.value), opts)
+        for t, new in zip(order, targets):
+            if new != t.type_id and t.type_id not in FLOAT_DTYPES:
+                raise CheckpointError(f"{f.path}: tensor {t.name!r} is {t.type_name}: requantizing is not supported "
+                                      "(the input must hold F32/F16/BF16 weights)")
+        drop = {"general.quantization_version", "general.file_type", "split.no", "split.count",
+                "split.tensors.count"}
+        pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop]
+        pairs += [kv_u32("general.quantization_version", QUANTIZATION_VERSION), kv_u32("general.file_type", ftype)]
+        outs = [OutputTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
+        summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
+        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, f.alignment)
+            for t, new in zip(order, targets):
+                if new == t.type_id:
+                    w.tensor(f.raw(t))
+                    summary.kept += 1
+                    summary.kept_reasons[t.name] = f"stays {t.type_name}"
+                else:
+                    try:
+                        w.tensor(ggml.quantize(f.array(t), new, threads=threads))
+                    except QuantizeError as exc:
+                        raise type(exc)(f"tensor {t.name!r}: {exc}") from None
+                    summary.quantized += 1
+                f.release(t)
+                bar.update(t.nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary
