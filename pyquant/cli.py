@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--type", metavar="PRESET",
                    help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
                    "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS")
+    g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (GGUF or legacy .dat)")
     g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
                    help="GGML type for tensors whose name matches the regular expression (repeatable)")
     g.add_argument("--output-tensor-type", metavar="TYPE", help="GGML type of output.weight")
@@ -175,7 +176,7 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
         raise QuantizeError(f"{args.input}: a GGUF input needs --type PRESET (e.g. --type Q4_K_M)")
     bar = _progress_bar(args)
     try:
-        s = quantize_gguf(args.input, args.output, preset=args.type, tensor_types=_tensor_types(args.tensor_type),
+        s = quantize_gguf(args.input, args.output, preset=args.type, imatrix=args.imatrix, tensor_types=_tensor_types(args.tensor_type),
                           output_tensor_type=args.output_tensor_type,
                           token_embedding_type=args.token_embedding_type,
                           leave_output_tensor=args.leave_output_tensor, pure=args.pure, force=args.force,
@@ -196,7 +197,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if is_gguf(args.input):
         cmd_quantize_gguf(args)
         return
-    gguf_only = [o for o, v in (("--type", args.type), ("--tensor-type", args.tensor_type),
+    gguf_only = [o for o, v in (("--type", args.type), ("--imatrix", args.imatrix), ("--tensor-type", args.tensor_type),
                                 ("--output-tensor-type", args.output_tensor_type),
                                 ("--token-embedding-type", args.token_embedding_type),
                                 ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure)) if v]

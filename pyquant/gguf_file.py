@@ -277,6 +277,11 @@ def _string(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def kv_string(key: str, value: str) -> bytes:
+    """The raw bytes of a string key-value pair."""
+    return _string(key) + struct.pack("<I", STRING) + _string(value)
+
+
 def kv_u32(key: str, value: int) -> bytes:
     """The raw bytes of a u32 key-value pair."""
     return _string(key) + struct.pack("<II", UINT32, value)

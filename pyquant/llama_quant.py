@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 from .errors import CheckpointError, QuantizeError
 from .gguf_file import GGML_TYPES, TYPE_IDS, n_dims
@@ -322,3 +324,100 @@ def choose_types(tensors: Sequence[tuple[str, tuple[int, ...], int]], model: Mod
             new = _fallback(s, name, shape[0], new)
         out.append(TYPE_IDS[new])
     return out, s.fallbacks
+
+
+@dataclass
+class Imatrix:
+    """An importance matrix as llama-quantize's load_imatrix leaves it: per
+    tensor name, the float32 weights (sums / counts, per expert)."""
+
+    path: str
+    data: dict[str, "np.ndarray[Any, np.dtype[np.float32]]"]
+    datasets: list[str]
+    chunk_count: int
+
+    def kv_pairs(self) -> list[bytes]:
+        """The quantize.imatrix.* pairs llama-quantize appends (its kv overrides)."""
+        from .gguf_file import kv_string, kv_u32
+
+        pairs = [kv_string("quantize.imatrix.file", _c_truncate(self.path))]
+        if self.datasets:
+            pairs.append(kv_string("quantize.imatrix.dataset", _c_truncate(self.datasets[0])))
+        pairs.append(kv_u32("quantize.imatrix.entries_count", len(self.data)))
+        if self.chunk_count > 0:
+            pairs.append(kv_u32("quantize.imatrix.chunks_count", self.chunk_count))
+        return pairs
+
+
+def _c_truncate(s: str) -> str:
+    """strncpy into char[128]: at most 127 bytes."""
+    return s.encode("utf-8")[:127].decode("utf-8", "ignore")
+
+
+def load_imatrix(path: str) -> Imatrix:
+    """llama.cpp's imatrix file: the GGUF format of llama-imatrix (``NAME.in_sum2``
+    and ``NAME.counts`` tensors, ``imatrix.*`` metadata) or the legacy binary one."""
+    from .gguf_file import GGUFFile
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        return _load_legacy_imatrix(path)
+    with GGUFFile(path) as g:
+        if any(g.value(k) is None for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size")):
+            raise CheckpointError(f"{path}: missing imatrix metadata (imatrix.datasets, chunk_count, chunk_size)")
+        parts: dict[str, dict[str, Any]] = {}
+        for t in g.tensors:
+            for suffix in (".in_sum2", ".counts"):
+                if t.name.endswith(suffix):
+                    if t.type_id != 0:
+                        raise CheckpointError(f"{path}: {t.name} must be F32")
+                    parts.setdefault(t.name[: -len(suffix)], {})[suffix] = g.array(t).reshape(-1).copy()
+        data = {}
+        for name, p in sorted(parts.items()):
+            if len(p) != 2:
+                raise CheckpointError(f"{path}: mismatched sums and counts for {name}")
+            sums, counts = p[".in_sum2"], p[".counts"]
+            if counts.size == 0 or sums.size % counts.size:
+                raise CheckpointError(f"{path}: {name}: {sums.size} sums do not fit {counts.size} counts")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                e = sums.reshape(counts.size, -1) / counts.reshape(-1, 1)
+            e[counts <= 0] = 1
+            data[name] = e.reshape(-1).astype(np.float32)
+        datasets = g.value("imatrix.datasets")
+        return Imatrix(path, data, list(datasets) if isinstance(datasets, list) else [],
+                       int(g.value("imatrix.chunk_count")))
+
+
+def _load_legacy_imatrix(path: str) -> Imatrix:
+    raw = open(path, "rb").read()
+    pos = 0
+
+    def i32() -> int:
+        nonlocal pos
+        if pos + 4 > len(raw):
+            raise CheckpointError(f"{path}: not a valid imatrix file (truncated at byte {pos})")
+        pos += 4
+        return int(np.frombuffer(raw, "<i4", 1, pos - 4)[0])
+
+    data = {}
+    for _ in range(i32()):
+        n = i32()
+        if not 0 < n <= len(raw) - pos:
+            raise CheckpointError(f"{path}: not a valid imatrix file (bad name length {n})")
+        name = raw[pos:pos + n].split(b"\0")[0].decode("utf-8", "replace")
+        pos += n
+        ncall, nval = i32(), i32()
+        if not 0 < nval <= (len(raw) - pos) // 4:
+            raise CheckpointError(f"{path}: not a valid imatrix file (bad value count {nval} for {name})")
+        sums = np.frombuffer(raw, "<f4", nval, pos).copy()
+        pos += 4 * nval
+        data[name] = sums / np.float32(ncall) if ncall > 0 else sums
+    chunk_count, datasets = 0, []
+    if pos + 4 <= len(raw):
+        chunk_count = i32()
+        if pos + 4 <= len(raw):
+            n = i32()
+            if 0 < n <= len(raw) - pos:
+                datasets.append(raw[pos:pos + n].split(b"\0")[0].decode("utf-8", "replace"))
+    return Imatrix(path, data, datasets, chunk_count)

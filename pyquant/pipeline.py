@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import QuantizedTensor, quantize_batch, quantize_copy
@@ -298,6 +300,7 @@ def quantize_gguf(
     dst: str | os.PathLike[str],
     *,
     preset: str,
+    imatrix: str | os.PathLike[str] | None = None,
     tensor_types: Sequence[tuple[str, str]] = (),
     output_tensor_type: str | None = None,
     token_embedding_type: str | None = None,
@@ -314,7 +317,8 @@ def quantize_gguf(
     quantizers (:mod:`pyquant.gguf`), the file laid out as llama-quantize
     lays it out (its tensor order, every key-value pair carried over byte
     for byte, ``general.quantization_version`` and ``general.file_type``
-    set last). Options as llama-quantize's: ``tensor_types``
+    set last). Options as llama-quantize's: ``imatrix`` (a llama.cpp
+    importance-matrix file, GGUF or legacy), ``tensor_types``
     (``--tensor-type PATTERN=TYPE``), ``output_tensor_type``,
     ``token_embedding_type``, ``leave_output_tensor``, ``pure``.
 
@@ -324,7 +328,9 @@ def quantize_gguf(
     """
     from . import gguf as ggml
     from .gguf_file import FLOAT_DTYPES, GGUFFile, OutputTensor, Writer, kv_u32
-    from .llama_quant import QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, model_of
+    from .llama_quant import (
+        QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, load_imatrix, model_of,
+    )
 
     _, ftype, default = find_preset(preset)
     opts = Options(
@@ -336,6 +342,8 @@ def quantize_gguf(
         quantize_output_tensor=not leave_output_tensor, pure=pure,
         tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
     )
+    weights = None if imatrix is None else load_imatrix(os.fspath(imatrix))
+    opts.has_imatrix = weights is not None
     t0 = time.perf_counter()
     with GGUFFile(src) as f:
         order = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
@@ -344,10 +352,13 @@ def quantize_gguf(
             if new != t.type_id and t.type_id not in FLOAT_DTYPES:
                 raise CheckpointError(f"{f.path}: tensor {t.name!r} is {t.type_name}: requantizing is not supported "
                                       "(the input must hold F32/F16/BF16 weights)")
-        drop = {"general.quantization_version", "general.file_type", "split.no", "split.count",
-                "split.tensors.count"}
-        pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop]
-        pairs += [kv_u32("general.quantization_version", QUANTIZATION_VERSION), kv_u32("general.file_type", ftype)]
+        # llama-quantize sets these keys (gguf_set_val_*: removed, then appended) and drops the split keys.
+        added = [kv_u32("general.quantization_version", QUANTIZATION_VERSION), kv_u32("general.file_type", ftype)]
+        added += [] if weights is None else weights.kv_pairs()
+        drop = {"split.no", "split.count", "split.tensors.count", "general.quantization_version", "general.file_type",
+                "quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                "quantize.imatrix.chunks_count"}
+        pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop] + added
         outs = [OutputTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
@@ -360,7 +371,7 @@ def quantize_gguf(
                     summary.kept_reasons[t.name] = f"stays {t.type_name}"
                 else:
                     try:
-                        w.tensor(ggml.quantize(f.array(t), new, threads=threads))
+                        w.tensor(_quantize_tensor(ggml, f.array(t), t, new, weights, threads))
                     except QuantizeError as exc:
                         raise type(exc)(f"tensor {t.name!r}: {exc}") from None
                     summary.quantized += 1
@@ -370,3 +381,20 @@ def quantize_gguf(
             os.fsync(out.fileno())
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, threads: int | None) -> Any:
+    """One GGUF tensor to ``type_id``, with its importance matrix (llama-quantize's
+    lookup: absent is fine, a wrong size is an error except for token_embd)."""
+    w = None if weights is None else weights.data.get(t.name)
+    experts = t.n_values // (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1))
+    if w is not None and w.size != t.shape[0] * experts:
+        if t.name not in ("token_embd.weight", "per_layer_token_embd.weight"):
+            raise CheckpointError(f"imatrix size {w.size} is different from tensor size "
+                                  f"{t.shape[0] * experts} for {t.name}")
+        w = None
+    if w is None or experts == 1:
+        return ggml.quantize(x, type_id, imatrix=w, threads=threads)
+    per, n = x.shape[0] // experts, t.shape[0]  # rows per expert, each with its own weights
+    return np.concatenate([ggml.quantize(x[e * per:(e + 1) * per], type_id, imatrix=w[e * n:(e + 1) * n],
+                                         threads=threads) for e in range(experts)])

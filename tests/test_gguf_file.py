@@ -200,18 +200,44 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def make_imatrix(path: Path, model: Path, seed: int = 0) -> Path:
+    """An importance matrix in llama-imatrix's GGUF format for every 2-D weight
+    of ``model`` (one expert: ``.in_sum2`` of the row length, ``.counts`` of 1)."""
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "imatrix")
+    w.add_array("imatrix.datasets", ["random.txt"])
+    w.add_uint32("imatrix.chunk_count", 7)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for t in gguf.GGUFReader(str(model)).tensors:
+        if len(t.shape) == 2:
+            w.add_tensor(f"{t.name}.in_sum2", (rng.random(int(t.shape[0])) * 50).astype(np.float32))
+            w.add_tensor(f"{t.name}.counts", np.array([7 * 512], np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def imatrices(models: dict[str, Path]) -> dict[str, Path]:
+    return {k: make_imatrix(m.with_suffix(".imatrix.gguf"), m) for k, m in models.items()}
+
+
 def _llama_quantize(llama_bin: Path, src: Path, dst: Path, preset: str, *extra: str) -> None:
     subprocess.run([str(llama_bin / "llama-quantize"), *extra, str(src), str(dst), preset, "1"],
                    check=True, capture_output=True)
 
 
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["", "imatrix"])
 @pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize("source", ["F32", "F16", "BF16", "F16-320"])
-def test_same_file_as_llama_quantize(llama_bin: Path, models: dict[str, Path], tmp_path: Path,
-                                     source: str, preset: str) -> None:
+def test_same_file_as_llama_quantize(llama_bin: Path, models: dict[str, Path], imatrices: dict[str, Path],
+                                     tmp_path: Path, source: str, preset: str, with_imatrix: bool) -> None:
     ref = tmp_path / "ref.gguf"
-    _llama_quantize(llama_bin, models[source], ref, preset)
-    mine = _quantized(models[source], tmp_path, preset)
+    extra = ["--imatrix", str(imatrices[source])] if with_imatrix else []
+    _llama_quantize(llama_bin, models[source], ref, preset, *extra)
+    mine = _quantized(models[source], tmp_path, preset, **({"imatrix": str(imatrices[source])} if with_imatrix else {}))
     want = ref.read_bytes()
     if mine != want:
         got_r, want_r = gguf.GGUFReader(str(tmp_path / f"api-{preset}.gguf")), gguf.GGUFReader(str(ref))
