@@ -59,5 +59,5 @@ PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.p
         --ignore="$OLDPWD/tests/test_c_host.py" --ignore="$OLDPWD/tests/test_valgrind.py" "$OLDPWD/tests" "$@"
 )
 
-echo "== fuzzing (fuzz/run.sh: 5 targets x 45 s) =="
+echo "== fuzzing (fuzz/run.sh: 6 targets x 45 s) =="
 PYTHON="$PYTHON" ./fuzz/run.sh 45
