@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[int, str]] = {
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
 }
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
+# Archs whose load_arch_hparams call a model of this many layers LLM_TYPE_70B (llama: see Model.is_70b).
+_LAYERS_OF_70B = {"qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
 _UNQUANTIZED = {"F32", "F16", "BF16", "I8", "I16", "I32", "I64", "F64"}
 
 # Substrings of names that are never quantized (tensor_allows_quantization).
@@ -110,8 +112,10 @@ class Model:
 
     @property
     def is_70b(self) -> bool:
-        # llama's load_hparams: 80 layers with grouped-query attention is LLM_TYPE_70B
-        return self.arch == "llama" and self.n_layer == 80 and self.n_head != self.n_head_kv
+        """model.type == LLM_TYPE_70B, as the archs' load_arch_hparams set it."""
+        if self.arch == "llama":
+            return self.n_expert != 8 and self.n_layer == 80 and self.n_head != self.n_head_kv
+        return _LAYERS_OF_70B.get(self.arch) == self.n_layer
 
 
 def model_of(kv_value: object) -> Model:
@@ -134,7 +138,9 @@ def model_of(kv_value: object) -> Model:
 
 def allows_quantization(name: str, shape: tuple[int, ...], opts: Options) -> bool:
     """tensor_allows_quantization."""
-    if n_dims(shape) < 2 or not name.endswith("weight"):
+    # name.rfind("weight") == name.size() - 6: also true for any 5-byte name
+    # (npos == size_t(5 - 6)), kept for the same choice.
+    if n_dims(shape) < 2 or not (name.endswith("weight") or len(name.encode()) == 5):
         return False
     if not opts.quantize_output_tensor and name == "output.weight":
         return False
