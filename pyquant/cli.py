@@ -233,10 +233,28 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s -> {args.output}")
 
 
+def inspect_gguf_text(path: str) -> str:
+    """The tensors of a GGUF file: GGML type, shape, bytes and bits per weight."""
+    from .gguf_file import GGUFFile
+    from .metrics import format_table
+
+    with GGUFFile(path) as f:
+        table = [[shown(t.name), t.type_name, "x".join(map(str, t.shape)), _fmt_bytes(t.nbytes),
+                  f"{8 * t.nbytes / t.n_values:.4g}"] for t in f.tensors]
+        total, values = sum(t.nbytes for t in f.tensors), sum(t.n_values for t in f.tensors)
+        arch, ftype = f.value("general.architecture", "?"), f.value("general.file_type", "?")
+        return (f"{path}: GGUF v{f.version}, architecture {arch}, file_type {ftype}, {len(f.tensors)} tensors, "
+                f"{len(f.kv)} key-value pairs\n"
+                + format_table(["tensor", "type", "shape (ne0 first)", "bytes", "bpw"], table)
+                + f"\ntotal: {_fmt_bytes(total)}, {8 * total / max(values, 1):.3f} bits per weight")
+
+
 def inspect_text(path: str) -> str:
     from .report import inspect
     from .metrics import format_table
 
+    if is_gguf(path):
+        return inspect_gguf_text(path)
     rows, meta = inspect(path)
     table = [[shown(r.name), r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
               r.group_size or "-", _fmt_bytes(r.stored_bytes),

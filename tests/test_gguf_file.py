@@ -169,6 +169,10 @@ def test_cli_gguf(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert out.read_bytes() == _quantized(model, tmp_path, "Q4_0")
     assert main(["quantize", str(model), str(tmp_path / "x.gguf")]) == 1
     assert "--type" in capsys.readouterr().err
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "file_type 2" in text and "blk.0.attn_q.weight" in text and "Q4_0" in text
+    assert pyquant.quantize_gguf is quantize_gguf
 
 
 def _quantized(model: Path, tmp_path: Path, preset: str, **kw: object) -> bytes:
