@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token-embedding-type", metavar="TYPE", help="GGML type of token_embd.weight")
     g.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
     g.add_argument("--pure", action="store_true", help="the preset's type for every tensor (no promotions)")
+    g.add_argument("--arch", help="safetensors -> GGUF (an output named *.gguf): general.architecture to write; "
+                   "--type is then a GGML type (Q4_K, Q8_0, ...)")
 
     d = sub.add_parser("dequantize", help="turn a pyquant checkpoint back into a plain safetensors file",
                        description="Writes every tensor in its original dtype and shape.")
@@ -190,6 +192,25 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
 
 
+def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import safetensors_to_gguf
+
+    if args.type is None:
+        raise QuantizeError(f"{args.output}: a GGUF output needs --type TYPE (e.g. --type Q4_K)")
+    bar = _progress_bar(args)
+    try:
+        s = safetensors_to_gguf(args.input, args.output, qtype=args.type, arch=args.arch, force=args.force,
+                                progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        for name, why in s.kept_reasons.items():
+            print(f"kept {shown(name)}: {why}")
+        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from .pipeline import quantize_file
     from .plan import parse_bits_for
@@ -197,10 +218,14 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if is_gguf(args.input):
         cmd_quantize_gguf(args)
         return
+    if args.output.endswith(".gguf"):
+        cmd_safetensors_to_gguf(args)
+        return
     gguf_only = [o for o, v in (("--type", args.type), ("--imatrix", args.imatrix), ("--tensor-type", args.tensor_type),
                                 ("--output-tensor-type", args.output_tensor_type),
                                 ("--token-embedding-type", args.token_embedding_type),
-                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure)) if v]
+                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure),
+                                ("--arch", args.arch)) if v]
     if gguf_only:
         raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)

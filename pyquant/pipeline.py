@@ -327,7 +327,8 @@ def quantize_gguf(
     CheckpointError for a bad, truncated or already quantized input.
     """
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, GGUFFile, OutputTensor, Writer, kv_u32
+    from .gguf_file import FLOAT_DTYPES, GGUFFile, Writer, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import (
         QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, load_imatrix, model_of,
     )
@@ -359,7 +360,7 @@ def quantize_gguf(
                 "quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
                 "quantize.imatrix.chunks_count"}
         pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop] + added
-        outs = [OutputTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
+        outs = [GGUFTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
         with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
@@ -398,3 +399,75 @@ def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, thre
     per, n = x.shape[0] // experts, t.shape[0]  # rows per expert, each with its own weights
     return np.concatenate([ggml.quantize(x[e * per:(e + 1) * per], type_id, imatrix=w[e * n:(e + 1) * n],
                                          threads=threads) for e in range(experts)])
+
+
+def safetensors_to_gguf(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    qtype: str,
+    arch: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Writes a safetensors file or model directory (a tensor collection, e.g.
+    a diffusion model) as a GGUF file with float tensors of 2+ dimensions
+    quantized to the GGML type ``qtype`` (``"Q4_K"``, ``"Q8_0"``, ...; see
+    :data:`pyquant.gguf.SUPPORTED_TYPES`), as ComfyUI-GGUF's tools lay it out:
+    names kept, GGUF shapes reversed (row length first), tensor order kept.
+    1-D tensors and tensors whose rows do not hold whole blocks are carried
+    over in their dtype (``Summary.kept_reasons`` says why); so are integer
+    tensors. ``arch`` is written as ``general.architecture``.
+
+    Memory-mapped input, one tensor at a time; atomic output.
+    """
+    from . import gguf as ggml
+    from .dtypes import BY_SAFETENSORS
+    from .gguf_file import DEFAULT_ALIGNMENT, GGML_TYPES, Writer, kv_string, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
+    from .llama_quant import QUANTIZATION_VERSION, ggml_type
+
+    type_id = ggml_type(qtype, "qtype")
+    if GGML_TYPES[type_id][0] not in ggml.SUPPORTED_TYPES:
+        raise QuantizeError(f"qtype: pyquant cannot write {qtype!r}; supported: {', '.join(ggml.SUPPORTED_TYPES)}")
+    block = GGML_TYPES[type_id][1]
+    t0 = time.perf_counter()
+    with Checkpoint(src) as ckpt:
+        refuse_quantized_input(ckpt)
+        plans: list[tuple[str, tuple[int, ...], int, str | None]] = []  # name, GGUF shape, type, kept because
+        for name in ckpt.names():
+            info = ckpt.info(name)
+            d = BY_SAFETENSORS[info.dtype]
+            if d.ggml_type is None:
+                raise CheckpointError(f"tensor {name!r}: dtype {d.name} has no GGUF type")
+            shape = tuple(reversed(info.shape)) or (1,)
+            why = ("not a float tensor" if not d.quantizable else "1-D" if len(info.shape) < 2
+                   else f"rows of {shape[0]} do not hold whole {qtype.upper()} blocks of {block}"
+                   if shape[0] % block else None)
+            plans.append((name, shape, d.ggml_type if why else type_id, why))
+        pairs = [kv_string("general.architecture", arch or "unknown"),
+                 kv_u32("general.quantization_version", QUANTIZATION_VERSION)]
+        outs = [GGUFTensor(n, s, t) for n, s, t, _ in plans]
+        summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
+        with atomic_output(dst, force=force, inputs=ckpt.paths) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, DEFAULT_ALIGNMENT)
+            for name, shape, t, why in plans:
+                x = ckpt.array(name)
+                if why is not None:
+                    w.tensor(np.ascontiguousarray(x).reshape(-1))
+                    summary.kept += 1
+                    summary.kept_reasons[name] = why
+                else:
+                    try:
+                        w.tensor(ggml.quantize(x.reshape(-1, shape[0]), t, threads=threads))
+                    except QuantizeError as exc:
+                        raise type(exc)(f"tensor {name!r}: {exc}") from None
+                    summary.quantized += 1
+                ckpt.release(name)
+                bar.update(ckpt.info(name).nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -279,3 +279,34 @@ def test_llama_cpp_runs_the_output(llama_bin: Path, models: dict[str, Path], tmp
         return proc.stdout
 
     assert run(mine) == run(ref)
+
+
+def test_safetensors_to_gguf(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    tensors = {
+        "double_blocks.0.img_attn.qkv.weight": rng.normal(size=(96, 512)).astype(np.float16),
+        "final_layer.linear.weight": rng.normal(size=(64, 3072)).astype(np.float32),
+        "img_in.bias": rng.normal(size=(512,)).astype(np.float32),
+        "odd.weight": rng.normal(size=(8, 100)).astype(np.float32),  # rows of 100: no whole Q4_K block
+        "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
+    }
+    src = tmp_path / "model.safetensors"
+    save_file(tensors, str(src))
+    out = tmp_path / "model-Q4_K.gguf"
+    assert main(["quantize", str(src), str(out), "--type", "Q4_K", "--arch", "flux", "--quiet"]) == 0
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["general.architecture"].contents() == "flux"
+    got = {t.name: t for t in r.tensors}
+    assert sorted(got) == sorted(tensors)  # in the safetensors file's order
+    for name, x in tensors.items():
+        t = got[name]
+        assert [int(d) for d in t.shape] == list(reversed(x.shape))
+        if name in ("double_blocks.0.img_attn.qkv.weight", "final_layer.linear.weight"):
+            assert t.tensor_type == gguf.GGMLQuantizationType.Q4_K
+            assert t.data.tobytes() == pg.quantize(x, "Q4_K").tobytes()
+        else:
+            assert t.data.tobytes() == x.tobytes()
+    s = pyquant.pipeline.safetensors_to_gguf(src, out, qtype="Q8_0", force=True)
+    assert (s.quantized, s.kept) == (2, 3) and "block" in s.kept_reasons["odd.weight"]
