@@ -38,10 +38,13 @@ def make_model(path: Path, dtype: str = "F32", n_embd: int = 256, n_ff: int = 51
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(n_embd // n_head)
     w.add_file_type({"F32": 0, "F16": 1, "BF16": 32}[dtype])
+    # A SentencePiece vocabulary llama.cpp can tokenize with: the specials,
+    # the 256 byte tokens (type 6) and word pieces.
     w.add_tokenizer_model("llama")
-    w.add_token_list([b"<unk>", b"<s>", b"</s>"] + [f"t{i}".encode() for i in range(n_vocab - 3)])
-    w.add_token_scores([0.0] * n_vocab)
-    w.add_token_types([2, 3, 3] + [1] * (n_vocab - 3))
+    words = [f"\u2581{chr(97 + i % 26)}{i // 26}".encode() for i in range(n_vocab - 259)]
+    w.add_token_list([b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)] + words)
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(words))])
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(words))
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
 
@@ -95,7 +98,7 @@ def test_reader_matches_gguf_py(model: Path) -> None:
         for key, field in fields.items():
             assert f.value(key) == field.contents(), key
         assert f.value("llama.block_count") == 4
-        assert f.value("tokenizer.ggml.tokens")[:2] == ["<unk>", "<s>"]
+        assert f.value("tokenizer.ggml.tokens")[:4] == ["<unk>", "<s>", "</s>", "<0x00>"]
 
 
 def test_output_layout_and_bytes(model: Path, tmp_path: Path) -> None:
@@ -272,13 +275,15 @@ def test_llama_cpp_runs_the_output(llama_bin: Path, models: dict[str, Path], tmp
     ref = tmp_path / "ref.gguf"
     _llama_quantize(llama_bin, models["F16"], ref, "Q4_K_M")
 
-    def run(path: Path) -> str:
-        proc = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(path), "-n", "8", "t1 t2 t3"],
-                              capture_output=True, text=True, timeout=300)
+    def run(path: Path) -> bytes:
+        """The prompt and 8 greedily generated tokens (random weights: any bytes)."""
+        proc = subprocess.run([str(llama_bin / "llama-simple"), "-m", str(path), "-n", "8", "a0 b1 c2"],
+                              capture_output=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout
 
-    assert run(mine) == run(ref)
+    out = run(mine)
+    assert len(out) > len("a0 b1 c2") and out == run(ref)
 
 
 def test_safetensors_to_gguf(tmp_path: Path) -> None:
