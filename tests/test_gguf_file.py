@@ -315,3 +315,26 @@ def test_safetensors_to_gguf(tmp_path: Path) -> None:
             assert t.data.tobytes() == x.tobytes()
     s = pyquant.pipeline.safetensors_to_gguf(src, out, qtype="Q8_0", force=True)
     assert (s.quantized, s.kept) == (2, 3) and "block" in s.kept_reasons["odd.weight"]
+
+
+def make_legacy_imatrix(path: Path, model: Path, seed: int = 1) -> Path:
+    """The same kind of matrix in llama.cpp's legacy binary format (.dat)."""
+    rng = np.random.default_rng(seed)
+    entries = [t for t in gguf.GGUFReader(str(model)).tensors if len(t.shape) == 2]
+    out = [np.int32(len(entries)).tobytes()]
+    for t in entries:
+        name = t.name.encode()
+        out += [np.int32(len(name)).tobytes(), name, np.int32(3).tobytes(), np.int32(int(t.shape[0])).tobytes(),
+                (rng.random(int(t.shape[0])) * 10).astype("<f4").tobytes()]
+    out += [np.int32(5).tobytes(), np.int32(4).tobytes(), b"data"]
+    path.write_bytes(b"".join(out))
+    return path
+
+
+@pytest.mark.parametrize("preset", ["Q4_0", "Q4_K_M", "IQ4_XS"])
+def test_legacy_imatrix_as_llama_quantize(llama_bin: Path, models: dict[str, Path], tmp_path: Path,
+                                          preset: str) -> None:
+    dat = make_legacy_imatrix(tmp_path / "imatrix.dat", models["F16"])
+    ref = tmp_path / "ref.gguf"
+    _llama_quantize(llama_bin, models["F16"], ref, preset, "--imatrix", str(dat))
+    assert _quantized(models["F16"], tmp_path, preset, imatrix=str(dat)) == ref.read_bytes()
