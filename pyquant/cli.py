@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("output")
     d.add_argument("--force", action="store_true", help="replace the output if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    d.add_argument("--dtype", type=str.upper, choices=["F32", "F16", "BF16"],
+                   help="a GGUF input: the float type of the dequantized tensors (default F32)")
 
     i = sub.add_parser("inspect", help="list what a checkpoint holds",
                        description="Tensors, dtypes, shapes, bits, sizes and compression ratio.")
@@ -244,9 +246,23 @@ def cmd_quantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
 
 
+def cmd_dequantize_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import dequantize_gguf
+
+    s = dequantize_gguf(args.input, args.output, dtype=args.dtype or "F32", force=args.force)
+    if not args.quiet:
+        print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+
+
 def cmd_dequantize(args: argparse.Namespace) -> None:
     from .pipeline import dequantize_file
 
+    if is_gguf(args.input):
+        cmd_dequantize_gguf(args)
+        return
+    if args.dtype is not None:
+        raise QuantizeError(f"--dtype: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = dequantize_file(args.input, args.output, force=args.force, progress=bar)

@@ -471,3 +471,48 @@ def safetensors_to_gguf(
             os.fsync(out.fileno())
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "F32",
+                    force: bool = False, threads: int | None = None,
+                    progress: ProgressCallback | None = None) -> Summary:
+    """Turns a quantized GGUF file back into a float GGUF file: every tensor of a
+    GGML type pyquant implements becomes ``dtype`` (``"F32"``, ``"F16"`` or
+    ``"BF16"``; values from ggml's ``dequantize_row_*``, rounded as ggml rounds),
+    other tensors are copied; pairs, order and alignment are kept and
+    ``general.file_type`` says the new type (llama.cpp's ALL_F32 / MOSTLY_F16 /
+    MOSTLY_BF16). Memory-mapped input, one tensor at a time; atomic output."""
+    from . import gguf as ggml
+    from .gguf_file import FLOAT_DTYPES, TYPE_IDS, GGUFFile, Writer, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
+
+    file_types = {"F32": 0, "F16": 1, "BF16": 32}
+    key = dtype.upper()
+    if key not in file_types:
+        raise QuantizeError(f"dtype must be F32, F16 or BF16, got {dtype!r}")
+    to = TYPE_IDS[key]
+    t0 = time.perf_counter()
+    with GGUFFile(src) as f:
+        convert = [t.type_id not in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES for t in f.tensors]
+        pairs = [raw for k, (_, _, raw) in f.kv.items() if k != "general.file_type"]
+        pairs.append(kv_u32("general.file_type", file_types[key]))
+        outs = [GGUFTensor(t.name, t.shape, to if c else t.type_id) for t, c in zip(f.tensors, convert)]
+        summary = Summary(input_bytes=sum(t.nbytes for t in f.tensors), output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "dequantizing", len(outs), summary.input_bytes)
+        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, f.alignment)
+            for t, c in zip(f.tensors, convert):
+                if not c:
+                    w.tensor(f.raw(t))
+                    summary.kept += 1
+                else:
+                    rows = np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1)
+                    x = ggml.dequantize(rows, t.type_id, threads=threads)
+                    w.tensor(x if key == "F32" else ggml.quantize(x, key, threads=threads))
+                    summary.quantized += 1
+                f.release(t)
+                bar.update(t.nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -338,3 +338,22 @@ def test_legacy_imatrix_as_llama_quantize(llama_bin: Path, models: dict[str, Pat
     ref = tmp_path / "ref.gguf"
     _llama_quantize(llama_bin, models["F16"], ref, preset, "--imatrix", str(dat))
     assert _quantized(models["F16"], tmp_path, preset, imatrix=str(dat)) == ref.read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_dequantize_gguf(model: Path, tmp_path: Path, dtype: str) -> None:
+    q = tmp_path / "q.gguf"
+    quantize_gguf(model, q, preset="Q4_K_M")
+    back = tmp_path / "back.gguf"
+    assert main(["dequantize", str(q), str(back), "--dtype", dtype.lower() if dtype == "F16" else dtype,
+                 "--quiet"]) == 0
+    rq, rb = gguf.GGUFReader(str(q)), gguf.GGUFReader(str(back))
+    assert rb.fields["general.file_type"].contents() == {"F32": 0, "F16": 1, "BF16": 32}[dtype]
+    for a, b in zip(rq.tensors, rb.tensors):
+        assert a.name == b.name
+        if a.tensor_type == gguf.GGMLQuantizationType.F32:
+            assert b.data.tobytes() == a.data.tobytes()
+            continue
+        x = pg.dequantize(a.data, int(a.tensor_type))
+        want = x if dtype == "F32" else pg.quantize(x, dtype)
+        assert b.tensor_type.name == dtype and b.data.tobytes() == want.tobytes(), a.name
