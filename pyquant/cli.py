@@ -311,10 +311,10 @@ def inspect_text(path: str) -> str:
 
 
 def report_text(original: str, quantized: str, as_json: bool) -> str:
-    from .report import error_report
+    from .report import error_report, gguf_error_report
     from .metrics import format_table
 
-    rep = error_report(original, quantized)
+    rep = gguf_error_report(original, quantized) if is_gguf(quantized) else error_report(original, quantized)
     if as_json:
         def clean(v: Any) -> Any:
             return None if isinstance(v, float) and math.isinf(v) else v
@@ -322,7 +322,7 @@ def report_text(original: str, quantized: str, as_json: bool) -> str:
         d = rep.as_dict()
         d["tensors"] = [{k: clean(v) for k, v in t.items()} for t in d["tensors"]]
         return json.dumps(d, indent=2)
-    rows = [[shown(t.name), "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
+    rows = [[shown(t.name), "x".join(map(str, t.shape)), f"{t.bits:.4g}" if t.bits else "kept", f"{t.stats.max_abs:.3e}",
              f"{t.stats.rmse:.3e}", f"{t.stats.rel_rmse:.4f}", f"{t.stats.cosine:.6f}",
              "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}"] for t in rep.tensors]
     s = rep.summary()

@@ -357,3 +357,30 @@ def test_dequantize_gguf(model: Path, tmp_path: Path, dtype: str) -> None:
         x = pg.dequantize(a.data, int(a.tensor_type))
         want = x if dtype == "F32" else pg.quantize(x, dtype)
         assert b.tensor_type.name == dtype and b.data.tobytes() == want.tobytes(), a.name
+
+
+def test_report_gguf(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pyquant.report import gguf_error_report
+
+    q = tmp_path / "q.gguf"
+    quantize_gguf(model, q, preset="Q8_0")
+    rep = gguf_error_report(model, q)
+    s = rep.summary()
+    assert (s["quantized"], s["kept"]) == (30, 9)
+    assert 0 < s["worst_rel_rmse"] < 0.01 and s["min_cosine"] > 0.9999
+    assert {t.bits for t in rep.tensors if t.bits} == {8.5}
+    assert main(["report", str(model), str(q)]) == 0
+    assert "8.5" in capsys.readouterr().out
+
+
+def test_non_finite_weight_names_the_tensor_and_writes_nothing(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "m.gguf")
+    data = bytearray(src.read_bytes())
+    with GGUFFile(src) as f:
+        t = next(t for t in f.tensors if t.name == "blk.2.ffn_up.weight")
+        data[t.offset + 400:t.offset + 404] = np.float32(np.nan).tobytes()
+    bad = tmp_path / "nan.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(pyquant.NonFiniteError, match="blk.2.ffn_up.weight"):
+        quantize_gguf(bad, tmp_path / "out.gguf", preset="Q4_K_M")
+    assert not (tmp_path / "out.gguf").exists()
