@@ -155,12 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_gguf(path: str) -> bool:
-    """Whether ``path`` is a GGUF file (by its magic; a directory or unreadable file is not)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
+    from .gguf_file import is_gguf as check
+
+    return check(path)
 
 
 def _tensor_types(specs: list[str]) -> list[tuple[str, str]]:
@@ -177,7 +174,8 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
     from .pipeline import quantize_gguf
 
     if args.type is None:
-        raise QuantizeError(f"{args.input}: a GGUF input needs --type PRESET (e.g. --type Q4_K_M)")
+        raise QuantizeError(f"{args.input}: a GGUF file: quantizing it (into GGUF, as llama-quantize) needs "
+                            "--type PRESET, e.g. --type Q4_K_M")
     bar = _progress_bar(args)
     try:
         s = quantize_gguf(args.input, args.output, preset=args.type, imatrix=args.imatrix, tensor_types=_tensor_types(args.tensor_type),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterable
@@ -55,6 +56,21 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 TYPE_IDS = {name: type_id for type_id, (name, _, _) in GGML_TYPES.items()}
 # Float tensor types pyquant reads as values (numpy dtypes, little-endian).
 FLOAT_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f2"), 30: BFLOAT16}
+
+
+def is_gguf(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file starting with the GGUF magic. Never
+    blocks (a FIFO is opened non-blocking and is not a GGUF file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def row_bytes(type_id: int, n: int) -> int:

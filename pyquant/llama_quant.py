@@ -363,11 +363,9 @@ def _c_truncate(s: str) -> str:
 def load_imatrix(path: str) -> Imatrix:
     """llama.cpp's imatrix file: the GGUF format of llama-imatrix (``NAME.in_sum2``
     and ``NAME.counts`` tensors, ``imatrix.*`` metadata) or the legacy binary one."""
-    from .gguf_file import GGUFFile
+    from .gguf_file import GGUFFile, is_gguf
 
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
+    if not is_gguf(path):
         return _load_legacy_imatrix(path)
     with GGUFFile(path) as g:
         if any(g.value(k) is None for k in ("imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size")):
@@ -396,7 +394,13 @@ def load_imatrix(path: str) -> Imatrix:
 
 
 def _load_legacy_imatrix(path: str) -> Imatrix:
-    raw = open(path, "rb").read()
+    import os
+
+    from .safetensors_io import open_regular
+
+    fd, st = open_regular(path)  # a regular file, opened without blocking
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(st.st_size)
     pos = 0
 
     def i32() -> int:
