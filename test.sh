@@ -27,7 +27,7 @@ if ! command -v valgrind >/dev/null && command -v apt-get >/dev/null; then
 fi
 
 if ! command -v cmake >/dev/null && command -v apt-get >/dev/null; then
-    # tests/llama_cpp/build.py: llama.cpp's llama-quantize and llama-simple, built once into
+    # tests/llamacpp_build/build.py: llama.cpp's llama-quantize and llama-simple, built once into
     # ~/.cache/pyquant/llama.cpp-build-<version>/ (tests/test_gguf_file.py compares against them)
     echo "test.sh: installing cmake (the llama.cpp build the GGUF tests compare against)"
     apt-get install -y -qq cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }

@@ -1,5 +1,5 @@
 """Whole-file GGUF quantization: `pyquant quantize in.gguf out.gguf --type T`
-against llama.cpp's `llama-quantize` (built by tests/llama_cpp/build.py) on the
+against llama.cpp's `llama-quantize` (built by tests/llamacpp_build/build.py) on the
 same input, both on all cores, in one run: seconds, GB/s of input, peak RSS of
 each process (from wait4), and whether the two output files are identical.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from llama_cpp import build as llama_build  # noqa: E402
+from llamacpp_build import build as llama_build  # noqa: E402
 
 TYPES = ("Q8_0", "Q4_0", "Q4_K_M", "Q6_K")
 

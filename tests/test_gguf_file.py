@@ -1,7 +1,7 @@
 """GGUF in, GGUF out (issue 14): the reader against gguf-py, the writer's
 layout, llama-quantize's type choice, bad files, and the whole file against
 llama.cpp's own llama-quantize (built once into a cache by
-tests/llama_cpp/build.py) and loaded by llama.cpp's llama-simple."""
+tests/llamacpp_build/build.py) and loaded by llama.cpp's llama-simple."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def _quantized(model: Path, tmp_path: Path, preset: str, **kw: object) -> bytes:
 def llama_bin() -> Path:
     if os.environ.get("PYQUANT_SKIP_LLAMA_CPP"):
         pytest.skip("PYQUANT_SKIP_LLAMA_CPP is set")
-    from llama_cpp import build as llama_build  # tests/llama_cpp/build.py
+    from llamacpp_build import build as llama_build  # tests/llamacpp_build/build.py
 
     return llama_build.build()
 

@@ -3,7 +3,7 @@ the pinned llama-cpp-python sdist (the same one tests/ggml_oracle uses), with
 cmake, once, into a cache outside the repository keyed by version:
 ``~/.cache/pyquant/llama.cpp-build-<version>/bin/``.
 
-    python3 tests/llama_cpp/build.py        # prints the bin directory
+    python3 tests/llamacpp_build/build.py        # prints the bin directory
 
 The build is a plain CPU Release build of only those two targets (static
 libraries, no curl, no server, no tests), run with ``nice`` and ``-j2``. The
