@@ -344,6 +344,8 @@ def quantize_gguf(
         tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
     )
     weights = None if imatrix is None else load_imatrix(os.fspath(imatrix))
+    if weights is not None and not weights.data:
+        weights = None  # llama-quantize: an empty matrix is no matrix (no keys, no promotions)
     opts.has_imatrix = weights is not None
     t0 = time.perf_counter()
     with GGUFFile(src) as f:
