@@ -26,6 +26,13 @@ if ! command -v valgrind >/dev/null && command -v apt-get >/dev/null; then
     apt-get install -y -qq valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 fi
 
+if ! command -v cmake >/dev/null && command -v apt-get >/dev/null; then
+    # tests/llamacpp_build/build.py: llama.cpp's llama-quantize and llama-simple, built once into
+    # ~/.cache/pyquant/llama.cpp-build-<version>/ (tests/test_gguf_file.py compares against them)
+    echo "test.sh: installing cmake (the llama.cpp build the GGUF tests compare against)"
+    apt-get install -y -qq cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
+fi
+
 if ! cbindgen --version 2>/dev/null | grep -qF "$CBINDGEN_VERSION"; then
     echo "test.sh: installing cbindgen $CBINDGEN_VERSION (for the header drift check)"
     cargo install cbindgen --version "=$CBINDGEN_VERSION" --locked --quiet
@@ -59,5 +66,5 @@ PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.p
         --ignore="$OLDPWD/tests/test_c_host.py" --ignore="$OLDPWD/tests/test_valgrind.py" "$OLDPWD/tests" "$@"
 )
 
-echo "== fuzzing (fuzz/run.sh: 4 targets x 45 s) =="
+echo "== fuzzing (fuzz/run.sh: 6 targets x 45 s) =="
 PYTHON="$PYTHON" ./fuzz/run.sh 45

@@ -54,13 +54,15 @@ run_target() {  # name, command...
         echo $? >"$work/$name.rc"
     fi
 }
-targets=(quantize batch arrow safetensors_header)
+targets=(quantize batch arrow ggml safetensors_header gguf_header)
 jobs=${FUZZ_JOBS:-$(( $(nproc) < 2 ? 1 : 2 ))}
 run_start=$(date +%s)
 for name in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
     if [ "$name" = safetensors_header ]; then
         run_target "$name" "$PYTHON" safetensors_header.py -dict=safetensors.dict &
+    elif [ "$name" = gguf_header ]; then
+        run_target "$name" "$PYTHON" gguf_header.py &
     else
         run_target "$name" "$bin/$name" &
     fi

@@ -164,6 +164,15 @@ enum PqStatus
    result failed): a bug in pyquant, like `Panic`.
    */
   PQ_STATUS_INTERNAL = 13,
+  /*
+   The GGML type id is not one of the types pyquant implements.
+   */
+  PQ_STATUS_UNSUPPORTED_GGML_TYPE = 14,
+  /*
+   An importance matrix has the wrong length or a negative or non-finite
+   entry, or is missing for a type that needs one.
+   */
+  PQ_STATUS_INVALID_IMATRIX = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -213,6 +222,63 @@ typedef struct PqError {
   PqStatus status;
   char message[PQ_ERROR_MESSAGE_CAPACITY];
 } PqError;
+
+/*
+ One tensor of `pq_ggml_quantize_batch`: the arguments of
+ `pq_ggml_quantize` but `threads`.
+ */
+typedef struct PqGgmlQuantizeItem {
+  /*
+   A `ggml_type` / `GGMLQuantizationType` value.
+   */
+  uint32_t ggml_type;
+  /*
+   A `PQ_DTYPE_*` code: the type of `input`.
+   */
+  uint32_t dtype;
+  /*
+   `input_len` values of `dtype`, aligned for it, read in place.
+   */
+  const void *input;
+  size_t input_len;
+  size_t row_len;
+  /*
+   NULL, or `row_len` finite non-negative weights.
+   */
+  const float *imatrix;
+  size_t imatrix_len;
+  /*
+   At least `pq_ggml_quantized_size` bytes; written on success.
+   */
+  uint8_t *output;
+  size_t output_len;
+} PqGgmlQuantizeItem;
+
+/*
+ One tensor of `pq_ggml_dequantize_batch`: the arguments of
+ `pq_ggml_dequantize` but `threads`.
+ */
+typedef struct PqGgmlDequantizeItem {
+  /*
+   A `ggml_type` / `GGMLQuantizationType` value.
+   */
+  uint32_t ggml_type;
+  /*
+   Exactly `pq_ggml_quantized_size(ggml_type, output_len, row_len)` bytes.
+   */
+  const uint8_t *input;
+  size_t input_len;
+  size_t row_len;
+  /*
+   A `PQ_DTYPE_*` code: the type of `output`.
+   */
+  uint32_t dtype;
+  /*
+   `output_len` values of `dtype`, aligned for it; written on success.
+   */
+  void *output;
+  size_t output_len;
+} PqGgmlDequantizeItem;
 
 /*
  One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
@@ -387,6 +453,108 @@ PqStatus pq_arrow_quantized_row(const uint8_t *name,
  releases it once.
  */
 PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqError *error);
+
+/*
+ ggml's name of GGML type `ggml_type` (a `ggml_type` /
+ `GGMLQuantizationType` value), e.g. "Q4_K": a static NUL-terminated
+ string the caller must not free; NULL if pyquant does not support the
+ type. Cannot fail.
+ */
+const char *pq_ggml_type_name(uint32_t ggml_type);
+
+/*
+ The block of GGML type `ggml_type`: `*block_values` values are stored in
+ `*block_bytes` bytes; rows must hold whole blocks. Both out-pointers are
+ owned by the caller and must not be NULL. Fails only for an unsupported
+ type.
+ */
+PqStatus pq_ggml_block_size(uint32_t ggml_type,
+                            size_t *block_values,
+                            size_t *block_bytes,
+                            struct PqError *error);
+
+/*
+ Bytes of `input_len` values of GGML type `ggml_type` in rows of
+ `row_len` into `*output_len`: the output size of `pq_ggml_quantize` and
+ the input size of `pq_ggml_dequantize`.
+ */
+PqStatus pq_ggml_quantized_size(uint32_t ggml_type,
+                                size_t input_len,
+                                size_t row_len,
+                                size_t *output_len,
+                                struct PqError *error);
+
+/*
+ Quantizes `input_len` values of type `dtype` (a `PQ_DTYPE_*` code) read
+ in place from `input`, in rows of `row_len`, to GGML type `ggml_type`,
+ writing the first `pq_ggml_quantized_size` bytes of `output`: the bytes
+ of ggml's `ggml_quantize_chunk`. `imatrix` is NULL (no importance
+ matrix; `imatrix_len` must then be 0) or `imatrix_len == row_len`
+ finite, non-negative weights, one per column. `threads`: 0 = all cores,
+ n = at most n; the bytes are the same for every value.
+
+ `input` must be aligned for `dtype`; `output` may not overlap `input` or
+ `imatrix`. Buffers are owned by the caller; `output` is written only
+ when the call returns `PQ_STATUS_OK`.
+ */
+PqStatus pq_ggml_quantize(uint32_t ggml_type,
+                          uint32_t dtype,
+                          const void *input,
+                          size_t input_len,
+                          size_t row_len,
+                          const float *imatrix,
+                          size_t imatrix_len,
+                          size_t threads,
+                          uint8_t *output,
+                          size_t output_len,
+                          struct PqError *error);
+
+/*
+ Quantizes `items_len` tensors described by `items` (mixed GGML types and
+ dtypes) in one call on up to `threads` threads, as `pq_ggml_quantize`
+ each. All or nothing: every item's pointers, lengths, overlaps (no output
+ may overlap any buffer of any item or the `items` array), importance
+ matrix and values are checked before any output is written. On failure
+ nothing is written and `*failed_item` (nullable, any alignment) is set to
+ the index N of the item the problem is about (to `SIZE_MAX` when it is not
+ about one item, and on success); the message does not name N, as in
+ `pq_quantize_batch`.
+ */
+PqStatus pq_ggml_quantize_batch(const struct PqGgmlQuantizeItem *items,
+                                size_t items_len,
+                                size_t threads,
+                                size_t *failed_item,
+                                struct PqError *error);
+
+/*
+ Dequantizes `input` (exactly `pq_ggml_quantized_size(ggml_type,
+ output_len, row_len)` bytes) into `output_len` values of type `dtype`,
+ as ggml's `dequantize_row_*` (rounded to nearest-even for f16 / bf16
+ outputs); `threads` as in `pq_ggml_quantize`. `output` must be aligned
+ for `dtype` and not overlap `input`; it is written only on
+ `PQ_STATUS_OK`.
+ */
+PqStatus pq_ggml_dequantize(uint32_t ggml_type,
+                            const uint8_t *input,
+                            size_t input_len,
+                            size_t row_len,
+                            uint32_t dtype,
+                            size_t threads,
+                            void *output,
+                            size_t output_len,
+                            struct PqError *error);
+
+/*
+ Dequantizes `items_len` tensors described by `items` (mixed GGML types,
+ mixed output dtypes) in one call on up to `threads` threads, as
+ `pq_ggml_dequantize` each; all or nothing, with `*failed_item` as in
+ `pq_ggml_quantize_batch`.
+ */
+PqStatus pq_ggml_dequantize_batch(const struct PqGgmlDequantizeItem *items,
+                                  size_t items_len,
+                                  size_t threads,
+                                  size_t *failed_item,
+                                  struct PqError *error);
 
 /*
  The library version, e.g. "0.1.0": a static NUL-terminated string that

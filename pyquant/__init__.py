@@ -15,7 +15,9 @@ The paths it chooses from, each callable directly:
 - :func:`dequantize` / :meth:`QuantizedTensor.dequantize`: the way back.
 - :func:`quantize_batch` / :func:`dequantize_batch`: many tensors, one
   native call, all cores, GIL released.
-- :func:`quantize_file`, :func:`dequantize_file`, :func:`quantize_arrow_file`
+- :func:`quantize_file`, :func:`dequantize_file`, :func:`quantize_arrow_file`,
+  :func:`quantize_gguf` (GGUF in, GGUF out, as llama-quantize),
+  :func:`safetensors_to_gguf`, :func:`dequantize_gguf`
   (each returns a :class:`Summary`), :func:`load_quantized`,
   :func:`error_report` (a :class:`Report`), :func:`inspect`: whole
   checkpoints, bounded memory.
@@ -33,6 +35,7 @@ each bad input gets.
 """
 
 from ._version import __version__
+from . import gguf
 from .arrow import dequantize_arrow, quantize_arrow, quantized_schema
 from .core import (
     SUPPORTED_DTYPES,
@@ -64,7 +67,10 @@ from .errors import (
 from .metrics import ErrorStats, error_stats
 from . import safetensors_io
 from .formats import load_quantized
-from .pipeline import Progress, ProgressCallback, Summary, dequantize_file, quantize_arrow_file, quantize_file
+from .pipeline import (
+    Progress, ProgressCallback, Summary, dequantize_file, dequantize_gguf, quantize_arrow_file, quantize_file,
+    quantize_gguf, safetensors_to_gguf,
+)
 from .report import InspectRow, Report, TensorReport, error_report, inspect
 from .dispatch import PathChoice, explain, quantize
 
@@ -81,6 +87,9 @@ __all__ = [
     "quantize_batch",
     "dequantize_batch",
     "quantize_file",
+    "quantize_gguf",
+    "dequantize_gguf",
+    "safetensors_to_gguf",
     "dequantize_file",
     "quantize_arrow_file",
     "load_quantized",

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ._lib import ffi, lib
 from .errors import (
     ArrowDataError,
@@ -22,6 +24,7 @@ from .errors import (
     InternalError,
     InvalidBitsError,
     InvalidGroupSizeError,
+    InvalidImatrixError,
     MisalignedError,
     NonFiniteError,
     NullPointerError,
@@ -30,6 +33,7 @@ from .errors import (
     ShapeError,
     SizeOverflowError,
     UnsupportedDtypeError,
+    UnsupportedGgmlTypeError,
 )
 
 # Each C status (include/pyquant.h, PQ_STATUS_*) -> its exception class. A
@@ -49,11 +53,14 @@ _STATUS_CLASSES: dict[str, type[QuantizeError]] = {
     "PQ_STATUS_NON_FINITE": NonFiniteError,
     "PQ_STATUS_UNSUPPORTED_DTYPE": UnsupportedDtypeError,
     "PQ_STATUS_INVALID_ARROW": ArrowDataError,
+    "PQ_STATUS_UNSUPPORTED_GGML_TYPE": UnsupportedGgmlTypeError,
+    "PQ_STATUS_INVALID_IMATRIX": InvalidImatrixError,
 }
 _BY_STATUS: dict[int, type[QuantizeError]] = {
     getattr(lib, name): cls for name, cls in _STATUS_CLASSES.items() if hasattr(lib, name)
 }
 _OK = lib.PQ_STATUS_OK
+SIZE_MAX = 2**64 - 1
 
 _per_thread = threading.local()
 
@@ -110,3 +117,14 @@ def call_batch(function: Any, items: Any, names: Sequence[Any], threads: int) ->
     if failed[0] < n:
         raise error_class(status)(f"tensor {names[failed[0]]!r}: {message(err)}")
     raise error_class(status)(message(err))
+
+
+def c_threads(threads: int | None) -> int:
+    """The C ABI's ``threads`` argument: 0 for all cores (None), else n >= 1."""
+    if type(threads) is int and 1 <= threads <= SIZE_MAX:
+        return threads
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= SIZE_MAX:
+        raise QuantizeError(f"threads must be None (all cores) or a positive integer, got {threads!r}")
+    return int(threads)

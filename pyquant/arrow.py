@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ._call import call
+from ._call import SIZE_MAX as _SIZE_MAX, c_threads, call
 from ._lib import ffi, lib
-from .core import _c_uint, _SIZE_MAX, _UINT32_MAX, c_threads
+from .core import _c_uint, _UINT32_MAX
 from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid

@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-empty", action="store_true",
                    help="write the output even if no tensor is quantized (otherwise an error)")
     q.add_argument("--quiet", action="store_true", help="no progress bar, carried-over reasons or summary")
+    g = q.add_argument_group("GGUF in, GGUF out (as llama-quantize; chosen by an input .gguf file)")
+    g.add_argument("--type", metavar="PRESET",
+                   help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
+                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS")
+    g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (GGUF or legacy .dat)")
+    g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   help="GGML type for tensors whose name matches the regular expression (repeatable)")
+    g.add_argument("--output-tensor-type", metavar="TYPE", help="GGML type of output.weight")
+    g.add_argument("--token-embedding-type", metavar="TYPE", help="GGML type of token_embd.weight")
+    g.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
+    g.add_argument("--pure", action="store_true", help="the preset's type for every tensor (no promotions)")
+    g.add_argument("--arch", help="safetensors -> GGUF (an output named *.gguf): general.architecture to write; "
+                   "--type is then a GGML type (Q4_K, Q8_0, ...)")
 
     d = command("dequantize", "turn a pyquant checkpoint back into a plain safetensors file",
                 "Writes every tensor in its original shape: quantized tensors in their "
@@ -162,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "carried-over tensors keep theirs")
     d.add_argument("--force", action="store_true", help="replace the output if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    d.add_argument("--dtype", type=str.upper, choices=["F32", "F16", "BF16"],
+                   help="a GGUF input: the float type of the dequantized tensors (default F32)")
 
     i = command("inspect", "list what a checkpoint holds",
                 "Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
@@ -182,10 +197,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_gguf(path: str) -> bool:
+    from .gguf_file import is_gguf as check
+
+    return check(path)
+
+
+def _tensor_types(specs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        pattern, sep, name = spec.partition("=")
+        if not sep or not pattern or not name:
+            raise QuantizeError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
+        out.append((pattern, name))
+    return out
+
+
+def cmd_quantize_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import quantize_gguf
+
+    if args.type is None:
+        raise QuantizeError(f"{args.input}: a GGUF file: quantizing it (into GGUF, as llama-quantize) needs "
+                            "--type PRESET, e.g. --type Q4_K_M")
+    bar = _progress_bar(args)
+    try:
+        s = quantize_gguf(args.input, args.output, preset=args.type, imatrix=args.imatrix, tensor_types=_tensor_types(args.tensor_type),
+                          output_tensor_type=args.output_tensor_type,
+                          token_embedding_type=args.token_embedding_type,
+                          leave_output_tensor=args.leave_output_tensor, pure=args.pure, force=args.force,
+                          progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
+              f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+
+
+def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import safetensors_to_gguf
+
+    if args.type is None:
+        raise QuantizeError(f"{args.output}: a GGUF output needs --type TYPE (e.g. --type Q4_K)")
+    bar = _progress_bar(args)
+    try:
+        s = safetensors_to_gguf(args.input, args.output, qtype=args.type, arch=args.arch, force=args.force,
+                                progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        for name, why in s.kept_reasons.items():
+            print(f"kept {shown(name)}: {why}")
+        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from .pipeline import quantize_file
     from .plan import parse_bits_for
 
+    if is_gguf(args.input):
+        cmd_quantize_gguf(args)
+        return
+    if args.output.endswith(".gguf"):
+        cmd_safetensors_to_gguf(args)
+        return
+    gguf_only = [o for o, v in (("--type", args.type), ("--imatrix", args.imatrix), ("--tensor-type", args.tensor_type),
+                                ("--output-tensor-type", args.output_tensor_type),
+                                ("--token-embedding-type", args.token_embedding_type),
+                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure),
+                                ("--arch", args.arch)) if v]
+    if gguf_only:
+        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
@@ -202,9 +287,23 @@ def cmd_quantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
 
 
+def cmd_dequantize_gguf(args: argparse.Namespace) -> None:
+    from .pipeline import dequantize_gguf
+
+    s = dequantize_gguf(args.input, args.output, dtype=args.dtype or "F32", force=args.force)
+    if not args.quiet:
+        print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+
+
 def cmd_dequantize(args: argparse.Namespace) -> None:
     from .pipeline import dequantize_file
 
+    if is_gguf(args.input):
+        cmd_dequantize_gguf(args)
+        return
+    if args.dtype is not None:
+        raise QuantizeError(f"--dtype: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = dequantize_file(args.input, args.output, force=args.force, dtype=args.dtype, progress=bar)
@@ -216,10 +315,28 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s -> {args.output}")
 
 
+def inspect_gguf_text(path: str) -> str:
+    """The tensors of a GGUF file: GGML type, shape, bytes and bits per weight."""
+    from .gguf_file import GGUFFile
+    from .metrics import format_table
+
+    with GGUFFile(path) as f:
+        table = [[shown(t.name), t.type_name, "x".join(map(str, t.shape)), _fmt_bytes(t.nbytes),
+                  f"{8 * t.nbytes / t.n_values:.4g}"] for t in f.tensors]
+        total, values = sum(t.nbytes for t in f.tensors), sum(t.n_values for t in f.tensors)
+        arch, ftype = f.value("general.architecture", "?"), f.value("general.file_type", "?")
+        return (f"{path}: GGUF v{f.version}, architecture {arch}, file_type {ftype}, {len(f.tensors)} tensors, "
+                f"{len(f.kv)} key-value pairs\n"
+                + format_table(["tensor", "type", "shape (ne0 first)", "bytes", "bpw"], table)
+                + f"\ntotal: {_fmt_bytes(total)}, {8 * total / max(values, 1):.3f} bits per weight")
+
+
 def inspect_text(path: str, as_json: bool = False) -> str:
     from .report import inspect
     from .metrics import format_table
 
+    if is_gguf(path):
+        return inspect_gguf_text(path)
     rows, meta = inspect(path)
     if as_json:
         return json.dumps({
@@ -243,11 +360,12 @@ def inspect_text(path: str, as_json: bool = False) -> str:
 
 
 def report_text(original: str, quantized: str, as_json: bool, bar: ProgressBar | None = None) -> str:
-    from .report import error_report
+    from .report import error_report, gguf_error_report
     from .metrics import HIGH_ERROR_NOTE, format_table
 
     try:
-        rep = error_report(original, quantized, progress=bar)
+        rep = (gguf_error_report(original, quantized) if is_gguf(quantized)
+               else error_report(original, quantized, progress=bar))
     finally:
         if bar is not None:
             bar.close()
@@ -258,7 +376,7 @@ def report_text(original: str, quantized: str, as_json: bool, bar: ProgressBar |
         d = rep.as_dict()
         d["tensors"] = [{k: clean(v) for k, v in t.items()} for t in d["tensors"]]
         return json.dumps(d, indent=2)
-    rows = [[shown(t.name), "x".join(map(str, t.shape)), t.bits or "kept", f"{t.stats.max_abs:.3e}",
+    rows = [[shown(t.name), "x".join(map(str, t.shape)), f"{t.bits:.4g}" if t.bits else "kept", f"{t.stats.max_abs:.3e}",
              f"{t.stats.rmse:.3e}", f"{t.stats.rel_rmse:.4f}", f"{t.stats.cosine:.6f}",
              "inf" if math.isinf(t.stats.snr_db) else f"{t.stats.snr_db:.1f}",
              "!!" if t.high_error else ""] for t in rep.tensors]

@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, o
 import numpy as np
 import numpy.typing as npt
 
-from ._call import call, call_batch, error_struct, raise_for
+from ._call import SIZE_MAX as _SIZE_MAX, c_threads, call, call_batch, error_struct, raise_for
 from ._lib import ffi, lib
-from .dtypes import BFLOAT16, QUANTIZABLE
+from .dtypes import BFLOAT16, QUANTIZABLE, QUANTIZABLE_BY_NUMPY
 from .errors import (
     CopyRequiredError,
     InvalidBitsError,
@@ -34,8 +34,7 @@ SUPPORTED_DTYPES = tuple(d.name for d in QUANTIZABLE)
 _QUANTIZABLE = {d.name: d for d in QUANTIZABLE}
 _C_CODE = {d.name: d.c_code for d in QUANTIZABLE if d.c_code is not None}
 # numpy dtype -> (name, C code), for the common case in one lookup
-_NATIVE_DTYPES = {d.numpy: (d.name, _C_CODE[d.name]) for d in QUANTIZABLE}
-_SIZE_MAX = 2**64 - 1
+_NATIVE_DTYPES = {numpy: (d.name, _C_CODE[d.name]) for numpy, d in QUANTIZABLE_BY_NUMPY.items()}
 _UINT32_MAX = 2**32 - 1
 
 
@@ -401,17 +400,6 @@ def dequantize_batch(
         results.append(out)
     call_batch(lib.pq_dequantize_batch, items, names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
-
-
-def c_threads(threads: int | None) -> int:
-    """The C ABI's ``threads`` argument: 0 for all cores (None), else n >= 1."""
-    if type(threads) is int and 1 <= threads <= _SIZE_MAX:
-        return threads
-    if threads is None:
-        return 0
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= _SIZE_MAX:
-        raise QuantizeError(f"threads must be None (all cores) or a positive integer, got {threads!r}")
-    return int(threads)
 
 
 def _unpack(layers: Any) -> tuple[list[Any], list[Any], bool]:

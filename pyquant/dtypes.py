@@ -58,5 +58,7 @@ ALL: tuple[Dtype, ...] = (
     Dtype("bool", np.dtype("?"), "BOOL", None, None),
 )
 QUANTIZABLE: tuple[Dtype, ...] = tuple(d for d in ALL if d.quantizable)
+# numpy dtype -> the quantizable Dtype: what the kernels read in place
+QUANTIZABLE_BY_NUMPY: dict[np.dtype[Any], Dtype] = {d.numpy: d for d in QUANTIZABLE}
 BY_NAME: dict[str, Dtype] = {d.name: d for d in ALL}
 BY_SAFETENSORS: dict[str, Dtype] = {d.safetensors: d for d in ALL}

@@ -63,6 +63,14 @@ class ArrowDataError(QuantizeError):
     Interface rules, holds nulls, or lacks a column pyquant needs."""
 
 
+class UnsupportedGgmlTypeError(QuantizeError):
+    """The GGML type is not one pyquant implements (see ``pyquant.gguf.SUPPORTED_TYPES``)."""
+
+
+class InvalidImatrixError(QuantizeError):
+    """An importance matrix has the wrong length or a negative or non-finite entry."""
+
+
 class CheckpointError(QuantizeError):
     """A file is missing, unreadable, malformed or inconsistent, or an output
     cannot be written."""

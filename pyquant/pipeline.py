@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy
@@ -298,3 +300,228 @@ def _close_mapping(mapped: mmap.mmap) -> None:
         mapped.close()
     except BufferError:  # pragma: no cover - a pyarrow object still views it; GC closes it
         pass
+
+
+def quantize_gguf(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    preset: str,
+    imatrix: str | os.PathLike[str] | None = None,
+    tensor_types: Sequence[tuple[str, str]] = (),
+    output_tensor_type: str | None = None,
+    token_embedding_type: str | None = None,
+    leave_output_tensor: bool = False,
+    pure: bool = False,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Quantizes a GGUF model (F32/F16/BF16 tensors) into a GGUF file as
+    llama-quantize does: ``preset`` (``"Q4_K_M"``, see
+    :data:`pyquant.llama_quant.PRESETS`), each tensor's type chosen by
+    :func:`pyquant.llama_quant.choose_types`, the bytes of ggml's own
+    quantizers (:mod:`pyquant.gguf`), the file laid out as llama-quantize
+    lays it out (its tensor order, every key-value pair carried over byte
+    for byte, ``general.quantization_version`` and ``general.file_type``
+    set last). Options as llama-quantize's: ``imatrix`` (a llama.cpp
+    importance-matrix file, GGUF or legacy), ``tensor_types``
+    (``--tensor-type PATTERN=TYPE``), ``output_tensor_type``,
+    ``token_embedding_type``, ``leave_output_tensor``, ``pure``.
+
+    The input is memory-mapped and read one tensor at a time; the output is
+    written to a temporary file and published atomically. Raises
+    CheckpointError for a bad, truncated or already quantized input.
+    """
+    from . import gguf as ggml
+    from .gguf_file import FLOAT_DTYPES, GGUFFile, Writer, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
+    from .llama_quant import (
+        QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, load_imatrix, model_of,
+    )
+
+    _, ftype, default = find_preset(preset)
+    opts = Options(
+        ftype, default,
+        output_tensor_type=None if output_tensor_type is None else ggml_type(output_tensor_type,
+                                                                               "output_tensor_type"),
+        token_embedding_type=None if token_embedding_type is None else ggml_type(token_embedding_type,
+                                                                                   "token_embedding_type"),
+        quantize_output_tensor=not leave_output_tensor, pure=pure,
+        tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
+    )
+    weights = None if imatrix is None else load_imatrix(os.fspath(imatrix))
+    if weights is not None and not weights.data:
+        weights = None  # llama-quantize: an empty matrix is no matrix (no keys, no promotions)
+    opts.has_imatrix = weights is not None
+    t0 = time.perf_counter()
+    with GGUFFile(src) as f:
+        order = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
+        targets, _notes = choose_types([(t.name, t.shape, t.type_id) for t in order], model_of(f.value), opts)
+        for t, new in zip(order, targets):
+            if new != t.type_id and t.type_id not in FLOAT_DTYPES:
+                raise CheckpointError(f"{f.path}: tensor {t.name!r} is {t.type_name}: requantizing is not supported "
+                                      "(the input must hold F32/F16/BF16 weights)")
+        # llama-quantize sets these keys (gguf_set_val_*: removed, then appended) and drops the split keys.
+        added = [kv_u32("general.quantization_version", QUANTIZATION_VERSION), kv_u32("general.file_type", ftype)]
+        added += [] if weights is None else weights.kv_pairs()
+        drop = {"split.no", "split.count", "split.tensors.count", "general.quantization_version", "general.file_type",
+                "quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
+                "quantize.imatrix.chunks_count"}
+        pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop] + added
+        outs = [GGUFTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
+        summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
+        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, f.alignment)
+            for t, new in zip(order, targets):
+                if new == t.type_id:
+                    w.tensor(f.raw(t))
+                    summary.kept += 1
+                    summary.kept_reasons[t.name] = f"stays {t.type_name}"
+                else:
+                    try:
+                        w.tensor(_quantize_tensor(ggml, f.array(t), t, new, weights, threads))
+                    except QuantizeError as exc:
+                        raise type(exc)(f"tensor {t.name!r}: {exc}") from None
+                    summary.quantized += 1
+                f.release(t)
+                bar.update(t.nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, threads: int | None) -> Any:
+    """One GGUF tensor to ``type_id``, with its importance matrix (llama-quantize's
+    lookup: absent is fine, a wrong size is an error except for token_embd)."""
+    w = None if weights is None else weights.data.get(t.name)
+    experts = t.n_values // (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1))
+    if w is not None and w.size != t.shape[0] * experts:
+        if t.name not in ("token_embd.weight", "per_layer_token_embd.weight"):
+            raise CheckpointError(f"imatrix size {w.size} is different from tensor size "
+                                  f"{t.shape[0] * experts} for {t.name}")
+        w = None
+    if w is None or experts == 1:
+        return ggml.quantize(x, type_id, imatrix=w, threads=threads)
+    per, n = x.shape[0] // experts, t.shape[0]  # rows per expert, each with its own weights
+    return np.concatenate([ggml.quantize(x[e * per:(e + 1) * per], type_id, imatrix=w[e * n:(e + 1) * n],
+                                         threads=threads) for e in range(experts)])
+
+
+def safetensors_to_gguf(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    qtype: str,
+    arch: str | None = None,
+    force: bool = False,
+    threads: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> Summary:
+    """Writes a safetensors file or model directory (a tensor collection, e.g.
+    a diffusion model) as a GGUF file with float tensors of 2+ dimensions
+    quantized to the GGML type ``qtype`` (``"Q4_K"``, ``"Q8_0"``, ...; see
+    :data:`pyquant.gguf.SUPPORTED_TYPES`), as ComfyUI-GGUF's tools lay it out:
+    names kept, GGUF shapes reversed (row length first), tensor order kept.
+    1-D tensors and tensors whose rows do not hold whole blocks are carried
+    over in their dtype (``Summary.kept_reasons`` says why); so are integer
+    tensors. ``arch`` is written as ``general.architecture``.
+
+    Memory-mapped input, one tensor at a time; atomic output.
+    """
+    from . import gguf as ggml
+    from .dtypes import BY_SAFETENSORS
+    from .gguf_file import DEFAULT_ALIGNMENT, GGML_TYPES, Writer, kv_string, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
+    from .llama_quant import QUANTIZATION_VERSION, ggml_type
+
+    type_id = ggml_type(qtype, "qtype")
+    if GGML_TYPES[type_id][0] not in ggml.SUPPORTED_TYPES:
+        raise QuantizeError(f"qtype: pyquant cannot write {qtype!r}; supported: {', '.join(ggml.SUPPORTED_TYPES)}")
+    block = GGML_TYPES[type_id][1]
+    t0 = time.perf_counter()
+    with Checkpoint(src) as ckpt:
+        refuse_quantized_input(ckpt)
+        plans: list[tuple[str, tuple[int, ...], int, str | None]] = []  # name, GGUF shape, type, kept because
+        for name in ckpt.names():
+            info = ckpt.info(name)
+            d = BY_SAFETENSORS[info.dtype]
+            if d.ggml_type is None:
+                raise CheckpointError(f"tensor {name!r}: dtype {d.name} has no GGUF type")
+            shape = tuple(reversed(info.shape)) or (1,)
+            why = ("not a float tensor" if not d.quantizable else "1-D" if len(info.shape) < 2
+                   else f"rows of {shape[0]} do not hold whole {qtype.upper()} blocks of {block}"
+                   if shape[0] % block else None)
+            plans.append((name, shape, d.ggml_type if why else type_id, why))
+        pairs = [kv_string("general.architecture", arch or "unknown"),
+                 kv_u32("general.quantization_version", QUANTIZATION_VERSION)]
+        outs = [GGUFTensor(n, s, t) for n, s, t, _ in plans]
+        summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
+        with atomic_output(dst, force=force, inputs=ckpt.paths) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, DEFAULT_ALIGNMENT)
+            for name, shape, t, why in plans:
+                x = ckpt.array(name)
+                if why is not None:
+                    w.tensor(np.ascontiguousarray(x).reshape(-1))
+                    summary.kept += 1
+                    summary.kept_reasons[name] = why
+                else:
+                    try:
+                        w.tensor(ggml.quantize(x.reshape(-1, shape[0]), t, threads=threads))
+                    except QuantizeError as exc:
+                        raise type(exc)(f"tensor {name!r}: {exc}") from None
+                    summary.quantized += 1
+                ckpt.release(name)
+                bar.update(ckpt.info(name).nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "F32",
+                    force: bool = False, threads: int | None = None,
+                    progress: ProgressCallback | None = None) -> Summary:
+    """Turns a quantized GGUF file back into a float GGUF file: every tensor of a
+    GGML type pyquant implements becomes ``dtype`` (``"F32"``, ``"F16"`` or
+    ``"BF16"``; values from ggml's ``dequantize_row_*``, rounded as ggml rounds),
+    other tensors are copied; pairs, order and alignment are kept and
+    ``general.file_type`` says the new type (llama.cpp's ALL_F32 / MOSTLY_F16 /
+    MOSTLY_BF16). Memory-mapped input, one tensor at a time; atomic output."""
+    from . import gguf as ggml
+    from .gguf_file import FLOAT_DTYPES, TYPE_IDS, GGUFFile, Writer, kv_u32
+    from .gguf_file import OutputTensor as GGUFTensor
+
+    file_types = {"F32": 0, "F16": 1, "BF16": 32}
+    key = dtype.upper()
+    if key not in file_types:
+        raise QuantizeError(f"dtype must be F32, F16 or BF16, got {dtype!r}")
+    to = TYPE_IDS[key]
+    t0 = time.perf_counter()
+    with GGUFFile(src) as f:
+        convert = [t.type_id not in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES for t in f.tensors]
+        pairs = [raw for k, (_, _, raw) in f.kv.items() if k != "general.file_type"]
+        pairs.append(kv_u32("general.file_type", file_types[key]))
+        outs = [GGUFTensor(t.name, t.shape, to if c else t.type_id) for t, c in zip(f.tensors, convert)]
+        summary = Summary(input_bytes=sum(t.nbytes for t in f.tensors), output_bytes=sum(o.nbytes for o in outs))
+        bar = _Tracker(progress, "dequantizing", len(outs), summary.input_bytes)
+        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
+            w = Writer(out, pairs, outs, f.alignment)
+            for t, c in zip(f.tensors, convert):
+                if not c:
+                    w.tensor(f.raw(t))
+                    summary.kept += 1
+                else:
+                    rows = np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1)
+                    x = ggml.dequantize(rows, t.type_id, threads=threads)
+                    w.tensor(x if key == "F32" else ggml.quantize(x, key, threads=threads))
+                    summary.quantized += 1
+                f.release(t)
+                bar.update(t.nbytes)
+            out.flush()
+            os.fsync(out.fileno())
+    summary.seconds = time.perf_counter() - t0
+    return summary

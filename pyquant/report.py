@@ -25,7 +25,7 @@ class TensorReport:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    bits: int | None  # None: carried over
+    bits: float | None  # None: carried over (GGUF: bits per weight of the GGML type)
     stats: ErrorStats
     kept_because: str | None = None  # a carried-over tensor: why it was kept
 
@@ -104,6 +104,41 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
             del x, t
             ckpt.release(n)
             q.release(n)
+    return Report(rows)
+
+
+def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
+    """:func:`error_report` for GGUF files: a quantized GGUF (e.g. from
+    :func:`pyquant.quantize_gguf`) against its float original, per tensor
+    (``bits``: the GGML type's bits per weight, ``dtype``: its name), one
+    tensor at a time from both memory maps."""
+    from . import gguf as ggml
+    from .gguf_file import FLOAT_DTYPES, GGUFFile
+
+    rows = []
+    with GGUFFile(original) as fo, GGUFFile(quantized) as fq:
+        by_name = {t.name: t for t in fo.tensors}
+        missing = sorted(set(by_name) ^ {t.name for t in fq.tensors})
+        if missing:
+            raise CheckpointError(f"the GGUF files hold different tensors (e.g. {missing[0]!r})")
+        for t in fq.tensors:
+            o = by_name[t.name]
+            if t.shape != o.shape:
+                raise CheckpointError(f"tensor {t.name!r}: shape {list(t.shape)} differs from the original's "
+                                      f"{list(o.shape)}")
+            if t.type_id == o.type_id:
+                if bytes(fq.raw(t)) != bytes(fo.raw(o)):
+                    raise CheckpointError(f"carried-over tensor {t.name!r} differs from the original")
+                rows.append(TensorReport(t.name, t.shape, t.type_name, None, ErrorStats(0.0, 0.0, 0.0, 1.0, math.inf)))
+            elif o.type_id in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES:
+                raw = np.frombuffer(fq.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1)
+                y = ggml.dequantize(raw, t.type_id)
+                rows.append(TensorReport(t.name, t.shape, t.type_name, 8 * t.nbytes / t.n_values,
+                                         error_stats(fo.array(o), y)))
+            else:
+                raise CheckpointError(f"tensor {t.name!r}: cannot compare {t.type_name} with {o.type_name}")
+            fo.release(o)
+            fq.release(t)
     return Report(rows)
 
 

@@ -40,6 +40,11 @@ pub enum PqStatus {
     /// An internal error that is not a panic (e.g. building or exporting a
     /// result failed): a bug in pyquant, like `Panic`.
     Internal = 13,
+    /// The GGML type id is not one of the types pyquant implements.
+    UnsupportedGgmlType = 14,
+    /// An importance matrix has the wrong length or a negative or non-finite
+    /// entry, or is missing for a type that needs one.
+    InvalidImatrix = 15,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.

@@ -17,6 +17,7 @@ pub mod arrow;
 pub mod batch;
 pub mod element;
 pub mod error;
+pub mod ggml;
 pub mod kernel;
 pub mod layout;
 

@@ -12,6 +12,7 @@
 
 mod arrow;
 mod boundary;
+mod ggml;
 mod memory;
 mod quantize;
 #[cfg(feature = "test-ffi")]
@@ -19,6 +20,7 @@ mod test_ffi;
 
 pub use arrow::*;
 pub use boundary::PqError;
+pub use ggml::*;
 pub use quantize::*;
 #[cfg(feature = "test-ffi")]
 pub use test_ffi::*;

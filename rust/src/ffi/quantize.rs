@@ -343,7 +343,7 @@ pub unsafe extern "C" fn pq_dequantize_batch(
 /// # Safety
 /// `items` is NULL with length 0, or points to `items_len` readable items of
 /// a type every bit pattern of which is valid.
-unsafe fn run_batch<I>(
+pub(super) unsafe fn run_batch<I>(
     items: *const I,
     items_len: usize,
     failed_item: *mut usize,
@@ -394,7 +394,7 @@ fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
 /// Checks every item with `check` (the first bad item fails the call), then
 /// every span `spans_of` lists, with the call's other inputs (`extra`: the
 /// items array, or the bytes `pq_quantize_copy` copied), for overlaps.
-fn checked_regions<I, R>(
+pub(super) fn checked_regions<I, R>(
     items: &[I],
     extra: &[Span],
     check: impl Fn(&I) -> Result<R>,

@@ -1,0 +1,114 @@
+"""GGML types: speed and accuracy of pyquant.gguf against ggml's own C code
+(the test oracle, one thread, -O2 -ffp-contract=off) and gguf-py.
+
+    python bench/ggml.py [--rows 1024] [--cols 4096] [--repeats 5]
+
+Per type: MB/s of float32 input quantized (pyquant on 1 thread and on all
+cores, ggml's C on 1 thread, gguf-py where it can quantize), bits per weight,
+rel-RMSE (||x - dequantize(quantize(x))|| / ||x||) on the same tensor, and
+whether an -O2 -march=native build of ggml's C (FMA contraction on, as
+llama.cpp's native builds) writes different bytes than the reference build.
+The tensor is synthetic (Student-t, 5 degrees of freedom, a common stand-in
+for trained weights); it is not a real model. Writes bench/results/ggml.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import pyquant
+from pyquant import gguf as pg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_oracle_module():
+    spec = importlib.util.spec_from_file_location("ggml_oracle_build", ROOT / "tests" / "ggml_oracle" / "build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def oracle_quantize(so, type_id: int, x: np.ndarray) -> np.ndarray:
+    rows, n = x.shape
+    out = np.empty(so.pqo_row_size(type_id, n) * rows, np.uint8)
+    so.pqo_quantize(type_id, x.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.ctypes.data, rows, n, None)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--cols", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    build = load_oracle_module()
+    ref = build.load()
+    native = build.load(("-O2", "-march=native", "-DNDEBUG"))
+    try:
+        import gguf
+    except ImportError:
+        gguf = None
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(5, (args.rows, args.cols)) * 0.02).astype(np.float32)
+    mb = x.nbytes / 1e6
+    cores = os.cpu_count()
+    lines = [
+        f"# GGML types: {args.rows} x {args.cols} float32 ({mb:.1f} MB), medians of {args.repeats}, "
+        f"{cores} cores (shared machine: all-core figures are noisy)",
+        "",
+        "| type | bpw | rel-RMSE | MB/s 1 thread | MB/s all cores | ggml C MB/s | x ggml (1 thr) | gguf-py MB/s | x gguf-py (all) | -march=native bytes differ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in pg.SUPPORTED_TYPES:
+        type_id = pg._type_id(name)
+        q = pg.quantize(x, name)
+        back = pg.dequantize(q, name)
+        bpw = q.nbytes * 8 / x.size
+        rel = float(np.linalg.norm(x - back) / np.linalg.norm(x))
+        one = median_seconds(lambda: pg.quantize(x, name, threads=1), args.repeats)
+        allc = median_seconds(lambda: pg.quantize(x, name), args.repeats)
+        c_ref = median_seconds(lambda: oracle_quantize(ref, type_id, x), args.repeats)
+        differs = not np.array_equal(oracle_quantize(native, type_id, x), oracle_quantize(ref, type_id, x))
+        py = "-"
+        ratio_py = "-"
+        if gguf is not None and name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"):
+            t = gguf.GGMLQuantizationType[name]
+            g = median_seconds(lambda: gguf.quants.quantize(x, t), max(1, args.repeats // 2))
+            py, ratio_py = f"{mb / g:.0f}", f"{g / allc:.1f}x"
+        lines.append(
+            f"| {name} | {bpw:.4g} | {rel:.4f} | {mb / one:.0f} | {mb / allc:.0f} | {mb / c_ref:.0f} | "
+            f"{c_ref / one:.2f}x | {py} | {ratio_py} | {'yes' if differs else 'no'} |"
+        )
+        print(lines[-1], flush=True)
+    aff = median_seconds(lambda: pyquant.quantize_ptr(x, bits=4, group_size=128, threads=1), args.repeats)
+    qt = pyquant.quantize_ptr(x, bits=4, group_size=128)
+    rel = float(np.linalg.norm(x - qt.dequantize()) / np.linalg.norm(x))
+    bpw = (qt.codes.nbytes + qt.scales.nbytes + qt.mins.nbytes) * 8 / x.size
+    lines.append(f"| affine 4-bit g128 (pyquant) | {bpw:.4g} | {rel:.4f} | {mb / aff:.0f} | | | | | | |")
+    print(lines[-1])
+    out = ROOT / "bench" / "results" / "ggml.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,527 @@
+//! llama.cpp's GGML block formats, bit-identical to ggml's C reference
+//! (`ggml_quantize_chunk` and `dequantize_row_*` of llama.cpp as shipped in
+//! llama-cpp-python 0.3.36; the tests compare against that C code).
+//!
+//! [`types`] is the table of types, [`search`] the shared scalar helpers
+//! (`nearest_int`, `make_qx_quants`, ...), [`legacy`], [`kquants`] and
+//! [`iq4`] the per-type rows. This module validates a whole call first
+//! (shape, values, importance matrix) and only then writes, rows in
+//! parallel: every row is computed by the same code on whichever thread, so
+//! the bytes do not depend on the thread count.
+
+pub mod iq4;
+pub mod kquants;
+pub mod legacy;
+pub mod search;
+pub mod types;
+
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+
+use crate::batch::BatchError;
+use crate::element::{Values, ValuesMut};
+use crate::error::{Error, PqStatus, Result};
+pub use types::{GgmlType, TypeInfo, TYPES};
+
+type QuantizeRow = fn(&[f32], Option<&[f32]>, &mut [u8]);
+type DequantizeRow = fn(&[u8], &mut [f32]);
+
+/// Input bytes per thread below which no thread is added (spawning costs
+/// tens of microseconds; a Q8_0 row of 4096 values takes about as long).
+/// Bytes of the types that search for scales count [`search_weight`] times.
+const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
+
+/// How much more work a byte of input is for `ty` than for a plain
+/// conversion: the K-quants, IQ4 and the imatrix paths of Q4_0..Q5_1 search
+/// many scales per block (measured 20-100 MB/s on one thread against
+/// 1-4 GB/s), so they get threads for 32x smaller tensors.
+fn search_weight(ty: GgmlType, imatrix: bool) -> usize {
+    use GgmlType::*;
+    match ty {
+        F32 | F16 | Bf16 | Q8_0 => 1,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 if !imatrix => 1,
+        _ => 32,
+    }
+}
+
+fn quantize_f32(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(4)) {
+        o.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn quantize_f16(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(2)) {
+        o.copy_from_slice(&search::fp32_to_fp16(*v).to_le_bytes());
+    }
+}
+
+fn quantize_bf16(x: &[f32], _: Option<&[f32]>, out: &mut [u8]) {
+    for (v, o) in x.iter().zip(out.chunks_exact_mut(2)) {
+        o.copy_from_slice(&search::fp32_to_bf16(*v).to_le_bytes());
+    }
+}
+
+fn dequantize_f32(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(4)) {
+        *o = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    }
+}
+
+fn dequantize_f16(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(2)) {
+        *o = search::fp16_to_fp32(u16::from_le_bytes([v[0], v[1]]));
+    }
+}
+
+fn dequantize_bf16(b: &[u8], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(b.chunks_exact(2)) {
+        *o = search::bf16_to_fp32(u16::from_le_bytes([v[0], v[1]]));
+    }
+}
+
+/// The row kernels of a type.
+fn kernels(ty: GgmlType) -> (QuantizeRow, DequantizeRow) {
+    use GgmlType::*;
+    match ty {
+        F32 => (quantize_f32, dequantize_f32),
+        F16 => (quantize_f16, dequantize_f16),
+        Bf16 => (quantize_bf16, dequantize_bf16),
+        Q4_0 => (legacy::quantize_q4_0, legacy::dequantize_q4_0),
+        Q4_1 => (legacy::quantize_q4_1, legacy::dequantize_q4_1),
+        Q5_0 => (legacy::quantize_q5_0, legacy::dequantize_q5_0),
+        Q5_1 => (legacy::quantize_q5_1, legacy::dequantize_q5_1),
+        Q8_0 => (legacy::quantize_q8_0, legacy::dequantize_q8_0),
+        Q2K => (kquants::quantize_q2_k, kquants::dequantize_q2_k),
+        Q3K => (kquants::quantize_q3_k, kquants::dequantize_q3_k),
+        Q4K => (kquants::quantize_q4_k, kquants::dequantize_q4_k),
+        Q5K => (kquants::quantize_q5_k, kquants::dequantize_q5_k),
+        Q6K => (kquants::quantize_q6_k, kquants::dequantize_q6_k),
+        Iq4Nl => (iq4::quantize_iq4_nl, iq4::dequantize_iq4_nl),
+        Iq4Xs => (iq4::quantize_iq4_xs, iq4::dequantize_iq4_xs),
+    }
+}
+
+/// Rows and bytes of `n_values` values of type `ty` in rows of `row_len`:
+/// `(rows, bytes per row)`, checking every shape rule.
+pub fn shape(ty: GgmlType, n_values: usize, row_len: usize) -> Result<(usize, usize)> {
+    let row_bytes = ty.row_bytes(row_len)?;
+    if !n_values.is_multiple_of(row_len) {
+        return Err(Error::new(
+            PqStatus::ShapeMismatch,
+            format!("{n_values} values do not split into rows of {row_len}"),
+        ));
+    }
+    let rows = n_values / row_len;
+    rows.checked_mul(row_bytes)
+        .ok_or_else(|| Error::new(PqStatus::SizeOverflow, format!("{rows} rows of {row_bytes} bytes overflow")))?;
+    Ok((rows, row_bytes))
+}
+
+/// Bytes of `n_values` values quantized to `ty` in rows of `row_len`.
+pub fn quantized_len(ty: GgmlType, n_values: usize, row_len: usize) -> Result<usize> {
+    let (rows, row_bytes) = shape(ty, n_values, row_len)?;
+    Ok(rows * row_bytes)
+}
+
+/// Checks an importance matrix: one finite, non-negative weight per column.
+pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> Result<()> {
+    let Some(w) = imatrix else {
+        if ty.info().needs_imatrix {
+            return Err(Error::new(PqStatus::InvalidImatrix, format!("{} needs an importance matrix", ty.name())));
+        }
+        return Ok(());
+    };
+    if w.len() != row_len {
+        return Err(Error::new(
+            PqStatus::InvalidImatrix,
+            format!("imatrix has {} entries; it needs one per column ({row_len})", w.len()),
+        ));
+    }
+    if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        return Err(Error::new(
+            PqStatus::InvalidImatrix,
+            format!("imatrix entry {i} is {v}; entries must be finite and non-negative"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_finite(input: Values<'_>) -> Result<()> {
+    fn first_bad<T: crate::Element>(s: &[T]) -> Option<(usize, f32)> {
+        s.iter().map(|v| v.to_f32()).enumerate().find(|(_, v)| !v.is_finite())
+    }
+    let bad = match input {
+        Values::F32(s) => first_bad(s),
+        Values::F16(s) => first_bad(s),
+        Values::BF16(s) => first_bad(s),
+    };
+    match bad {
+        Some((i, v)) => {
+            Err(Error::new(PqStatus::NonFinite, format!("input value {i} is {v}; GGML types need finite values")))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Number of threads for `pieces` pieces of work over `bytes` of input:
+/// `threads` (0 = one per core), at most one per piece and per
+/// `MIN_BYTES_PER_THREAD`.
+fn thread_count(threads: usize, pieces: usize, bytes: usize) -> usize {
+    let want = match threads {
+        0 => thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        n => n,
+    };
+    want.min(pieces).min(bytes / MIN_BYTES_PER_THREAD).max(1)
+}
+
+/// Rows per piece of work for rows of `row_bytes` input bytes: pieces of
+/// about `PIECE_BYTES`, whole rows.
+fn rows_per_piece(row_bytes: usize) -> usize {
+    (PIECE_BYTES / row_bytes.max(1)).max(1)
+}
+
+/// Input bytes per piece that a thread claims at a time: small enough to
+/// balance threads that start late, large enough that claiming costs nothing.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// Runs `work` on every piece, on `n_threads` threads (the calling one
+/// included) that claim pieces in order. Each piece is computed by the same
+/// code whoever claims it, so the result does not depend on the threads.
+fn run_pieces<P: Send>(pieces: Vec<P>, n_threads: usize, work: impl Fn(P) + Sync) {
+    if n_threads <= 1 {
+        pieces.into_iter().for_each(work);
+        return;
+    }
+    let queue = Mutex::new(pieces.into_iter());
+    let participate = || loop {
+        // Take the next piece and release the lock before working on it.
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+        match next {
+            Some(piece) => work(piece),
+            None => break,
+        }
+    };
+    thread::scope(|scope| {
+        for _ in 1..n_threads {
+            scope.spawn(participate);
+        }
+        participate();
+    });
+}
+
+/// One tensor of a [`quantize_batch`] call.
+#[derive(Debug)]
+pub struct GgmlQuantizeItem<'a> {
+    pub ty: GgmlType,
+    pub input: Values<'a>,
+    pub row_len: usize,
+    /// One non-negative weight per column, or `None`.
+    pub imatrix: Option<&'a [f32]>,
+    /// At least [`quantized_len`] bytes; only that prefix is written.
+    pub output: &'a mut [u8],
+}
+
+impl GgmlQuantizeItem<'_> {
+    /// Every check of the item: shape, output length, imatrix, values.
+    fn check(&self) -> Result<(usize, usize)> {
+        let (rows, row_bytes) = shape(self.ty, self.input.len(), self.row_len)?;
+        let needed = rows * row_bytes;
+        if self.output.len() < needed {
+            return Err(Error::new(
+                PqStatus::BufferTooSmall,
+                format!(
+                    "output has {} bytes; {} values of {} need {needed}",
+                    self.output.len(),
+                    self.input.len(),
+                    self.ty.name()
+                ),
+            ));
+        }
+        check_imatrix(self.ty, self.imatrix, self.row_len)?;
+        check_finite(self.input)?;
+        Ok((rows, row_bytes))
+    }
+}
+
+/// Rows of one item to quantize on one thread.
+struct QuantizePiece<'a> {
+    quantize_row: QuantizeRow,
+    input: Values<'a>,
+    row_len: usize,
+    row_bytes: usize,
+    imatrix: Option<&'a [f32]>,
+    output: &'a mut [u8],
+}
+
+impl QuantizePiece<'_> {
+    fn run(self) {
+        fn rows<T: crate::Element>(x: &[T], p: QuantizePiece<'_>) {
+            let mut buf = vec![0f32; p.row_len]; // f16 / bf16 rows widened here
+            let out_rows = p.output.chunks_exact_mut(p.row_bytes);
+            for (xr, or) in x.chunks_exact(p.row_len).zip(out_rows) {
+                let row = match T::values(xr) {
+                    Values::F32(r) => r,
+                    _ => {
+                        for (b, v) in buf.iter_mut().zip(xr) {
+                            *b = v.to_f32();
+                        }
+                        &buf[..]
+                    }
+                };
+                (p.quantize_row)(row, p.imatrix, or);
+            }
+        }
+        match self.input {
+            Values::F32(s) => rows(s, self),
+            Values::F16(s) => rows(s, self),
+            Values::BF16(s) => rows(s, self),
+        }
+    }
+}
+
+/// Quantizes many tensors of mixed GGML types and dtypes in one call on up
+/// to `threads` threads (0 = all cores): large tensors are split by rows,
+/// small ones spread over the threads. All or nothing: every item is checked
+/// (in item order) before any output is written; the error names the item.
+pub fn quantize_batch(items: &mut [GgmlQuantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
+    run_batch(items, threads, GgmlQuantizeItem::check, QuantizePiece::run, |item, (rows, row_bytes), pieces| {
+        // Saturating: with zero rows the row length may be anything.
+        let in_row_bytes = item.row_len.saturating_mul(item.input.dtype().size());
+        let per = rows_per_piece(in_row_bytes);
+        let (mut input, mut output) = (item.input, &mut std::mem::take(&mut item.output)[..rows * row_bytes]);
+        while !input.is_empty() {
+            let take = input.len().min(per * item.row_len);
+            let (now, rest) = input.split_at(take);
+            let (out_now, out_rest) = std::mem::take(&mut output).split_at_mut(take / item.row_len * row_bytes);
+            pieces.push(QuantizePiece {
+                quantize_row: kernels(item.ty).0,
+                input: now,
+                row_len: item.row_len,
+                row_bytes,
+                imatrix: item.imatrix,
+                output: out_now,
+            });
+            (input, output) = (rest, out_rest);
+        }
+        rows * in_row_bytes * search_weight(item.ty, item.imatrix.is_some())
+    })
+}
+
+/// The shared body of the batch calls: `check` every item (in order; the
+/// first error names its item), `cut` each into pieces of whole rows
+/// (returning its bytes of work), then `work` on every piece on the threads.
+fn run_batch<I, P: Send>(
+    items: &mut [I],
+    threads: usize,
+    check: impl Fn(&I) -> Result<(usize, usize)>,
+    work: impl Fn(P) + Sync,
+    mut cut: impl FnMut(&mut I, (usize, usize), &mut Vec<P>) -> usize,
+) -> std::result::Result<(), BatchError> {
+    let mut shapes = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        shapes.push(check(item).map_err(|e| BatchError::at(i, e))?);
+    }
+    let mut pieces = Vec::new();
+    let mut bytes = 0;
+    for (item, shape) in items.iter_mut().zip(shapes) {
+        bytes += cut(item, shape, &mut pieces);
+    }
+    let n_threads = thread_count(threads, pieces.len(), bytes);
+    run_pieces(pieces, n_threads, work);
+    Ok(())
+}
+
+/// Quantizes `input` (rows of `row_len` values) to `ty` into the first
+/// [`quantized_len`] bytes of `out`, with `imatrix` (one weight per column)
+/// if given, on up to `threads` threads (0 = all cores): a batch of one.
+/// Same bytes as ggml's `ggml_quantize_chunk` for every thread count.
+/// Checks everything first; on error `out` is untouched.
+pub fn quantize(
+    ty: GgmlType,
+    input: Values<'_>,
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    threads: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let item = GgmlQuantizeItem { ty, input, row_len, imatrix, output: out };
+    quantize_batch(&mut [item], threads).map_err(|e| e.error)
+}
+
+/// One tensor of a [`dequantize_batch`] call.
+#[derive(Debug)]
+pub struct GgmlDequantizeItem<'a> {
+    pub ty: GgmlType,
+    /// Exactly [`quantized_len`] bytes for `output.len()` values.
+    pub input: &'a [u8],
+    pub row_len: usize,
+    pub output: ValuesMut<'a>,
+}
+
+impl GgmlDequantizeItem<'_> {
+    fn check(&self) -> Result<(usize, usize)> {
+        let n = self.output.len();
+        let (rows, row_bytes) = shape(self.ty, n, self.row_len)?;
+        if self.input.len() != rows * row_bytes {
+            return Err(Error::new(
+                PqStatus::BufferTooSmall,
+                format!(
+                    "input has {} bytes; {n} values of {} need {}",
+                    self.input.len(),
+                    self.ty.name(),
+                    rows * row_bytes
+                ),
+            ));
+        }
+        Ok((rows, row_bytes))
+    }
+}
+
+/// Rows of one item to dequantize on one thread.
+struct DequantizePiece<'a> {
+    dequantize_row: DequantizeRow,
+    input: &'a [u8],
+    row_len: usize,
+    row_bytes: usize,
+    output: ValuesMut<'a>,
+}
+
+impl DequantizePiece<'_> {
+    fn run(self) {
+        fn rows<T: crate::Element>(out: &mut [T], p: &DequantizePiece<'_>) {
+            let mut buf = vec![0f32; p.row_len];
+            let in_rows = p.input.chunks_exact(p.row_bytes);
+            for (br, or) in in_rows.zip(out.chunks_exact_mut(p.row_len)) {
+                (p.dequantize_row)(br, &mut buf);
+                for (o, v) in or.iter_mut().zip(&buf) {
+                    *o = T::from_f32(*v);
+                }
+            }
+        }
+        let mut p = self;
+        match std::mem::replace(&mut p.output, ValuesMut::F32(&mut [])) {
+            ValuesMut::F32(s) => rows(s, &p),
+            ValuesMut::F16(s) => rows(s, &p),
+            ValuesMut::BF16(s) => rows(s, &p),
+        }
+    }
+}
+
+/// Dequantizes many tensors of mixed GGML types into mixed dtypes in one
+/// call, as ggml's `dequantize_row_*` (f32; rounded to nearest-even for
+/// f16 / bf16 outputs), on up to `threads` threads. All or nothing: every
+/// item's lengths are checked before any output is written.
+pub fn dequantize_batch(items: &mut [GgmlDequantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
+    run_batch(items, threads, GgmlDequantizeItem::check, DequantizePiece::run, |item, (rows, row_bytes), pieces| {
+        let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
+        let per = rows_per_piece(out_row_bytes);
+        let mut input = item.input;
+        let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
+        while !input.is_empty() {
+            let take = input.len().min(per * row_bytes);
+            let (now, rest) = input.split_at(take);
+            let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
+            pieces.push(DequantizePiece {
+                dequantize_row: kernels(item.ty).1,
+                input: now,
+                row_len: item.row_len,
+                row_bytes,
+                output: out_now,
+            });
+            (input, output) = (rest, out_rest);
+        }
+        rows * out_row_bytes
+    })
+}
+
+/// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
+/// `output.len()` values in rows of `row_len`) into `output`: a batch of one.
+pub fn dequantize(ty: GgmlType, input: &[u8], row_len: usize, output: ValuesMut<'_>, threads: usize) -> Result<()> {
+    let item = GgmlDequantizeItem { ty, input, row_len, output };
+    dequantize_batch(&mut [item], threads).map_err(|e| e.error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::f16;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        // A small LCG: deterministic values in [-2, 2) without a rand crate.
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 22) as f32 - 2.0
+            })
+            .collect()
+    }
+
+    fn run(ty: GgmlType, x: &[f32], row_len: usize, imatrix: Option<&[f32]>, threads: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0xAB; quantized_len(ty, x.len(), row_len)?];
+        quantize(ty, Values::F32(x), row_len, imatrix, threads, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn every_thread_count_writes_the_same_bytes() {
+        let (rows, row_len) = (160, 4096); // 2.5 MiB: several threads' worth
+        let x = data(rows * row_len, 1);
+        let w: Vec<f32> = data(row_len, 2).iter().map(|v| v.abs()).collect();
+        for info in TYPES {
+            let one = run(info.ty, &x, row_len, Some(&w), 1).unwrap();
+            for threads in [2, 3, 7, 0] {
+                assert!(one == run(info.ty, &x, row_len, Some(&w), threads).unwrap(), "{}", info.ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn half_inputs_are_widened_exactly() {
+        let x: Vec<f16> = data(512, 3).iter().map(|&v| f16::from_f32(v)).collect();
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        for info in TYPES {
+            let mut out = vec![0; quantized_len(info.ty, 512, 256).unwrap()];
+            quantize(info.ty, Values::F16(&x), 256, None, 1, &mut out).unwrap();
+            assert_eq!(out, run(info.ty, &wide, 256, None, 1).unwrap(), "{}", info.ty.name());
+        }
+    }
+
+    #[test]
+    fn dequantize_inverts_plain_conversions_and_checks_lengths() {
+        let x = data(512, 4);
+        for ty in [GgmlType::F32, GgmlType::Bf16, GgmlType::Q8_0] {
+            let q = run(ty, &x, 256, None, 1).unwrap();
+            let mut back = vec![0f32; 512];
+            dequantize(ty, &q, 256, ValuesMut::F32(&mut back), 2).unwrap();
+            let tol = if ty == GgmlType::F32 { 0.0 } else { 0.02 };
+            assert!(x.iter().zip(&back).all(|(a, b)| (a - b).abs() <= tol), "{}", ty.name());
+            let e = dequantize(ty, &q[1..], 256, ValuesMut::F32(&mut back), 1).unwrap_err();
+            assert_eq!(e.status, PqStatus::BufferTooSmall);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_and_nothing_is_written() {
+        let mut x = data(512, 5);
+        let ty = GgmlType::Q4K;
+        let mut out = vec![0xAB; 288];
+        let status = |r: Result<()>| r.unwrap_err().status;
+        assert_eq!(status(quantize(ty, Values::F32(&x), 128, None, 1, &mut out)), PqStatus::ShapeMismatch);
+        assert_eq!(status(quantize(ty, Values::F32(&x), 256, None, 1, &mut out[..287])), PqStatus::BufferTooSmall);
+        let short = [1.0f32; 255];
+        assert_eq!(status(quantize(ty, Values::F32(&x), 256, Some(&short), 1, &mut out)), PqStatus::InvalidImatrix);
+        let mut w = [1.0f32; 256];
+        w[9] = -0.5;
+        let e = quantize(ty, Values::F32(&x), 256, Some(&w), 1, &mut out).unwrap_err();
+        assert_eq!((e.status, e.message.contains("entry 9 is -0.5")), (PqStatus::InvalidImatrix, true));
+        x[300] = f32::NAN;
+        let e = quantize(ty, Values::F32(&x), 256, None, 1, &mut out).unwrap_err();
+        assert_eq!((e.status, e.message.contains("input value 300 is NaN")), (PqStatus::NonFinite, true));
+        assert!(out.iter().all(|&b| b == 0xAB));
+        assert_eq!(status(shape(ty, 512, 0).map(|_| ())), PqStatus::ShapeMismatch);
+        assert_eq!(status(shape(ty, 500, 256).map(|_| ())), PqStatus::ShapeMismatch);
+    }
+}
