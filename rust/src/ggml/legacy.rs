@@ -2,32 +2,130 @@
 //! `quantize_row_*_ref` (no importance matrix), `quantize_row_*_impl` (with
 //! one) and `dequantize_row_*`, one row at a time.
 
-use super::search::{
-    c_float_to_int, c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, signed_absmax, QkxSearch,
-};
+use crate::kernel::fast::isa_dispatch;
+use crate::kernel::Isa;
+
+use super::search::{c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch};
 
 const QK: usize = 32;
 
-/// `(int8_t)f` / `(uint8_t)f` as compiled by gcc: the low byte of the i32.
-fn low_byte(f: f32) -> u8 {
-    c_float_to_int(f) as u8
+// Each row quantizer is compiled for the CPU's best instruction set (the
+// affine kernel's dispatch): the block loops are written to vectorize there.
+isa_dispatch!(fn q4_0_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = quantize_q4_0_impl);
+isa_dispatch!(fn q4_1_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = quantize_q4_1_impl);
+isa_dispatch!(fn q5_0_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = quantize_q5_0_impl);
+isa_dispatch!(fn q5_1_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = quantize_q5_1_impl);
+isa_dispatch!(fn q8_0_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = quantize_q8_0_impl);
+
+pub fn quantize_q4_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q4_0_isa(Isa::detect(), x, imatrix, out);
 }
 
-fn min_max(x: &[f32]) -> (f32, f32) {
-    let (mut min, mut max) = (f32::MAX, -f32::MAX);
-    for &v in x {
-        if v < min {
-            min = v;
+pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q4_1_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q5_0_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q5_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q5_1_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q8_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q8_0_isa(Isa::detect(), x, imatrix, out);
+}
+
+/// Folds a block with `f` in 16 independent lanes, then the lanes: only
+/// for order-independent `f` (min / max of finite values), where it gives
+/// the sequential result and lets LLVM vectorize the loop.
+#[inline(always)]
+fn reduce(x: &[f32; QK], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    for c in x.chunks_exact(16) {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
         }
-        if v > max {
-            max = v;
-        }
+    }
+    acc.into_iter().fold(init, f)
+}
+
+/// Largest magnitude in a block (0 for an all-zero block).
+#[inline(always)]
+fn abs_max(x: &[f32; QK]) -> f32 {
+    reduce(x, 0.0, |m, v| c_max(v.abs(), m))
+}
+
+/// Minimum and maximum of a block, starting from `MAX` / `-MAX` as in C.
+/// Order-independent for finite values but for the sign of a zero result,
+/// which is fixed afterwards.
+#[inline(always)]
+fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    let mut min = reduce(x, f32::MAX, |m, v| c_min(v, m));
+    let mut max = reduce(x, -f32::MAX, |m, v| c_max(v, m));
+    // Only 0 and -0 compare equal and differ: the C keeps the first one.
+    let first_zero = || x.iter().copied().find(|&v| v == 0.0).unwrap_or(0.0);
+    if min == 0.0 {
+        min = first_zero();
+    }
+    if max == 0.0 {
+        max = first_zero();
     }
     (min, max)
 }
 
+/// [`super::search::signed_absmax`] of one block: the largest magnitude,
+/// then the first value that has it (0 if all are 0).
+#[inline(always)]
+fn block_signed_absmax(x: &[f32; QK]) -> f32 {
+    let amax = abs_max(x);
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+}
+
+/// `(int8_t)f` / `(uint8_t)f` as x86-64 gcc compiles them: the low byte of
+/// `cvttss2si`, which gives `INT_MIN` (low byte 0) out of the i32 range and
+/// for NaN ([`super::search::c_float_to_int`]), written so that it vectorizes.
+#[inline(always)]
+fn low_byte(f: f32) -> u8 {
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
+    let t = (if in_range { f } else { 0.0 }) as i32;
+    if in_range {
+        t as u8
+    } else {
+        0
+    }
+}
+
+/// The low byte of `(int)roundf(v)` (C's round half away from zero, then
+/// `cvttss2si`), without a libm call: truncate, then step by the sign when
+/// the dropped fraction (exact for |v| < 2^23, 0 above) is at least 1/2.
+#[inline(always)]
+fn round_low_byte(v: f32) -> u8 {
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&v);
+    let v = if in_range { v } else { 0.0 };
+    let t = v as i32;
+    let frac = v - t as f32;
+    let r = t.wrapping_add((frac >= 0.5) as i32).wrapping_sub((frac <= -0.5) as i32);
+    if in_range {
+        r as u8
+    } else {
+        0
+    }
+}
+
+/// The blocks of a row as arrays (the length is a multiple of 32, checked).
+#[inline(always)]
+fn blocks(x: &[f32]) -> impl Iterator<Item = &[f32; QK]> {
+    x.chunks_exact(QK).map(|b| b.try_into().expect("32 values"))
+}
+
 /// Packs 32 5-bit values as ggml does: low nibbles in `qs` (value j and
 /// j+16 in byte j), the fifth bits in the 32-bit little-endian `qh`.
+#[inline(always)]
 fn pack5(l: &[u8; QK], qh_out: &mut [u8], qs: &mut [u8]) {
     let mut qh = 0u32;
     for j in 0..QK / 2 {
@@ -39,10 +137,17 @@ fn pack5(l: &[u8; QK], qh_out: &mut [u8], qs: &mut [u8]) {
     qh_out.copy_from_slice(&qh.to_le_bytes());
 }
 
+#[inline(always)]
 fn pack4(l: &[u8; QK], qs: &mut [u8]) {
     for j in 0..QK / 2 {
         qs[j] = l[j] | (l[j + QK / 2] << 4);
     }
+}
+
+/// Q4_1's `MIN(15, (int8_t)v)`.
+#[inline(always)]
+fn low_nibble(v: f32) -> u8 {
+    c_min(15, low_byte(v) as i8 as i32) as u8
 }
 
 fn row_sigma2(x: &[f32]) -> f32 {
@@ -56,6 +161,7 @@ fn row_sigma2(x: &[f32]) -> f32 {
 /// Runs `block(values, weights, bytes)` over the blocks of a row. With an
 /// imatrix, `weights` are ggml's `qw * sqrt(sigma2 + x*x)` with `sigma2`
 /// the mean square of the whole row (the `quantize_row_*_impl` paths).
+#[inline(always)]
 fn for_blocks(
     x: &[f32],
     imatrix: Option<&[f32]>,
@@ -81,6 +187,7 @@ fn for_blocks(
 }
 
 /// Q4_0 (`nmax` 8) and Q5_0 (16): levels in `[0, 2*nmax)` and the scale.
+#[inline(always)]
 fn symmetric_block(xb: &[f32], weights: Option<&[f32; QK]>, nmax: i32, l: &mut [u8; QK]) -> f32 {
     if let Some(w) = weights {
         let mut li = [0i8; QK];
@@ -88,23 +195,25 @@ fn symmetric_block(xb: &[f32], weights: Option<&[f32; QK]>, nmax: i32, l: &mut [
         *l = li.map(|v| v as u8);
         return d;
     }
-    let (_, max) = signed_absmax(xb);
+    let xb: &[f32; QK] = xb.try_into().expect("32 values");
+    let max = block_signed_absmax(xb);
     let d = max / -(nmax as f32);
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
-    for j in 0..QK {
-        l[j] = c_min(2 * nmax - 1, low_byte(xb[j] * id + offset) as i8 as i32) as u8;
+    for (lj, &v) in l.iter_mut().zip(xb) {
+        *lj = c_min(2 * nmax - 1, low_byte(v * id + offset) as i8 as i32) as u8;
     }
     d
 }
 
 /// Q4_1 (`nmax` 15) and Q5_1 (31): levels in `[0, nmax]`, scale and min.
 /// `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does not).
+#[inline(always)]
 fn asymmetric_block(
     xb: &[f32],
     weights: Option<&[f32; QK]>,
     nmax: i32,
-    round: fn(f32) -> u8,
+    round: impl Fn(f32) -> u8,
     l: &mut [u8; QK],
 ) -> (f32, f32) {
     if let Some(w) = weights {
@@ -112,66 +221,96 @@ fn asymmetric_block(
         let (d, min) = make_qkx_quants(p, xb, w, l, &mut [0u8; QK], false);
         return (d, -min);
     }
+    let xb: &[f32; QK] = xb.try_into().expect("32 values");
     let (min, max) = min_max(xb);
     let d = (max - min) / nmax as f32;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for j in 0..QK {
-        l[j] = round((xb[j] - min) * id + 0.5);
+    for (lj, &v) in l.iter_mut().zip(xb) {
+        *lj = round((v - min) * id + 0.5);
     }
     (d, min)
 }
 
-pub fn quantize_q4_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for_blocks(x, imatrix, out, 18, |xb, w, y| {
-        let mut l = [0u8; QK];
-        put_f16(y, 0, symmetric_block(xb, w, 8, &mut l));
-        pack4(&l, &mut y[2..18]);
-    });
+#[inline(always)]
+fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for_blocks(
+        x,
+        imatrix,
+        out,
+        18,
+        #[inline(always)]
+        |xb, w, y| {
+            let mut l = [0u8; QK];
+            put_f16(y, 0, symmetric_block(xb, w, 8, &mut l));
+            pack4(&l, &mut y[2..18]);
+        },
+    );
 }
 
-pub fn quantize_q5_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for_blocks(x, imatrix, out, 22, |xb, w, y| {
-        let mut l = [0u8; QK];
-        put_f16(y, 0, symmetric_block(xb, w, 16, &mut l));
-        let (qh, qs) = y[2..22].split_at_mut(4);
-        pack5(&l, qh, qs);
-    });
+#[inline(always)]
+fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for_blocks(
+        x,
+        imatrix,
+        out,
+        22,
+        #[inline(always)]
+        |xb, w, y| {
+            let mut l = [0u8; QK];
+            put_f16(y, 0, symmetric_block(xb, w, 16, &mut l));
+            let (qh, qs) = y[2..22].split_at_mut(4);
+            pack5(&l, qh, qs);
+        },
+    );
 }
 
-pub fn quantize_q4_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let round = |v: f32| c_min(15, low_byte(v) as i8 as i32) as u8;
-    for_blocks(x, imatrix, out, 20, |xb, w, y| {
-        let mut l = [0u8; QK];
-        let (d, m) = asymmetric_block(xb, w, 15, round, &mut l);
-        put_f16(y, 0, d);
-        put_f16(y, 2, m);
-        pack4(&l, &mut y[4..20]);
-    });
+#[inline(always)]
+fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for_blocks(
+        x,
+        imatrix,
+        out,
+        20,
+        #[inline(always)]
+        |xb, w, y| {
+            let mut l = [0u8; QK];
+            let (d, m) = asymmetric_block(xb, w, 15, low_nibble, &mut l);
+            put_f16(y, 0, d);
+            put_f16(y, 2, m);
+            pack4(&l, &mut y[4..20]);
+        },
+    );
 }
 
-pub fn quantize_q5_1(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for_blocks(x, imatrix, out, 24, |xb, w, y| {
-        let mut l = [0u8; QK];
-        let (d, m) = asymmetric_block(xb, w, 31, low_byte, &mut l);
-        put_f16(y, 0, d);
-        put_f16(y, 2, m);
-        let (qh, qs) = y[4..24].split_at_mut(4);
-        pack5(&l, qh, qs);
-    });
+#[inline(always)]
+fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for_blocks(
+        x,
+        imatrix,
+        out,
+        24,
+        #[inline(always)]
+        |xb, w, y| {
+            let mut l = [0u8; QK];
+            let (d, m) = asymmetric_block(xb, w, 31, low_byte, &mut l);
+            put_f16(y, 0, d);
+            put_f16(y, 2, m);
+            let (qh, qs) = y[4..24].split_at_mut(4);
+            pack5(&l, qh, qs);
+        },
+    );
 }
 
 /// Q8_0 has no imatrix path in ggml (`quantize_q8_0` ignores it).
-pub fn quantize_q8_0(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
-        let mut amax = 0f32;
-        for &v in xb {
-            amax = c_max(amax, v.abs());
-        }
-        let d = amax / 127.0;
+#[inline(always)]
+fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
+    for (xb, y) in blocks(x).zip(out.chunks_exact_mut(34)) {
+        let d = abs_max(xb) / 127.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         put_f16(y, 0, d);
-        for j in 0..QK {
-            y[2 + j] = low_byte((xb[j] * id).round());
+        let q: &mut [u8; QK] = (&mut y[2..34]).try_into().expect("32 bytes");
+        for (qj, &v) in q.iter_mut().zip(xb) {
+            *qj = round_low_byte(v * id);
         }
     }
 }

@@ -150,7 +150,16 @@ pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> R
 
 fn check_finite(input: Values<'_>) -> Result<()> {
     fn first_bad<T: crate::Element>(s: &[T]) -> Option<(usize, f32)> {
-        s.iter().map(|v| v.to_f32()).enumerate().find(|(_, v)| !v.is_finite())
+        // A branch-free test per chunk (it vectorizes); only a chunk that
+        // fails is searched for the index.
+        const CHUNK: usize = 256;
+        s.chunks(CHUNK).enumerate().find_map(|(c, chunk)| {
+            if chunk.iter().fold(true, |ok, v| ok & v.to_f32().is_finite()) {
+                return None;
+            }
+            let (i, v) = chunk.iter().map(|v| v.to_f32()).enumerate().find(|(_, v)| !v.is_finite())?;
+            Some((c * CHUNK + i, v))
+        })
     }
     let bad = match input {
         Values::F32(s) => first_bad(s),

@@ -96,7 +96,35 @@ macro_rules! isa_dispatch {
             $imp::<$T, Soft>($($arg),*)
         }
     };
+    // A plain function (no element type), e.g. the GGML block quantizers.
+    ($(#[$m:meta])* $vis:vis fn $name:ident ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty = $imp:path) => {
+        $(#[$m])*
+        #[inline]
+        $vis fn $name(isa: $crate::kernel::Isa, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,f16c")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret {
+                    $imp($($arg),*)
+                }
+                match isa {
+                    // SAFETY: as above.
+                    $crate::kernel::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::kernel::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::kernel::Isa::Portable => {}
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = isa;
+            $imp($($arg),*)
+        }
+    };
 }
+pub(crate) use isa_dispatch;
 
 // ---------------------------------------------------------------------------
 // Element types
