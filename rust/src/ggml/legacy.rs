@@ -231,8 +231,104 @@ fn asymmetric_block(
     (d, min)
 }
 
+/// Blocks per run of the no-imatrix paths: per-block statistics are
+/// computed block by block, then the scales of the run with one lane per
+/// block (the divisions vectorize), then the levels block by block.
+const LANES: usize = 16;
+
+/// Runs a no-imatrix quantizer over a row: `stat(block) -> (a, b)` (e.g.
+/// the min and max), `scale(a, b) -> (d, id, m)`, then
+/// `write(block, d, id, m, bytes)`.
+#[inline(always)]
+fn lane_rows(
+    x: &[f32],
+    out: &mut [u8],
+    bytes: usize,
+    stat: impl Fn(&[f32; QK]) -> (f32, f32),
+    scale: impl Fn(f32, f32) -> (f32, f32, f32),
+    write: impl Fn(&[f32; QK], f32, f32, f32, &mut [u8]),
+) {
+    for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
+        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+        for ((ai, bi), xb) in a.iter_mut().zip(b.iter_mut()).zip(blocks(xr)) {
+            (*ai, *bi) = stat(xb);
+        }
+        let (mut d, mut id, mut m) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..LANES {
+            (d[i], id[i], m[i]) = scale(a[i], b[i]);
+        }
+        for (i, (xb, y)) in blocks(xr).zip(yr.chunks_exact_mut(bytes)).enumerate() {
+            write(xb, d[i], id[i], m[i], y);
+        }
+    }
+}
+
+/// [`symmetric_block`] without imatrix over a row, scales in lanes.
+#[inline(always)]
+fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl Fn(&[u8; QK], &mut [u8])) {
+    let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
+    lane_rows(
+        x,
+        out,
+        bytes,
+        #[inline(always)]
+        |xb| (block_signed_absmax(xb), 0.0),
+        #[inline(always)]
+        |max, _| {
+            let d = max / -(nmax as f32);
+            (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
+        },
+        #[inline(always)]
+        |xb, d, id, _, y| {
+            let mut l = [0u8; QK];
+            for (lj, &v) in l.iter_mut().zip(xb) {
+                *lj = c_min(2 * nmax - 1, low_byte(v * id + offset) as i8 as i32) as u8;
+            }
+            put_f16(y, 0, d);
+            pack(&l, y);
+        },
+    );
+}
+
+/// [`asymmetric_block`] without imatrix over a row, scales in lanes.
+#[inline(always)]
+fn asymmetric_row(
+    x: &[f32],
+    out: &mut [u8],
+    bytes: usize,
+    nmax: i32,
+    round: impl Fn(f32) -> u8,
+    pack: impl Fn(&[u8; QK], &mut [u8]),
+) {
+    lane_rows(
+        x,
+        out,
+        bytes,
+        min_max,
+        #[inline(always)]
+        |min, max| {
+            let d = (max - min) / nmax as f32;
+            (d, if d != 0.0 { 1.0 / d } else { 0.0 }, min)
+        },
+        #[inline(always)]
+        |xb, d, id, min, y| {
+            let mut l = [0u8; QK];
+            for (lj, &v) in l.iter_mut().zip(xb) {
+                *lj = round((v - min) * id + 0.5);
+            }
+            put_f16(y, 0, d);
+            put_f16(y, 2, min);
+            pack(&l, y);
+        },
+    );
+}
+
 #[inline(always)]
 fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    if imatrix.is_none() {
+        symmetric_row(x, out, 18, 8, |l, y| pack4(l, &mut y[2..18]));
+        return;
+    }
     for_blocks(
         x,
         imatrix,
@@ -249,6 +345,13 @@ fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 #[inline(always)]
 fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    if imatrix.is_none() {
+        symmetric_row(x, out, 22, 16, |l, y| {
+            let (qh, qs) = y[2..22].split_at_mut(4);
+            pack5(l, qh, qs);
+        });
+        return;
+    }
     for_blocks(
         x,
         imatrix,
@@ -266,6 +369,10 @@ fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 #[inline(always)]
 fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    if imatrix.is_none() {
+        asymmetric_row(x, out, 20, 15, low_nibble, |l, y| pack4(l, &mut y[4..20]));
+        return;
+    }
     for_blocks(
         x,
         imatrix,
@@ -284,6 +391,13 @@ fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 #[inline(always)]
 fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    if imatrix.is_none() {
+        asymmetric_row(x, out, 24, 31, low_byte, |l, y| {
+            let (qh, qs) = y[4..24].split_at_mut(4);
+            pack5(l, qh, qs);
+        });
+        return;
+    }
     for_blocks(
         x,
         imatrix,
@@ -304,15 +418,26 @@ fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 /// Q8_0 has no imatrix path in ggml (`quantize_q8_0` ignores it).
 #[inline(always)]
 fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
-    for (xb, y) in blocks(x).zip(out.chunks_exact_mut(34)) {
-        let d = abs_max(xb) / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        put_f16(y, 0, d);
-        let q: &mut [u8; QK] = (&mut y[2..34]).try_into().expect("32 bytes");
-        for (qj, &v) in q.iter_mut().zip(xb) {
-            *qj = round_low_byte(v * id);
-        }
-    }
+    lane_rows(
+        x,
+        out,
+        34,
+        #[inline(always)]
+        |xb| (abs_max(xb), 0.0),
+        #[inline(always)]
+        |amax, _| {
+            let d = amax / 127.0;
+            (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
+        },
+        #[inline(always)]
+        |xb, d, id, _, y| {
+            put_f16(y, 0, d);
+            let q: &mut [u8; QK] = (&mut y[2..34]).try_into().expect("32 bytes");
+            for (qj, &v) in q.iter_mut().zip(xb) {
+                *qj = round_low_byte(v * id);
+            }
+        },
+    );
 }
 
 pub fn dequantize_q4_0(b: &[u8], y: &mut [f32]) {

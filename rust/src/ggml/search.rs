@@ -55,6 +55,7 @@ pub fn c_float_to_int(x: f32) -> i32 {
 
 /// ggml's `GGML_FP32_TO_FP16` (`ggml_compute_fp32_to_fp16`): round to nearest
 /// even, overflow to infinity, NaN to 0x7E00 (with the sign).
+#[inline(always)]
 pub fn fp32_to_fp16(f: f32) -> u16 {
     let scale_to_inf = f32::from_bits(0x7780_0000); // 0x1.0p+112f
     let scale_to_zero = f32::from_bits(0x0880_0000); // 0x1.0p-110f
