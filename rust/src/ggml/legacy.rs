@@ -48,7 +48,15 @@ fn reduce(x: &[f32; QK], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
             *a = f(*a, v);
         }
     }
-    acc.into_iter().fold(init, f)
+    // A tree over the lanes: 4 dependent steps instead of 16.
+    let mut width = acc.len();
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] = f(acc[i], acc[i + width]);
+        }
+    }
+    f(init, acc[0])
 }
 
 /// Largest magnitude in a block (0 for an all-zero block).
