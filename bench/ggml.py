@@ -19,15 +19,17 @@ import ctypes
 import importlib.util
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import pyquant
-from pyquant import gguf as pg
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's pyquant, not an installed one
+
+import pyquant  # noqa: E402
+from pyquant import gguf as pg  # noqa: E402
 
 
 def load_oracle_module():
