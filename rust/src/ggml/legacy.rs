@@ -5,7 +5,7 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::search::{c_max, c_min, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch};
+use super::search::{c_max, c_min, fp32_to_fp16, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch};
 
 const QK: usize = 32;
 
@@ -246,7 +246,8 @@ const LANES: usize = 16;
 
 /// Runs a no-imatrix quantizer over a row: `stat(block) -> (a, b)` (e.g.
 /// the min and max), `scale(a, b) -> (d, id, m)`, then
-/// `write(block, d, id, m, bytes)`.
+/// `write(block, halves, id, m, bytes)`, `halves` = `d` and `m` as ggml
+/// halves (converted in lanes too).
 #[inline(always)]
 fn lane_rows(
     x: &[f32],
@@ -254,19 +255,21 @@ fn lane_rows(
     bytes: usize,
     stat: impl Fn(&[f32; QK]) -> (f32, f32),
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
-    write: impl Fn(&[f32; QK], f32, f32, f32, &mut [u8]),
+    write: impl Fn(&[f32; QK], [u8; 4], f32, f32, &mut [u8]),
 ) {
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
         let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
         for ((ai, bi), xb) in a.iter_mut().zip(b.iter_mut()).zip(blocks(xr)) {
             (*ai, *bi) = stat(xb);
         }
-        let (mut d, mut id, mut m) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let (mut halves, mut id, mut m) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..LANES {
-            (d[i], id[i], m[i]) = scale(a[i], b[i]);
+            let (di, idi, mi) = scale(a[i], b[i]);
+            let h = u32::from(fp32_to_fp16(di)) | (u32::from(fp32_to_fp16(mi)) << 16);
+            (halves[i], id[i], m[i]) = (h.to_le_bytes(), idi, mi);
         }
         for (i, (xb, y)) in blocks(xr).zip(yr.chunks_exact_mut(bytes)).enumerate() {
-            write(xb, d[i], id[i], m[i], y);
+            write(xb, halves[i], id[i], m[i], y);
         }
     }
 }
@@ -287,12 +290,12 @@ fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl 
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
         },
         #[inline(always)]
-        |xb, d, id, _, y| {
+        |xb, halves, id, _, y| {
             let mut l = [0u8; QK];
             for (lj, &v) in l.iter_mut().zip(xb) {
                 *lj = c_min(2 * nmax - 1, low_byte(v * id + offset) as i8 as i32) as u8;
             }
-            put_f16(y, 0, d);
+            y[..2].copy_from_slice(&halves[..2]);
             pack(&l, y);
         },
     );
@@ -319,13 +322,12 @@ fn asymmetric_row(
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, min)
         },
         #[inline(always)]
-        |xb, d, id, min, y| {
+        |xb, halves, id, min, y| {
             let mut l = [0u8; QK];
             for (lj, &v) in l.iter_mut().zip(xb) {
                 *lj = round((v - min) * id + 0.5);
             }
-            put_f16(y, 0, d);
-            put_f16(y, 2, min);
+            y[..4].copy_from_slice(&halves);
             pack(&l, y);
         },
     );
@@ -438,8 +440,8 @@ fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
         },
         #[inline(always)]
-        |xb, d, id, _, y| {
-            put_f16(y, 0, d);
+        |xb, halves, id, _, y| {
+            y[..2].copy_from_slice(&halves[..2]);
             let q: &mut [u8; QK] = (&mut y[2..34]).try_into().expect("32 bytes");
             for (qj, &v) in q.iter_mut().zip(xb) {
                 *qj = round_low_byte(v * id);
