@@ -170,13 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "model.q4.arrow restored.safetensors --dtype float16")
     d.add_argument("input", help="a pyquant checkpoint (safetensors or Arrow format)")
     d.add_argument("output", help="the plain safetensors file to write")
-    d.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="dtype of the dequantized tensors (default: each tensor's original dtype); "
-                   "carried-over tensors keep theirs")
+    d.add_argument("--dtype", type=_float_dtype, choices=list(_GGUF_FLOAT_TYPES), default=None,
+                   help="dtype of the dequantized tensors (default: each tensor's original dtype; a GGUF "
+                   "input: float32); carried-over tensors keep theirs. F32/F16/BF16 are accepted too")
     d.add_argument("--force", action="store_true", help="replace the output if it exists")
     d.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    d.add_argument("--dtype", type=str.upper, choices=["F32", "F16", "BF16"],
-                   help="a GGUF input: the float type of the dequantized tensors (default F32)")
 
     i = command("inspect", "list what a checkpoint holds",
                 "Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
@@ -287,10 +285,20 @@ def cmd_quantize(args: argparse.Namespace) -> None:
               f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
 
 
+# The --dtype choices (numpy names) and their GGML type names, for a GGUF input.
+_GGUF_FLOAT_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def _float_dtype(text: str) -> str:
+    """``--dtype``: a numpy name, or its GGML spelling (F32, F16, BF16), as the numpy name."""
+    by_ggml = {v: k for k, v in _GGUF_FLOAT_TYPES.items()}
+    return by_ggml.get(text.upper(), text.lower())
+
+
 def cmd_dequantize_gguf(args: argparse.Namespace) -> None:
     from .pipeline import dequantize_gguf
 
-    s = dequantize_gguf(args.input, args.output, dtype=args.dtype or "F32", force=args.force)
+    s = dequantize_gguf(args.input, args.output, dtype=_GGUF_FLOAT_TYPES[args.dtype or "float32"], force=args.force)
     if not args.quiet:
         print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
               f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
@@ -302,8 +310,6 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
     if is_gguf(args.input):
         cmd_dequantize_gguf(args)
         return
-    if args.dtype is not None:
-        raise QuantizeError(f"--dtype: only for a GGUF input ({args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = dequantize_file(args.input, args.output, force=args.force, dtype=args.dtype, progress=bar)

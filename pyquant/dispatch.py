@@ -37,6 +37,7 @@ from .arrow import check_input_type, quantize_arrow
 from .formats import is_arrow
 from .pipeline import Summary, quantize_arrow_file, quantize_file
 from .plan import check_options, plan_tensors
+from ._call import c_threads
 from .core import (
     DTypeLike,
     Params,
@@ -44,7 +45,6 @@ from .core import (
     _check_in_place as check_in_place,
     _params_for as params_for,
     _resolve_dtype as resolve_dtype,
-    c_threads,
     copy_plan,
     in_place_problem,
     quantize_batch,
