@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float16Type, Float32Type, Int64Type, UInt32Type, UInt8Type};
+use arrow_array::types::{Float16Type, Float32Type, Int64Type};
 use arrow_array::{
     make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray, ListArray, OffsetSizeTrait, StringArray,
     StructArray, UInt32Array, UInt8Array,
@@ -36,6 +36,7 @@ use crate::error::{Error, PqStatus, Result};
 use crate::layout::{check_len, Layout};
 
 mod dequantize;
+mod extension;
 mod format;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -232,7 +233,7 @@ fn int_values<'a>(array: &'a dyn Array, column: &str) -> Result<std::borrow::Cow
             .iter()
             .map(|&v| {
                 v.try_into().map_err(|_| {
-                    Error::new(PqStatus::ShapeMismatch, format!("column {column}: dimension {v} is too large"))
+                    Error::new(PqStatus::ShapeMismatch, format!("column {column}: value {v} is too large"))
                 })
             })
             .collect::<Result<Vec<i64>>>()
@@ -379,6 +380,8 @@ struct InputColumns {
     name: usize,
     weights: usize,
     shape: Option<usize>,
+    /// The shape of every row, from a tensor extension type of `weights`.
+    weights_shape: Option<Vec<i64>>,
 }
 
 impl InputColumns {
@@ -409,10 +412,12 @@ impl InputColumns {
             }
         }
         let missing = |c: &str| invalid(format!("the input has no {c:?} column: expected {EXPECTED_INPUT}"));
+        let weights = weights.ok_or_else(|| missing(WEIGHTS))?;
         Ok(InputColumns {
             name: name.ok_or_else(|| missing(NAME))?,
-            weights: weights.ok_or_else(|| missing(WEIGHTS))?,
+            weights,
             shape,
+            weights_shape: extension::fixed_shape(&fields[weights])?,
         })
     }
 }
@@ -455,9 +460,14 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
     let mut tensors = Vec::with_capacity(batch.len());
     for (row, (name, range)) in names.into_iter().zip(weights.ranges).enumerate() {
         let values = values.slice(range);
-        let shape = match &shapes {
-            Some(s) => shape_of(s.row(row), values.len()).map_err(|e| in_tensor(e, name, row))?,
-            None => vec![values.len()],
+        let shape = match (&shapes, &columns.weights_shape) {
+            (Some(s), Some(fixed)) if s.row(row) != fixed.as_slice() => {
+                let message = format!("shape {:?} differs from the {fixed:?} of the weights' tensor type", s.row(row));
+                return Err(in_tensor(Error::new(PqStatus::ShapeMismatch, message), name, row));
+            }
+            (Some(s), _) => shape_of(s.row(row), values.len()).map_err(|e| in_tensor(e, name, row))?,
+            (None, Some(fixed)) => shape_of(fixed, values.len()).map_err(|e| in_tensor(e, name, row))?,
+            (None, None) => vec![values.len()],
         };
         tensors.push(Tensor { name, values, shape });
     }

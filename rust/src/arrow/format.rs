@@ -90,7 +90,8 @@ pub(super) fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, l
 /// Errors unless `dt` is a quantized batch type [`dequantize`] accepts:
 /// the columns of [`quantized_fields`], in any order, with the plain,
 /// `large_` and view variants of the string, binary and list types (what
-/// polars and other producers write back) and a shape of any integer type.
+/// polars and other producers write back), a shape of any integer type, and
+/// `bits` / `group_size` of any integer type (Spark writes them signed).
 pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     let DataType::Struct(fields) = dt else {
         return Err(unsupported(format!(
@@ -119,7 +120,8 @@ impl QuantizedColumns {
                 "codes" => matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView),
                 "scales" | "mins" => list_value_type(dt) == Some(&DataType::Float32),
                 "shape" => is_int_list(dt),
-                _ => dt == want.data_type(),
+                // Any integer width: Spark and others have no unsigned types.
+                _ => dt.is_integer(),
             };
             if !ok {
                 return Err(unsupported(format!(
@@ -177,12 +179,15 @@ impl<'a> QuantizedBatch<'a> {
         for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
             no_nulls(col(c), &format!("column {what}"))?;
         }
-        let bits = col(bits).as_primitive::<UInt8Type>().values();
-        let group_sizes = col(group_size).as_primitive::<UInt32Type>().values();
+        let bits = int_values(col(bits), "bits")?;
+        let group_sizes = int_values(col(group_size), "group_size")?;
         let rows = (0..batch.len())
             .map(|r| {
                 let lens = [codes[r].len(), scales[r].len(), mins[r].len()];
-                check_row(shapes.row(r), dtypes[r], bits[r], group_sizes[r], lens)
+                let out_of_range = |what: &str, v: i64| invalid(format!("{what} {v} is out of range"));
+                let b = u8::try_from(bits[r]).map_err(|_| out_of_range("bits", bits[r]));
+                let g = u32::try_from(group_sizes[r]).map_err(|_| out_of_range("group_size", group_sizes[r]));
+                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, lens))
                     .map_err(|e| in_tensor(e, names[r], r))
             })
             .collect::<Result<Vec<Row>>>()?;
