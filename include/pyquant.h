@@ -344,7 +344,11 @@ extern "C" {
  (one 1-D tensor, named by the schema's name), or a struct array with
  columns `name` (utf8, large_utf8 or utf8_view), `weights` (list,
  large_list, list_view, large_list_view or fixed_size_list of float32 or
- float16) and optional `shape` (a list-like of any integer type).
+ float16) and optional `shape` (a list-like of any integer type). A
+ `weights` column of the `arrow.fixed_shape_tensor` extension type (or
+ Ray Data's tensor type) gives every row the shape in its metadata. Other
+ columns are passed through: appended to the result unchanged, after its
+ own columns (a name that clashes with one of those is refused).
  Float64 is refused with the cast to make. Groups of `group_size` run along the last axis of each
  tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
  read in place; value and offset buffers must be aligned for their type.

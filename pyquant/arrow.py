@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _arrow_inputs
 from ._call import SIZE_MAX as _SIZE_MAX, c_threads, call
 from ._lib import ffi, lib
 from .core import _c_uint, _UINT32_MAX
@@ -49,7 +50,8 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, threads: int | None = None) -> Any:
+def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, threads: int | None = None,
+                   columns: dict[str, str] | None = None, on_null: str = "error") -> Any:
     """Quantizes the tensors of an Arrow object, reading their values in place.
 
     ``obj`` implements the Arrow PyCapsule interface and holds either one
@@ -61,14 +63,22 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     group per row. The string, list and shape columns may also be the types
     other producers write (polars, duckdb; README "Arrow"): ``large_string``
     or ``string_view`` names, ``list_view`` weights, shapes of any integer
-    type. Float64 weights are refused (cast them to float32 first). A stream
+    type. A ``weights`` column of the ``arrow.fixed_shape_tensor`` type
+    (or Ray Data's tensor type) gives every row its shape. Other columns are
+    passed through, appended to the result unchanged. ``columns`` maps the
+    roles ``name``, ``weights``, ``shape`` to the input's column names
+    (``{"weights": "data"}``); ``on_null="skip"`` drops the rows a null
+    makes unreadable instead of raising. A dict of numpy arrays (Ray Data's
+    default batch) is read as a batch: an n-d array as one tensor per row.
+    Float64 weights are refused with the exact cast to make. A stream
     of plain float arrays (a ``ChunkedArray``, a polars ``Series``) is one
     1-D tensor per chunk, named after the stream (a Series' name), with
     ``.0``, ``.1``... appended when there are several chunks (``rechunk()``
     first for one tensor).
 
     Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
-    :func:`quantized_schema`) for an array or batch; for a stream, a
+    :func:`quantized_schema`, then the passed-through columns) for an array,
+    batch or dict; for a stream, a
     ``RecordBatchReader`` if ``obj`` is one (quantized lazily, batch by
     batch), else a ``Table`` (quantized batch by batch).
 
@@ -88,11 +98,12 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     else:
         g = _c_uint(group_size, "group_size", _SIZE_MAX - 1, InvalidGroupSizeError)
     t = c_threads(threads)
+    obj = _arrow_inputs.prepare(obj, columns, on_null)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
         return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
 
-    return _map(obj, convert, quantized_schema)
+    return _map(obj, convert)
 
 
 def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
@@ -115,7 +126,13 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
       that all share one schema (an Arrow checkpoint, one tensor per batch,
       of mixed dtypes, reads as such a Table); a ``RecordBatchReader`` gives
       a lazy reader, always in the second form (its later batches are not
-      known in advance).
+      known in advance);
+    - an empty Table or reader (an empty partition) gives an empty one, in
+      the form an empty batch gets: the first form with float32 weights for
+      a Table, the second for a reader.
+
+    ``bits`` and ``group_size`` may be of any integer type and ``codes``
+    binary or large_binary (what Spark writes back: :mod:`pyquant.engines`).
 
     Copies: none of the inputs (read in place); the result's buffers are
     written by the Rust kernel and exported without a copy. Parallelism:
@@ -132,7 +149,7 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
     auto, raw = convert(lib.PQ_DEQUANTIZED_AUTO), convert(lib.PQ_DEQUANTIZED_RAW)
     # A lazy reader cannot know its later batches: the raw form from the start.
     lazy = hasattr(obj, "__arrow_c_stream__") and isinstance(obj, _pyarrow().RecordBatchReader)
-    return _map(obj, raw if lazy else auto, None, uniform=raw)
+    return _map(obj, raw if lazy else auto, uniform=raw)
 
 
 def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, group_size: int,
@@ -207,8 +224,7 @@ def quantized_schema() -> Any:
 # ---------------------------------------------------------------------------
 
 
-def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any] | None,
-         uniform: Callable[[Any, Any], Any] | None = None) -> Any:
+def _map(obj: Any, convert: Callable[[Any, Any], Any], uniform: Callable[[Any, Any], Any] | None = None) -> Any:
     """Applies ``convert`` (schema capsule, array capsule) -> RecordBatch to
     an array-like object, or to each batch of a stream. ``uniform``: for a
     Table whose converted batches would not share one schema, the convert
@@ -237,12 +253,17 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], schema: Callable[[], Any]
         inputs = chunks.chunks  # kept for `uniform`
         capsules = _chunk_capsules(obj, chunks)
     batches: Iterator[Any] = (convert(*c) for c in capsules)
-    if schema is not None:
-        out_schema = schema()
-    else:  # the result's schema depends on the data: take the first batch's
-        first = next(batches, None)
-        if first is None:
-            raise UnsupportedDtypeError("cannot infer the result schema of an empty stream")
+    # The result's schema depends on the data (the dequantized form, the
+    # columns passed through): a Table's first batch's; a reader's (not
+    # read ahead) or an empty Table's (an empty partition) is that of an
+    # empty batch of the input's type.
+    first = None if lazy else next(batches, None)
+    if first is None:
+        t = pa.struct(obj.schema) if lazy else chunks.type
+        if not pa.types.is_struct(t):  # a stream of plain arrays: as a batch of no tensors
+            t = pa.struct([("name", pa.string()), ("weights", pa.list_(t))])
+        out_schema = convert(*pa.array([], t).__arrow_c_array__()).schema
+    else:
         out_schema = first.schema
         batches = itertools.chain([first], batches)
     if lazy:

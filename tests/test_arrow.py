@@ -140,12 +140,12 @@ def test_zero_copy_no_pyarrow_allocation():
         ({"name": ["a"], "weights": pa.array([[1.0, 2.0]], pa.list_(pa.float32())), "shape": [[3]]}, pyquant.ShapeError, "does not match"),
         ({"name": ["a"], "weights": pa.array([[1.0, 2.0]], pa.list_(pa.float64()))}, pyquant.UnsupportedDtypeError, "weights"),
         ({"name": ["a"]}, pyquant.ArrowDataError, "weights"),
-        ({"name": ["a"], "weights": pa.array([[1.0, 2.0]], pa.list_(pa.float32())), "x": [1]}, pyquant.ArrowDataError, '"x"'),
+        ({"name": ["a"], "weights": pa.array([[1.0, 2.0]], pa.list_(pa.float32())), "bits": [1]}, pyquant.ArrowDataError, '"bits" would clash'),
         ({"name": pa.array([None], pa.string()), "weights": pa.array([[1.0, 2.0]], pa.list_(pa.float32()))}, pyquant.ArrowDataError, "null"),
         ({"name": ["a"], "weights": pa.array([[1.0, None]], pa.list_(pa.float32()))}, pyquant.ArrowDataError, "null"),
         ({"name": ["a"], "weights": pa.array([None], pa.list_(pa.float32()))}, pyquant.ArrowDataError, "null"),
     ],
-    ids=["nan", "shape", "float64", "missing", "extra", "null-name", "null-value", "null-row"],
+    ids=["nan", "shape", "float64", "missing", "clash", "null-name", "null-value", "null-row"],
 )
 def test_bad_batches_raise_named_errors(columns, error, needle):
     with pytest.raises(error, match=needle.replace("(", r"\(")):

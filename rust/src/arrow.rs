@@ -51,7 +51,7 @@ const WEIGHTS: &str = "weights";
 const SHAPE: &str = "shape";
 
 const EXPECTED_INPUT: &str = "a float32/float16 array, or a struct (record batch) of name (a string), \
-     weights (a list of float32/float16) and optional shape (a list of integers)";
+     weights (a list of float32/float16) and optional shape (a list of integers); other columns are passed through";
 
 /// What to do with float64 weights (numpy's, duckdb's DOUBLE[], polars' Float64 default).
 const CAST_HINT: &str = "float64 is not quantized: cast to float32 first (pyarrow: \
@@ -382,11 +382,15 @@ struct InputColumns {
     shape: Option<usize>,
     /// The shape of every row, from a tensor extension type of `weights`.
     weights_shape: Option<Vec<i64>>,
+    /// Any other columns: passed through to the result unchanged.
+    extra: Vec<usize>,
 }
 
 impl InputColumns {
     fn find(fields: &Fields) -> Result<InputColumns> {
         let (mut name, mut weights, mut shape) = (None, None, None);
+        let mut extra = Vec::new();
+        let out_names = quantized_fields();
         for (i, field) in fields.iter().enumerate() {
             let (slot, ok) = match field.name().as_str() {
                 NAME => (&mut name, is_string(field.data_type())),
@@ -398,7 +402,15 @@ impl InputColumns {
                     _ => (&mut weights, false),
                 },
                 SHAPE => (&mut shape, is_int_list(field.data_type())),
-                other => return Err(invalid(format!("unexpected column {other:?}: expected {EXPECTED_INPUT}"))),
+                other if out_names.find(other).is_some() => {
+                    return Err(invalid(format!(
+                        "column {other:?} would clash with the result's column of that name: rename it"
+                    )))
+                }
+                _ => {
+                    extra.push(i);
+                    continue;
+                }
             };
             if !ok {
                 return Err(unsupported(format!(
@@ -418,6 +430,7 @@ impl InputColumns {
             weights,
             shape,
             weights_shape: extension::fixed_shape(&fields[weights])?,
+            extra,
         })
     }
 }
@@ -439,13 +452,14 @@ struct Tensor<'a> {
     shape: Vec<usize>,
 }
 
-/// The tensors of `array`, read in place. `field_name` names a lone tensor.
-fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Tensor<'a>>> {
+/// The tensors of `array`, read in place, and the positions of its columns
+/// to pass through. `field_name` names a lone tensor.
+fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<(Vec<Tensor<'a>>, Vec<usize>)> {
     check_quantize_type(array.data_type())?;
     let DataType::Struct(fields) = array.data_type() else {
         no_nulls(array, "the input array")?;
         let values = read_values(array)?;
-        return Ok(vec![Tensor { name: field_name, values, shape: vec![values.len()] }]);
+        return Ok((vec![Tensor { name: field_name, values, shape: vec![values.len()] }], Vec::new()));
     };
     let columns = InputColumns::find(fields)?;
     let batch = array.as_struct();
@@ -471,7 +485,25 @@ fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<Vec<Ten
         };
         tensors.push(Tensor { name, values, shape });
     }
-    Ok(tensors)
+    Ok((tensors, columns.extra))
+}
+
+/// `quantized` (a struct of [`quantized_fields`]) with the `extra` columns
+/// of `input` appended as they are (their buffers shared, not copied).
+fn pass_through(quantized: ArrayData, input: &dyn Array, extra: &[usize]) -> Result<ArrayData> {
+    if extra.is_empty() {
+        return Ok(quantized);
+    }
+    let input = input.as_struct();
+    let (fields, mut columns, nulls) = StructArray::from(quantized).into_parts();
+    let mut fields: Vec<FieldRef> = fields.iter().cloned().collect();
+    for &i in extra {
+        fields.push(Arc::clone(&input.fields()[i]));
+        columns.push(Arc::clone(input.column(i)));
+    }
+    let batch = StructArray::try_new(Fields::from(fields), columns, nulls)
+        .map_err(|e| Error::internal("passing columns through", e))?;
+    Ok(batch.into_data())
 }
 
 /// Quantizes every tensor of `input` (see the module doc) with `bits` and
@@ -489,7 +521,7 @@ pub fn quantize(
 ) -> Result<ArrayData> {
     validate(input)?;
     let array = make_array(input.clone());
-    let tensors = read_tensors(array.as_ref(), field_name)?;
+    let (tensors, extra) = read_tensors(array.as_ref(), field_name)?;
 
     let mut layouts = Vec::with_capacity(tensors.len());
     let (mut codes_len, mut n_groups) = (0usize, 0usize);
@@ -542,5 +574,6 @@ pub fn quantize(
             group_size: l.group_size as u32,
         })
         .collect();
-    quantized_batch(&Output::new(), &rows, (codes_offsets, codes), group_offsets, scales, mins)
+    let quantized = quantized_batch(&Output::new(), &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
+    pass_through(quantized, array.as_ref(), &extra)
 }
