@@ -78,8 +78,9 @@ def from_numpy(batch: dict[str, Any]) -> Any:
                     f"column {key!r} is a float64 numpy array: cast it first, "
                     f"batch[{key!r}] = batch[{key!r}].astype(np.float32)")
             arrays[key] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
-        elif value.dtype == object and value.size and isinstance(value.flat[0], np.ndarray):
-            arrays[key] = pa.array(list(value))
+        elif value.dtype == object:  # rows of arrays (ragged lists), as Ray makes them
+            arrays[key] = pa.array([np.asarray(v.tolist()) if isinstance(v, np.ndarray) and v.dtype == object
+                                    else v for v in value])
         else:
             arrays[key] = pa.array(value)
     return pa.record_batch(arrays)
