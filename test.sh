@@ -38,7 +38,15 @@ if ! cbindgen --version 2>/dev/null | grep -qF "$CBINDGEN_VERSION"; then
     cargo install cbindgen --version "=$CBINDGEN_VERSION" --locked --quiet
 fi
 
+if ! command -v java >/dev/null && command -v apt-get >/dev/null; then
+    # tests/test_engines.py runs the Spark example in local mode (PySpark 4 needs Java 17 or newer)
+    echo "test.sh: installing a Java runtime (the Spark example)"
+    apt-get install -y -qq openjdk-17-jre-headless >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null; }
+fi
+
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+"$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-engines-nodeps.txt
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e .
 
 echo "== cargo fmt, clippy =="
