@@ -12,7 +12,8 @@ const EXTENSION_METADATA: &str = "ARROW:extension:metadata";
 
 const FIXED_SHAPE_TENSOR: &str = "arrow.fixed_shape_tensor";
 const RAY_TENSOR: [&str; 2] = ["ray.data.arrow_tensor", "ray.data.arrow_tensor_v2"];
-const RAY_VARIABLE_TENSOR: [&str; 2] = ["ray.data.arrow_variable_shaped_tensor", "ray.data.arrow_variable_shaped_tensor_v2"];
+const RAY_VARIABLE_TENSOR: [&str; 2] =
+    ["ray.data.arrow_variable_shaped_tensor", "ray.data.arrow_variable_shaped_tensor_v2"];
 
 /// The shape of every row of `field` (a `weights` column) when it has a
 /// tensor extension type; None for a plain list (then the `shape` column,
@@ -58,7 +59,9 @@ pub(super) fn fixed_shape(field: &Field) -> Result<Option<Vec<i64>>> {
         if count != Some(i64::from(*size)) {
             return Err(Error::new(
                 PqStatus::ShapeMismatch,
-                format!("column {column:?}: the shape {shape:?} of its {name} type does not hold its {size} values per row"),
+                format!(
+                    "column {column:?}: the shape {shape:?} of its {name} type does not hold its {size} values per row"
+                ),
             ));
         }
     }
@@ -75,9 +78,9 @@ fn int_array(json: &str, key: &str) -> Result<Option<Vec<i64>>> {
         rest = &rest[at + quoted.len()..];
         // A key is followed by a colon; the same text as a value (in dim_names) is not.
         let Some(value) = rest.trim_start().strip_prefix(':') else { continue };
-        return parse_ints(value)
-            .map(Some)
-            .ok_or_else(|| invalid(format!("the extension metadata {json:?} has a {key:?} that is not a list of integers")));
+        return parse_ints(value).map(Some).ok_or_else(|| {
+            invalid(format!("the extension metadata {json:?} has a {key:?} that is not a list of integers"))
+        });
     }
     Ok(None)
 }
@@ -90,4 +93,92 @@ fn parse_ints(text: &str) -> Option<Vec<i64>> {
         return Some(Vec::new());
     }
     inner.split(',').map(|d| d.trim().parse::<i64>().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::exclusive;
+    use super::*;
+    use arrow_array::{FixedSizeListArray, Float32Array, Int64Array, Int8Array};
+    use std::collections::HashMap;
+
+    #[test]
+    fn metadata_shape_is_read_by_key_not_by_text() {
+        let json = r#"{"dim_names":["shape","x"], "shape" : [2, 3], "permutation":[0,1]}"#;
+        assert_eq!(int_array(json, "shape").unwrap(), Some(vec![2, 3]));
+        assert_eq!(int_array(json, "permutation").unwrap(), Some(vec![0, 1]));
+        assert_eq!(int_array(r#"{"dim_names":["shape"]}"#, "shape").unwrap(), None);
+        assert_eq!(status(int_array(r#"{"shape":[2,"x"]}"#, "shape")), PqStatus::InvalidArrow);
+        assert_eq!(parse_ints("[4, 128]"), Some(vec![4, 128]));
+    }
+
+    fn status<T>(r: Result<T>) -> PqStatus {
+        r.err().map_or(PqStatus::Ok, |e| e.status)
+    }
+
+    fn tensor_field(name: &str, metadata: &str, size: i32) -> Field {
+        let storage = DataType::FixedSizeList(item(DataType::Float32), size);
+        Field::new(WEIGHTS, storage, false).with_metadata(HashMap::from([
+            (EXTENSION_NAME.to_string(), name.to_string()),
+            (EXTENSION_METADATA.to_string(), metadata.to_string()),
+        ]))
+    }
+
+    /// A batch of two 2 x 64 tensors in a weights column of `field`'s type, an extra column after it.
+    fn input(field: Field) -> (ArrayData, Vec<f32>) {
+        let x: Vec<f32> = (0..256).map(|i| ((i * 37) % 101) as f32 / 7.0 - 5.0).collect();
+        let weights =
+            FixedSizeListArray::new(item(DataType::Float32), 128, Arc::new(Float32Array::from(x.clone())), None);
+        let fields = vec![Field::new(NAME, DataType::Utf8, false), field, Field::new("id", DataType::Int64, false)];
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(weights),
+            Arc::new(Int64Array::from(vec![7, 8])),
+        ];
+        (StructArray::new(Fields::from(fields), columns, None).into_data(), x)
+    }
+
+    #[test]
+    fn fixed_shape_tensor_gives_the_shape_and_other_columns_pass_through() {
+        let _guard = exclusive();
+        let (data, x) = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64]}"#, 128));
+        let out = StructArray::from(quantize(&data, "", 4, Some(32), 1).unwrap());
+        let shape = out.column_by_name(SHAPE).unwrap().as_list::<i32>();
+        assert_eq!(shape.value(1).as_primitive::<Int64Type>().values(), &[2, 64]);
+        assert_eq!(out.column_by_name("id").unwrap().as_primitive::<Int64Type>().values(), &[7, 8]);
+        assert_eq!(out.num_columns(), quantized_fields().len() + 1);
+        // The same groups as a plain list with a shape column: rows of 64.
+        let l = Layout::new(128, 64, 4, 32).unwrap();
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        crate::batch::quantize(&x[128..], &l, &mut c, &mut s, &mut m).unwrap();
+        assert_eq!(out.column_by_name("codes").unwrap().as_binary::<i64>().value(1), &c[..]);
+
+        let wrong = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[3,64]}"#, 128)).0;
+        assert_eq!(status(quantize(&wrong, "", 4, Some(32), 1)), PqStatus::ShapeMismatch);
+        let permuted = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64],"permutation":[1,0]}"#, 128)).0;
+        assert_eq!(status(quantize(&permuted, "", 4, Some(32), 1)), PqStatus::UnsupportedDtype);
+        let ray = input(tensor_field(RAY_TENSOR[0], "[2, 64]", 128)).0;
+        assert_eq!(StructArray::from(quantize(&ray, "", 4, Some(32), 1).unwrap()).column(0).len(), 2);
+        let variable = input(tensor_field(RAY_VARIABLE_TENSOR[0], "2", 128)).0;
+        assert_eq!(status(quantize(&variable, "", 4, Some(32), 1)), PqStatus::UnsupportedDtype);
+    }
+
+    #[test]
+    fn dequantize_reads_signed_bits_and_group_size() {
+        let _guard = exclusive();
+        let (data, _) = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64]}"#, 128));
+        let q = StructArray::from(quantize(&data, "", 4, Some(32), 1).unwrap());
+        let want = dequantize(&q.to_data(), Dequantized::Auto, 1).unwrap();
+        let (fields, mut columns, nulls) = q.into_parts();
+        let mut fields: Vec<FieldRef> = fields.iter().cloned().collect();
+        columns[6] = Arc::new(Int8Array::from(vec![4, 4]));
+        columns[7] = Arc::new(Int64Array::from(vec![32, 32]));
+        fields[6] = Arc::new(Field::new("bits", DataType::Int8, false));
+        fields[7] = Arc::new(Field::new("group_size", DataType::Int64, false));
+        let signed = StructArray::new(Fields::from(fields.clone()), columns.clone(), nulls.clone());
+        assert_eq!(dequantize(&signed.into_data(), Dequantized::Auto, 1).unwrap(), want);
+        columns[7] = Arc::new(Int64Array::from(vec![32, -1]));
+        let negative = StructArray::new(Fields::from(fields), columns, nulls);
+        assert_eq!(status(dequantize(&negative.into_data(), Dequantized::Auto, 1)), PqStatus::InvalidArrow);
+    }
 }

@@ -187,8 +187,7 @@ impl<'a> QuantizedBatch<'a> {
                 let out_of_range = |what: &str, v: i64| invalid(format!("{what} {v} is out of range"));
                 let b = u8::try_from(bits[r]).map_err(|_| out_of_range("bits", bits[r]));
                 let g = u32::try_from(group_sizes[r]).map_err(|_| out_of_range("group_size", group_sizes[r]));
-                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, lens))
-                    .map_err(|e| in_tensor(e, names[r], r))
+                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, lens)).map_err(|e| in_tensor(e, names[r], r))
             })
             .collect::<Result<Vec<Row>>>()?;
         Ok(QuantizedBatch { names, codes, scales, mins, shapes, dtypes, rows })
