@@ -6,11 +6,13 @@ holds the bytes quantize_ptr gives for that tensor."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, ContextManager
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,12 @@ import pyarrow.parquet as pq
 import pyquant
 
 BITS, GROUP_SIZE = 4, 128
+
+
+@contextlib.contextmanager
+def no_session() -> Iterator[None]:
+    """The session of an engine that needs none started (Dask, Daft)."""
+    yield
 
 
 def make_dataset(directory: str, files: int = 4, tensors: int = 6, rows: int = 64, cols: int = 256,
@@ -57,8 +65,9 @@ def check(src: str, dst: str) -> int:
     return out.num_rows
 
 
-def main(engine: str, run: Callable[[str, str], None]) -> None:
-    """``run(src, dst)`` on a dataset made here (or --input), then the check."""
+def main(engine: str, session: Callable[[], ContextManager[Any]], quantize_dir: Callable[[str, str], None]) -> None:
+    """``quantize_dir(src, dst)`` inside ``session()`` (the engine started in
+    local mode) on a dataset made here (or --input), then the check."""
     parser = argparse.ArgumentParser(description=f"quantize a directory of Parquet tensors with {engine}")
     parser.add_argument("--input", help="a directory of Parquet files (default: a small one made here)")
     parser.add_argument("--output", help="the output directory (default: a temporary one)")
@@ -68,8 +77,9 @@ def main(engine: str, run: Callable[[str, str], None]) -> None:
         if not args.input:
             make_dataset(src)
         dst = args.output or os.path.join(tmp, "out")
-        start = time.perf_counter()
-        run(src, dst)
-        seconds = time.perf_counter() - start
+        with session():
+            start = time.perf_counter()
+            quantize_dir(src, dst)
+            seconds = time.perf_counter() - start
         n = check(src, dst)
         print(f"{engine}: {n} tensors quantized in {seconds:.1f} s, identical to quantize_ptr: OK")

@@ -5,13 +5,15 @@ Parquet and checked against quantize_ptr."""
 import daft
 
 import pyquant.engines
-from common import BITS, GROUP_SIZE, main
+from common import BITS, GROUP_SIZE, main, no_session
 
 
-def run(src: str, dst: str) -> None:
+def quantize_dir(src: str, dst: str) -> None:
     df = daft.read_parquet(src)
     pyquant.engines.daft_quantize(df, bits=BITS, group_size=GROUP_SIZE).write_parquet(dst)
 
 
+session = no_session
+
 if __name__ == "__main__":
-    main("daft", run)
+    main("daft", session, quantize_dir)

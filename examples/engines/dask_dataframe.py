@@ -6,10 +6,10 @@ import dask
 import dask.dataframe as dd
 
 import pyquant.engines
-from common import BITS, GROUP_SIZE, main
+from common import BITS, GROUP_SIZE, main, no_session
 
 
-def run(src: str, dst: str) -> None:
+def quantize_dir(src: str, dst: str) -> None:
     ddf = dd.read_parquet(src, dtype_backend="pyarrow")
     out = ddf.map_partitions(pyquant.engines.dask_quantize, bits=BITS, group_size=GROUP_SIZE,
                              meta=pyquant.engines.dask_meta())
@@ -17,5 +17,7 @@ def run(src: str, dst: str) -> None:
         out.to_parquet(dst, write_index=False)
 
 
+session = no_session
+
 if __name__ == "__main__":
-    main("dask", run)
+    main("dask", session, quantize_dir)
