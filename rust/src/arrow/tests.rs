@@ -162,15 +162,16 @@ fn bad_inputs_are_named_errors() {
     }
     let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), 0).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
+    // Other columns pass through; one named like a result column is an error.
     let e = quantize(
-        &batch(vec![("name", names.clone()), ("weights", w.clone()), ("extra", names.clone())]),
+        &batch(vec![("name", names.clone()), ("weights", w.clone()), ("codes", names.clone())]),
         "",
         4,
         Some(2),
         0,
     )
     .unwrap_err();
-    assert!(e.message.contains("extra"), "{e}");
+    assert!(e.status == PqStatus::InvalidArrow && e.message.contains("\"codes\" would clash"), "{e}");
     let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
     assert_eq!(
         status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)),
