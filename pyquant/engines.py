@@ -13,6 +13,7 @@ each recipe imports its engine when called.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -117,6 +118,5 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> An
 
 
 def _arrow_dtype() -> Any:
-    import pandas as pd
-
-    return pd.ArrowDtype
+    """pandas' ArrowDtype (pandas imported here: Dask's dependency, not pyquant's)."""
+    return importlib.import_module("pandas").ArrowDtype
