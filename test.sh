@@ -70,7 +70,8 @@ PYQUANT_STATIC_LIB="$PWD/rust/target/checked/libpyquant.a" "$PYTHON" build_ffi.p
     cd "$checked"
     "$PYTHON" -c "import pyquant, sys; sys.exit(not pyquant.__file__.startswith('$checked'))" \
         || { echo "test.sh: the checked build is not the one imported" >&2; exit 1; }
-    "$PYTHON" -m pytest -q -p no:cacheprovider -c "$OLDPWD/pyproject.toml" --rootdir "$OLDPWD" \
+    # The engine examples (about 90 s of engine start-up) ran in the first pass.
+    PYQUANT_ENGINE_EXAMPLES=0 "$PYTHON" -m pytest -q -p no:cacheprovider -c "$OLDPWD/pyproject.toml" --rootdir "$OLDPWD" \
         --ignore="$OLDPWD/tests/test_c_host.py" --ignore="$OLDPWD/tests/test_valgrind.py" "$OLDPWD/tests" "$@"
 )
 
