@@ -21,7 +21,7 @@ ON_NULL = ("error", "skip")
 
 def prepare(obj: Any, columns: dict[str, str] | None, on_null: str) -> Any:
     """``obj`` as an Arrow object quantize_arrow reads: a dict of numpy
-    arrays becomes a pyarrow RecordBatch; with ``columns`` or
+    arrays becomes a pyarrow Table; with ``columns`` or
     ``on_null="skip"`` a batch, Table or RecordBatchReader is renamed and
     filtered batch by batch (lazily for a reader). Other objects are
     returned as they are, after the float64 check where their schema shows."""
@@ -54,7 +54,7 @@ def prepare(obj: Any, columns: dict[str, str] | None, on_null: str) -> Any:
 
     if isinstance(obj, pa.RecordBatch):
         return one(obj)
-    schema = one(pa.RecordBatch.from_pylist([], schema=obj.schema)).schema
+    schema = one(empty_batch(obj.schema)).schema
     if isinstance(obj, pa.RecordBatchReader):
         return pa.RecordBatchReader.from_batches(schema, (one(b) for b in obj))
     return pa.Table.from_batches([one(b) for b in obj.to_batches()], schema=schema)
@@ -62,7 +62,7 @@ def prepare(obj: Any, columns: dict[str, str] | None, on_null: str) -> Any:
 
 def from_numpy(batch: dict[str, Any]) -> Any:
     """A dict of numpy arrays (Ray Data's ``batch_format="numpy"``) as a
-    pyarrow RecordBatch: an n-d numeric array becomes an
+    pyarrow Table of one batch (what Ray's map_batches takes back): an n-d numeric array becomes an
     ``arrow.fixed_shape_tensor`` column (one tensor per row, its shape kept),
     an object array of arrays a list column, anything else ``pa.array``'s
     conversion. Values are not converted: float64 stays float64 (and is
@@ -83,7 +83,26 @@ def from_numpy(batch: dict[str, Any]) -> Any:
                                     else v for v in value])
         else:
             arrays[key] = pa.array(value)
-    return pa.record_batch(arrays)
+    return pa.table(arrays)
+
+
+def empty_array(t: Any) -> Any:
+    """An empty array of type ``t`` (pyarrow's own cannot make one of
+    ``arrow.fixed_shape_tensor`` type, nor of a struct holding one)."""
+    import pyarrow as pa
+
+    if isinstance(t, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(t, empty_array(t.storage_type))
+    if pa.types.is_struct(t) and t.num_fields:
+        return pa.StructArray.from_arrays([empty_array(f.type) for f in t], fields=list(t))
+    return pa.array([], t)
+
+
+def empty_batch(schema: Any) -> Any:
+    """A RecordBatch of no rows in ``schema``."""
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_arrays([empty_array(f.type) for f in schema], schema=schema)
 
 
 def exact_cast(t: Any) -> str | None:
@@ -153,7 +172,7 @@ def _skip_nulls(batch: Any) -> Any:
         if role not in batch.schema.names:
             continue
         column = batch.column(role)
-        if isinstance(column.type, pa.ExtensionType):
+        if isinstance(column.type, pa.BaseExtensionType):
             column = column.storage
         keep &= ~np.asarray(column.is_null(), bool)
         if role != "name" and hasattr(column, "flatten"):

@@ -77,8 +77,9 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     first for one tensor).
 
     Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
-    :func:`quantized_schema`, then the passed-through columns) for an array,
-    batch or dict; for a stream, a
+    :func:`quantized_schema`, then the passed-through columns) for an array
+    or batch; a ``Table`` for a dict (what Ray's ``map_batches`` takes
+    back); for a stream, a
     ``RecordBatchReader`` if ``obj`` is one (quantized lazily, batch by
     batch), else a ``Table`` (quantized batch by batch).
 
@@ -262,7 +263,7 @@ def _map(obj: Any, convert: Callable[[Any, Any], Any], uniform: Callable[[Any, A
         t = pa.struct(obj.schema) if lazy else chunks.type
         if not pa.types.is_struct(t):  # a stream of plain arrays: as a batch of no tensors
             t = pa.struct([("name", pa.string()), ("weights", pa.list_(t))])
-        out_schema = convert(*pa.array([], t).__arrow_c_array__()).schema
+        out_schema = convert(*_arrow_inputs.empty_array(t).__arrow_c_array__()).schema
     else:
         out_schema = first.schema
         batches = itertools.chain([first], batches)

@@ -54,6 +54,18 @@ def test_fixed_shape_tensor_weights_keep_their_shape():
         pyquant.quantize_arrow(differ, group_size=64)
 
 
+def test_empty_tables_of_tensor_types():
+    """An empty partition of a tensor-typed column (pyarrow cannot build an
+    empty fixed_shape_tensor array itself) gives an empty quantized result."""
+    t = pa.fixed_shape_tensor(pa.float32(), (4, 128))
+    schema = pa.schema([("name", pa.string()), ("data", t), ("id", pa.int64())])
+    for empty in (pa.Table.from_batches([], schema),
+                  pa.RecordBatchReader.from_batches(schema, [])):
+        out = pyquant.quantize_arrow(empty, columns={"weights": "data"}, on_null="skip")
+        out = out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+        assert out.num_rows == 0 and out.schema.names == list(pyquant.quantized_schema().names) + ["id"]
+
+
 def test_fixed_shape_tensor_with_a_permutation_is_refused():
     t = pa.fixed_shape_tensor(pa.float32(), (4, 128), permutation=[1, 0])
     storage = pa.array([np.ones(512, np.float32)], pa.list_(pa.float32(), 512))
@@ -91,6 +103,7 @@ def test_dict_of_numpy_batch_and_columns_mapping():
     xs = tensors(3, (4, 128))
     out = pyquant.quantize_arrow({"tensor": np.array(["a", "b", "c"]), "data": np.stack(xs), "id": np.arange(3)},
                                  columns={"name": "tensor", "weights": "data"}, group_size=64)
+    assert isinstance(out, pa.Table)  # what Ray's map_batches takes back
     assert_rows_match(out, xs)
     assert out.schema.names[-1] == "id" and out.column("id").to_pylist() == [0, 1, 2]
     ragged = {"name": np.array(["a", "b"]), "weights": np.array([xs[0].ravel(), xs[1][:2].ravel()], dtype=object),

@@ -67,9 +67,11 @@ def check(src: str, dst: str) -> int:
     return out.num_rows
 
 
-def main(engine: str, session: Callable[[], ContextManager[Any]], quantize_dir: Callable[[str, str], None]) -> None:
+def main(engine: str, session: Callable[[], ContextManager[Any]], quantize_dir: Callable[[str, str], None],
+         also: Callable[[], None] | None = None) -> None:
     """``quantize_dir(src, dst)`` inside ``session()`` (the engine started in
-    local mode) on a dataset made here (or --input), then the check."""
+    local mode) on a dataset made here (or --input), then the check; then
+    ``also()`` in the same session, if given."""
     parser = argparse.ArgumentParser(description=f"quantize a directory of Parquet tensors with {engine}")
     parser.add_argument("--input", help="a directory of Parquet files (default: a small one made here)")
     parser.add_argument("--output", help="the output directory (default: a temporary one)")
@@ -83,5 +85,7 @@ def main(engine: str, session: Callable[[], ContextManager[Any]], quantize_dir: 
             start = time.perf_counter()
             quantize_dir(src, dst)
             seconds = time.perf_counter() - start
+            if also is not None:
+                also()
         n = check(src, dst)
         print(f"{engine}: {n} tensors quantized in {seconds:.1f} s, identical to quantize_ptr: OK")
