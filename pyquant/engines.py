@@ -30,7 +30,9 @@ SPARK_SCHEMA = ("name STRING, codes BINARY, scales ARRAY<FLOAT>, mins ARRAY<FLOA
 def spark_arrow_schema() -> Any:
     """The pyarrow schema :func:`spark_ready` casts to: :data:`SPARK_SCHEMA`
     as Arrow types (signed integers; 32-bit ``binary`` codes, as Spark's
-    ``BINARY`` is exchanged by default)."""
+    ``BINARY`` is exchanged by default: a batch's codes must stay under
+    2 GiB, so keep ``spark.sql.execution.arrow.maxRecordsPerBatch`` small
+    for large tensors)."""
     pa = _pyarrow()
     return pa.schema([
         ("name", pa.string()), ("codes", pa.binary()), ("scales", pa.list_(pa.float32())),
@@ -99,7 +101,8 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> An
     """A Daft DataFrame of quantized rows from one of ``name``, ``weights``,
     ``shape`` columns: pyquant as a Daft batch UDF (``daft.func.batch``)
     that returns the quantized columns as one struct, unnested into
-    columns (Daft UDFs return one column)."""
+    columns (Daft UDFs return one column). Only the quantized columns come
+    out; join others back on ``name``."""
     import daft
 
     pa = _pyarrow()
