@@ -348,7 +348,9 @@ extern "C" {
  `weights` column of the `arrow.fixed_shape_tensor` extension type (or
  Ray Data's tensor type) gives every row the shape in its metadata. Other
  columns are passed through: appended to the result unchanged, after its
- own columns (a name that clashes with one of those is refused).
+ own columns (a name that clashes with one of those is refused); they may
+ be of any integer, float, boolean, date, time, timestamp, duration,
+ string, binary, list or struct type, not dictionary-encoded.
  Float64 is refused with the cast to make. Groups of `group_size` run along the last axis of each
  tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
  read in place; value and offset buffers must be aligned for their type.

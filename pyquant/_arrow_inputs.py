@@ -37,6 +37,8 @@ def prepare(obj: Any, columns: dict[str, str] | None, on_null: str) -> Any:
         return obj
     import pyarrow as pa
 
+    if isinstance(obj, (pa.Array, pa.ChunkedArray)):
+        return obj  # plain tensors: no columns to map, no rows to skip
     if not isinstance(obj, (pa.RecordBatch, pa.Table, pa.RecordBatchReader)):
         if hasattr(obj, "__arrow_c_array__"):
             obj = pa.record_batch(obj)
@@ -73,10 +75,6 @@ def from_numpy(batch: dict[str, Any]) -> Any:
     for key, value in batch.items():
         value = np.asarray(value) if not isinstance(value, np.ndarray) else value
         if value.ndim > 1 and value.dtype.kind in "fiub":
-            if value.dtype == np.float64 and key in ("weights",):
-                raise UnsupportedDtypeError(
-                    f"column {key!r} is a float64 numpy array: cast it first, "
-                    f"batch[{key!r}] = batch[{key!r}].astype(np.float32)")
             arrays[key] = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value))
         elif value.dtype == object:  # rows of arrays (ragged lists), as Ray makes them
             arrays[key] = pa.array([np.asarray(v.tolist()) if isinstance(v, np.ndarray) and v.dtype == object
@@ -112,6 +110,8 @@ def exact_cast(t: Any) -> str | None:
 
     if pa.types.is_float64(t):
         return "pa.float32()"
+    if isinstance(t, pa.BaseExtensionType):  # a tensor type: rebuilt, not cast
+        return None if exact_cast(t.storage_type) is None else "float32 values"
     for test, make in ((pa.types.is_list, "pa.list_"), (pa.types.is_large_list, "pa.large_list"),
                        (pa.types.is_list_view, "pa.list_view"),
                        (pa.types.is_large_list_view, "pa.large_list_view")):
@@ -136,10 +136,17 @@ def _has_float64(obj: Any) -> bool:
 
 
 def _check_float64(schema: Any) -> None:
+    import pyarrow as pa
+
     if "weights" not in schema.names:
         return
     t = schema.field("weights").type
     cast = exact_cast(t)
+    if cast is not None and isinstance(t, pa.BaseExtensionType):
+        raise UnsupportedDtypeError(
+            f'column "weights" holds {t}, of float64 values: float64 is not quantized; make the tensors '
+            f'float32 first (a numpy batch: x.astype(np.float32); Arrow: '
+            f'pa.FixedShapeTensorArray.from_numpy_ndarray(x.astype(np.float32)))')
     if cast is not None:
         raise UnsupportedDtypeError(
             f'column "weights" holds {t}: float64 is not quantized; cast it to float32 first: '

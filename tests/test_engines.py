@@ -109,8 +109,15 @@ def test_dict_of_numpy_batch_and_columns_mapping():
     ragged = {"name": np.array(["a", "b"]), "weights": np.array([xs[0].ravel(), xs[1][:2].ravel()], dtype=object),
               "shape": np.array([np.array([4, 128]), np.array([2, 128])], dtype=object)}
     assert_rows_match(pyquant.quantize_arrow(ragged, group_size=64), [xs[0], xs[1][:2]])
-    with pytest.raises(pyquant.UnsupportedDtypeError, match=r"astype\(np.float32\)"):
-        pyquant.quantize_arrow({"name": np.array(["a"]), "weights": np.ones((1, 4, 8))})
+    for doubles in ({"name": np.array(["a"]), "weights": np.ones((1, 4, 8))},
+                    {"name": np.array(["a"]), "data": np.ones((1, 4, 8)), "other": np.ones((1, 2, 2))}):
+        with pytest.raises(pyquant.UnsupportedDtypeError, match=r"astype\(np.float32\)"):
+            pyquant.quantize_arrow(doubles, columns={"weights": "data"} if "data" in doubles else None)
+    with pytest.raises(pyquant.UnsupportedDtypeError, match="float64"):  # not the float64 one: passed through
+        pyquant.quantize_arrow({"name": np.array(["a"]), "weights": np.ones((1, 4, 8))}, columns={"name": "name"})
+    other = pyquant.quantize_arrow({"name": np.array(["a"]), "weights": np.ones((1, 4, 8), np.float32),
+                                    "extra": np.ones((1, 2, 2))}, group_size=8)
+    assert other.column("extra").type.storage_type.value_type == pa.float64()
     with pytest.raises(ValueError, match="roles"):
         pyquant.quantize_arrow({"name": np.array(["a"])}, columns={"tensor": "name"})
     with pytest.raises(pyquant.ArrowDataError, match="does not have"):
@@ -130,6 +137,25 @@ def test_extra_columns_pass_through_unchanged():
     assert table.num_rows == 4 and table.schema == out.schema
     empty = pyquant.quantize_arrow(batch.schema.empty_table(), group_size=64)
     assert empty.num_rows == 0 and empty.schema == out.schema
+
+
+def test_extra_columns_of_other_types_pass_through_sliced():
+    import datetime
+
+    xs = tensors(3, (2, 64))
+    extras = {"f": pa.array([1.5, None, 2.5]), "ok": pa.array([True, None, False]),
+              "ts": pa.array([datetime.datetime(2024, 1, d) for d in (1, 2, 3)]),
+              "day": pa.array([datetime.date(2024, 1, d) for d in (1, 2, 3)]),
+              "words": pa.array([["a"], [], None], pa.list_(pa.string()))}
+    batch = pa.record_batch({"name": ["a", "b", "c"], "weights": pa.array([x.ravel() for x in xs]),
+                             "shape": pa.array([[2, 64]] * 3), **extras})
+    out = pyquant.quantize_arrow(batch.slice(1), group_size=64)
+    assert_rows_match(out, xs[1:])
+    for name, column in extras.items():
+        assert out.column(name).equals(column.slice(1)), name
+    coded = batch.append_column("code", pa.array(["x", "y", "x"]).dictionary_encode())
+    with pytest.raises(pyquant.UnsupportedDtypeError, match="dictionary-encoded"):
+        pyquant.quantize_arrow(coded, group_size=64)
 
 
 @pytest.mark.parametrize("width", [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()])

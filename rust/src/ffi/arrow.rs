@@ -40,7 +40,9 @@ pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
 /// `weights` column of the `arrow.fixed_shape_tensor` extension type (or
 /// Ray Data's tensor type) gives every row the shape in its metadata. Other
 /// columns are passed through: appended to the result unchanged, after its
-/// own columns (a name that clashes with one of those is refused).
+/// own columns (a name that clashes with one of those is refused); they may
+/// be of any integer, float, boolean, date, time, timestamp, duration,
+/// string, binary, list or struct type, not dictionary-encoded.
 /// Float64 is refused with the cast to make. Groups of `group_size` run along the last axis of each
 /// tensor's shape (`PQ_GROUP_SIZE_PER_ROW`: one group per row). Values are
 /// read in place; value and offset buffers must be aligned for their type.
@@ -455,6 +457,8 @@ enum Buf {
     Values(usize),
     /// `offset + length + 1` offsets of this many bytes each (4 or 8).
     Offsets(usize),
+    /// `offset + length` bits (boolean values), any alignment.
+    Bits,
     /// Bytes of a string or binary array, as many as the last offset says.
     Data,
     /// The 16-byte views of a string or binary view array (8-aligned, as
@@ -470,6 +474,14 @@ fn buffers_of(dt: &DataType, path: &str) -> Result<&'static [Buf]> {
         DataType::Float16 | DataType::UInt16 | DataType::Int16 => &[Validity, Values(2)],
         DataType::Float32 | DataType::UInt32 | DataType::Int32 => &[Validity, Values(4)],
         DataType::Int64 | DataType::UInt64 => &[Validity, Values(8)],
+        // Columns passed through by pq_quantize_arrow (never read by pyquant).
+        DataType::Boolean => &[Validity, Bits],
+        DataType::Date32 | DataType::Time32(_) => &[Validity, Values(4)],
+        DataType::Float64
+        | DataType::Date64
+        | DataType::Time64(_)
+        | DataType::Timestamp(_, _)
+        | DataType::Duration(_) => &[Validity, Values(8)],
         DataType::Utf8 | DataType::Binary => &[Validity, Offsets(4), Data],
         DataType::LargeUtf8 | DataType::LargeBinary => &[Validity, Offsets(8), Data],
         DataType::Utf8View | DataType::BinaryView => &[Validity, Views],
@@ -531,6 +543,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
             Buf::Validity => continue,
             Buf::Values(w) => (end * w, w),
             Buf::Offsets(w) => ((end + 1) * w, w),
+            Buf::Bits => (end.div_ceil(8), 1),
             Buf::Data => (last_offset, 1),
             Buf::Views => (end * 16, 8),
         };
