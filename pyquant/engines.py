@@ -74,19 +74,27 @@ def ray_quantize(ds: Any, *, bits: int = 4, group_size: int | None = 128, **opti
     return ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True)
 
 
-def dask_meta() -> Any:
+def dask_meta(like: Any = None) -> Any:
     """The ``meta`` of :func:`dask_quantize`'s result: an empty pandas
     DataFrame of the quantized schema, its columns Arrow-backed
-    (``pd.ArrowDtype``), so that Dask need not run the function to learn it."""
+    (``pd.ArrowDtype``), so that Dask need not run the function to learn it.
+    ``like``: the input Dask (or pandas) DataFrame, whose other columns the
+    result passes through (appended, as they are)."""
     from .arrow import quantized_schema
 
-    return quantized_schema().empty_table().to_pandas(types_mapper=_arrow_dtype())
+    meta = quantized_schema().empty_table().to_pandas(types_mapper=_arrow_dtype())
+    if like is None:
+        return meta
+    like = getattr(like, "_meta", like)
+    extra = [c for c in like.columns if c not in ("name", "weights", "shape")]
+    pd = importlib.import_module("pandas")
+    return pd.concat([meta, like[extra].iloc[:0].reset_index(drop=True)], axis=1)
 
 
 def dask_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, **options: Any) -> Any:
     """The function for Dask's ``map_partitions``::
 
-        ddf.map_partitions(pyquant.engines.dask_quantize, meta=pyquant.engines.dask_meta())
+        ddf.map_partitions(pyquant.engines.dask_quantize, meta=pyquant.engines.dask_meta(ddf))
 
     A pandas partition (columns ``name``, ``weights``, ``shape``, as Dask
     reads them from Parquet) quantized into an Arrow-backed pandas
@@ -101,8 +109,8 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> An
     """A Daft DataFrame of quantized rows from one of ``name``, ``weights``,
     ``shape`` columns: pyquant as a Daft batch UDF (``daft.func.batch``)
     that returns the quantized columns as one struct, unnested into
-    columns (Daft UDFs return one column). Only the quantized columns come
-    out; join others back on ``name``."""
+    columns (Daft UDFs return one column); the other columns of ``df``
+    follow, as they are."""
     import daft
 
     pa = _pyarrow()
@@ -117,7 +125,8 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> An
         out = quantize_arrow(batch, bits=bits, group_size=group_size, threads=1)
         return pa.StructArray.from_arrays(out.columns, fields=list(out.schema))
 
-    return df.select(quantize(daft.col("name"), daft.col("weights"), daft.col("shape")))
+    others = [daft.col(c) for c in df.column_names if c not in ("name", "weights", "shape")]
+    return df.select(quantize(daft.col("name"), daft.col("weights"), daft.col("shape")), *others)
 
 
 def _arrow_dtype() -> Any:

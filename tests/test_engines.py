@@ -236,6 +236,11 @@ def test_dask_meta_is_the_result_schema():
     out = pyquant.engines.dask_quantize(df, group_size=64)
     meta = pyquant.engines.dask_meta()
     assert list(out.columns) == list(meta.columns) and (out.dtypes == meta.dtypes).all()
+    df["layer"] = pd.Series([3, 4], dtype=pd.ArrowDtype(pa.int32()))
+    out = pyquant.engines.dask_quantize(df, group_size=64)
+    meta = pyquant.engines.dask_meta(df)
+    assert list(out.columns) == list(meta.columns) and (out.dtypes == meta.dtypes).all()
+    assert out["layer"].tolist() == [3, 4]
     assert_rows_match(pa.Table.from_pandas(out, preserve_index=False), xs)
 
 

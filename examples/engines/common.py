@@ -40,6 +40,7 @@ def make_dataset(directory: str, files: int = 4, tensors: int = 6, rows: int = 6
             "name": [f"layer{f}.w{i}" for i in range(tensors)],
             "weights": pa.array([x.ravel() for x in xs], pa.list_(pa.float32())),
             "shape": pa.array([list(x.shape) for x in xs], pa.list_(pa.int64())),
+            "layer": pa.array([f] * tensors, pa.int32()),  # a column every engine passes through
         })
         pq.write_table(table, os.path.join(directory, f"part-{f:03d}.parquet"))
 
@@ -56,12 +57,13 @@ def check(src: str, dst: str) -> int:
     files = sorted(glob.glob(os.path.join(dst, "**", "*.parquet"), recursive=True))
     out = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     assert sorted(out.column("name").to_pylist()) == sorted(tensors), "not every tensor came back once"
-    for row in out.drop_columns([c for c in out.column_names if c not in pyquant.quantized_schema().names]).to_pylist():
+    for row in out.drop_columns([c for c in out.column_names if c not in [*pyquant.quantized_schema().names, "layer"]]).to_pylist():
         want = pyquant.quantize_ptr(tensors[row["name"]], bits=BITS, group_size=GROUP_SIZE)
         assert row["codes"] == want.codes.tobytes(), row["name"]
         assert np.array_equal(np.asarray(row["scales"], np.float32), want.scales.ravel()), row["name"]
         assert np.array_equal(np.asarray(row["mins"], np.float32), want.mins.ravel()), row["name"]
         assert list(row["shape"]) == list(want.shape) and row["bits"] == BITS and row["group_size"] == GROUP_SIZE
+        assert row["layer"] == int(row["name"][len("layer"):].split(".")[0]), "layer not passed through"
     # The output reads back through dequantize_arrow as it is (signed widths, binary codes).
     pyquant.dequantize_arrow(out.select(list(pyquant.quantized_schema().names)))
     return out.num_rows

@@ -12,7 +12,7 @@ from common import BITS, GROUP_SIZE, main, no_session
 def quantize_dir(src: str, dst: str) -> None:
     ddf = dd.read_parquet(src, dtype_backend="pyarrow")
     out = ddf.map_partitions(pyquant.engines.dask_quantize, bits=BITS, group_size=GROUP_SIZE,
-                             meta=pyquant.engines.dask_meta())
+                             meta=pyquant.engines.dask_meta(ddf))
     with dask.config.set(scheduler="threads"):
         out.to_parquet(dst, write_index=False)
 

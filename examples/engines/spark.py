@@ -30,7 +30,9 @@ def session() -> Iterator[None]:
 def quantize_dir(src: str, dst: str) -> None:
     df = SparkSession.getActiveSession().read.parquet(src)
     fn = partial(pyquant.engines.spark_quantize, bits=BITS, group_size=GROUP_SIZE)
-    df.mapInArrow(fn, pyquant.engines.SPARK_SCHEMA).write.mode("overwrite").parquet(dst)
+    # The column passed through is declared after the quantized ones.
+    schema = pyquant.engines.SPARK_SCHEMA + ", layer INT"
+    df.mapInArrow(fn, schema).write.mode("overwrite").parquet(dst)
 
 
 if __name__ == "__main__":
