@@ -38,7 +38,7 @@ from common import BITS, GROUP_SIZE, check, make_dataset, no_session  # noqa: E4
 
 ENGINES = {  # label: (examples/engines module, the call)
     "Ray Data": ("ray_data", "ds.map_batches(..., batch_format=\"pyarrow\"), 2 CPUs"),
-    "Spark": ("spark", "df.mapInArrow(spark_quantize, SPARK_SCHEMA), local[2]"),
+    "Spark": ("spark", "df.mapInArrow(spark_quantize, SPARK_SCHEMA + \", layer INT\"), local[2]"),
     "Dask": ("dask_dataframe", "ddf.map_partitions(dask_quantize, meta=dask_meta(ddf)), threads"),
     "Daft": ("daft_dataframe", "daft_quantize(df) (batch UDF), native runner"),
 }
