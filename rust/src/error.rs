@@ -45,6 +45,9 @@ pub enum PqStatus {
     /// An importance matrix has the wrong length or a negative or non-finite
     /// entry, or is missing for a type that needs one.
     InvalidImatrix = 15,
+    /// The quantization method or scale dtype code is unknown, or importance
+    /// weights were given for a method that does not use them.
+    InvalidScheme = 16,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.

@@ -19,6 +19,65 @@ pub struct Layout {
     pub codes_len: usize,
     /// Number of groups, that is the length of `scales` and of `mins`.
     pub n_groups: usize,
+    /// How each group's scale and min are chosen and stored (docs/scheme.md).
+    pub scheme: Scheme,
+}
+
+/// How a group's scale and min are chosen: `docs/scheme.md`, "Methods".
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// `scale = (max - min) / qmax`, `min` = the group's minimum.
+    #[default]
+    MinMax = 0,
+    /// The error-minimizing search of docs/scheme.md.
+    Search = 1,
+}
+
+/// The precision scales and mins are rounded to (they are always handed
+/// over as f32; with `F16` every one is exactly a float16 value).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScaleDtype {
+    #[default]
+    F32 = 0,
+    F16 = 1,
+}
+
+/// The method and scale precision of a quantization; the default is
+/// pyquant's original format (min-max, f32 scales).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scheme {
+    pub method: Method,
+    pub scale_dtype: ScaleDtype,
+}
+
+impl Scheme {
+    /// The scheme of the C codes `method` (`PQ_METHOD_*`) and `scale_dtype`
+    /// (`PQ_SCALE_DTYPE_*`).
+    pub fn from_codes(method: u32, scale_dtype: u32) -> Result<Scheme> {
+        let method = match method {
+            0 => Method::MinMax,
+            1 => Method::Search,
+            m => {
+                return Err(Error::new(
+                    PqStatus::InvalidScheme,
+                    format!("method must be 0 (minmax) or 1 (search), got {m}"),
+                ))
+            }
+        };
+        let scale_dtype = match scale_dtype {
+            0 => ScaleDtype::F32,
+            1 => ScaleDtype::F16,
+            d => {
+                return Err(Error::new(
+                    PqStatus::InvalidScheme,
+                    format!("scale_dtype must be 0 (float32) or 1 (float16), got {d}"),
+                ))
+            }
+        };
+        Ok(Scheme { method, scale_dtype })
+    }
 }
 
 impl Layout {
@@ -75,7 +134,20 @@ impl Layout {
         let codes_bits = len.checked_mul(bits as usize).ok_or_else(|| {
             Error::new(PqStatus::SizeOverflow, format!("input length {len} times {bits} bits overflows usize"))
         })?;
-        Ok(Layout { len, row_len, bits, group_size, codes_len: codes_bits / 8, n_groups: len / group_size })
+        Ok(Layout {
+            len,
+            row_len,
+            bits,
+            group_size,
+            codes_len: codes_bits / 8,
+            n_groups: len / group_size,
+            scheme: Scheme::default(),
+        })
+    }
+
+    /// The same layout quantized with `scheme`.
+    pub fn with_scheme(self, scheme: Scheme) -> Layout {
+        Layout { scheme, ..self }
     }
 
     /// Bytes of packed codes in one group.

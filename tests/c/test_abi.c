@@ -920,6 +920,49 @@ static void test_panic_and_null_error(void) {
     CHECK(s == PQ_STATUS_OK && err.status == PQ_STATUS_OK && err.message[0] == '\0');
 }
 
+/* The scheme fields of PqQuantizeItem: searched and float16 scales give the
+ * same bytes for every thread count, float16 ones are exact halves, a zero
+ * scheme is pq_quantize's, and bad codes or weights are refused. */
+static void test_schemes(void) {
+    enum { N = 4096, ROW = 512, G = 64, NG = N / G };
+    static float x[N], w[ROW], s1[NG], m1[NG], s2[NG], m2[NG];
+    static uint8_t c1[N / 4], c2[N / 4];
+    for (int i = 0; i < N; i++) x[i] = rand_f32();
+    for (int i = 0; i < ROW; i++) w[i] = (float)(i % 5);
+    PqQuantizeItem it = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG,
+                         PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, w, ROW};
+    size_t failed_item;
+    EXPECT(pq_quantize_batch(&it, 1, 1, &failed_item, &err), PQ_STATUS_OK);
+    it.codes = c2, it.scales = s2, it.mins = m2;
+    EXPECT(pq_quantize_batch(&it, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
+    int halves = 1;
+    for (int i = 0; i < NG; i++) {
+        /* A float16 value has at most 11 significant bits. */
+        uint32_t b, c;
+        memcpy(&b, &s1[i], 4), memcpy(&c, &m1[i], 4);
+        halves &= (b & 0x1FFF) == 0 && (c & 0x1FFF) == 0;
+    }
+    CHECK(halves);
+    /* A zero scheme: pq_quantize's bytes. */
+    PqQuantizeItem plain = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG, 0, 0, NULL, 0};
+    EXPECT(pq_quantize_batch(&plain, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, x, N, ROW, 2, G, 1, c2, sizeof c2, s2, NG, m2, NG, &err), PQ_STATUS_OK);
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
+    PqQuantizeItem bad = it;
+    bad.method = 7;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "method");
+    CHECK(failed_item == 0);
+    bad = it, bad.scale_dtype = 2;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "scale_dtype");
+    bad = it, bad.method = PQ_METHOD_MIN_MAX;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "importance");
+    bad = it, bad.importance_len = ROW - 1;
+    EXPECT(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_IMATRIX);
+    bad = it, bad.importance = NULL;
+    EXPECT(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_NULL_POINTER);
+}
+
 int main(void) {
     for (int i = 0; i < 256; i++) base_input[i] = rand_f32();
 
@@ -938,6 +981,7 @@ int main(void) {
     test_constant_zero_subnormal_negzero();
     test_dequantize_errors();
     test_panic_and_null_error();
+    test_schemes();
 
     return report();
 }

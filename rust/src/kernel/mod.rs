@@ -4,6 +4,8 @@
 //! checks lengths and splits work across threads); `reference` keeps the
 //! original scalar code that defines their bytes, compiled only for tests and
 //! for the `reference` feature (the fuzz targets' and the bench's oracle).
+//! `search` quantizes with the other schemes (searched scales, float16
+//! scales and mins): one scalar implementation that defines their bytes.
 //!
 //! Groups are `group_size` consecutive values; since rows are a multiple of
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
@@ -12,6 +14,7 @@
 pub(crate) mod fast;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
+pub(crate) mod search;
 
 pub use fast::Isa;
 
