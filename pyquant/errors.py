@@ -71,6 +71,11 @@ class InvalidImatrixError(QuantizeError):
     """An importance matrix has the wrong length or a negative or non-finite entry."""
 
 
+class InvalidSchemeError(QuantizeError):
+    """The quantization ``method`` or ``scale_dtype`` is unknown, or
+    importance weights were given to a method that does not use them."""
+
+
 class CheckpointError(QuantizeError):
     """A file is missing, unreadable, malformed or inconsistent, or an output
     cannot be written."""
