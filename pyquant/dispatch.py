@@ -377,7 +377,6 @@ def quantize(
     """
     decision = _decide(x, path, threads, dtype, params, bits, group_size)
     chosen, data = decision.choice.path, decision.data
-    scheme = {"method": method, "scale_dtype": scale_dtype}
     if (method, scale_dtype) != ("minmax", "float32") and (chosen == "arrow" or decision.arrow_file):
         raise PathError(f"method= and scale_dtype= are not supported by the {chosen} path's Arrow format yet")
     if chosen == "file":
@@ -385,13 +384,13 @@ def quantize(
             raise PathError(f"quantize({data!r}) writes a quantized checkpoint: pass dst='output path'")
         if decision.arrow_file:
             return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force)
-        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, **scheme)
+        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method, scale_dtype=scale_dtype)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
     if chosen == "ptr":
-        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, **scheme)
+        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
     if chosen == "copy":
-        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, **scheme)
+        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
     if chosen == "batch":
-        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, **scheme)
+        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method, scale_dtype=scale_dtype)
     return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads)

@@ -422,7 +422,7 @@ class QuantizedCheckpoint:
         if name not in self.quantized:
             return self.file.array(name)
         m = self.quantized[name]
-        arrays = {}
+        arrays: dict[str, Any] = {}
         for part in PARTS:
             a = self.file.array(f"{name}.{part}")
             # Views on a read-only map may be misaligned in hand-made files; copy then.

@@ -118,7 +118,6 @@ def quantize_file(
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
     check_options(bits, group_size, bits_for)
     scheme_codes(method, scale_dtype)
-    scheme = {"method": method, "scale_dtype": scale_dtype}
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         refuse_quantized_input(ckpt)
@@ -129,7 +128,7 @@ def quantize_file(
             raise CheckpointError(f"nothing to quantize: all {len(plans)} tensors would be carried over{example}; "
                                   "--allow-empty / allow_empty=True writes the copy anyway")
         check_clashes(plans, ckpt.where)
-        meta = metadata(plans, bits, group_size, ckpt.metadata, **scheme)
+        meta = metadata(plans, bits, group_size, ckpt.metadata, method=method, scale_dtype=scale_dtype)
         summary = Summary(input_bytes=ckpt.nbytes,
                           output_bytes=sum(o.nbytes for p in plans for o in outputs(p, scale_dtype)))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
@@ -151,7 +150,7 @@ def quantize_file(
             params: dict[str, tuple[int, int | None]] = {
                 p.name: (p.bits, p.group_size) for p in pending if p.bits is not None  # all of them
             }
-            for name, qt in quantize_batch(arrays, params=params, **scheme).items():
+            for name, qt in quantize_batch(arrays, params=params, method=method, scale_dtype=scale_dtype).items():
                 sink.quantized(name, qt)
             del arrays
             for p in pending:
@@ -174,7 +173,7 @@ def quantize_file(
                     continue
                 # A misaligned tensor (possible in hand-made files) takes the copy path.
                 try:
-                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size, **scheme)
+                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size, method=method, scale_dtype=scale_dtype)
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {p.name!r}: {exc}") from None
                 sink.quantized(p.name, qt)
