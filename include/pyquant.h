@@ -135,7 +135,7 @@ enum PqStatus
    */
   PQ_STATUS_SIZE_OVERFLOW = 6,
   /*
-   `bits` is not 2, 4 or 8.
+   `bits` is not 2, 3, 4 or 8.
    */
   PQ_STATUS_INVALID_BITS = 7,
   /*
@@ -491,7 +491,7 @@ PqStatus pq_arrow_check_quantized(struct ArrowArray *in_array,
  `PQ_STATUS_OK`; the caller then releases each once). For writers of
  Arrow checkpoints, so that they need not know the row format.
 
- A quantized row: `bits` 2, 4 or 8, `dtype` "float32", "float16" or
+ A quantized row: `bits` 2, 3, 4 or 8, `dtype` "float32", "float16" or
  "bfloat16", `codes` / `scales` / `mins` as `pq_quantize` writes them for
  `shape` (groups of `group_size` along its last axis). A carried-over row:
  `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw

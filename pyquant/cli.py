@@ -90,7 +90,7 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyquant",
-        description="Fast, zero-copy 2/4/8-bit weight quantization (Rust core, C ABI, CFFI).",
+        description="Fast, zero-copy 2/3/4/8-bit weight quantization (Rust core, C ABI, CFFI).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyquant {__version__}")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def quant_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 4 or 8 (default: 4)")
+        p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 3, 4 or 8 (default: 4)")
         p.add_argument("--group-size", type=_group_size, default=128,
                        help="values per group along the last axis, or 'row' for one group per row (default: 128)")
 

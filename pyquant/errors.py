@@ -39,7 +39,7 @@ class SizeOverflowError(QuantizeError):
 
 
 class InvalidBitsError(QuantizeError):
-    """``bits`` is not 2, 4 or 8."""
+    """``bits`` is not 2, 3, 4 or 8."""
 
 
 class InvalidGroupSizeError(QuantizeError):

@@ -43,7 +43,7 @@ from .core import METHODS, SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
 from ._text import quoted, shown
 from .dtypes import BY_NAME, BY_SAFETENSORS
 from .errors import CheckpointError, QuantizeError
-from .plan import Plan, check_options
+from .plan import BITS, Plan, check_options
 from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
                              check_not_shrunk, open_regular, writing)
 
@@ -338,7 +338,7 @@ def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
                                   "(expected [dtype, bits, group_size])")
         dtype, bits, group = entry
         codes = tensors[f"{n}.codes"].shape
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8) or not codes:
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS or not codes:
             raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata: bits {_brief(bits)}")
         row = codes[-1] * 8 // bits
         out[n] = {"dtype": dtype, "shape": [*codes[:-1], row], "bits": bits, "group_size": row if group is None else group}

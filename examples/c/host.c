@@ -108,13 +108,13 @@ int main(void) {
 
     /* 8. Bad input: 3 bits is not supported. pyquant returns a status and a
      *    message, and writes nothing. */
-    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 3, GROUP_SIZE, 0,
+    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 5, GROUP_SIZE, 0,
                              codes, codes_len, scales, n_groups, mins, n_groups, &err);
     if (s != PQ_STATUS_INVALID_BITS || err.status != s || err.message[0] == '\0') {
-        fprintf(stderr, "bits = 3: expected PQ_STATUS_INVALID_BITS, got %u\n", (unsigned)s);
+        fprintf(stderr, "bits = 5: expected PQ_STATUS_INVALID_BITS, got %u\n", (unsigned)s);
         goto done;
     }
-    printf("bits = 3 rejected as expected (status %u): %s\n", (unsigned)s, err.message);
+    printf("bits = 5 rejected as expected (status %u): %s\n", (unsigned)s, err.message);
 
     rc = 0;
 done:

@@ -23,7 +23,7 @@ pub enum PqStatus {
     BufferTooSmall = 5,
     /// A size computation overflowed.
     SizeOverflow = 6,
-    /// `bits` is not 2, 4 or 8.
+    /// `bits` is not 2, 3, 4 or 8.
     InvalidBits = 7,
     /// The group size is 0, larger than the row, or `group_size * bits` is not a multiple of 8.
     InvalidGroupSize = 8,

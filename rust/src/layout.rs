@@ -11,7 +11,7 @@ pub struct Layout {
     pub len: usize,
     /// Length of the last axis (K).
     pub row_len: usize,
-    /// 2, 4 or 8.
+    /// 2, 3, 4 or 8.
     pub bits: u32,
     /// Values per group (G); divides `row_len`.
     pub group_size: usize,
@@ -86,8 +86,8 @@ impl Layout {
     /// A tensor with zero rows (`len == 0`) is valid and has empty outputs;
     /// a row length of 0 is an error.
     pub fn new(len: usize, row_len: usize, bits: u32, group_size: usize) -> Result<Layout> {
-        if !matches!(bits, 2 | 4 | 8) {
-            return Err(Error::new(PqStatus::InvalidBits, format!("bits must be 2, 4 or 8, got {bits}")));
+        if !matches!(bits, 2 | 3 | 4 | 8) {
+            return Err(Error::new(PqStatus::InvalidBits, format!("bits must be 2, 3, 4 or 8, got {bits}")));
         }
         if row_len == 0 {
             return Err(Error::new(
@@ -227,12 +227,14 @@ mod tests {
 
     #[test]
     fn rules() {
-        for bits in [0, 1, 3, 5, 7, 16, u32::MAX] {
+        for bits in [0, 1, 5, 6, 7, 16, u32::MAX] {
             assert_eq!(status(Layout::new(128, 128, bits, 128)), PqStatus::InvalidBits);
         }
         assert_eq!(status(Layout::new(128, 128, 4, 0)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 4, 3)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 2, 2)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 3, 4)), PqStatus::InvalidGroupSize);
+        assert_eq!(Layout::new(128, 128, 3, 8).unwrap().group_code_bytes(), 3);
         assert_eq!(status(Layout::new(128, 128, 4, 256)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 4, usize::MAX)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 8, usize::MAX / 4)), PqStatus::InvalidGroupSize);

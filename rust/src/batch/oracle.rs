@@ -148,13 +148,14 @@ fn check_dequantize<T: Element + PartialEq + std::fmt::Debug>(q: &Quantized, l: 
 }
 
 fn run_case<T: Element + PartialEq + std::fmt::Debug>(rng: &mut Rng, case_no: usize) {
-    let bits = rng.pick(&[2u32, 4, 8]);
-    let per_byte = 8 / bits as usize;
+    let bits = rng.pick(&[2u32, 3, 4, 8]);
+    // The smallest group that fills whole bytes.
+    let unit = if bits == 3 { 8 } else { 8 / bits as usize };
     let g = match rng.below(4) {
-        0 => per_byte,
+        0 => unit,
         1 => rng.pick(&[32, 64, 128, 256]),
-        2 => per_byte * (1 + rng.below(80) as usize),
-        _ => per_byte * (1 + rng.below(700) as usize),
+        2 => unit * (1 + rng.below(80) as usize),
+        _ => unit * (1 + rng.below(700) as usize),
     };
     let row_len = g * (1 + rng.below(3) as usize);
     let rows = rng.below(5) as usize;
@@ -206,8 +207,8 @@ fn fast_matches_reference_randomized() {
 fn dequantize_matches_reference_on_arbitrary_parameters() {
     let mut rng = Rng(0x5EED_0002);
     for case in 0..60 {
-        let bits = rng.pick(&[2u32, 4, 8]);
-        let g = rng.pick(&[4usize, 16, 64, 128]);
+        let bits = rng.pick(&[2u32, 3, 4, 8]);
+        let g = rng.pick(&[8usize, 16, 64, 128]);
         let l = Layout::new(g * 24, g * 4, bits, g).unwrap();
         let finite = |rng: &mut Rng| loop {
             let x = match rng.below(3) {

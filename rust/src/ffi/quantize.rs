@@ -736,12 +736,12 @@ mod tests {
         assert_eq!((status, failed), (PqStatus::BufferTooSmall, 1));
         assert!(msg.starts_with("codes has 10 elements, needs at least 512"), "{msg}");
         // Input shorter than the layout says cannot be detected; a wrong
-        // layout can: bits 3 in item 3.
+        // layout can: bits 5 in item 3.
         let mut items = good.clone();
-        items[3].bits = 3;
+        items[3].bits = 5;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::InvalidBits, 3));
-        assert!(msg.starts_with("bits must be 2, 4 or 8"), "{msg}");
+        assert!(msg.starts_with("bits must be 2, 3, 4 or 8"), "{msg}");
         // NULL scales with a length in item 4; unknown dtype in item 0.
         let mut items = good.clone();
         items[4].scales = ptr::null_mut();
@@ -825,7 +825,7 @@ mod tests {
         let mut tensors: Vec<Tensor> = (0..2000)
             .map(|i| {
                 let dtype = [Dtype::F32, Dtype::F16, Dtype::Bf16][i % 3];
-                Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 4, 8][i % 3], 32)
+                Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 3, 4, 8][i % 4], 32)
             })
             .collect();
         let mut keep = vec![];

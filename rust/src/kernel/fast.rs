@@ -476,9 +476,10 @@ fn encode_impl<T: Lane, H: HalfCvt>(
 ) -> Result<()> {
     match layout.bits {
         2 => encode_bits::<T, H, 2>(x, layout, first_group, codes, scales, mins),
+        3 => encode_bits::<T, H, 3>(x, layout, first_group, codes, scales, mins),
         4 => encode_bits::<T, H, 4>(x, layout, first_group, codes, scales, mins),
         8 => encode_bits::<T, H, 8>(x, layout, first_group, codes, scales, mins),
-        _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        _ => unreachable!("Layout only admits 2, 3, 4 or 8 bits"),
     }
 }
 
@@ -568,6 +569,18 @@ fn encode_group<T: Lane, H: HalfCvt, const BITS: u32>(xs: &[T], lo: f32, scale: 
                 *o = c(v[0]) | (c(v[1]) << 2) | (c(v[2]) << 4) | (c(v[3]) << 6);
             }
         }
+        3 => {
+            // Eight 3-bit codes are one 24-bit little-endian word.
+            for (o, v) in codes.chunks_exact_mut(3).zip(xs.chunks_exact(8)) {
+                let mut w = 0u32;
+                for (k, &x) in v.iter().enumerate() {
+                    w |= (c(x) as u32) << (3 * k);
+                }
+                o[0] = w as u8;
+                o[1] = (w >> 8) as u8;
+                o[2] = (w >> 16) as u8;
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -576,9 +589,10 @@ fn encode_group<T: Lane, H: HalfCvt, const BITS: u32>(xs: &[T], lo: f32, scale: 
 fn decode_impl<T: Lane, H: HalfCvt>(codes: &[u8], scales: &[f32], mins: &[f32], layout: &Layout, y: &mut [T]) {
     match layout.bits {
         2 => decode_bits::<T, H, 2>(codes, scales, mins, layout.group_size, y),
+        3 => decode_bits::<T, H, 3>(codes, scales, mins, layout.group_size, y),
         4 => decode_bits::<T, H, 4>(codes, scales, mins, layout.group_size, y),
         8 => decode_bits::<T, H, 8>(codes, scales, mins, layout.group_size, y),
-        _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        _ => unreachable!("Layout only admits 2, 3, 4 or 8 bits"),
     }
 }
 
@@ -620,6 +634,14 @@ fn decode_values<T: Lane, H: HalfCvt, const BITS: u32>(codes: &[u8], scale: f32,
                 o[1] = value((b >> 2) & 0x03);
                 o[2] = value((b >> 4) & 0x03);
                 o[3] = value(b >> 6);
+            }
+        }
+        3 => {
+            for (o, b) in out.chunks_exact_mut(8).zip(codes.chunks_exact(3)) {
+                let w = b[0] as u32 | (b[1] as u32) << 8 | (b[2] as u32) << 16;
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = value(((w >> (3 * k)) & 7) as u8);
+                }
             }
         }
         _ => unreachable!(),

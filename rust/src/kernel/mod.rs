@@ -18,6 +18,31 @@ pub(crate) mod search;
 
 pub use fast::Isa;
 
+/// Packs codes of `bits` bits as one little-endian bit stream: code `i` at
+/// bit `i * bits` of the stream, that is from bit `i * bits % 8` of byte
+/// `i * bits / 8`, spilling into the next byte when it does not fit (only
+/// with 3 bits). `out` must hold exactly `q.len() * bits / 8` bytes.
+pub(crate) fn pack_codes(q: &[u8], bits: u32, out: &mut [u8]) {
+    out.fill(0);
+    for (i, &c) in q.iter().enumerate() {
+        let bit = i * bits as usize;
+        let (byte, shift) = (bit / 8, bit % 8);
+        out[byte] |= c << shift;
+        if shift + bits as usize > 8 {
+            out[byte + 1] |= c >> (8 - shift);
+        }
+    }
+}
+
+/// Code `i` of a bit stream packed by [`pack_codes`].
+#[cfg(any(test, feature = "reference"))]
+pub(crate) fn unpack_code(codes: &[u8], i: usize, bits: u32) -> u8 {
+    let bit = i * bits as usize;
+    let (byte, shift) = (bit / 8, bit % 8);
+    let next = if shift + bits as usize > 8 { codes[byte + 1] as u16 } else { 0 };
+    (((codes[byte] as u16 | next << 8) >> shift) & ((1 << bits) - 1)) as u8
+}
+
 /// Adding then subtracting 2**23 rounds a float in `[0, 2**23)` to the nearest
 /// integer, ties to even (IEEE round-to-nearest on the addition). Unlike
 /// `round_ties_even` it needs no SSE4.1 and vectorizes on any x86-64.

@@ -13,7 +13,7 @@
 //! measured is what dequantize gives back.
 
 use super::fast::{f16_bits_to_f32, f32_to_f16_bits};
-use super::ROUND_MAGIC;
+use super::{pack_codes, ROUND_MAGIC};
 use crate::element::{Element, Values};
 use crate::error::{Error, PqStatus, Result};
 use crate::ggml::search::{make_qkx_quants, QkxSearch};
@@ -104,7 +104,7 @@ fn encode_groups<T: Element>(
                 }
             }
         }
-        pack(&s.best, layout.bits, group_codes);
+        pack_codes(&s.best, layout.bits, group_codes);
         *scale_out = scale;
         *min_out = min;
     }
@@ -169,16 +169,6 @@ fn assign(x: &[f32], w: &[f32], scale: f32, min: f32, qmax: f32, q: &mut [u8]) -
     err
 }
 
-/// Packs codes of `bits` bits: code `i` at bit offset `i * bits % 8` of byte
-/// `i * bits / 8`, least significant bits first.
-fn pack(q: &[u8], bits: u32, out: &mut [u8]) {
-    out.fill(0);
-    for (i, &c) in q.iter().enumerate() {
-        let bit = i * bits as usize;
-        out[bit / 8] |= c << (bit % 8);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,7 +203,7 @@ mod tests {
 
     #[test]
     fn default_scheme_gives_the_min_max_bytes() {
-        for bits in [2, 4, 8] {
+        for bits in [2, 3, 4, 8] {
             let x = heavy_tailed(4096, bits as u64);
             let l = Layout::new(x.len(), 256, bits, 64).unwrap();
             let got = run(&x, &l, None);
@@ -225,7 +215,7 @@ mod tests {
 
     #[test]
     fn search_is_never_worse_than_min_max_per_group_and_better_overall() {
-        for bits in [2, 4, 8] {
+        for bits in [2, 3, 4, 8] {
             let x = heavy_tailed(64 * 256, 7 + bits as u64);
             let base = Layout::new(x.len(), 256, bits, 64).unwrap();
             for dtype in [ScaleDtype::F32, ScaleDtype::F16] {
