@@ -165,3 +165,23 @@ def test_checkpoints_carry_the_scheme(tmp_path):
         pyquant.quantize_file(src, tmp_path / "x.arrow", format="arrow", method="search")
     with pytest.raises(pyquant.InvalidSchemeError):
         pyquant.quantize_file(src, tmp_path / "y.safetensors", method="exhaustive")
+
+
+def test_cli_quantize_takes_method_and_scale_dtype(tmp_path):
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    x = np.random.default_rng(4).standard_normal((16, 256)).astype(np.float32)
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    safetensors.numpy.save_file({"w": x}, str(src))
+    args = [sys.executable, "-m", "pyquant", "quantize", str(src), str(dst), "--bits", "3", "--group-size", "64",
+            "--method", "search", "--scale-dtype", "float16"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = pyquant.load_quantized(dst)["w"]
+    want = pyquant.quantize_ptr(x, bits=3, group_size=64, method="search", scale_dtype="float16")
+    assert outcome(lambda: got) == outcome(lambda: want)
+    bad = subprocess.run(args[:-1] + ["bfloat16"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--scale-dtype" in bad.stderr

@@ -523,8 +523,9 @@ mod tests {
     use half::{bf16, f16};
     use std::ptr;
 
-    /// The scheme fields of an item quantized as `pq_quantize` does.
-    fn no_scheme() -> PqQuantizeItem {
+    /// An item with no buffers (NULL, length 0) and the scheme of
+    /// `pq_quantize` (all zero); tests fill in the rest.
+    fn empty_item() -> PqQuantizeItem {
         PqQuantizeItem {
             dtype: 0,
             input: ptr::null(),
@@ -648,7 +649,7 @@ mod tests {
                 scales_len: self.scales.len(),
                 mins: self.mins.as_mut_ptr(),
                 mins_len: self.mins.len(),
-                ..no_scheme()
+                ..empty_item()
             }
         }
     }
@@ -679,24 +680,7 @@ mod tests {
             let mut keep = vec![];
             let mut items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
             // An empty item with NULL pointers is fine.
-            items.insert(
-                2,
-                PqQuantizeItem {
-                    dtype: 0,
-                    input: ptr::null(),
-                    input_len: 0,
-                    row_len: 8,
-                    bits: 4,
-                    group_size: 8,
-                    codes: ptr::null_mut(),
-                    codes_len: 0,
-                    scales: ptr::null_mut(),
-                    scales_len: 0,
-                    mins: ptr::null_mut(),
-                    mins_len: 0,
-                    ..no_scheme()
-                },
-            );
+            items.insert(2, PqQuantizeItem { row_len: 8, bits: 4, group_size: 8, ..empty_item() });
             let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
             assert_eq!((status, failed, msg.as_str()), (PqStatus::Ok, usize::MAX, ""));
             for (i, t) in tensors.iter().enumerate() {
