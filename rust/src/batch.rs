@@ -35,7 +35,7 @@ use std::thread;
 use crate::element::{Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
 use crate::kernel::{fast, search, Isa};
-use crate::layout::{check_len, Layout, Method, Scheme};
+use crate::layout::{check_len, Layout, Method};
 
 #[cfg(test)]
 mod oracle;
@@ -201,7 +201,7 @@ pub(crate) fn quantize_batch_with(
     }
     let isa = schedule.isa;
     run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
-        if p.layout.scheme == Scheme::default() {
+        if p.layout.scheme.method == Method::MinMax {
             fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
         } else {
             search::encode(p.input, &p.layout, p.first_group, p.importance, p.codes, p.scales, p.mins)
@@ -520,6 +520,7 @@ impl<P: Piece> Job<P> {
 mod tests {
     use super::*;
     use crate::kernel::reference;
+    use crate::layout::Scheme;
     use crate::PqStatus;
     use half::{bf16, f16};
 

@@ -18,10 +18,10 @@
 
 use half::{bf16, f16};
 
-use super::ROUND_MAGIC;
+use super::{search, ROUND_MAGIC};
 use crate::element::{Values, ValuesMut};
 use crate::error::Result;
-use crate::layout::{params_error, Layout};
+use crate::layout::{params_error, Layout, ScaleDtype};
 
 /// The instruction set the kernels run with, detected at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,6 +525,14 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
             check_groups_exactly(xb, layout, first_group + b * GROUPS_PER_BLOCK)?;
             unreachable!("a non-finite scale comes from a bad value or range");
         }
+        if layout.scheme.scale_dtype == ScaleDtype::F16 {
+            // The block has no bad value (checked above), so an overflow here
+            // is the first error, as in the search kernel's group order.
+            for (j, (s, m)) in sb.iter_mut().zip(mb.iter_mut()).enumerate() {
+                (*s, *m) = search::stored(ScaleDtype::F16, *s, *m)
+                    .ok_or_else(|| search::f16_error(first_group + b * GROUPS_PER_BLOCK + j, *m, *s))?;
+            }
+        }
         for ((group, group_codes), (&scale, &lo)) in
             xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter()))
         {
@@ -542,9 +550,12 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
 /// The code of one value, as the reference computes it: subtraction and
 /// division each rounded to f32, clamp, round half to even by adding 2**23.
 /// The low byte of the sum's bits is the rounded integer (it is below 256).
+/// The clamp at 0 only acts for a min rounded to float16 above the group's
+/// minimum (with the group's own minimum `v - lo >= 0`).
 #[inline(always)]
 fn code<T: Lane, H: HalfCvt>(v: T, lo: f32, scale: f32, qmax: f32) -> u8 {
     let t = (v.widen::<H>() - lo) / scale;
+    let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < qmax { t } else { qmax };
     (t + ROUND_MAGIC).to_bits() as u8
 }

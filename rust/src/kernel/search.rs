@@ -1,8 +1,8 @@
-//! Groups quantized with a [`Scheme`] other than pyquant's original one
-//! (min-max, f32 scales): the searched scale and min and the float16 scales
-//! and mins of docs/scheme.md, "Methods and scale dtypes". One scalar
-//! implementation, which defines these bytes: there is no second, vectorized
-//! copy to keep in step. It uses only IEEE add, subtract, multiply, divide and
+//! Groups quantized with `method = search`: the searched scale and min of
+//! docs/scheme.md, "Methods and scale dtypes" (min-max with float16 scales
+//! runs in the fast kernels, which call [`stored`] for the rounding). One
+//! scalar implementation, which defines these bytes: there is no second,
+//! vectorized copy to keep in step. It uses only IEEE add, subtract, multiply, divide and
 //! compare on f32 (Rust never contracts `a * b + c` into an FMA), so it gives
 //! the same bytes whatever instruction set the batch runs with.
 //!
@@ -123,7 +123,7 @@ fn range(x: &[f32]) -> (f32, f32) {
 
 /// `(scale, min)` rounded (to nearest, ties to even) to the scale dtype, or
 /// `None` if either is then not finite.
-fn stored(dtype: ScaleDtype, scale: f32, min: f32) -> Option<(f32, f32)> {
+pub(crate) fn stored(dtype: ScaleDtype, scale: f32, min: f32) -> Option<(f32, f32)> {
     let round = |v: f32| match dtype {
         ScaleDtype::F32 => v,
         ScaleDtype::F16 => f16_bits_to_f32(f32_to_f16_bits(v)),
@@ -132,8 +132,9 @@ fn stored(dtype: ScaleDtype, scale: f32, min: f32) -> Option<(f32, f32)> {
     (scale.is_finite() && min.is_finite()).then_some((scale, min))
 }
 
+/// The error of a group whose min or scale overflows float16.
 #[cold]
-fn f16_error(group: usize, min: f32, scale: f32) -> Error {
+pub(crate) fn f16_error(group: usize, min: f32, scale: f32) -> Error {
     Error::new(
         PqStatus::NonFinite,
         format!(
@@ -210,6 +211,33 @@ mod tests {
             let mut want = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
             reference::quantize(&x, &l, &mut want.0, &mut want.1, &mut want.2).unwrap();
             assert_eq!(got, want, "bits {bits}");
+        }
+    }
+
+    /// Min-max with float16 scales runs in the fast kernels: the same bytes
+    /// as this module's candidate 1, on every instruction set and dtype.
+    #[test]
+    fn fast_float16_min_max_is_candidate_one() {
+        for bits in [2, 3, 4, 8] {
+            let mut x = heavy_tailed(64 * 256, 11 + bits as u64);
+            x[5] = 70000.0; // group 0's min-max overflows float16: an error in both
+            let l = Layout::new(x.len(), 256, bits, 64)
+                .unwrap()
+                .with_scheme(Scheme { method: Method::MinMax, scale_dtype: ScaleDtype::F16 });
+            let halves: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+            for input in [Values::F32(&x), Values::F32(&x[256..]), Values::F16(&halves[256..])] {
+                let l = Layout::new(input.len(), 256, bits, 64).unwrap().with_scheme(l.scheme);
+                let mut want = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+                let want_r = encode(input, &l, 0, None, &mut want.0, &mut want.1, &mut want.2);
+                for isa in crate::kernel::Isa::available() {
+                    let mut got = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+                    let got_r = super::super::fast::encode(isa, input, &l, 0, &mut got.0, &mut got.1, &mut got.2);
+                    assert_eq!(got_r, want_r, "bits {bits} {isa:?}");
+                    if want_r.is_ok() {
+                        assert_eq!(got, want, "bits {bits} {isa:?}");
+                    }
+                }
+            }
         }
     }
 
