@@ -65,9 +65,10 @@ struct ArrowArray {
 /*
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`, or of a documented guarantee (4:
- outputs may be partly written on a bad value).
+ outputs may be partly written on a bad value; 5: `PqQuantizeItem` carries
+ the method, scale dtype and importance weights).
  */
-#define PQ_ABI_VERSION 4
+#define PQ_ABI_VERSION 5
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -134,7 +135,7 @@ enum PqStatus
    */
   PQ_STATUS_SIZE_OVERFLOW = 6,
   /*
-   `bits` is not 2, 4 or 8.
+   `bits` is not 2, 3, 4 or 8.
    */
   PQ_STATUS_INVALID_BITS = 7,
   /*
@@ -173,6 +174,11 @@ enum PqStatus
    entry, or is missing for a type that needs one.
    */
   PQ_STATUS_INVALID_IMATRIX = 15,
+  /*
+   The quantization method or scale dtype code is unknown, or importance
+   weights were given for a method that does not use them.
+   */
+  PQ_STATUS_INVALID_SCHEME = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -209,6 +215,51 @@ enum PqDtype
 typedef enum PqDtype PqDtype;
 #else
 typedef uint32_t PqDtype;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
+ How a group's scale and min are chosen: `docs/scheme.md`, "Methods".
+ */
+enum PqMethod
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /*
+   `scale = (max - min) / qmax`, `min` = the group's minimum.
+   */
+  PQ_METHOD_MIN_MAX = 0,
+  /*
+   The error-minimizing search of docs/scheme.md.
+   */
+  PQ_METHOD_SEARCH = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PqMethod PqMethod;
+#else
+typedef uint32_t PqMethod;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
+ The precision scales and mins are rounded to (they are always handed
+ over as f32; with `F16` every one is exactly a float16 value).
+ */
+enum PqScaleDtype
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  PQ_SCALE_DTYPE_F32 = 0,
+  PQ_SCALE_DTYPE_F16 = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PqScaleDtype PqScaleDtype;
+#else
+typedef uint32_t PqScaleDtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -282,7 +333,9 @@ typedef struct PqGgmlDequantizeItem {
 
 /*
  One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
- the same meaning and rules. Allocated and owned by the caller, like every
+ the same meaning and rules, plus the quantization scheme (docs/scheme.md,
+ "Methods and scale dtypes"); an item whose scheme fields are all zero is
+ quantized exactly as `pq_quantize` does. Allocated and owned by the caller, like every
  buffer it points to.
  */
 typedef struct PqQuantizeItem {
@@ -304,6 +357,24 @@ typedef struct PqQuantizeItem {
   size_t scales_len;
   float *mins;
   size_t mins_len;
+  /*
+   A `PQ_METHOD_*` code: how each group's scale and min are chosen
+   (0, `PQ_METHOD_MIN_MAX`, is what `pq_quantize` does).
+   */
+  uint32_t method;
+  /*
+   A `PQ_SCALE_DTYPE_*` code: with `PQ_SCALE_DTYPE_F16` every scale and
+   min written is exactly a float16 value (store it as one, losslessly);
+   0, `PQ_SCALE_DTYPE_F32`, is what `pq_quantize` does.
+   */
+  uint32_t scale_dtype;
+  /*
+   Optional per-column importance weights for `PQ_METHOD_SEARCH`: NULL,
+   or `row_len` finite, non-negative floats (any other method refuses
+   them); only read.
+   */
+  const float *importance;
+  size_t importance_len;
 } PqQuantizeItem;
 
 /*
@@ -426,7 +497,7 @@ PqStatus pq_arrow_check_quantized(struct ArrowArray *in_array,
  `PQ_STATUS_OK`; the caller then releases each once). For writers of
  Arrow checkpoints, so that they need not know the row format.
 
- A quantized row: `bits` 2, 4 or 8, `dtype` "float32", "float16" or
+ A quantized row: `bits` 2, 3, 4 or 8, `dtype` "float32", "float16" or
  "bfloat16", `codes` / `scales` / `mins` as `pq_quantize` writes them for
  `shape` (groups of `group_size` along its last axis). A carried-over row:
  `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw

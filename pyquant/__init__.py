@@ -1,4 +1,4 @@
-"""pyquant: fast, zero-copy 2/4/8-bit weight quantization.
+"""pyquant: fast, zero-copy 2/3/4/8-bit weight quantization.
 
 A Rust core behind a plain C ABI (``include/pyquant.h``), used from Python
 through CFFI. The front door:
@@ -55,6 +55,7 @@ from .errors import (
     PathError,
     InvalidBitsError,
     InvalidGroupSizeError,
+    InvalidSchemeError,
     MisalignedError,
     NonFiniteError,
     NullPointerError,
@@ -115,6 +116,7 @@ __all__ = [
     "InternalError",
     "InvalidBitsError",
     "InvalidGroupSizeError",
+    "InvalidSchemeError",
     "MisalignedError",
     "NonFiniteError",
     "NullPointerError",

@@ -25,6 +25,7 @@ from .errors import (
     InvalidBitsError,
     InvalidGroupSizeError,
     InvalidImatrixError,
+    InvalidSchemeError,
     MisalignedError,
     NonFiniteError,
     NullPointerError,
@@ -55,6 +56,7 @@ _STATUS_CLASSES: dict[str, type[QuantizeError]] = {
     "PQ_STATUS_INVALID_ARROW": ArrowDataError,
     "PQ_STATUS_UNSUPPORTED_GGML_TYPE": UnsupportedGgmlTypeError,
     "PQ_STATUS_INVALID_IMATRIX": InvalidImatrixError,
+    "PQ_STATUS_INVALID_SCHEME": InvalidSchemeError,
 }
 _BY_STATUS: dict[int, type[QuantizeError]] = {
     getattr(lib, name): cls for name, cls in _STATUS_CLASSES.items() if hasattr(lib, name)

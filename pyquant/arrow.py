@@ -157,7 +157,7 @@ def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, grou
                   codes: Any, scales: Any, mins: Any) -> Any:
     """One row of a quantized batch as a pyarrow ``RecordBatch`` in
     :func:`quantized_schema`, built and checked by the Rust library (the one
-    owner of the row format): a quantized tensor (``bits`` 2, 4 or 8, and
+    owner of the row format): a quantized tensor (``bits`` 2, 3, 4 or 8, and
     its codes, scales and mins as numpy arrays), or a carried-over one
     (``bits`` 0, ``group_size`` 0, empty scales and mins, ``codes`` the
     tensor's raw little-endian bytes as a uint8 array). Copies the buffers."""

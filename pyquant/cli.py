@@ -90,7 +90,7 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyquant",
-        description="Fast, zero-copy 2/4/8-bit weight quantization (Rust core, C ABI, CFFI).",
+        description="Fast, zero-copy 2/3/4/8-bit weight quantization (Rust core, C ABI, CFFI).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pyquant {__version__}")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def quant_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 4 or 8 (default: 4)")
+        p.add_argument("--bits", type=int, default=4, help="bits per value: 2, 3, 4 or 8 (default: 4)")
         p.add_argument("--group-size", type=_group_size, default=128,
                        help="values per group along the last axis, or 'row' for one group per row (default: 128)")
 
@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("input", help="a .safetensors file or a model directory")
     q.add_argument("output", help="the output checkpoint file (.safetensors, or .arrow for the Arrow format)")
     quant_options(q)
+    q.add_argument("--method", choices=["minmax", "search"], default="minmax",
+                   help="how each group's scale and min are chosen: its range, or an error-minimizing "
+                        "search (lower error, slower; docs/scheme.md) (default: minmax)")
+    q.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
+                   help="how scales and mins are stored; float16 saves 32 bits per group (default: float32)")
     q.add_argument("--format", choices=["safetensors", "arrow"], default=None,
                    help="output format: a safetensors checkpoint, or an Arrow IPC file in the "
                    "Arrow path's schema (default: from the output's extension, .arrow/.ipc/.feather "
@@ -256,6 +261,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from .pipeline import quantize_file
     from .plan import parse_bits_for
 
+    if (args.method, args.scale_dtype) != ("minmax", "float32") and (is_gguf(args.input)
+                                                                      or args.output.endswith(".gguf")):
+        raise QuantizeError("--method / --scale-dtype are for pyquant checkpoints, not GGUF files (see --type)")
     if is_gguf(args.input):
         cmd_quantize_gguf(args)
         return
@@ -273,7 +281,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
                           format=args.format or _format_of(args.output) or "safetensors", skip=args.skip, bits_for=parse_bits_for(args.bits_for),
-                          force=args.force, allow_empty=args.allow_empty, progress=bar)
+                          force=args.force, allow_empty=args.allow_empty, progress=bar,
+                          method=args.method, scale_dtype=args.scale_dtype)
     finally:
         if bar is not None:
             bar.close()

@@ -23,6 +23,8 @@ from .errors import (
     CopyRequiredError,
     InvalidBitsError,
     InvalidGroupSizeError,
+    InvalidImatrixError,
+    InvalidSchemeError,
     QuantizeError,
     ShapeError,
     UnsupportedDtypeError,
@@ -36,6 +38,10 @@ _C_CODE = {d.name: d.c_code for d in QUANTIZABLE if d.c_code is not None}
 # numpy dtype -> (name, C code), for the common case in one lookup
 _NATIVE_DTYPES = {numpy: (d.name, _C_CODE[d.name]) for numpy, d in QUANTIZABLE_BY_NUMPY.items()}
 _UINT32_MAX = 2**32 - 1
+# The quantization schemes (docs/scheme.md, "Methods and scale dtypes"):
+# name -> C code. The first of each is the original format and the default.
+METHODS = {"minmax": lib.PQ_METHOD_MIN_MAX, "search": lib.PQ_METHOD_SEARCH}
+SCALE_DTYPES = {"float32": lib.PQ_SCALE_DTYPE_F32, "float16": lib.PQ_SCALE_DTYPE_F16}
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +52,11 @@ class QuantizedTensor:
     ``scales`` and ``mins`` are float32 ``(..., K/group_size)``. Value ``i``
     of a row is code ``q`` at bit offset ``i*bits % 8`` of byte
     ``i*bits // 8``; it dequantizes to ``mins + q * scales``.
+
+    ``method`` says how the scales and mins were chosen (``"minmax"`` or
+    ``"search"``); with ``scale_dtype="float16"`` every scale and min is
+    exactly a float16 value (held as float32 in memory, stored as float16
+    in checkpoints, counted as 2 bytes by :attr:`nbytes`).
     """
 
     codes: np.ndarray[Any, np.dtype[np.uint8]]
@@ -55,8 +66,11 @@ class QuantizedTensor:
     dtype: str
     bits: int
     group_size: int
+    method: str = "minmax"
+    scale_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        scheme_codes(self.method, self.scale_dtype)
         if self.dtype not in _QUANTIZABLE:
             raise UnsupportedDtypeError(
                 f"dtype {self.dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
@@ -67,11 +81,26 @@ class QuantizedTensor:
                 raise UnsupportedDtypeError(f"{name} must be a numpy {np.dtype(want)} array")
             if not arr.flags.c_contiguous:
                 raise CopyRequiredError(f"{name} must be C-contiguous")
+        if self.scale_dtype == "float16":
+            for name in ("scales", "mins"):
+                arr = getattr(self, name)
+                with np.errstate(over="ignore"):
+                    exact = np.array_equal(arr.astype(np.float16).astype(np.float32), arr)
+                if not exact:
+                    raise UnsupportedDtypeError(f"{name} must hold float16 values when scale_dtype is 'float16'")
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by codes, scales and mins together."""
-        return int(self.codes.nbytes + self.scales.nbytes + self.mins.nbytes)
+        """Bytes of codes, scales and mins as stored (scales and mins in
+        ``scale_dtype``: 2 bytes each for float16)."""
+        per = 2 if self.scale_dtype == "float16" else 4
+        return int(self.codes.nbytes + per * (self.scales.size + self.mins.size))
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per value: ``8 * nbytes / values``."""
+        n = math.prod(self.shape)
+        return 8 * self.nbytes / n if n else 0.0
 
     @property
     def original_nbytes(self) -> int:
@@ -87,10 +116,15 @@ class QuantizedTensor:
         """See :func:`dequantize`."""
         return dequantize(self, dtype, threads=threads)
 
+    def _scheme_repr(self) -> str:
+        if (self.method, self.scale_dtype) == ("minmax", "float32"):
+            return ""
+        return f"method={self.method}, scale_dtype={self.scale_dtype}, "
+
     def __repr__(self) -> str:
         return (
             f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, bits={self.bits}, "
-            f"group_size={self.group_size}, nbytes={self.nbytes}, "
+            f"group_size={self.group_size}, {self._scheme_repr()}nbytes={self.nbytes}, "
             f"compression={self.compression_ratio:.2f}x)"
         )
 
@@ -103,6 +137,9 @@ def quantize_ptr(
     dtype: DTypeLike = None,
     threads: int | None = None,
     out: Out = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
+    importance: npt.ArrayLike | None = None,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` along its last axis, reading its buffer in place.
 
@@ -130,19 +167,41 @@ def quantize_ptr(
     be written to by another thread during the call; use
     :func:`quantize_copy` if it may be.
 
+    ``method``: ``"minmax"`` (each group's range) or ``"search"`` (an
+    error-minimizing search of each group's scale and min, several times
+    slower, lower error: docs/scheme.md). ``scale_dtype``: ``"float32"`` or
+    ``"float16"`` (scales and mins rounded to float16 before the codes are
+    chosen, half their storage). ``importance``: optional per-column weights
+    (``K`` finite, non-negative values, e.g. an imatrix) for ``"search"``.
+
     Raises QuantizeError subclasses: UnsupportedDtypeError, CopyRequiredError,
-    InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError.
+    InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError,
+    InvalidSchemeError, InvalidImatrixError.
     """
     # Python checks only what C cannot see (type, strides, dtype); C checks
     # lengths, alignment and overlaps.
     if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
         _check_in_place(arr, dtype)
-    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype)
+    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype)
     if out is None:
         qt, codes, scales, mins = plan.new()
     else:
         qt, *arrays = plan.reuse(out)
         codes, scales, mins = ffi.from_buffer("uint8_t[]", arrays[0]), *(ffi.from_buffer("float[]", a) for a in arrays[1:])
+    if plan.method or plan.scale_dtype or importance is not None:
+        # Other schemes are fields of the batch item: a batch of one.
+        item = ffi.new("PqQuantizeItem *")
+        inp = ffi.from_buffer(arr if plan.exports else _raw_view(arr))
+        (item.dtype, item.input, item.input_len, item.row_len, item.bits, item.group_size) = (
+            plan.code, inp, plan.size, plan.row_len, plan.bits, plan.group_size)
+        (item.codes, item.codes_len, item.scales, item.scales_len, item.mins, item.mins_len) = (
+            codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
+        item.method, item.scale_dtype = plan.method, plan.scale_dtype
+        w = None if importance is None else _importance(importance)
+        if w is not None:
+            item.importance, item.importance_len = ffi.from_buffer("float[]", w), w.size
+        call(lib.pq_quantize_batch, item, 1, c_threads(threads), ffi.NULL)
+        return qt
     err = error_struct()
     status = lib.pq_quantize(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)), plan.size,
                              plan.row_len, plan.bits, plan.group_size, 0 if threads is None else c_threads(threads),
@@ -159,6 +218,9 @@ def quantize_copy(
     group_size: int | None = 128,
     dtype: DTypeLike = None,
     threads: int | None = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
+    importance: npt.ArrayLike | None = None,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` like :func:`quantize_ptr`, from a copy of its data.
 
@@ -173,16 +235,22 @@ def quantize_copy(
     :func:`copy_plan` gives the byte counts.
 
     Parallelism as :func:`quantize_ptr` (the copy itself is one thread).
+    ``method``, ``scale_dtype`` and ``importance`` as there (with a scheme
+    other than the default, numpy makes the one copy and Rust reads it).
 
     Raises QuantizeError subclasses: UnsupportedDtypeError, InvalidBitsError,
-    InvalidGroupSizeError, ShapeError, NonFiniteError.
+    InvalidGroupSizeError, ShapeError, NonFiniteError, InvalidSchemeError,
+    InvalidImatrixError.
     """
     a = np.asarray(arr)
     name, code = _resolve_dtype(a.dtype, dtype)
     if needs_normalizing(a):  # one numpy copy: contiguous and native order at once
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
     a = np.ascontiguousarray(a)  # a 0-d array becomes 1-d; otherwise a no-op
-    plan = _plan(a.dtype, a.shape, bits, group_size, dtype)
+    plan = _plan(a.dtype, a.shape, bits, group_size, dtype, method, scale_dtype)
+    if plan.method or plan.scale_dtype or importance is not None:
+        return quantize_ptr(np.array(a, order="C", copy=True), bits=bits, group_size=group_size, dtype=dtype,
+                            threads=threads, method=method, scale_dtype=scale_dtype, importance=importance)
     qt, codes, scales, mins = plan.new()
     call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, plan.row_len, plan.bits,
          plan.group_size, c_threads(threads), codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
@@ -222,11 +290,13 @@ K = TypeVar("K")
 @overload
 def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
-                   out: Mapping[K, Out] | None = ...) -> dict[K, QuantizedTensor]: ...
+                   out: Mapping[K, Out] | None = ..., method: str = ..., scale_dtype: str = ...,
+                   importance: Mapping[K, npt.ArrayLike] | None = ...) -> dict[K, QuantizedTensor]: ...
 @overload
 def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
-                   out: Sequence[Out] | None = ...) -> list[QuantizedTensor]: ...
+                   out: Sequence[Out] | None = ..., method: str = ..., scale_dtype: str = ...,
+                   importance: Mapping[int, npt.ArrayLike] | None = ...) -> list[QuantizedTensor]: ...
 
 
 def quantize_batch(
@@ -237,6 +307,9 @@ def quantize_batch(
     params: Params = None,
     threads: int | None = None,
     out: Mapping[Any, Out] | Sequence[Out] | None = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
+    importance: Mapping[Any, npt.ArrayLike] | None = None,
 ) -> dict[Any, QuantizedTensor] | list[QuantizedTensor]:
     """Quantizes many tensors in one native call.
 
@@ -264,6 +337,10 @@ def quantize_batch(
     outputs (fresh ones unless ``out`` is given) possibly partly written.
     Same bytes as :func:`quantize_ptr` on each tensor, for every thread count.
 
+    ``method`` and ``scale_dtype`` as for :func:`quantize_ptr`, for every
+    tensor; ``importance`` maps names (indices of a sequence) to per-column
+    weights for some tensors.
+
     Raises the errors of :func:`quantize_ptr` (prefixed with the tensor's
     name), and QuantizeError for a ``layers`` that is neither a mapping nor
     a sequence, or ``params`` that do not give a pair.
@@ -284,7 +361,7 @@ def quantize_batch(
             if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
                 _check_in_place(arr, None)
             if arr.dtype is not last[1] or arr.shape != last[0] or b is not last[2] or g is not last[3]:
-                plan = _plan(arr.dtype, arr.shape, b, g, None)
+                plan = _plan(arr.dtype, arr.shape, b, g, None, method, scale_dtype)
                 members = families.setdefault(plan, [])
                 last = (arr.shape, arr.dtype, b, g)
         except QuantizeError as exc:
@@ -300,6 +377,7 @@ def quantize_batch(
         rows["dtype"], rows["bits"], rows["group_size"] = plan.code, plan.bits, plan.group_size
         rows["input_len"], rows["row_len"] = plan.size, plan.row_len
         rows["codes_len"], rows["scales_len"], rows["mins_len"] = plan.codes_len, plan.n_groups, plan.n_groups
+        rows["method"], rows["scale_dtype"] = plan.method, plan.scale_dtype
         if outs is None:
             _carve(plan, members, rows, results)
         else:
@@ -315,8 +393,38 @@ def quantize_batch(
             rows["codes"], rows["scales"], rows["mins"] = at[:, 0], at[:, 1], at[:, 2]
         if not whole:
             items[members] = rows
+    weights = []  # kept alive until the call returns
+    index = {name: i for i, name in enumerate(names)}
+    for name, w in (importance or {}).items():
+        if name not in index:
+            raise QuantizeError(f"importance names {name!r}, which is not a tensor of layers")
+        i = index[name]
+        try:
+            weights.append(_importance(w))
+        except QuantizeError as exc:
+            raise type(exc)(f"tensor {name!r}: {exc}") from None
+        items[i]["importance"], items[i]["importance_len"] = _address(weights[-1]), weights[-1].size
     call_batch(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
+
+
+def _importance(w: npt.ArrayLike) -> np.ndarray[Any, Any]:
+    """Per-column weights as a 1-D float32 array (C checks length and values)."""
+    arr = np.ascontiguousarray(w, dtype=np.float32)
+    if arr.ndim != 1:
+        raise InvalidImatrixError(f"importance must be 1-D (one weight per column), got shape {arr.shape}")
+    return arr
+
+
+def scheme_codes(method: Any, scale_dtype: Any) -> tuple[int, int]:
+    """The C codes of a method and scale dtype name."""
+    try:
+        return METHODS[method], SCALE_DTYPES[scale_dtype]
+    except (KeyError, TypeError):
+        if method not in METHODS:
+            raise InvalidSchemeError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}") from None
+        raise InvalidSchemeError(
+            f"scale_dtype must be one of {', '.join(map(repr, SCALE_DTYPES))}, got {scale_dtype!r}") from None
 
 
 def _carve(plan: _Plan, members: list[int], rows: np.ndarray[Any, Any], results: list[Any]) -> None:
@@ -595,10 +703,11 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "record", "nbytes", "fields")
+                 "groups_shape", "exports", "record", "nbytes", "fields", "method", "scale_dtype")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
-                 dtype: DTypeLike) -> None:
+                 dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32") -> None:
+        self.method, self.scale_dtype = scheme_codes(method, scale_dtype)
         name, self.code = _resolve_dtype(arr_dtype, dtype)
         if not arr_dtype.isnative:
             problem = _byte_order_problem(arr_dtype)
@@ -611,7 +720,8 @@ class _Plan:
         # the size too, so that a family's records keep their floats aligned.
         self.nbytes = -(-(8 * self.n_groups + self.codes_len) // 4) * 4
         self.record = _block_record(self.codes_shape, self.groups_shape, self.nbytes)
-        self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size}
+        self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size,
+                       "method": method, "scale_dtype": scale_dtype}
 
     def new(self) -> tuple[QuantizedTensor, Any, Any, Any]:
         """A result over one fresh block, and the C pointers to its codes,
@@ -661,19 +771,20 @@ _PLANS: dict[tuple[Any, ...], _Plan] = {}
 _MAX_PLANS = 4096
 
 
-def _plan(arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: Any, group_size: Any, dtype: DTypeLike) -> _Plan:
+def _plan(arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: Any, group_size: Any, dtype: DTypeLike,
+          method: Any = "minmax", scale_dtype: Any = "float32") -> _Plan:
     """The cached :class:`_Plan` (errors are raised, never cached). The key
     has the types of ``bits`` and ``group_size``, since ``4.0 == 4``."""
-    key = (arr_dtype, shape, bits, type(bits), group_size, type(group_size), dtype)
+    key = (arr_dtype, shape, bits, type(bits), group_size, type(group_size), dtype, method, scale_dtype)
     try:
         return _PLANS[key]
     except KeyError:
-        plan = _PLANS[key] = _Plan(arr_dtype, shape, bits, group_size, dtype)
+        plan = _PLANS[key] = _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype)
         if len(_PLANS) > _MAX_PLANS:
             _PLANS.clear()
         return plan
-    except TypeError:  # an unhashable dtype argument: not cached
-        return _Plan(arr_dtype, shape, bits, group_size, dtype)
+    except TypeError:  # an unhashable argument: not cached
+        return _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype)
 
 
 def _block_record(codes_shape: tuple[int, ...], groups_shape: tuple[int, ...], nbytes: int) -> np.dtype[Any] | None:
@@ -743,6 +854,7 @@ _QUANTIZE_ITEM = _struct_dtype("PqQuantizeItem", {
     "dtype": np.uint32, "input": np.uintp, "input_len": np.uintp, "row_len": np.uintp,
     "bits": np.uint32, "group_size": np.uintp, "codes": np.uintp, "codes_len": np.uintp,
     "scales": np.uintp, "scales_len": np.uintp, "mins": np.uintp, "mins_len": np.uintp,
+    "method": np.uint32, "scale_dtype": np.uint32, "importance": np.uintp, "importance_len": np.uintp,
 })
 
 

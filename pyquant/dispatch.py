@@ -297,15 +297,15 @@ def explain(
 @overload
 def quantize(x: np.ndarray[Any, Any], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., dst: None = ..., force: bool = ...) -> QuantizedTensor: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ...) -> QuantizedTensor: ...
 @overload
 def quantize(x: Mapping[str, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., dst: None = ..., force: bool = ...) -> dict[str, QuantizedTensor]: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ...) -> dict[str, QuantizedTensor]: ...
 @overload
 def quantize(x: list[np.ndarray[Any, Any]] | tuple[np.ndarray[Any, Any], ...], *, bits: int = ...,
              group_size: int | None = ..., path: PathArg = ..., threads: int | None = ...,
-             dtype: DTypeLike = ..., params: Params = ..., dst: None = ...,
+             dtype: DTypeLike = ..., params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ...,
              force: bool = ...) -> list[QuantizedTensor]: ...
 @overload
 def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path: PathArg = ...,
@@ -314,7 +314,7 @@ def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path:
 @overload
 def quantize(x: npt.ArrayLike | object, *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., dst: StrPath | None = ..., force: bool = ...) -> Any: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: StrPath | None = ..., force: bool = ...) -> Any: ...
 
 
 def quantize(
@@ -326,6 +326,8 @@ def quantize(
     threads: int | None = None,
     dtype: DTypeLike = None,
     params: Params = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
     dst: StrPath | None = None,
     force: bool = False,
 ) -> Any:
@@ -349,6 +351,8 @@ def quantize(
       (:func:`quantize_batch`, ``params`` for per-tensor bits and group
       size) -> a dict or list of :class:`QuantizedTensor`.
 
+    ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
+    path but ``arrow``, whose row format has no field for them yet.
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a
@@ -373,18 +377,20 @@ def quantize(
     """
     decision = _decide(x, path, threads, dtype, params, bits, group_size)
     chosen, data = decision.choice.path, decision.data
+    if (method, scale_dtype) != ("minmax", "float32") and (chosen == "arrow" or decision.arrow_file):
+        raise PathError(f"method= and scale_dtype= are not supported by the {chosen} path's Arrow format yet")
     if chosen == "file":
         if dst is None:
             raise PathError(f"quantize({data!r}) writes a quantized checkpoint: pass dst='output path'")
         if decision.arrow_file:
             return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force)
-        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force)
+        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method, scale_dtype=scale_dtype)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
     if chosen == "ptr":
-        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads)
+        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
     if chosen == "copy":
-        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads)
+        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
     if chosen == "batch":
-        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads)
+        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method, scale_dtype=scale_dtype)
     return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads)

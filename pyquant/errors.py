@@ -39,7 +39,7 @@ class SizeOverflowError(QuantizeError):
 
 
 class InvalidBitsError(QuantizeError):
-    """``bits`` is not 2, 4 or 8."""
+    """``bits`` is not 2, 3, 4 or 8."""
 
 
 class InvalidGroupSizeError(QuantizeError):
@@ -69,6 +69,11 @@ class UnsupportedGgmlTypeError(QuantizeError):
 
 class InvalidImatrixError(QuantizeError):
     """An importance matrix has the wrong length or a negative or non-finite entry."""
+
+
+class InvalidSchemeError(QuantizeError):
+    """The quantization ``method`` or ``scale_dtype`` is unknown, or
+    importance weights were given to a method that does not use them."""
 
 
 class CheckpointError(QuantizeError):

@@ -9,7 +9,12 @@ other tensor is carried over unchanged. Its metadata says which is which:
 dtype, shape, bits, group_size of each quantized tensor) and
 ``pyquant.source_metadata`` (the input's metadata, JSON) and ``pyquant.kept``
 (JSON: reason -> names of the tensors carried over for that reason; absent
-in checkpoints written before it was added, which still read).
+in checkpoints written before it was added, which still read). A checkpoint
+quantized with another scheme than min-max with float32 scales also has
+``pyquant.method`` (``"search"``) and ``pyquant.scale_dtype``; with
+``"float16"`` its ``.scales`` and ``.mins`` are F16 (exactly the values
+quantize chose the codes for). Without these keys (every older file): min-max,
+F32.
 
 An Arrow checkpoint is an Arrow IPC file in the Arrow path's schema
 (:func:`pyquant.quantized_schema`), one tensor per row, with the same
@@ -34,11 +39,11 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from ._atomic import atomic_output
-from .core import SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
+from .core import METHODS, SUPPORTED_DTYPES, QuantizedTensor, quantized_layout
 from ._text import quoted, shown
 from .dtypes import BY_NAME, BY_SAFETENSORS
 from .errors import CheckpointError, QuantizeError
-from .plan import Plan, check_options
+from .plan import BITS, Plan, check_options
 from .safetensors_io import (CODE_OF, DTYPES, Checkpoint, OutputTensor, SafetensorsFile, brief as _brief, check_text,
                              check_not_shrunk, open_regular, writing)
 
@@ -73,24 +78,36 @@ def refuse_quantized_input(ckpt: Checkpoint) -> None:
     for name in ckpt.names():
         if name.endswith(".codes") and ckpt.info(name).dtype == "U8":
             base = name[: -len(".codes")]
-            if all(ckpt.where.get(f"{base}.{p}") and ckpt.info(f"{base}.{p}").dtype == "F32" for p in ("scales", "mins")):
+            if all(ckpt.where.get(f"{base}.{p}") and ckpt.info(f"{base}.{p}").dtype in ("F32", "F16")
+                   for p in ("scales", "mins")):
                 raise CheckpointError(f"{ckpt.path}: looks like a pyquant checkpoint (tensor {quoted(base)} is "
                                       "stored as .codes, .scales and .mins); quantize the original model")
 
 
-def outputs(plan: Plan) -> list[OutputTensor]:
+# The safetensors dtype of scales and mins per scale dtype.
+SCALE_CODES = {"float32": "F32", "float16": "F16"}
+
+
+def scheme_of(meta: Mapping[str, str]) -> tuple[str, str]:
+    """(method, scale_dtype) of a checkpoint's metadata; older files have neither key."""
+    return meta.get("pyquant.method", "minmax"), meta.get("pyquant.scale_dtype", "float32")
+
+
+def outputs(plan: Plan, scale_dtype: str = "float32") -> list[OutputTensor]:
     """The safetensors tensors that hold ``plan``'s tensor in a checkpoint."""
     if plan.bits is None:
         return [OutputTensor(plan.name, plan.dtype, plan.shape)]
     codes, groups, _, _ = quantized_layout(plan.shape, plan.bits, plan.group_size)
+    code = SCALE_CODES[scale_dtype]
     return [
         OutputTensor(f"{plan.name}.codes", "U8", codes),
-        OutputTensor(f"{plan.name}.scales", "F32", groups),
-        OutputTensor(f"{plan.name}.mins", "F32", groups),
+        OutputTensor(f"{plan.name}.scales", code, groups),
+        OutputTensor(f"{plan.name}.mins", code, groups),
     ]
 
 
-def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapping[str, str]) -> dict[str, str]:
+def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mapping[str, str],
+             method: str = "minmax", scale_dtype: str = "float32") -> dict[str, str]:
     """A checkpoint's metadata (either format), compact: a tensor's name is
     not repeated in the metadata unless its dtype, bits or group size differ
     from the defaults (its shape follows from its parts'), so the header
@@ -103,9 +120,12 @@ def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mappi
         for p in quantized
         if (BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
     }
+    scheme = {} if (method, scale_dtype) == ("minmax", "float32") else {
+        "pyquant.method": method, "pyquant.scale_dtype": scale_dtype}
     return {
         "format": FORMAT,
         "pyquant.format_version": FORMAT_VERSION,
+        **scheme,
         "pyquant.dtype": dtype,
         "pyquant.bits": str(bits),
         "pyquant.group_size": "row" if group_size is None else str(group_size),
@@ -164,8 +184,12 @@ def open_sink(format: str, dst: str | os.PathLike[str], plans: list[Plan], meta:
     """A writer of a checkpoint in ``format`` holding the tensors of ``plans``;
     ``dst`` must not be one of ``inputs``."""
     if format == "arrow":
+        if scheme_of(meta) != ("minmax", "float32"):
+            raise QuantizeError("the Arrow checkpoint format has no field for method / scale_dtype yet: "
+                                "use format='safetensors'")
         return _ArrowSink(dst, meta, force, inputs)
-    return _SafetensorsSink(dst, [o for p in plans for o in outputs(p)], meta, force, inputs)
+    scale_dtype = scheme_of(meta)[1]
+    return _SafetensorsSink(dst, [o for p in plans for o in outputs(p, scale_dtype)], meta, force, inputs)
 
 
 class _SafetensorsSink:
@@ -184,8 +208,10 @@ class _SafetensorsSink:
         self._w.write(name, arr)
 
     def quantized(self, name: str, qt: QuantizedTensor) -> None:
-        for part in PARTS:
-            self._w.write(f"{name}.{part}", getattr(qt, part))
+        self._w.write(f"{name}.codes", qt.codes)
+        for part in ("scales", "mins"):
+            arr = getattr(qt, part)  # float16 values held as float32: narrowing is exact
+            self._w.write(f"{name}.{part}", arr.astype(np.float16) if qt.scale_dtype == "float16" else arr)
 
 
 class _ArrowSink:
@@ -297,9 +323,10 @@ def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
         raise CheckpointError(f"{path}: corrupt metadata: pyquant.bits {_brief(bits_text)} or "
                               f"pyquant.group_size {_brief(group_text)}")
     default = [meta.get("pyquant.dtype"), int(bits_text), None if group_text == "row" else int(group_text)]
+    code = SCALE_CODES.get(scheme_of(meta)[1])
     trios = [n[: -len(".codes")] for n, info in tensors.items()
              if n.endswith(".codes") and info.dtype == "U8"
-             and all(getattr(tensors.get(n[: -len("codes")] + p), "dtype", None) == "F32" for p in ("scales", "mins"))]
+             and all(getattr(tensors.get(n[: -len("codes")] + p), "dtype", None) == code for p in ("scales", "mins"))]
     unknown = sorted(set(listed) - set(trios))
     if unknown:
         raise CheckpointError(f"{path}: metadata names {quoted(unknown[0])}, whose codes, scales and mins the file lacks")
@@ -311,7 +338,7 @@ def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
                                   "(expected [dtype, bits, group_size])")
         dtype, bits, group = entry
         codes = tensors[f"{n}.codes"].shape
-        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in (2, 4, 8) or not codes:
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS or not codes:
             raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata: bits {_brief(bits)}")
         row = codes[-1] * 8 // bits
         out[n] = {"dtype": dtype, "shape": [*codes[:-1], row], "bits": bits, "group_size": row if group is None else group}
@@ -348,12 +375,17 @@ class QuantizedCheckpoint:
         if not isinstance(listed, dict):
             raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must be a JSON object")
         tensors = self.file.tensors
+        self.method, self.scale_dtype = scheme_of(meta)
+        if self.method not in METHODS or self.scale_dtype not in SCALE_CODES:
+            raise CheckpointError(f"{path}: corrupt metadata: pyquant.method {_brief(self.method)} or "
+                                  f"pyquant.scale_dtype {_brief(self.scale_dtype)}")
+        scale_code = SCALE_CODES[self.scale_dtype]
         quantized = _described_v1(path, listed) if version == "1" else _described(path, meta, listed, tensors)
         self.quantized: dict[str, dict[str, Any]] = quantized
         for n, m in quantized.items():
             check_text(path, n)
             codes, groups = _layout(path, n, m["dtype"], m["shape"], m["bits"], m["group_size"])
-            for part, code, shape in (("codes", "U8", codes), ("scales", "F32", groups), ("mins", "F32", groups)):
+            for part, code, shape in (("codes", "U8", codes), ("scales", scale_code, groups), ("mins", scale_code, groups)):
                 info = tensors.get(f"{n}.{part}")
                 if info is None:
                     raise CheckpointError(f"{path}: metadata names {quoted(f'{n}.{part}')}, which the file lacks")
@@ -390,13 +422,15 @@ class QuantizedCheckpoint:
         if name not in self.quantized:
             return self.file.array(name)
         m = self.quantized[name]
-        arrays = {}
+        arrays: dict[str, Any] = {}
         for part in PARTS:
             a = self.file.array(f"{name}.{part}")
             # Views on a read-only map may be misaligned in hand-made files; copy then.
-            arrays[part] = a if a.flags.aligned else a.copy()
+            # Float16 scales and mins widen exactly to the float32 dequantize reads.
+            arrays[part] = a.astype(np.float32) if a.dtype == np.float16 else a if a.flags.aligned else a.copy()
         return _checked(self.file.path, name, QuantizedTensor(
-            **arrays, shape=tuple(m["shape"]), dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"])))
+            **arrays, shape=tuple(m["shape"]), dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"]),
+            method=self.method, scale_dtype=self.scale_dtype))
 
     def release(self, name: str) -> None:
         for n in ([f"{name}.{p}" for p in PARTS] if name in self.quantized else [name]):

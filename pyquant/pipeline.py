@@ -20,7 +20,7 @@ import numpy as np
 
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
-from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy
+from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
 from .errors import CheckpointError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
@@ -87,6 +87,8 @@ def quantize_file(
     force: bool = False,
     allow_empty: bool = False,
     progress: ProgressCallback | None = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
 ) -> Summary:
     """Quantizes a ``.safetensors`` file or sharded model directory into ``dst``.
 
@@ -99,7 +101,9 @@ def quantize_file(
     of at most the largest tensor's size. Memory: one such run's mapped
     pages and outputs at a time, released after. ``dst`` is written to a
     temporary file and renamed at the end; an error leaves no output.
-    ``progress`` is called after each tensor.
+    ``progress`` is called after each tensor. ``method`` and ``scale_dtype``
+    as for :func:`pyquant.quantize_ptr`, for every quantized tensor, recorded
+    in the checkpoint's metadata (safetensors format only).
 
     Options are checked before anything is read (:func:`check_options`).
     A run that would quantize no tensor is an error unless ``allow_empty``.
@@ -113,6 +117,7 @@ def quantize_file(
     if format not in FORMATS:
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
     check_options(bits, group_size, bits_for)
+    scheme_codes(method, scale_dtype)
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         refuse_quantized_input(ckpt)
@@ -123,8 +128,9 @@ def quantize_file(
             raise CheckpointError(f"nothing to quantize: all {len(plans)} tensors would be carried over{example}; "
                                   "--allow-empty / allow_empty=True writes the copy anyway")
         check_clashes(plans, ckpt.where)
-        meta = metadata(plans, bits, group_size, ckpt.metadata)
-        summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for p in plans for o in outputs(p)))
+        meta = metadata(plans, bits, group_size, ckpt.metadata, method=method, scale_dtype=scale_dtype)
+        summary = Summary(input_bytes=ckpt.nbytes,
+                          output_bytes=sum(o.nbytes for p in plans for o in outputs(p, scale_dtype)))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
         sink = open_sink(format, dst, plans, meta, force, ckpt.paths)
         # Quantizable tensors go to quantize_batch in runs of consecutive
@@ -144,7 +150,7 @@ def quantize_file(
             params: dict[str, tuple[int, int | None]] = {
                 p.name: (p.bits, p.group_size) for p in pending if p.bits is not None  # all of them
             }
-            for name, qt in quantize_batch(arrays, params=params).items():
+            for name, qt in quantize_batch(arrays, params=params, method=method, scale_dtype=scale_dtype).items():
                 sink.quantized(name, qt)
             del arrays
             for p in pending:
@@ -167,7 +173,7 @@ def quantize_file(
                     continue
                 # A misaligned tensor (possible in hand-made files) takes the copy path.
                 try:
-                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size)
+                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size, method=method, scale_dtype=scale_dtype)
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {p.name!r}: {exc}") from None
                 sink.quantized(p.name, qt)

@@ -31,20 +31,20 @@ class Plan:
     kept_because: str | None = None
 
 
-BITS = (2, 4, 8)
+BITS = (2, 3, 4, 8)
 
 
 def check_options(bits: int, group_size: int | None,
                   bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = ()) -> None:
     """Refuses, before any work, options no tensor could be quantized with:
-    bits not 2, 4 or 8 (``bits`` or a ``bits_for`` width), a group size that
+    bits not 2, 3, 4 or 8 (``bits`` or a ``bits_for`` width), a group size that
     is not a positive integer, or one whose codes do not fill whole bytes
     (group size x bits must be a multiple of 8). Raises InvalidBitsError or
     InvalidGroupSizeError."""
     widths = [bits, *(bits_for.values() if isinstance(bits_for, Mapping) else (b for _, b in bits_for))]
     for b in widths:
         if isinstance(b, bool) or b not in BITS:
-            raise InvalidBitsError(f"bits must be 2, 4 or 8, got {b!r}")
+            raise InvalidBitsError(f"bits must be 2, 3, 4 or 8, got {b!r}")
     if group_size is None:
         return
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:

@@ -32,9 +32,9 @@ def reference_quantize(
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.clip(np.rint((groups - lo[:, None]) / scale[:, None]), 0, qmax)
     q[scale == 0] = 0
-    q = q.astype(np.uint8).reshape(-1, 8 // bits)
-    shifts = (np.arange(8 // bits) * bits).astype(np.uint8)
-    codes = np.bitwise_or.reduce(q << shifts, axis=1).astype(np.uint8)
+    # One little-endian bit stream: code i at bits i*bits .. i*bits + bits - 1.
+    stream = (q.astype(np.uint8).reshape(-1, 1) >> np.arange(bits, dtype=np.uint8)) & np.uint8(1)
+    codes = np.packbits(stream.reshape(-1), bitorder="little")
     lead = x32.shape[:-1]
     return (
         codes.reshape(lead + (k * bits // 8,)),
@@ -47,10 +47,8 @@ def reference_dequantize(
     codes: U8Array, scales: F32Array, mins: F32Array, bits: int, shape: tuple[int, ...]
 ) -> F32Array:
     """``mins + q * scales`` in float32, as float32 of ``shape``."""
-    per = 8 // bits
-    c = codes.reshape(-1, 1)
-    shifts = (np.arange(per) * bits).astype(np.uint8)
-    q = ((c >> shifts) & np.uint8(2**bits - 1)).reshape(-1)
+    stream = np.unpackbits(codes.reshape(-1), bitorder="little").reshape(-1, bits)
+    q = (stream << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
     n_groups = scales.size
     if n_groups == 0:
         return np.zeros(shape, dtype=np.float32)

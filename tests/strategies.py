@@ -17,8 +17,8 @@ SUBNORMALS = [np.float32(np.finfo(np.float32).smallest_subnormal) * k for k in (
 @st.composite
 def params(draw):
     """(bits, group_size, row_len) obeying the layout rules; group_size may be None."""
-    bits = draw(st.sampled_from([2, 4, 8]))
-    unit = 8 // bits  # group_size * bits must fill whole bytes
+    bits = draw(st.sampled_from([2, 3, 4, 8]))
+    unit = 8 if bits == 3 else 8 // bits  # group_size * bits must fill whole bytes
     g = unit * draw(st.integers(1, 48 // unit))
     groups_per_row = draw(st.integers(1, 4))
     per_row = draw(st.booleans()) and draw(st.booleans())

@@ -155,7 +155,7 @@ def test_bad_batches_raise_named_errors(columns, error, needle):
 def test_bad_arguments_and_objects():
     a = pa.array(np.ones(8, np.float32))
     with pytest.raises(pyquant.InvalidBitsError):
-        pyquant.quantize_arrow(a, bits=3, group_size=8)
+        pyquant.quantize_arrow(a, bits=5, group_size=8)
     for g in (0, 3, -1, 2**64):
         with pytest.raises(pyquant.InvalidGroupSizeError):
             pyquant.quantize_arrow(a, bits=4, group_size=g)

@@ -196,7 +196,7 @@ def test_row09_bad_group_sizes(group_size, path):
 
 
 # Row 10 ----------------------------------------------------------------------
-@pytest.mark.parametrize("bits", [0, 1, 3, 5, 16, 32, -4, 2**32, 2**40, 4.0, None])
+@pytest.mark.parametrize("bits", [0, 1, 5, 6, 16, 32, -4, 2**32, 2**40, 4.0, None])
 def test_row10_bad_bits(bits):
     with pytest.raises(pyquant.InvalidBitsError):
         pyquant.quantize_ptr(weights(2, 128), bits=bits)

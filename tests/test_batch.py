@@ -79,7 +79,7 @@ def test_one_bad_tensor_fails_the_whole_call_naming_it(bad, error, match):
 def test_bad_params_and_threads():
     a = RNG.normal(size=(2, 128)).astype(np.float32)
     with pytest.raises(pyquant.InvalidBitsError, match="tensor 'a'"):
-        pyquant.quantize_batch({"a": a}, params={"a": (3, 128)})
+        pyquant.quantize_batch({"a": a}, params={"a": (5, 128)})
     with pytest.raises(pyquant.QuantizeError, match="params must give"):
         pyquant.quantize_batch({"a": a}, params={"a": 4})
     with pytest.raises(pyquant.QuantizeError, match="expected a mapping"):

@@ -53,8 +53,8 @@ def test_demo_is_deterministic_and_error_shrinks_with_bits():
 def test_help_and_bad_arguments():
     assert "demo" in run("--help").stdout
     assert "--group-size" in run("demo", "--help").stdout
-    bad = run("demo", "--bits", "3")
-    assert bad.returncode == 1 and "pyquant: error: bits must be 2, 4 or 8, got 3" in bad.stderr
+    bad = run("demo", "--bits", "5")
+    assert bad.returncode == 1 and "pyquant: error: bits must be 2, 3, 4 or 8, got 5" in bad.stderr
     assert "Traceback" not in bad.stderr
     with pytest.raises(SystemExit):
         cli.main(["nonsense"])

@@ -274,13 +274,13 @@ BAD_CALLS = [
     (np.ones((4, 128)), {}),                                        # float64: ptr path
     (np.ones((4, 128))[:, ::2], {}),                                # float64, strided: copy path
     ([[1.0, 2.0]], {}),                                             # array-like float64: copy path
-    (np.ones((4, 128), np.float32), {"bits": 3}),
+    (np.ones((4, 128), np.float32), {"bits": 5}),
     (np.ones((4, 100), np.float32), {}),                            # group size larger than a row
     (np.ones((4, 128), np.float32), {"group_size": 0}),
     (np.ones((4, 128), np.float32), {"threads": 0}),
     (np.ones((4, 128), np.uint16), {"dtype": "float16"}),
     ({"a": np.ones((2, 128), np.float32), "b": np.ones(8)}, {}),     # batch: names the tensor
-    ({"a": np.ones((2, 128), np.float32)}, {"params": {"a": (3, 128)}}),
+    ({"a": np.ones((2, 128), np.float32)}, {"params": {"a": (5, 128)}}),
 ]
 
 

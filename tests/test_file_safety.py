@@ -455,8 +455,8 @@ def test_model_with_more_shards_than_open_files_allowed_works(tmp_path):
     (("--group-size", "-1"), "group size must be a positive integer"),
     (("--group-size", "7"), "group size 7 with 4-bit codes does not fill whole bytes"),
     (("--group-size", "6", "--bits", "2"), "group size 6 with 2-bit codes"),
-    (("--bits", "3"), "bits must be 2, 4 or 8, got 3"),
-    (("--bits-for", "q=5"), "bits must be 2, 4 or 8, got 5"),
+    (("--bits", "5"), "bits must be 2, 3, 4 or 8, got 5"),
+    (("--bits-for", "q=5"), "bits must be 2, 3, 4 or 8, got 5"),
     (("--bits-for", "q=2", "--group-size", "2"), "group size 2 with 2-bit codes"),
 ])
 def test_invalid_option_is_a_usage_error_before_any_work(tmp_path, options, expect):
@@ -590,7 +590,7 @@ def tampered_safetensors(tmp_path, q):
     edit_v1("shape_disagrees", shape=[16, 128])
     edit_v1("shape_not_a_list", shape="8x128")
     edit_v1("shape_empty", shape=[])
-    edit_v1("bits_3", bits=3)
+    edit_v1("bits_5", bits=5)
     edit_v1("bits_string", bits="4")
     edit_v1("bits_bool", bits=True)
     edit_v1("group_zero", group_size=0)

@@ -90,8 +90,8 @@ int main(void) {
         static float s2[ROWS * ROW_LEN / GROUP_SIZE], m2[ROWS * ROW_LEN / GROUP_SIZE];
         const size_t ng = ROWS * ROW_LEN / GROUP_SIZE;
         PqQuantizeItem items[2] = {
-            {PQ_DTYPE_F32, input, n, ROW_LEN, 8, GROUP_SIZE, codes8, sizeof codes8, s8, ng, m8, ng},
-            {PQ_DTYPE_F32, input, n, ROW_LEN, 2, GROUP_SIZE, codes2, sizeof codes2, s2, ng, m2, ng},
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 8, GROUP_SIZE, codes8, sizeof codes8, s8, ng, m8, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 2, GROUP_SIZE, codes2, sizeof codes2, s2, ng, m2, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
         };
         size_t failed_item;
         if (pq_quantize_batch(items, 2, 0, &failed_item, &err) != PQ_STATUS_OK) {
@@ -108,13 +108,13 @@ int main(void) {
 
     /* 8. Bad input: 3 bits is not supported. pyquant returns a status and a
      *    message, and writes nothing. */
-    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 3, GROUP_SIZE, 0,
+    PqStatus s = pq_quantize(PQ_DTYPE_F32, input, n, ROW_LEN, 5, GROUP_SIZE, 0,
                              codes, codes_len, scales, n_groups, mins, n_groups, &err);
     if (s != PQ_STATUS_INVALID_BITS || err.status != s || err.message[0] == '\0') {
-        fprintf(stderr, "bits = 3: expected PQ_STATUS_INVALID_BITS, got %u\n", (unsigned)s);
+        fprintf(stderr, "bits = 5: expected PQ_STATUS_INVALID_BITS, got %u\n", (unsigned)s);
         goto done;
     }
-    printf("bits = 3 rejected as expected (status %u): %s\n", (unsigned)s, err.message);
+    printf("bits = 5 rejected as expected (status %u): %s\n", (unsigned)s, err.message);
 
     rc = 0;
 done:

@@ -187,6 +187,11 @@ fn run(data: &[u8]) {
                     scales_len: c.len,
                     mins: o.ptr(&mut arena),
                     mins_len: o.len,
+                    // Min-max, f32 scales: the fuzzed oracle is the min-max reference.
+                    method: 0,
+                    scale_dtype: 0,
+                    importance: std::ptr::null(),
+                    importance_len: 0,
                 };
                 (at as *mut PqQuantizeItem).write_unaligned(item);
             }

@@ -74,12 +74,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// A bit width: mostly 2, 4 or 8, sometimes anything.
+    /// A bit width: mostly 2, 3, 4 or 8, sometimes anything.
     pub fn bits(&mut self) -> u32 {
-        match self.u8() % 8 {
+        match self.u8() % 9 {
             0 | 1 => 2,
-            2..=4 => 4,
-            5 | 6 => 8,
+            2 => 3,
+            3..=5 => 4,
+            6 | 7 => 8,
             _ => self.u32(),
         }
     }

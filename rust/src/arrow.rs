@@ -553,7 +553,7 @@ pub fn quantize(
             let (s, sr) = std::mem::take(&mut scales_rest).split_at_mut(l.n_groups);
             let (m, mr) = std::mem::take(&mut mins_rest).split_at_mut(l.n_groups);
             (codes_rest, scales_rest, mins_rest) = (cr, sr, mr);
-            items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m });
+            items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m, importance: None });
             codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
             group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
         }

@@ -33,10 +33,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use crate::element::{Element, Values, ValuesMut};
-use crate::error::{Error, Result};
-use crate::kernel::fast;
-use crate::kernel::Isa;
-use crate::layout::{check_len, Layout};
+use crate::error::{Error, PqStatus, Result};
+use crate::kernel::{fast, search, Isa};
+use crate::layout::{check_len, Layout, Method};
 
 #[cfg(test)]
 mod oracle;
@@ -48,9 +47,10 @@ pub(crate) const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
 /// (dequantize does about three times less work per byte than quantize).
 pub(crate) const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
 
-/// One tensor to quantize: `input` laid out as `layout`, into `codes`,
-/// `scales` and `mins` (which may be longer than needed; only the prefix the
-/// layout names is written).
+/// One tensor to quantize: `input` laid out as `layout` (with its scheme),
+/// into `codes`, `scales` and `mins` (which may be longer than needed; only
+/// the prefix the layout names is written). `importance`: optional
+/// per-column weights (one per `row_len` column) for `Method::Search`.
 #[derive(Debug)]
 pub struct QuantizeItem<'a> {
     pub input: Values<'a>,
@@ -58,6 +58,7 @@ pub struct QuantizeItem<'a> {
     pub codes: &'a mut [u8],
     pub scales: &'a mut [f32],
     pub mins: &'a mut [f32],
+    pub importance: Option<&'a [f32]>,
 }
 
 /// One tensor to dequantize: `codes`, `scales`, `mins` (exact lengths) laid
@@ -120,7 +121,7 @@ pub fn quantize<T: Element>(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> Result<()> {
-    let item = QuantizeItem { input: T::values(input), layout: *layout, codes, scales, mins };
+    let item = QuantizeItem { input: T::values(input), layout: *layout, codes, scales, mins, importance: None };
     quantize_batch(&mut [item], 1).map_err(|e| e.error)
 }
 
@@ -184,12 +185,14 @@ pub(crate) fn quantize_batch_with(
         check_len("codes", item.codes.len(), l.codes_len, false).map_err(at)?;
         check_len("scales", item.scales.len(), l.n_groups, false).map_err(at)?;
         check_len("mins", item.mins.len(), l.n_groups, false).map_err(at)?;
+        check_importance(&l, item.importance).map_err(at)?;
         if l.len > 0 {
             pieces.push(QuantizePiece {
                 item: i,
                 first_group: 0,
                 layout: l,
                 input: item.input,
+                importance: item.importance,
                 codes: &mut item.codes[..l.codes_len],
                 scales: &mut item.scales[..l.n_groups],
                 mins: &mut item.mins[..l.n_groups],
@@ -198,9 +201,23 @@ pub(crate) fn quantize_batch_with(
     }
     let isa = schedule.isa;
     run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
-        fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
-            .map_err(|e| BatchError::at(p.item, e))
+        if p.layout.scheme.method == Method::MinMax {
+            fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
+        } else {
+            search::encode(p.input, &p.layout, p.first_group, p.importance, p.codes, p.scales, p.mins)
+        }
+        .map_err(|e| BatchError::at(p.item, e))
     })
+}
+
+/// Importance weights are only used by the search, and need one finite,
+/// non-negative weight per column.
+fn check_importance(layout: &Layout, importance: Option<&[f32]>) -> Result<()> {
+    let Some(w) = importance else { return Ok(()) };
+    if layout.scheme.method != Method::Search {
+        return Err(Error::new(PqStatus::InvalidScheme, "importance weights are only used by method search"));
+    }
+    crate::ggml::check_weights(w, layout.row_len)
 }
 
 pub(crate) fn dequantize_batch_with(
@@ -255,6 +272,8 @@ struct QuantizePiece<'a> {
     first_group: usize,
     layout: Layout,
     input: Values<'a>,
+    /// The whole tensor's per-column weights (not split with the piece).
+    importance: Option<&'a [f32]>,
     codes: &'a mut [u8],
     scales: &'a mut [f32],
     mins: &'a mut [f32],
@@ -501,6 +520,7 @@ impl<P: Piece> Job<P> {
 mod tests {
     use super::*;
     use crate::kernel::reference;
+    use crate::layout::Scheme;
     use crate::PqStatus;
     use half::{bf16, f16};
 
@@ -510,6 +530,66 @@ mod tests {
 
     fn data(n: usize, seed: usize) -> Vec<f32> {
         (0..n).map(|i| ((i * 7919 + seed * 104729) % 4099) as f32 * 0.01 - 20.0).collect()
+    }
+
+    /// Searched and float16 schemes, with importance weights, through the
+    /// threaded scheduler: the same bytes for every thread count and split.
+    #[test]
+    fn schemes_give_the_same_bytes_for_every_thread_count() {
+        let x = data(1 << 16, 3);
+        let w: Vec<f32> = (0..512).map(|c| (c % 7) as f32 * 0.5).collect();
+        for (method, scale_dtype, importance) in [
+            (Method::Search, crate::layout::ScaleDtype::F32, None),
+            (Method::Search, crate::layout::ScaleDtype::F16, Some(&w[..])),
+            (Method::MinMax, crate::layout::ScaleDtype::F16, None),
+        ] {
+            let l = Layout::new(x.len(), 512, 2, 64).unwrap().with_scheme(Scheme { method, scale_dtype });
+            let mut first = None;
+            for (threads, schedule) in [forced(1), forced(3), forced(7)] {
+                let (mut c, mut s, mut m) = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+                let item = QuantizeItem {
+                    input: Values::F32(&x),
+                    layout: l,
+                    codes: &mut c,
+                    scales: &mut s,
+                    mins: &mut m,
+                    importance,
+                };
+                quantize_batch_with(&mut [item], threads, schedule).unwrap();
+                let got = (
+                    c,
+                    s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    m.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                );
+                assert_eq!(
+                    first.get_or_insert_with(|| got.clone()),
+                    &got,
+                    "{method:?} {scale_dtype:?} threads {threads}"
+                );
+            }
+        }
+        // Importance weights are refused by min-max and checked for length.
+        let l = Layout::new(1024, 512, 4, 64).unwrap();
+        let (mut c, mut s, mut m) = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+        let item = QuantizeItem {
+            input: Values::F32(&x[..1024]),
+            layout: l,
+            codes: &mut c,
+            scales: &mut s,
+            mins: &mut m,
+            importance: Some(&w),
+        };
+        assert_eq!(quantize_batch(&mut [item], 1).unwrap_err().error.status, PqStatus::InvalidScheme);
+        let l = l.with_scheme(Scheme { method: Method::Search, ..Scheme::default() });
+        let item = QuantizeItem {
+            input: Values::F32(&x[..1024]),
+            layout: l,
+            codes: &mut c,
+            scales: &mut s,
+            mins: &mut m,
+            importance: Some(&w[..3]),
+        };
+        assert_eq!(quantize_batch(&mut [item], 1).unwrap_err().error.status, PqStatus::InvalidImatrix);
     }
 
     #[test]
@@ -529,7 +609,16 @@ mod tests {
                 .map(|(i, (l, (c, s, m)))| {
                     let input = Values::F32(&x[offset..offset + l.len]);
                     offset += l.len;
-                    QuantizePiece { item: i, first_group: 0, layout: *l, input, codes: c, scales: s, mins: m }
+                    QuantizePiece {
+                        item: i,
+                        first_group: 0,
+                        layout: *l,
+                        input,
+                        codes: c,
+                        scales: s,
+                        mins: m,
+                        importance: None,
+                    }
                 })
                 .collect();
             let total: usize = pieces.iter().map(|p| p.groups() * p.group_bytes()).sum();
@@ -591,7 +680,14 @@ mod tests {
                 .iter()
                 .zip(&layouts)
                 .zip(&mut got)
-                .map(|(((v, ..), l), (c, s, m))| QuantizeItem { input: *v, layout: *l, codes: c, scales: s, mins: m })
+                .map(|(((v, ..), l), (c, s, m))| QuantizeItem {
+                    input: *v,
+                    layout: *l,
+                    codes: c,
+                    scales: s,
+                    mins: m,
+                    importance: None,
+                })
                 .collect();
             quantize_batch_with(&mut items, threads, schedule).unwrap();
             assert_eq!(got, want, "threads {threads}");
@@ -637,6 +733,7 @@ mod tests {
                         codes: c,
                         scales: s,
                         mins: m,
+                        importance: None,
                     })
                     .collect();
                 let e = quantize_batch_with(&mut items, threads, schedule).unwrap_err();
@@ -659,7 +756,14 @@ mod tests {
         let mut items: Vec<QuantizeItem> = xs
             .iter()
             .zip(&mut outs)
-            .map(|(x, (c, s, m))| QuantizeItem { input: Values::F32(x), layout: l, codes: c, scales: s, mins: m })
+            .map(|(x, (c, s, m))| QuantizeItem {
+                input: Values::F32(x),
+                layout: l,
+                codes: c,
+                scales: s,
+                mins: m,
+                importance: None,
+            })
             .collect();
         let e = quantize_batch(&mut items, 2).unwrap_err();
         assert_eq!((e.item, e.error.status), (Some(3), PqStatus::BufferTooSmall));

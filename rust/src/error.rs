@@ -23,7 +23,7 @@ pub enum PqStatus {
     BufferTooSmall = 5,
     /// A size computation overflowed.
     SizeOverflow = 6,
-    /// `bits` is not 2, 4 or 8.
+    /// `bits` is not 2, 3, 4 or 8.
     InvalidBits = 7,
     /// The group size is 0, larger than the row, or `group_size * bits` is not a multiple of 8.
     InvalidGroupSize = 8,
@@ -45,6 +45,9 @@ pub enum PqStatus {
     /// An importance matrix has the wrong length or a negative or non-finite
     /// entry, or is missing for a type that needs one.
     InvalidImatrix = 15,
+    /// The quantization method or scale dtype code is unknown, or importance
+    /// weights were given for a method that does not use them.
+    InvalidScheme = 16,
 }
 
 /// An error of the safe API: a status plus a message that names the problem.

@@ -11,7 +11,7 @@ pub struct Layout {
     pub len: usize,
     /// Length of the last axis (K).
     pub row_len: usize,
-    /// 2, 4 or 8.
+    /// 2, 3, 4 or 8.
     pub bits: u32,
     /// Values per group (G); divides `row_len`.
     pub group_size: usize,
@@ -19,6 +19,65 @@ pub struct Layout {
     pub codes_len: usize,
     /// Number of groups, that is the length of `scales` and of `mins`.
     pub n_groups: usize,
+    /// How each group's scale and min are chosen and stored (docs/scheme.md).
+    pub scheme: Scheme,
+}
+
+/// How a group's scale and min are chosen: `docs/scheme.md`, "Methods".
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    /// `scale = (max - min) / qmax`, `min` = the group's minimum.
+    #[default]
+    MinMax = 0,
+    /// The error-minimizing search of docs/scheme.md.
+    Search = 1,
+}
+
+/// The precision scales and mins are rounded to (they are always handed
+/// over as f32; with `F16` every one is exactly a float16 value).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScaleDtype {
+    #[default]
+    F32 = 0,
+    F16 = 1,
+}
+
+/// The method and scale precision of a quantization; the default is
+/// pyquant's original format (min-max, f32 scales).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scheme {
+    pub method: Method,
+    pub scale_dtype: ScaleDtype,
+}
+
+impl Scheme {
+    /// The scheme of the C codes `method` (`PQ_METHOD_*`) and `scale_dtype`
+    /// (`PQ_SCALE_DTYPE_*`).
+    pub fn from_codes(method: u32, scale_dtype: u32) -> Result<Scheme> {
+        let method = match method {
+            0 => Method::MinMax,
+            1 => Method::Search,
+            m => {
+                return Err(Error::new(
+                    PqStatus::InvalidScheme,
+                    format!("method must be 0 (minmax) or 1 (search), got {m}"),
+                ))
+            }
+        };
+        let scale_dtype = match scale_dtype {
+            0 => ScaleDtype::F32,
+            1 => ScaleDtype::F16,
+            d => {
+                return Err(Error::new(
+                    PqStatus::InvalidScheme,
+                    format!("scale_dtype must be 0 (float32) or 1 (float16), got {d}"),
+                ))
+            }
+        };
+        Ok(Scheme { method, scale_dtype })
+    }
 }
 
 impl Layout {
@@ -27,8 +86,8 @@ impl Layout {
     /// A tensor with zero rows (`len == 0`) is valid and has empty outputs;
     /// a row length of 0 is an error.
     pub fn new(len: usize, row_len: usize, bits: u32, group_size: usize) -> Result<Layout> {
-        if !matches!(bits, 2 | 4 | 8) {
-            return Err(Error::new(PqStatus::InvalidBits, format!("bits must be 2, 4 or 8, got {bits}")));
+        if !matches!(bits, 2 | 3 | 4 | 8) {
+            return Err(Error::new(PqStatus::InvalidBits, format!("bits must be 2, 3, 4 or 8, got {bits}")));
         }
         if row_len == 0 {
             return Err(Error::new(
@@ -75,7 +134,20 @@ impl Layout {
         let codes_bits = len.checked_mul(bits as usize).ok_or_else(|| {
             Error::new(PqStatus::SizeOverflow, format!("input length {len} times {bits} bits overflows usize"))
         })?;
-        Ok(Layout { len, row_len, bits, group_size, codes_len: codes_bits / 8, n_groups: len / group_size })
+        Ok(Layout {
+            len,
+            row_len,
+            bits,
+            group_size,
+            codes_len: codes_bits / 8,
+            n_groups: len / group_size,
+            scheme: Scheme::default(),
+        })
+    }
+
+    /// The same layout quantized with `scheme`.
+    pub fn with_scheme(self, scheme: Scheme) -> Layout {
+        Layout { scheme, ..self }
     }
 
     /// Bytes of packed codes in one group.
@@ -155,12 +227,14 @@ mod tests {
 
     #[test]
     fn rules() {
-        for bits in [0, 1, 3, 5, 7, 16, u32::MAX] {
+        for bits in [0, 1, 5, 6, 7, 16, u32::MAX] {
             assert_eq!(status(Layout::new(128, 128, bits, 128)), PqStatus::InvalidBits);
         }
         assert_eq!(status(Layout::new(128, 128, 4, 0)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 4, 3)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 2, 2)), PqStatus::InvalidGroupSize);
+        assert_eq!(status(Layout::new(128, 128, 3, 4)), PqStatus::InvalidGroupSize);
+        assert_eq!(Layout::new(128, 128, 3, 8).unwrap().group_code_bytes(), 3);
         assert_eq!(status(Layout::new(128, 128, 4, 256)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 4, usize::MAX)), PqStatus::InvalidGroupSize);
         assert_eq!(status(Layout::new(128, 128, 8, usize::MAX / 4)), PqStatus::InvalidGroupSize);

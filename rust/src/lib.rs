@@ -1,4 +1,4 @@
-//! pyquant: affine per-group weight quantization (2, 4 or 8 bits) of f32, f16
+//! pyquant: affine per-group weight quantization (2, 3, 4 or 8 bits) of f32, f16
 //! and bf16 tensors.
 //!
 //! Modules, each using only the ones before it:

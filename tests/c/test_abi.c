@@ -129,7 +129,10 @@ static void reference_quantize(uint32_t dtype, const void *in, size_t n, unsigne
                 t = rintf(t);
                 q = (unsigned)(t < 0.0f ? 0.0f : t > qmax ? qmax : t);
             }
-            codes[i * bits / 8] |= (uint8_t)(q << (i * bits % 8));
+            /* One little-endian bit stream: a 3-bit code may spill into the next byte. */
+            size_t bit = i * bits;
+            codes[bit / 8] |= (uint8_t)(q << (bit % 8));
+            if (bit % 8 + bits > 8) codes[bit / 8 + 1] |= (uint8_t)(q >> (8 - bit % 8));
         }
         scales[gi] = scale;
         mins[gi] = lo;
@@ -137,7 +140,9 @@ static void reference_quantize(uint32_t dtype, const void *in, size_t n, unsigne
 }
 
 static unsigned code_at(const uint8_t *codes, size_t i, unsigned bits) {
-    return (codes[i * bits / 8] >> (i * bits % 8)) & ((1u << bits) - 1);
+    size_t bit = i * bits;
+    unsigned word = codes[bit / 8] | (bit % 8 + bits > 8 ? (unsigned)codes[bit / 8 + 1] << 8 : 0u);
+    return (word >> (bit % 8)) & ((1u << bits) - 1);
 }
 
 /* Output buffers surrounded by guard bytes, all filled with a canary so that
@@ -244,7 +249,7 @@ static void test_quantized_sizes(void) {
 
     /* Layout errors. */
     c = g = 77;
-    EXPECT(pq_quantized_sizes(256, 128, 3, 64, &c, &g, &err), PQ_STATUS_INVALID_BITS);
+    EXPECT(pq_quantized_sizes(256, 128, 5, 64, &c, &g, &err), PQ_STATUS_INVALID_BITS);
     CHECK(c == 77 && g == 77); /* nothing written on error */
     EXPECT(pq_quantized_sizes(256, 128, 4, 0, &c, &g, &err), PQ_STATUS_INVALID_GROUP_SIZE);
     EXPECT(pq_quantized_sizes(256, 128, 4, 3, &c, &g, &err), PQ_STATUS_INVALID_GROUP_SIZE);
@@ -359,13 +364,13 @@ static void test_reference_all_dtypes_and_bits(void) {
     const uint32_t dtypes[3] = {PQ_DTYPE_F32, PQ_DTYPE_F16, PQ_DTYPE_BF16};
     const void *inputs[3] = {xf, xh, xb};
     const size_t elem[3] = {4, 2, 2};
-    const unsigned all_bits[3] = {2, 4, 8};
-    const size_t groups[4] = {4, 32, 128, ROW};
+    const unsigned all_bits[4] = {2, 3, 4, 8};
+    const size_t groups[4] = {8, 32, 128, ROW};
     static uint8_t rc[N], cc[N], unaligned[N * 4 + 1];
     static float rs[N], rm[N], cs[N], cm[N], y[N];
 
     for (int d = 0; d < 3; d++) {
-        for (int bi = 0; bi < 3; bi++) {
+        for (int bi = 0; bi < 4; bi++) {
             for (int gi = 0; gi < 4; gi++) {
                 unsigned bits = all_bits[bi];
                 size_t g = groups[gi], nc = N * bits / 8, ng = N / g;
@@ -606,14 +611,14 @@ static void test_overlap(void) {
 }
 
 static void test_invalid_bits_and_groups(void) {
-    const uint32_t bad_bits[] = {0, 1, 3, 5, 6, 7, 16, 32, UINT32_MAX};
+    const uint32_t bad_bits[] = {0, 1, 5, 6, 7, 16, 32, UINT32_MAX};
     Q a;
     fill_canary();
     for (size_t i = 0; i < sizeof bad_bits / sizeof bad_bits[0]; i++) {
         a = base(); a.bits = bad_bits[i];
         EXPECT_MSG(quantize(a), PQ_STATUS_INVALID_BITS, "bits");
     }
-    a = base(); a.bits = 3;
+    a = base(); a.bits = 5;
     EXPECT(quantize_copy(a, (const uint8_t *)base_input, 1024), PQ_STATUS_INVALID_BITS);
 
     a = base(); a.group_size = 0;
@@ -662,7 +667,7 @@ static void test_invalid_bits_and_groups(void) {
            PQ_STATUS_OK);
     EXPECT_MSG(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 64, 7, 0, y, 256, &err),
                PQ_STATUS_UNSUPPORTED_DTYPE, "dtype");
-    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 3, 64, PQ_DTYPE_F32, 0, y, 256, &err),
+    EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 5, 64, PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_INVALID_BITS);
     EXPECT(pq_dequantize(codes, 128, scales, 4, mins, 4, 128, 4, 3, PQ_DTYPE_F32, 0, y, 256, &err),
            PQ_STATUS_INVALID_GROUP_SIZE);
@@ -902,7 +907,7 @@ static void test_panic_and_null_error(void) {
     /* A NULL PqError* is accepted, on success and on error. */
     CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, codes, 128, scales, 4, mins, 4, NULL) ==
           PQ_STATUS_OK);
-    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 3, 64, 0, codes, 128, scales, 4, mins, 4, NULL) ==
+    CHECK(pq_quantize(PQ_DTYPE_F32, base_input, 256, 128, 5, 64, 0, codes, 128, scales, 4, mins, 4, NULL) ==
           PQ_STATUS_INVALID_BITS);
     CHECK(pq_quantize_copy(PQ_DTYPE_F32, NULL, 4, 1, 8, 1, 0, codes, 1, scales, 1, mins, 1, NULL) ==
           PQ_STATUS_NULL_POINTER);
@@ -918,6 +923,57 @@ static void test_panic_and_null_error(void) {
     EXPECT(pq_debug_panic(&err), PQ_STATUS_PANIC);
     PqStatus s = quantize(a); /* err not scribbled: still holds the panic text */
     CHECK(s == PQ_STATUS_OK && err.status == PQ_STATUS_OK && err.message[0] == '\0');
+}
+
+/* The scheme fields of PqQuantizeItem: searched and float16 scales give the
+ * same bytes for every thread count, float16 ones are exact halves, a zero
+ * scheme is pq_quantize's, and bad codes or weights are refused. */
+static void test_schemes(void) {
+    enum { N = 4096, ROW = 512, G = 64, NG = N / G };
+    static float x[N], w[ROW], s1[NG], m1[NG], s2[NG], m2[NG];
+    static uint8_t c1[N / 4], c2[N / 4];
+    for (int i = 0; i < N; i++) x[i] = rand_f32();
+    for (int i = 0; i < ROW; i++) w[i] = (float)(i % 5);
+    PqQuantizeItem it = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG,
+                         PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, w, ROW};
+    size_t failed_item;
+    EXPECT(pq_quantize_batch(&it, 1, 1, &failed_item, &err), PQ_STATUS_OK);
+    it.codes = c2, it.scales = s2, it.mins = m2;
+    EXPECT(pq_quantize_batch(&it, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
+    int halves = 1;
+    for (int i = 0; i < NG; i++) {
+        /* A float16 value has at most 11 significant bits. */
+        uint32_t b, c;
+        memcpy(&b, &s1[i], 4), memcpy(&c, &m1[i], 4);
+        halves &= (b & 0x1FFF) == 0 && (c & 0x1FFF) == 0;
+    }
+    CHECK(halves);
+    /* A zero scheme: pq_quantize's bytes. */
+    PqQuantizeItem plain = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG, 0, 0, NULL, 0};
+    EXPECT(pq_quantize_batch(&plain, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    EXPECT(pq_quantize(PQ_DTYPE_F32, x, N, ROW, 2, G, 1, c2, sizeof c2, s2, NG, m2, NG, &err), PQ_STATUS_OK);
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
+    PqQuantizeItem bad = it;
+    bad.method = 7;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "method");
+    CHECK(failed_item == 0);
+    bad = it, bad.scale_dtype = 2;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "scale_dtype");
+    bad = it, bad.method = PQ_METHOD_MIN_MAX;
+    EXPECT_MSG(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "importance");
+    bad = it, bad.importance_len = ROW - 1;
+    EXPECT(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_IMATRIX);
+    bad = it, bad.importance = NULL;
+    EXPECT(pq_quantize_batch(&bad, 1, 0, &failed_item, &err), PQ_STATUS_NULL_POINTER);
+    /* 3 bits: eight codes in three bytes, one little-endian bit stream. */
+    float ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7}, back[8];
+    uint8_t c3[3];
+    float s3, m3;
+    EXPECT(pq_quantize(PQ_DTYPE_F32, ramp, 8, 8, 3, 8, 1, c3, 3, &s3, 1, &m3, 1, &err), PQ_STATUS_OK);
+    CHECK(c3[0] == 0x88 && c3[1] == 0xC6 && c3[2] == 0xFA && s3 == 1.0f && m3 == 0.0f);
+    EXPECT(pq_dequantize(c3, 3, &s3, 1, &m3, 1, 8, 3, 8, PQ_DTYPE_F32, 1, back, 8, &err), PQ_STATUS_OK);
+    CHECK(memcmp(back, ramp, sizeof ramp) == 0);
 }
 
 int main(void) {
@@ -938,6 +994,7 @@ int main(void) {
     test_constant_zero_subnormal_negzero();
     test_dequantize_errors();
     test_panic_and_null_error();
+    test_schemes();
 
     return report();
 }

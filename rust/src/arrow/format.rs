@@ -41,7 +41,7 @@ const CARRIED: [(&str, usize); 13] = [
 /// What a row of a quantized batch holds, once checked against the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Row {
-    /// `bits` 2, 4 or 8: the codes, scales and mins of a float32, float16
+    /// `bits` 2, 3, 4 or 8: the codes, scales and mins of a float32, float16
     /// or bfloat16 tensor laid out as `layout`.
     Quantized { dtype: Dtype, layout: Layout },
     /// `bits` 0, `group_size` 0, no scales or mins: a tensor carried over
@@ -252,7 +252,7 @@ pub struct RowParts<'a> {
     pub name: &'a str,
     pub dtype: &'a str,
     pub shape: &'a [i64],
-    /// 2, 4 or 8 for a quantized tensor; 0 for a carried-over one.
+    /// 2, 3, 4 or 8 for a quantized tensor; 0 for a carried-over one.
     pub bits: u8,
     /// 0 for a carried-over tensor.
     pub group_size: u32,

@@ -359,7 +359,7 @@ fn rows_break_the_rules_with_named_errors() {
         ..base
     });
     assert_eq!(e.status, PqStatus::BufferTooSmall, "{e}");
-    let e = bad(RowParts { dtype: "float32", bits: 3, group_size: 2, ..base });
+    let e = bad(RowParts { dtype: "float32", bits: 5, group_size: 2, ..base });
     assert_eq!(e.status, PqStatus::InvalidBits, "{e}");
     let e = bad(RowParts { shape: &[-2], ..base });
     assert_eq!(e.status, PqStatus::ShapeMismatch, "{e}");

@@ -105,8 +105,14 @@ fn check_case<T: Element>(x: &[T], l: &Layout, rng: &mut Rng, case: &str) -> Opt
     let want_result = reference::quantize(x, l, &mut want.0, &mut want.1, &mut want.2);
     for (schedule, threads) in schedules() {
         let mut got = (vec![0xA5; want.0.len()], vec![-7.25; want.1.len()], vec![-9.5; want.2.len()]);
-        let item =
-            QuantizeItem { input: T::values(x), layout: *l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
+        let item = QuantizeItem {
+            input: T::values(x),
+            layout: *l,
+            codes: &mut got.0,
+            scales: &mut got.1,
+            mins: &mut got.2,
+            importance: None,
+        };
         let got_result: std::result::Result<(), Error> =
             quantize_batch_with(&mut [item], threads, schedule).map_err(|e| e.error);
         assert_eq!(got_result, want_result, "{case} {schedule:?} threads {threads}");
@@ -142,13 +148,14 @@ fn check_dequantize<T: Element + PartialEq + std::fmt::Debug>(q: &Quantized, l: 
 }
 
 fn run_case<T: Element + PartialEq + std::fmt::Debug>(rng: &mut Rng, case_no: usize) {
-    let bits = rng.pick(&[2u32, 4, 8]);
-    let per_byte = 8 / bits as usize;
+    let bits = rng.pick(&[2u32, 3, 4, 8]);
+    // The smallest group that fills whole bytes.
+    let unit = if bits == 3 { 8 } else { 8 / bits as usize };
     let g = match rng.below(4) {
-        0 => per_byte,
+        0 => unit,
         1 => rng.pick(&[32, 64, 128, 256]),
-        2 => per_byte * (1 + rng.below(80) as usize),
-        _ => per_byte * (1 + rng.below(700) as usize),
+        2 => unit * (1 + rng.below(80) as usize),
+        _ => unit * (1 + rng.below(700) as usize),
     };
     let row_len = g * (1 + rng.below(3) as usize);
     let rows = rng.below(5) as usize;
@@ -200,8 +207,8 @@ fn fast_matches_reference_randomized() {
 fn dequantize_matches_reference_on_arbitrary_parameters() {
     let mut rng = Rng(0x5EED_0002);
     for case in 0..60 {
-        let bits = rng.pick(&[2u32, 4, 8]);
-        let g = rng.pick(&[4usize, 16, 64, 128]);
+        let bits = rng.pick(&[2u32, 3, 4, 8]);
+        let g = rng.pick(&[8usize, 16, 64, 128]);
         let l = Layout::new(g * 24, g * 4, bits, g).unwrap();
         let finite = |rng: &mut Rng| loop {
             let x = match rng.below(3) {
@@ -241,8 +248,14 @@ fn every_thread_count_gives_the_same_bytes() {
     reference::quantize(&x, &l, &mut want.0, &mut want.1, &mut want.2).unwrap();
     for threads in [0, 1, 2, 3, 4, 8] {
         let mut got = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
-        let item =
-            QuantizeItem { input: Values::F32(&x), layout: l, codes: &mut got.0, scales: &mut got.1, mins: &mut got.2 };
+        let item = QuantizeItem {
+            input: Values::F32(&x),
+            layout: l,
+            codes: &mut got.0,
+            scales: &mut got.1,
+            mins: &mut got.2,
+            importance: None,
+        };
         quantize_batch(&mut [item], threads).unwrap();
         assert!(same_bits(&got, &want), "threads {threads}");
         let mut y = vec![0f32; l.len];
@@ -276,7 +289,14 @@ fn errors_name_the_same_group_as_the_reference_with_threads() {
     let want = reference::quantize(&x, &l, &mut c, &mut s, &mut m).unwrap_err();
     assert!(want.message.contains("overflows"), "{}", want.message);
     for (schedule, threads) in schedules() {
-        let item = QuantizeItem { input: Values::F32(&x), layout: l, codes: &mut c, scales: &mut s, mins: &mut m };
+        let item = QuantizeItem {
+            input: Values::F32(&x),
+            layout: l,
+            codes: &mut c,
+            scales: &mut s,
+            mins: &mut m,
+            importance: None,
+        };
         let got = quantize_batch_with(&mut [item], threads, schedule).unwrap_err();
         assert_eq!((got.item, got.error.clone()), (Some(0), want.clone()), "{schedule:?} {threads}");
     }
@@ -284,7 +304,14 @@ fn errors_name_the_same_group_as_the_reference_with_threads() {
     let want = reference::quantize(&x, &l, &mut c, &mut s, &mut m).unwrap_err();
     assert!(want.message.contains("flat index 150001"), "{}", want.message);
     for (schedule, threads) in schedules() {
-        let item = QuantizeItem { input: Values::F32(&x), layout: l, codes: &mut c, scales: &mut s, mins: &mut m };
+        let item = QuantizeItem {
+            input: Values::F32(&x),
+            layout: l,
+            codes: &mut c,
+            scales: &mut s,
+            mins: &mut m,
+            importance: None,
+        };
         let got = quantize_batch_with(&mut [item], threads, schedule).unwrap_err();
         assert_eq!(got.error, want, "{schedule:?} {threads}");
     }

@@ -167,7 +167,7 @@ pub unsafe extern "C" fn pq_arrow_check_quantized(
 /// `PQ_STATUS_OK`; the caller then releases each once). For writers of
 /// Arrow checkpoints, so that they need not know the row format.
 ///
-/// A quantized row: `bits` 2, 4 or 8, `dtype` "float32", "float16" or
+/// A quantized row: `bits` 2, 3, 4 or 8, `dtype` "float32", "float16" or
 /// "bfloat16", `codes` / `scales` / `mins` as `pq_quantize` writes them for
 /// `shape` (groups of `group_size` along its last axis). A carried-over row:
 /// `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
         };
         let (name, dtype) = (text("name", name, name_len)?, text("dtype", dtype, dtype_len)?);
         let bits = u8::try_from(bits).map_err(|_| {
-            Error::new(PqStatus::InvalidBits, format!("bits must be 0 (carried over), 2, 4 or 8, got {bits}"))
+            Error::new(PqStatus::InvalidBits, format!("bits must be 0 (carried over), 2, 3, 4 or 8, got {bits}"))
         })?;
         let group_size = u32::try_from(group_size).map_err(|_| {
             Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} does not fit uint32"))

@@ -10,7 +10,7 @@ use super::memory::{check_disjoint, Region, Span, TensorRegion};
 use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
 use crate::element::Dtype;
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::Layout;
+use crate::layout::{Layout, Method, ScaleDtype, Scheme};
 
 /// The library version, e.g. "0.1.0": a static NUL-terminated string that
 /// the caller must not free. Cannot fail.
@@ -103,6 +103,10 @@ pub unsafe extern "C" fn pq_quantize(
         scales_len,
         mins,
         mins_len,
+        method: Method::MinMax as u32,
+        scale_dtype: ScaleDtype::F32 as u32,
+        importance: std::ptr::null(),
+        importance_len: 0,
     };
     // A batch of one.
     run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
@@ -159,6 +163,10 @@ pub unsafe extern "C" fn pq_quantize_copy(
             scales_len,
             mins,
             mins_len,
+            method: Method::MinMax as u32,
+            scale_dtype: ScaleDtype::F32 as u32,
+            importance: std::ptr::null(),
+            importance_len: 0,
         };
         // The caller's bytes stay an input of the call: no output may overlap them.
         quantize_items(&[item], threads, &[source.span(None, false)]).map_err(|e| e.error)
@@ -230,7 +238,9 @@ pub unsafe extern "C" fn pq_dequantize(
 }
 
 /// One tensor of `pq_quantize_batch`: the arguments of `pq_quantize`, with
-/// the same meaning and rules. Allocated and owned by the caller, like every
+/// the same meaning and rules, plus the quantization scheme (docs/scheme.md,
+/// "Methods and scale dtypes"); an item whose scheme fields are all zero is
+/// quantized exactly as `pq_quantize` does. Allocated and owned by the caller, like every
 /// buffer it points to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -249,6 +259,18 @@ pub struct PqQuantizeItem {
     pub scales_len: usize,
     pub mins: *mut f32,
     pub mins_len: usize,
+    /// A `PQ_METHOD_*` code: how each group's scale and min are chosen
+    /// (0, `PQ_METHOD_MIN_MAX`, is what `pq_quantize` does).
+    pub method: u32,
+    /// A `PQ_SCALE_DTYPE_*` code: with `PQ_SCALE_DTYPE_F16` every scale and
+    /// min written is exactly a float16 value (store it as one, losslessly);
+    /// 0, `PQ_SCALE_DTYPE_F32`, is what `pq_quantize` does.
+    pub scale_dtype: u32,
+    /// Optional per-column importance weights for `PQ_METHOD_SEARCH`: NULL,
+    /// or `row_len` finite, non-negative floats (any other method refuses
+    /// them); only read.
+    pub importance: *const f32,
+    pub importance_len: usize,
 }
 
 /// One tensor of `pq_dequantize_batch`: the arguments of `pq_dequantize`,
@@ -380,15 +402,22 @@ struct QuantizeRegions {
     codes: Region<u8>,
     scales: Region<f32>,
     mins: Region<f32>,
+    importance: Option<Region<f32>>,
 }
 
 fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
     let codes = Region::new("codes", item.codes, item.codes_len)?;
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
-    let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?;
+    let scheme = Scheme::from_codes(item.method, item.scale_dtype)?;
+    let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?.with_scheme(scheme);
     let input = TensorRegion::new(item.dtype, "input", item.input, layout.len)?;
-    Ok(QuantizeRegions { input, layout, codes, scales, mins })
+    let importance = if item.importance.is_null() && item.importance_len == 0 {
+        None
+    } else {
+        Some(Region::new("importance", item.importance, item.importance_len)?)
+    };
+    Ok(QuantizeRegions { input, layout, codes, scales, mins, importance })
 }
 
 /// Checks every item with `check` (the first bad item fails the call), then
@@ -422,6 +451,9 @@ fn quantize_items(items: &[PqQuantizeItem], threads: usize, extra: &[Span]) -> s
         spans.push(r.codes.span(Some(i), true));
         spans.push(r.scales.span(Some(i), true));
         spans.push(r.mins.span(Some(i), true));
+        if let Some(w) = &r.importance {
+            spans.push(w.span(Some(i), false));
+        }
     })?;
     // SAFETY: every region was checked (NULL, alignment, size) and no output
     // overlaps any other region of the call; the caller promised the memory
@@ -435,6 +467,7 @@ fn quantize_items(items: &[PqQuantizeItem], threads: usize, extra: &[Span]) -> s
                 codes: r.codes.as_mut_slice(),
                 scales: r.scales.as_mut_slice(),
                 mins: r.mins.as_mut_slice(),
+                importance: r.importance.as_ref().map(|w| w.as_slice()),
             }
         })
         .collect();
@@ -489,6 +522,29 @@ mod tests {
     use crate::kernel::reference;
     use half::{bf16, f16};
     use std::ptr;
+
+    /// An item with no buffers (NULL, length 0) and the scheme of
+    /// `pq_quantize` (all zero); tests fill in the rest.
+    fn empty_item() -> PqQuantizeItem {
+        PqQuantizeItem {
+            dtype: 0,
+            input: ptr::null(),
+            input_len: 0,
+            row_len: 0,
+            bits: 0,
+            group_size: 0,
+            codes: ptr::null_mut(),
+            codes_len: 0,
+            scales: ptr::null_mut(),
+            scales_len: 0,
+            mins: ptr::null_mut(),
+            mins_len: 0,
+            method: 0,
+            scale_dtype: 0,
+            importance: ptr::null(),
+            importance_len: 0,
+        }
+    }
 
     fn new_error() -> PqError {
         PqError { status: PqStatus::Ok, message: [0; PQ_ERROR_MESSAGE_CAPACITY] }
@@ -593,6 +649,7 @@ mod tests {
                 scales_len: self.scales.len(),
                 mins: self.mins.as_mut_ptr(),
                 mins_len: self.mins.len(),
+                ..empty_item()
             }
         }
     }
@@ -623,23 +680,7 @@ mod tests {
             let mut keep = vec![];
             let mut items: Vec<PqQuantizeItem> = tensors.iter_mut().map(|t| t.item(&mut keep)).collect();
             // An empty item with NULL pointers is fine.
-            items.insert(
-                2,
-                PqQuantizeItem {
-                    dtype: 0,
-                    input: ptr::null(),
-                    input_len: 0,
-                    row_len: 8,
-                    bits: 4,
-                    group_size: 8,
-                    codes: ptr::null_mut(),
-                    codes_len: 0,
-                    scales: ptr::null_mut(),
-                    scales_len: 0,
-                    mins: ptr::null_mut(),
-                    mins_len: 0,
-                },
-            );
+            items.insert(2, PqQuantizeItem { row_len: 8, bits: 4, group_size: 8, ..empty_item() });
             let (status, failed, msg) = unsafe { quantize_batch(&items, threads) };
             assert_eq!((status, failed, msg.as_str()), (PqStatus::Ok, usize::MAX, ""));
             for (i, t) in tensors.iter().enumerate() {
@@ -679,12 +720,12 @@ mod tests {
         assert_eq!((status, failed), (PqStatus::BufferTooSmall, 1));
         assert!(msg.starts_with("codes has 10 elements, needs at least 512"), "{msg}");
         // Input shorter than the layout says cannot be detected; a wrong
-        // layout can: bits 3 in item 3.
+        // layout can: bits 5 in item 3.
         let mut items = good.clone();
-        items[3].bits = 3;
+        items[3].bits = 5;
         let (status, failed, msg) = run(&items);
         assert_eq!((status, failed), (PqStatus::InvalidBits, 3));
-        assert!(msg.starts_with("bits must be 2, 4 or 8"), "{msg}");
+        assert!(msg.starts_with("bits must be 2, 3, 4 or 8"), "{msg}");
         // NULL scales with a length in item 4; unknown dtype in item 0.
         let mut items = good.clone();
         items[4].scales = ptr::null_mut();
@@ -768,7 +809,7 @@ mod tests {
         let mut tensors: Vec<Tensor> = (0..2000)
             .map(|i| {
                 let dtype = [Dtype::F32, Dtype::F16, Dtype::Bf16][i % 3];
-                Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 4, 8][i % 3], 32)
+                Tensor::new(dtype, &values(64 * 4, i as u32), 64, [2, 3, 4, 8][i % 4], 32)
             })
             .collect();
         let mut keep = vec![];

@@ -133,6 +133,13 @@ pub fn check_imatrix(ty: GgmlType, imatrix: Option<&[f32]>, row_len: usize) -> R
         }
         return Ok(());
     };
+    check_weights(w, row_len)
+}
+
+/// Checks per-column importance weights (an imatrix, for the GGML types and
+/// for pyquant's own `search` method): one finite, non-negative weight per
+/// column.
+pub fn check_weights(w: &[f32], row_len: usize) -> Result<()> {
     if w.len() != row_len {
         return Err(Error::new(
             PqStatus::InvalidImatrix,

@@ -18,10 +18,10 @@
 
 use half::{bf16, f16};
 
-use super::ROUND_MAGIC;
+use super::{search, ROUND_MAGIC};
 use crate::element::{Values, ValuesMut};
 use crate::error::Result;
-use crate::layout::{params_error, Layout};
+use crate::layout::{params_error, Layout, ScaleDtype};
 
 /// The instruction set the kernels run with, detected at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,9 +476,10 @@ fn encode_impl<T: Lane, H: HalfCvt>(
 ) -> Result<()> {
     match layout.bits {
         2 => encode_bits::<T, H, 2>(x, layout, first_group, codes, scales, mins),
+        3 => encode_bits::<T, H, 3>(x, layout, first_group, codes, scales, mins),
         4 => encode_bits::<T, H, 4>(x, layout, first_group, codes, scales, mins),
         8 => encode_bits::<T, H, 8>(x, layout, first_group, codes, scales, mins),
-        _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        _ => unreachable!("Layout only admits 2, 3, 4 or 8 bits"),
     }
 }
 
@@ -524,6 +525,14 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
             check_groups_exactly(xb, layout, first_group + b * GROUPS_PER_BLOCK)?;
             unreachable!("a non-finite scale comes from a bad value or range");
         }
+        if layout.scheme.scale_dtype == ScaleDtype::F16 {
+            // The block has no bad value (checked above), so an overflow here
+            // is the first error, as in the search kernel's group order.
+            for (j, (s, m)) in sb.iter_mut().zip(mb.iter_mut()).enumerate() {
+                (*s, *m) = search::stored(ScaleDtype::F16, *s, *m)
+                    .ok_or_else(|| search::f16_error(first_group + b * GROUPS_PER_BLOCK + j, *m, *s))?;
+            }
+        }
         for ((group, group_codes), (&scale, &lo)) in
             xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter()))
         {
@@ -541,9 +550,12 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
 /// The code of one value, as the reference computes it: subtraction and
 /// division each rounded to f32, clamp, round half to even by adding 2**23.
 /// The low byte of the sum's bits is the rounded integer (it is below 256).
+/// The clamp at 0 only acts for a min rounded to float16 above the group's
+/// minimum (with the group's own minimum `v - lo >= 0`).
 #[inline(always)]
 fn code<T: Lane, H: HalfCvt>(v: T, lo: f32, scale: f32, qmax: f32) -> u8 {
     let t = (v.widen::<H>() - lo) / scale;
+    let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < qmax { t } else { qmax };
     (t + ROUND_MAGIC).to_bits() as u8
 }
@@ -568,6 +580,18 @@ fn encode_group<T: Lane, H: HalfCvt, const BITS: u32>(xs: &[T], lo: f32, scale: 
                 *o = c(v[0]) | (c(v[1]) << 2) | (c(v[2]) << 4) | (c(v[3]) << 6);
             }
         }
+        3 => {
+            // Eight 3-bit codes are one 24-bit little-endian word.
+            for (o, v) in codes.chunks_exact_mut(3).zip(xs.chunks_exact(8)) {
+                let mut w = 0u32;
+                for (k, &x) in v.iter().enumerate() {
+                    w |= (c(x) as u32) << (3 * k);
+                }
+                o[0] = w as u8;
+                o[1] = (w >> 8) as u8;
+                o[2] = (w >> 16) as u8;
+            }
+        }
         _ => unreachable!(),
     }
 }
@@ -576,9 +600,10 @@ fn encode_group<T: Lane, H: HalfCvt, const BITS: u32>(xs: &[T], lo: f32, scale: 
 fn decode_impl<T: Lane, H: HalfCvt>(codes: &[u8], scales: &[f32], mins: &[f32], layout: &Layout, y: &mut [T]) {
     match layout.bits {
         2 => decode_bits::<T, H, 2>(codes, scales, mins, layout.group_size, y),
+        3 => decode_bits::<T, H, 3>(codes, scales, mins, layout.group_size, y),
         4 => decode_bits::<T, H, 4>(codes, scales, mins, layout.group_size, y),
         8 => decode_bits::<T, H, 8>(codes, scales, mins, layout.group_size, y),
-        _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
+        _ => unreachable!("Layout only admits 2, 3, 4 or 8 bits"),
     }
 }
 
@@ -620,6 +645,14 @@ fn decode_values<T: Lane, H: HalfCvt, const BITS: u32>(codes: &[u8], scale: f32,
                 o[1] = value((b >> 2) & 0x03);
                 o[2] = value((b >> 4) & 0x03);
                 o[3] = value(b >> 6);
+            }
+        }
+        3 => {
+            for (o, b) in out.chunks_exact_mut(8).zip(codes.chunks_exact(3)) {
+                let w = b[0] as u32 | (b[1] as u32) << 8 | (b[2] as u32) << 16;
+                for (k, o) in o.iter_mut().enumerate() {
+                    *o = value(((w >> (3 * k)) & 7) as u8);
+                }
             }
         }
         _ => unreachable!(),

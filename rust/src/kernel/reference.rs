@@ -8,7 +8,7 @@
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
 //! owns bytes `i * G * bits / 8 ..` of the codes and entry `i` of scales/mins.
 
-use super::ROUND_MAGIC;
+use super::{pack_codes, unpack_code, ROUND_MAGIC};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::layout::{check_len, params_error, Layout};
@@ -54,12 +54,7 @@ pub fn quantize<T: Element>(
     for ((group, group_codes), (scale_out, min_out)) in groups {
         let (lo, hi, _) = group_range(group);
         let scale = (hi - lo) / qmax;
-        match layout.bits {
-            2 => quantize_group::<T, 2>(group, lo, scale, group_codes),
-            4 => quantize_group::<T, 4>(group, lo, scale, group_codes),
-            8 => quantize_group::<T, 8>(group, lo, scale, group_codes),
-            _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
-        }
+        quantize_group(group, lo, scale, layout.bits, group_codes);
         *scale_out = scale;
         *min_out = lo;
     }
@@ -92,12 +87,7 @@ pub fn dequantize<T: Element>(
         .zip(output[..layout.len].chunks_exact_mut(layout.group_size))
         .zip(scales.iter().zip(mins.iter()));
     for ((group_codes, out), (&scale, &min)) in groups {
-        match layout.bits {
-            2 => dequantize_group::<T, 2>(group_codes, scale, min, out),
-            4 => dequantize_group::<T, 4>(group_codes, scale, min, out),
-            8 => dequantize_group::<T, 8>(group_codes, scale, min, out),
-            _ => unreachable!("Layout only admits 2, 4 or 8 bits"),
-        }
+        dequantize_group(group_codes, scale, min, layout.bits, out);
     }
     Ok(())
 }
@@ -132,38 +122,30 @@ fn non_finite_error<T: Element>(input: &[T], layout: &Layout, group: usize) -> E
     layout.value_error(group, offset, value)
 }
 
-#[inline(always)]
-fn quantize_group<T: Element, const BITS: u32>(group: &[T], lo: f32, scale: f32, codes: &mut [u8]) {
+fn quantize_group<T: Element>(group: &[T], lo: f32, scale: f32, bits: u32, codes: &mut [u8]) {
     if scale == 0.0 {
         // A constant group: every code is 0 (and dequantizes to lo exactly).
         codes.fill(0);
         return;
     }
-    let per_byte = (8 / BITS) as usize;
-    let qmax = ((1u32 << BITS) - 1) as f32;
-    for (byte, xs) in codes.iter_mut().zip(group.chunks_exact(per_byte)) {
-        let mut packed = 0u8;
-        for (i, &v) in xs.iter().enumerate() {
+    let qmax = ((1u32 << bits) - 1) as f32;
+    let q: Vec<u8> = group
+        .iter()
+        .map(|&v| {
             // Subtraction and division each rounded to f32: no FMA, no reciprocal.
             let t = (v.to_f32() - lo) / scale;
             // t >= 0 since v >= lo; clamping before rounding equals clamping after.
             let t = if t < qmax { t } else { qmax };
-            let q = ((t + ROUND_MAGIC) - ROUND_MAGIC) as u8;
-            packed |= q << (i as u32 * BITS);
-        }
-        *byte = packed;
-    }
+            ((t + ROUND_MAGIC) - ROUND_MAGIC) as u8
+        })
+        .collect();
+    pack_codes(&q, bits, codes);
 }
 
-#[inline(always)]
-fn dequantize_group<T: Element, const BITS: u32>(codes: &[u8], scale: f32, min: f32, out: &mut [T]) {
-    let per_byte = (8 / BITS) as usize;
-    let mask = ((1u32 << BITS) - 1) as u8;
-    for (&byte, outs) in codes.iter().zip(out.chunks_exact_mut(per_byte)) {
-        for (i, o) in outs.iter_mut().enumerate() {
-            let q = (byte >> (i as u32 * BITS)) & mask;
-            *o = T::from_f32(min + q as f32 * scale);
-        }
+fn dequantize_group<T: Element>(codes: &[u8], scale: f32, min: f32, bits: u32, out: &mut [T]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let q = unpack_code(codes, i, bits);
+        *o = T::from_f32(min + q as f32 * scale);
     }
 }
 
@@ -241,6 +223,13 @@ mod tests {
         let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
         let (c, _, _) = run(&x, 16, 4, 16).unwrap();
         assert_eq!(c, vec![0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE]);
+        // 3 bits: codes 0..=7 as one little-endian bit stream, 8 codes in 3
+        // bytes; code 2 (0b010) straddles bytes 0 and 1, code 5 bytes 1 and 2.
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        let (c, s, _) = run(&x, 8, 3, 8).unwrap();
+        let w: u32 = (0..8).map(|k| k << (3 * k)).sum();
+        assert_eq!((c, s), (vec![w as u8, (w >> 8) as u8, (w >> 16) as u8], vec![1.0]));
+        assert_eq!(w, 0xFAC688);
     }
 
     #[test]
@@ -320,7 +309,7 @@ mod tests {
 
     #[test]
     fn dequantize_error_bound_and_requantize() {
-        for bits in [2, 4, 8] {
+        for bits in [2, 3, 4, 8] {
             let x = values(1024, bits as u64);
             let (c, s, m) = run(&x, 256, bits, 64).unwrap();
             let l = Layout::new(1024, 256, bits, 64).unwrap();

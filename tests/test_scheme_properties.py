@@ -1,0 +1,187 @@
+"""Property tests of the quantization schemes (method "search", float16
+scales and mins): every path gives the same bytes, bit for bit, or the same
+error; float16 scales are exact halves; the search never does worse than
+min-max with the same scale dtype; the default scheme is the original format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import tensors
+
+import pyquant
+from pyquant.core import METHODS, SCALE_DTYPES
+
+SCHEMES = st.tuples(st.sampled_from(sorted(METHODS)), st.sampled_from(sorted(SCALE_DTYPES)))
+
+
+def outcome(fn):
+    """The bytes of a result (codes, scale bits, min bits), or the error it raised."""
+    try:
+        qt = fn()
+    except pyquant.QuantizeError as exc:
+        return type(exc), str(exc)
+    return (qt.codes.tobytes(), qt.scales.view(np.uint32).tobytes(), qt.mins.view(np.uint32).tobytes(),
+            qt.method, qt.scale_dtype)
+
+
+@given(tensors(), SCHEMES, st.booleans())
+def test_every_path_gives_the_same_bytes(case, scheme, weighted):
+    x, _, bits, group_size = case
+    method, scale_dtype = scheme
+    kw = {"bits": bits, "group_size": group_size, "method": method, "scale_dtype": scale_dtype}
+    w = None
+    if weighted and method == "search":
+        w = (np.arange(x.shape[-1]) % 5).astype(np.float32) * 0.75
+        kw["importance"] = w
+    want = outcome(lambda: pyquant.quantize_ptr(x, threads=1, **kw))
+    assert outcome(lambda: pyquant.quantize_ptr(x, **kw)) == want
+    assert outcome(lambda: pyquant.quantize_copy(x, threads=2, **kw)) == want
+    if w is None:  # pyquant.quantize takes no importance weights
+        assert outcome(lambda: pyquant.quantize(x, path="copy", **kw)) == want
+    batch_kw = {k: v for k, v in kw.items() if k != "importance"}
+    imp = None if w is None else {"b": w}
+    got = outcome(lambda: pyquant.quantize_batch({"a": x, "b": x},
+                                                 importance=imp, **batch_kw)["b"])
+    if isinstance(want[0], type):  # an error names the tensor in a batch
+        assert got[0] is want[0] and got[1].endswith(want[1])
+    else:
+        assert got == want
+
+
+@given(tensors(), st.sampled_from(sorted(METHODS)))
+def test_float16_scales_are_exact_and_dequantize_as_stored(case, method):
+    x, _, bits, group_size = case
+    try:
+        qt = pyquant.quantize_ptr(x, bits=bits, group_size=group_size, method=method, scale_dtype="float16")
+    except pyquant.NonFiniteError as exc:
+        assert "float16" in str(exc)
+        return
+    for arr in (qt.scales, qt.mins):
+        np.testing.assert_array_equal(arr.astype(np.float16).astype(np.float32), arr)
+    # Dequantize reads the stored values: a tensor rebuilt from float16
+    # scales and mins gives the same bytes.
+    rebuilt = pyquant.QuantizedTensor(qt.codes, qt.scales.astype(np.float16).astype(np.float32),
+                                      qt.mins.astype(np.float16).astype(np.float32), qt.shape, qt.dtype,
+                                      qt.bits, qt.group_size, qt.method, qt.scale_dtype)
+    np.testing.assert_array_equal(pyquant.dequantize(rebuilt, "float32").view(np.uint32),
+                                  pyquant.dequantize(qt, "float32").view(np.uint32))
+
+
+@given(tensors(), st.sampled_from(sorted(SCALE_DTYPES)))
+def test_search_is_never_worse_than_min_max(case, scale_dtype):
+    x, _, bits, group_size = case
+    kw = {"bits": bits, "group_size": group_size, "scale_dtype": scale_dtype}
+    try:
+        mm = pyquant.quantize_ptr(x, method="minmax", **kw)
+    except pyquant.NonFiniteError:
+        return
+    se = pyquant.quantize_ptr(x, method="search", **kw)
+    x64 = x.astype(np.float64)
+    if not np.isfinite((x64 ** 2).sum()) or np.abs(x64).max(initial=0) > 2.0**60:
+        return  # the f32 error sums of the search overflow; no comparison to make
+    g = group_size or x.shape[-1]
+
+    def group_err(qt):
+        d = (qt.dequantize("float32").astype(np.float64) - x64) ** 2
+        return d.reshape(*x.shape[:-1], x.shape[-1] // g, g).sum(-1)
+
+    assert (group_err(se) <= group_err(mm) * (1 + 1e-5) + 1e-30).all()
+
+
+def test_default_scheme_is_the_original_format():
+    x = np.random.default_rng(1).standard_normal((8, 256)).astype(np.float32)
+    a = pyquant.quantize_ptr(x, bits=4, group_size=64)
+    b = pyquant.quantize_ptr(x, bits=4, group_size=64, method="minmax", scale_dtype="float32")
+    assert outcome(lambda: a) == outcome(lambda: b) and (a.method, a.scale_dtype) == ("minmax", "float32")
+    assert "method" not in repr(a)
+
+
+def test_bad_scheme_arguments():
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(pyquant.InvalidSchemeError, match="method"):
+        pyquant.quantize_ptr(x, method="best")
+    with pytest.raises(pyquant.InvalidSchemeError, match="scale_dtype"):
+        pyquant.quantize_copy(x, scale_dtype="bfloat16")
+    with pytest.raises(pyquant.InvalidSchemeError, match="importance"):
+        pyquant.quantize_ptr(x, group_size=64, importance=np.ones(64))
+    with pytest.raises(pyquant.errors.InvalidImatrixError, match="entries"):
+        pyquant.quantize_ptr(x, group_size=64, method="search", importance=np.ones(63))
+    with pytest.raises(pyquant.errors.InvalidImatrixError, match="entry 3"):
+        w = np.ones(64)
+        w[3] = -1
+        pyquant.quantize_ptr(x, group_size=64, method="search", importance=w)
+    with pytest.raises(pyquant.errors.InvalidImatrixError, match="tensor 'a'"):
+        pyquant.quantize_batch({"a": x}, group_size=64, method="search", importance={"a": np.ones((2, 32))})
+    with pytest.raises(pyquant.QuantizeError, match="not a tensor"):
+        pyquant.quantize_batch({"a": x}, group_size=64, method="search", importance={"b": np.ones(64)})
+    with pytest.raises(pyquant.NonFiniteError, match="float16"):
+        pyquant.quantize_ptr(np.full((1, 64), 1e6, np.float32), group_size=64, scale_dtype="float16")
+
+
+def test_float16_scales_halve_the_metadata():
+    x = np.random.default_rng(2).standard_normal((16, 512)).astype(np.float32)
+    a = pyquant.quantize_ptr(x, bits=4, group_size=64)
+    b = pyquant.quantize_ptr(x, bits=4, group_size=64, scale_dtype="float16")
+    assert (a.bits_per_weight, b.bits_per_weight) == (5.0, 4.5)
+
+
+def test_checkpoints_carry_the_scheme(tmp_path):
+    import safetensors.numpy
+
+    rng = np.random.default_rng(3)
+    tensors = {"a.weight": rng.standard_t(4, (64, 256)).astype(np.float32),
+               "b.weight": rng.standard_normal((32, 128)).astype(np.float16)}
+    src = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(src))
+    for method, scale_dtype in [("search", "float16"), ("search", "float32"), ("minmax", "float16")]:
+        dst = tmp_path / f"{method}-{scale_dtype}.safetensors"
+        pyquant.quantize_file(src, dst, bits=2, group_size=64, method=method, scale_dtype=scale_dtype)
+        with safetensors.safe_open(str(dst), "numpy") as f:
+            meta = f.metadata()
+            assert (meta["pyquant.method"], meta["pyquant.scale_dtype"]) == (method, scale_dtype)
+            assert f.get_tensor("a.weight.scales").dtype == np.dtype(scale_dtype)
+        loaded = pyquant.load_quantized(dst)
+        for name, x in tensors.items():
+            want = outcome(lambda: pyquant.quantize_ptr(x, bits=2, group_size=64, method=method,
+                                                        scale_dtype=scale_dtype))
+            assert outcome(lambda: loaded[name]) == want
+        back = tmp_path / "back.safetensors"
+        pyquant.dequantize_file(dst, back, force=True)
+        with safetensors.safe_open(str(back), "numpy") as f:
+            for name, x in tensors.items():
+                y = pyquant.quantize_ptr(x, bits=2, group_size=64, method=method, scale_dtype=scale_dtype).dequantize()
+                np.testing.assert_array_equal(f.get_tensor(name), y)
+    # The default scheme writes no scheme keys (files as before), and reads back as min-max, float32.
+    dst = tmp_path / "plain.safetensors"
+    pyquant.quantize_file(src, dst, bits=4, group_size=64)
+    with safetensors.safe_open(str(dst), "numpy") as f:
+        assert "pyquant.method" not in f.metadata()
+    assert (pyquant.load_quantized(dst)["a.weight"].method, pyquant.load_quantized(dst)["a.weight"].scale_dtype) == (
+        "minmax", "float32")
+    with pytest.raises(pyquant.QuantizeError, match="Arrow"):
+        pyquant.quantize_file(src, tmp_path / "x.arrow", format="arrow", method="search")
+    with pytest.raises(pyquant.InvalidSchemeError):
+        pyquant.quantize_file(src, tmp_path / "y.safetensors", method="exhaustive")
+
+
+def test_cli_quantize_takes_method_and_scale_dtype(tmp_path):
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    x = np.random.default_rng(4).standard_normal((16, 256)).astype(np.float32)
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    safetensors.numpy.save_file({"w": x}, str(src))
+    args = [sys.executable, "-m", "pyquant", "quantize", str(src), str(dst), "--bits", "3", "--group-size", "64",
+            "--method", "search", "--scale-dtype", "float16"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = pyquant.load_quantized(dst)["w"]
+    want = pyquant.quantize_ptr(x, bits=3, group_size=64, method="search", scale_dtype="float16")
+    assert outcome(lambda: got) == outcome(lambda: want)
+    bad = subprocess.run(args[:-1] + ["bfloat16"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--scale-dtype" in bad.stderr
