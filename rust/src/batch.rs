@@ -204,7 +204,7 @@ pub(crate) fn quantize_batch_with(
         if p.layout.scheme.method == Method::MinMax {
             fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
         } else {
-            search::encode(p.input, &p.layout, p.first_group, p.importance, p.codes, p.scales, p.mins)
+            search::encode(isa, p.input, &p.layout, p.first_group, p.importance, p.codes, p.scales, p.mins)
         }
         .map_err(|e| BatchError::at(p.item, e))
     })

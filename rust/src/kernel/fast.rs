@@ -533,15 +533,10 @@ fn encode_bits<T: Lane, H: HalfCvt, const BITS: u32>(
                     .ok_or_else(|| search::f16_error(first_group + b * GROUPS_PER_BLOCK + j, *m, *s))?;
             }
         }
-        for ((group, group_codes), (&scale, &lo)) in
+        for ((group, out), (&scale, &lo)) in
             xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).zip(sb.iter().zip(mb.iter()))
         {
-            if scale == 0.0 {
-                // A constant group: every code is 0.
-                group_codes.fill(0);
-            } else {
-                encode_group::<T, H, BITS>(group, lo, scale, group_codes);
-            }
+            group_codes::<T, H>(BITS, group, lo, scale, out);
         }
     }
     Ok(())
@@ -558,6 +553,24 @@ fn code<T: Lane, H: HalfCvt>(v: T, lo: f32, scale: f32, qmax: f32) -> u8 {
     let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < qmax { t } else { qmax };
     (t + ROUND_MAGIC).to_bits() as u8
+}
+
+/// The codes of one group for a stored `lo` (min) and `scale`: all 0 when
+/// `scale` is 0 (a constant group, or a searched scale of 0), else [`code`]
+/// of every value.
+#[inline(always)]
+pub(crate) fn group_codes<T: Lane, H: HalfCvt>(bits: u32, xs: &[T], lo: f32, scale: f32, codes: &mut [u8]) {
+    if scale == 0.0 {
+        codes.fill(0);
+        return;
+    }
+    match bits {
+        2 => encode_group::<T, H, 2>(xs, lo, scale, codes),
+        3 => encode_group::<T, H, 3>(xs, lo, scale, codes),
+        4 => encode_group::<T, H, 4>(xs, lo, scale, codes),
+        8 => encode_group::<T, H, 8>(xs, lo, scale, codes),
+        _ => unreachable!("Layout only admits 2, 3, 4 or 8 bits"),
+    }
 }
 
 #[inline(always)]

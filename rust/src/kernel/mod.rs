@@ -22,6 +22,7 @@ pub use fast::Isa;
 /// bit `i * bits` of the stream, that is from bit `i * bits % 8` of byte
 /// `i * bits / 8`, spilling into the next byte when it does not fit (only
 /// with 3 bits). `out` must hold exactly `q.len() * bits / 8` bytes.
+#[cfg(any(test, feature = "reference"))]
 pub(crate) fn pack_codes(q: &[u8], bits: u32, out: &mut [u8]) {
     out.fill(0);
     for (i, &c) in q.iter().enumerate() {

@@ -8,10 +8,12 @@
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
 //! owns bytes `i * G * bits / 8 ..` of the codes and entry `i` of scales/mins.
 
+use super::search::{check_group, qkx_search, stored};
 use super::{pack_codes, unpack_code, ROUND_MAGIC};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::layout::{check_len, params_error, Layout};
+use crate::ggml::search::make_qkx_quants;
+use crate::layout::{check_len, params_error, Layout, Method};
 
 /// Quantizes `input` laid out as `layout` into `codes`, `scales` and `mins`.
 ///
@@ -90,6 +92,88 @@ pub fn dequantize<T: Element>(
         dequantize_group(group_codes, scale, min, layout.bits, out);
     }
     Ok(())
+}
+
+/// Quantizes `input` with `layout.scheme` (docs/scheme.md, "Methods and
+/// scale dtypes"), one group at a time: the scalar definition of the bytes
+/// `kernel::search` computes on many groups at once (method search), and of
+/// min-max with float16 scales (candidate 1 alone, as the fast kernels).
+/// `importance`: per-column weights (`row_len` of them) or none (all 1.0).
+/// Errors in group order; on error the groups before it have been written.
+pub fn search_quantize<T: Element>(
+    input: &[T],
+    layout: &Layout,
+    importance: Option<&[f32]>,
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> Result<()> {
+    check_len("input", input.len(), layout.len, true)?;
+    check_len("codes", codes.len(), layout.codes_len, false)?;
+    check_len("scales", scales.len(), layout.n_groups, false)?;
+    check_len("mins", mins.len(), layout.n_groups, false)?;
+    let g = layout.group_size;
+    let qmax = layout.qmax() as f32;
+    let (mut x, mut w) = (vec![0f32; g], vec![1f32; g]);
+    let (mut q, mut best, mut l, mut laux) = (vec![0u8; g], vec![0u8; g], vec![0u8; g], vec![0u8; g]);
+    let groups = input
+        .chunks_exact(g)
+        .zip(codes.chunks_exact_mut(layout.group_code_bytes()))
+        .zip(scales.iter_mut().zip(mins.iter_mut()));
+    for (index, ((group, group_codes), (scale_out, min_out))) in groups.enumerate() {
+        for (d, v) in x.iter_mut().zip(group) {
+            *d = v.to_f32();
+        }
+        // Candidate 1: min-max, rounded as stored.
+        let ((lo, hi), (mut scale, mut min)) = check_group(&x, layout, index)?;
+        if let Some(imp) = importance {
+            let col = index * g % layout.row_len;
+            w.copy_from_slice(&imp[col..col + g]);
+        }
+        let best_err = assign(&x, &w, scale, min, qmax, &mut best);
+        // Candidate 2: the make_qkx2_quants search, taken only if strictly better.
+        if layout.scheme.method == Method::Search && hi > lo {
+            let (d, neg_min) = make_qkx_quants(qkx_search(layout.qmax()), &x, &w, &mut l, &mut laux, true);
+            if let Some((d, m)) = stored(layout.scheme.scale_dtype, d, -neg_min + 0.0) {
+                if d >= 0.0 {
+                    let err = assign(&x, &w, d, m, qmax, &mut q);
+                    if err < best_err {
+                        (scale, min) = (d, m);
+                        std::mem::swap(&mut q, &mut best);
+                    }
+                }
+            }
+        }
+        pack_codes(&best, layout.bits, group_codes);
+        *scale_out = scale;
+        *min_out = min;
+    }
+    Ok(())
+}
+
+/// The code of `v` for a stored `scale` and `min`: `(v - min) / scale`, each
+/// rounded to f32, clamped to `[0, qmax]`, rounded half to even; 0 when
+/// `scale` is 0. The min-max formula when `min` is the group's minimum.
+fn search_code(v: f32, min: f32, scale: f32, qmax: f32) -> u8 {
+    if scale == 0.0 {
+        return 0;
+    }
+    let t = (v - min) / scale;
+    let t = if t > 0.0 { t } else { 0.0 };
+    let t = if t < qmax { t } else { qmax };
+    (t + ROUND_MAGIC).to_bits() as u8
+}
+
+/// Writes the codes of `x` into `q` and returns the weighted squared error
+/// of their dequantized values `min + q * scale`, summed in index order.
+fn assign(x: &[f32], w: &[f32], scale: f32, min: f32, qmax: f32, q: &mut [u8]) -> f32 {
+    let mut err = 0f32;
+    for ((&v, &wi), qi) in x.iter().zip(w).zip(q.iter_mut()) {
+        *qi = search_code(v, min, scale, qmax);
+        let diff = (min + *qi as f32 * scale) - v;
+        err += wi * (diff * diff);
+    }
+    err
 }
 
 /// `(lo, hi, all_finite)` of a group in f32. `+ 0.0` turns -0.0 into +0.0 so

@@ -1,36 +1,62 @@
 //! Groups quantized with `method = search`: the searched scale and min of
 //! docs/scheme.md, "Methods and scale dtypes" (min-max with float16 scales
-//! runs in the fast kernels, which call [`stored`] for the rounding). One
-//! scalar implementation, which defines these bytes: there is no second,
-//! vectorized copy to keep in step. It uses only IEEE add, subtract, multiply, divide and
-//! compare on f32 (Rust never contracts `a * b + c` into an FMA), so it gives
-//! the same bytes whatever instruction set the batch runs with.
+//! runs in the fast kernels, which call [`stored`] for the rounding).
+//!
+//! The scalar definition of these bytes is `reference::search_quantize`
+//! (tests and the `reference` feature), one group at a time. This module
+//! runs the same operations on [`LANES`] groups at once: the groups are
+//! transposed so that `t[i][k]` is value `i` of group `k`, every lane does
+//! exactly its group's scalar operations in the scalar order (sums run over
+//! `i` inside a lane, never across lanes), and each data-dependent branch of
+//! the scalar code becomes a per-lane select, written as a bit blend where
+//! LLVM would otherwise branch per lane. LLVM turns the `k` loops into
+//! vector instructions; `isa_dispatch!` compiles them for AVX-512, AVX2 and
+//! the baseline. Only IEEE add, subtract, multiply, divide and compare on f32
+//! are used (Rust never contracts `a * b + c` into an FMA), so every
+//! instruction set gives the reference's bytes; the tests compare them.
 //!
 //! The search proposes a candidate with llama.cpp's `make_qkx2_quants`
-//! (shared with the K-quants: [`crate::ggml::search::make_qkx_quants`]), but
-//! the codes, and the choice between candidates, always come from this
-//! format's own formula on the scale and min *as stored*, so that what is
-//! measured is what dequantize gives back.
+//! ([`crate::ggml::search::make_qkx_quants`], here [`qkx_lanes`]), but the
+//! codes, and the choice between candidates, always come from this format's
+//! own formula on the scale and min *as stored*, so that what is measured is
+//! what dequantize gives back.
+//!
+//! Everything below the entry point is `#[inline(always)]` and uses
+//! functions rather than closures: out of line, a helper would lose the
+//! dispatched target features.
+#![allow(clippy::needless_range_loop)]
 
-use super::fast::{f16_bits_to_f32, f32_to_f16_bits};
-use super::{pack_codes, ROUND_MAGIC};
-use crate::element::{Element, Values};
+#[cfg(target_arch = "x86_64")]
+use super::fast::F16c;
+use super::fast::{f16_bits_to_f32, f32_to_f16_bits, group_codes, isa_dispatch, HalfCvt, Lane, Soft};
+use super::ROUND_MAGIC;
+use crate::element::Values;
 use crate::error::{Error, PqStatus, Result};
-use crate::ggml::search::{make_qkx_quants, QkxSearch};
+use crate::ggml::search::{c_max, c_min, nearest_int, QkxSearch};
+use crate::kernel::Isa;
 use crate::layout::{Layout, Method, ScaleDtype};
+
+/// Groups searched at once: one AVX-512 vector of f32 per lane-wise value.
+pub(crate) const LANES: usize = 16;
+
+/// One f32 per lane.
+pub(crate) type Col = [f32; LANES];
 
 /// The `make_qkx2_quants` parameters of the search: 21 inverse scales
 /// `(qmax - 1.0 + 0.1 * k) / (max - min)`, `k = 0..=20`, squared error.
-fn qkx_search(qmax: u32) -> QkxSearch {
+pub(crate) fn qkx_search(qmax: u32) -> QkxSearch {
     QkxSearch { nmax: qmax as i32, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
 }
 
 /// Quantizes every group of a piece (`first_group` is the index of its first
-/// group in the tensor) with `layout.scheme`. `importance` is the tensor's
-/// per-column weights (length `row_len`, already checked), used by the
-/// search only. Errors as the min-max kernel, in group order, plus a group
-/// whose min or scale does not fit float16 when scales are stored as f16.
+/// group in the tensor) with `layout.scheme` (method search). `importance`
+/// is the tensor's per-column weights (length `row_len`, already checked).
+/// Errors as the min-max kernel, in group order, plus a group whose min-max
+/// min or scale does not fit float16 when scales are stored as f16; on
+/// error the outputs of the groups before it may have been written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode(
+    isa: Isa,
     input: Values<'_>,
     layout: &Layout,
     first_group: usize,
@@ -39,24 +65,21 @@ pub(crate) fn encode(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> Result<()> {
+    debug_assert_eq!(layout.scheme.method, Method::Search);
     match input {
-        Values::F32(x) => encode_groups(x, layout, first_group, importance, codes, scales, mins),
-        Values::F16(x) => encode_groups(x, layout, first_group, importance, codes, scales, mins),
-        Values::BF16(x) => encode_groups(x, layout, first_group, importance, codes, scales, mins),
+        Values::F32(x) => encode_isa(isa, x, layout, first_group, importance, codes, scales, mins),
+        Values::F16(x) => encode_isa(isa, x, layout, first_group, importance, codes, scales, mins),
+        Values::BF16(x) => encode_isa(isa, x, layout, first_group, importance, codes, scales, mins),
     }
 }
 
-/// Per-group work buffers, allocated once per piece.
-struct Scratch {
-    x: Vec<f32>,
-    w: Vec<f32>,
-    q: Vec<u8>,
-    best: Vec<u8>,
-    l: Vec<u8>,
-    laux: Vec<u8>,
-}
+isa_dispatch!(
+    #[allow(clippy::too_many_arguments)]
+    fn encode_isa<T>(x: &[T], layout: &Layout, first_group: usize, importance: Option<&[f32]>, codes: &mut [u8], scales: &mut [f32], mins: &mut [f32]) -> Result<()> = encode_impl
+);
 
-fn encode_groups<T: Element>(
+#[inline(always)]
+fn encode_impl<T: Lane, H: HalfCvt>(
     x: &[T],
     layout: &Layout,
     first_group: usize,
@@ -65,70 +88,50 @@ fn encode_groups<T: Element>(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> Result<()> {
-    let g = layout.group_size;
-    let qmax = layout.qmax() as f32;
-    let mut s =
-        Scratch { x: vec![0.0; g], w: vec![1.0; g], q: vec![0; g], best: vec![0; g], l: vec![0; g], laux: vec![0; g] };
-    let groups =
-        x.chunks_exact(g).zip(codes.chunks_exact_mut(layout.group_code_bytes())).zip(scales.iter_mut().zip(mins));
-    for (j, ((group, group_codes), (scale_out, min_out))) in groups.enumerate() {
-        let index = first_group + j;
-        for (d, v) in s.x.iter_mut().zip(group) {
-            *d = v.to_f32();
-        }
-        if let Some(offset) = s.x.iter().position(|v| !v.is_finite()) {
-            return Err(layout.value_error(index, offset, s.x[offset]));
-        }
-        let (lo, hi) = range(&s.x);
-        if !(hi - lo).is_finite() {
-            return Err(layout.range_error(index, lo, hi));
-        }
-        if let Some(w) = importance {
-            let col = index * g % layout.row_len;
-            s.w.copy_from_slice(&w[col..col + g]);
-        }
-        // Candidate 1: min-max, rounded as stored.
-        let (mut scale, mut min) = stored(layout.scheme.scale_dtype, (hi - lo) / qmax, lo)
-            .ok_or_else(|| f16_error(index, lo, (hi - lo) / qmax))?;
-        let best_err = assign(&s.x, &s.w, scale, min, qmax, &mut s.best);
-        // Candidate 2: the make_qkx2_quants search, taken only if strictly better.
-        if layout.scheme.method == Method::Search && hi > lo {
-            let (d, neg_min) = make_qkx_quants(qkx_search(layout.qmax()), &s.x, &s.w, &mut s.l, &mut s.laux, true);
-            if let Some((d, m)) = stored(layout.scheme.scale_dtype, d, -neg_min + 0.0) {
-                if d >= 0.0 {
-                    let err = assign(&s.x, &s.w, d, m, qmax, &mut s.q);
-                    if err < best_err {
-                        (scale, min) = (d, m);
-                        std::mem::swap(&mut s.q, &mut s.best);
-                    }
-                }
-            }
-        }
-        pack_codes(&s.best, layout.bits, group_codes);
-        *scale_out = scale;
-        *min_out = min;
+    // Without importance every weight is 1.0, and `1.0 * v` is `v`: that
+    // variant reads no weights.
+    match importance {
+        Some(w) => encode_blocks::<T, H, true>(x, layout, first_group, w, codes, scales, mins),
+        None => encode_blocks::<T, H, false>(x, layout, first_group, &[], codes, scales, mins),
     }
-    Ok(())
 }
 
-/// `(lo, hi)` of finite values; `+ 0.0` turns -0.0 into +0.0, as min-max does.
-fn range(x: &[f32]) -> (f32, f32) {
-    let (mut lo, mut hi) = (x[0], x[0]);
-    for &v in x {
-        lo = if v < lo { v } else { lo };
-        hi = if v > hi { v } else { hi };
+/// Per lane, all bits set where `c` holds, else 0.
+#[inline(always)]
+fn mask(c: bool) -> u32 {
+    (c as u32).wrapping_neg()
+}
+
+/// `if m != 0 { a } else { b }` for `m` all ones or zero, as bit operations:
+/// LLVM turns some such `if`s over lanes into a branch per lane.
+#[inline(always)]
+fn blend(m: u32, a: f32, b: f32) -> f32 {
+    f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
+/// Weight `w` of a weighted search, 1.0 otherwise.
+#[inline(always)]
+fn weight<const W: bool>(w: f32) -> f32 {
+    if W {
+        w
+    } else {
+        1.0
     }
-    (lo + 0.0, hi + 0.0)
+}
+
+/// `v` rounded to the scale dtype, to nearest, ties to even.
+#[inline(always)]
+fn round_stored(dtype: ScaleDtype, v: f32) -> f32 {
+    match dtype {
+        ScaleDtype::F32 => v,
+        ScaleDtype::F16 => f16_bits_to_f32(f32_to_f16_bits(v)),
+    }
 }
 
 /// `(scale, min)` rounded (to nearest, ties to even) to the scale dtype, or
 /// `None` if either is then not finite.
 pub(crate) fn stored(dtype: ScaleDtype, scale: f32, min: f32) -> Option<(f32, f32)> {
-    let round = |v: f32| match dtype {
-        ScaleDtype::F32 => v,
-        ScaleDtype::F16 => f16_bits_to_f32(f32_to_f16_bits(v)),
-    };
-    let (scale, min) = (round(scale), round(min));
+    let (scale, min) = (round_stored(dtype, scale), round_stored(dtype, min));
     (scale.is_finite() && min.is_finite()).then_some((scale, min))
 }
 
@@ -144,37 +147,294 @@ pub(crate) fn f16_error(group: usize, min: f32, scale: f32) -> Error {
     )
 }
 
-/// The code of `v` for a stored `scale` and `min`: `(v - min) / scale`, each
-/// rounded to f32, clamped to `[0, qmax]`, rounded half to even. The same
-/// bytes as the min-max kernel's formula when `min` is the group's minimum.
-#[inline(always)]
-fn code(v: f32, min: f32, scale: f32, qmax: f32) -> u8 {
-    if scale == 0.0 {
-        return 0;
+/// `(lo, hi)` of finite values; `+ 0.0` turns -0.0 into +0.0, as min-max does.
+pub(crate) fn range(x: &[f32]) -> (f32, f32) {
+    let (mut lo, mut hi) = (x[0], x[0]);
+    for &v in x {
+        lo = if v < lo { v } else { lo };
+        hi = if v > hi { v } else { hi };
     }
-    let t = (v - min) / scale;
-    let t = if t > 0.0 { t } else { 0.0 };
-    let t = if t < qmax { t } else { qmax };
-    (t + ROUND_MAGIC).to_bits() as u8
+    (lo + 0.0, hi + 0.0)
 }
 
-/// Writes the codes of `x` into `q` and returns the weighted squared error
-/// of their dequantized values `min + q * scale`, summed in index order.
-fn assign(x: &[f32], w: &[f32], scale: f32, min: f32, qmax: f32, q: &mut [u8]) -> f32 {
-    let mut err = 0f32;
-    for ((&v, &wi), qi) in x.iter().zip(w).zip(q.iter_mut()) {
-        *qi = code(v, min, scale, qmax);
-        let diff = (min + *qi as f32 * scale) - v;
-        err += wi * (diff * diff);
+/// The checks of group `index` (values `x`), in the order of docs/scheme.md:
+/// a non-finite value, a range that overflows f32, a min-max scale or min
+/// that overflows the scale dtype. Returns `(lo, hi)` and candidate 1, the
+/// min-max `(scale, min)` rounded as stored.
+pub(crate) fn check_group(x: &[f32], layout: &Layout, index: usize) -> Result<((f32, f32), (f32, f32))> {
+    if let Some(offset) = x.iter().position(|v| !v.is_finite()) {
+        return Err(layout.value_error(index, offset, x[offset]));
+    }
+    let (lo, hi) = range(x);
+    if !(hi - lo).is_finite() {
+        return Err(layout.range_error(index, lo, hi));
+    }
+    let qmax = layout.qmax() as f32;
+    let c1 = stored(layout.scheme.scale_dtype, (hi - lo) / qmax, lo)
+        .ok_or_else(|| f16_error(index, lo, (hi - lo) / qmax))?;
+    Ok(((lo, hi), c1))
+}
+
+/// The first error of a block of groups (the first is group `first`), which
+/// the lanes found to have one.
+#[cold]
+#[inline(never)]
+fn first_error<T: Lane>(block: &[T], layout: &Layout, first: usize) -> Error {
+    let mut x = vec![0f32; layout.group_size];
+    for (j, group) in block.chunks_exact(layout.group_size).enumerate() {
+        for (d, v) in x.iter_mut().zip(group) {
+            *d = v.widen::<Soft>();
+        }
+        if let Err(e) = check_group(&x, layout, first + j) {
+            return e;
+        }
+    }
+    unreachable!("the lanes saw a bad value, range or float16 overflow in this block")
+}
+
+/// Lane `k` of `t` is group `k` of `groups` (values widened to f32), lanes
+/// past the last group 0.
+#[inline(always)]
+fn transpose<T: Lane, H: HalfCvt>(groups: &[T], t: &mut [Col]) {
+    let g = t.len();
+    let n = groups.len() / g;
+    for row in t.iter_mut() {
+        row[n..].fill(0.0);
+    }
+    for (k, group) in groups.chunks_exact(g).enumerate() {
+        for (row, v) in t.iter_mut().zip(group) {
+            row[k] = v.widen::<H>();
+        }
+    }
+}
+
+#[inline(always)]
+fn encode_blocks<T: Lane, H: HalfCvt, const W: bool>(
+    x: &[T],
+    layout: &Layout,
+    first_group: usize,
+    importance: &[f32],
+    codes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> Result<()> {
+    let g = layout.group_size;
+    let qmax = layout.qmax() as f32;
+    let dtype = layout.scheme.scale_dtype;
+    let search = qkx_search(layout.qmax());
+    let code_bytes = layout.group_code_bytes();
+    let mut xt = vec![[0f32; LANES]; g];
+    let mut wt = vec![[0f32; LANES]; if W { g } else { 0 }];
+    let mut laux = vec![[0f32; LANES]; g];
+    let blocks = x
+        .chunks(g * LANES)
+        .zip(codes.chunks_mut(code_bytes * LANES))
+        .zip(scales.chunks_mut(LANES).zip(mins.chunks_mut(LANES)));
+    for (b, ((xb, cb), (sb, mb))) in blocks.enumerate() {
+        let first = first_group + b * LANES;
+        let n = sb.len();
+        transpose::<T, H>(xb, &mut xt);
+        if W {
+            for row in wt.iter_mut() {
+                row[n..].fill(0.0);
+            }
+            for k in 0..n {
+                let col = (first + k) * g % layout.row_len;
+                for (row, &v) in wt.iter_mut().zip(&importance[col..col + g]) {
+                    row[k] = v;
+                }
+            }
+        }
+        // The checks and candidate 1 of `check_group`, per lane; a block with
+        // any error is checked again group by group for the first one.
+        let (mut lo, mut hi) = (xt[0], xt[0]);
+        let mut bad = [0u32; LANES];
+        for row in xt.iter() {
+            for k in 0..LANES {
+                let v = row[k];
+                lo[k] = if v < lo[k] { v } else { lo[k] };
+                hi[k] = if v > hi[k] { v } else { hi[k] };
+                bad[k] |= ((v.to_bits() & 0x7FFF_FFFF) >= 0x7F80_0000) as u32;
+            }
+        }
+        let (mut scale, mut min) = ([0f32; LANES], [0f32; LANES]);
+        for k in 0..LANES {
+            lo[k] += 0.0;
+            hi[k] += 0.0;
+            scale[k] = round_stored(dtype, (hi[k] - lo[k]) / qmax);
+            min[k] = round_stored(dtype, lo[k]);
+            let finite = (hi[k] - lo[k]).is_finite() & scale[k].is_finite() & min[k].is_finite();
+            bad[k] |= (!finite) as u32;
+        }
+        if bad[..n].iter().any(|&b| b != 0) {
+            return Err(first_error(xb, layout, first));
+        }
+        let best_err = errors::<W>(&xt, &wt, &scale, &min, qmax);
+        // Candidate 2: the make_qkx2_quants search, taken only if strictly better.
+        let (d, neg_min) = qkx_lanes::<W>(search, &xt, &wt, &mut laux);
+        let (mut scale2, mut min2, mut ok) = ([0f32; LANES], [0f32; LANES], [0u32; LANES]);
+        for k in 0..LANES {
+            scale2[k] = round_stored(dtype, d[k]);
+            min2[k] = round_stored(dtype, -neg_min[k] + 0.0);
+            ok[k] = mask(scale2[k].is_finite() & min2[k].is_finite() & (scale2[k] >= 0.0) & (hi[k] > lo[k]));
+        }
+        let err = errors::<W>(&xt, &wt, &scale2, &min2, qmax);
+        for k in 0..LANES {
+            let take = ok[k] & mask(err[k] < best_err[k]);
+            scale[k] = blend(take, scale2[k], scale[k]);
+            min[k] = blend(take, min2[k], min[k]);
+        }
+        sb.copy_from_slice(&scale[..n]);
+        mb.copy_from_slice(&min[..n]);
+        for (k, (group, out)) in xb.chunks_exact(g).zip(cb.chunks_exact_mut(code_bytes)).enumerate() {
+            group_codes::<T, H>(layout.bits, group, min[k], scale[k], out);
+        }
+    }
+    Ok(())
+}
+
+/// Per lane, the weighted squared error of the codes of the stored `scale`
+/// and `min`, summed in index order: the code `(v - min) / scale` (each
+/// rounded to f32) clamped to `[0, qmax]`, rounded half to even, 0 where
+/// `scale` is 0; the error of `min + q * scale`.
+#[inline(always)]
+fn errors<const W: bool>(x: &[Col], w: &[Col], scale: &Col, min: &Col, qmax: f32) -> Col {
+    let n = x.len();
+    let w = if W { &w[..n] } else { x };
+    let mut keep = [0u32; LANES];
+    for k in 0..LANES {
+        keep[k] = mask(scale[k] != 0.0);
+    }
+    let mut err = [0f32; LANES];
+    for i in 0..n {
+        for k in 0..LANES {
+            let v = x[i][k];
+            let t = (v - min[k]) / scale[k];
+            let t = if t > 0.0 { t } else { 0.0 };
+            let t = if t < qmax { t } else { qmax };
+            // `t` is in [0, 255]: the sum's low bits are the rounded code,
+            // and subtracting 2**23 again gives it exactly.
+            let q = f32::from_bits(((t + ROUND_MAGIC) - ROUND_MAGIC).to_bits() & keep[k]);
+            let diff = (min[k] + q * scale[k]) - v;
+            err[k] += weight::<W>(w[i][k]) * (diff * diff);
+        }
     }
     err
+}
+
+/// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))` as f32.
+#[inline(always)]
+fn qkx_level(nmax: i32, iscale: f32, x: f32, min: f32) -> f32 {
+    c_max(0, c_min(nmax, nearest_int(iscale * (x - min)))) as f32
+}
+
+/// `|diff|` (`mad`) or `diff * diff`, as a blend rather than a branch.
+#[inline(always)]
+fn qkx_err(mad: u32, diff: f32) -> f32 {
+    blend(mad, diff.abs(), diff * diff)
+}
+
+/// [`crate::ggml::search::make_qkx_quants`] with `qkx2` on [`LANES`] groups
+/// of `x.len()` values with weights `w` (ignored, all 1.0, unless `W`):
+/// `(scale, -min)` per lane, bit for bit the scalar results. `laux` is
+/// scratch of `x.len()` rows. The levels are not made (the caller makes its
+/// own codes from the scale and min).
+#[inline(always)]
+pub(crate) fn qkx_lanes<const W: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux: &mut [Col]) -> (Col, Col) {
+    let n = x.len();
+    let (w, laux) = (if W { &w[..n] } else { x }, &mut laux[..n]);
+    let nmax = p.nmax;
+    let mad = mask(p.use_mad);
+    let (mut min, mut max) = (x[0], x[0]);
+    let (mut sum_w, mut sum_x) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        sum_w[k] = weight::<W>(w[0][k]);
+        sum_x[k] = sum_w[k] * x[0][k];
+    }
+    for i in 1..n {
+        for k in 0..LANES {
+            let v = x[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            let wi = weight::<W>(w[i][k]);
+            sum_w[k] += wi;
+            sum_x[k] += wi * v;
+        }
+    }
+    let (mut flat, mut iscale, mut scale) = ([0u32; LANES], [0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        flat[k] = mask(max[k] == min[k]);
+        iscale[k] = nmax as f32 / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let flat_min = min;
+    let mut best_error = [0f32; LANES];
+    for i in 0..n {
+        for k in 0..LANES {
+            let diff = scale[k] * qkx_level(nmax, iscale[k], x[i][k], min[k]) + min[k] - x[i][k];
+            best_error[k] += weight::<W>(w[i][k]) * qkx_err(mad, diff);
+        }
+    }
+    let steps = if p.nstep < 1 { 0 } else { p.nstep + 1 };
+    for is in 0..steps {
+        let num = p.rmin + p.rdelta * is as f32 + nmax as f32;
+        for k in 0..LANES {
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..n {
+            for k in 0..LANES {
+                let lf = qkx_level(nmax, iscale[k], x[i][k], min[k]);
+                laux[i][k] = lf;
+                let wl = weight::<W>(w[i][k]) * lf;
+                sum_l[k] += wl;
+                sum_l2[k] += wl * lf;
+                sum_xl[k] += wl * x[i][k];
+            }
+        }
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [0u32; LANES]);
+        for k in 0..LANES {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            let clip = mask(m > 0.0);
+            this_scale[k] = blend(clip, sum_xl[k] / sum_l2[k], s);
+            this_min[k] = blend(clip, 0.0, m);
+            valid[k] = mask(d > 0.0);
+        }
+        if valid == [0; LANES] {
+            continue;
+        }
+        let mut cur_error = [0f32; LANES];
+        for i in 0..n {
+            for k in 0..LANES {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
+                cur_error[k] += weight::<W>(w[i][k]) * qkx_err(mad, diff);
+            }
+        }
+        for k in 0..LANES {
+            let better = valid[k] & mask(cur_error[k] < best_error[k]);
+            best_error[k] = blend(better, cur_error[k], best_error[k]);
+            scale[k] = blend(better, this_scale[k], scale[k]);
+            min[k] = blend(better, this_min[k], min[k]);
+        }
+    }
+    let mut neg_min = [0f32; LANES];
+    for k in 0..LANES {
+        scale[k] = blend(flat[k], 0.0, scale[k]);
+        neg_min[k] = blend(flat[k], -flat_min[k], -min[k]);
+    }
+    (scale, neg_min)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::reference;
+    use crate::kernel::{fast, reference};
     use crate::layout::Scheme;
+
+    type Out = (Vec<u8>, Vec<f32>, Vec<f32>);
 
     fn heavy_tailed(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed | 1;
@@ -189,56 +449,289 @@ mod tests {
             .collect()
     }
 
-    fn run(x: &[f32], layout: &Layout, importance: Option<&[f32]>) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
-        let (mut c, mut s, mut m) =
-            (vec![0u8; layout.codes_len], vec![0f32; layout.n_groups], vec![0f32; layout.n_groups]);
-        encode(Values::F32(x), layout, 0, importance, &mut c, &mut s, &mut m).unwrap();
-        (c, s, m)
+    fn empty(l: &Layout) -> Out {
+        (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups])
     }
 
-    fn sq_err(x: &[f32], layout: &Layout, (c, s, m): &(Vec<u8>, Vec<f32>, Vec<f32>)) -> f64 {
-        let mut y = vec![0f32; x.len()];
-        reference::dequantize(c, s, m, layout, &mut y).unwrap();
-        x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+    /// The scalar reference's result (the outputs as far as written).
+    fn reference_run(x: &[f32], l: &Layout, importance: Option<&[f32]>) -> (Result<()>, Out) {
+        let mut o = empty(l);
+        let r = reference::search_quantize(x, l, importance, &mut o.0, &mut o.1, &mut o.2);
+        (r, o)
+    }
+
+    /// The groups `from..` of `input` quantized by the batch's kernel for
+    /// `l.scheme` (a piece that starts at group `from`) with `isa`.
+    fn kernel_run(
+        isa: Isa,
+        input: Values<'_>,
+        l: &Layout,
+        from: usize,
+        importance: Option<&[f32]>,
+    ) -> (Result<()>, Out) {
+        let piece = input.split_at(from * l.group_size).1;
+        let pl = Layout {
+            len: piece.len(),
+            codes_len: piece.len() * l.bits as usize / 8,
+            n_groups: l.n_groups - from,
+            ..*l
+        };
+        let mut o = empty(&pl);
+        let r = match l.scheme.method {
+            Method::MinMax => fast::encode(isa, piece, &pl, from, &mut o.0, &mut o.1, &mut o.2),
+            Method::Search => encode(isa, piece, &pl, from, importance, &mut o.0, &mut o.1, &mut o.2),
+        };
+        (r, o)
+    }
+
+    /// Every instruction set's kernel against the reference, whole and from
+    /// group `from` on: the same error, or the same bytes.
+    fn check(x: &[f32], l: &Layout, importance: Option<&[f32]>, from: usize, what: &str) -> (Result<()>, Out) {
+        let (want_r, want) = reference_run(x, l, importance);
+        for isa in Isa::available() {
+            for start in [0, from] {
+                let (got_r, got) = kernel_run(isa, Values::F32(x), l, start, importance);
+                assert_eq!(got_r, want_r, "{what} {isa:?} from {start}");
+                if want_r.is_ok() {
+                    let (cb, c) = (start * l.group_code_bytes(), &want);
+                    assert_eq!(got.0, c.0[cb..], "codes {what} {isa:?} from {start}");
+                    assert_eq!(bits(&got.1), bits(&c.1[start..]), "scales {what} {isa:?} from {start}");
+                    assert_eq!(bits(&got.2), bits(&c.2[start..]), "mins {what} {isa:?} from {start}");
+                }
+            }
+        }
+        (want_r, want)
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// `check` of a tensor that must quantize: its result.
+    fn run(x: &[f32], l: &Layout, importance: Option<&[f32]>) -> Out {
+        let (r, o) = check(x, l, importance, 0, "run");
+        r.unwrap();
+        o
+    }
+
+    /// Groups of `g` values, one adversarial kind per group, chosen by the
+    /// group's index and `seed`: random, constant, zeros, -0.0, one outlier,
+    /// ties, subnormals, tiny, huge (`big` at most), one sign, alternating,
+    /// a ramp, one non-zero value, values in a narrow band.
+    fn hard_groups(n_groups: usize, g: usize, seed: u64, big: f32) -> Vec<f32> {
+        let r = heavy_tailed(n_groups * g, seed);
+        let mut x = Vec::with_capacity(n_groups * g);
+        for k in 0..n_groups {
+            for i in 0..g {
+                let u = r[k * g + i];
+                x.push(match (k as u64 * 7 + seed) % 16 {
+                    0 | 1 => u,
+                    2 => 0.7,
+                    3 => 0.0,
+                    4 => -0.0,
+                    5 => {
+                        if i == g / 2 {
+                            100.0
+                        } else {
+                            u * 1e-3
+                        }
+                    }
+                    6 => (i % 4) as f32 * 0.25 - 0.5,
+                    7 => u * 1e-39,
+                    8 => u * 1e-20,
+                    9 => u * big,
+                    10 => -u.abs() - 0.1,
+                    11 => u.abs() + 0.1,
+                    12 => {
+                        if i % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        }
+                    }
+                    13 => (i as f32 - 7.5) * 0.125,
+                    14 => {
+                        if i == 0 {
+                            -3.0
+                        } else {
+                            0.0
+                        }
+                    }
+                    _ => 1000.0 + u * 1e-3,
+                });
+            }
+        }
+        x
+    }
+
+    /// Per-column weights with zeros, ties and a wide spread.
+    fn hard_weights(n: usize, seed: u64) -> Vec<f32> {
+        heavy_tailed(n, seed + 99)
+            .iter()
+            .enumerate()
+            .map(|(i, u)| match i % 7 {
+                0 => 0.0,
+                1 => 1.0,
+                2 => 1e-30,
+                3 => 1e20,
+                _ => u.abs() * 10.0,
+            })
+            .collect()
     }
 
     #[test]
-    fn default_scheme_gives_the_min_max_bytes() {
-        for bits in [2, 3, 4, 8] {
-            let x = heavy_tailed(4096, bits as u64);
-            let l = Layout::new(x.len(), 256, bits, 64).unwrap();
-            let got = run(&x, &l, None);
-            let mut want = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
-            reference::quantize(&x, &l, &mut want.0, &mut want.1, &mut want.2).unwrap();
-            assert_eq!(got, want, "bits {bits}");
+    fn lanes_give_the_reference_bytes_on_hard_groups() {
+        let mut cases = 0;
+        for bits in [2u32, 3, 4, 8] {
+            let mut sizes = vec![8, 16, 32, 64, 128];
+            sizes.extend(match bits {
+                8 => &[1usize, 3][..],
+                4 => &[2, 6],
+                2 => &[4, 12],
+                _ => &[24],
+            });
+            for g in sizes {
+                // 5 groups a row, 7 rows: two full blocks of lanes and a tail.
+                let (row, rows) = (5 * g, 7);
+                for dtype in [ScaleDtype::F32, ScaleDtype::F16] {
+                    let l = Layout::new(row * rows, row, bits, g)
+                        .unwrap()
+                        .with_scheme(Scheme { method: Method::Search, scale_dtype: dtype });
+                    let big = if dtype == ScaleDtype::F32 { 1e30 } else { 3e4 };
+                    for seed in 0..3 {
+                        let x = hard_groups(l.n_groups, g, seed, big);
+                        let w = hard_weights(row, seed);
+                        for imp in [None, Some(&w[..])] {
+                            let what = format!("bits {bits} g {g} {dtype:?} seed {seed} weights {}", imp.is_some());
+                            check(&x, &l, imp, 3, &what).0.unwrap();
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 300);
+    }
+
+    #[test]
+    fn lanes_report_the_first_error_in_group_order() {
+        let (g, groups) = (32, 40);
+        let base = hard_groups(groups, g, 5, 1e3);
+        let bad_values = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        for dtype in [ScaleDtype::F32, ScaleDtype::F16] {
+            let l = Layout::new(groups * g, 4 * g, 4, g)
+                .unwrap()
+                .with_scheme(Scheme { method: Method::Search, scale_dtype: dtype });
+            for (at, v) in [(20 * g + 5, bad_values[0]), (33 * g, bad_values[1]), (37 * g + 31, bad_values[2])] {
+                let mut x = base.clone();
+                x[at] = v;
+                // A later range overflow (in the same group for the last
+                // one) does not hide the bad value.
+                x[37 * g] = -3e38;
+                x[37 * g + 1] = 3e38;
+                let (r, _) = check(&x, &l, None, 17, "bad value");
+                let e = r.unwrap_err();
+                assert!(e.message.contains(&format!("flat index {at}")), "{}", e.message);
+            }
+            let mut x = base.clone();
+            x[36 * g] = -3e38;
+            x[36 * g + 1] = 3e38;
+            let e = check(&x, &l, None, 33, "range").0.unwrap_err();
+            assert!(e.message.contains("group 36"), "{}", e.message);
+            // Candidate 1 overflows float16: an error only with float16.
+            let mut x = base.clone();
+            x[21 * g + 2] = -7e4;
+            let r = check(&x, &l, None, 16, "f16").0;
+            assert_eq!(r.is_err(), dtype == ScaleDtype::F16);
+            if let Err(e) = r {
+                assert!(e.message.contains("group 21") && e.message.contains("float16"), "{}", e.message);
+            }
         }
     }
 
     /// Min-max with float16 scales runs in the fast kernels: the same bytes
-    /// as this module's candidate 1, on every instruction set and dtype.
+    /// as the reference's candidate 1, on every instruction set and dtype.
     #[test]
     fn fast_float16_min_max_is_candidate_one() {
         for bits in [2, 3, 4, 8] {
             let mut x = heavy_tailed(64 * 256, 11 + bits as u64);
             x[5] = 70000.0; // group 0's min-max overflows float16: an error in both
-            let l = Layout::new(x.len(), 256, bits, 64)
+            let scheme = Scheme { method: Method::MinMax, scale_dtype: ScaleDtype::F16 };
+            for x in [&x[..], &x[256..]] {
+                let l = Layout::new(x.len(), 256, bits, 64).unwrap().with_scheme(scheme);
+                check(x, &l, None, 7, "f16 min-max");
+            }
+            // f16 input: the kernel widens exactly.
+            let halves: Vec<half::f16> = x[256..].iter().map(|&v| half::f16::from_f32(v)).collect();
+            let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+            let l = Layout::new(wide.len(), 256, bits, 64).unwrap().with_scheme(scheme);
+            let (_, want) = reference_run(&wide, &l, None);
+            for isa in Isa::available() {
+                let (r, got) = kernel_run(isa, Values::F16(&halves), &l, 0, None);
+                r.unwrap();
+                assert_eq!(got, want, "bits {bits} {isa:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn f16_and_bf16_inputs_are_searched_as_their_f32_values() {
+        let x = heavy_tailed(48 * 64, 4);
+        let halves: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let brains: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let w = hard_weights(128, 4);
+        for bits in [2, 3, 4, 8] {
+            let l = Layout::new(x.len(), 128, bits, 64)
                 .unwrap()
-                .with_scheme(Scheme { method: Method::MinMax, scale_dtype: ScaleDtype::F16 });
-            let halves: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
-            for input in [Values::F32(&x), Values::F32(&x[256..]), Values::F16(&halves[256..])] {
-                let l = Layout::new(input.len(), 256, bits, 64).unwrap().with_scheme(l.scheme);
-                let mut want = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
-                let want_r = encode(input, &l, 0, None, &mut want.0, &mut want.1, &mut want.2);
-                for isa in crate::kernel::Isa::available() {
-                    let mut got = (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
-                    let got_r = super::super::fast::encode(isa, input, &l, 0, &mut got.0, &mut got.1, &mut got.2);
-                    assert_eq!(got_r, want_r, "bits {bits} {isa:?}");
-                    if want_r.is_ok() {
-                        assert_eq!(got, want, "bits {bits} {isa:?}");
+                .with_scheme(Scheme { method: Method::Search, scale_dtype: ScaleDtype::F16 });
+            for imp in [None, Some(&w[..])] {
+                let wide: Vec<f32> = halves.iter().map(|h| h.to_f32()).collect();
+                let (_, want_h) = reference_run(&wide, &l, imp);
+                let wide: Vec<f32> = brains.iter().map(|h| h.to_f32()).collect();
+                let (_, want_b) = reference_run(&wide, &l, imp);
+                for isa in Isa::available() {
+                    assert_eq!(kernel_run(isa, Values::F16(&halves), &l, 0, imp).1, want_h, "f16 {bits} {isa:?}");
+                    assert_eq!(kernel_run(isa, Values::BF16(&brains), &l, 0, imp).1, want_b, "bf16 {bits} {isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn qkx_lanes_match_the_scalar_search() {
+        use crate::ggml::search::make_qkx_quants;
+        for (n, p) in [
+            (32, qkx_search(15)),
+            (17, qkx_search(3)),
+            (64, QkxSearch::with_imatrix(7)),
+            (16, QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true }),
+            (8, QkxSearch { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 0, use_mad: false }),
+        ] {
+            for seed in 0..8 {
+                let x = hard_groups(LANES, n, seed, 1e20);
+                let w = hard_weights(LANES * n, seed);
+                let t = |v: &[f32]| -> Vec<Col> { (0..n).map(|i| std::array::from_fn(|k| v[k * n + i])).collect() };
+                let mut laux = vec![[0f32; LANES]; n];
+                let got =
+                    [qkx_lanes::<true>(p, &t(&x), &t(&w), &mut laux), qkx_lanes::<false>(p, &t(&x), &[], &mut laux)];
+                for k in 0..LANES {
+                    let g = k * n..(k + 1) * n;
+                    let (mut l, mut aux) = (vec![0u8; n], vec![0u8; n]);
+                    for (weighted, (s, m)) in got.iter().enumerate() {
+                        let ones = vec![1f32; n];
+                        let wk = if weighted == 0 { &w[g.clone()] } else { &ones[..] };
+                        let (es, em) = make_qkx_quants(p, &x[g.clone()], wk, &mut l, &mut aux, true);
+                        assert_eq!(bits(&[s[k], m[k]]), bits(&[es, em]), "n {n} seed {seed} lane {k} {weighted}");
                     }
                 }
             }
         }
+    }
+
+    fn sq_err(x: &[f32], layout: &Layout, (c, s, m): &Out) -> f64 {
+        let mut y = vec![0f32; x.len()];
+        reference::dequantize(c, s, m, layout, &mut y).unwrap();
+        x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
     }
 
     #[test]
@@ -254,9 +747,7 @@ mod tests {
                     let xs = &x[gi * 64..(gi + 1) * 64];
                     let one = Layout::new(64, 64, bits, 64).unwrap();
                     let cb = one.codes_len;
-                    let pick = |r: &(Vec<u8>, Vec<f32>, Vec<f32>)| {
-                        (r.0[gi * cb..(gi + 1) * cb].to_vec(), vec![r.1[gi]], vec![r.2[gi]])
-                    };
+                    let pick = |r: &Out| (r.0[gi * cb..(gi + 1) * cb].to_vec(), vec![r.1[gi]], vec![r.2[gi]]);
                     assert!(sq_err(xs, &one, &pick(&b)) <= sq_err(xs, &one, &pick(&a)) * (1.0 + 1e-5));
                 }
                 if bits < 8 {
@@ -280,7 +771,7 @@ mod tests {
         let mut w = vec![0.01f32; 128];
         w[..16].fill(100.0);
         let (plain, weighted) = (run(&x, &l, None), run(&x, &l, Some(&w)));
-        let err_first = |r: &(Vec<u8>, Vec<f32>, Vec<f32>)| {
+        let err_first = |r: &Out| {
             let mut y = vec![0f32; x.len()];
             reference::dequantize(&r.0, &r.1, &r.2, &l, &mut y).unwrap();
             (0..4).flat_map(|row| (0..16).map(move |c| row * 128 + c)).map(|i| (x[i] - y[i]).powi(2)).sum::<f32>()
@@ -294,17 +785,16 @@ mod tests {
 
     #[test]
     fn f16_overflow_and_bad_values_are_errors() {
-        let l = Layout::new(8, 8, 4, 8)
-            .unwrap()
-            .with_scheme(Scheme { method: Method::MinMax, scale_dtype: ScaleDtype::F16 });
-        let (mut c, mut s, mut m) = (vec![0u8; 4], vec![0f32; 1], vec![0f32; 1]);
-        let x = [-1.0e6f32, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let e = encode(Values::F32(&x), &l, 0, None, &mut c, &mut s, &mut m).unwrap_err();
-        assert_eq!(e.status, PqStatus::NonFinite);
-        assert!(e.message.contains("float16"), "{}", e.message);
-        let x = [0.0f32, 1.0, f32::NAN, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let e = encode(Values::F32(&x), &l, 0, None, &mut c, &mut s, &mut m).unwrap_err();
-        assert!(e.message.contains("flat index 2"), "{}", e.message);
+        for method in [Method::MinMax, Method::Search] {
+            let l = Layout::new(8, 8, 4, 8).unwrap().with_scheme(Scheme { method, scale_dtype: ScaleDtype::F16 });
+            let x = [-1.0e6f32, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+            let e = check(&x, &l, None, 0, "f16").0.unwrap_err();
+            assert_eq!(e.status, PqStatus::NonFinite);
+            assert!(e.message.contains("float16"), "{}", e.message);
+            let x = [0.0f32, 1.0, f32::NAN, 2.0, 3.0, 4.0, 5.0, 6.0];
+            let e = check(&x, &l, None, 0, "nan").0.unwrap_err();
+            assert!(e.message.contains("flat index 2"), "{}", e.message);
+        }
     }
 
     #[test]
