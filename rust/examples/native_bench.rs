@@ -3,15 +3,17 @@
 //! ```text
 //! cargo run --release --locked --features reference --example native_bench -- \
 //!     --scenario S1|S2|S3 --repeats N --threads T
-//!     [--dtype float32|float16|bfloat16] [--bits 2|4|8] [--group-size G]
-//!     [--kernel fast|reference]
+//!     [--dtype float32|float16|bfloat16] [--bits 2|3|4|8] [--group-size G]
+//!     [--kernel fast|reference] [--method minmax|search]
 //! ```
 //!
 //! Scenarios: S1 = one 1024x1024 tensor; S2 = 100 tensors of 1024x1024 as
 //! one batch; S3 = 1000 tensors of 32x128 (16 KB) as one batch. Defaults: float32,
 //! bits 4, group size 128 (clamped to the row length if larger),
-//! threads 1, repeats 10, kernel fast. `--kernel reference` times the
-//! original scalar code, one tensor after the other on one thread.
+//! threads 1, repeats 10, kernel fast, method minmax. `--kernel reference`
+//! times the original scalar code (`reference::quantize`, or
+//! `reference::search_quantize` for method search), one tensor after the
+//! other on one thread.
 //!
 //! Prints one JSON object on stdout: median seconds of quantize, dequantize
 //! and memcpy (the input bytes copied into a second buffer with the same
@@ -25,6 +27,7 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use pyquant::kernel::{reference, Isa};
+use pyquant::layout::{Method, Scheme};
 use pyquant::{dequantize_batch, quantize_batch, DequantizeItem, Element, Layout, QuantizeItem};
 
 struct Args {
@@ -35,13 +38,14 @@ struct Args {
     bits: u32,
     group_size: Option<usize>,
     reference: bool,
+    method: Method,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("native_bench: {msg}");
     eprintln!(
         "usage: native_bench --scenario S1|S2|S3 --repeats N --threads T \
-         [--dtype float32|float16|bfloat16] [--bits 2|4|8] [--group-size G] [--kernel fast|reference]"
+         [--dtype float32|float16|bfloat16] [--bits 2|3|4|8] [--group-size G] [--kernel fast|reference] [--method minmax|search]"
     );
     exit(2)
 }
@@ -55,6 +59,7 @@ fn parse_args() -> Args {
         bits: 4,
         group_size: None,
         reference: false,
+        method: Method::MinMax,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -72,6 +77,13 @@ fn parse_args() -> Args {
                     "fast" => false,
                     "reference" => true,
                     other => usage(&format!("unknown kernel {other}")),
+                }
+            }
+            "--method" => {
+                a.method = match value().as_str() {
+                    "minmax" => Method::MinMax,
+                    "search" => Method::Search,
+                    other => usage(&format!("unknown method {other}")),
                 }
             }
             "-h" | "--help" => usage("help"),
@@ -143,7 +155,9 @@ struct Tensors<T> {
 
 fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
     let g = a.group_size.unwrap_or(if cols >= 128 { 128 } else { cols });
-    let layout = Layout::new(rows * cols, cols, a.bits, g).unwrap_or_else(|e| usage(&e.message));
+    let layout = Layout::new(rows * cols, cols, a.bits, g)
+        .unwrap_or_else(|e| usage(&e.message))
+        .with_scheme(Scheme { method: a.method, ..Scheme::default() });
     let n = layout.len;
     let mut t = Tensors::<T> {
         inputs: (0..count).map(|i| weights(n, i as u64 + 1).into_iter().map(T::from_f32).collect()).collect(),
@@ -163,8 +177,12 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
         let start = Instant::now();
         if a.reference {
             for i in 0..count {
-                reference::quantize(&t.inputs[i], &t.layout, &mut t.codes[i], &mut t.scales[i], &mut t.mins[i])
-                    .unwrap();
+                let (x, l, c, s, m) = (&t.inputs[i], &t.layout, &mut t.codes[i], &mut t.scales[i], &mut t.mins[i]);
+                match a.method {
+                    Method::MinMax => reference::quantize(x, l, c, s, m),
+                    Method::Search => reference::search_quantize(x, l, None, c, s, m),
+                }
+                .unwrap();
             }
         } else {
             let mut items: Vec<QuantizeItem> = t
@@ -178,6 +196,7 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
                     codes: c,
                     scales: s,
                     mins: m,
+                    importance: None,
                 })
                 .collect();
             quantize_batch(black_box(&mut items), a.threads).unwrap();
@@ -233,7 +252,7 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
     let gbps = |s: f64| bytes as f64 / s / 1e9;
     format!(
         concat!(
-            "{{\"scenario\": \"{}\", \"kernel\": \"{}\", \"isa\": \"{:?}\", \"dtype\": \"{}\", \"bits\": {}, ",
+            "{{\"scenario\": \"{}\", \"kernel\": \"{}\", \"method\": \"{}\", \"isa\": \"{:?}\", \"dtype\": \"{}\", \"bits\": {}, ",
             "\"group_size\": {}, \"tensors\": {}, \"shape\": [{}, {}], \"threads\": {}, \"threads_resolved\": {}, ",
             "\"repeats\": {}, \"input_bytes\": {}, \"quantize_s\": {:.6e}, \"dequantize_s\": {:.6e}, ",
             "\"memcpy_s\": {:.6e}, \"quantize_gbps\": {:.3}, \"dequantize_gbps\": {:.3}, \"memcpy_gbps\": {:.3}, ",
@@ -241,6 +260,7 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
         ),
         a.scenario,
         if a.reference { "reference" } else { "fast" },
+        if a.method == Method::Search { "search" } else { "minmax" },
         if a.reference { Isa::Portable } else { Isa::detect() },
         a.dtype,
         a.bits,

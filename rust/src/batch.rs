@@ -21,7 +21,9 @@
 //! finishes. Threads are scoped to the call (`std::thread::scope`); there is
 //! no pool and no global state. Calls with less than 1 MiB of input
 //! (quantize) or 4 MiB of output (dequantize) per thread run on the calling
-//! thread alone. Every group is computed by the same code whatever the
+//! thread alone. Tensors quantized with the search count 16 times their
+//! bytes (it takes that much longer per byte), and are split only at
+//! multiples of the 16 groups it searches at once. Every group is computed by the same code whatever the
 //! partition, so results are identical for every thread count.
 
 use std::any::Any;
@@ -43,6 +45,10 @@ mod oracle;
 /// Input bytes per thread below which quantize does not add a thread:
 /// spawning and waking one costs tens of microseconds.
 pub(crate) const QUANTIZE_BYTES_PER_THREAD: usize = 1024 * 1024;
+/// How many times more time the search takes per byte than min-max (about
+/// 15-25x, measured): its pieces count that many times their bytes, so that
+/// threads start for smaller tensors and chunks take about equal time.
+const SEARCH_WORK: usize = 16;
 /// Output bytes per thread below which dequantize does not add a thread
 /// (dequantize does about three times less work per byte than quantize).
 pub(crate) const DEQUANTIZE_BYTES_PER_THREAD: usize = 4 * 1024 * 1024;
@@ -261,8 +267,13 @@ pub(crate) fn dequantize_batch_with(
 /// A run of whole groups of one item: the unit a thread works on.
 trait Piece: Send + Sized {
     fn groups(&self) -> usize;
-    /// Bytes of the tensor per group, the measure of work.
+    /// Bytes of the tensor per group, the measure of work (weighted by
+    /// [`SEARCH_WORK`] for the search).
     fn group_bytes(&self) -> usize;
+    /// Pieces are best split at multiples of this many groups.
+    fn split_groups(&self) -> usize {
+        1
+    }
     /// The first `groups` groups and the rest.
     fn split(self, groups: usize) -> (Self, Self);
 }
@@ -285,7 +296,18 @@ impl Piece for QuantizePiece<'_> {
     }
 
     fn group_bytes(&self) -> usize {
-        self.layout.group_size * self.input.dtype().size()
+        let work = if self.layout.scheme.method == Method::Search { SEARCH_WORK } else { 1 };
+        self.layout.group_size * self.input.dtype().size() * work
+    }
+
+    /// The search works on `LANES` groups at once: a split elsewhere leaves
+    /// two part-filled runs of lanes.
+    fn split_groups(&self) -> usize {
+        if self.layout.scheme.method == Method::Search {
+            search::LANES
+        } else {
+            1
+        }
     }
 
     fn split(self, groups: usize) -> (Self, Self) {
@@ -380,7 +402,8 @@ fn partition<P: Piece>(pieces: Vec<P>, n: usize, total: usize) -> Vec<Vec<P>> {
                 shares[share].push(piece);
                 break;
             }
-            let fit = end.saturating_sub(pos) / unit;
+            let align = piece.split_groups();
+            let fit = end.saturating_sub(pos) / unit / align * align;
             if fit > 0 {
                 let (front, rest) = piece.split(fit);
                 pos += fit * unit;

@@ -323,28 +323,117 @@ fn errors<const W: bool>(x: &[Col], w: &[Col], scale: &Col, min: &Col, qmax: f32
 }
 
 /// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))` as f32.
+/// `FLOAT`: the same value computed in f32 (round half to even by adding
+/// and subtracting `1.5 * 2**23`, clamp), one vector operation fewer; only
+/// for `|iscale * d| < 2**22`, where `nearest_int` is exact (outside it,
+/// `nearest_int` returns the C's wrapped bits, which the integer form keeps).
 #[inline(always)]
-fn qkx_level(nmax: i32, iscale: f32, x: f32, min: f32) -> f32 {
-    c_max(0, c_min(nmax, nearest_int(iscale * (x - min)))) as f32
+fn qkx_level<const FLOAT: bool>(nmax: i32, iscale: f32, x: f32, min: f32) -> f32 {
+    let y = iscale * (x - min);
+    if FLOAT {
+        let r = (y + 12_582_912.0) - 12_582_912.0;
+        let r = if (nmax as f32) < r { nmax as f32 } else { r };
+        if 0.0 > r {
+            0.0
+        } else {
+            r
+        }
+    } else {
+        c_max(0, c_min(nmax, nearest_int(y))) as f32
+    }
 }
 
-/// `|diff|` (`mad`) or `diff * diff`, as a blend rather than a branch.
+/// Whether every lane that is not `flat` has `|iscale * (x - min)| < 2**22`
+/// for all its values `x` in `[lo, hi]` (rounded subtraction and product
+/// are monotonic, so the ends bound them): then [`qkx_level`] may run in f32.
 #[inline(always)]
-fn qkx_err(mad: u32, diff: f32) -> f32 {
-    blend(mad, diff.abs(), diff * diff)
+fn levels_fit_f32(iscale: &Col, min: &Col, lo: &Col, hi: &Col, flat: &[u32; LANES]) -> bool {
+    const LIMIT: f32 = 4_194_304.0;
+    let mut out = 0u32;
+    for k in 0..LANES {
+        let (a, b) = (iscale[k] * (lo[k] - min[k]), iscale[k] * (hi[k] - min[k]));
+        out |= !flat[k] & !mask((a.abs() < LIMIT) & (b.abs() < LIMIT));
+    }
+    out == 0
+}
+
+/// One step's levels (into `laux`) and their sums `(sum_l, sum_l2, sum_xl)`.
+#[inline(always)]
+fn qkx_sums<const W: bool, const FLOAT: bool>(
+    nmax: i32,
+    (iscale, min): (&Col, &Col),
+    x: &[Col],
+    w: &[Col],
+    laux: &mut [Col],
+) -> (Col, Col, Col) {
+    let n = x.len();
+    let (w, laux) = (&w[..n], &mut laux[..n]);
+    let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    for i in 0..n {
+        for k in 0..LANES {
+            let lf = qkx_level::<FLOAT>(nmax, iscale[k], x[i][k], min[k]);
+            laux[i][k] = lf;
+            let wl = weight::<W>(w[i][k]) * lf;
+            sum_l[k] += wl;
+            sum_l2[k] += wl * lf;
+            sum_xl[k] += wl * x[i][k];
+        }
+    }
+    (sum_l, sum_l2, sum_xl)
+}
+
+/// The error of the levels of `iscale` for `scale` and `min` (the scalar
+/// search's first `best_error`).
+#[inline(always)]
+fn qkx_first_error<const W: bool, const MAD: bool, const FLOAT: bool>(
+    nmax: i32,
+    (iscale, scale, min): (&Col, &Col, &Col),
+    x: &[Col],
+    w: &[Col],
+) -> Col {
+    let n = x.len();
+    let w = &w[..n];
+    let mut err = [0f32; LANES];
+    for i in 0..n {
+        for k in 0..LANES {
+            let diff = scale[k] * qkx_level::<FLOAT>(nmax, iscale[k], x[i][k], min[k]) + min[k] - x[i][k];
+            err[k] += weight::<W>(w[i][k]) * qkx_err::<MAD>(diff);
+        }
+    }
+    err
+}
+
+/// `|diff|` (`MAD`) or `diff * diff`.
+#[inline(always)]
+fn qkx_err<const MAD: bool>(diff: f32) -> f32 {
+    if MAD {
+        diff.abs()
+    } else {
+        diff * diff
+    }
 }
 
 /// [`crate::ggml::search::make_qkx_quants`] with `qkx2` on [`LANES`] groups
 /// of `x.len()` values with weights `w` (ignored, all 1.0, unless `W`):
 /// `(scale, -min)` per lane, bit for bit the scalar results. `laux` is
-/// scratch of `x.len()` rows. The levels are not made (the caller makes its
-/// own codes from the scale and min).
+/// scratch of `x.len()` rows. The levels are not made (the caller makes its own
+/// codes from the scale and min).
 #[inline(always)]
 pub(crate) fn qkx_lanes<const W: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux: &mut [Col]) -> (Col, Col) {
+    if p.use_mad {
+        qkx_lanes_with::<W, true>(p, x, w, laux)
+    } else {
+        qkx_lanes_with::<W, false>(p, x, w, laux)
+    }
+}
+
+/// [`qkx_lanes`] with `p.use_mad == MAD`.
+#[inline(always)]
+fn qkx_lanes_with<const W: bool, const MAD: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux: &mut [Col]) -> (Col, Col) {
     let n = x.len();
-    let (w, laux) = (if W { &w[..n] } else { x }, &mut laux[..n]);
+    let w = if W { &w[..n] } else { x };
+    let laux = &mut laux[..n];
     let nmax = p.nmax;
-    let mad = mask(p.use_mad);
     let (mut min, mut max) = (x[0], x[0]);
     let (mut sum_w, mut sum_x) = ([0f32; LANES], [0f32; LANES]);
     for k in 0..LANES {
@@ -361,6 +450,7 @@ pub(crate) fn qkx_lanes<const W: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux:
             sum_x[k] += wi * v;
         }
     }
+    let lo = min;
     let (mut flat, mut iscale, mut scale) = ([0u32; LANES], [0f32; LANES], [0f32; LANES]);
     for k in 0..LANES {
         min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
@@ -369,30 +459,22 @@ pub(crate) fn qkx_lanes<const W: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux:
         scale[k] = 1.0 / iscale[k];
     }
     let flat_min = min;
-    let mut best_error = [0f32; LANES];
-    for i in 0..n {
-        for k in 0..LANES {
-            let diff = scale[k] * qkx_level(nmax, iscale[k], x[i][k], min[k]) + min[k] - x[i][k];
-            best_error[k] += weight::<W>(w[i][k]) * qkx_err(mad, diff);
-        }
-    }
+    let mut best_error = if levels_fit_f32(&iscale, &min, &lo, &max, &flat) {
+        qkx_first_error::<W, MAD, true>(nmax, (&iscale, &scale, &min), x, w)
+    } else {
+        qkx_first_error::<W, MAD, false>(nmax, (&iscale, &scale, &min), x, w)
+    };
     let steps = if p.nstep < 1 { 0 } else { p.nstep + 1 };
     for is in 0..steps {
         let num = p.rmin + p.rdelta * is as f32 + nmax as f32;
         for k in 0..LANES {
             iscale[k] = num / (max[k] - min[k]);
         }
-        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-        for i in 0..n {
-            for k in 0..LANES {
-                let lf = qkx_level(nmax, iscale[k], x[i][k], min[k]);
-                laux[i][k] = lf;
-                let wl = weight::<W>(w[i][k]) * lf;
-                sum_l[k] += wl;
-                sum_l2[k] += wl * lf;
-                sum_xl[k] += wl * x[i][k];
-            }
-        }
+        let (sum_l, sum_l2, sum_xl) = if levels_fit_f32(&iscale, &min, &lo, &max, &flat) {
+            qkx_sums::<W, true>(nmax, (&iscale, &min), x, w, laux)
+        } else {
+            qkx_sums::<W, false>(nmax, (&iscale, &min), x, w, laux)
+        };
         let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [0u32; LANES]);
         for k in 0..LANES {
             let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
@@ -410,7 +492,7 @@ pub(crate) fn qkx_lanes<const W: bool>(p: QkxSearch, x: &[Col], w: &[Col], laux:
         for i in 0..n {
             for k in 0..LANES {
                 let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
-                cur_error[k] += weight::<W>(w[i][k]) * qkx_err(mad, diff);
+                cur_error[k] += weight::<W>(w[i][k]) * qkx_err::<MAD>(diff);
             }
         }
         for k in 0..LANES {
@@ -711,9 +793,11 @@ mod tests {
                 let x = hard_groups(LANES, n, seed, 1e20);
                 let w = hard_weights(LANES * n, seed);
                 let t = |v: &[f32]| -> Vec<Col> { (0..n).map(|i| std::array::from_fn(|k| v[k * n + i])).collect() };
-                let mut laux = vec![[0f32; LANES]; n];
-                let got =
-                    [qkx_lanes::<true>(p, &t(&x), &t(&w), &mut laux), qkx_lanes::<false>(p, &t(&x), &[], &mut laux)];
+                let mut scratch = vec![[0f32; LANES]; 2 * n];
+                let got = [
+                    qkx_lanes::<true>(p, &t(&x), &t(&w), &mut scratch),
+                    qkx_lanes::<false>(p, &t(&x), &[], &mut scratch),
+                ];
                 for k in 0..LANES {
                     let g = k * n..(k + 1) * n;
                     let (mut l, mut aux) = (vec![0u8; n], vec![0u8; n]);
