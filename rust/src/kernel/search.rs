@@ -325,7 +325,7 @@ fn errors<const W: bool>(x: &[Col], w: &[Col], scale: &Col, min: &Col, qmax: f32
 /// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))` as f32.
 /// `FLOAT`: the same value computed in f32 (round half to even by adding
 /// and subtracting `1.5 * 2**23`, clamp), one vector operation fewer; only
-/// for `|iscale * d| < 2**22`, where `nearest_int` is exact (outside it,
+/// for `|iscale * (x - min)| < 2**22 - 1`, where `nearest_int` is exact (outside it,
 /// `nearest_int` returns the C's wrapped bits, which the integer form keeps).
 #[inline(always)]
 fn qkx_level<const FLOAT: bool>(nmax: i32, iscale: f32, x: f32, min: f32) -> f32 {
@@ -343,12 +343,13 @@ fn qkx_level<const FLOAT: bool>(nmax: i32, iscale: f32, x: f32, min: f32) -> f32
     }
 }
 
-/// Whether every lane that is not `flat` has `|iscale * (x - min)| < 2**22`
+/// Whether every lane that is not `flat` has `|iscale * (x - min)| < 2**22 - 1`
 /// for all its values `x` in `[lo, hi]` (rounded subtraction and product
 /// are monotonic, so the ends bound them): then [`qkx_level`] may run in f32.
+/// (Just below `2**22`, `nearest_int`'s sum rounds up to `2**24` and wraps.)
 #[inline(always)]
 fn levels_fit_f32(iscale: &Col, min: &Col, lo: &Col, hi: &Col, flat: &[u32; LANES]) -> bool {
-    const LIMIT: f32 = 4_194_304.0;
+    const LIMIT: f32 = 4_194_303.0;
     let mut out = 0u32;
     for k in 0..LANES {
         let (a, b) = (iscale[k] * (lo[k] - min[k]), iscale[k] * (hi[k] - min[k]));
@@ -737,11 +738,11 @@ mod tests {
     fn fast_float16_min_max_is_candidate_one() {
         for bits in [2, 3, 4, 8] {
             let mut x = heavy_tailed(64 * 256, 11 + bits as u64);
-            x[5] = 70000.0; // group 0's min-max overflows float16: an error in both
+            x[5] = -70000.0; // group 0's min overflows float16: an error in both
             let scheme = Scheme { method: Method::MinMax, scale_dtype: ScaleDtype::F16 };
-            for x in [&x[..], &x[256..]] {
+            for (x, overflows) in [(&x[..], true), (&x[256..], false)] {
                 let l = Layout::new(x.len(), 256, bits, 64).unwrap().with_scheme(scheme);
-                check(x, &l, None, 7, "f16 min-max");
+                assert_eq!(check(x, &l, None, if overflows { 0 } else { 7 }, "f16 min-max").0.is_err(), overflows);
             }
             // f16 input: the kernel widens exactly.
             let halves: Vec<half::f16> = x[256..].iter().map(|&v| half::f16::from_f32(v)).collect();
@@ -810,6 +811,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn f32_levels_are_the_integer_levels_where_they_are_used() {
+        let r = heavy_tailed(4096, 9);
+        let limit = 4_194_303.0f32;
+        let mut ys: Vec<f32> = r.iter().map(|u| u * 40.0).collect();
+        for y in [limit, 4_194_304.0, 0.5, 1.5, 2.5, -0.5, -0.0, 14.5, 15.5, 255.5, 256.5] {
+            ys.extend([y, -y, f32::from_bits(y.to_bits() - 1), f32::from_bits(y.to_bits() + 1)]);
+        }
+        for nmax in [3, 7, 15, 255] {
+            for &y in &ys {
+                for (iscale, min) in [(1.0, 0.0), (0.37, -2.0), (3.0e5, 1.0)] {
+                    let x = y / iscale + min;
+                    let v = iscale * (x - min);
+                    let fits = levels_fit_f32(&[iscale; LANES], &[min; LANES], &[x; LANES], &[x; LANES], &[0; LANES]);
+                    assert_eq!(fits, v.abs() < limit, "{v}");
+                    if fits {
+                        let (a, b) =
+                            (qkx_level::<true>(nmax, iscale, x, min), qkx_level::<false>(nmax, iscale, x, min));
+                        assert_eq!(a.to_bits(), b.to_bits(), "nmax {nmax} y {v}");
+                    }
+                }
+            }
+        }
+        // A flat lane does not count; any other lane out of range does.
+        let (mut lo, mut flat) = ([0f32; LANES], [0u32; LANES]);
+        lo[3] = -1e30;
+        assert!(!levels_fit_f32(&[1.0; LANES], &[0.0; LANES], &lo, &[1.0; LANES], &flat));
+        flat[3] = u32::MAX;
+        assert!(levels_fit_f32(&[1.0; LANES], &[0.0; LANES], &lo, &[1.0; LANES], &flat));
     }
 
     fn sq_err(x: &[f32], layout: &Layout, (c, s, m): &Out) -> f64 {
