@@ -185,3 +185,76 @@ def test_cli_quantize_takes_method_and_scale_dtype(tmp_path):
     assert outcome(lambda: got) == outcome(lambda: want)
     bad = subprocess.run(args[:-1] + ["bfloat16"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--scale-dtype" in bad.stderr
+
+
+# Per-group kinds for the search's lanes (16 groups at once): each group of a
+# tensor gets its own, so that a run of lanes mixes them.
+GROUP_KINDS = ["random", "constant", "zeros", "negzero", "subnormal", "ties", "outlier", "huge", "tiny",
+               "negative", "halfmax", "nan"]
+
+
+@st.composite
+def lane_tensors(draw):
+    """(x float32 2-D, bits, group_size) with one kind per group, 1 to 50 groups."""
+    bits = draw(st.sampled_from([2, 3, 4, 8]))
+    unit = 8 if bits == 3 else 8 // bits
+    g = unit * draw(st.integers(1, 64 // unit))
+    per_row = draw(st.integers(1, 5))
+    rows = draw(st.integers(1, max(1, 50 // per_row)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kinds = draw(st.lists(st.sampled_from(GROUP_KINDS), min_size=rows * per_row, max_size=rows * per_row))
+    rng = np.random.default_rng(seed)
+    groups = []
+    for kind in kinds:
+        u = rng.standard_t(3, g).astype(np.float32)
+        v = {
+            "random": u,
+            "constant": np.full(g, u[0]),
+            "zeros": np.zeros(g),
+            "negzero": np.full(g, -0.0),
+            "subnormal": u * np.float32(1e-40),
+            "ties": rng.integers(0, 2 * (2**bits - 1) + 1, g).astype(np.float32) * 0.5,
+            "outlier": np.where(np.arange(g) == g // 3, 100.0, u * 1e-3),
+            "huge": u * np.float32(1e30),
+            "tiny": u * np.float32(1e-20),
+            "negative": -np.abs(u) - 0.25,
+            "halfmax": u * np.float32(2e4),
+            "nan": np.where(np.arange(g) == g - 1, np.nan, u),
+        }[kind]
+        groups.append(np.asarray(v, dtype=np.float32))
+    x = np.concatenate(groups).reshape(rows, per_row * g)
+    return x, bits, g
+
+
+@given(lane_tensors(), st.sampled_from(sorted(SCALE_DTYPES)), st.booleans(), st.sampled_from([1, None]))
+def test_search_kernel_is_the_scalar_reference(case, scale_dtype, weighted, threads):
+    """The vectorized search (one lane per group) against the scalar
+    definition (pq_debug_search_reference, a test-ffi export): the same bytes,
+    or the same error, for mixed groups, with and without importance."""
+    from pyquant._lib import ffi, lib
+
+    x, bits, g = case
+    k = x.shape[-1]
+    w = None
+    if weighted:
+        w = (np.random.default_rng(k).standard_t(3, k) ** 2).astype(np.float32)
+        w[::3] = 0.0
+    n_groups = x.size // g
+    codes = np.zeros(x.size * bits // 8, np.uint8)
+    scales = np.zeros(n_groups, np.float32)
+    mins = np.zeros(n_groups, np.float32)
+    err = ffi.new("PqError *")
+    ptr = lambda a, t: ffi.cast(t, a.ctypes.data) if a is not None else ffi.NULL  # noqa: E731
+    status = lib.pq_debug_search_reference(
+        ptr(x, "float *"), x.size, k, bits, g, SCALE_DTYPES[scale_dtype], ptr(w, "float *"),
+        ptr(codes, "uint8_t *"), ptr(scales, "float *"), ptr(mins, "float *"), err)
+    kw = {"bits": bits, "group_size": g, "method": "search", "scale_dtype": scale_dtype, "threads": threads}
+    if status != 0:
+        with pytest.raises(pyquant.QuantizeError) as exc:
+            pyquant.quantize_ptr(x, importance=w, **kw)
+        assert ffi.string(err.message).decode() in str(exc.value)
+        return
+    qt = pyquant.quantize_ptr(x, importance=w, **kw)
+    assert qt.codes.tobytes() == codes.tobytes()
+    assert qt.scales.view(np.uint32).tobytes() == scales.view(np.uint32).tobytes()
+    assert qt.mins.view(np.uint32).tobytes() == mins.view(np.uint32).tobytes()

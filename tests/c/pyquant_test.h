@@ -26,6 +26,25 @@ PqStatus pq_debug_panic(PqError *error);
  */
 size_t pq_arrow_live_exports(void);
 
+/*
+ Test hook: quantizes the `len` f32 values at `x` (rows of `row_len`) with
+ the scalar definition of method search (`kernel::reference::search_quantize`)
+ and the scale dtype code `scale_dtype`, into `codes`, `scales` and `mins`
+ of the layout's lengths; `importance` is NULL or `row_len` weights, not
+ checked. For tests that compare the vectorized search with it.
+ */
+PqStatus pq_debug_search_reference(const float *x,
+                                   size_t len,
+                                   size_t row_len,
+                                   uint32_t bits,
+                                   size_t group_size,
+                                   uint32_t scale_dtype,
+                                   const float *importance,
+                                   uint8_t *codes,
+                                   float *scales,
+                                   float *mins,
+                                   PqError *error);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus
