@@ -27,10 +27,7 @@ pub fn quantize<T: Element>(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> Result<()> {
-    check_len("input", input.len(), layout.len, true)?;
-    check_len("codes", codes.len(), layout.codes_len, false)?;
-    check_len("scales", scales.len(), layout.n_groups, false)?;
-    check_len("mins", mins.len(), layout.n_groups, false)?;
+    check_lens(input.len(), codes, scales, mins, layout)?;
     if layout.len == 0 {
         return Ok(());
     }
@@ -61,6 +58,14 @@ pub fn quantize<T: Element>(
         *min_out = lo;
     }
     Ok(())
+}
+
+/// The length checks of a quantize call: the input exactly, outputs at least.
+fn check_lens(input: usize, codes: &[u8], scales: &[f32], mins: &[f32], layout: &Layout) -> Result<()> {
+    check_len("input", input, layout.len, true)?;
+    check_len("codes", codes.len(), layout.codes_len, false)?;
+    check_len("scales", scales.len(), layout.n_groups, false)?;
+    check_len("mins", mins.len(), layout.n_groups, false)
 }
 
 /// Dequantizes codes, scales and mins laid out as `layout` into `output`
@@ -108,10 +113,7 @@ pub fn search_quantize<T: Element>(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> Result<()> {
-    check_len("input", input.len(), layout.len, true)?;
-    check_len("codes", codes.len(), layout.codes_len, false)?;
-    check_len("scales", scales.len(), layout.n_groups, false)?;
-    check_len("mins", mins.len(), layout.n_groups, false)?;
+    check_lens(input.len(), codes, scales, mins, layout)?;
     let g = layout.group_size;
     let qmax = layout.qmax() as f32;
     let (mut x, mut w) = (vec![0f32; g], vec![1f32; g]);
