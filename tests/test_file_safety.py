@@ -722,6 +722,10 @@ def test_tampered_quantized_checkpoints_are_one_line_errors_never_tracebacks(tmp
 PEAK = textwrap.dedent("""
     import sys
     import pyarrow, pyarrow.compute, pyarrow.ipc  # imported up front: their size is not the file's
+    try:  # pyarrow's first to_numpy imports pandas when it is installed: a fixed cost, not the file's
+        import pandas
+    except ImportError:
+        pass
     from pyquant import _peak_rss, pipeline, report
     from pyquant.cli import main
     _peak_rss.reset(); before = _peak_rss.peak_bytes()
