@@ -38,7 +38,7 @@ MAX_DIMS = 4
 
 # GGUF value types: code -> (name, struct format or None for string/array)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-STRING, ARRAY, UINT32 = 8, 9, 4
+STRING, ARRAY, UINT32, FLOAT32, BOOL = 8, 9, 4, 6, 7
 
 # GGML tensor types this reader knows: id -> (name, block values, block bytes).
 # Quantized types beyond pyquant's kernels are listed so that such files
@@ -301,6 +301,16 @@ def kv_string(key: str, value: str) -> bytes:
 def kv_u32(key: str, value: int) -> bytes:
     """The raw bytes of a u32 key-value pair."""
     return _string(key) + struct.pack("<II", UINT32, value)
+
+
+def kv_f32(key: str, value: float) -> bytes:
+    """The raw bytes of an f32 key-value pair."""
+    return _string(key) + struct.pack("<If", FLOAT32, value)
+
+
+def kv_bool(key: str, value: bool) -> bytes:
+    """The raw bytes of a bool key-value pair."""
+    return _string(key) + struct.pack("<I?", BOOL, value)
 
 
 @dataclass(frozen=True)

@@ -342,17 +342,68 @@ class Imatrix:
     datasets: list[str]
     chunk_count: int
 
-    def kv_pairs(self) -> list[bytes]:
-        """The quantize.imatrix.* pairs llama-quantize appends (its kv overrides)."""
+    def kv_pairs(self) -> list[tuple[str, bytes]]:
+        """The quantize.imatrix.* pairs (key, raw bytes) llama-quantize appends (its kv overrides)."""
         from .gguf_file import kv_string, kv_u32
 
-        pairs = [kv_string("quantize.imatrix.file", _c_truncate(self.path))]
+        pairs = [("quantize.imatrix.file", kv_string("quantize.imatrix.file", _c_truncate(self.path)))]
         if self.datasets:
-            pairs.append(kv_string("quantize.imatrix.dataset", _c_truncate(self.datasets[0])))
-        pairs.append(kv_u32("quantize.imatrix.entries_count", len(self.data)))
+            pairs.append(("quantize.imatrix.dataset",
+                          kv_string("quantize.imatrix.dataset", _c_truncate(self.datasets[0]))))
+        pairs.append(("quantize.imatrix.entries_count", kv_u32("quantize.imatrix.entries_count", len(self.data))))
         if self.chunk_count > 0:
-            pairs.append(kv_u32("quantize.imatrix.chunks_count", self.chunk_count))
+            pairs.append(("quantize.imatrix.chunks_count", kv_u32("quantize.imatrix.chunks_count", self.chunk_count)))
         return pairs
+
+
+def filter_imatrix(m: Imatrix, include: Sequence[str], exclude: Sequence[str]) -> Imatrix:
+    """llama-quantize's --exclude-weights / --include-weights (prepare_imatrix):
+    drop, or keep only, the entries whose name contains one of the strings."""
+    data = m.data
+    if exclude:
+        data = {k: v for k, v in data.items() if not any(s in k for s in exclude)}
+    if include:
+        data = {k: v for k, v in data.items() if any(s in k for s in include)}
+    return Imatrix(m.path, data, m.datasets, m.chunk_count)
+
+
+@dataclass(frozen=True)
+class KvOverride:
+    """One --override-kv: the key, the value the loader sees, the pair's raw bytes."""
+
+    key: str
+    value: Any
+    raw: bytes
+
+
+def parse_kv_override(spec: str) -> KvOverride:
+    """``KEY=TYPE:VALUE`` as llama.cpp's string_parse_kv_override reads it, and
+    the pair llama-quantize writes for it: int -> u32 of the absolute value,
+    float -> f32, bool (true/false), str (at most 127 bytes). Values that
+    llama.cpp's atol/atof would silently read as 0 are refused here."""
+    from .gguf_file import kv_bool, kv_f32, kv_string, kv_u32
+
+    key, sep, rest = spec.partition("=")
+    if not sep or not key or len(key.encode()) >= 128:
+        raise QuantizeError(f"override_kv {spec!r}: expected KEY=TYPE:VALUE with a key of 1-127 bytes")
+    kind, colon, text = rest.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        if kind == "int":
+            value: Any = int(text.strip())
+            return KvOverride(key, value, kv_u32(key, abs(value) & 0xFFFFFFFF))
+        if kind == "float":
+            value = float(text.strip())
+            return KvOverride(key, value, kv_f32(key, value))
+        if kind == "bool" and text in ("true", "false"):
+            return KvOverride(key, text == "true", kv_bool(key, text == "true"))
+        if kind == "str" and len(text.encode()) <= 127:
+            return KvOverride(key, text, kv_string(key, text))
+    except (ValueError, OverflowError):
+        pass
+    raise QuantizeError(f"override_kv {spec!r}: expected KEY=int:N, KEY=float:X, KEY=bool:true|false or "
+                        "KEY=str:TEXT (at most 127 bytes)")
 
 
 def _c_truncate(s: str) -> str:
