@@ -81,7 +81,14 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
     a file is bad. ``progress`` is called after each tensor (label
     ``"comparing"``, bytes of the original). A carried-over tensor's row
     says why it was kept (``kept_because``, from the checkpoint's metadata).
+
+    A GGUF ``quantized`` file (e.g. from :func:`pyquant.quantize_gguf`) is
+    compared with its GGUF ``original`` by :func:`gguf_error_report`.
     """
+    from .gguf_file import is_gguf
+
+    if is_gguf(quantized):
+        return gguf_error_report(original, quantized, progress=progress)
     rows = []
     with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
         names = q.names()
@@ -107,20 +114,25 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
     return Report(rows)
 
 
-def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
+def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str], *,
+                      progress: ProgressCallback | None = None) -> Report:
     """:func:`error_report` for GGUF files: a quantized GGUF (e.g. from
-    :func:`pyquant.quantize_gguf`) against its float original, per tensor
-    (``bits``: the GGML type's bits per weight, ``dtype``: its name), one
-    tensor at a time from both memory maps."""
+    :func:`pyquant.quantize_gguf`) against its float GGUF original, per tensor
+    (``bits``: the GGML type's bits per weight, ``dtype``: its name, ``shape``:
+    GGUF order, row length first), one tensor at a time from both memory maps."""
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, GGUFFile
+    from .gguf_file import FLOAT_DTYPES, GGUFFile, is_gguf
 
+    if not is_gguf(original):
+        raise CheckpointError(f"{os.fspath(original)}: not a GGUF file: a GGUF checkpoint is compared with the "
+                              "GGUF file it was quantized from")
     rows = []
     with GGUFFile(original) as fo, GGUFFile(quantized) as fq:
         by_name = {t.name: t for t in fo.tensors}
         missing = sorted(set(by_name) ^ {t.name for t in fq.tensors})
         if missing:
             raise CheckpointError(f"the GGUF files hold different tensors (e.g. {missing[0]!r})")
+        bar = _Tracker(progress, "comparing", len(fq.tensors), sum(t.nbytes for t in fo.tensors))
         for t in fq.tensors:
             o = by_name[t.name]
             if t.shape != o.shape:
@@ -139,6 +151,7 @@ def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.Path
                 raise CheckpointError(f"tensor {t.name!r}: cannot compare {t.type_name} with {o.type_name}")
             fo.release(o)
             fq.release(t)
+            bar.update(o.nbytes)
     return Report(rows)
 
 
@@ -159,12 +172,30 @@ class InspectRow:
     stored_bytes: int
     kept_because: str | None  # a carried-over tensor of a pyquant checkpoint: why it was kept
     original_bytes: int
+    bits_per_weight: float | None = None  # GGUF: stored bits per value of the GGML type
 
 
 def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, str]]:
-    """What a checkpoint (plain safetensors, or pyquant in either format)
-    holds: one row per original tensor (for a carried-over tensor of a
-    pyquant checkpoint, why it was kept), and the file's metadata."""
+    """What a checkpoint (plain safetensors, pyquant in either format, or
+    GGUF) holds: one row per original tensor (for a carried-over tensor of a
+    pyquant checkpoint, why it was kept), and the file's metadata.
+
+    A GGUF file's rows: ``dtype`` the GGML type name (``"Q4_K"``), ``shape``
+    in numpy order (the GGUF shape reversed), ``bits`` and ``group_size``
+    None, ``bits_per_weight`` the stored bits per value, ``original_bytes``
+    the tensor as float32 for a quantized type (GGUF records no original
+    dtype), else as stored. Its metadata: every key-value pair as text (an
+    array as ``"[N items]"``) and ``"format": "gguf"``."""
+    from .gguf_file import FLOAT_DTYPES, GGML_TYPES, GGUFFile, is_gguf
+
+    if is_gguf(path):
+        with GGUFFile(path) as f:
+            rows = [InspectRow(t.name, t.type_name, tuple(reversed(t.shape)), None, None, t.nbytes, None,
+                               t.nbytes if t.type_id in FLOAT_DTYPES or GGML_TYPES[t.type_id][1] == 1
+                               else 4 * t.n_values, 8 * t.nbytes / t.n_values)
+                    for t in f.tensors]
+            meta = {k: f"[{len(v)} items]" if isinstance(v, list) else str(v) for k, (_, v, _) in f.kv.items()}
+        return rows, {**meta, "format": "gguf"}
     stored, meta = stored_tensors(path)
     rows = [InspectRow(*s, original_bytes=math.prod(s.shape) * _itemsize(s.dtype)) for s in stored]
     return rows, meta
