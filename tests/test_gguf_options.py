@@ -1,0 +1,197 @@
+"""GGUF, second round (issue 14): llama-quantize's --allow-requantize,
+--override-kv and --include/--exclude-weights against llama-quantize itself,
+the Python API on GGUF files (inspect, error_report, dequantize to
+safetensors)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import pyquant
+from pyquant import gguf as pg
+from pyquant.cli import main
+from pyquant.pipeline import dequantize_gguf, quantize_gguf
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_gguf_file import _llama_quantize, llama_bin, make_imatrix, make_model  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("opts") / "f16.gguf", "F16", seed=11)
+
+
+@pytest.fixture(scope="module")
+def imatrix(f16: Path) -> Path:
+    return make_imatrix(f16.with_suffix(".imatrix.gguf"), f16, seed=4)
+
+
+def _same(llama_bin: Path, src: Path, tmp_path: Path, preset: str, cli: list[str], **kw: object) -> None:
+    """pyquant's file (API and CLI) is llama-quantize's, byte for byte."""
+    ref, mine, by_cli = tmp_path / "ref.gguf", tmp_path / "mine.gguf", tmp_path / "cli.gguf"
+    _llama_quantize(llama_bin, src, ref, preset, *cli)
+    quantize_gguf(src, mine, preset=preset, **kw)  # type: ignore[arg-type]
+    assert main(["quantize", str(src), str(by_cli), "--type", preset, "--quiet", *cli]) == 0
+    want = ref.read_bytes()
+    assert mine.read_bytes() == want
+    assert by_cli.read_bytes() == want
+
+
+@pytest.mark.parametrize("first,then", [("Q8_0", "Q4_K_M"), ("Q4_K_M", "Q4_0"), ("Q6_K", "IQ4_XS"),
+                                        ("Q5_1", "Q3_K_M")])
+def test_requantize_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path: Path, first: str, then: str) -> None:
+    quantized = tmp_path / "first.gguf"
+    _llama_quantize(llama_bin, f16, quantized, first)
+    with pytest.raises(pyquant.CheckpointError, match="requantizing from type .* is disabled.*allow"):
+        quantize_gguf(quantized, tmp_path / "no.gguf", preset=then)
+    assert not (tmp_path / "no.gguf").exists()
+    _same(llama_bin, quantized, tmp_path, then, ["--allow-requantize"], allow_requantize=True)
+
+
+def test_requantize_same_type_copies(f16: Path, tmp_path: Path) -> None:
+    """Tensors already of the target type are copied, so no flag is needed."""
+    q = tmp_path / "q8.gguf"
+    quantize_gguf(f16, q, preset="Q8_0")
+    again = tmp_path / "again.gguf"
+    s = quantize_gguf(q, again, preset="Q8_0")
+    assert s.quantized == 0 and again.read_bytes() == q.read_bytes()
+
+
+OVERRIDES = ["general.name=str:pyquant test", "llama.context_length=int:-256", "test.scale=float:0.1",
+             "test.flag=bool:true", "general.file_type=int:99"]
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["", "imatrix"])
+def test_override_kv_as_llama_quantize(llama_bin: Path, f16: Path, imatrix: Path, tmp_path: Path,
+                                       with_imatrix: bool) -> None:
+    cli = [a for o in OVERRIDES for a in ("--override-kv", o)]
+    kw: dict[str, object] = {"override_kv": OVERRIDES}
+    if with_imatrix:  # the imatrix keys come after the user's overrides, also one set by both
+        cli += ["--imatrix", str(imatrix), "--override-kv", "quantize.imatrix.file=str:mine"]
+        kw.update(imatrix=str(imatrix), override_kv=OVERRIDES + ["quantize.imatrix.file=str:mine"])
+    _same(llama_bin, f16, tmp_path, "Q4_K_M", cli, **kw)
+    r = gguf.GGUFReader(str(tmp_path / "mine.gguf"))
+    assert r.fields["general.name"].contents() == "pyquant test"
+    assert r.fields["llama.context_length"].contents() == 256  # u32 of the absolute value, as llama.cpp
+    assert r.fields["general.file_type"].contents() == 99
+
+
+@pytest.mark.parametrize("spec", ["novalue", "=int:1", "k=int", "k=int:x", "k=float:", "k=bool:yes",
+                                  "k=str:" + "x" * 128, "k=list:1", "k" * 128 + "=int:1"])
+def test_bad_override_kv_is_one_error(f16: Path, tmp_path: Path, spec: str) -> None:
+    with pytest.raises(pyquant.QuantizeError, match="override_kv"):
+        quantize_gguf(f16, tmp_path / "out.gguf", preset="Q4_0", override_kv=[spec])
+    assert main(["quantize", str(f16), str(tmp_path / "out.gguf"), "--type", "Q4_0", "--override-kv", spec]) == 1
+    assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("option,names", [
+    ("include", ["ffn_down", "attn_v"]),
+    ("exclude", ["blk.1.", "token_embd"]),
+    ("exclude", ["weight"]),  # nothing left: no imatrix at all (no keys, no promotions)
+])
+@pytest.mark.parametrize("preset", ["Q4_0", "Q4_K_M", "IQ4_XS"])
+def test_include_exclude_weights_as_llama_quantize(llama_bin: Path, f16: Path, imatrix: Path, tmp_path: Path,
+                                                   option: str, names: list[str], preset: str) -> None:
+    cli = ["--imatrix", str(imatrix)] + [a for n in names for a in (f"--{option}-weights", n)]
+    _same(llama_bin, f16, tmp_path, preset, cli, imatrix=str(imatrix), **{f"{option}_weights": names})
+
+
+def test_include_and_exclude_together_is_an_error(f16: Path, imatrix: Path, tmp_path: Path) -> None:
+    with pytest.raises(pyquant.QuantizeError, match="together"):
+        quantize_gguf(f16, tmp_path / "o.gguf", preset="Q4_0", imatrix=imatrix, include_weights=["a"],
+                      exclude_weights=["b"])
+    with pytest.raises(pyquant.QuantizeError, match="imatrix"):
+        quantize_gguf(f16, tmp_path / "o.gguf", preset="Q4_0", include_weights=["a"])
+
+
+# --- the Python API on GGUF files ---------------------------------------------
+
+def test_inspect_gguf(f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    q = tmp_path / "q.gguf"
+    quantize_gguf(f16, q, preset="Q4_K_M")
+    rows, meta = pyquant.inspect(q)
+    assert meta["format"] == "gguf" and meta["general.architecture"] == "llama" and meta["general.file_type"] == "15"
+    by = {r.name: r for r in rows}
+    r = by["blk.0.attn_q.weight"]
+    assert (r.dtype, r.shape, r.stored_bytes, r.bits_per_weight) == ("Q4_K", (256, 256), 256 * 144, 4.5)
+    assert r.original_bytes == 256 * 256 * 4
+    norm = by["blk.0.attn_norm.weight"]
+    assert (norm.dtype, norm.shape, norm.bits_per_weight, norm.original_bytes) == ("F32", (256,), 32.0, 1024)
+    with gguf_reader(q) as names:
+        assert [r.name for r in rows] == names
+    assert main(["inspect", str(q), "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["container"] == "gguf" and doc["tensors"][0]["bits_per_weight"] > 0
+
+
+class gguf_reader:
+    """The tensor names of a GGUF file, by gguf-py."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> list[str]:
+        return [t.name for t in gguf.GGUFReader(str(self.path)).tensors]
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_error_report_takes_gguf(f16: Path, tmp_path: Path) -> None:
+    q = tmp_path / "q.gguf"
+    quantize_gguf(f16, q, preset="Q4_0")
+    seen = []
+    rep = pyquant.error_report(f16, q, progress=seen.append)
+    s = rep.summary()
+    assert (s["quantized"], s["kept"]) == (30, 9)
+    assert {t.bits for t in rep.tensors if t.dtype == "Q4_0"} == {4.5}
+    assert 0.05 < s["mean_rel_rmse"] < 0.2
+    assert seen[-1].done_tensors == seen[-1].tensors == len(rep.tensors)
+    with pytest.raises(pyquant.CheckpointError, match="not a GGUF file"):
+        safetensors = tmp_path / "x.safetensors"
+        dequantize_gguf(q, safetensors)
+        pyquant.error_report(safetensors, q)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+def test_dequantize_gguf_to_safetensors(f16: Path, tmp_path: Path, dtype: str) -> None:
+    from safetensors.numpy import load_file
+
+    q = tmp_path / "q.gguf"
+    quantize_gguf(f16, q, preset="Q4_K_M")
+    out = tmp_path / "back.safetensors"
+    assert main(["dequantize", str(q), str(out), "--dtype", dtype, "--quiet"]) == 0
+    got = load_file(str(out)) if dtype != "BF16" else None
+    # the same values as the GGUF way back, in numpy order
+    ref = tmp_path / "back.gguf"
+    dequantize_gguf(q, ref, dtype=dtype)
+    for t in gguf.GGUFReader(str(ref)).tensors:
+        with pyquant.safetensors_io.Checkpoint(out) as ck:
+            x = ck.array(t.name)
+            assert x.shape == tuple(reversed([int(d) for d in t.shape]))
+            assert x.tobytes() == t.data.tobytes(), t.name
+    if got is not None:
+        assert got["blk.0.attn_q.weight"].dtype == {"F32": np.float32, "F16": np.float16}[dtype]
+
+
+def test_dequantize_to_safetensors_refuses_types_without_a_dequantizer(tmp_path: Path) -> None:
+    w = gguf.GGUFWriter(str(tmp_path / "tq.gguf"), "llama")
+    w.add_tensor("a.weight", np.zeros((2, 54), np.uint8), raw_dtype=gguf.GGMLQuantizationType.TQ1_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(pyquant.CheckpointError, match="TQ1_0"):
+        dequantize_gguf(tmp_path / "tq.gguf", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+    dequantize_gguf(tmp_path / "tq.gguf", tmp_path / "out.gguf")  # a GGUF output copies it
+    assert "TQ1_0" not in pg.SUPPORTED_TYPES and (tmp_path / "out.gguf").exists()
