@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
                    help="set a key-value pair in the output (TYPE int, float, bool or str; repeatable), "
                    "e.g. general.name=str:mine")
+    g.add_argument("--keep-split", action="store_true",
+                   help="one output file per input file, OUTPUT-00001-of-0000N.gguf (the input may be a split "
+                   "model, given by its first file NAME-00001-of-0000N.gguf, with or without this)")
     g.add_argument("--arch", help="safetensors -> GGUF (an output named *.gguf): general.architecture to write; "
                    "--type is then a GGML type (Q4_K, Q8_0, ...)")
 
@@ -252,8 +255,8 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
                           tensor_types=_tensor_types(args.tensor_type), output_tensor_type=args.output_tensor_type,
                           token_embedding_type=args.token_embedding_type,
                           leave_output_tensor=args.leave_output_tensor, pure=args.pure,
-                          allow_requantize=args.allow_requantize, override_kv=args.override_kv, force=args.force,
-                          progress=bar)
+                          allow_requantize=args.allow_requantize, override_kv=args.override_kv,
+                          keep_split=args.keep_split, force=args.force, progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -292,6 +295,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
                                 ("--token-embedding-type", args.token_embedding_type),
                                 ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure),
                                 ("--allow-requantize", args.allow_requantize), ("--override-kv", args.override_kv),
+                                ("--keep-split", args.keep_split),
                                 ("--arch", args.arch)) if v]
     if gguf_only:
         raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")

@@ -381,7 +381,7 @@ def parse_kv_override(spec: str) -> KvOverride:
     the pair llama-quantize writes for it: int -> u32 of the absolute value,
     float -> f32, bool (true/false), str (at most 127 bytes). Values that
     llama.cpp's atol/atof would silently read as 0 are refused here."""
-    from .gguf_file import kv_bool, kv_f32, kv_string, kv_u32
+    from .gguf_file import BOOL, FLOAT32, kv_scalar, kv_string, kv_u32
 
     key, sep, rest = spec.partition("=")
     if not sep or not key or len(key.encode()) >= 128:
@@ -395,9 +395,9 @@ def parse_kv_override(spec: str) -> KvOverride:
             return KvOverride(key, value, kv_u32(key, abs(value) & 0xFFFFFFFF))
         if kind == "float":
             value = float(text.strip())
-            return KvOverride(key, value, kv_f32(key, value))
+            return KvOverride(key, value, kv_scalar(key, FLOAT32, value))
         if kind == "bool" and text in ("true", "false"):
-            return KvOverride(key, text == "true", kv_bool(key, text == "true"))
+            return KvOverride(key, text == "true", kv_scalar(key, BOOL, text == "true"))
         if kind == "str" and len(text.encode()) <= 127:
             return KvOverride(key, text, kv_string(key, text))
     except (ValueError, OverflowError):

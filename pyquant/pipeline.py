@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -342,6 +342,7 @@ def quantize_gguf(
     pure: bool = False,
     allow_requantize: bool = False,
     override_kv: Sequence[str] = (),
+    keep_split: bool = False,
     force: bool = False,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
@@ -363,13 +364,21 @@ def quantize_gguf(
     (``"KEY=TYPE:VALUE"`` strings, TYPE ``int``, ``float``, ``bool`` or
     ``str``, set in the output and seen by the type choice).
 
+    A model split over several files (``NAME-00001-of-00003.gguf``, as
+    llama.cpp's gguf-split writes it) is read from all of them, given its
+    first file; the output is one file, or with ``keep_split`` one per input
+    file, named ``DST-00001-of-00003.gguf`` (``dst`` without ``.gguf``), as
+    llama-quantize names them (also for an input in one file).
+
     The input is memory-mapped and read one tensor at a time; the output is
     written to a temporary file and published atomically. Raises
     CheckpointError for a bad or truncated input, and for quantized tensors
     without ``allow_requantize``; QuantizeError for bad options.
     """
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, GGUFFile, kv_u32
+    from .gguf_file import (
+        FLOAT_DTYPES, INT32, SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, UINT16, GGUFModel, kv_scalar, kv_u32, split_path,
+    )
     from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import (
         QUANTIZATION_VERSION, Options, choose_types, filter_imatrix, find_preset, ggml_type, llama_order,
@@ -398,8 +407,11 @@ def quantize_gguf(
         weights = None  # llama-quantize: an empty matrix is no matrix (no keys, no promotions)
     opts.has_imatrix = weights is not None
     t0 = time.perf_counter()
-    with GGUFFile(src) as f:
-        order = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
+    with GGUFModel(src) as f:
+        # llama-quantize's order: its weights_map's (block number, then name), or
+        # with keep_split each input file's tensors in file order.
+        order = (sorted(f.tensors, key=lambda t: (t.split, t.offset)) if keep_split
+                 else [f.tensors[i] for i in llama_order([t.name for t in f.tensors])])
         seen = {o.key: o.value for o in overrides}  # the loader reads the hyperparameters through them
         model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
         targets, _notes = choose_types([(t.name, t.shape, t.type_id) for t in order], model, opts)
@@ -419,7 +431,7 @@ def quantize_gguf(
                    ("general.file_type", kv_u32("general.file_type", ftype))]
         updates += [(o.key, o.raw) for o in overrides]
         updates += [] if weights is None else weights.kv_pairs()
-        for key in ("split.no", "split.count", "split.tensors.count"):
+        for key in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS):
             pairs.pop(key, None)
         for key, raw in updates:
             pairs.pop(key, None)
@@ -428,8 +440,22 @@ def quantize_gguf(
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
         new_type = dict(zip((t.name for t in order), targets))
-        with _gguf_output(dst, force, [f.path], pairs.values(), outs, f.alignment) as w:
+        # keep_split: one output per input file, PREFIX-0000i-of-0000N.gguf; the
+        # first holds the pairs, each the split keys (when N > 1) last.
+        n_split = max(t.split for t in order) + 1 if keep_split and order else 1
+        prefix = os.fspath(dst)[:-5] if os.fspath(dst).endswith(".gguf") else os.fspath(dst)
+        with ExitStack() as stack:
+            writers = []
+            for i in range(n_split):
+                kv = list(pairs.values()) if i == 0 else []
+                if n_split > 1:
+                    kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
+                           kv_scalar(SPLIT_TENSORS, INT32, len(order))]
+                part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
+                writers.append(stack.enter_context(_gguf_output(
+                    split_path(prefix, i, n_split) if keep_split else dst, force, f.paths, kv, part, f.alignment)))
             for t in _each(order, f.release, bar, lambda t: t.nbytes):
+                w = writers[t.split if keep_split else 0]
                 new = new_type[t.name]
                 if new == t.type_id:
                     w.tensor(f.raw(t))

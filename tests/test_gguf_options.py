@@ -195,3 +195,59 @@ def test_dequantize_to_safetensors_refuses_types_without_a_dequantizer(tmp_path:
     assert not (tmp_path / "out.safetensors").exists()
     dequantize_gguf(tmp_path / "tq.gguf", tmp_path / "out.gguf")  # a GGUF output copies it
     assert "TQ1_0" not in pg.SUPPORTED_TYPES and (tmp_path / "out.gguf").exists()
+
+
+# --- split models: NAME-00001-of-0000N.gguf in, one file or --keep-split out ----
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("split")
+    make_model(d / "model.gguf", "F16", seed=12, split_max_tensors=15)
+    return d / "model-00001-of-00003.gguf"
+
+
+def _outputs(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+@pytest.mark.parametrize("keep_split", [False, True], ids=["one-file", "keep-split"])
+@pytest.mark.parametrize("preset", ["Q4_0", "Q4_K_M"])
+def test_split_model_as_llama_quantize(llama_bin: Path, split: Path, f16: Path, tmp_path: Path, preset: str,
+                                       keep_split: bool) -> None:
+    for src in (split, f16):  # a split model, and (with --keep-split: one split of one) a single file
+        ref, mine = tmp_path / "ref", tmp_path / "mine"
+        for d in (ref, mine):
+            d.mkdir(exist_ok=True)
+            for p in d.iterdir():
+                p.unlink()
+        extra = ["--keep-split"] if keep_split else []
+        _llama_quantize(llama_bin, src, ref / "q.gguf", preset, *extra)
+        assert main(["quantize", str(src), str(mine / "q.gguf"), "--type", preset, "--quiet", *extra]) == 0
+        got, want = _outputs(mine), _outputs(ref)
+        assert list(got) == list(want), src
+        if keep_split:
+            assert len(got) == (3 if src == split else 1) and all("-of-0000" in n for n in got)
+        assert got == want, src
+
+
+def test_bad_split_models_are_one_line_errors(split: Path, tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "m"
+    d.mkdir()
+    for p in split.parent.glob("model-0000*"):
+        shutil.copy(p, d / p.name)
+    first, second = d / split.name, d / "model-00002-of-00003.gguf"
+    with pytest.raises(pyquant.CheckpointError, match="split.no 1: give the first file"):
+        quantize_gguf(second, tmp_path / "o.gguf", preset="Q4_0")
+    renamed = d / "renamed.gguf"
+    shutil.copy(first, renamed)
+    with pytest.raises(pyquant.CheckpointError, match="does not end in -00001-of-00003.gguf"):
+        quantize_gguf(renamed, tmp_path / "o.gguf", preset="Q4_0")
+    (d / "model-00003-of-00003.gguf").unlink()
+    with pytest.raises(pyquant.CheckpointError, match="model-00003-of-00003.gguf"):
+        quantize_gguf(first, tmp_path / "o.gguf", preset="Q4_0")
+    shutil.copy(second, d / "model-00003-of-00003.gguf")  # split.no 1 where 2 belongs
+    with pytest.raises(pyquant.CheckpointError, match="split.no is 1, expected 2"):
+        quantize_gguf(first, tmp_path / "o.gguf", preset="Q4_0")
+    assert not (tmp_path / "o.gguf").exists()
