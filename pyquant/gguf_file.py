@@ -154,11 +154,31 @@ class _Cursor:
             if count > (self.size - self.pos) // least:
                 raise self.fail(f"{what} claims {count} elements, more than the file holds")
             if etype == STRING:
-                return [self.string(f"element {i} of {what}") for i in range(count)]
+                return self._strings(count, what)
             fmt = _SCALARS[etype]
             raw = self.take(count * struct.calcsize(fmt), what)
             return list(struct.unpack(f"<{count}{fmt[1]}", raw))
         raise self.fail(f"{what} has unknown value type {vtype}")
+
+    def _strings(self, count: int, what: str) -> list[str]:
+        """A string array (a vocabulary: tens of thousands) in one tight loop;
+        an element that does not fit goes through :meth:`string`, for its error."""
+        data, pos, size, out = self.data, self.pos, self.size, []
+        for i in range(count):
+            if size - pos >= 8:
+                n = struct.unpack_from("<Q", data, pos)[0]
+                if n <= size - pos - 8:
+                    try:
+                        out.append(data[pos + 8:pos + 8 + n].decode("utf-8"))
+                        pos += 8 + n
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+            self.pos = pos
+            out.append(self.string(f"element {i} of {what}"))  # raises
+            pos = self.pos
+        self.pos = pos
+        return out
 
 
 class GGUFFile:
