@@ -20,7 +20,7 @@ from pyquant.pipeline import quantize_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_gguf_file import _llama_quantize, llama_bin  # noqa: E402,F401
+from test_gguf_file import _llama_quantize, llama_bin, written  # noqa: E402,F401
 
 
 def _write(path: Path, arch: str, hparams: dict[str, object], tensors: dict[str, tuple[int, ...]], seed: int) -> Path:
@@ -38,11 +38,7 @@ def _write(path: Path, arch: str, hparams: dict[str, object], tensors: dict[str,
             w.add_tensor(name, rng.normal(0, 0.05, shape).astype(np.float32))
         else:
             w.add_tensor(name, rng.normal(0, 0.05, shape).astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return written(w, path)
 
 
 def falcon(path: Path, n_layer: int = 16, n_embd: int = 256, n_ff: int = 512, n_vocab: int = 64) -> Path:
@@ -93,11 +89,7 @@ def moe_imatrix(path: Path, model: Path) -> Path:
                 w.add_tensor(f"{t.name}.in_sum2",
                              (rng.random((experts, t.shape[0])) * 40).astype(np.float32))
                 w.add_tensor(f"{t.name}.counts", rng.integers(1, 2000, (experts, 1)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return written(w, path)
 
 
 @pytest.fixture(scope="module")

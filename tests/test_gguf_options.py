@@ -19,7 +19,7 @@ from pyquant.pipeline import dequantize_gguf, quantize_gguf
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_gguf_file import _llama_quantize, llama_bin, make_imatrix, make_model  # noqa: E402,F401
+from test_gguf_file import _llama_quantize, llama_bin, make_imatrix, make_model, written  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +186,7 @@ def test_dequantize_gguf_to_safetensors(f16: Path, tmp_path: Path, dtype: str) -
 def test_dequantize_to_safetensors_refuses_types_without_a_dequantizer(tmp_path: Path) -> None:
     w = gguf.GGUFWriter(str(tmp_path / "tq.gguf"), "llama")
     w.add_tensor("a.weight", np.zeros((2, 54), np.uint8), raw_dtype=gguf.GGMLQuantizationType.TQ1_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    written(w, tmp_path / "tq.gguf")
     with pytest.raises(pyquant.CheckpointError, match="TQ1_0"):
         dequantize_gguf(tmp_path / "tq.gguf", tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
