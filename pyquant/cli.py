@@ -242,8 +242,23 @@ def _print_summary(args: argparse.Namespace, s: Summary, dequantized: bool = Fal
           f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
 
 
+# The options of GGUF -> GGUF quantization (llama-quantize's), by argparse dest.
+_LLAMA_OPTIONS = ("imatrix", "include_weights", "exclude_weights", "tensor_type", "output_tensor_type",
+                  "token_embedding_type", "leave_output_tensor", "pure", "allow_requantize", "override_kv",
+                  "keep_split")
+
+
+def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
+    """The options among ``dests`` given on the command line, spelled as typed."""
+    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d)]
+
+
 def cmd_quantize_gguf(args: argparse.Namespace) -> None:
     from .pipeline import quantize_gguf
+
+    if args.arch is not None:
+        raise QuantizeError(f"--arch: only for a safetensors input written as GGUF ({args.input} is a GGUF file: "
+                            "its architecture is kept)")
 
     if args.type is None:
         raise QuantizeError(f"{args.input}: a GGUF file: quantizing it (into GGUF, as llama-quantize) needs "
@@ -268,6 +283,10 @@ def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
 
     if args.type is None:
         raise QuantizeError(f"{args.output}: a GGUF output needs --type TYPE (e.g. --type Q4_K)")
+    unused = _given(args, _LLAMA_OPTIONS)
+    if unused:
+        raise QuantizeError(f"{' '.join(unused)}: only for a GGUF input (llama-quantize's options; "
+                            f"{args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = safetensors_to_gguf(args.input, args.output, qtype=args.type, arch=args.arch, force=args.force,
@@ -288,17 +307,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.output.endswith(".gguf"):
         cmd_safetensors_to_gguf(args)
         return
-    gguf_only = [o for o, v in (("--type", args.type), ("--imatrix", args.imatrix), ("--tensor-type", args.tensor_type),
-                                ("--include-weights", args.include_weights),
-                                ("--exclude-weights", args.exclude_weights),
-                                ("--output-tensor-type", args.output_tensor_type),
-                                ("--token-embedding-type", args.token_embedding_type),
-                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure),
-                                ("--allow-requantize", args.allow_requantize), ("--override-kv", args.override_kv),
-                                ("--keep-split", args.keep_split),
-                                ("--arch", args.arch)) if v]
+    gguf_only = _given(args, ("type", *_LLAMA_OPTIONS, "arch"))
     if gguf_only:
-        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")
+        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input or a .gguf output ({args.input} is not "
+                            "a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,

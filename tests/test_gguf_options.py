@@ -156,10 +156,30 @@ def test_error_report_takes_gguf(f16: Path, tmp_path: Path) -> None:
     assert {t.bits for t in rep.tensors if t.dtype == "Q4_0"} == {4.5}
     assert 0.05 < s["mean_rel_rmse"] < 0.2
     assert seen[-1].done_tensors == seen[-1].tensors == len(rep.tensors)
-    with pytest.raises(pyquant.CheckpointError, match="not a GGUF file"):
-        safetensors = tmp_path / "x.safetensors"
-        dequantize_gguf(q, safetensors)
-        pyquant.error_report(safetensors, q)
+
+
+def test_error_report_of_safetensors_to_gguf(tmp_path: Path) -> None:
+    """A GGUF file made from safetensors, against the safetensors source."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(3)
+    tensors = {"a.weight": rng.normal(size=(64, 512)).astype(np.float16),
+               "b.weight": rng.normal(size=(32, 256)).astype(np.float32),
+               "c.bias": rng.normal(size=(512,)).astype(np.float32), "ids": np.arange(4, dtype=np.int32)}
+    src, q = tmp_path / "m.safetensors", tmp_path / "m.gguf"
+    save_file(tensors, str(src))
+    pyquant.safetensors_to_gguf(src, q, qtype="Q8_0")
+    rep = pyquant.error_report(src, q)
+    by = {t.name: t for t in rep.tensors}
+    assert by["a.weight"].bits == by["b.weight"].bits == 8.5 and by["c.bias"].bits is by["ids"].bits is None
+    assert by["a.weight"].shape == (512, 64) and 0 < by["a.weight"].stats.rel_rmse < 0.01
+    other = tmp_path / "other.safetensors"
+    save_file({**tensors, "c.bias": tensors["c.bias"] + 1}, str(other))
+    with pytest.raises(pyquant.CheckpointError, match="carried-over tensor 'c.bias' differs"):
+        pyquant.error_report(other, q)
+    save_file({"a.weight": tensors["a.weight"]}, str(other))
+    with pytest.raises(pyquant.CheckpointError, match="different tensors"):
+        pyquant.error_report(other, q)
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
@@ -248,3 +268,20 @@ def test_bad_split_models_are_one_line_errors(split: Path, tmp_path: Path) -> No
     with pytest.raises(pyquant.CheckpointError, match="split.no is 1, expected 2"):
         quantize_gguf(first, tmp_path / "o.gguf", preset="Q4_0")
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_cli_refuses_options_the_run_cannot_use(f16: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.numpy import save_file
+
+    st = tmp_path / "m.safetensors"
+    save_file({"a.weight": np.ones((4, 256), np.float32)}, str(st))
+    for argv, says in [
+        ([str(st), str(tmp_path / "o.gguf"), "--type", "Q4_K", "--pure", "--keep-split"],
+         "--pure --keep-split: only for a GGUF input"),
+        ([str(st), str(tmp_path / "o.safetensors"), "--override-kv", "a=int:1"], "--override-kv: only for a GGUF"),
+        ([str(f16), str(tmp_path / "o.gguf"), "--type", "Q4_0", "--arch", "flux"], "--arch: only for a safetensors"),
+    ]:
+        assert main(["quantize", *argv]) == 1
+        assert says in capsys.readouterr().err
+    assert not list(tmp_path.glob("o.*"))
