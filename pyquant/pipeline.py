@@ -578,11 +578,12 @@ def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     safetensors output holds the tensors under their GGUF names in numpy
     order (GGUF shapes reversed); a tensor of a GGML type pyquant cannot
     dequantize is then an error (safetensors has no such dtype).
-    Memory-mapped input, one tensor at a time; atomic output.
+    A split model (given its first file) becomes one file. Memory-mapped
+    input, one tensor at a time; atomic output.
     """
     from . import gguf as ggml
     from .dtypes import ALL
-    from .gguf_file import FLOAT_DTYPES, TYPE_IDS, GGUFFile, kv_u32
+    from .gguf_file import FLOAT_DTYPES, SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, TYPE_IDS, GGUFModel, kv_u32
     from .gguf_file import OutputTensor as GGUFTensor
 
     file_types = {"F32": 0, "F16": 1, "BF16": 32}
@@ -596,7 +597,7 @@ def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     to = TYPE_IDS[key]
     st_code = {d.ggml_type: d.safetensors for d in ALL if d.ggml_type is not None}
     t0 = time.perf_counter()
-    with GGUFFile(src) as f:
+    with GGUFModel(src) as f:
         convert = {t.name: t.type_id not in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES for t in f.tensors}
         types = {t.name: to if convert[t.name] else t.type_id for t in f.tensors}
         summary = Summary(input_bytes=sum(t.nbytes for t in f.tensors))
@@ -613,10 +614,11 @@ def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
             return x if key == "F32" else ggml.quantize(x, key, threads=threads)
 
         if format == "gguf":
-            pairs = [raw for k, (_, _, raw) in f.kv.items() if k != "general.file_type"]
+            drop = ("general.file_type", SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)  # a split model becomes one file
+            pairs = [raw for k, (_, _, raw) in f.kv.items() if k not in drop]
             pairs.append(kv_u32("general.file_type", file_types[key]))
             outs = [GGUFTensor(t.name, t.shape, types[t.name]) for t in f.tensors]
-            with _gguf_output(dst, force, [f.path], pairs, outs, f.alignment) as w:
+            with _gguf_output(dst, force, f.paths, pairs, outs, f.alignment) as w:
                 for t in _each(f.tensors, f.release, bar, lambda t: t.nbytes):
                     w.tensor(values(t))
         else:
@@ -626,7 +628,7 @@ def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                                       "dequantize and safetensors cannot hold")
             st_outs = [OutputTensor(t.name, st_code[types[t.name]], tuple(reversed(t.shape))) for t in f.tensors]
             outs = [GGUFTensor(t.name, t.shape, types[t.name]) for t in f.tensors]
-            with writing(dst, st_outs, {"format": "pt"}, force=force, inputs=[f.path]) as sw:
+            with writing(dst, st_outs, {"format": "pt"}, force=force, inputs=f.paths) as sw:
                 for t in _each(f.tensors, f.release, bar, lambda t: t.nbytes):
                     sw.write(t.name, values(t))
         summary.output_bytes = sum(o.nbytes for o in outs)

@@ -285,3 +285,21 @@ def test_cli_refuses_options_the_run_cannot_use(f16: Path, tmp_path: Path,
         assert main(["quantize", *argv]) == 1
         assert says in capsys.readouterr().err
     assert not list(tmp_path.glob("o.*"))
+
+
+def test_dequantize_a_split_model(split: Path, tmp_path: Path) -> None:
+    """--keep-split parts dequantize (given the first) to one file of every tensor, without split keys."""
+    q = tmp_path / "q.gguf"
+    quantize_gguf(split, q, preset="Q4_K_M", keep_split=True)
+    parts = sorted(tmp_path.glob("q-0000*-of-00003.gguf"))
+    assert len(parts) == 3 and not q.exists()
+    whole, back = tmp_path / "whole.gguf", tmp_path / "back.gguf"
+    quantize_gguf(split, whole, preset="Q4_K_M")
+    dequantize_gguf(parts[0], back)
+    got = {t.name: t.data.tobytes() for t in gguf.GGUFReader(str(back)).tensors}
+    dequantize_gguf(whole, tmp_path / "back-whole.gguf")
+    r = gguf.GGUFReader(str(tmp_path / "back-whole.gguf"))
+    assert got == {t.name: t.data.tobytes() for t in r.tensors}
+    assert not any(k.startswith("split.") for k in gguf.GGUFReader(str(back)).fields)
+    rows, _ = pyquant.inspect(parts[0])
+    assert len(rows) == len(r.tensors)
