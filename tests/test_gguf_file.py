@@ -35,11 +35,13 @@ def written(w: gguf.GGUFWriter, path: Path) -> Path:
 
 def make_model(path: Path, dtype: str = "F32", n_embd: int = 256, n_ff: int = 512, n_layer: int = 4,
                n_vocab: int = 512, n_head: int = 4, n_head_kv: int = 2, tied: bool = False, seed: int = 0,
-               split_max_tensors: int = 0) -> Path:
+               split_max_tensors: int = 0, alignment: int | None = None) -> Path:
     """A tiny llama-architecture model with random weights, written by gguf-py
     (with ``split_max_tensors``, split over files ``STEM-0000i-of-0000N.gguf``)."""
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     w.add_block_count(n_layer)
     w.add_context_length(128)
     w.add_embedding_length(n_embd)

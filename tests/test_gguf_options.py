@@ -303,3 +303,10 @@ def test_dequantize_a_split_model(split: Path, tmp_path: Path) -> None:
     assert not any(k.startswith("split.") for k in gguf.GGUFReader(str(back)).fields)
     rows, _ = pyquant.inspect(parts[0])
     assert len(rows) == len(r.tensors)
+
+
+@pytest.mark.parametrize("alignment", [64, 256])
+def test_general_alignment_as_llama_quantize(llama_bin: Path, tmp_path: Path, alignment: int) -> None:
+    src = make_model(tmp_path / "m.gguf", "F16", seed=13, alignment=alignment)
+    _same(llama_bin, src, tmp_path, "Q4_K_M", [])
+    assert gguf.GGUFReader(str(tmp_path / "mine.gguf")).alignment == alignment
