@@ -161,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not use the importance matrix for tensors whose name contains NAME (repeatable; "
                    "not with --include-weights)")
     g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   type=lambda text: ("spec", text),
                    help="GGML type for tensors whose name matches the regular expression (repeatable)")
+    g.add_argument("--tensor-type-file", action="append", dest="tensor_type", metavar="FILE",
+                   type=lambda text: ("file", text),
+                   help="PATTERN=TYPE entries separated by spaces or newlines (taken in order with --tensor-type)")
     g.add_argument("--output-tensor-type", metavar="TYPE", help="GGML type of output.weight")
     g.add_argument("--token-embedding-type", metavar="TYPE", help="GGML type of token_embd.weight")
     g.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
@@ -219,13 +223,13 @@ def is_gguf(path: str) -> bool:
     return check(path)
 
 
-def _tensor_types(specs: list[str]) -> list[tuple[str, str]]:
+def _tensor_types(specs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """--tensor-type and --tensor-type-file entries, in command-line order (as llama-quantize takes them)."""
+    from .llama_quant import parse_tensor_type, read_tensor_type_file
+
     out = []
-    for spec in specs:
-        pattern, sep, name = spec.partition("=")
-        if not sep or not pattern or not name:
-            raise QuantizeError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
-        out.append((pattern, name))
+    for kind, text in specs:
+        out += read_tensor_type_file(text) if kind == "file" else [parse_tensor_type(text)]
     return out
 
 

@@ -63,6 +63,32 @@ def ggml_type(name: str, what: str) -> int:
     return found
 
 
+def parse_tensor_type(spec: str, where: str = "--tensor-type") -> tuple[str, str]:
+    """``PATTERN=TYPE`` as llama-quantize's parse_tensor_type splits it (at the first ``=``)."""
+    pattern, sep, name = spec.partition("=")
+    if not sep or not pattern or not name:
+        raise QuantizeError(f"{where} {spec!r}: expected PATTERN=TYPE")
+    return pattern, name
+
+
+def read_tensor_type_file(path: str) -> list[tuple[str, str]]:
+    """llama-quantize's --tensor-type-file: ``PATTERN=TYPE`` entries separated
+    by spaces or newlines, in order. At most 16 MiB, a regular file, UTF-8."""
+    import os
+
+    from .safetensors_io import open_regular
+
+    fd, st = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > 16 << 20:
+            raise CheckpointError(f"{path}: a tensor type file of {st.st_size} bytes (at most 16 MiB)")
+        try:
+            text = f.read(16 << 20).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: a tensor type file must be UTF-8 text") from None
+    return [parse_tensor_type(spec, f"{path}: entry") for spec in text.split()]
+
+
 def category(name: str) -> str:
     """tensor_get_category."""
     if name == "output.weight":

@@ -310,3 +310,20 @@ def test_general_alignment_as_llama_quantize(llama_bin: Path, tmp_path: Path, al
     src = make_model(tmp_path / "m.gguf", "F16", seed=13, alignment=alignment)
     _same(llama_bin, src, tmp_path, "Q4_K_M", [])
     assert gguf.GGUFReader(str(tmp_path / "mine.gguf")).alignment == alignment
+
+
+def test_tensor_type_file_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path: Path) -> None:
+    """Entries of the file and --tensor-type options count in command-line order (the first match wins)."""
+    types = tmp_path / "types.txt"
+    types.write_text("ffn_down=q8_0\nattn_v=Q5_1   blk\\.0\\.ffn_up=q6_k\n")
+    cli = ["--tensor-type", "blk\\.1\\..*=q4_1", "--tensor-type-file", str(types), "--tensor-type", "attn_.*=q5_0"]
+    _same(llama_bin, f16, tmp_path, "Q4_K_M", cli,
+          tensor_types=[("blk\\.1\\..*", "q4_1"), ("ffn_down", "q8_0"), ("attn_v", "Q5_1"), ("blk\\.0\\.ffn_up", "q6_k"),
+                        ("attn_.*", "q5_0")])
+    rows = {r.name: r.dtype for r in pyquant.inspect(tmp_path / "mine.gguf")[0]}
+    assert (rows["blk.1.ffn_down.weight"], rows["blk.2.ffn_down.weight"], rows["blk.2.attn_v.weight"],
+            rows["blk.0.ffn_up.weight"], rows["blk.2.attn_q.weight"]) == ("Q4_1", "Q8_0", "Q5_1", "Q6_K", "Q5_0")
+    types.write_text("ffn_down=q8_0 nonsense\n")
+    assert main(["quantize", str(f16), str(tmp_path / "bad.gguf"), "--type", "Q4_0", "--tensor-type-file",
+                 str(types)]) == 1
+    assert not (tmp_path / "bad.gguf").exists()
