@@ -37,6 +37,17 @@ def _group_size(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'row', got {text!r}") from None
 
 
+def _layer_list(text: str) -> list[int]:
+    """--prune-layers: comma-separated block numbers >= 0."""
+    try:
+        out = [int(part) for part in text.split(",")]
+    except ValueError:
+        out = [-1]
+    if any(i < 0 for i in out):
+        raise argparse.ArgumentTypeError(f"expected block numbers >= 0 separated by commas, got {text!r}")
+    return out
+
+
 def _fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -176,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
                    help="set a key-value pair in the output (TYPE int, float, bool or str; repeatable), "
                    "e.g. general.name=str:mine")
+    g.add_argument("--prune-layers", type=_layer_list, default=[], metavar="L0,L1,...",
+                   help="leave these blocks out (the later ones numbered down; block_count set): use with care")
     g.add_argument("--keep-split", action="store_true",
                    help="one output file per input file, OUTPUT-00001-of-0000N.gguf (the input may be a split "
                    "model, given by its first file NAME-00001-of-0000N.gguf, with or without this)")
@@ -249,7 +262,7 @@ def _print_summary(args: argparse.Namespace, s: Summary, dequantized: bool = Fal
 # The options of GGUF -> GGUF quantization (llama-quantize's), by argparse dest.
 _LLAMA_OPTIONS = ("imatrix", "include_weights", "exclude_weights", "tensor_type", "output_tensor_type",
                   "token_embedding_type", "leave_output_tensor", "pure", "allow_requantize", "override_kv",
-                  "keep_split")
+                  "keep_split", "prune_layers")
 
 
 def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
@@ -275,7 +288,8 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
                           token_embedding_type=args.token_embedding_type,
                           leave_output_tensor=args.leave_output_tensor, pure=args.pure,
                           allow_requantize=args.allow_requantize, override_kv=args.override_kv,
-                          keep_split=args.keep_split, force=args.force, progress=bar)
+                          keep_split=args.keep_split, prune_layers=args.prune_layers, force=args.force,
+                          progress=bar)
     finally:
         if bar is not None:
             bar.close()

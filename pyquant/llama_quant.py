@@ -318,6 +318,34 @@ def llama_order(names: Sequence[str]) -> list[int]:
     return sorted(range(len(names)), key=key)
 
 
+def prune_layers(names: Sequence[str], prune: Sequence[int]) -> tuple[dict[str, str | None], int]:
+    """llama-quantize's --prune-layers (remap_layer): each name (given in its
+    tensor order) -> its new name, blocks after a pruned one numbered down, or
+    None for a tensor of a pruned block; and the new block count."""
+    out: dict[str, str | None] = {n: n for n in names}
+    if not prune:
+        return out, 0
+    first, drop = min(prune), set(prune)
+    mapped: dict[int, int | None] = {}
+    next_id = 0
+    for name in names:
+        m = re.search(r"blk\.(\d+)\.", name)
+        if not m:
+            out[name] = name
+            continue
+        blk = int(m.group(1))
+        if blk not in mapped:
+            if blk in drop:
+                mapped[blk] = None
+            elif blk < first:
+                mapped[blk], next_id = blk, blk + 1
+            else:
+                mapped[blk], next_id = next_id, next_id + 1
+        new = mapped[blk]
+        out[name] = None if new is None else f"{name[:m.start(1)]}{new}{name[m.end(1):]}"
+    return out, next_id
+
+
 def choose_types(tensors: Sequence[tuple[str, tuple[int, ...], int]], model: Model,
                  opts: Options) -> tuple[list[int], list[str]]:
     """The target type id of each ``(name, shape, type id)`` (given in

@@ -343,6 +343,7 @@ def quantize_gguf(
     allow_requantize: bool = False,
     override_kv: Sequence[str] = (),
     keep_split: bool = False,
+    prune_layers: Sequence[int] = (),
     force: bool = False,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
@@ -362,7 +363,9 @@ def quantize_gguf(
     ``allow_requantize`` (an input whose tensors are already quantized: each
     is dequantized as ggml does, then quantized), ``override_kv``
     (``"KEY=TYPE:VALUE"`` strings, TYPE ``int``, ``float``, ``bool`` or
-    ``str``, set in the output and seen by the type choice).
+    ``str``, set in the output and seen by the type choice), ``prune_layers``
+    (block numbers left out, the blocks after them numbered down and
+    ``ARCH.block_count`` set; use with care, as llama-quantize warns).
 
     A model split over several files (``NAME-00001-of-00003.gguf``, as
     llama.cpp's gguf-split writes it) is read from all of them, given its
@@ -384,6 +387,7 @@ def quantize_gguf(
         QUANTIZATION_VERSION, Options, choose_types, filter_imatrix, find_preset, ggml_type, llama_order,
         load_imatrix, model_of, parse_kv_override,
     )
+    from .llama_quant import prune_layers as prune_names
 
     _, ftype, default = find_preset(preset)
     opts = Options(
@@ -396,6 +400,9 @@ def quantize_gguf(
         tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
     )
     overrides = [parse_kv_override(o) for o in override_kv]
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in prune_layers):
+        raise QuantizeError(f"prune_layers: block numbers must be integers >= 0, got {list(prune_layers)!r}")
+    prune = sorted(set(prune_layers))
     if include_weights and exclude_weights:
         raise QuantizeError("include_weights and exclude_weights cannot be used together")
     if (include_weights or exclude_weights) and imatrix is None:
@@ -410,11 +417,16 @@ def quantize_gguf(
     with GGUFModel(src) as f:
         # llama-quantize's order: its weights_map's (block number, then name), or
         # with keep_split each input file's tensors in file order.
-        order = (sorted(f.tensors, key=lambda t: (t.split, t.offset)) if keep_split
-                 else [f.tensors[i] for i in llama_order([t.name for t in f.tensors])])
+        weights_map = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
+        order = sorted(f.tensors, key=lambda t: (t.split, t.offset)) if keep_split else weights_map
+        # prune_layers: tensors of pruned blocks left out, the others renamed
+        # (the imatrix is still looked up by the old name, as remap_imatrix does).
+        renamed, n_blocks = prune_names([t.name for t in weights_map], prune)
+        order = [t for t in order if renamed[t.name] is not None]
+        names = [str(renamed[t.name]) for t in order]
         seen = {o.key: o.value for o in overrides}  # the loader reads the hyperparameters through them
         model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
-        targets, _notes = choose_types([(t.name, t.shape, t.type_id) for t in order], model, opts)
+        targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
         for t, new in zip(order, targets):
             if new == t.type_id or t.type_id in FLOAT_DTYPES:
                 continue
@@ -433,10 +445,12 @@ def quantize_gguf(
         updates += [] if weights is None else weights.kv_pairs()
         for key in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS):
             pairs.pop(key, None)
+        if prune:
+            updates.append((f"{model.arch}.block_count", kv_u32(f"{model.arch}.block_count", n_blocks)))
         for key, raw in updates:
             pairs.pop(key, None)
             pairs[key] = raw
-        outs = [GGUFTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
+        outs = [GGUFTensor(n, t.shape, new) for n, t, new in zip(names, order, targets)]
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
         new_type = dict(zip((t.name for t in order), targets))

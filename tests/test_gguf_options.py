@@ -327,3 +327,17 @@ def test_tensor_type_file_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path
     assert main(["quantize", str(f16), str(tmp_path / "bad.gguf"), "--type", "Q4_0", "--tensor-type-file",
                  str(types)]) == 1
     assert not (tmp_path / "bad.gguf").exists()
+
+
+@pytest.mark.parametrize("prune", ["1", "0,2", "3", "2,1,9"])
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["", "imatrix"])
+def test_prune_layers_as_llama_quantize(llama_bin: Path, f16: Path, imatrix: Path, tmp_path: Path, prune: str,
+                                        with_imatrix: bool) -> None:
+    blocks = [int(i) for i in prune.split(",")]
+    cli = ["--prune-layers", prune] + (["--imatrix", str(imatrix)] if with_imatrix else [])
+    _same(llama_bin, f16, tmp_path, "Q4_K_M", cli, prune_layers=blocks,
+          **({"imatrix": str(imatrix)} if with_imatrix else {}))
+    r = gguf.GGUFReader(str(tmp_path / "mine.gguf"))
+    left = 4 - len([b for b in set(blocks) if b < 4])
+    assert r.fields["llama.block_count"].contents() == left
+    assert {t.name.split(".")[1] for t in r.tensors if t.name.startswith("blk.")} == {str(i) for i in range(left)}
