@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = q.add_argument_group("GGUF in, GGUF out (as llama-quantize; chosen by an input .gguf file)")
     g.add_argument("--type", metavar="PRESET",
                    help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
-                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS")
+                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS, or F32 F16 BF16 (every quantizable tensor converted)")
     g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (GGUF or legacy .dat)")
     g.add_argument("--include-weights", action="append", default=[], metavar="NAME",
                    help="use the importance matrix only for tensors whose name contains NAME (repeatable)")

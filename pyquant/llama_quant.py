@@ -27,6 +27,8 @@ PRESETS: dict[str, tuple[int, str]] = {
     "Q2_K": (10, "Q2_K"), "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
     "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
+    # every quantizable tensor converted, as llama-quantize's F32 / F16 / BF16 types
+    "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"),
 }
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 # Archs whose load_arch_hparams call a model of this many layers LLM_TYPE_70B (llama: see Model.is_70b).
