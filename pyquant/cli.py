@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. general.name=str:mine")
     g.add_argument("--prune-layers", type=_layer_list, default=[], metavar="L0,L1,...",
                    help="leave these blocks out (the later ones numbered down; block_count set): use with care")
+    g.add_argument("--dry-run", action="store_true",
+                   help="write nothing: say how many tensors would change type and the output's tensor bytes")
     g.add_argument("--keep-split", action="store_true",
                    help="one output file per input file, OUTPUT-00001-of-0000N.gguf (the input may be a split "
                    "model, given by its first file NAME-00001-of-0000N.gguf, with or without this)")
@@ -262,7 +264,7 @@ def _print_summary(args: argparse.Namespace, s: Summary, dequantized: bool = Fal
 # The options of GGUF -> GGUF quantization (llama-quantize's), by argparse dest.
 _LLAMA_OPTIONS = ("imatrix", "include_weights", "exclude_weights", "tensor_type", "output_tensor_type",
                   "token_embedding_type", "leave_output_tensor", "pure", "allow_requantize", "override_kv",
-                  "keep_split", "prune_layers")
+                  "keep_split", "prune_layers", "dry_run")
 
 
 def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
@@ -288,11 +290,17 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
                           token_embedding_type=args.token_embedding_type,
                           leave_output_tensor=args.leave_output_tensor, pure=args.pure,
                           allow_requantize=args.allow_requantize, override_kv=args.override_kv,
-                          keep_split=args.keep_split, prune_layers=args.prune_layers, force=args.force,
-                          progress=bar)
+                          keep_split=args.keep_split, prune_layers=args.prune_layers, dry_run=args.dry_run,
+                          force=args.force, progress=bar)
     finally:
         if bar is not None:
             bar.close()
+    if args.dry_run:
+        if not args.quiet:
+            print(f"dry run: {s.quantized} tensors would change type, {s.kept} would be copied: "
+                  f"{_fmt_bytes(s.input_bytes)} -> {_fmt_bytes(s.output_bytes)} of tensor data "
+                  f"({s.input_bytes / max(s.output_bytes, 1):.2f}x); nothing written")
+        return
     _print_summary(args, s, reasons=False)  # what stays unquantized is the type choice's, not news
 
 

@@ -344,6 +344,7 @@ def quantize_gguf(
     override_kv: Sequence[str] = (),
     keep_split: bool = False,
     prune_layers: Sequence[int] = (),
+    dry_run: bool = False,
     force: bool = False,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
@@ -365,7 +366,9 @@ def quantize_gguf(
     (``"KEY=TYPE:VALUE"`` strings, TYPE ``int``, ``float``, ``bool`` or
     ``str``, set in the output and seen by the type choice), ``prune_layers``
     (block numbers left out, the blocks after them numbered down and
-    ``ARCH.block_count`` set; use with care, as llama-quantize warns).
+    ``ARCH.block_count`` set; use with care, as llama-quantize warns),
+    ``dry_run`` (nothing written, ``dst`` unused: the :class:`Summary` says
+    how many tensors would change type and the tensor bytes of the output).
 
     A model split over several files (``NAME-00001-of-00003.gguf``, as
     llama.cpp's gguf-split writes it) is read from all of them, given its
@@ -428,7 +431,7 @@ def quantize_gguf(
         model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
         targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
         for t, new in zip(order, targets):
-            if new == t.type_id or t.type_id in FLOAT_DTYPES:
+            if new == t.type_id or t.type_id in FLOAT_DTYPES or dry_run:
                 continue
             if not allow_requantize:
                 raise CheckpointError(f"{f.path}: tensor {t.name!r}: requantizing from type {t.type_name} is "
@@ -452,6 +455,11 @@ def quantize_gguf(
             pairs[key] = raw
         outs = [GGUFTensor(n, t.shape, new) for n, t, new in zip(names, order, targets)]
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
+        if dry_run:
+            summary.quantized = sum(new != t.type_id for t, new in zip(order, targets))
+            summary.kept = len(order) - summary.quantized
+            summary.seconds = time.perf_counter() - t0
+            return summary
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
         new_type = dict(zip((t.name for t in order), targets))
         # keep_split: one output per input file, PREFIX-0000i-of-0000N.gguf; the

@@ -341,3 +341,22 @@ def test_prune_layers_as_llama_quantize(llama_bin: Path, f16: Path, imatrix: Pat
     left = 4 - len([b for b in set(blocks) if b < 4])
     assert r.fields["llama.block_count"].contents() == left
     assert {t.name.split(".")[1] for t in r.tensors if t.name.startswith("blk.")} == {str(i) for i in range(left)}
+
+
+@pytest.mark.parametrize("preset", ["Q8_0", "Q4_K_M", "IQ4_XS"])
+def test_dry_run_writes_nothing_and_sizes_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path: Path,
+                                                            preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+    import subprocess
+
+    proc = subprocess.run([str(llama_bin / "llama-quantize"), "--dry-run", str(f16), preset, "1"],
+                          capture_output=True, text=True, check=True)
+    mib = float(re.search(r"quant size\s*=\s*([\d.]+) MiB", proc.stdout + proc.stderr).group(1))  # type: ignore[union-attr]
+    s = quantize_gguf(f16, tmp_path / "never.gguf", preset=preset, dry_run=True)
+    assert f"{s.output_bytes / 2**20:.2f}" == f"{mib:.2f}"
+    real = tmp_path / "real.gguf"
+    done = quantize_gguf(f16, real, preset=preset)
+    assert (s.quantized, s.kept, s.output_bytes) == (done.quantized, done.kept, done.output_bytes)
+    assert main(["quantize", str(f16), str(tmp_path / "never.gguf"), "--type", preset, "--dry-run"]) == 0
+    assert "nothing written" in capsys.readouterr().out
+    assert not (tmp_path / "never.gguf").exists()
