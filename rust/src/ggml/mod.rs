@@ -11,6 +11,7 @@
 
 pub mod iq4;
 pub mod kquants;
+mod lanes;
 pub mod legacy;
 pub mod search;
 pub mod types;

@@ -227,7 +227,9 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32
 }
 
 /// `make_q3_quants`: symmetric quantization with an iterative per-value
-/// refinement (`do_rmse`), weights `x*x`; `L` offset by `nmax`.
+/// refinement (`do_rmse`), weights `x*x`; `L` offset by `nmax`. Q3_K runs
+/// it in lanes (`lanes::q3_lanes`); this is that code's test reference.
+#[cfg(test)]
 pub fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: bool) -> f32 {
     let n = x.len();
     let (amax, max) = signed_absmax(x);

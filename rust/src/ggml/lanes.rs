@@ -1,0 +1,467 @@
+//! ggml's scale searches ([`super::search`]) run on 16 independent groups at
+//! once: one lane per sub-block (or block), the groups transposed so that
+//! `t[i][k]` is value `i` of group `k`. Every lane does exactly the scalar
+//! function's operations in the scalar function's order (the sums run over
+//! `i` inside a lane, never across lanes), and a data-dependent branch of
+//! the C becomes a per-lane select, so each lane's result is bit for bit the
+//! scalar one; LLVM turns the `k` loops into vector instructions. The
+//! `tests` module compares every function here with its scalar original.
+//!
+//! Everything is `#[inline(always)]`: the callers are compiled once per
+//! instruction set by `isa_dispatch!`, and the loops must be inlined there.
+#![allow(clippy::needless_range_loop)]
+
+use super::search::{c_max, c_min, nearest_int, QkxSearch, GROUP_MAX_EPS};
+
+/// Groups searched at once (one AVX-512 vector of f32).
+pub(crate) const LANES: usize = 16;
+
+/// One f32 per lane.
+pub(crate) type Col = [f32; LANES];
+
+/// The groups of `N` values in `x` (at most `LANES` of them, back to back),
+/// transposed: `t[i][k] = x[N * k + i]`. Lanes past the end of `x` are 0
+/// (a group of zeros: every search returns early on it without trouble).
+#[inline(always)]
+pub(crate) fn transpose<const N: usize>(x: &[f32]) -> [Col; N] {
+    let mut t = [[0f32; LANES]; N];
+    for (k, g) in x.chunks_exact(N).take(LANES).enumerate() {
+        for i in 0..N {
+            t[i][k] = g[i];
+        }
+    }
+    t
+}
+
+/// Writes lane `k` of `t` to `out[N * k..N * k + N]` for the groups `out` holds.
+#[inline(always)]
+pub(crate) fn untranspose<T: Copy, const N: usize>(t: &[[T; LANES]; N], out: &mut [T]) {
+    for (k, g) in out.chunks_exact_mut(N).take(LANES).enumerate() {
+        for i in 0..N {
+            g[i] = t[i][k];
+        }
+    }
+}
+
+/// `s = 0; s += f(t[i])` over `i` in each lane (the C's running sums).
+#[inline(always)]
+pub(crate) fn lane_sums<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) -> Col {
+    let mut s = [0f32; LANES];
+    for row in t {
+        for k in 0..LANES {
+            s[k] += f(row[k]);
+        }
+    }
+    s
+}
+
+/// `make_qkx2_quants` (`qkx2`) / `make_qkx3_quants` of [`super::search::make_qkx_quants`]
+/// on 16 groups of `N` values with weights `w`: fills `l` (transposed) and
+/// returns `(scale, -min)` per lane.
+#[inline(always)]
+pub(crate) fn qkx_lanes<const N: usize>(
+    p: QkxSearch,
+    x: &[Col; N],
+    w: &[Col; N],
+    qkx2: bool,
+    l: &mut [[u8; LANES]; N],
+) -> (Col, Col) {
+    let nmax = p.nmax;
+    let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
+    let mut sum_x = [0f32; LANES];
+    for k in 0..LANES {
+        sum_x[k] = sum_w[k] * x[0][k];
+    }
+    for i in 1..N {
+        for k in 0..LANES {
+            let v = x[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            sum_w[k] += w[i][k];
+            sum_x[k] += w[i][k] * v;
+        }
+    }
+    let mut flat = [false; LANES];
+    let (mut iscale, mut scale) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        flat[k] = if qkx2 { max[k] == min[k] } else { max[k] <= min[k] };
+        iscale[k] = nmax as f32 / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let flat_min = min;
+    let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
+    let mut best_error = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let li = c_max(0, c_min(nmax, nearest_int(iscale[k] * (x[i][k] - min[k]))));
+            l[i][k] = li as u8;
+            let diff = scale[k] * li as f32 + min[k] - x[i][k];
+            best_error[k] += w[i][k] * err(diff);
+        }
+    }
+    let mut laux = [[0f32; LANES]; N];
+    for is in 0..=p.nstep {
+        let num = p.rmin + p.rdelta * is as f32 + nmax as f32;
+        for k in 0..LANES {
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                let lf = c_max(0, c_min(nmax, nearest_int(iscale[k] * (x[i][k] - min[k])))) as f32;
+                laux[i][k] = lf;
+                let wl = w[i][k] * lf;
+                sum_l[k] += wl;
+                sum_l2[k] += wl * lf;
+                sum_xl[k] += wl * x[i][k];
+            }
+        }
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        for k in 0..LANES {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            valid[k] = d > 0.0;
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            (this_scale[k], this_min[k]) = if m > 0.0 { (sum_xl[k] / sum_l2[k], 0.0) } else { (s, m) };
+        }
+        if !valid.contains(&true) {
+            continue;
+        }
+        let mut cur_error = [0f32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
+                cur_error[k] += w[i][k] * err(diff);
+            }
+        }
+        let mut better = [false; LANES];
+        for k in 0..LANES {
+            better[k] = valid[k] && cur_error[k] < best_error[k];
+            if better[k] {
+                best_error[k] = cur_error[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
+            }
+        }
+        if better.contains(&true) {
+            for i in 0..N {
+                for k in 0..LANES {
+                    l[i][k] = if better[k] { laux[i][k] as u8 } else { l[i][k] };
+                }
+            }
+        }
+    }
+    let mut neg_min = [0f32; LANES];
+    for k in 0..LANES {
+        if flat[k] {
+            scale[k] = 0.0;
+            min[k] = flat_min[k];
+        }
+        neg_min[k] = -min[k];
+    }
+    for row in l.iter_mut() {
+        for k in 0..LANES {
+            row[k] = if flat[k] { 0 } else { row[k] };
+        }
+    }
+    (scale, neg_min)
+}
+
+/// `(amax, max)` of [`super::search::signed_absmax`] per lane.
+#[inline(always)]
+fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
+    let (mut amax, mut max) = ([0f32; LANES], [0f32; LANES]);
+    for row in x {
+        for k in 0..LANES {
+            let ax = row[k].abs();
+            let bigger = ax > amax[k];
+            amax[k] = if bigger { ax } else { amax[k] };
+            max[k] = if bigger { row[k] } else { max[k] };
+        }
+    }
+    (amax, max)
+}
+
+/// [`super::search::make_qx_quants`] with `rmse_type` 1 and weights `w`
+/// (the quant weights, or `x * x` where the C has none) on 16 groups: fills
+/// `l` (levels offset by `nmax`, transposed) and returns the scale per lane.
+#[inline(always)]
+pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
+    let (amax, max) = signed_absmax_lanes(x);
+    let clamp = |v: i32| c_max(-nmax, c_min(nmax - 1, v));
+    // `w * x[i]` is the same product in every step.
+    let mut wx = [[0f32; LANES]; N];
+    for i in 0..N {
+        for k in 0..LANES {
+            wx[i][k] = w[i][k] * x[i][k];
+        }
+    }
+    let mut iscale = [0f32; LANES];
+    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        iscale[k] = (-nmax) as f32 / max[k];
+    }
+    for i in 0..N {
+        for k in 0..LANES {
+            let li = clamp(nearest_int(iscale[k] * x[i][k]));
+            l[i][k] = (li + nmax) as u8;
+            let lf = li as f32;
+            sumlx[k] += wx[i][k] * lf;
+            suml2[k] += w[i][k] * lf * lf;
+        }
+    }
+    let (mut scale, mut best) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        scale[k] = if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+        best[k] = scale[k] * sumlx[k];
+    }
+    let mut laux = [[0u8; LANES]; N];
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = nmax as f32 + 0.1 * is as f32;
+        for k in 0..LANES {
+            iscale[k] = -num / max[k];
+        }
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                let li = clamp(nearest_int(iscale[k] * x[i][k]));
+                laux[i][k] = (li + nmax) as u8;
+                let lf = li as f32;
+                sumlx[k] += wx[i][k] * lf;
+                suml2[k] += w[i][k] * lf * lf;
+            }
+        }
+        let mut better = [false; LANES];
+        for k in 0..LANES {
+            better[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
+            if better[k] {
+                scale[k] = sumlx[k] / suml2[k];
+                best[k] = scale[k] * sumlx[k];
+            }
+        }
+        if better.contains(&true) {
+            for i in 0..N {
+                for k in 0..LANES {
+                    l[i][k] = if better[k] { laux[i][k] } else { l[i][k] };
+                }
+            }
+        }
+    }
+    let mut zero = [false; LANES];
+    for k in 0..LANES {
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if zero[k] { 0.0 } else { scale[k] };
+    }
+    for row in l.iter_mut() {
+        for k in 0..LANES {
+            row[k] = if zero[k] { 0 } else { row[k] };
+        }
+    }
+    scale
+}
+
+/// [`super::search::make_q3_quants`] with `do_rmse` on 16 groups: fills `l`
+/// (offset by `nmax`, transposed) and returns the scale per lane.
+#[inline(always)]
+pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
+    let (amax, max) = signed_absmax_lanes(x);
+    let clamp = |v: i32| c_max(-nmax, c_min(nmax - 1, v));
+    let (mut w, mut wx) = ([[0f32; LANES]; N], [[0f32; LANES]; N]);
+    for i in 0..N {
+        for k in 0..LANES {
+            w[i][k] = x[i][k] * x[i][k];
+            wx[i][k] = w[i][k] * x[i][k];
+        }
+    }
+    let mut iscale = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = (-nmax) as f32 / max[k];
+    }
+    // The levels as floats (small integers, exact).
+    let mut lf = [[0f32; LANES]; N];
+    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+    for i in 0..N {
+        for k in 0..LANES {
+            let li = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+            lf[i][k] = li;
+            sumlx[k] += wx[i][k] * li;
+            suml2[k] += w[i][k] * li * li;
+        }
+    }
+    // A pass that changes nothing in a lane leaves that lane's state as it
+    // was, so the next pass changes nothing either: running a lane past the
+    // C's early exit is harmless, and the loop stops when no lane changed.
+    for _ in 0..5 {
+        let mut changed = [false; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let li = lf[i][k];
+                let slx = sumlx[k] - wx[i][k] * li;
+                let sl2 = suml2[k] - w[i][k] * li * li;
+                let new_l = clamp(nearest_int(x[i][k] * sl2 / slx)) as f32;
+                let slx2 = slx + wx[i][k] * new_l;
+                let sl22 = sl2 + w[i][k] * new_l * new_l;
+                let take =
+                    slx > 0.0 && new_l != li && sl22 > 0.0 && slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22;
+                lf[i][k] = if take { new_l } else { li };
+                sumlx[k] = if take { slx2 } else { sumlx[k] };
+                suml2[k] = if take { sl22 } else { suml2[k] };
+                changed[k] |= take;
+            }
+        }
+        if !changed.contains(&true) {
+            break;
+        }
+    }
+    let mut scale = [0f32; LANES];
+    let mut zero = [false; LANES];
+    for k in 0..LANES {
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if !zero[k] && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+    }
+    for i in 0..N {
+        for k in 0..LANES {
+            l[i][k] = if zero[k] { 0 } else { (lf[i][k] as i32 + nmax) as u8 };
+        }
+    }
+    scale
+}
+
+/// 16 adversarial groups of `n` values: random, constant, zero, a
+/// single outlier, ties, subnormals, huge and tiny, all negative or
+/// positive, alternating signs.
+#[cfg(test)]
+pub(crate) fn hard_groups(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    let mut rnd = move || {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    };
+    let mut x = Vec::with_capacity(16 * n);
+    for g in 0..16 {
+        for i in 0..n {
+            let r = rnd();
+            x.push(match (g + seed as usize) % 16 {
+                0 | 1 => r,
+                2 => 0.7,
+                3 => 0.0,
+                4 => {
+                    if i == 5 {
+                        100.0
+                    } else {
+                        r * 1e-3
+                    }
+                }
+                5 => (i % 4) as f32 * 0.25 - 0.5,
+                6 => r * 1e-39,
+                7 => r * 1e30,
+                8 => r * 1e-20,
+                9 => -r.abs() - 0.1,
+                10 => r.abs() + 0.1,
+                11 => {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+                12 => (i as f32 - 7.5) * 0.125,
+                13 => {
+                    if i == 0 {
+                        -3.0
+                    } else {
+                        0.0
+                    }
+                }
+                14 => -0.0,
+                _ => r * r * r,
+            });
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::search::{make_q3_quants, make_qkx_quants, make_qx_quants};
+    use super::*;
+
+    fn weights(x: &[f32], seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        x.iter()
+            .map(|v| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                v.abs() * 0.5 + (s >> 28) as f32 * 0.0625
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    fn check_qkx<const N: usize>(p: QkxSearch, qkx2: bool) {
+        for seed in 0..40 {
+            let x = hard_groups(N, seed);
+            let w = weights(&x, seed);
+            let mut l = [[0u8; LANES]; N];
+            let (s, m) = qkx_lanes(p, &transpose::<N>(&x), &transpose::<N>(&w), qkx2, &mut l);
+            let mut got = vec![0u8; 16 * N];
+            untranspose(&l, &mut got);
+            for k in 0..16 {
+                let g = N * k..N * k + N;
+                let (mut lw, mut aux) = (vec![0u8; N], vec![0u8; N]);
+                let (es, em) = make_qkx_quants(p, &x[g.clone()], &w[g.clone()], &mut lw, &mut aux, qkx2);
+                assert_eq!(bits(&[s[k], m[k]]), bits(&[es, em]), "seed {seed} lane {k}");
+                assert_eq!(got[g], lw[..], "seed {seed} lane {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn qkx_lanes_match_the_scalar_search() {
+        check_qkx::<32>(QkxSearch { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }, true);
+        check_qkx::<32>(QkxSearch::with_imatrix(31), false);
+        check_qkx::<16>(QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true }, true);
+        check_qkx::<16>(QkxSearch::with_imatrix(3), false);
+    }
+
+    #[test]
+    fn qx_and_q3_lanes_match_the_scalar_searches() {
+        for seed in 0..40 {
+            let x = hard_groups(16, seed);
+            let w = weights(&x, seed);
+            let xt = transpose::<16>(&x);
+            let sq: Vec<f32> = x.iter().map(|v| v * v).collect();
+            for (nmax, wt) in [(32, w.as_slice()), (4, w.as_slice()), (32, sq.as_slice())] {
+                let mut l = [[0u8; LANES]; 16];
+                let s = qx_lanes(nmax, &xt, &transpose::<16>(wt), &mut l);
+                let mut got = vec![0u8; 256];
+                untranspose(&l, &mut got);
+                for k in 0..16 {
+                    let g = 16 * k..16 * k + 16;
+                    let mut lw = [0i8; 16];
+                    let qw = (wt.as_ptr() != sq.as_ptr()).then(|| &wt[g.clone()]);
+                    let es = make_qx_quants(nmax, &x[g.clone()], &mut lw, 1, qw);
+                    assert_eq!(s[k].to_bits(), es.to_bits(), "qx seed {seed} lane {k}");
+                    assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
+                }
+            }
+            let mut l = [[0u8; LANES]; 16];
+            let s = q3_lanes(4, &xt, &mut l);
+            let mut got = vec![0u8; 256];
+            untranspose(&l, &mut got);
+            for k in 0..16 {
+                let g = 16 * k..16 * k + 16;
+                let mut lw = [0i8; 16];
+                let es = make_q3_quants(4, &x[g.clone()], &mut lw, true);
+                assert_eq!(s[k].to_bits(), es.to_bits(), "q3 seed {seed} lane {k}");
+                assert_eq!(got[g], lw.map(|v| v as u8), "q3 seed {seed} lane {k}");
+            }
+        }
+    }
+}
