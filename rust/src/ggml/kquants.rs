@@ -77,7 +77,9 @@ impl<const S: usize> Found<S> {
 
 /// Quantizes a row: `search` on runs of `RUN` super-blocks (fewer at the
 /// row's end) with their quant weights, then `finish(x, found, imatrix, y)`
-/// on each super-block of the run and its `bytes` output bytes.
+/// on each super-block of the run and its `bytes` output bytes. The
+/// callers pass `#[inline(always)]` closures: a function item or a plain
+/// closure would be compiled once, without the dispatched target features.
 #[inline(always)]
 fn rows<const S: usize, const RUN: usize>(
     x: &[f32],
@@ -237,7 +239,16 @@ fn largest(scales: &[f32], mins: &[f32]) -> (f32, f32) {
 
 #[inline(always)]
 fn q2_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    rows(x, imatrix, out, 84, search_q2_k, finish_q2_k);
+    rows(
+        x,
+        imatrix,
+        out,
+        84,
+        #[inline(always)]
+        |x, qw| search_q2_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q2_k(x, f, imatrix, y),
+    );
 }
 
 pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
@@ -316,7 +327,16 @@ fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
 
 #[inline(always)]
 fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    rows(x, imatrix, out, 110, search_q3_k, finish_q3_k);
+    rows(
+        x,
+        imatrix,
+        out,
+        110,
+        #[inline(always)]
+        |x, qw| search_q3_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
+    );
 }
 
 /// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes.
@@ -513,12 +533,30 @@ fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
 
 #[inline(always)]
 fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    rows(x, imatrix, out, 144, |x, qw| search_q45_k(x, qw, 15), finish_q4_k);
+    rows(
+        x,
+        imatrix,
+        out,
+        144,
+        #[inline(always)]
+        |x, qw| search_q45_k(x, qw, 15),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q4_k(x, f, imatrix, y),
+    );
 }
 
 #[inline(always)]
 fn q5_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    rows(x, imatrix, out, 176, |x, qw| search_q45_k(x, qw, 31), finish_q5_k);
+    rows(
+        x,
+        imatrix,
+        out,
+        176,
+        #[inline(always)]
+        |x, qw| search_q45_k(x, qw, 31),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q5_k(x, f, imatrix, y),
+    );
 }
 
 /// ggml's `get_scale_min_k4`: six-bit scale and min `j` of the 12 bytes.
@@ -641,7 +679,16 @@ fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
 
 #[inline(always)]
 fn q6_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    rows(x, imatrix, out, 210, search_q6_k, finish_q6_k);
+    rows(
+        x,
+        imatrix,
+        out,
+        210,
+        #[inline(always)]
+        |x, qw| search_q6_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q6_k(x, f, imatrix, y),
+    );
 }
 
 pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {

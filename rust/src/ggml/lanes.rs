@@ -91,12 +91,16 @@ pub(crate) fn qkx_lanes<const N: usize>(
     }
     let flat_min = min;
     let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
+    // The levels are a function of the `iscale` and `min` they were made
+    // with: rather than copying them on every improvement, remember those
+    // two per lane and make the levels once at the end (the same operations,
+    // so the same levels).
+    let (mut l_iscale, mut l_min) = (iscale, min);
+    let level = |iscale: f32, x: f32, min: f32| c_max(0, c_min(nmax, nearest_int(iscale * (x - min))));
     let mut best_error = [0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
-            let li = c_max(0, c_min(nmax, nearest_int(iscale[k] * (x[i][k] - min[k]))));
-            l[i][k] = li as u8;
-            let diff = scale[k] * li as f32 + min[k] - x[i][k];
+            let diff = scale[k] * level(iscale[k], x[i][k], min[k]) as f32 + min[k] - x[i][k];
             best_error[k] += w[i][k] * err(diff);
         }
     }
@@ -109,7 +113,7 @@ pub(crate) fn qkx_lanes<const N: usize>(
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..N {
             for k in 0..LANES {
-                let lf = c_max(0, c_min(nmax, nearest_int(iscale[k] * (x[i][k] - min[k])))) as f32;
+                let lf = level(iscale[k], x[i][k], min[k]) as f32;
                 laux[i][k] = lf;
                 let wl = w[i][k] * lf;
                 sum_l[k] += wl;
@@ -117,15 +121,17 @@ pub(crate) fn qkx_lanes<const N: usize>(
                 sum_xl[k] += wl * x[i][k];
             }
         }
-        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [false; LANES]);
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let mut any = false;
         for k in 0..LANES {
             let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
-            valid[k] = d > 0.0;
             let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
             let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
             (this_scale[k], this_min[k]) = if m > 0.0 { (sum_xl[k] / sum_l2[k], 0.0) } else { (s, m) };
+            valid[k] = if d > 0.0 { 1.0 } else { 0.0 };
+            any |= d > 0.0;
         }
-        if !valid.contains(&true) {
+        if !any {
             continue;
         }
         let mut cur_error = [0f32; LANES];
@@ -135,34 +141,24 @@ pub(crate) fn qkx_lanes<const N: usize>(
                 cur_error[k] += w[i][k] * err(diff);
             }
         }
-        let mut better = [false; LANES];
         for k in 0..LANES {
-            better[k] = valid[k] && cur_error[k] < best_error[k];
-            if better[k] {
-                best_error[k] = cur_error[k];
-                scale[k] = this_scale[k];
-                min[k] = this_min[k];
-            }
-        }
-        if better.contains(&true) {
-            for i in 0..N {
-                for k in 0..LANES {
-                    l[i][k] = if better[k] { laux[i][k] as u8 } else { l[i][k] };
-                }
-            }
+            let better = valid[k] != 0.0 && cur_error[k] < best_error[k];
+            best_error[k] = if better { cur_error[k] } else { best_error[k] };
+            scale[k] = if better { this_scale[k] } else { scale[k] };
+            l_iscale[k] = if better { iscale[k] } else { l_iscale[k] };
+            l_min[k] = if better { min[k] } else { l_min[k] };
+            min[k] = if better { this_min[k] } else { min[k] };
         }
     }
     let mut neg_min = [0f32; LANES];
     for k in 0..LANES {
-        if flat[k] {
-            scale[k] = 0.0;
-            min[k] = flat_min[k];
-        }
-        neg_min[k] = -min[k];
+        scale[k] = if flat[k] { 0.0 } else { scale[k] };
+        neg_min[k] = if flat[k] { -flat_min[k] } else { -min[k] };
     }
-    for row in l.iter_mut() {
+    for i in 0..N {
         for k in 0..LANES {
-            row[k] = if flat[k] { 0 } else { row[k] };
+            let li = level(l_iscale[k], x[i][k], l_min[k]) as u8;
+            l[i][k] = if flat[k] { 0 } else { li };
         }
     }
     (scale, neg_min)
@@ -204,9 +200,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
     }
     for i in 0..N {
         for k in 0..LANES {
-            let li = clamp(nearest_int(iscale[k] * x[i][k]));
-            l[i][k] = (li + nmax) as u8;
-            let lf = li as f32;
+            let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
             sumlx[k] += wx[i][k] * lf;
             suml2[k] += w[i][k] * lf * lf;
         }
@@ -216,7 +210,9 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
         scale[k] = if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
         best[k] = scale[k] * sumlx[k];
     }
-    let mut laux = [[0u8; LANES]; N];
+    // As in `qkx_lanes`: the levels are made once at the end, from the
+    // `iscale` of the best step.
+    let mut l_iscale = iscale;
     for is in -9i32..=9 {
         if is == 0 {
             continue;
@@ -228,27 +224,17 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
         let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
         for i in 0..N {
             for k in 0..LANES {
-                let li = clamp(nearest_int(iscale[k] * x[i][k]));
-                laux[i][k] = (li + nmax) as u8;
-                let lf = li as f32;
+                let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
                 sumlx[k] += wx[i][k] * lf;
                 suml2[k] += w[i][k] * lf * lf;
             }
         }
-        let mut better = [false; LANES];
         for k in 0..LANES {
-            better[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
-            if better[k] {
-                scale[k] = sumlx[k] / suml2[k];
-                best[k] = scale[k] * sumlx[k];
-            }
-        }
-        if better.contains(&true) {
-            for i in 0..N {
-                for k in 0..LANES {
-                    l[i][k] = if better[k] { laux[i][k] } else { l[i][k] };
-                }
-            }
+            let better = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
+            let s = sumlx[k] / suml2[k];
+            scale[k] = if better { s } else { scale[k] };
+            best[k] = if better { s * sumlx[k] } else { best[k] };
+            l_iscale[k] = if better { iscale[k] } else { l_iscale[k] };
         }
     }
     let mut zero = [false; LANES];
@@ -256,9 +242,10 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
         zero[k] = amax[k] < GROUP_MAX_EPS;
         scale[k] = if zero[k] { 0.0 } else { scale[k] };
     }
-    for row in l.iter_mut() {
+    for i in 0..N {
         for k in 0..LANES {
-            row[k] = if zero[k] { 0 } else { row[k] };
+            let li = (clamp(nearest_int(l_iscale[k] * x[i][k])) + nmax) as u8;
+            l[i][k] = if zero[k] { 0 } else { li };
         }
     }
     scale
