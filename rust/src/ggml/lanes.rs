@@ -142,7 +142,7 @@ pub(crate) fn qkx_lanes<const N: usize>(
             }
         }
         for k in 0..LANES {
-            let better = valid[k] != 0.0 && cur_error[k] < best_error[k];
+            let better = (valid[k] != 0.0) & (cur_error[k] < best_error[k]);
             best_error[k] = if better { cur_error[k] } else { best_error[k] };
             scale[k] = if better { this_scale[k] } else { scale[k] };
             l_iscale[k] = if better { iscale[k] } else { l_iscale[k] };
@@ -230,7 +230,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
             }
         }
         for k in 0..LANES {
-            let better = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
+            let better = (suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k]);
             let s = sumlx[k] / suml2[k];
             scale[k] = if better { s } else { scale[k] };
             best[k] = if better { s * sumlx[k] } else { best[k] };
@@ -293,7 +293,7 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
                 let slx2 = slx + wx[i][k] * new_l;
                 let sl22 = sl2 + w[i][k] * new_l * new_l;
                 let take =
-                    slx > 0.0 && new_l != li && sl22 > 0.0 && slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22;
+                    (slx > 0.0) & (new_l != li) & (sl22 > 0.0) & (slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22);
                 lf[i][k] = if take { new_l } else { li };
                 sumlx[k] = if take { slx2 } else { sumlx[k] };
                 suml2[k] = if take { sl22 } else { suml2[k] };
