@@ -19,6 +19,45 @@ pub(crate) const LANES: usize = 16;
 /// One f32 per lane.
 pub(crate) type Col = [f32; LANES];
 
+// Small helpers as functions, not closures: a closure is not always
+// inlined, and out of line it loses the dispatched target features.
+
+#[inline(always)]
+fn err(use_mad: bool, diff: f32) -> f32 {
+    if use_mad {
+        diff.abs()
+    } else {
+        diff * diff
+    }
+}
+
+/// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))`.
+#[inline(always)]
+fn qkx_level(nmax: i32, iscale: f32, x: f32, min: f32) -> i32 {
+    c_max(0, c_min(nmax, nearest_int(iscale * (x - min))))
+}
+
+/// `MAX(-nmax, MIN(nmax - 1, v))`.
+#[inline(always)]
+fn clamp_sym(nmax: i32, v: i32) -> i32 {
+    c_max(-nmax, c_min(nmax - 1, v))
+}
+
+/// IQ4's `sumqx`, `sumq2` at the inverse scales `id`, in ggml's order.
+#[inline(always)]
+fn iq4_sums(x: &[Col; 32], w: &[Col; 32], id: &Col) -> (Col, Col) {
+    let (mut sumqx, mut sumq2) = ([0f32; LANES], [0f32; LANES]);
+    for i in 0..32 {
+        for k in 0..LANES {
+            let q = super::iq4::nearest_iq4(id[k] * x[i][k]).1;
+            let wq = w[i][k] * q;
+            sumqx[k] += wq * x[i][k];
+            sumq2[k] += wq * q;
+        }
+    }
+    (sumqx, sumq2)
+}
+
 /// The groups of `N` values in `x` (at most `LANES` of them, back to back),
 /// transposed: `t[i][k] = x[N * k + i]`. Lanes past the end of `x` are 0
 /// (a group of zeros: every search returns early on it without trouble).
@@ -90,18 +129,17 @@ pub(crate) fn qkx_lanes<const N: usize>(
         scale[k] = 1.0 / iscale[k];
     }
     let flat_min = min;
-    let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
     // The levels are a function of the `iscale` and `min` they were made
     // with: rather than copying them on every improvement, remember those
     // two per lane and make the levels once at the end (the same operations,
     // so the same levels).
     let (mut l_iscale, mut l_min) = (iscale, min);
-    let level = |iscale: f32, x: f32, min: f32| c_max(0, c_min(nmax, nearest_int(iscale * (x - min))));
+    let level = |iscale: f32, x: f32, min: f32| qkx_level(nmax, iscale, x, min);
     let mut best_error = [0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
             let diff = scale[k] * level(iscale[k], x[i][k], min[k]) as f32 + min[k] - x[i][k];
-            best_error[k] += w[i][k] * err(diff);
+            best_error[k] += w[i][k] * err(p.use_mad, diff);
         }
     }
     let mut laux = [[0f32; LANES]; N];
@@ -138,7 +176,7 @@ pub(crate) fn qkx_lanes<const N: usize>(
         for i in 0..N {
             for k in 0..LANES {
                 let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
-                cur_error[k] += w[i][k] * err(diff);
+                cur_error[k] += w[i][k] * err(p.use_mad, diff);
             }
         }
         for k in 0..LANES {
@@ -185,7 +223,7 @@ fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
 #[inline(always)]
 pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
     let (amax, max) = signed_absmax_lanes(x);
-    let clamp = |v: i32| c_max(-nmax, c_min(nmax - 1, v));
+    let clamp = |v: i32| clamp_sym(nmax, v);
     // `w * x[i]` is the same product in every step.
     let mut wx = [[0f32; LANES]; N];
     for i in 0..N {
@@ -256,7 +294,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
 #[inline(always)]
 pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
     let (amax, max) = signed_absmax_lanes(x);
-    let clamp = |v: i32| c_max(-nmax, c_min(nmax - 1, v));
+    let clamp = |v: i32| clamp_sym(nmax, v);
     let (mut w, mut wx) = ([[0f32; LANES]; N], [[0f32; LANES]; N]);
     for i in 0..N {
         for k in 0..LANES {
@@ -316,6 +354,43 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
         }
     }
     scale
+}
+
+/// The scale search of ggml's `quantize_row_iq4_nl_impl` (`ntry = 7`) on
+/// 16 blocks of 32 with weights `w`: the block scale `d` per lane (0 for a
+/// block below `GROUP_MAX_EPS`). The levels are made afterwards.
+#[inline(always)]
+pub(crate) fn iq4_lanes(x: &[Col; 32], w: &[Col; 32]) -> Col {
+    use super::iq4::KVALUES_IQ4NL;
+    let v0 = f32::from(KVALUES_IQ4NL[0]);
+    let (amax, max) = signed_absmax_lanes(x);
+    let mut id = [0f32; LANES];
+    for k in 0..LANES {
+        id[k] = 1.0 / (-max[k] / v0);
+    }
+    let (sumqx, sumq2) = iq4_sums(x, w, &id);
+    let (mut d, mut best) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        d[k] = if sumq2[k] > 0.0 { sumqx[k] / sumq2[k] } else { 0.0 };
+        best[k] = d[k] * sumqx[k];
+    }
+    for itry in -7i32..=7 {
+        let num = itry as f32 + v0;
+        for k in 0..LANES {
+            id[k] = num / max[k];
+        }
+        let (sumqx, sumq2) = iq4_sums(x, w, &id);
+        for k in 0..LANES {
+            let better = (sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k]);
+            let dk = sumqx[k] / sumq2[k];
+            d[k] = if better { dk } else { d[k] };
+            best[k] = if better { dk * sumqx[k] } else { best[k] };
+        }
+    }
+    for k in 0..LANES {
+        d[k] = if amax[k] < GROUP_MAX_EPS { 0.0 } else { d[k] };
+    }
+    d
 }
 
 /// 16 adversarial groups of `n` values: random, constant, zero, a
