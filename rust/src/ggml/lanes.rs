@@ -31,6 +31,13 @@ fn err(use_mad: bool, diff: f32) -> f32 {
     }
 }
 
+/// `if m != 0 { a } else { b }` for `m` all ones or zero, as bit
+/// operations: LLVM turned some such `if`s over lanes into a branch per lane.
+#[inline(always)]
+fn blend(m: u32, a: f32, b: f32) -> f32 {
+    f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
 /// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))`.
 #[inline(always)]
 fn qkx_level(nmax: i32, iscale: f32, x: f32, min: f32) -> i32 {
@@ -180,12 +187,13 @@ pub(crate) fn qkx_lanes<const N: usize>(
             }
         }
         for k in 0..LANES {
-            let better = (valid[k] != 0.0) & (cur_error[k] < best_error[k]);
-            best_error[k] = if better { cur_error[k] } else { best_error[k] };
-            scale[k] = if better { this_scale[k] } else { scale[k] };
-            l_iscale[k] = if better { iscale[k] } else { l_iscale[k] };
-            l_min[k] = if better { min[k] } else { l_min[k] };
-            min[k] = if better { this_min[k] } else { min[k] };
+            let better = ((valid[k] != 0.0) & (cur_error[k] < best_error[k])) as u32;
+            let m = better.wrapping_neg();
+            best_error[k] = blend(m, cur_error[k], best_error[k]);
+            scale[k] = blend(m, this_scale[k], scale[k]);
+            l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
+            l_min[k] = blend(m, min[k], l_min[k]);
+            min[k] = blend(m, this_min[k], min[k]);
         }
     }
     let mut neg_min = [0f32; LANES];
