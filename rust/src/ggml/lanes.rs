@@ -276,11 +276,11 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
             }
         }
         for k in 0..LANES {
-            let better = (suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k]);
+            let m = (((suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k])) as u32).wrapping_neg();
             let s = sumlx[k] / suml2[k];
-            scale[k] = if better { s } else { scale[k] };
-            best[k] = if better { s * sumlx[k] } else { best[k] };
-            l_iscale[k] = if better { iscale[k] } else { l_iscale[k] };
+            scale[k] = blend(m, s, scale[k]);
+            best[k] = blend(m, s * sumlx[k], best[k]);
+            l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
         }
     }
     let mut zero = [false; LANES];
@@ -329,7 +329,7 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
     // was, so the next pass changes nothing either: running a lane past the
     // C's early exit is harmless, and the loop stops when no lane changed.
     for _ in 0..5 {
-        let mut changed = [false; LANES];
+        let mut changed = [0u32; LANES];
         for i in 0..N {
             for k in 0..LANES {
                 let li = lf[i][k];
@@ -340,13 +340,14 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
                 let sl22 = sl2 + w[i][k] * new_l * new_l;
                 let take =
                     (slx > 0.0) & (new_l != li) & (sl22 > 0.0) & (slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22);
-                lf[i][k] = if take { new_l } else { li };
-                sumlx[k] = if take { slx2 } else { sumlx[k] };
-                suml2[k] = if take { sl22 } else { suml2[k] };
-                changed[k] |= take;
+                let m = (take as u32).wrapping_neg();
+                lf[i][k] = blend(m, new_l, li);
+                sumlx[k] = blend(m, slx2, sumlx[k]);
+                suml2[k] = blend(m, sl22, suml2[k]);
+                changed[k] |= m;
             }
         }
-        if !changed.contains(&true) {
+        if changed == [0; LANES] {
             break;
         }
     }
@@ -389,10 +390,10 @@ pub(crate) fn iq4_lanes(x: &[Col; 32], w: &[Col; 32]) -> Col {
         }
         let (sumqx, sumq2) = iq4_sums(x, w, &id);
         for k in 0..LANES {
-            let better = (sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k]);
+            let m = (((sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k])) as u32).wrapping_neg();
             let dk = sumqx[k] / sumq2[k];
-            d[k] = if better { dk } else { d[k] };
-            best[k] = if better { dk * sumqx[k] } else { best[k] };
+            d[k] = blend(m, dk, d[k]);
+            best[k] = blend(m, dk * sumqx[k], best[k]);
         }
     }
     for k in 0..LANES {
