@@ -5,7 +5,7 @@
 //! 16 blocks of 32 at once in the lanes of [`super::lanes`]; the tests keep
 //! ggml's loop, one block at a time, as the reference.
 
-use super::lanes::{iq4_lanes, transpose, Col, LANES};
+use super::lanes::{imatrix_weights, iq4_lanes, lane_map, transpose, Col, LANES};
 use super::search::{c_max, c_min, fp32_to_fp16, get_f16, nearest_int};
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
@@ -65,28 +65,16 @@ fn sigma2(x: &[f32]) -> f32 {
 #[inline(always)]
 fn search(x: &[f32], qw: Option<&[f32]>, n: usize) -> Col {
     let xt = transpose::<32>(x);
-    let mut w = [[0f32; LANES]; 32];
-    match qw {
+    let w = match qw {
         Some(qw) => {
             let mut s2 = [0f32; LANES];
             for (t, sb) in x.chunks_exact(n).enumerate() {
                 s2[t * n / 32..(t + 1) * n / 32].fill(sigma2(sb));
             }
-            let qt = transpose::<32>(qw);
-            for i in 0..32 {
-                for k in 0..LANES {
-                    w[i][k] = qt[i][k] * (s2[k] + xt[i][k] * xt[i][k]).sqrt();
-                }
-            }
+            imatrix_weights(&xt, qw, &s2)
         }
-        None => {
-            for i in 0..32 {
-                for k in 0..LANES {
-                    w[i][k] = xt[i][k] * xt[i][k];
-                }
-            }
-        }
-    }
+        None => lane_map(&xt, |v| v * v),
+    };
     iq4_lanes(&xt, &w)
 }
 

@@ -10,7 +10,9 @@
 //! scalar searches of [`super::search`], one sub-block at a time, stay as
 //! the tests' reference and give the same bytes.
 
-use super::lanes::{lane_sums, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
+use super::lanes::{
+    self, lane_map, lane_sums, lane_zip, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES,
+};
 use super::search::{
     c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
 };
@@ -122,13 +124,7 @@ fn sigma2_lanes<const S: usize>(x: &[f32], factor: f32) -> Col {
 /// sum per lane.
 #[inline(always)]
 fn imatrix_weights<const N: usize>(xt: &[Col; N], qw: &[f32], sigma2: &Col) -> ([Col; N], Col) {
-    let qt = transpose::<N>(qw);
-    let mut w = [[0f32; LANES]; N];
-    for i in 0..N {
-        for k in 0..LANES {
-            w[i][k] = qt[i][k] * (sigma2[k] + xt[i][k] * xt[i][k]).sqrt();
-        }
-    }
+    let w = lanes::imatrix_weights(xt, qw, sigma2);
     let sw = lane_sums(&w, |v| v);
     (w, sw)
 }
@@ -162,7 +158,7 @@ fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
             let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 1.0));
             (w, sw, QkxSearch::with_imatrix(3), false)
         }
-        None => (xt.map(|row| row.map(f32::abs)), [0f32; LANES], Q2_K_REF, true),
+        None => (lane_map(&xt, f32::abs), [0f32; LANES], Q2_K_REF, true),
     };
     let mut lt = [[0u8; LANES]; 16];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
@@ -292,7 +288,7 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
 #[inline(always)]
 fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
-    let mut l = f.l.map(|v| v as i8);
+    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let mut stored = [0i32; 16];
     if imatrix {
@@ -438,12 +434,7 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
         }
         None => {
             let av_x = lane_sums(&xt, |v| v * v).map(|s| (s / 32.0).sqrt());
-            let mut w = [[0f32; LANES]; 32];
-            for i in 0..32 {
-                for k in 0..LANES {
-                    w[i][k] = av_x[k] + xt[i][k].abs();
-                }
-            }
+            let w = lane_zip(&[av_x; 32], &xt, |a, v| a + v.abs());
             (w, [0f32; LANES], q45_k_ref(nmax), true)
         }
     };
@@ -627,7 +618,7 @@ fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
     let xt = transpose::<16>(x);
     let w = match qw {
         Some(qw) => transpose::<16>(qw),
-        None => xt.map(|row| row.map(|v| v * v)),
+        None => lane_map(&xt, |v| v * v),
     };
     let mut lt = [[0u8; LANES]; 16];
     let scales = qx_lanes(32, &xt, &w, &mut lt);
@@ -636,7 +627,7 @@ fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
 
 #[inline(always)]
 fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
-    let mut l = f.l.map(|v| v as i8);
+    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for &scale in scales {

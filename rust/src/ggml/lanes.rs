@@ -70,13 +70,62 @@ fn iq4_sums(x: &[Col; 32], w: &[Col; 32], id: &Col) -> (Col, Col) {
 /// (a group of zeros: every search returns early on it without trouble).
 #[inline(always)]
 pub(crate) fn transpose<const N: usize>(x: &[f32]) -> [Col; N] {
+    if x.len() >= LANES * N {
+        return transpose_full(&x[..LANES * N]);
+    }
+    let mut padded = [[0f32; N]; LANES];
+    for (p, g) in padded.iter_mut().zip(x.chunks_exact(N)) {
+        p.copy_from_slice(g);
+    }
+    transpose_full(padded.as_flattened())
+}
+
+/// [`transpose`] of exactly `LANES` groups, in 4 x 4 tiles. On x86-64 a
+/// tile is four loads, eight SSE shuffles and four stores: plain loops
+/// (any arrangement tried) were compiled to gathers and scatters, a third
+/// of Q6_K's time.
+#[inline(always)]
+fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
     let mut t = [[0f32; LANES]; N];
-    for (k, g) in x.chunks_exact(N).take(LANES).enumerate() {
-        for i in 0..N {
-            t[i][k] = g[i];
+    for k0 in (0..LANES).step_by(4) {
+        for i0 in (0..N).step_by(4) {
+            let row = |a: usize| -> &[f32; 4] { x[N * (k0 + a) + i0..][..4].try_into().expect("4 values") };
+            let tile = tile4([row(0), row(1), row(2), row(3)]);
+            for (j, c) in tile.iter().enumerate() {
+                t[i0 + j][k0..k0 + 4].copy_from_slice(c);
+            }
         }
     }
     t
+}
+
+/// The transpose of a 4 x 4 tile given by its rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile4(r: [&[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::{
+        __m128, _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
+    };
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: SSE is part of x86-64's baseline, so the intrinsics can run
+    // on any x86-64 CPU; every pointer is to 4 f32 of a 4-array.
+    unsafe {
+        let [r0, r1, r2, r3]: [__m128; 4] = r.map(|v| _mm_loadu_ps(v.as_ptr()));
+        let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpacklo_ps(r2, r3));
+        let (t2, t3) = (_mm_unpackhi_ps(r0, r1), _mm_unpackhi_ps(r2, r3));
+        let c = [_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0), _mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2)];
+        for (o, c) in out.iter_mut().zip(c) {
+            _mm_storeu_ps(o.as_mut_ptr(), c);
+        }
+    }
+    out
+}
+
+/// The transpose of a 4 x 4 tile given by its rows.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn tile4(r: [&[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|j| [r[0][j], r[1][j], r[2][j], r[3][j]])
 }
 
 /// Writes lane `k` of `t` to `out[N * k..N * k + N]` for the groups `out` holds.
@@ -87,6 +136,32 @@ pub(crate) fn untranspose<T: Copy, const N: usize>(t: &[[T; LANES]; N], out: &mu
             g[i] = t[i][k];
         }
     }
+}
+
+/// `f` of every value (`array::map` is not always inlined, and out of line
+/// it loses the dispatched target features).
+#[inline(always)]
+pub(crate) fn lane_map<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) -> [Col; N] {
+    lane_zip(t, t, |v, _| f(v))
+}
+
+/// `f(a, b)` of every pair of values, as one flat loop: written as a double
+/// loop over `[Col; N]` it was vectorized over the rows, with gathers.
+#[inline(always)]
+pub(crate) fn lane_zip<const N: usize>(a: &[Col; N], b: &[Col; N], f: impl Fn(f32, f32) -> f32) -> [Col; N] {
+    let mut m = [[0f32; LANES]; N];
+    for (m, (&a, &b)) in m.as_flattened_mut().iter_mut().zip(a.as_flattened().iter().zip(b.as_flattened())) {
+        *m = f(a, b);
+    }
+    m
+}
+
+/// ggml's imatrix weights `qw * sqrt(sigma2 + x*x)` (`qw` in value order,
+/// `sigma2` per lane).
+#[inline(always)]
+pub(crate) fn imatrix_weights<const N: usize>(xt: &[Col; N], qw: &[f32], sigma2: &Col) -> [Col; N] {
+    let root = lane_zip(&[*sigma2; N], xt, |s, v| (s + v * v).sqrt());
+    lane_zip(&transpose::<N>(qw), &root, |q, r| q * r)
 }
 
 /// `s = 0; s += f(t[i])` over `i` in each lane (the C's running sums).
@@ -233,12 +308,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
     let (amax, max) = signed_absmax_lanes(x);
     let clamp = |v: i32| clamp_sym(nmax, v);
     // `w * x[i]` is the same product in every step.
-    let mut wx = [[0f32; LANES]; N];
-    for i in 0..N {
-        for k in 0..LANES {
-            wx[i][k] = w[i][k] * x[i][k];
-        }
-    }
+    let wx = lane_zip(w, x, |w, x| w * x);
     let mut iscale = [0f32; LANES];
     let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
     for k in 0..LANES {
@@ -303,13 +373,8 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
 pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
     let (amax, max) = signed_absmax_lanes(x);
     let clamp = |v: i32| clamp_sym(nmax, v);
-    let (mut w, mut wx) = ([[0f32; LANES]; N], [[0f32; LANES]; N]);
-    for i in 0..N {
-        for k in 0..LANES {
-            w[i][k] = x[i][k] * x[i][k];
-            wx[i][k] = w[i][k] * x[i][k];
-        }
-    }
+    let w = lane_map(x, |v| v * v);
+    let wx = lane_zip(&w, x, |w, x| w * x);
     let mut iscale = [0f32; LANES];
     for k in 0..LANES {
         iscale[k] = (-nmax) as f32 / max[k];
