@@ -149,9 +149,21 @@ pub(crate) fn lane_map<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) -> 
 /// loop over `[Col; N]` it was vectorized over the rows, with gathers.
 #[inline(always)]
 pub(crate) fn lane_zip<const N: usize>(a: &[Col; N], b: &[Col; N], f: impl Fn(f32, f32) -> f32) -> [Col; N] {
-    let mut m = [[0f32; LANES]; N];
-    for (m, (&a, &b)) in m.as_flattened_mut().iter_mut().zip(a.as_flattened().iter().zip(b.as_flattened())) {
-        *m = f(a, b);
+    lane_zip3(a, b, b, |a, b, _| f(a, b))
+}
+
+/// [`lane_zip`] of three inputs, to any output type.
+#[inline(always)]
+pub(crate) fn lane_zip3<T: Copy + Default, const N: usize>(
+    a: &[Col; N],
+    b: &[Col; N],
+    c: &[Col; N],
+    f: impl Fn(f32, f32, f32) -> T,
+) -> [[T; LANES]; N] {
+    let mut m = [[T::default(); LANES]; N];
+    let abc = a.as_flattened().iter().zip(b.as_flattened()).zip(c.as_flattened());
+    for (m, ((&a, &b), &c)) in m.as_flattened_mut().iter_mut().zip(abc) {
+        *m = f(a, b, c);
     }
     m
 }
@@ -275,13 +287,11 @@ pub(crate) fn qkx_lanes<const N: usize>(
     for k in 0..LANES {
         scale[k] = if flat[k] { 0.0 } else { scale[k] };
         neg_min[k] = if flat[k] { -flat_min[k] } else { -min[k] };
+        // A flat lane's levels are 0: `level(0, x, 0)` is 0 for finite `x`.
+        l_iscale[k] = if flat[k] { 0.0 } else { l_iscale[k] };
+        l_min[k] = if flat[k] { 0.0 } else { l_min[k] };
     }
-    for i in 0..N {
-        for k in 0..LANES {
-            let li = level(l_iscale[k], x[i][k], l_min[k]) as u8;
-            l[i][k] = if flat[k] { 0 } else { li };
-        }
-    }
+    *l = lane_zip3(&[l_iscale; N], x, &[l_min; N], |s, x, m| level(s, x, m) as u8);
     (scale, neg_min)
 }
 
@@ -353,17 +363,15 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
             l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
         }
     }
-    let mut zero = [false; LANES];
+    // `keep` is 0 in the lanes of all-zero groups (levels 0), else 1.
+    let mut keep = [0f32; LANES];
     for k in 0..LANES {
-        zero[k] = amax[k] < GROUP_MAX_EPS;
-        scale[k] = if zero[k] { 0.0 } else { scale[k] };
+        let zero = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if zero { 0.0 } else { scale[k] };
+        keep[k] = if zero { 0.0 } else { 1.0 };
     }
-    for i in 0..N {
-        for k in 0..LANES {
-            let li = (clamp(nearest_int(l_iscale[k] * x[i][k])) + nmax) as u8;
-            l[i][k] = if zero[k] { 0 } else { li };
-        }
-    }
+    *l =
+        lane_zip3(&[l_iscale; N], x, &[keep; N], |s, x, keep| ((clamp(nearest_int(s * x)) + nmax) as f32 * keep) as u8);
     scale
 }
 
@@ -416,17 +424,13 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
             break;
         }
     }
-    let mut scale = [0f32; LANES];
-    let mut zero = [false; LANES];
+    let (mut scale, mut keep) = ([0f32; LANES], [0f32; LANES]);
     for k in 0..LANES {
-        zero[k] = amax[k] < GROUP_MAX_EPS;
-        scale[k] = if !zero[k] && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+        let zero = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if !zero && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+        keep[k] = if zero { 0.0 } else { 1.0 };
     }
-    for i in 0..N {
-        for k in 0..LANES {
-            l[i][k] = if zero[k] { 0 } else { (lf[i][k] as i32 + nmax) as u8 };
-        }
-    }
+    *l = lane_zip3(&lf, &lf, &[keep; N], |lf, _, keep| ((lf + nmax as f32) * keep) as u8);
     scale
 }
 
