@@ -295,6 +295,14 @@ pub(crate) fn qkx_lanes<const N: usize>(
     (scale, neg_min)
 }
 
+/// Per lane, all bits set (a NaN: only its bits are used) where the group's
+/// `amax` is at least `GROUP_MAX_EPS`, 0 where the C returns early with
+/// levels 0.
+#[inline(always)]
+fn keep_mask(amax: &Col) -> Col {
+    amax.map(|a| f32::from_bits(if a < GROUP_MAX_EPS { 0 } else { u32::MAX }))
+}
+
 /// `(amax, max)` of [`super::search::signed_absmax`] per lane.
 #[inline(always)]
 fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
@@ -363,15 +371,13 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
             l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
         }
     }
-    // `keep` is 0 in the lanes of all-zero groups (levels 0), else 1.
-    let mut keep = [0f32; LANES];
+    let keep = keep_mask(&amax);
     for k in 0..LANES {
-        let zero = amax[k] < GROUP_MAX_EPS;
-        scale[k] = if zero { 0.0 } else { scale[k] };
-        keep[k] = if zero { 0.0 } else { 1.0 };
+        scale[k] = if keep[k].to_bits() != 0 { scale[k] } else { 0.0 };
     }
-    *l =
-        lane_zip3(&[l_iscale; N], x, &[keep; N], |s, x, keep| ((clamp(nearest_int(s * x)) + nmax) as f32 * keep) as u8);
+    *l = lane_zip3(&[l_iscale; N], x, &[keep; N], |s, x, keep| {
+        ((clamp(nearest_int(s * x)) + nmax) as u32 & keep.to_bits()) as u8
+    });
     scale
 }
 
@@ -424,13 +430,14 @@ pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LA
             break;
         }
     }
-    let (mut scale, mut keep) = ([0f32; LANES], [0f32; LANES]);
+    let keep = keep_mask(&amax);
+    let mut scale = [0f32; LANES];
     for k in 0..LANES {
-        let zero = amax[k] < GROUP_MAX_EPS;
-        scale[k] = if !zero && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
-        keep[k] = if zero { 0.0 } else { 1.0 };
+        scale[k] = if keep[k].to_bits() != 0 && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
     }
-    *l = lane_zip3(&lf, &lf, &[keep; N], |lf, _, keep| ((lf + nmax as f32) * keep) as u8);
+    // `nearest_int` of the small integers in `lf` is exact and, unlike
+    // `as`, vectorizes.
+    *l = lane_zip3(&lf, &lf, &[keep; N], |lf, _, keep| ((nearest_int(lf) + nmax) as u32 & keep.to_bits()) as u8);
     scale
 }
 
