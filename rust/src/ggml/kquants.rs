@@ -371,18 +371,14 @@ fn requantize_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     }
     let (hmask, rest) = y.split_at_mut(32);
     hmask.fill(0);
+    // Value `j` sets bit `j / 32` of `hmask[j % 32]` if its level is above 3.
     let mut lu = [0u8; QK_K];
-    let (mut m, mut hm) = (0usize, 1u8);
-    for j in 0..QK_K {
-        if l[j] > 3 {
-            hmask[m] |= hm;
-            l[j] -= 4;
-        }
-        lu[j] = l[j] as u8;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    for b in 0..8 {
+        for m in 0..QK_K / 8 {
+            let j = QK_K / 8 * b + m;
+            let high = (l[j] > 3) as u8;
+            hmask[m] |= high << b;
+            lu[j] = (l[j] as u8).wrapping_sub(4 * high);
         }
     }
     pack2(&lu, &mut rest[..64]);
@@ -505,17 +501,11 @@ fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     let (mut m1, mut m2) = (1u8, 2u8);
     for (k, n) in (0..QK_K).step_by(64).enumerate() {
         for j in 0..32 {
-            let mut l1 = l[n + j];
-            if l1 > 15 {
-                l1 -= 16;
-                qh[j] |= m1;
-            }
-            let mut l2 = l[n + j + 32];
-            if l2 > 15 {
-                l2 -= 16;
-                qh[j] |= m2;
-            }
-            ql[32 * k + j] = l1 | (l2 << 4);
+            // Levels above 15 keep their fifth bit in `qh` (without branches).
+            let (l1, l2) = (l[n + j], l[n + j + 32]);
+            let (h1, h2) = ((l1 > 15) as u8, (l2 > 15) as u8);
+            qh[j] |= (m1 * h1) | (m2 * h2);
+            ql[32 * k + j] = (l1 - 16 * h1) | ((l2 - 16 * h2) << 4);
         }
         m1 <<= 2;
         m2 <<= 2;
