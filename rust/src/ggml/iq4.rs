@@ -35,7 +35,7 @@ pub(crate) fn nearest_iq4(x: f32) -> (u8, f32) {
     let v = KVALUES_IQ4NL.map(f32::from);
     let (mut lo, mut hi, mut mu) = (v[0], v[1], 1u8);
     for j in 1..15 {
-        let ge = !(x < v[j]);
+        let ge = (x >= v[j]) | x.is_nan(); // the C's `!(x < val[mav])`
         lo = if ge { v[j] } else { lo };
         hi = if ge { v[j + 1] } else { hi };
         mu += ge as u8;
@@ -156,6 +156,9 @@ fn rows(
     }
 }
 
+// The closures are `#[inline(always)]`; the function items would be
+// compiled out of line, without the dispatched target features.
+#[allow(clippy::redundant_closure)]
 #[inline(always)]
 fn iq4_nl_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -171,6 +174,7 @@ fn iq4_nl_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     );
 }
 
+#[allow(clippy::redundant_closure)] // as above
 #[inline(always)]
 fn iq4_xs_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -308,15 +312,7 @@ mod tests {
                     |x, s, y| finish_nl(x, s[0], y),
                 );
                 let mut xs = vec![0xCD; 3 * 136];
-                rows(
-                    x.as_slice(),
-                    qw,
-                    &mut xs,
-                    QK_K,
-                    136,
-                    |x, qw| scalar_search(x, qw, QK_K),
-                    |x, s, y| finish_xs(x, s, y),
-                );
+                rows(x.as_slice(), qw, &mut xs, QK_K, 136, |x, qw| scalar_search(x, qw, QK_K), finish_xs);
                 let cases: [(Row, Vec<u8>); 2] = [(iq4_nl_isa, nl), (iq4_xs_isa, xs)];
                 for (fast, want) in &cases {
                     for &isa in isas {

@@ -9,6 +9,7 @@
 //! two super-blocks (Q4_K, Q5_K) as the lanes of [`super::lanes`]; the
 //! scalar searches of [`super::search`], one sub-block at a time, stay as
 //! the tests' reference and give the same bytes.
+#![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
 use super::lanes::{
     self, lane_map, lane_sums, lane_zip, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES,
@@ -233,6 +234,7 @@ fn largest(scales: &[f32], mins: &[f32]) -> (f32, f32) {
     (max_scale, max_min)
 }
 
+#[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q2_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -321,6 +323,7 @@ fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
     requantize_q3_k(x, &mut l, y);
 }
 
+#[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -512,6 +515,7 @@ fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     }
 }
 
+#[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -526,6 +530,7 @@ fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     );
 }
 
+#[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q5_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
@@ -658,6 +663,7 @@ fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
     }
 }
 
+#[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q6_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     rows(
