@@ -218,7 +218,7 @@ pub fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::lanes::hard_groups;
+    use super::super::lanes::{hard_groups, isas, Row};
     use super::super::search::{best_index_int8, signed_absmax, GROUP_MAX_EPS};
     use super::*;
 
@@ -285,15 +285,8 @@ mod tests {
         }
     }
 
-    type Row = fn(Isa, &[f32], Option<&[f32]>, &mut [u8]) -> ();
-
     #[test]
     fn lane_search_writes_the_scalar_bytes_on_every_isa() {
-        let isas: &[Isa] = match Isa::detect() {
-            Isa::Avx512 => &[Isa::Portable, Isa::Avx2, Isa::Avx512],
-            Isa::Avx2 => &[Isa::Portable, Isa::Avx2],
-            Isa::Portable => &[Isa::Portable],
-        };
         for seed in 0..24 {
             // Three super-blocks / 24 blocks: a partial run at the end.
             let mut x = hard_groups(32, seed);
@@ -315,7 +308,7 @@ mod tests {
                 rows(x.as_slice(), qw, &mut xs, QK_K, 136, |x, qw| scalar_search(x, qw, QK_K), finish_xs);
                 let cases: [(Row, Vec<u8>); 2] = [(iq4_nl_isa, nl), (iq4_xs_isa, xs)];
                 for (fast, want) in &cases {
-                    for &isa in isas {
+                    for &isa in isas() {
                         let mut got = vec![0xAB; want.len()];
                         fast(isa, &x, qw, &mut got);
                         assert!(got == *want, "seed {seed} imatrix {} {isa:?} {}", qw.is_some(), want.len());

@@ -701,7 +701,7 @@ pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::lanes::hard_groups;
+    use super::super::lanes::{hard_groups, isas, Row};
     use super::super::search::{make_q3_quants, make_qkx_quants};
     use super::*;
 
@@ -805,15 +805,8 @@ mod tests {
         f
     }
 
-    type Row = fn(Isa, &[f32], Option<&[f32]>, &mut [u8]) -> ();
-
     #[test]
     fn lane_searches_write_the_scalar_bytes_on_every_isa() {
-        let isas: &[Isa] = match Isa::detect() {
-            Isa::Avx512 => &[Isa::Portable, Isa::Avx2, Isa::Avx512],
-            Isa::Avx2 => &[Isa::Portable, Isa::Avx2],
-            Isa::Portable => &[Isa::Portable],
-        };
         for seed in 0..24 {
             // Three super-blocks (a partial run at the row's end for Q4_K
             // and Q5_K) of adversarial sub-blocks of 16 and of 32 values.
@@ -850,7 +843,7 @@ mod tests {
                     (q6_k_isa, 210, reference(&x, qw, 210, |x, qw| runs::<16, 1>(x, qw, scalar_q6_k), finish_q6_k)),
                 ];
                 for (t, (fast, bytes, want)) in cases.iter().enumerate() {
-                    for &isa in isas {
+                    for &isa in isas() {
                         let mut got = vec![0xAB; 3 * bytes];
                         fast(isa, &x, qw, &mut got);
                         assert!(got == *want, "type {t} seed {seed} imatrix {} {isa:?}", qw.is_some());

@@ -478,6 +478,21 @@ pub(crate) fn iq4_lanes(x: &[Col; 32], w: &[Col; 32]) -> Col {
     d
 }
 
+/// A row quantizer of a given instruction set (`isa_dispatch!`).
+#[cfg(test)]
+pub(crate) type Row = fn(crate::kernel::Isa, &[f32], Option<&[f32]>, &mut [u8]) -> ();
+
+/// The instruction sets this CPU can run, for tests that compare them all.
+#[cfg(test)]
+pub(crate) fn isas() -> &'static [crate::kernel::Isa] {
+    use crate::kernel::Isa;
+    match Isa::detect() {
+        Isa::Avx512 => &[Isa::Portable, Isa::Avx2, Isa::Avx512],
+        Isa::Avx2 => &[Isa::Portable, Isa::Avx2],
+        Isa::Portable => &[Isa::Portable],
+    }
+}
+
 /// 16 adversarial groups of `n` values: random, constant, zero, a
 /// single outlier, ties, subnormals, huge and tiny, all negative or
 /// positive, alternating signs.
