@@ -34,16 +34,14 @@ type DequantizeRow = fn(&[u8], &mut [f32]);
 const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
 
 /// How much more work a byte of input is for `ty` than for a plain
-/// conversion: the K-quants and IQ4 search many scales per block (measured
-/// 200-1000 MB/s on one thread, in lanes, against 2-3 GB/s), the imatrix
-/// paths of Q4_0..Q5_1 too and are still scalar (20-100 MB/s), so they get
-/// threads for 8x and 32x smaller tensors.
+/// conversion: the K-quants, IQ4 and the imatrix paths of Q4_0..Q5_1 search
+/// many scales per block (measured 200-1000 MB/s on one thread, in lanes,
+/// against 2-3 GB/s), so they get threads for 8x smaller tensors.
 fn search_weight(ty: GgmlType, imatrix: bool) -> usize {
     use GgmlType::*;
     match ty {
         F32 | F16 | Bf16 | Q8_0 => 1,
         Q4_0 | Q4_1 | Q5_0 | Q5_1 if !imatrix => 1,
-        Q4_0 | Q4_1 | Q5_0 | Q5_1 => 32,
         _ => 8,
     }
 }
