@@ -2,7 +2,7 @@
 //! of 256 with 6-bit sub-block scales): ggml's `quantize_row_iq4_nl_impl` as
 //! `quantize_iq4_nl` / `quantize_iq4_xs` call it (`ntry = 7`, with or without
 //! quant weights), and `dequantize_row_iq4_*`. The block scale search runs
-//! 16 blocks of 32 at once in the lanes of [`super::lanes`]; the tests keep
+//! 16 blocks of 32 at once in the lanes of `lanes`; the tests keep
 //! ggml's loop, one block at a time, as the reference.
 
 use super::lanes::{imatrix_weights, iq4_lanes, lane_map, transpose, Col, LANES};

@@ -3,8 +3,10 @@
 //! llama-cpp-python 0.3.36; the tests compare against that C code).
 //!
 //! [`types`] is the table of types, [`search`] the shared scalar helpers
-//! (`nearest_int`, `make_qx_quants`, ...), [`legacy`], [`kquants`] and
-//! [`iq4`] the per-type rows. This module validates a whole call first
+//! (`nearest_int`, `make_qx_quants`, ...), `lanes` the same scale searches
+//! run on 16 sub-blocks at once (one per vector lane, bit for bit the
+//! scalar ones, which stay as the tests' reference), [`legacy`],
+//! [`kquants`] and [`iq4`] the per-type rows. This module validates a whole call first
 //! (shape, values, importance matrix) and only then writes, rows in
 //! parallel: every row is computed by the same code on whichever thread, so
 //! the bytes do not depend on the thread count.
