@@ -352,7 +352,7 @@ def quantize(
       size) -> a dict or list of :class:`QuantizedTensor`.
 
     ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
-    path but ``arrow``, whose row format has no field for them yet.
+    path (Arrow results and files carry them in their schema).
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a

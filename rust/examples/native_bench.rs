@@ -178,6 +178,7 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
                     codes: c,
                     scales: s,
                     mins: m,
+                    importance: None,
                 })
                 .collect();
             quantize_batch(black_box(&mut items), a.threads).unwrap();
