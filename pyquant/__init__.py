@@ -19,8 +19,8 @@ The paths it chooses from, each callable directly:
   :func:`quantize_gguf` (GGUF in, GGUF out, as llama-quantize),
   :func:`safetensors_to_gguf`, :func:`dequantize_gguf`
   (each returns a :class:`Summary`), :func:`load_quantized`,
-  :func:`error_report` (a :class:`Report`), :func:`inspect`: whole
-  checkpoints, bounded memory.
+  :func:`error_report` (a :class:`Report`), :func:`inspect` (both also
+  for GGUF files): whole checkpoints, bounded memory.
 - :func:`quantize_arrow` / :func:`dequantize_arrow`: Arrow arrays, record
   batches and streams, zero-copy through the Arrow C Data Interface (needs
   pyarrow, imported only when called).

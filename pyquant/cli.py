@@ -24,7 +24,8 @@ from ._text import shown
 from .errors import QuantizeError
 
 if TYPE_CHECKING:
-    from .pipeline import Progress
+    from .pipeline import Progress, Summary
+    from .report import InspectRow
 
 
 def _group_size(text: str) -> int | None:
@@ -34,6 +35,17 @@ def _group_size(text: str) -> int | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or 'row', got {text!r}") from None
+
+
+def _layer_list(text: str) -> list[int]:
+    """--prune-layers: comma-separated block numbers >= 0."""
+    try:
+        out = [int(part) for part in text.split(",")]
+    except ValueError:
+        out = [-1]
+    if any(i < 0 for i in out):
+        raise argparse.ArgumentTypeError(f"expected block numbers >= 0 separated by commas, got {text!r}")
+    return out
 
 
 def _fmt_bytes(n: float) -> str:
@@ -157,24 +169,49 @@ def build_parser() -> argparse.ArgumentParser:
     g = q.add_argument_group("GGUF in, GGUF out (as llama-quantize; chosen by an input .gguf file)")
     g.add_argument("--type", metavar="PRESET",
                    help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
-                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS")
+                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS, or F32 F16 BF16 (every quantizable tensor converted)")
     g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (GGUF or legacy .dat)")
+    g.add_argument("--include-weights", action="append", default=[], metavar="NAME",
+                   help="use the importance matrix only for tensors whose name contains NAME (repeatable)")
+    g.add_argument("--exclude-weights", action="append", default=[], metavar="NAME",
+                   help="do not use the importance matrix for tensors whose name contains NAME (repeatable; "
+                   "not with --include-weights)")
     g.add_argument("--tensor-type", action="append", default=[], metavar="PATTERN=TYPE",
+                   type=lambda text: ("spec", text),
                    help="GGML type for tensors whose name matches the regular expression (repeatable)")
+    g.add_argument("--tensor-type-file", action="append", dest="tensor_type", metavar="FILE",
+                   type=lambda text: ("file", text),
+                   help="PATTERN=TYPE entries separated by spaces or newlines (taken in order with --tensor-type)")
     g.add_argument("--output-tensor-type", metavar="TYPE", help="GGML type of output.weight")
     g.add_argument("--token-embedding-type", metavar="TYPE", help="GGML type of token_embd.weight")
     g.add_argument("--leave-output-tensor", action="store_true", help="leave output.weight unquantized")
     g.add_argument("--pure", action="store_true", help="the preset's type for every tensor (no promotions)")
+    g.add_argument("--allow-requantize", action="store_true",
+                   help="accept already quantized tensors (dequantized, then quantized: lower quality than from "
+                   "16 or 32 bits)")
+    g.add_argument("--override-kv", action="append", default=[], metavar="KEY=TYPE:VALUE",
+                   help="set a key-value pair in the output (TYPE int, float, bool or str; repeatable), "
+                   "e.g. general.name=str:mine")
+    g.add_argument("--prune-layers", type=_layer_list, default=[], metavar="L0,L1,...",
+                   help="leave these blocks out (the later ones numbered down; block_count set): use with care")
+    g.add_argument("--dry-run", action="store_true",
+                   help="write nothing: say how many tensors would change type and the output's tensor bytes")
+    g.add_argument("--keep-split", action="store_true",
+                   help="one output file per input file, OUTPUT-00001-of-0000N.gguf (the input may be a split "
+                   "model, given by its first file NAME-00001-of-0000N.gguf, with or without this)")
     g.add_argument("--arch", help="safetensors -> GGUF (an output named *.gguf): general.architecture to write; "
                    "--type is then a GGML type (Q4_K, Q8_0, ...)")
 
-    d = command("dequantize", "turn a pyquant checkpoint back into a plain safetensors file",
+    d = command("dequantize", "turn a pyquant checkpoint or a quantized GGUF file back into float tensors",
                 "Writes every tensor in its original shape: quantized tensors in their "
-                "original dtype (or --dtype), carried-over tensors unchanged.",
+                "original dtype (or --dtype), carried-over tensors unchanged. A GGUF input gives a "
+                "GGUF file (F32/F16/BF16 tensors), or a safetensors file if the output is named *.safetensors.",
                 "model.q4.safetensors restored.safetensors",
-                "model.q4.arrow restored.safetensors --dtype float16")
-    d.add_argument("input", help="a pyquant checkpoint (safetensors or Arrow format)")
-    d.add_argument("output", help="the plain safetensors file to write")
+                "model.q4.arrow restored.safetensors --dtype float16",
+                "model-Q4_K_M.gguf model.safetensors   # or model-f16.gguf --dtype F16: a GGUF file")
+    d.add_argument("input", help="a pyquant checkpoint (safetensors or Arrow format) or a GGUF file")
+    d.add_argument("output", help="the file to write: plain safetensors (a GGUF input: GGUF unless "
+                   "named *.safetensors)")
     d.add_argument("--dtype", type=_float_dtype, choices=list(_GGUF_FLOAT_TYPES), default=None,
                    help="dtype of the dequantized tensors (default: each tensor's original dtype; a GGUF "
                    "input: float32); carried-over tensors keep theirs. F32/F16/BF16 are accepted too")
@@ -185,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Tensors, dtypes, shapes, bits, sizes and compression ratio; for each "
                 "tensor a pyquant checkpoint carried over unchanged, why it was kept.",
                 "model.q4.safetensors", "model.q4.arrow --json")
-    i.add_argument("file", help="a safetensors file or a pyquant checkpoint (either format)")
+    i.add_argument("file", help="a safetensors file, a pyquant checkpoint (either format) or a GGUF file")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     r = command("report", "error statistics of a quantized checkpoint against its original",
@@ -193,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "SNR in dB (!! flags a tensor whose relative RMSE is high enough to break a model; "
                 "a carried-over tensor says why it was kept); then a summary.",
                 "model.safetensors model.q4.safetensors", "model.safetensors model.q2.arrow --json")
-    r.add_argument("original", help="the original safetensors file or model directory")
-    r.add_argument("quantized", help="the pyquant checkpoint made from it (either format)")
+    r.add_argument("original", help="the original safetensors file or model directory (or GGUF file)")
+    r.add_argument("quantized", help="the pyquant checkpoint made from it (either format), or the GGUF file")
     r.add_argument("--json", action="store_true", help="print JSON instead of a table")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -206,36 +243,70 @@ def is_gguf(path: str) -> bool:
     return check(path)
 
 
-def _tensor_types(specs: list[str]) -> list[tuple[str, str]]:
+def _tensor_types(specs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """--tensor-type and --tensor-type-file entries, in command-line order (as llama-quantize takes them)."""
+    from .llama_quant import parse_tensor_type, read_tensor_type_file
+
     out = []
-    for spec in specs:
-        pattern, sep, name = spec.partition("=")
-        if not sep or not pattern or not name:
-            raise QuantizeError(f"--tensor-type {spec!r}: expected PATTERN=TYPE")
-        out.append((pattern, name))
+    for kind, text in specs:
+        out += read_tensor_type_file(text) if kind == "file" else [parse_tensor_type(text)]
     return out
+
+
+def _print_summary(args: argparse.Namespace, s: Summary, dequantized: bool = False, reasons: bool = True) -> None:
+    """The closing lines of quantize / dequantize (none with --quiet): why each
+    tensor was carried over (``reasons``), then counts, sizes and speed."""
+    if args.quiet:
+        return
+    for name, why in s.kept_reasons.items() if reasons else ():
+        print(f"kept {shown(name)}: {why}")
+    verb, kept = ("dequantized", "copied") if dequantized else ("quantized", "kept")
+    print(f"{verb} {s.quantized} tensors, {kept} {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
+          f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
+          f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+
+
+# The options of GGUF -> GGUF quantization (llama-quantize's), by argparse dest.
+_LLAMA_OPTIONS = ("imatrix", "include_weights", "exclude_weights", "tensor_type", "output_tensor_type",
+                  "token_embedding_type", "leave_output_tensor", "pure", "allow_requantize", "override_kv",
+                  "keep_split", "prune_layers", "dry_run")
+
+
+def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
+    """The options among ``dests`` given on the command line, spelled as typed."""
+    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d)]
 
 
 def cmd_quantize_gguf(args: argparse.Namespace) -> None:
     from .pipeline import quantize_gguf
+
+    if args.arch is not None:
+        raise QuantizeError(f"--arch: only for a safetensors input written as GGUF ({args.input} is a GGUF file: "
+                            "its architecture is kept)")
 
     if args.type is None:
         raise QuantizeError(f"{args.input}: a GGUF file: quantizing it (into GGUF, as llama-quantize) needs "
                             "--type PRESET, e.g. --type Q4_K_M")
     bar = _progress_bar(args)
     try:
-        s = quantize_gguf(args.input, args.output, preset=args.type, imatrix=args.imatrix, tensor_types=_tensor_types(args.tensor_type),
-                          output_tensor_type=args.output_tensor_type,
+        s = quantize_gguf(args.input, args.output, preset=args.type, imatrix=args.imatrix,
+                          include_weights=args.include_weights, exclude_weights=args.exclude_weights,
+                          tensor_types=_tensor_types(args.tensor_type), output_tensor_type=args.output_tensor_type,
                           token_embedding_type=args.token_embedding_type,
-                          leave_output_tensor=args.leave_output_tensor, pure=args.pure, force=args.force,
-                          progress=bar)
+                          leave_output_tensor=args.leave_output_tensor, pure=args.pure,
+                          allow_requantize=args.allow_requantize, override_kv=args.override_kv,
+                          keep_split=args.keep_split, prune_layers=args.prune_layers, dry_run=args.dry_run,
+                          force=args.force, progress=bar)
     finally:
         if bar is not None:
             bar.close()
-    if not args.quiet:
-        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
-              f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
-              f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+    if args.dry_run:
+        if not args.quiet:
+            print(f"dry run: {s.quantized} tensors would change type, {s.kept} would be copied: "
+                  f"{_fmt_bytes(s.input_bytes)} -> {_fmt_bytes(s.output_bytes)} of tensor data "
+                  f"({s.input_bytes / max(s.output_bytes, 1):.2f}x); nothing written")
+        return
+    _print_summary(args, s, reasons=False)  # what stays unquantized is the type choice's, not news
 
 
 def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
@@ -243,6 +314,10 @@ def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
 
     if args.type is None:
         raise QuantizeError(f"{args.output}: a GGUF output needs --type TYPE (e.g. --type Q4_K)")
+    unused = _given(args, _LLAMA_OPTIONS)
+    if unused:
+        raise QuantizeError(f"{' '.join(unused)}: only for a GGUF input (llama-quantize's options; "
+                            f"{args.input} is not a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = safetensors_to_gguf(args.input, args.output, qtype=args.type, arch=args.arch, force=args.force,
@@ -250,11 +325,7 @@ def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.close()
-    if not args.quiet:
-        for name, why in s.kept_reasons.items():
-            print(f"kept {shown(name)}: {why}")
-        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
-              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+    _print_summary(args, s)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -270,13 +341,10 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.output.endswith(".gguf"):
         cmd_safetensors_to_gguf(args)
         return
-    gguf_only = [o for o, v in (("--type", args.type), ("--imatrix", args.imatrix), ("--tensor-type", args.tensor_type),
-                                ("--output-tensor-type", args.output_tensor_type),
-                                ("--token-embedding-type", args.token_embedding_type),
-                                ("--leave-output-tensor", args.leave_output_tensor), ("--pure", args.pure),
-                                ("--arch", args.arch)) if v]
+    gguf_only = _given(args, ("type", *_LLAMA_OPTIONS, "arch"))
     if gguf_only:
-        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input ({args.input} is not a GGUF file)")
+        raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input or a .gguf output ({args.input} is not "
+                            "a GGUF file)")
     bar = _progress_bar(args)
     try:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
@@ -286,12 +354,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.close()
-    if not args.quiet:
-        for name, why in s.kept_reasons.items():
-            print(f"kept {shown(name)}: {why}")
-        print(f"quantized {s.quantized} tensors, kept {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
-              f"{_fmt_bytes(s.output_bytes)} ({s.input_bytes / max(s.output_bytes, 1):.2f}x) "
-              f"in {s.seconds:.2f} s ({s.gb_per_s:.2f} GB/s) -> {args.output}")
+    _print_summary(args, s)
 
 
 # The --dtype choices (numpy names) and their GGML type names, for a GGUF input.
@@ -307,10 +370,14 @@ def _float_dtype(text: str) -> str:
 def cmd_dequantize_gguf(args: argparse.Namespace) -> None:
     from .pipeline import dequantize_gguf
 
-    s = dequantize_gguf(args.input, args.output, dtype=_GGUF_FLOAT_TYPES[args.dtype or "float32"], force=args.force)
-    if not args.quiet:
-        print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.input_bytes)} -> "
-              f"{_fmt_bytes(s.output_bytes)} in {s.seconds:.2f} s -> {args.output}")
+    bar = _progress_bar(args)
+    try:
+        s = dequantize_gguf(args.input, args.output, dtype=_GGUF_FLOAT_TYPES[args.dtype or "float32"],
+                            force=args.force, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    _print_summary(args, s, dequantized=True)
 
 
 def cmd_dequantize(args: argparse.Namespace) -> None:
@@ -325,41 +392,40 @@ def cmd_dequantize(args: argparse.Namespace) -> None:
     finally:
         if bar is not None:
             bar.close()
-    if not args.quiet:
-        print(f"dequantized {s.quantized} tensors, copied {s.kept}: {_fmt_bytes(s.output_bytes)} "
-              f"in {s.seconds:.2f} s -> {args.output}")
+    _print_summary(args, s, dequantized=True)
 
 
-def inspect_gguf_text(path: str) -> str:
+def inspect_gguf_text(path: str, rows: list[InspectRow], meta: dict[str, str]) -> str:
     """The tensors of a GGUF file: GGML type, shape, bytes and bits per weight."""
-    from .gguf_file import GGUFFile
     from .metrics import format_table
 
-    with GGUFFile(path) as f:
-        table = [[shown(t.name), t.type_name, "x".join(map(str, t.shape)), _fmt_bytes(t.nbytes),
-                  f"{8 * t.nbytes / t.n_values:.4g}"] for t in f.tensors]
-        total, values = sum(t.nbytes for t in f.tensors), sum(t.n_values for t in f.tensors)
-        arch, ftype = f.value("general.architecture", "?"), f.value("general.file_type", "?")
-        return (f"{path}: GGUF v{f.version}, architecture {arch}, file_type {ftype}, {len(f.tensors)} tensors, "
-                f"{len(f.kv)} key-value pairs\n"
-                + format_table(["tensor", "type", "shape (ne0 first)", "bytes", "bpw"], table)
-                + f"\ntotal: {_fmt_bytes(total)}, {8 * total / max(values, 1):.3f} bits per weight")
+    table = [[shown(r.name), r.dtype, "x".join(map(str, reversed(r.shape))), _fmt_bytes(r.stored_bytes),
+              f"{r.bits_per_weight:.4g}"] for r in rows]
+    total = sum(r.stored_bytes for r in rows)
+    values = sum(math.prod(r.shape) for r in rows)
+    return (f"{path}: GGUF, architecture {meta.get('general.architecture', '?')}, file_type "
+            f"{meta.get('general.file_type', '?')}, {len(rows)} tensors, {len(meta) - 1} key-value pairs\n"
+            + format_table(["tensor", "type", "shape (ne0 first)", "bytes", "bpw"], table)
+            + f"\ntotal: {_fmt_bytes(total)}, {8 * total / max(values, 1):.3f} bits per weight")
 
 
 def inspect_text(path: str, as_json: bool = False) -> str:
     from .report import inspect
     from .metrics import format_table
 
-    if is_gguf(path):
-        return inspect_gguf_text(path)
     rows, meta = inspect(path)
+    gguf = meta.get("format") == "gguf"
     if as_json:
         return json.dumps({
-            "file": path, "format": meta.get("format"), "container": meta.get("pyquant.container", "safetensors"),
+            "file": path, "format": meta.get("format"),
+            "container": "gguf" if gguf else meta.get("pyquant.container", "safetensors"),
             "tensors": [{"name": r.name, "dtype": r.dtype, "shape": list(r.shape), "bits": r.bits,
                          "group_size": r.group_size, "stored_bytes": r.stored_bytes,
-                         "original_bytes": r.original_bytes, "kept_because": r.kept_because} for r in rows],
+                         "original_bytes": r.original_bytes, "kept_because": r.kept_because,
+                         **({"bits_per_weight": r.bits_per_weight} if gguf else {})} for r in rows],
         }, indent=2)
+    if gguf:
+        return inspect_gguf_text(path, rows, meta)
     table = [[shown(r.name), r.dtype, "x".join(map(str, r.shape)) or "scalar", r.bits or "-",
               r.group_size or "-", _fmt_bytes(r.stored_bytes),
               f"{r.original_bytes / r.stored_bytes:.2f}x" if r.stored_bytes else "-"] for r in rows]
@@ -375,12 +441,11 @@ def inspect_text(path: str, as_json: bool = False) -> str:
 
 
 def report_text(original: str, quantized: str, as_json: bool, bar: ProgressBar | None = None) -> str:
-    from .report import error_report, gguf_error_report
+    from .report import error_report
     from .metrics import HIGH_ERROR_NOTE, format_table
 
     try:
-        rep = (gguf_error_report(original, quantized) if is_gguf(quantized)
-               else error_report(original, quantized, progress=bar))
+        rep = error_report(original, quantized, progress=bar)
     finally:
         if bar is not None:
             bar.close()

@@ -21,7 +21,7 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Iterable
 
 import numpy as np
@@ -38,7 +38,7 @@ MAX_DIMS = 4
 
 # GGUF value types: code -> (name, struct format or None for string/array)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-STRING, ARRAY, UINT32 = 8, 9, 4
+UINT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY = 2, 4, 5, 6, 7, 8, 9
 
 # GGML tensor types this reader knows: id -> (name, block values, block bytes).
 # Quantized types beyond pyquant's kernels are listed so that such files
@@ -97,6 +97,7 @@ class TensorInfo:
     type_id: int
     offset: int  # absolute, in the file
     nbytes: int
+    split: int = 0  # the file of a split model (GGUFModel) it is in
 
     @property
     def type_name(self) -> str:
@@ -153,11 +154,31 @@ class _Cursor:
             if count > (self.size - self.pos) // least:
                 raise self.fail(f"{what} claims {count} elements, more than the file holds")
             if etype == STRING:
-                return [self.string(f"element {i} of {what}") for i in range(count)]
+                return self._strings(count, what)
             fmt = _SCALARS[etype]
             raw = self.take(count * struct.calcsize(fmt), what)
             return list(struct.unpack(f"<{count}{fmt[1]}", raw))
         raise self.fail(f"{what} has unknown value type {vtype}")
+
+    def _strings(self, count: int, what: str) -> list[str]:
+        """A string array (a vocabulary: tens of thousands) in one tight loop;
+        an element that does not fit goes through :meth:`string`, for its error."""
+        data, pos, size, out = self.data, self.pos, self.size, []
+        for i in range(count):
+            if size - pos >= 8:
+                n = struct.unpack_from("<Q", data, pos)[0]
+                if n <= size - pos - 8:
+                    try:
+                        out.append(data[pos + 8:pos + 8 + n].decode("utf-8"))
+                        pos += 8 + n
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+            self.pos = pos
+            out.append(self.string(f"element {i} of {what}"))  # raises
+            pos = self.pos
+        self.pos = pos
+        return out
 
 
 class GGUFFile:
@@ -288,6 +309,87 @@ class GGUFFile:
         self.close()
 
 
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+
+
+def split_path(prefix: str, split_no: int, split_count: int) -> str:
+    """llama.cpp's llama_split_path: PREFIX-00001-of-00003.gguf for split 0 of 3."""
+    return f"{prefix}-{split_no + 1:05d}-of-{split_count:05d}.gguf"
+
+
+class GGUFModel:
+    """A GGUF model in one file, or split over several as llama.cpp's gguf-split
+    writes it (opened by its first file, ``NAME-00001-of-0000N.gguf``; the
+    others are found by name beside it, as llama.cpp's loader finds them):
+    the first file's pairs, every file's tensors (``TensorInfo.split`` says
+    which file). The same checks as llama.cpp's loader, one error line each:
+    the first split given, each file's ``split.no``, no tensor twice,
+    ``split.tensors.count`` tensors in all. Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.files = [GGUFFile(path)]
+        try:
+            self._add_splits()
+        except BaseException:
+            self.close()
+            raise
+        first = self.files[0]
+        self.path, self.kv, self.alignment, self.version = first.path, first.kv, first.alignment, first.version
+
+    def _add_splits(self) -> None:
+        first = self.files[0]
+        self.tensors = list(first.tensors)
+        n = first.value(SPLIT_COUNT, 0)
+        if not isinstance(n, int) or n <= 1:
+            return
+        fail = f"{first.path}: a model split in {n} files (split.count)"
+        if first.value(SPLIT_NO) != 0:
+            raise CheckpointError(f"{fail}, but this is split.no {first.value(SPLIT_NO)!r}: give the first file")
+        suffix = split_path("", 0, n)
+        if not first.path.endswith(suffix) or first.path == suffix:
+            raise CheckpointError(f"{fail}, but its name does not end in {suffix}: the other files are not found")
+        names = {t.name for t in self.tensors}
+        for i in range(1, n):
+            f = GGUFFile(split_path(first.path[:-len(suffix)], i, n))
+            self.files.append(f)
+            if f.value(SPLIT_NO) != i:
+                raise CheckpointError(f"{f.path}: split.no is {f.value(SPLIT_NO)!r}, expected {i}")
+            for t in f.tensors:
+                if t.name in names:
+                    raise CheckpointError(f"{f.path}: tensor {t.name!r} is in two splits")
+                names.add(t.name)
+                self.tensors.append(replace(t, split=i))
+        if first.value(SPLIT_TENSORS) != len(self.tensors):
+            raise CheckpointError(f"{first.path}: split.tensors.count is {first.value(SPLIT_TENSORS)!r}, but the "
+                                  f"{n} files hold {len(self.tensors)} tensors")
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+    def value(self, key: str, default: Any = None) -> Any:
+        return self.files[0].value(key, default)
+
+    def raw(self, info: TensorInfo) -> memoryview:
+        return self.files[info.split].raw(info)
+
+    def array(self, info: TensorInfo) -> np.ndarray[Any, Any]:
+        return self.files[info.split].array(info)
+
+    def release(self, info: TensorInfo) -> None:
+        self.files[info.split].release(info)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _string(s: str) -> bytes:
     raw = s.encode("utf-8")
     return struct.pack("<Q", len(raw)) + raw
@@ -298,9 +400,14 @@ def kv_string(key: str, value: str) -> bytes:
     return _string(key) + struct.pack("<I", STRING) + _string(value)
 
 
+def kv_scalar(key: str, vtype: int, value: Any) -> bytes:
+    """The raw bytes of a key-value pair of scalar type ``vtype`` (UINT16, UINT32, INT32, FLOAT32, BOOL, ...)."""
+    return _string(key) + struct.pack("<I", vtype) + struct.pack(_SCALARS[vtype], value)
+
+
 def kv_u32(key: str, value: int) -> bytes:
     """The raw bytes of a u32 key-value pair."""
-    return _string(key) + struct.pack("<II", UINT32, value)
+    return kv_scalar(key, UINT32, value)
 
 
 @dataclass(frozen=True)

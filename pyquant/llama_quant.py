@@ -27,6 +27,8 @@ PRESETS: dict[str, tuple[int, str]] = {
     "Q2_K": (10, "Q2_K"), "Q3_K_S": (11, "Q3_K"), "Q3_K_M": (12, "Q3_K"), "Q3_K_L": (13, "Q3_K"),
     "Q4_K_S": (14, "Q4_K"), "Q4_K_M": (15, "Q4_K"), "Q5_K_S": (16, "Q5_K"), "Q5_K_M": (17, "Q5_K"),
     "Q6_K": (18, "Q6_K"), "IQ4_NL": (25, "IQ4_NL"), "IQ4_XS": (30, "IQ4_XS"),
+    # every quantizable tensor converted, as llama-quantize's F32 / F16 / BF16 types
+    "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"),
 }
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 # Archs whose load_arch_hparams call a model of this many layers LLM_TYPE_70B (llama: see Model.is_70b).
@@ -61,6 +63,32 @@ def ggml_type(name: str, what: str) -> int:
     if found is None:
         raise QuantizeError(f"{what}: unknown GGML type {name!r}")
     return found
+
+
+def parse_tensor_type(spec: str, where: str = "--tensor-type") -> tuple[str, str]:
+    """``PATTERN=TYPE`` as llama-quantize's parse_tensor_type splits it (at the first ``=``)."""
+    pattern, sep, name = spec.partition("=")
+    if not sep or not pattern or not name:
+        raise QuantizeError(f"{where} {spec!r}: expected PATTERN=TYPE")
+    return pattern, name
+
+
+def read_tensor_type_file(path: str) -> list[tuple[str, str]]:
+    """llama-quantize's --tensor-type-file: ``PATTERN=TYPE`` entries separated
+    by spaces or newlines, in order. At most 16 MiB, a regular file, UTF-8."""
+    import os
+
+    from .safetensors_io import open_regular
+
+    fd, st = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        if st.st_size > 16 << 20:
+            raise CheckpointError(f"{path}: a tensor type file of {st.st_size} bytes (at most 16 MiB)")
+        try:
+            text = f.read(16 << 20).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: a tensor type file must be UTF-8 text") from None
+    return [parse_tensor_type(spec, f"{path}: entry") for spec in text.split()]
 
 
 def category(name: str) -> str:
@@ -292,6 +320,34 @@ def llama_order(names: Sequence[str]) -> list[int]:
     return sorted(range(len(names)), key=key)
 
 
+def prune_layers(names: Sequence[str], prune: Sequence[int]) -> tuple[dict[str, str | None], int]:
+    """llama-quantize's --prune-layers (remap_layer): each name (given in its
+    tensor order) -> its new name, blocks after a pruned one numbered down, or
+    None for a tensor of a pruned block; and the new block count."""
+    out: dict[str, str | None] = {n: n for n in names}
+    if not prune:
+        return out, 0
+    first, drop = min(prune), set(prune)
+    mapped: dict[int, int | None] = {}
+    next_id = 0
+    for name in names:
+        m = re.search(r"blk\.(\d+)\.", name)
+        if not m:
+            out[name] = name
+            continue
+        blk = int(m.group(1))
+        if blk not in mapped:
+            if blk in drop:
+                mapped[blk] = None
+            elif blk < first:
+                mapped[blk], next_id = blk, blk + 1
+            else:
+                mapped[blk], next_id = next_id, next_id + 1
+        new = mapped[blk]
+        out[name] = None if new is None else f"{name[:m.start(1)]}{new}{name[m.end(1):]}"
+    return out, next_id
+
+
 def choose_types(tensors: Sequence[tuple[str, tuple[int, ...], int]], model: Model,
                  opts: Options) -> tuple[list[int], list[str]]:
     """The target type id of each ``(name, shape, type id)`` (given in
@@ -342,17 +398,68 @@ class Imatrix:
     datasets: list[str]
     chunk_count: int
 
-    def kv_pairs(self) -> list[bytes]:
-        """The quantize.imatrix.* pairs llama-quantize appends (its kv overrides)."""
+    def kv_pairs(self) -> list[tuple[str, bytes]]:
+        """The quantize.imatrix.* pairs (key, raw bytes) llama-quantize appends (its kv overrides)."""
         from .gguf_file import kv_string, kv_u32
 
-        pairs = [kv_string("quantize.imatrix.file", _c_truncate(self.path))]
+        pairs = [("quantize.imatrix.file", kv_string("quantize.imatrix.file", _c_truncate(self.path)))]
         if self.datasets:
-            pairs.append(kv_string("quantize.imatrix.dataset", _c_truncate(self.datasets[0])))
-        pairs.append(kv_u32("quantize.imatrix.entries_count", len(self.data)))
+            pairs.append(("quantize.imatrix.dataset",
+                          kv_string("quantize.imatrix.dataset", _c_truncate(self.datasets[0]))))
+        pairs.append(("quantize.imatrix.entries_count", kv_u32("quantize.imatrix.entries_count", len(self.data))))
         if self.chunk_count > 0:
-            pairs.append(kv_u32("quantize.imatrix.chunks_count", self.chunk_count))
+            pairs.append(("quantize.imatrix.chunks_count", kv_u32("quantize.imatrix.chunks_count", self.chunk_count)))
         return pairs
+
+
+def filter_imatrix(m: Imatrix, include: Sequence[str], exclude: Sequence[str]) -> Imatrix:
+    """llama-quantize's --exclude-weights / --include-weights (prepare_imatrix):
+    drop, or keep only, the entries whose name contains one of the strings."""
+    data = m.data
+    if exclude:
+        data = {k: v for k, v in data.items() if not any(s in k for s in exclude)}
+    if include:
+        data = {k: v for k, v in data.items() if any(s in k for s in include)}
+    return Imatrix(m.path, data, m.datasets, m.chunk_count)
+
+
+@dataclass(frozen=True)
+class KvOverride:
+    """One --override-kv: the key, the value the loader sees, the pair's raw bytes."""
+
+    key: str
+    value: Any
+    raw: bytes
+
+
+def parse_kv_override(spec: str) -> KvOverride:
+    """``KEY=TYPE:VALUE`` as llama.cpp's string_parse_kv_override reads it, and
+    the pair llama-quantize writes for it: int -> u32 of the absolute value,
+    float -> f32, bool (true/false), str (at most 127 bytes). Values that
+    llama.cpp's atol/atof would silently read as 0 are refused here."""
+    from .gguf_file import BOOL, FLOAT32, kv_scalar, kv_string, kv_u32
+
+    key, sep, rest = spec.partition("=")
+    if not sep or not key or len(key.encode()) >= 128:
+        raise QuantizeError(f"override_kv {spec!r}: expected KEY=TYPE:VALUE with a key of 1-127 bytes")
+    kind, colon, text = rest.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        if kind == "int":
+            value: Any = int(text.strip())
+            return KvOverride(key, value, kv_u32(key, abs(value) & 0xFFFFFFFF))
+        if kind == "float":
+            value = float(text.strip())
+            return KvOverride(key, value, kv_scalar(key, FLOAT32, value))
+        if kind == "bool" and text in ("true", "false"):
+            return KvOverride(key, text == "true", kv_scalar(key, BOOL, text == "true"))
+        if kind == "str" and len(text.encode()) <= 127:
+            return KvOverride(key, text, kv_string(key, text))
+    except (ValueError, OverflowError):
+        pass
+    raise QuantizeError(f"override_kv {spec!r}: expected KEY=int:N, KEY=float:X, KEY=bool:true|false or "
+                        "KEY=str:TEXT (at most 127 bytes)")
 
 
 def _c_truncate(s: str) -> str:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import mmap
 import os
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from .errors import CheckpointError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
 from .plan import Plan, check_options, plan_tensors
 from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -244,10 +247,12 @@ def quantize_arrow_file(
     group_size: int | None = 128,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
 ) -> Summary:
     """Quantizes an Arrow IPC file of weight batches into an IPC file of
-    quantized batches (schema :func:`quantized_schema`); returns a
-    :class:`Summary` (every row is a quantized tensor).
+    quantized batches (schema ``quantized_schema(method, scale_dtype)``);
+    returns a :class:`Summary` (every row is a quantized tensor).
 
     ``src`` is memory-mapped and read batch by batch without copying; after
     each batch its pages are dropped from this process (``MADV_DONTNEED``),
@@ -268,11 +273,12 @@ def quantize_arrow_file(
 
     t0 = time.perf_counter()
     src = os.fspath(src)
+    scheme_codes(method, scale_dtype)  # a bad name fails before dst is touched
     with atomic_output(dst, force=force, inputs=[src]) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress)
+            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress, (method, scale_dtype))
         finally:
             _close_mapping(mapped)
         summary.output_bytes = os.path.getsize(tmp)
@@ -281,15 +287,16 @@ def quantize_arrow_file(
 
 
 def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None,
-                     progress: ProgressCallback | None) -> Summary:
+                     progress: ProgressCallback | None, scheme: tuple[str, str]) -> Summary:
+    method, scale_dtype = scheme
     reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
     summary = Summary(input_bytes=len(mapped))
     bar = _Tracker(progress, "quantizing", 0, len(mapped))
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema()) as writer:
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema(method, scale_dtype)) as writer:
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             nbytes = batch.nbytes
-            result = quantize_arrow(batch, bits=bits, group_size=group_size)
+            result = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
             del batch
             writer.write_batch(result)
             summary.quantized += result.num_rows
@@ -308,43 +315,92 @@ def _close_mapping(mapped: mmap.mmap) -> None:
         pass
 
 
+@contextmanager
+def _gguf_output(dst: str | os.PathLike[str], force: bool, inputs: Sequence[str], pairs: Iterable[bytes],
+                 outs: list[Any], alignment: int) -> Iterator[Any]:
+    """A GGUF :class:`~pyquant.gguf_file.Writer` on a temporary file, flushed to
+    disk and published onto ``dst`` when the block ends without an error."""
+    from .gguf_file import Writer
+
+    with atomic_output(dst, force=force, inputs=inputs) as tmp, open(tmp, "wb") as out:
+        yield Writer(out, pairs, outs, alignment)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _each(items: Sequence[_T], release: Callable[[_T], None], bar: _Tracker,
+          nbytes: Callable[[_T], int]) -> Iterator[_T]:
+    """``items`` one at a time; after each, its input pages are released and the progress bar moves."""
+    for item in items:
+        yield item
+        release(item)
+        bar.update(nbytes(item))
+
+
 def quantize_gguf(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
     preset: str,
     imatrix: str | os.PathLike[str] | None = None,
+    include_weights: Sequence[str] = (),
+    exclude_weights: Sequence[str] = (),
     tensor_types: Sequence[tuple[str, str]] = (),
     output_tensor_type: str | None = None,
     token_embedding_type: str | None = None,
     leave_output_tensor: bool = False,
     pure: bool = False,
+    allow_requantize: bool = False,
+    override_kv: Sequence[str] = (),
+    keep_split: bool = False,
+    prune_layers: Sequence[int] = (),
+    dry_run: bool = False,
     force: bool = False,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> Summary:
-    """Quantizes a GGUF model (F32/F16/BF16 tensors) into a GGUF file as
-    llama-quantize does: ``preset`` (``"Q4_K_M"``, see
-    :data:`pyquant.llama_quant.PRESETS`), each tensor's type chosen by
-    :func:`pyquant.llama_quant.choose_types`, the bytes of ggml's own
-    quantizers (:mod:`pyquant.gguf`), the file laid out as llama-quantize
-    lays it out (its tensor order, every key-value pair carried over byte
-    for byte, ``general.quantization_version`` and ``general.file_type``
-    set last). Options as llama-quantize's: ``imatrix`` (a llama.cpp
-    importance-matrix file, GGUF or legacy), ``tensor_types``
+    """Quantizes a GGUF model into a GGUF file as llama-quantize does:
+    ``preset`` (``"Q4_K_M"``, see :data:`pyquant.llama_quant.PRESETS`), each
+    tensor's type chosen by :func:`pyquant.llama_quant.choose_types`, the
+    bytes of ggml's own quantizers (:mod:`pyquant.gguf`), the file laid out
+    as llama-quantize lays it out (its tensor order, every key-value pair
+    carried over byte for byte, ``general.quantization_version`` and
+    ``general.file_type`` set last). Options as llama-quantize's:
+    ``imatrix`` (a llama.cpp importance-matrix file, GGUF or legacy) with
+    ``include_weights`` / ``exclude_weights`` (use only / drop its entries
+    whose name contains one of these strings; not both), ``tensor_types``
     (``--tensor-type PATTERN=TYPE``), ``output_tensor_type``,
-    ``token_embedding_type``, ``leave_output_tensor``, ``pure``.
+    ``token_embedding_type``, ``leave_output_tensor``, ``pure``,
+    ``allow_requantize`` (an input whose tensors are already quantized: each
+    is dequantized as ggml does, then quantized), ``override_kv``
+    (``"KEY=TYPE:VALUE"`` strings, TYPE ``int``, ``float``, ``bool`` or
+    ``str``, set in the output and seen by the type choice), ``prune_layers``
+    (block numbers left out, the blocks after them numbered down and
+    ``ARCH.block_count`` set; use with care, as llama-quantize warns),
+    ``dry_run`` (nothing written, ``dst`` unused: the :class:`Summary` says
+    how many tensors would change type and the tensor bytes of the output).
+
+    A model split over several files (``NAME-00001-of-00003.gguf``, as
+    llama.cpp's gguf-split writes it) is read from all of them, given its
+    first file; the output is one file, or with ``keep_split`` one per input
+    file, named ``DST-00001-of-00003.gguf`` (``dst`` without ``.gguf``), as
+    llama-quantize names them (also for an input in one file).
 
     The input is memory-mapped and read one tensor at a time; the output is
     written to a temporary file and published atomically. Raises
-    CheckpointError for a bad, truncated or already quantized input.
+    CheckpointError for a bad or truncated input, and for quantized tensors
+    without ``allow_requantize``; QuantizeError for bad options.
     """
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, GGUFFile, Writer, kv_u32
+    from .gguf_file import (
+        FLOAT_DTYPES, INT32, SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, UINT16, GGUFModel, kv_scalar, kv_u32, split_path,
+    )
     from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import (
-        QUANTIZATION_VERSION, Options, choose_types, find_preset, ggml_type, llama_order, load_imatrix, model_of,
+        QUANTIZATION_VERSION, Options, choose_types, filter_imatrix, find_preset, ggml_type, llama_order,
+        load_imatrix, model_of, parse_kv_override,
     )
+    from .llama_quant import prune_layers as prune_names
 
     _, ftype, default = find_preset(preset)
     opts = Options(
@@ -356,45 +412,99 @@ def quantize_gguf(
         quantize_output_tensor=not leave_output_tensor, pure=pure,
         tensor_types=[(p.lower(), ggml_type(t, f"tensor type {p!r}")) for p, t in tensor_types],
     )
+    overrides = [parse_kv_override(o) for o in override_kv]
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in prune_layers):
+        raise QuantizeError(f"prune_layers: block numbers must be integers >= 0, got {list(prune_layers)!r}")
+    prune = sorted(set(prune_layers))
+    if include_weights and exclude_weights:
+        raise QuantizeError("include_weights and exclude_weights cannot be used together")
+    if (include_weights or exclude_weights) and imatrix is None:
+        raise QuantizeError("include_weights / exclude_weights select entries of an imatrix: give imatrix too")
     weights = None if imatrix is None else load_imatrix(os.fspath(imatrix))
+    if weights is not None:
+        weights = filter_imatrix(weights, include_weights, exclude_weights)
     if weights is not None and not weights.data:
         weights = None  # llama-quantize: an empty matrix is no matrix (no keys, no promotions)
     opts.has_imatrix = weights is not None
     t0 = time.perf_counter()
-    with GGUFFile(src) as f:
-        order = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
-        targets, _notes = choose_types([(t.name, t.shape, t.type_id) for t in order], model_of(f.value), opts)
+    with GGUFModel(src) as f:
+        # llama-quantize's order: its weights_map's (block number, then name), or
+        # with keep_split each input file's tensors in file order.
+        weights_map = [f.tensors[i] for i in llama_order([t.name for t in f.tensors])]
+        order = sorted(f.tensors, key=lambda t: (t.split, t.offset)) if keep_split else weights_map
+        # prune_layers: tensors of pruned blocks left out, the others renamed
+        # (the imatrix is still looked up by the old name, as remap_imatrix does).
+        renamed, n_blocks = prune_names([t.name for t in weights_map], prune)
+        order = [t for t in order if renamed[t.name] is not None]
+        names = [str(renamed[t.name]) for t in order]
+        seen = {o.key: o.value for o in overrides}  # the loader reads the hyperparameters through them
+        model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
+        targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
         for t, new in zip(order, targets):
-            if new != t.type_id and t.type_id not in FLOAT_DTYPES:
-                raise CheckpointError(f"{f.path}: tensor {t.name!r} is {t.type_name}: requantizing is not supported "
-                                      "(the input must hold F32/F16/BF16 weights)")
-        # llama-quantize sets these keys (gguf_set_val_*: removed, then appended) and drops the split keys.
-        added = [kv_u32("general.quantization_version", QUANTIZATION_VERSION), kv_u32("general.file_type", ftype)]
-        added += [] if weights is None else weights.kv_pairs()
-        drop = {"split.no", "split.count", "split.tensors.count", "general.quantization_version", "general.file_type",
-                "quantize.imatrix.file", "quantize.imatrix.dataset", "quantize.imatrix.entries_count",
-                "quantize.imatrix.chunks_count"}
-        pairs = [raw for key, (_, _, raw) in f.kv.items() if key not in drop] + added
-        outs = [GGUFTensor(t.name, t.shape, new) for t, new in zip(order, targets)]
+            if new == t.type_id or t.type_id in FLOAT_DTYPES or dry_run:
+                continue
+            if not allow_requantize:
+                raise CheckpointError(f"{f.path}: tensor {t.name!r}: requantizing from type {t.type_name} is "
+                                      "disabled (allow_requantize=True / --allow-requantize enables it)")
+            if t.type_name not in ggml.SUPPORTED_TYPES:
+                raise CheckpointError(f"{f.path}: tensor {t.name!r}: cannot requantize from {t.type_name} "
+                                      "(pyquant has no dequantizer for it)")
+        # The pairs as llama-quantize's gguf_set_* leave them: a key set again
+        # is removed and appended; the split keys are removed.
+        pairs = {key: raw for key, (_, _, raw) in f.kv.items()}
+        updates = [("general.quantization_version", kv_u32("general.quantization_version", QUANTIZATION_VERSION)),
+                   ("general.file_type", kv_u32("general.file_type", ftype))]
+        updates += [(o.key, o.raw) for o in overrides]
+        updates += [] if weights is None else weights.kv_pairs()
+        for key in (SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS):
+            pairs.pop(key, None)
+        if prune:
+            updates.append((f"{model.arch}.block_count", kv_u32(f"{model.arch}.block_count", n_blocks)))
+        for key, raw in updates:
+            pairs.pop(key, None)
+            pairs[key] = raw
+        outs = [GGUFTensor(n, t.shape, new) for n, t, new in zip(names, order, targets)]
         summary = Summary(input_bytes=sum(t.nbytes for t in order), output_bytes=sum(o.nbytes for o in outs))
+        if dry_run:
+            summary.quantized = sum(new != t.type_id for t, new in zip(order, targets))
+            summary.kept = len(order) - summary.quantized
+            summary.seconds = time.perf_counter() - t0
+            return summary
         bar = _Tracker(progress, "quantizing", len(order), summary.input_bytes)
-        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
-            w = Writer(out, pairs, outs, f.alignment)
-            for t, new in zip(order, targets):
+        new_type = dict(zip((t.name for t in order), targets))
+        # keep_split: one output per input file, PREFIX-0000i-of-0000N.gguf; the
+        # first holds the pairs, each the split keys (when N > 1) last.
+        n_split = max(t.split for t in order) + 1 if keep_split and order else 1
+        prefix = os.fspath(dst)[:-5] if os.fspath(dst).endswith(".gguf") else os.fspath(dst)
+        with ExitStack() as stack:
+            writers = []
+            for i in range(n_split):
+                kv = list(pairs.values()) if i == 0 else []
+                if n_split > 1:
+                    kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
+                           kv_scalar(SPLIT_TENSORS, INT32, len(order))]
+                part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
+                writers.append(stack.enter_context(_gguf_output(
+                    split_path(prefix, i, n_split) if keep_split else dst, force, f.paths, kv, part, f.alignment)))
+            for t in _each(order, f.release, bar, lambda t: t.nbytes):
+                w = writers[t.split if keep_split else 0]
+                new = new_type[t.name]
                 if new == t.type_id:
                     w.tensor(f.raw(t))
                     summary.kept += 1
                     summary.kept_reasons[t.name] = f"stays {t.type_name}"
-                else:
-                    try:
-                        w.tensor(_quantize_tensor(ggml, f.array(t), t, new, weights, threads))
-                    except QuantizeError as exc:
-                        raise type(exc)(f"tensor {t.name!r}: {exc}") from None
-                    summary.quantized += 1
-                f.release(t)
-                bar.update(t.nbytes)
-            out.flush()
-            os.fsync(out.fileno())
+                    continue
+                if t.type_id in FLOAT_DTYPES:
+                    x = f.array(t)
+                else:  # requantizing: ggml's dequantize_row_* first, as llama_tensor_dequantize_impl
+                    x = ggml.dequantize(np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1),
+                                        t.type_id, threads=threads)
+                try:
+                    w.tensor(_quantize_tensor(ggml, x, t, new, weights, threads))
+                except QuantizeError as exc:
+                    raise type(exc)(f"tensor {t.name!r}: {exc}") from None
+                summary.quantized += 1
+                del x
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -439,7 +549,7 @@ def safetensors_to_gguf(
     """
     from . import gguf as ggml
     from .dtypes import BY_SAFETENSORS
-    from .gguf_file import DEFAULT_ALIGNMENT, GGML_TYPES, Writer, kv_string, kv_u32
+    from .gguf_file import DEFAULT_ALIGNMENT, GGML_TYPES, kv_string, kv_u32
     from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import QUANTIZATION_VERSION, ggml_type
 
@@ -466,9 +576,9 @@ def safetensors_to_gguf(
         outs = [GGUFTensor(n, s, t) for n, s, t, _ in plans]
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
-        with atomic_output(dst, force=force, inputs=ckpt.paths) as tmp, open(tmp, "wb") as out:
-            w = Writer(out, pairs, outs, DEFAULT_ALIGNMENT)
-            for name, shape, t, why in plans:
+        with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w:
+            for name, shape, t, why in _each(plans, lambda p: ckpt.release(p[0]), bar,
+                                             lambda p: ckpt.info(p[0]).nbytes):
                 x = ckpt.array(name)
                 if why is not None:
                     w.tensor(np.ascontiguousarray(x).reshape(-1))
@@ -480,54 +590,79 @@ def safetensors_to_gguf(
                     except QuantizeError as exc:
                         raise type(exc)(f"tensor {name!r}: {exc}") from None
                     summary.quantized += 1
-                ckpt.release(name)
-                bar.update(ckpt.info(name).nbytes)
-            out.flush()
-            os.fsync(out.fileno())
+                del x
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def dequantize_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, dtype: str = "F32",
-                    force: bool = False, threads: int | None = None,
+                    format: str | None = None, force: bool = False, threads: int | None = None,
                     progress: ProgressCallback | None = None) -> Summary:
-    """Turns a quantized GGUF file back into a float GGUF file: every tensor of a
+    """Turns a quantized GGUF file back into float tensors: every tensor of a
     GGML type pyquant implements becomes ``dtype`` (``"F32"``, ``"F16"`` or
-    ``"BF16"``; values from ggml's ``dequantize_row_*``, rounded as ggml rounds),
-    other tensors are copied; pairs, order and alignment are kept and
-    ``general.file_type`` says the new type (llama.cpp's ALL_F32 / MOSTLY_F16 /
-    MOSTLY_BF16). Memory-mapped input, one tensor at a time; atomic output."""
+    ``"BF16"``; values from ggml's ``dequantize_row_*``, rounded as ggml
+    rounds), other tensors are copied.
+
+    ``format`` is ``"gguf"`` or ``"safetensors"`` (default: ``"safetensors"``
+    for a ``dst`` named ``*.safetensors``, else ``"gguf"``). A GGUF output
+    keeps the pairs, tensor order and alignment, and ``general.file_type``
+    says the new type (llama.cpp's ALL_F32 / MOSTLY_F16 / MOSTLY_BF16). A
+    safetensors output holds the tensors under their GGUF names in numpy
+    order (GGUF shapes reversed); a tensor of a GGML type pyquant cannot
+    dequantize is then an error (safetensors has no such dtype).
+    A split model (given its first file) becomes one file. Memory-mapped
+    input, one tensor at a time; atomic output.
+    """
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, TYPE_IDS, GGUFFile, Writer, kv_u32
+    from .dtypes import ALL
+    from .gguf_file import FLOAT_DTYPES, SPLIT_COUNT, SPLIT_NO, SPLIT_TENSORS, TYPE_IDS, GGUFModel, kv_u32
     from .gguf_file import OutputTensor as GGUFTensor
 
     file_types = {"F32": 0, "F16": 1, "BF16": 32}
     key = dtype.upper()
     if key not in file_types:
         raise QuantizeError(f"dtype must be F32, F16 or BF16, got {dtype!r}")
+    if format is None:
+        format = "safetensors" if os.fspath(dst).lower().endswith(".safetensors") else "gguf"
+    if format not in ("gguf", "safetensors"):
+        raise QuantizeError(f"format must be 'gguf' or 'safetensors', got {format!r}")
     to = TYPE_IDS[key]
+    st_code = {d.ggml_type: d.safetensors for d in ALL if d.ggml_type is not None}
     t0 = time.perf_counter()
-    with GGUFFile(src) as f:
-        convert = [t.type_id not in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES for t in f.tensors]
-        pairs = [raw for k, (_, _, raw) in f.kv.items() if k != "general.file_type"]
-        pairs.append(kv_u32("general.file_type", file_types[key]))
-        outs = [GGUFTensor(t.name, t.shape, to if c else t.type_id) for t, c in zip(f.tensors, convert)]
-        summary = Summary(input_bytes=sum(t.nbytes for t in f.tensors), output_bytes=sum(o.nbytes for o in outs))
-        bar = _Tracker(progress, "dequantizing", len(outs), summary.input_bytes)
-        with atomic_output(dst, force=force, inputs=[f.path]) as tmp, open(tmp, "wb") as out:
-            w = Writer(out, pairs, outs, f.alignment)
-            for t, c in zip(f.tensors, convert):
-                if not c:
-                    w.tensor(f.raw(t))
-                    summary.kept += 1
-                else:
-                    rows = np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1)
-                    x = ggml.dequantize(rows, t.type_id, threads=threads)
-                    w.tensor(x if key == "F32" else ggml.quantize(x, key, threads=threads))
-                    summary.quantized += 1
-                f.release(t)
-                bar.update(t.nbytes)
-            out.flush()
-            os.fsync(out.fileno())
+    with GGUFModel(src) as f:
+        convert = {t.name: t.type_id not in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES for t in f.tensors}
+        types = {t.name: to if convert[t.name] else t.type_id for t in f.tensors}
+        summary = Summary(input_bytes=sum(t.nbytes for t in f.tensors))
+        bar = _Tracker(progress, "dequantizing", len(f.tensors), summary.input_bytes)
+
+        def values(t: Any) -> Any:
+            """The tensor's output bytes: dequantized, or as stored."""
+            if not convert[t.name]:
+                summary.kept += 1
+                return np.frombuffer(f.raw(t), np.uint8)
+            summary.quantized += 1
+            x = ggml.dequantize(np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1), t.type_id,
+                                threads=threads)
+            return x if key == "F32" else ggml.quantize(x, key, threads=threads)
+
+        if format == "gguf":
+            drop = ("general.file_type", SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS)  # a split model becomes one file
+            pairs = [raw for k, (_, _, raw) in f.kv.items() if k not in drop]
+            pairs.append(kv_u32("general.file_type", file_types[key]))
+            outs = [GGUFTensor(t.name, t.shape, types[t.name]) for t in f.tensors]
+            with _gguf_output(dst, force, f.paths, pairs, outs, f.alignment) as w:
+                for t in _each(f.tensors, f.release, bar, lambda t: t.nbytes):
+                    w.tensor(values(t))
+        else:
+            bad = next((t for t in f.tensors if types[t.name] not in st_code), None)
+            if bad is not None:
+                raise CheckpointError(f"{f.path}: tensor {bad.name!r} is {bad.type_name}, which pyquant cannot "
+                                      "dequantize and safetensors cannot hold")
+            st_outs = [OutputTensor(t.name, st_code[types[t.name]], tuple(reversed(t.shape))) for t in f.tensors]
+            outs = [GGUFTensor(t.name, t.shape, types[t.name]) for t in f.tensors]
+            with writing(dst, st_outs, {"format": "pt"}, force=force, inputs=f.paths) as sw:
+                for t in _each(f.tensors, f.release, bar, lambda t: t.nbytes):
+                    sw.write(t.name, values(t))
+        summary.output_bytes = sum(o.nbytes for o in outs)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from contextlib import ExitStack
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,7 +82,14 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
     a file is bad. ``progress`` is called after each tensor (label
     ``"comparing"``, bytes of the original). A carried-over tensor's row
     says why it was kept (``kept_because``, from the checkpoint's metadata).
+
+    A GGUF ``quantized`` file is compared with its original (GGUF or
+    safetensors) by :func:`gguf_error_report`.
     """
+    from .gguf_file import is_gguf
+
+    if is_gguf(quantized):
+        return gguf_error_report(original, quantized, progress=progress)
     rows = []
     with Checkpoint(original) as ckpt, open_quantized(quantized) as q:
         names = q.names()
@@ -107,38 +115,65 @@ def error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[
     return Report(rows)
 
 
-def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str]) -> Report:
-    """:func:`error_report` for GGUF files: a quantized GGUF (e.g. from
-    :func:`pyquant.quantize_gguf`) against its float original, per tensor
-    (``bits``: the GGML type's bits per weight, ``dtype``: its name), one
-    tensor at a time from both memory maps."""
+def gguf_error_report(original: str | os.PathLike[str], quantized: str | os.PathLike[str], *,
+                      progress: ProgressCallback | None = None) -> Report:
+    """:func:`error_report` for GGUF files: a quantized GGUF (from
+    :func:`pyquant.quantize_gguf` or :func:`pyquant.safetensors_to_gguf`)
+    against its original, a float GGUF model (split or not) or the
+    safetensors file or model directory it was made from, per tensor
+    (``bits``: the GGML type's bits per weight, ``dtype``: its name, ``shape``:
+    GGUF order, row length first), one tensor at a time from the memory maps."""
     from . import gguf as ggml
-    from .gguf_file import FLOAT_DTYPES, GGUFFile
+    from .dtypes import BY_SAFETENSORS
+    from .gguf_file import FLOAT_DTYPES, GGML_TYPES, GGUFModel, is_gguf
 
     rows = []
-    with GGUFFile(original) as fo, GGUFFile(quantized) as fq:
-        by_name = {t.name: t for t in fo.tensors}
-        missing = sorted(set(by_name) ^ {t.name for t in fq.tensors})
+    with ExitStack() as stack:
+        fq = stack.enter_context(GGUFModel(quantized))
+        # The original's tensors as (GGUF shape, GGML type id, values, release).
+        if is_gguf(original):
+            fo = stack.enter_context(GGUFModel(original))
+            by_name = {t.name: t for t in fo.tensors}
+            names = set(by_name)
+
+            def source(name: str) -> tuple[tuple[int, ...], int | None, Any, Callable[[], None]]:
+                o = by_name[name]
+                x = fo.array(o) if o.type_id in FLOAT_DTYPES else np.frombuffer(fo.raw(o), np.uint8)
+                return o.shape, o.type_id, x, lambda: fo.release(o)
+        else:
+            ckpt = stack.enter_context(Checkpoint(original))
+            names = set(ckpt.names())
+
+            def source(name: str) -> tuple[tuple[int, ...], int | None, Any, Callable[[], None]]:
+                info = ckpt.info(name)
+                x = ckpt.array(name)
+                return tuple(reversed(info.shape)) or (1,), BY_SAFETENSORS[info.dtype].ggml_type, x, \
+                    lambda: ckpt.release(name)
+        missing = sorted(names ^ {t.name for t in fq.tensors})
         if missing:
-            raise CheckpointError(f"the GGUF files hold different tensors (e.g. {missing[0]!r})")
+            raise CheckpointError(f"the files hold different tensors (e.g. {missing[0]!r})")
+        bar = _Tracker(progress, "comparing", len(fq.tensors), sum(t.nbytes for t in fq.tensors))
         for t in fq.tensors:
-            o = by_name[t.name]
-            if t.shape != o.shape:
+            shape, type_id, x, release = source(t.name)
+            if t.shape != shape:
                 raise CheckpointError(f"tensor {t.name!r}: shape {list(t.shape)} differs from the original's "
-                                      f"{list(o.shape)}")
-            if t.type_id == o.type_id:
-                if bytes(fq.raw(t)) != bytes(fo.raw(o)):
+                                      f"{list(shape)}")
+            if t.type_id == type_id:
+                if not _same_bytes(np.frombuffer(fq.raw(t), np.uint8), np.ascontiguousarray(x)):
                     raise CheckpointError(f"carried-over tensor {t.name!r} differs from the original")
                 rows.append(TensorReport(t.name, t.shape, t.type_name, None, ErrorStats(0.0, 0.0, 0.0, 1.0, math.inf)))
-            elif o.type_id in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES:
+            elif type_id in FLOAT_DTYPES and t.type_name in ggml.SUPPORTED_TYPES:
                 raw = np.frombuffer(fq.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1)
                 y = ggml.dequantize(raw, t.type_id)
                 rows.append(TensorReport(t.name, t.shape, t.type_name, 8 * t.nbytes / t.n_values,
-                                         error_stats(fo.array(o), y)))
+                                         error_stats(x.reshape(-1, t.shape[0]), y)))
             else:
-                raise CheckpointError(f"tensor {t.name!r}: cannot compare {t.type_name} with {o.type_name}")
-            fo.release(o)
+                was = "a type GGUF has no name for" if type_id is None else GGML_TYPES[type_id][0]
+                raise CheckpointError(f"tensor {t.name!r}: cannot compare {t.type_name} with {was}")
+            del x
+            release()
             fq.release(t)
+            bar.update(t.nbytes)
     return Report(rows)
 
 
@@ -159,12 +194,31 @@ class InspectRow:
     stored_bytes: int
     kept_because: str | None  # a carried-over tensor of a pyquant checkpoint: why it was kept
     original_bytes: int
+    bits_per_weight: float | None = None  # GGUF: stored bits per value of the GGML type
 
 
 def inspect(path: str | os.PathLike[str]) -> tuple[list[InspectRow], dict[str, str]]:
-    """What a checkpoint (plain safetensors, or pyquant in either format)
-    holds: one row per original tensor (for a carried-over tensor of a
-    pyquant checkpoint, why it was kept), and the file's metadata."""
+    """What a checkpoint (plain safetensors, pyquant in either format, or
+    GGUF) holds: one row per original tensor (for a carried-over tensor of a
+    pyquant checkpoint, why it was kept), and the file's metadata.
+
+    A GGUF file's rows: ``dtype`` the GGML type name (``"Q4_K"``), ``shape``
+    in numpy order (the GGUF shape reversed), ``bits`` and ``group_size``
+    None, ``bits_per_weight`` the stored bits per value, ``original_bytes``
+    the tensor as float32 for a quantized type (GGUF records no original
+    dtype), else as stored. Its metadata: every key-value pair as text (an
+    array as ``"[N items]"``) and ``"format": "gguf"``; a split model's rows
+    are those of all its files (given its first file), its pairs the first's."""
+    from .gguf_file import FLOAT_DTYPES, GGML_TYPES, GGUFModel, is_gguf
+
+    if is_gguf(path):
+        with GGUFModel(path) as f:
+            rows = [InspectRow(t.name, t.type_name, tuple(reversed(t.shape)), None, None, t.nbytes, None,
+                               t.nbytes if t.type_id in FLOAT_DTYPES or GGML_TYPES[t.type_id][1] == 1
+                               else 4 * t.n_values, 8 * t.nbytes / t.n_values)
+                    for t in f.tensors]
+            meta = {k: f"[{len(v)} items]" if isinstance(v, list) else str(v) for k, (_, v, _) in f.kv.items()}
+        return rows, {**meta, "format": "gguf"}
     stored, meta = stored_tensors(path)
     rows = [InspectRow(*s, original_bytes=math.prod(s.shape) * _itemsize(s.dtype)) for s in stored]
     return rows, meta

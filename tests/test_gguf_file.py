@@ -24,11 +24,24 @@ from pyquant.pipeline import quantize_gguf
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def written(w: gguf.GGUFWriter, path: Path) -> Path:
+    """Writes out what ``w`` holds (header, pairs, tensors) and closes it; ``path``."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def make_model(path: Path, dtype: str = "F32", n_embd: int = 256, n_ff: int = 512, n_layer: int = 4,
-               n_vocab: int = 512, n_head: int = 4, n_head_kv: int = 2, tied: bool = False, seed: int = 0) -> Path:
-    """A tiny llama-architecture model with random weights, written by gguf-py."""
+               n_vocab: int = 512, n_head: int = 4, n_head_kv: int = 2, tied: bool = False, seed: int = 0,
+               split_max_tensors: int = 0, alignment: int | None = None) -> Path:
+    """A tiny llama-architecture model with random weights, written by gguf-py
+    (with ``split_max_tensors``, split over files ``STEM-0000i-of-0000N.gguf``)."""
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
+    if alignment is not None:
+        w.add_custom_alignment(alignment)
     w.add_block_count(n_layer)
     w.add_context_length(128)
     w.add_embedding_length(n_embd)
@@ -73,11 +86,7 @@ def make_model(path: Path, dtype: str = "F32", n_embd: int = 256, n_ff: int = 51
         tensor(f"blk.{i}.ffn_gate.weight", (n_ff, n_embd))
         tensor(f"blk.{i}.ffn_up.weight", (n_ff, n_embd))
         tensor(f"blk.{i}.ffn_down.weight", (n_embd, n_ff))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return written(w, path)
 
 
 @pytest.fixture(scope="module")
@@ -219,11 +228,7 @@ def make_imatrix(path: Path, model: Path, seed: int = 0) -> Path:
         if len(t.shape) == 2:
             w.add_tensor(f"{t.name}.in_sum2", (rng.random(int(t.shape[0])) * 50).astype(np.float32))
             w.add_tensor(f"{t.name}.counts", np.array([7 * 512], np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return written(w, path)
 
 
 @pytest.fixture(scope="module")

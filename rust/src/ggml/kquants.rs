@@ -2,13 +2,141 @@
 //! ggml's `quantize_row_*_ref` (no importance matrix), `quantize_row_*_impl`
 //! (with one; `quant_weights` holds one weight per column of the row) and
 //! `dequantize_row_*`, one row at a time.
+//!
+//! Each quantizer is a search (the scales of the sub-blocks: nearly all the
+//! time) and a finish (super-block scales, requantization, packing). The
+//! search runs the 16 sub-blocks of a super-block (Q2_K, Q3_K, Q6_K) or of
+//! two super-blocks (Q4_K, Q5_K) as the lanes of `lanes`; the
+//! scalar searches of [`super::search`], one sub-block at a time, stay as
+//! the tests' reference and give the same bytes.
+#![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
-use super::search::{
-    c_max, c_min, get_f16, make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants, nearest_int, put_f16,
-    QkxSearch, GROUP_MAX_EPS,
+use super::lanes::{
+    self, lane_map, lane_sums, lane_zip, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES,
 };
+use super::search::{
+    c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
+};
+use crate::kernel::fast::isa_dispatch;
+use crate::kernel::Isa;
 
 const QK_K: usize = 256;
+
+// Compiled for the CPU's best instruction set: the lane loops vectorize there.
+isa_dispatch!(fn q2_k_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = q2_k_impl);
+isa_dispatch!(fn q3_k_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = q3_k_impl);
+isa_dispatch!(fn q4_k_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = q4_k_impl);
+isa_dispatch!(fn q5_k_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = q5_k_impl);
+isa_dispatch!(fn q6_k_isa(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) -> () = q6_k_impl);
+
+pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q2_k_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q3_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q3_k_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q4_k_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q5_k_isa(Isa::detect(), x, imatrix, out);
+}
+
+pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    q6_k_isa(Isa::detect(), x, imatrix, out);
+}
+
+/// What the sub-block search of one super-block found: per sub-block the
+/// scale, the min as `make_qkx*_quants` returns it (negated; Q2_K, Q4_K,
+/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels.
+#[derive(Clone, Copy, Debug)]
+struct Found<const S: usize> {
+    scales: [f32; S],
+    mins: [f32; S],
+    sw: [f32; S],
+    l: [u8; QK_K],
+}
+
+impl<const S: usize> Found<S> {
+    const ZERO: Self = Found { scales: [0.0; S], mins: [0.0; S], sw: [0.0; S], l: [0; QK_K] };
+
+    /// Splits the lane results of a run of `RUN` super-blocks (`S` lanes
+    /// each; `l` holds the levels of the run in order).
+    #[inline(always)]
+    fn split<const RUN: usize>(scales: &Col, mins: &Col, sw: &Col, l: &[u8]) -> [Self; RUN] {
+        let mut f = [Self::ZERO; RUN];
+        for (t, f) in f.iter_mut().enumerate() {
+            f.scales.copy_from_slice(&scales[S * t..S * t + S]);
+            f.mins.copy_from_slice(&mins[S * t..S * t + S]);
+            f.sw.copy_from_slice(&sw[S * t..S * t + S]);
+            f.l.copy_from_slice(&l[QK_K * t..QK_K * t + QK_K]);
+        }
+        f
+    }
+}
+
+/// Quantizes a row: `search` on runs of `RUN` super-blocks (fewer at the
+/// row's end) with their quant weights, then `finish(x, found, imatrix, y)`
+/// on each super-block of the run and its `bytes` output bytes. The
+/// callers pass `#[inline(always)]` closures: a function item or a plain
+/// closure would be compiled once, without the dispatched target features.
+#[inline(always)]
+fn rows<const S: usize, const RUN: usize>(
+    x: &[f32],
+    imatrix: Option<&[f32]>,
+    out: &mut [u8],
+    bytes: usize,
+    search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+    finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+) {
+    for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
+        let at = QK_K * RUN * r;
+        let found = search(xr, imatrix.map(|w| &w[at..at + xr.len()]));
+        for ((xs, y), f) in xr.chunks_exact(QK_K).zip(yr.chunks_exact_mut(bytes)).zip(&found) {
+            finish(xs, f, imatrix.is_some(), y);
+        }
+    }
+}
+
+#[inline(always)]
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// ggml's `sigma2 = factor * sum(x*x) / QK_K` of each super-block of the
+/// run, in the lanes of its `S` sub-blocks.
+#[inline(always)]
+fn sigma2_lanes<const S: usize>(x: &[f32], factor: f32) -> Col {
+    let mut s = [0f32; LANES];
+    for (t, sb) in x.chunks_exact(QK_K).enumerate() {
+        s[S * t..S * t + S].fill(factor * sum_squares(sb) / QK_K as f32);
+    }
+    s
+}
+
+/// ggml's imatrix weights `qw * sqrt(sigma2 + x*x)` in lanes, and their
+/// sum per lane.
+#[inline(always)]
+fn imatrix_weights<const N: usize>(xt: &[Col; N], qw: &[f32], sigma2: &Col) -> ([Col; N], Col) {
+    let w = lanes::imatrix_weights(xt, qw, sigma2);
+    let sw = lane_sums(&w, |v| v);
+    (w, sw)
+}
+
+/// The levels of a lane search (transposed) back in value order.
+#[inline(always)]
+fn levels<const N: usize, const M: usize>(lt: &[[u8; LANES]; N]) -> [u8; M] {
+    let mut l = [0u8; M];
+    untranspose(lt, &mut l);
+    l
+}
 
 /// Packs 256 two-bit values: byte `l` of each 32-byte quarter holds values
 /// `l`, `l+32`, `l+64`, `l+96` of its 128-value half.
@@ -20,57 +148,61 @@ fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-fn sum_squares(x: &[f32]) -> f32 {
-    let mut s = 0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
-
-fn weighted(qw: &[f32], x: &[f32], sigma2: f32, w: &mut [f32]) -> f32 {
-    let mut sumw = 0f32;
-    for l in 0..x.len() {
-        w[l] = qw[l] * (sigma2 + x[l] * x[l]).sqrt();
-    }
-    for &v in &w[..x.len()] {
-        sumw += v;
-    }
-    sumw
-}
-
-/// The `_ref` scale search of Q2_K, Q4_K and Q5_K: `make_qkx2_quants` on
-/// each sub-block (`scales.len()` of them) with the weights `weigh` gives
-/// it; returns the largest scale and the largest min.
-fn ref_sub_blocks(
-    x: &[f32],
-    p: QkxSearch,
-    l: &mut [u8; QK_K],
-    scales: &mut [f32],
-    mins: &mut [f32],
-    weigh: impl Fn(&[f32], &mut [f32]),
-) -> (f32, f32) {
-    let sub = QK_K / scales.len();
-    let (mut weights, mut laux) = ([0f32; 32], [0u8; 32]);
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..scales.len() {
-        let xs = &x[sub * j..sub * j + sub];
-        weigh(xs, &mut weights[..sub]);
-        (scales[j], mins[j]) = make_qkx_quants(p, xs, &weights[..sub], &mut l[sub * j..], &mut laux, true);
-        if scales[j] > max_scale {
-            max_scale = scales[j];
-        }
-        if mins[j] > max_min {
-            max_min = mins[j];
-        }
-    }
-    (max_scale, max_min)
-}
-
 // ---------------------------------------------------------------- Q2_K
 
-/// Requantizes with the stored 4-bit scales and mins, then packs (both paths).
-fn finish_q2_k(x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
+/// Q2_K's search in lanes: the 16 sub-blocks of one super-block.
+#[inline(always)]
+fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
+    let xt = transpose::<16>(x);
+    let (w, sw, p, qkx2) = match qw {
+        Some(qw) => {
+            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 1.0));
+            (w, sw, QkxSearch::with_imatrix(3), false)
+        }
+        None => (lane_map(&xt, f32::abs), [0f32; LANES], Q2_K_REF, true),
+    };
+    let mut lt = [[0u8; LANES]; 16];
+    let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
+    Found::split(&scales, &mins, &sw, &levels::<16, QK_K>(&lt))
+}
+
+const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
+
+/// The super-block scales, requantization and packing of Q2_K.
+#[inline(always)]
+fn finish_q2_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+    let mut l = f.l;
+    if imatrix {
+        let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
+        let dm = make_qp_quants(15, &f.scales, &mut ls, &f.sw);
+        let mm = make_qp_quants(15, &f.mins, &mut lm, &f.sw);
+        put_f16(y, 80, dm);
+        put_f16(y, 82, mm);
+        for j in 0..QK_K / 16 {
+            y[j] = ls[j] | (lm[j] << 4);
+        }
+    } else {
+        let (max_scale, max_min) = largest(&f.scales, &f.mins);
+        if max_scale > 0.0 {
+            let iscale = 15.0 / max_scale;
+            for j in 0..QK_K / 16 {
+                y[j] = nearest_int(iscale * f.scales[j]) as u8;
+            }
+            put_f16(y, 80, max_scale / 15.0);
+        } else {
+            y[..16].fill(0);
+            put_f16(y, 80, 0.0);
+        }
+        if max_min > 0.0 {
+            let iscale = 15.0 / max_min;
+            for j in 0..QK_K / 16 {
+                y[j] |= (nearest_int(iscale * f.mins[j]) << 4) as u8;
+            }
+            put_f16(y, 82, max_min / 15.0);
+        } else {
+            put_f16(y, 82, 0.0);
+        }
+    }
     let (dall, dmin) = (get_f16(y, 80), get_f16(y, 82));
     for j in 0..QK_K / 16 {
         let sc = y[j];
@@ -83,62 +215,38 @@ fn finish_q2_k(x: &[f32], l: &mut [u8; QK_K], y: &mut [u8]) {
             l[16 * j + ii] = c_max(0, c_min(3, nearest_int((x[16 * j + ii] + dm) / d))) as u8;
         }
     }
-    pack2(l, &mut y[16..80]);
+    pack2(&l, &mut y[16..80]);
 }
 
-pub fn quantize_q2_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    let mut laux = [0u8; 16];
-    let mut weights = [0f32; 16];
-    let mut mins = [0f32; QK_K / 16];
-    let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(84)).enumerate() {
-        if let Some(qw) = imatrix {
-            let sigma2 = sum_squares(x) / QK_K as f32;
-            let mut sw = [0f32; QK_K / 16];
-            let p = QkxSearch::with_imatrix(3);
-            for j in 0..QK_K / 16 {
-                let xs = &x[16 * j..16 * j + 16];
-                sw[j] = weighted(&qw[QK_K * i + 16 * j..], xs, sigma2, &mut weights);
-                (scales[j], mins[j]) = make_qkx_quants(p, xs, &weights, &mut l[16 * j..], &mut laux, false);
-            }
-            let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
-            let dm = make_qp_quants(15, &scales, &mut ls, &sw);
-            let mm = make_qp_quants(15, &mins, &mut lm, &sw);
-            put_f16(y, 80, dm);
-            put_f16(y, 82, mm);
-            for j in 0..QK_K / 16 {
-                y[j] = ls[j] | (lm[j] << 4);
-            }
-        } else {
-            let p = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
-            let (max_scale, max_min) = ref_sub_blocks(x, p, &mut l, &mut scales, &mut mins, |xs, w| {
-                for (w, v) in w.iter_mut().zip(xs) {
-                    *w = v.abs();
-                }
-            });
-            if max_scale > 0.0 {
-                let iscale = 15.0 / max_scale;
-                for j in 0..QK_K / 16 {
-                    y[j] = nearest_int(iscale * scales[j]) as u8;
-                }
-                put_f16(y, 80, max_scale / 15.0);
-            } else {
-                y[..16].fill(0);
-                put_f16(y, 80, 0.0);
-            }
-            if max_min > 0.0 {
-                let iscale = 15.0 / max_min;
-                for j in 0..QK_K / 16 {
-                    y[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
-                }
-                put_f16(y, 82, max_min / 15.0);
-            } else {
-                put_f16(y, 82, 0.0);
-            }
+/// The largest scale and the largest min (0 if none is positive), found
+/// in order as the C does.
+#[inline(always)]
+fn largest(scales: &[f32], mins: &[f32]) -> (f32, f32) {
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for (&s, &m) in scales.iter().zip(mins) {
+        if s > max_scale {
+            max_scale = s;
         }
-        finish_q2_k(x, &mut l, y);
+        if m > max_min {
+            max_min = m;
+        }
     }
+    (max_scale, max_min)
+}
+
+#[allow(clippy::redundant_closure)] // see `rows`
+#[inline(always)]
+fn q2_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    rows(
+        x,
+        imatrix,
+        out,
+        84,
+        #[inline(always)]
+        |x, qw| search_q2_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q2_k(x, f, imatrix, y),
+    );
 }
 
 pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
@@ -164,6 +272,72 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q3_K
 
+/// Q3_K's search in lanes: the 16 sub-blocks of one super-block.
+#[inline(always)]
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
+    let xt = transpose::<16>(x);
+    let mut lt = [[0u8; LANES]; 16];
+    let (scales, sw) = match qw {
+        Some(qw) => {
+            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 2.0));
+            (qx_lanes(4, &xt, &w, &mut lt), sw)
+        }
+        None => (q3_lanes(4, &xt, &mut lt), [0f32; LANES]),
+    };
+    Found::split(&scales, &[0f32; LANES], &sw, &levels::<16, QK_K>(&lt))
+}
+
+/// The super-block scale, the 16 six-bit scales, requantization, packing.
+#[inline(always)]
+fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
+    let scales = &f.scales;
+    let mut stored = [0i32; 16];
+    if imatrix {
+        let mut ls = [0i8; 16];
+        let d_block = make_qx_quants(32, scales, &mut ls, 1, Some(&f.sw));
+        stored = ls.map(|v| v as i32);
+        put_q3_scales(&stored, &mut y[96..108]);
+        put_f16(y, 108, d_block);
+    } else {
+        let (mut max_scale, mut amax) = (0f32, 0f32);
+        for &scale in scales {
+            if scale.abs() > amax {
+                amax = scale.abs();
+                max_scale = scale;
+            }
+        }
+        if max_scale != 0.0 {
+            let iscale = -32.0 / max_scale;
+            for j in 0..QK_K / 16 {
+                let l8 = nearest_int(iscale * scales[j]) as i8 as i32;
+                stored[j] = c_max(-32, c_min(31, l8)) + 32;
+            }
+            put_q3_scales(&stored, &mut y[96..108]);
+            put_f16(y, 108, 1.0 / iscale);
+        } else {
+            y[96..108].fill(0);
+            put_f16(y, 108, 0.0);
+        }
+    }
+    requantize_q3_k(x, &mut l, y);
+}
+
+#[allow(clippy::redundant_closure)] // see `rows`
+#[inline(always)]
+fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    rows(
+        x,
+        imatrix,
+        out,
+        110,
+        #[inline(always)]
+        |x, qw| search_q3_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
+    );
+}
+
 /// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes.
 fn put_q3_scales(ls: &[i32; 16], sb: &mut [u8]) {
     sb[..12].fill(0);
@@ -184,7 +358,8 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
 }
 
 /// Requantizes with the stored scales, splits off the high bits, packs.
-fn finish_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
+#[inline(always)]
+fn requantize_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     let dall = get_f16(y, 108);
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
@@ -199,67 +374,17 @@ fn finish_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
     }
     let (hmask, rest) = y.split_at_mut(32);
     hmask.fill(0);
+    // Value `j` sets bit `j / 32` of `hmask[j % 32]` if its level is above 3.
     let mut lu = [0u8; QK_K];
-    let (mut m, mut hm) = (0usize, 1u8);
-    for j in 0..QK_K {
-        if l[j] > 3 {
-            hmask[m] |= hm;
-            l[j] -= 4;
-        }
-        lu[j] = l[j] as u8;
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    for b in 0..8 {
+        for m in 0..QK_K / 8 {
+            let j = QK_K / 8 * b + m;
+            let high = (l[j] > 3) as u8;
+            hmask[m] |= high << b;
+            lu[j] = (l[j] as u8).wrapping_sub(4 * high);
         }
     }
     pack2(&lu, &mut rest[..64]);
-}
-
-pub fn quantize_q3_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(110)).enumerate() {
-        let mut stored = [0i32; 16];
-        if let Some(qw) = imatrix {
-            let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
-            let mut weight = [0f32; 16];
-            let mut sw = [0f32; QK_K / 16];
-            for j in 0..QK_K / 16 {
-                let xs = &x[16 * j..16 * j + 16];
-                sw[j] = weighted(&qw[QK_K * i + 16 * j..], xs, sigma2, &mut weight);
-                scales[j] = make_qx_quants(4, xs, &mut l[16 * j..], 1, Some(&weight));
-            }
-            let mut ls = [0i8; 16];
-            let d_block = make_qx_quants(32, &scales, &mut ls, 1, Some(&sw));
-            stored = ls.map(|v| v as i32);
-            put_q3_scales(&stored, &mut y[96..108]);
-            put_f16(y, 108, d_block);
-        } else {
-            let (mut max_scale, mut amax) = (0f32, 0f32);
-            for j in 0..QK_K / 16 {
-                scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..], true);
-                let scale = scales[j].abs();
-                if scale > amax {
-                    amax = scale;
-                    max_scale = scales[j];
-                }
-            }
-            if max_scale != 0.0 {
-                let iscale = -32.0 / max_scale;
-                for j in 0..QK_K / 16 {
-                    let l8 = nearest_int(iscale * scales[j]) as i8 as i32;
-                    stored[j] = c_max(-32, c_min(31, l8)) + 32;
-                }
-                put_q3_scales(&stored, &mut y[96..108]);
-                put_f16(y, 108, 1.0 / iscale);
-            } else {
-                y[96..108].fill(0);
-                put_f16(y, 108, 0.0);
-            }
-        }
-        finish_q3_k(x, &mut l, y);
-    }
 }
 
 pub fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
@@ -287,6 +412,139 @@ pub fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q4_K, Q5_K
 
+/// The `_ref` search parameters of Q4_K (`nmax` 15) and Q5_K (31).
+const fn q45_k_ref(nmax: i32) -> QkxSearch {
+    if nmax == 15 {
+        QkxSearch { nmax, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
+    } else {
+        QkxSearch { nmax, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false }
+    }
+}
+
+/// The search of Q4_K / Q5_K in lanes: the 8 sub-blocks of two
+/// super-blocks (of one at a row's end; the other lanes are idle).
+#[inline(always)]
+fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
+    let xt = transpose::<32>(x);
+    let (w, sw, p, qkx2) = match qw {
+        Some(qw) => {
+            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<8>(x, 2.0));
+            (w, sw, QkxSearch::with_imatrix(nmax), false)
+        }
+        None => {
+            let av_x = lane_sums(&xt, |v| v * v).map(|s| (s / 32.0).sqrt());
+            let w = lane_zip(&[av_x; 32], &xt, |a, v| a + v.abs());
+            (w, [0f32; LANES], q45_k_ref(nmax), true)
+        }
+    };
+    let mut lt = [[0u8; LANES]; 32];
+    let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
+    Found::split(&scales, &mins, &sw, &levels::<32, { 2 * QK_K }>(&lt))
+}
+
+/// The rest of Q4_K / Q5_K (`nmax` 15 / 31) after the search: `d`, `dmin`
+/// and the 12 scale bytes at the front of `y`; returns the levels.
+#[inline(always)]
+fn finish_q45_k(x: &[f32], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
+    let mut l = f.l;
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    if imatrix {
+        let d_block = make_qp_quants(63, &f.scales, &mut ls, &f.sw);
+        let m_block = make_qp_quants(63, &f.mins, &mut lm, &f.sw);
+        if nmax == 31 {
+            // Q5_K clamps, Q4_K does not.
+            ls = ls.map(|v| c_min(63, v));
+            lm = lm.map(|v| c_min(63, v));
+        }
+        put_f16(y, 0, d_block);
+        put_f16(y, 2, m_block);
+    } else {
+        let (max_scale, max_min) = largest(&f.scales, &f.mins);
+        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+        for j in 0..QK_K / 32 {
+            ls[j] = c_min(63, nearest_int(inv_scale * f.scales[j]) as u8);
+            lm[j] = c_min(63, nearest_int(inv_min * f.mins[j]) as u8);
+        }
+        put_f16(y, 0, max_scale / 63.0);
+        put_f16(y, 2, max_min / 63.0);
+    }
+    put_scale_min_k4(&ls, &lm, &mut y[4..16]);
+    let (dall, dmin) = (get_f16(y, 0), get_f16(y, 2));
+    for j in 0..QK_K / 32 {
+        let (sc, m) = get_scale_min_k4(j, &y[4..16]);
+        let d = dall * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = c_max(0, c_min(nmax, nearest_int((x[32 * j + ii] + dm) / d))) as u8;
+        }
+    }
+    l
+}
+
+#[inline(always)]
+fn finish_q4_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+    let l = finish_q45_k(x, f, imatrix, 15, y);
+    let q = &mut y[16..144];
+    for (n, j) in (0..QK_K).step_by(64).enumerate() {
+        for i in 0..32 {
+            q[32 * n + i] = l[j + i] | (l[j + i + 32] << 4);
+        }
+    }
+}
+
+#[inline(always)]
+fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+    let l = finish_q45_k(x, f, imatrix, 31, y);
+    let (qh, ql) = y[16..176].split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (k, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            // Levels above 15 keep their fifth bit in `qh` (without branches).
+            let (l1, l2) = (l[n + j], l[n + j + 32]);
+            let (h1, h2) = ((l1 > 15) as u8, (l2 > 15) as u8);
+            qh[j] |= (m1 * h1) | (m2 * h2);
+            ql[32 * k + j] = (l1 - 16 * h1) | ((l2 - 16 * h2) << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+#[allow(clippy::redundant_closure)] // see `rows`
+#[inline(always)]
+fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    rows(
+        x,
+        imatrix,
+        out,
+        144,
+        #[inline(always)]
+        |x, qw| search_q45_k(x, qw, 15),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q4_k(x, f, imatrix, y),
+    );
+}
+
+#[allow(clippy::redundant_closure)] // see `rows`
+#[inline(always)]
+fn q5_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    rows(
+        x,
+        imatrix,
+        out,
+        176,
+        #[inline(always)]
+        |x, qw| search_q45_k(x, qw, 31),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q5_k(x, f, imatrix, y),
+    );
+}
+
 /// ggml's `get_scale_min_k4`: six-bit scale and min `j` of the 12 bytes.
 fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -306,112 +564,6 @@ fn put_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], sb: &mut [u8]) {
             sb[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
             sb[j - 4] |= (ls >> 4) << 6;
             sb[j] |= (lm >> 4) << 6;
-        }
-    }
-}
-
-/// Scale/min search shared by Q4_K and Q5_K (`nmax` 15 or 31): fills `l`
-/// and the 12 scale bytes, `d` and `dmin` at the front of `y`.
-fn scales_k(x: &[f32], qw: Option<&[f32]>, nmax: i32, clamp_qp: bool, l: &mut [u8; QK_K], y: &mut [u8]) {
-    let mut laux = [0u8; 32];
-    let mut weights = [0f32; 32];
-    let mut mins = [0f32; QK_K / 32];
-    let mut scales = [0f32; QK_K / 32];
-    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
-    match qw {
-        // The `_impl` path (`quantize_q*_K` with quant_weights).
-        Some(qw) => {
-            let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
-            let mut sw = [0f32; QK_K / 32];
-            let p = QkxSearch::with_imatrix(nmax);
-            for j in 0..QK_K / 32 {
-                let xs = &x[32 * j..32 * j + 32];
-                sw[j] = weighted(&qw[32 * j..], xs, sigma2, &mut weights);
-                (scales[j], mins[j]) = make_qkx_quants(p, xs, &weights, &mut l[32 * j..], &mut laux, false);
-            }
-            let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
-            let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
-            if clamp_qp {
-                ls = ls.map(|v| c_min(63, v));
-                lm = lm.map(|v| c_min(63, v));
-            }
-            put_f16(y, 0, d_block);
-            put_f16(y, 2, m_block);
-        }
-        // The `_ref` path.
-        None => {
-            let p = if nmax == 15 {
-                QkxSearch { nmax, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }
-            } else {
-                QkxSearch { nmax, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false }
-            };
-            let (max_scale, max_min) = ref_sub_blocks(x, p, l, &mut scales, &mut mins, |xs, w| {
-                let av_x = (sum_squares(xs) / 32.0).sqrt();
-                for (w, v) in w.iter_mut().zip(xs) {
-                    *w = av_x + v.abs();
-                }
-            });
-            let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
-            let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-            for j in 0..QK_K / 32 {
-                ls[j] = c_min(63, nearest_int(inv_scale * scales[j]) as u8);
-                lm[j] = c_min(63, nearest_int(inv_min * mins[j]) as u8);
-            }
-            put_f16(y, 0, max_scale / 63.0);
-            put_f16(y, 2, max_min / 63.0);
-        }
-    }
-    put_scale_min_k4(&ls, &lm, &mut y[4..16]);
-    let (dall, dmin) = (get_f16(y, 0), get_f16(y, 2));
-    for j in 0..QK_K / 32 {
-        let (sc, m) = get_scale_min_k4(j, &y[4..16]);
-        let d = dall * sc as f32;
-        if d == 0.0 {
-            continue;
-        }
-        let dm = dmin * m as f32;
-        for ii in 0..32 {
-            l[32 * j + ii] = c_max(0, c_min(nmax, nearest_int((x[32 * j + ii] + dm) / d))) as u8;
-        }
-    }
-}
-
-pub fn quantize_q4_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(144)).enumerate() {
-        scales_k(x, imatrix.map(|w| &w[QK_K * i..]), 15, false, &mut l, y);
-        let q = &mut y[16..144];
-        for (n, j) in (0..QK_K).step_by(64).enumerate() {
-            for i in 0..32 {
-                q[32 * n + i] = l[j + i] | (l[j + i + 32] << 4);
-            }
-        }
-    }
-}
-
-pub fn quantize_q5_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut l = [0u8; QK_K];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(176)).enumerate() {
-        scales_k(x, imatrix.map(|w| &w[QK_K * i..]), 31, true, &mut l, y);
-        let (qh, ql) = y[16..176].split_at_mut(32);
-        qh.fill(0);
-        let (mut m1, mut m2) = (1u8, 2u8);
-        for (k, n) in (0..QK_K).step_by(64).enumerate() {
-            for j in 0..32 {
-                let mut l1 = l[n + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[n + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[32 * k + j] = l1 | (l2 << 4);
-            }
-            m1 <<= 2;
-            m2 <<= 2;
         }
     }
 }
@@ -454,51 +606,76 @@ pub fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q6_K
 
-pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0f32; QK_K / 16];
-    for (i, (x, y)) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(210)).enumerate() {
-        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for ib in 0..QK_K / 16 {
-            let qw = imatrix.map(|w| &w[QK_K * i + 16 * ib..QK_K * i + 16 * ib + 16]);
-            let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..], 1, qw);
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
-            y.fill(0);
-            continue;
-        }
-        let iscale = -128.0 / max_scale;
-        put_f16(y, 208, 1.0 / iscale);
-        for ib in 0..QK_K / 16 {
-            y[192 + ib] = c_min(127, nearest_int(iscale * scales[ib])) as i8 as u8;
-        }
-        let d0 = get_f16(y, 208);
-        for j in 0..QK_K / 16 {
-            let d = d0 * y[192 + j] as i8 as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let q = c_max(-32, c_min(31, nearest_int(x[16 * j + ii] / d)));
-                l[16 * j + ii] = (q + 32) as i8;
-            }
-        }
-        let (ql, qh) = y[..192].split_at_mut(128);
-        let lu = l.map(|v| v as u8);
-        for (n, j) in (0..QK_K).step_by(128).enumerate() {
-            for i in 0..32 {
-                let q = [lu[j + i], lu[j + i + 32], lu[j + i + 64], lu[j + i + 96]];
-                ql[64 * n + i] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
-                ql[64 * n + i + 32] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
-                qh[32 * n + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
-            }
+/// Q6_K's search in lanes: `make_qx_quants(32, ..)` on the 16 sub-blocks,
+/// weighted by the quant weights or (as the C without them) `x * x`.
+#[inline(always)]
+fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
+    let xt = transpose::<16>(x);
+    let w = match qw {
+        Some(qw) => transpose::<16>(qw),
+        None => lane_map(&xt, |v| v * v),
+    };
+    let mut lt = [[0u8; LANES]; 16];
+    let scales = qx_lanes(32, &xt, &w, &mut lt);
+    Found::split(&scales, &[0f32; LANES], &[0f32; LANES], &levels::<16, QK_K>(&lt))
+}
+
+#[inline(always)]
+fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
+    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
+    let scales = &f.scales;
+    let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+    for &scale in scales {
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
         }
     }
+    if max_abs_scale < GROUP_MAX_EPS {
+        y.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    put_f16(y, 208, 1.0 / iscale);
+    for ib in 0..QK_K / 16 {
+        y[192 + ib] = c_min(127, nearest_int(iscale * scales[ib])) as i8 as u8;
+    }
+    let d0 = get_f16(y, 208);
+    for j in 0..QK_K / 16 {
+        let d = d0 * y[192 + j] as i8 as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            let q = c_max(-32, c_min(31, nearest_int(x[16 * j + ii] / d)));
+            l[16 * j + ii] = (q + 32) as i8;
+        }
+    }
+    let (ql, qh) = y[..192].split_at_mut(128);
+    let lu = l.map(|v| v as u8);
+    for (n, j) in (0..QK_K).step_by(128).enumerate() {
+        for i in 0..32 {
+            let q = [lu[j + i], lu[j + i + 32], lu[j + i + 64], lu[j + i + 96]];
+            ql[64 * n + i] = (q[0] & 0xF) | ((q[2] & 0xF) << 4);
+            ql[64 * n + i + 32] = (q[1] & 0xF) | ((q[3] & 0xF) << 4);
+            qh[32 * n + i] = (q[0] >> 4) | ((q[1] >> 4) << 2) | ((q[2] >> 4) << 4) | ((q[3] >> 4) << 6);
+        }
+    }
+}
+
+#[allow(clippy::redundant_closure)] // see `rows`
+#[inline(always)]
+fn q6_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    rows(
+        x,
+        imatrix,
+        out,
+        210,
+        #[inline(always)]
+        |x, qw| search_q6_k(x, qw),
+        #[inline(always)]
+        |x, f, imatrix, y| finish_q6_k(x, f, imatrix, y),
+    );
 }
 
 pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
@@ -519,5 +696,172 @@ pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
                 yn[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lanes::{hard_groups, isas, Row};
+    use super::super::search::{make_q3_quants, make_qkx_quants};
+    use super::*;
+
+    fn weighted(qw: &[f32], x: &[f32], sigma2: f32, w: &mut [f32]) -> f32 {
+        let mut sumw = 0f32;
+        for l in 0..x.len() {
+            w[l] = qw[l] * (sigma2 + x[l] * x[l]).sqrt();
+        }
+        for &v in &w[..x.len()] {
+            sumw += v;
+        }
+        sumw
+    }
+
+    // The scalar searches (one sub-block at a time, ggml's loops as they
+    // are): the reference the lane searches are checked against.
+
+    fn scalar_q2_k(x: &[f32], qw: Option<&[f32]>) -> Found<16> {
+        let mut f = Found::<16>::ZERO;
+        let (mut laux, mut weights) = ([0u8; 16], [0f32; 16]);
+        let sigma2 = sum_squares(x) / QK_K as f32;
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            let (p, qkx2) = match qw {
+                Some(qw) => {
+                    f.sw[j] = weighted(&qw[16 * j..], xs, sigma2, &mut weights);
+                    (QkxSearch::with_imatrix(3), false)
+                }
+                None => {
+                    weights = std::array::from_fn(|i| xs[i].abs());
+                    (Q2_K_REF, true)
+                }
+            };
+            (f.scales[j], f.mins[j]) = make_qkx_quants(p, xs, &weights, &mut f.l[16 * j..], &mut laux, qkx2);
+        }
+        f
+    }
+
+    fn scalar_q3_k(x: &[f32], qw: Option<&[f32]>) -> Found<16> {
+        let mut f = Found::<16>::ZERO;
+        let mut l = [0i8; QK_K];
+        let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+        let mut weight = [0f32; 16];
+        for j in 0..QK_K / 16 {
+            let xs = &x[16 * j..16 * j + 16];
+            f.scales[j] = match qw {
+                Some(qw) => {
+                    f.sw[j] = weighted(&qw[16 * j..], xs, sigma2, &mut weight);
+                    make_qx_quants(4, xs, &mut l[16 * j..], 1, Some(&weight))
+                }
+                None => make_q3_quants(4, xs, &mut l[16 * j..], true),
+            };
+        }
+        f.l = l.map(|v| v as u8);
+        f
+    }
+
+    fn scalar_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> Found<8> {
+        let mut f = Found::<8>::ZERO;
+        let (mut laux, mut weights) = ([0u8; 32], [0f32; 32]);
+        let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+        for j in 0..QK_K / 32 {
+            let xs = &x[32 * j..32 * j + 32];
+            let (p, qkx2) = match qw {
+                Some(qw) => {
+                    f.sw[j] = weighted(&qw[32 * j..], xs, sigma2, &mut weights);
+                    (QkxSearch::with_imatrix(nmax), false)
+                }
+                None => {
+                    let av_x = (sum_squares(xs) / 32.0).sqrt();
+                    weights = std::array::from_fn(|i| av_x + xs[i].abs());
+                    (q45_k_ref(nmax), true)
+                }
+            };
+            (f.scales[j], f.mins[j]) = make_qkx_quants(p, xs, &weights, &mut f.l[32 * j..], &mut laux, qkx2);
+        }
+        f
+    }
+
+    fn scalar_q6_k(x: &[f32], qw: Option<&[f32]>) -> Found<16> {
+        let mut f = Found::<16>::ZERO;
+        let mut l = [0i8; QK_K];
+        for j in 0..QK_K / 16 {
+            let qw = qw.map(|w| &w[16 * j..16 * j + 16]);
+            f.scales[j] = make_qx_quants(32, &x[16 * j..16 * j + 16], &mut l[16 * j..], 1, qw);
+        }
+        f.l = l.map(|v| v as u8);
+        f
+    }
+
+    /// A run of super-blocks searched one by one with a scalar search.
+    fn runs<const S: usize, const RUN: usize>(
+        x: &[f32],
+        qw: Option<&[f32]>,
+        one: impl Fn(&[f32], Option<&[f32]>) -> Found<S>,
+    ) -> [Found<S>; RUN] {
+        let mut f = [Found::ZERO; RUN];
+        for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+            f[t] = one(xs, qw.map(|w| &w[QK_K * t..QK_K * t + QK_K]));
+        }
+        f
+    }
+
+    #[test]
+    fn lane_searches_write_the_scalar_bytes_on_every_isa() {
+        for seed in 0..24 {
+            // Three super-blocks (a partial run at the row's end for Q4_K
+            // and Q5_K) of adversarial sub-blocks of 16 and of 32 values.
+            let mut x = hard_groups(16, seed);
+            x.extend(hard_groups(32, seed + 1));
+            let w: Vec<f32> =
+                hard_groups(16, seed + 2).iter().chain(&hard_groups(32, seed + 3)).map(|v| v.abs().min(1e3)).collect();
+            for qw in [None, Some(w.as_slice())] {
+                let cases: [(Row, usize, Vec<u8>); 5] = [
+                    (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, 1>(x, qw, scalar_q2_k), finish_q2_k)),
+                    (q3_k_isa, 110, reference(&x, qw, 110, |x, qw| runs::<16, 1>(x, qw, scalar_q3_k), finish_q3_k)),
+                    (
+                        q4_k_isa,
+                        144,
+                        reference(
+                            &x,
+                            qw,
+                            144,
+                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 15)),
+                            finish_q4_k,
+                        ),
+                    ),
+                    (
+                        q5_k_isa,
+                        176,
+                        reference(
+                            &x,
+                            qw,
+                            176,
+                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 31)),
+                            finish_q5_k,
+                        ),
+                    ),
+                    (q6_k_isa, 210, reference(&x, qw, 210, |x, qw| runs::<16, 1>(x, qw, scalar_q6_k), finish_q6_k)),
+                ];
+                for (t, (fast, bytes, want)) in cases.iter().enumerate() {
+                    for &isa in isas() {
+                        let mut got = vec![0xAB; 3 * bytes];
+                        fast(isa, &x, qw, &mut got);
+                        assert!(got == *want, "type {t} seed {seed} imatrix {} {isa:?}", qw.is_some());
+                    }
+                }
+            }
+        }
+    }
+
+    fn reference<const S: usize, const RUN: usize>(
+        x: &[f32],
+        qw: Option<&[f32]>,
+        bytes: usize,
+        search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+        finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+    ) -> Vec<u8> {
+        let mut out = vec![0xCD; x.len() / QK_K * bytes];
+        rows(x, qw, &mut out, bytes, search, finish);
+        out
     }
 }

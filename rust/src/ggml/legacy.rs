@@ -5,7 +5,8 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::search::{c_max, c_min, fp32_to_fp16, get_f16, make_qkx_quants, make_qx_quants, put_f16, QkxSearch};
+use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
+use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
 
 const QK: usize = 32;
 
@@ -166,83 +167,80 @@ fn row_sigma2(x: &[f32]) -> f32 {
     sum_x2 / x.len() as f32
 }
 
-/// Runs `block(values, weights, bytes)` over the blocks of a row. With an
-/// imatrix, `weights` are ggml's `qw * sqrt(sigma2 + x*x)` with `sigma2`
-/// the mean square of the whole row (the `quantize_row_*_impl` paths).
+/// The imatrix paths (`quantize_row_*_impl`): runs of 16 blocks whose
+/// scale searches run in lanes, `search(values, weights, levels) -> (d, m)`
+/// (transposed, one block per lane), with ggml's weights
+/// `qw * sqrt(sigma2 + x*x)`, `sigma2` the mean square of the whole row;
+/// then `write(levels, d, m, bytes)` per block.
 #[inline(always)]
-fn for_blocks(
+fn imatrix_rows(
     x: &[f32],
-    imatrix: Option<&[f32]>,
+    qw: &[f32],
     out: &mut [u8],
     bytes: usize,
-    mut block: impl FnMut(&[f32], Option<&[f32; QK]>, &mut [u8]),
+    search: impl Fn(&[Col; QK], &[Col; QK], &mut [[u8; LANES]; QK]) -> (Col, Col),
+    write: impl Fn(&[u8; QK], f32, f32, &mut [u8]),
 ) {
-    let sigma2 = imatrix.map(|_| row_sigma2(x));
-    let mut weight = [0f32; QK];
-    for (ib, (xb, y)) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bytes)).enumerate() {
-        let weights = match (imatrix, sigma2) {
-            (Some(qw), Some(sigma2)) => {
-                let qw = &qw[ib * QK..ib * QK + QK];
-                for j in 0..QK {
-                    weight[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-                }
-                Some(&weight)
-            }
-            _ => None,
-        };
-        block(xb, weights, y);
+    let sigma2 = [row_sigma2(x); LANES];
+    for (r, (xr, yr)) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)).enumerate() {
+        let xt = transpose::<QK>(xr);
+        let w = imatrix_weights(&xt, &qw[QK * LANES * r..QK * LANES * r + xr.len()], &sigma2);
+        let mut lt = [[0u8; LANES]; QK];
+        let (d, m) = search(&xt, &w, &mut lt);
+        let mut l = [0u8; QK * LANES];
+        untranspose(&lt, &mut l);
+        for (k, (lb, y)) in l.chunks_exact(QK).zip(yr.chunks_exact_mut(bytes)).enumerate() {
+            write(lb.try_into().expect("32 levels"), d[k], m[k], y);
+        }
     }
 }
 
-/// Q4_0 (`nmax` 8) and Q5_0 (16): levels in `[0, 2*nmax)` and the scale.
+/// Q4_0 (`nmax` 8) and Q5_0 (16) with an imatrix: ggml's
+/// `make_qx_quants(nmax, .., 1, weights)`, levels in `[0, 2*nmax)`.
 #[inline(always)]
-fn symmetric_block(xb: &[f32], weights: Option<&[f32; QK]>, nmax: i32, l: &mut [u8; QK]) -> f32 {
-    if let Some(w) = weights {
-        let mut li = [0i8; QK];
-        let d = make_qx_quants(nmax, xb, &mut li, 1, Some(w));
-        *l = li.map(|v| v as u8);
-        return d;
-    }
-    let xb: &[f32; QK] = xb.try_into().expect("32 values");
-    let max = block_signed_absmax(xb);
-    let d = max / -(nmax as f32);
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
-    for (lj, &v) in l.iter_mut().zip(xb) {
-        *lj = c_min(2 * nmax - 1, low_byte(v * id + offset) as i8 as i32) as u8;
-    }
-    d
+fn symmetric_search(nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANES]; QK]) -> (Col, Col) {
+    (qx_lanes(nmax, x, w, l), [0f32; LANES])
 }
 
-/// Q4_1 (`nmax` 15) and Q5_1 (31): levels in `[0, nmax]`, scale and min.
-/// `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does not).
+/// Q4_1 (`nmax` 15) and Q5_1 (31) with an imatrix: ggml's
+/// `make_qkx3_quants` (the `_impl` search); `m` is the block min.
 #[inline(always)]
-fn asymmetric_block(
-    xb: &[f32],
-    weights: Option<&[f32; QK]>,
-    nmax: i32,
-    round: impl Fn(f32) -> u8,
-    l: &mut [u8; QK],
-) -> (f32, f32) {
-    if let Some(w) = weights {
-        let p = QkxSearch::with_imatrix(nmax);
-        let (d, min) = make_qkx_quants(p, xb, w, l, &mut [0u8; QK], false);
-        return (d, -min);
-    }
-    let xb: &[f32; QK] = xb.try_into().expect("32 values");
-    let (min, max) = min_max(xb);
-    let d = (max - min) / nmax as f32;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (lj, &v) in l.iter_mut().zip(xb) {
-        *lj = round((v - min) * id + 0.5);
-    }
-    (d, min)
+fn asymmetric_search(nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANES]; QK]) -> (Col, Col) {
+    let (d, neg_min) = qkx_lanes(QkxSearch::with_imatrix(nmax), x, w, false, l);
+    (d, neg_min.map(|v| -v))
 }
 
-/// Blocks per run of the no-imatrix paths: per-block statistics are
-/// computed block by block, then the scales of the run with one lane per
-/// block (the divisions vectorize), then the levels block by block.
-const LANES: usize = 16;
+#[inline(always)]
+fn write_q4_0(l: &[u8; QK], d: f32, _: f32, y: &mut [u8]) {
+    put_f16(y, 0, d);
+    pack4(l, &mut y[2..18]);
+}
+
+#[inline(always)]
+fn write_q5_0(l: &[u8; QK], d: f32, _: f32, y: &mut [u8]) {
+    put_f16(y, 0, d);
+    let (qh, qs) = y[2..22].split_at_mut(4);
+    pack5(l, qh, qs);
+}
+
+#[inline(always)]
+fn write_q4_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
+    put_f16(y, 0, d);
+    put_f16(y, 2, m);
+    pack4(l, &mut y[4..20]);
+}
+
+#[inline(always)]
+fn write_q5_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
+    put_f16(y, 0, d);
+    put_f16(y, 2, m);
+    let (qh, qs) = y[4..24].split_at_mut(4);
+    pack5(l, qh, qs);
+}
+
+// Runs of `LANES` blocks in the no-imatrix paths: per-block statistics are
+// computed block by block, then the scales of the run with one lane per
+// block (the divisions vectorize), then the levels block by block.
 
 /// Runs a no-imatrix quantizer over a row: `stat(block) -> (a, b)` (e.g.
 /// the min and max), `scale(a, b) -> (d, id, m)`, then
@@ -274,7 +272,7 @@ fn lane_rows(
     }
 }
 
-/// [`symmetric_block`] without imatrix over a row, scales in lanes.
+/// Q4_0 (`nmax` 8) and Q5_0 (16) without imatrix over a row, scales in lanes.
 #[inline(always)]
 fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl Fn(&[u8; QK], &mut [u8])) {
     let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
@@ -301,7 +299,9 @@ fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl 
     );
 }
 
-/// [`asymmetric_block`] without imatrix over a row, scales in lanes.
+/// Q4_1 (`nmax` 15) and Q5_1 (31) without imatrix over a row, scales in
+/// lanes. `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does
+/// not).
 #[inline(always)]
 fn asymmetric_row(
     x: &[f32],
@@ -333,95 +333,87 @@ fn asymmetric_row(
     );
 }
 
+// The closures are `#[inline(always)]`: a function item passed instead
+// would be compiled out of line, without the dispatched target features.
+#[allow(clippy::redundant_closure)]
 #[inline(always)]
 fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    if imatrix.is_none() {
+    let Some(qw) = imatrix else {
         symmetric_row(x, out, 18, 8, |l, y| pack4(l, &mut y[2..18]));
         return;
-    }
-    for_blocks(
+    };
+    imatrix_rows(
         x,
-        imatrix,
+        qw,
         out,
         18,
         #[inline(always)]
-        |xb, w, y| {
-            let mut l = [0u8; QK];
-            put_f16(y, 0, symmetric_block(xb, w, 8, &mut l));
-            pack4(&l, &mut y[2..18]);
-        },
+        |x, w, l| symmetric_search(8, x, w, l),
+        #[inline(always)]
+        |l, d, m, y| write_q4_0(l, d, m, y),
     );
 }
 
+#[allow(clippy::redundant_closure)] // as above
 #[inline(always)]
 fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    if imatrix.is_none() {
+    let Some(qw) = imatrix else {
         symmetric_row(x, out, 22, 16, |l, y| {
             let (qh, qs) = y[2..22].split_at_mut(4);
             pack5(l, qh, qs);
         });
         return;
-    }
-    for_blocks(
+    };
+    imatrix_rows(
         x,
-        imatrix,
+        qw,
         out,
         22,
         #[inline(always)]
-        |xb, w, y| {
-            let mut l = [0u8; QK];
-            put_f16(y, 0, symmetric_block(xb, w, 16, &mut l));
-            let (qh, qs) = y[2..22].split_at_mut(4);
-            pack5(&l, qh, qs);
-        },
+        |x, w, l| symmetric_search(16, x, w, l),
+        #[inline(always)]
+        |l, d, m, y| write_q5_0(l, d, m, y),
     );
 }
 
+#[allow(clippy::redundant_closure)] // as above
 #[inline(always)]
 fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    if imatrix.is_none() {
+    let Some(qw) = imatrix else {
         asymmetric_row(x, out, 20, 15, low_nibble, |l, y| pack4(l, &mut y[4..20]));
         return;
-    }
-    for_blocks(
+    };
+    imatrix_rows(
         x,
-        imatrix,
+        qw,
         out,
         20,
         #[inline(always)]
-        |xb, w, y| {
-            let mut l = [0u8; QK];
-            let (d, m) = asymmetric_block(xb, w, 15, low_nibble, &mut l);
-            put_f16(y, 0, d);
-            put_f16(y, 2, m);
-            pack4(&l, &mut y[4..20]);
-        },
+        |x, w, l| asymmetric_search(15, x, w, l),
+        #[inline(always)]
+        |l, d, m, y| write_q4_1(l, d, m, y),
     );
 }
 
+#[allow(clippy::redundant_closure)] // as above
 #[inline(always)]
 fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    if imatrix.is_none() {
+    let Some(qw) = imatrix else {
         asymmetric_row(x, out, 24, 31, low_byte, |l, y| {
             let (qh, qs) = y[4..24].split_at_mut(4);
             pack5(l, qh, qs);
         });
         return;
-    }
-    for_blocks(
+    };
+    imatrix_rows(
         x,
-        imatrix,
+        qw,
         out,
         24,
         #[inline(always)]
-        |xb, w, y| {
-            let mut l = [0u8; QK];
-            let (d, m) = asymmetric_block(xb, w, 31, low_byte, &mut l);
-            put_f16(y, 0, d);
-            put_f16(y, 2, m);
-            let (qh, qs) = y[4..24].split_at_mut(4);
-            pack5(&l, qh, qs);
-        },
+        |x, w, l| asymmetric_search(31, x, w, l),
+        #[inline(always)]
+        |l, d, m, y| write_q5_1(l, d, m, y),
     );
 }
 
@@ -506,6 +498,80 @@ pub fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
         let d = get_f16(blk, 0);
         for j in 0..QK {
             yb[j] = blk[2 + j] as i8 as f32 * d;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::lanes::{hard_groups, isas, Row};
+    use super::super::search::{make_qkx_quants, make_qx_quants};
+    use super::*;
+
+    /// ggml's imatrix searches one block at a time: the lanes' reference.
+    fn scalar_search(sym: bool, nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANES]; QK]) -> (Col, Col) {
+        let (mut xs, mut ws) = ([0f32; QK * LANES], [0f32; QK * LANES]);
+        untranspose(x, &mut xs);
+        untranspose(w, &mut ws);
+        let (mut d, mut m) = ([0f32; LANES], [0f32; LANES]);
+        for k in 0..LANES {
+            let g = QK * k..QK * k + QK;
+            let mut lk = [0u8; QK];
+            if sym {
+                let mut li = [0i8; QK];
+                d[k] = make_qx_quants(nmax, &xs[g.clone()], &mut li, 1, Some(&ws[g]));
+                lk = li.map(|v| v as u8);
+            } else {
+                let p = QkxSearch::with_imatrix(nmax);
+                let (s, neg_min) = make_qkx_quants(p, &xs[g.clone()], &ws[g], &mut lk, &mut [0u8; QK], false);
+                (d[k], m[k]) = (s, -neg_min);
+            }
+            for i in 0..QK {
+                l[i][k] = lk[i];
+            }
+        }
+        (d, m)
+    }
+
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        bytes: usize,
+        sym: bool,
+        nmax: i32,
+        write: fn(&[u8; QK], f32, f32, &mut [u8]),
+    ) -> Vec<u8> {
+        let mut out = vec![0xCD; x.len() / QK * bytes];
+        imatrix_rows(x, w, &mut out, bytes, |x, w, l| scalar_search(sym, nmax, x, w, l), write);
+        out
+    }
+
+    #[test]
+    fn imatrix_lane_searches_write_the_scalar_bytes_on_every_isa() {
+        for seed in 0..16 {
+            // 24 blocks (a full run of 16 and a partial one); every other
+            // row without the huge groups, whose squares would make the
+            // row's sigma2 (and so every weight) infinite.
+            let mut x = hard_groups(32, seed);
+            x.extend(&hard_groups(16, seed + 1));
+            if seed % 2 == 0 {
+                x.iter_mut().for_each(|v| *v = v.clamp(-1e6, 1e6));
+            }
+            let w: Vec<f32> =
+                hard_groups(32, seed + 2).iter().chain(&hard_groups(16, seed + 3)).map(|v| v.abs().min(1e3)).collect();
+            let cases: [(Row, Vec<u8>); 4] = [
+                (q4_0_isa, reference(&x, &w, 18, true, 8, write_q4_0)),
+                (q5_0_isa, reference(&x, &w, 22, true, 16, write_q5_0)),
+                (q4_1_isa, reference(&x, &w, 20, false, 15, write_q4_1)),
+                (q5_1_isa, reference(&x, &w, 24, false, 31, write_q5_1)),
+            ];
+            for (t, (fast, want)) in cases.iter().enumerate() {
+                for &isa in isas() {
+                    let mut got = vec![0xAB; want.len()];
+                    fast(isa, &x, Some(&w), &mut got);
+                    assert!(got == *want, "type {t} seed {seed} {isa:?}");
+                }
+            }
         }
     }
 }

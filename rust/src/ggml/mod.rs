@@ -3,14 +3,17 @@
 //! llama-cpp-python 0.3.36; the tests compare against that C code).
 //!
 //! [`types`] is the table of types, [`search`] the shared scalar helpers
-//! (`nearest_int`, `make_qx_quants`, ...), [`legacy`], [`kquants`] and
-//! [`iq4`] the per-type rows. This module validates a whole call first
+//! (`nearest_int`, `make_qx_quants`, ...), `lanes` the same scale searches
+//! run on 16 sub-blocks at once (one per vector lane, bit for bit the
+//! scalar ones, which stay as the tests' reference), [`legacy`],
+//! [`kquants`] and [`iq4`] the per-type rows. This module validates a whole call first
 //! (shape, values, importance matrix) and only then writes, rows in
 //! parallel: every row is computed by the same code on whichever thread, so
 //! the bytes do not depend on the thread count.
 
 pub mod iq4;
 pub mod kquants;
+mod lanes;
 pub mod legacy;
 pub mod search;
 pub mod types;
@@ -34,14 +37,14 @@ const MIN_BYTES_PER_THREAD: usize = 256 * 1024;
 
 /// How much more work a byte of input is for `ty` than for a plain
 /// conversion: the K-quants, IQ4 and the imatrix paths of Q4_0..Q5_1 search
-/// many scales per block (measured 20-100 MB/s on one thread against
-/// 1-4 GB/s), so they get threads for 32x smaller tensors.
+/// many scales per block (measured 200-1000 MB/s on one thread, in lanes,
+/// against 2-3 GB/s), so they get threads for 8x smaller tensors.
 fn search_weight(ty: GgmlType, imatrix: bool) -> usize {
     use GgmlType::*;
     match ty {
         F32 | F16 | Bf16 | Q8_0 => 1,
         Q4_0 | Q4_1 | Q5_0 | Q5_1 if !imatrix => 1,
-        _ => 32,
+        _ => 8,
     }
 }
 

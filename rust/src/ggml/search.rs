@@ -118,7 +118,9 @@ pub fn get_f16(b: &[u8], at: usize) -> f32 {
 }
 
 /// `best_index_int8`: index of the entry of the sorted table `val` nearest
-/// to `x` (ties to the upper one), by bisection as in C.
+/// to `x` (ties to the upper one), by bisection as in C. IQ4 uses the
+/// branch-free `iq4::best_index_iq4`; this is its test reference.
+#[cfg(test)]
 pub fn best_index_int8(val: &[i8; 16], x: f32) -> usize {
     let n = val.len();
     if x <= val[0] as f32 {
@@ -227,7 +229,9 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l_out: &mut [i8], mut rmse_type: i32
 }
 
 /// `make_q3_quants`: symmetric quantization with an iterative per-value
-/// refinement (`do_rmse`), weights `x*x`; `L` offset by `nmax`.
+/// refinement (`do_rmse`), weights `x*x`; `L` offset by `nmax`. Q3_K runs
+/// it in lanes (`lanes::q3_lanes`); this is that code's test reference.
+#[cfg(test)]
 pub fn make_q3_quants(nmax: i32, x: &[f32], l_out: &mut [i8], do_rmse: bool) -> f32 {
     let n = x.len();
     let (amax, max) = signed_absmax(x);

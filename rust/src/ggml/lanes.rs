@@ -1,0 +1,629 @@
+//! ggml's scale searches ([`super::search`]) run on 16 independent groups at
+//! once: one lane per sub-block (or block), the groups transposed so that
+//! `t[i][k]` is value `i` of group `k`. Every lane does exactly the scalar
+//! function's operations in the scalar function's order (the sums run over
+//! `i` inside a lane, never across lanes), and a data-dependent branch of
+//! the C becomes a per-lane select, so each lane's result is bit for bit the
+//! scalar one; LLVM turns the `k` loops into vector instructions. The
+//! `tests` module compares every function here with its scalar original.
+//!
+//! Everything is `#[inline(always)]`: the callers are compiled once per
+//! instruction set by `isa_dispatch!`, and the loops must be inlined there.
+#![allow(clippy::needless_range_loop)]
+
+use super::search::{c_max, c_min, nearest_int, QkxSearch, GROUP_MAX_EPS};
+
+/// Groups searched at once (one AVX-512 vector of f32).
+pub(crate) const LANES: usize = 16;
+
+/// One f32 per lane.
+pub(crate) type Col = [f32; LANES];
+
+// Small helpers as functions, not closures: a closure is not always
+// inlined, and out of line it loses the dispatched target features.
+
+#[inline(always)]
+fn err(use_mad: bool, diff: f32) -> f32 {
+    if use_mad {
+        diff.abs()
+    } else {
+        diff * diff
+    }
+}
+
+/// `if m != 0 { a } else { b }` for `m` all ones or zero, as bit
+/// operations: LLVM turned some such `if`s over lanes into a branch per lane.
+#[inline(always)]
+fn blend(m: u32, a: f32, b: f32) -> f32 {
+    f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
+}
+
+/// `MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))`.
+#[inline(always)]
+fn qkx_level(nmax: i32, iscale: f32, x: f32, min: f32) -> i32 {
+    c_max(0, c_min(nmax, nearest_int(iscale * (x - min))))
+}
+
+/// `MAX(-nmax, MIN(nmax - 1, v))`.
+#[inline(always)]
+fn clamp_sym(nmax: i32, v: i32) -> i32 {
+    c_max(-nmax, c_min(nmax - 1, v))
+}
+
+/// IQ4's `sumqx`, `sumq2` at the inverse scales `id`, in ggml's order.
+#[inline(always)]
+fn iq4_sums(x: &[Col; 32], w: &[Col; 32], id: &Col) -> (Col, Col) {
+    let (mut sumqx, mut sumq2) = ([0f32; LANES], [0f32; LANES]);
+    for i in 0..32 {
+        for k in 0..LANES {
+            let q = super::iq4::nearest_iq4(id[k] * x[i][k]).1;
+            let wq = w[i][k] * q;
+            sumqx[k] += wq * x[i][k];
+            sumq2[k] += wq * q;
+        }
+    }
+    (sumqx, sumq2)
+}
+
+/// The groups of `N` values in `x` (at most `LANES` of them, back to back),
+/// transposed: `t[i][k] = x[N * k + i]`. Lanes past the end of `x` are 0
+/// (a group of zeros: every search returns early on it without trouble).
+#[inline(always)]
+pub(crate) fn transpose<const N: usize>(x: &[f32]) -> [Col; N] {
+    if x.len() >= LANES * N {
+        return transpose_full(&x[..LANES * N]);
+    }
+    let mut padded = [[0f32; N]; LANES];
+    for (p, g) in padded.iter_mut().zip(x.chunks_exact(N)) {
+        p.copy_from_slice(g);
+    }
+    transpose_full(padded.as_flattened())
+}
+
+/// [`transpose`] of exactly `LANES` groups, in 4 x 4 tiles. On x86-64 a
+/// tile is four loads, eight SSE shuffles and four stores: plain loops
+/// (any arrangement tried) were compiled to gathers and scatters, a third
+/// of Q6_K's time.
+#[inline(always)]
+fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
+    let mut t = [[0f32; LANES]; N];
+    for k0 in (0..LANES).step_by(4) {
+        for i0 in (0..N).step_by(4) {
+            let row = |a: usize| -> &[f32; 4] { x[N * (k0 + a) + i0..][..4].try_into().expect("4 values") };
+            let tile = tile4([row(0), row(1), row(2), row(3)]);
+            for (j, c) in tile.iter().enumerate() {
+                t[i0 + j][k0..k0 + 4].copy_from_slice(c);
+            }
+        }
+    }
+    t
+}
+
+/// The transpose of a 4 x 4 tile given by its rows.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn tile4(r: [&[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::{
+        __m128, _mm_loadu_ps, _mm_movehl_ps, _mm_movelh_ps, _mm_storeu_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
+    };
+    let mut out = [[0f32; 4]; 4];
+    // SAFETY: SSE is part of x86-64's baseline, so the intrinsics can run
+    // on any x86-64 CPU; every pointer is to 4 f32 of a 4-array.
+    unsafe {
+        let [r0, r1, r2, r3]: [__m128; 4] = r.map(|v| _mm_loadu_ps(v.as_ptr()));
+        let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpacklo_ps(r2, r3));
+        let (t2, t3) = (_mm_unpackhi_ps(r0, r1), _mm_unpackhi_ps(r2, r3));
+        let c = [_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0), _mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2)];
+        for (o, c) in out.iter_mut().zip(c) {
+            _mm_storeu_ps(o.as_mut_ptr(), c);
+        }
+    }
+    out
+}
+
+/// The transpose of a 4 x 4 tile given by its rows.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn tile4(r: [&[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|j| [r[0][j], r[1][j], r[2][j], r[3][j]])
+}
+
+/// Writes lane `k` of `t` to `out[N * k..N * k + N]` for the groups `out` holds.
+#[inline(always)]
+pub(crate) fn untranspose<T: Copy, const N: usize>(t: &[[T; LANES]; N], out: &mut [T]) {
+    for (k, g) in out.chunks_exact_mut(N).take(LANES).enumerate() {
+        for i in 0..N {
+            g[i] = t[i][k];
+        }
+    }
+}
+
+/// `f` of every value (`array::map` is not always inlined, and out of line
+/// it loses the dispatched target features).
+#[inline(always)]
+pub(crate) fn lane_map<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) -> [Col; N] {
+    lane_zip(t, t, |v, _| f(v))
+}
+
+/// `f(a, b)` of every pair of values, as one flat loop: written as a double
+/// loop over `[Col; N]` it was vectorized over the rows, with gathers.
+#[inline(always)]
+pub(crate) fn lane_zip<const N: usize>(a: &[Col; N], b: &[Col; N], f: impl Fn(f32, f32) -> f32) -> [Col; N] {
+    lane_zip3(a, b, b, |a, b, _| f(a, b))
+}
+
+/// [`lane_zip`] of three inputs, to any output type.
+#[inline(always)]
+pub(crate) fn lane_zip3<T: Copy + Default, const N: usize>(
+    a: &[Col; N],
+    b: &[Col; N],
+    c: &[Col; N],
+    f: impl Fn(f32, f32, f32) -> T,
+) -> [[T; LANES]; N] {
+    let mut m = [[T::default(); LANES]; N];
+    let abc = a.as_flattened().iter().zip(b.as_flattened()).zip(c.as_flattened());
+    for (m, ((&a, &b), &c)) in m.as_flattened_mut().iter_mut().zip(abc) {
+        *m = f(a, b, c);
+    }
+    m
+}
+
+/// ggml's imatrix weights `qw * sqrt(sigma2 + x*x)` (`qw` in value order,
+/// `sigma2` per lane).
+#[inline(always)]
+pub(crate) fn imatrix_weights<const N: usize>(xt: &[Col; N], qw: &[f32], sigma2: &Col) -> [Col; N] {
+    let root = lane_zip(&[*sigma2; N], xt, |s, v| (s + v * v).sqrt());
+    lane_zip(&transpose::<N>(qw), &root, |q, r| q * r)
+}
+
+/// `s = 0; s += f(t[i])` over `i` in each lane (the C's running sums).
+#[inline(always)]
+pub(crate) fn lane_sums<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) -> Col {
+    let mut s = [0f32; LANES];
+    for row in t {
+        for k in 0..LANES {
+            s[k] += f(row[k]);
+        }
+    }
+    s
+}
+
+/// `make_qkx2_quants` (`qkx2`) / `make_qkx3_quants` of [`super::search::make_qkx_quants`]
+/// on 16 groups of `N` values with weights `w`: fills `l` (transposed) and
+/// returns `(scale, -min)` per lane.
+#[inline(always)]
+pub(crate) fn qkx_lanes<const N: usize>(
+    p: QkxSearch,
+    x: &[Col; N],
+    w: &[Col; N],
+    qkx2: bool,
+    l: &mut [[u8; LANES]; N],
+) -> (Col, Col) {
+    let nmax = p.nmax;
+    let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
+    let mut sum_x = [0f32; LANES];
+    for k in 0..LANES {
+        sum_x[k] = sum_w[k] * x[0][k];
+    }
+    for i in 1..N {
+        for k in 0..LANES {
+            let v = x[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            sum_w[k] += w[i][k];
+            sum_x[k] += w[i][k] * v;
+        }
+    }
+    let mut flat = [false; LANES];
+    let (mut iscale, mut scale) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        flat[k] = if qkx2 { max[k] == min[k] } else { max[k] <= min[k] };
+        iscale[k] = nmax as f32 / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let flat_min = min;
+    // The levels are a function of the `iscale` and `min` they were made
+    // with: rather than copying them on every improvement, remember those
+    // two per lane and make the levels once at the end (the same operations,
+    // so the same levels).
+    let (mut l_iscale, mut l_min) = (iscale, min);
+    let level = |iscale: f32, x: f32, min: f32| qkx_level(nmax, iscale, x, min);
+    let mut best_error = [0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let diff = scale[k] * level(iscale[k], x[i][k], min[k]) as f32 + min[k] - x[i][k];
+            best_error[k] += w[i][k] * err(p.use_mad, diff);
+        }
+    }
+    let mut laux = [[0f32; LANES]; N];
+    for is in 0..=p.nstep {
+        let num = p.rmin + p.rdelta * is as f32 + nmax as f32;
+        for k in 0..LANES {
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                let lf = level(iscale[k], x[i][k], min[k]) as f32;
+                laux[i][k] = lf;
+                let wl = w[i][k] * lf;
+                sum_l[k] += wl;
+                sum_l2[k] += wl * lf;
+                sum_xl[k] += wl * x[i][k];
+            }
+        }
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let mut any = false;
+        for k in 0..LANES {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            (this_scale[k], this_min[k]) = if m > 0.0 { (sum_xl[k] / sum_l2[k], 0.0) } else { (s, m) };
+            valid[k] = if d > 0.0 { 1.0 } else { 0.0 };
+            any |= d > 0.0;
+        }
+        if !any {
+            continue;
+        }
+        let mut cur_error = [0f32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
+                cur_error[k] += w[i][k] * err(p.use_mad, diff);
+            }
+        }
+        for k in 0..LANES {
+            let better = ((valid[k] != 0.0) & (cur_error[k] < best_error[k])) as u32;
+            let m = better.wrapping_neg();
+            best_error[k] = blend(m, cur_error[k], best_error[k]);
+            scale[k] = blend(m, this_scale[k], scale[k]);
+            l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
+            l_min[k] = blend(m, min[k], l_min[k]);
+            min[k] = blend(m, this_min[k], min[k]);
+        }
+    }
+    let mut neg_min = [0f32; LANES];
+    for k in 0..LANES {
+        scale[k] = if flat[k] { 0.0 } else { scale[k] };
+        neg_min[k] = if flat[k] { -flat_min[k] } else { -min[k] };
+        // A flat lane's levels are 0: `level(0, x, 0)` is 0 for finite `x`.
+        l_iscale[k] = if flat[k] { 0.0 } else { l_iscale[k] };
+        l_min[k] = if flat[k] { 0.0 } else { l_min[k] };
+    }
+    *l = lane_zip3(&[l_iscale; N], x, &[l_min; N], |s, x, m| level(s, x, m) as u8);
+    (scale, neg_min)
+}
+
+/// Per lane, all bits set (a NaN: only its bits are used) where the group's
+/// `amax` is at least `GROUP_MAX_EPS`, 0 where the C returns early with
+/// levels 0.
+#[inline(always)]
+fn keep_mask(amax: &Col) -> Col {
+    amax.map(|a| f32::from_bits(if a < GROUP_MAX_EPS { 0 } else { u32::MAX }))
+}
+
+/// `(amax, max)` of [`super::search::signed_absmax`] per lane.
+#[inline(always)]
+fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
+    let (mut amax, mut max) = ([0f32; LANES], [0f32; LANES]);
+    for row in x {
+        for k in 0..LANES {
+            let ax = row[k].abs();
+            let bigger = ax > amax[k];
+            amax[k] = if bigger { ax } else { amax[k] };
+            max[k] = if bigger { row[k] } else { max[k] };
+        }
+    }
+    (amax, max)
+}
+
+/// [`super::search::make_qx_quants`] with `rmse_type` 1 and weights `w`
+/// (the quant weights, or `x * x` where the C has none) on 16 groups: fills
+/// `l` (levels offset by `nmax`, transposed) and returns the scale per lane.
+#[inline(always)]
+pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
+    let (amax, max) = signed_absmax_lanes(x);
+    let clamp = |v: i32| clamp_sym(nmax, v);
+    // `w * x[i]` is the same product in every step.
+    let wx = lane_zip(w, x, |w, x| w * x);
+    let mut iscale = [0f32; LANES];
+    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        iscale[k] = (-nmax) as f32 / max[k];
+    }
+    for i in 0..N {
+        for k in 0..LANES {
+            let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+            sumlx[k] += wx[i][k] * lf;
+            suml2[k] += w[i][k] * lf * lf;
+        }
+    }
+    let (mut scale, mut best) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        scale[k] = if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+        best[k] = scale[k] * sumlx[k];
+    }
+    // As in `qkx_lanes`: the levels are made once at the end, from the
+    // `iscale` of the best step.
+    let mut l_iscale = iscale;
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = nmax as f32 + 0.1 * is as f32;
+        for k in 0..LANES {
+            iscale[k] = -num / max[k];
+        }
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+                sumlx[k] += wx[i][k] * lf;
+                suml2[k] += w[i][k] * lf * lf;
+            }
+        }
+        for k in 0..LANES {
+            let m = (((suml2[k] > 0.0) & (sumlx[k] * sumlx[k] > best[k] * suml2[k])) as u32).wrapping_neg();
+            let s = sumlx[k] / suml2[k];
+            scale[k] = blend(m, s, scale[k]);
+            best[k] = blend(m, s * sumlx[k], best[k]);
+            l_iscale[k] = blend(m, iscale[k], l_iscale[k]);
+        }
+    }
+    let keep = keep_mask(&amax);
+    for k in 0..LANES {
+        scale[k] = if keep[k].to_bits() != 0 { scale[k] } else { 0.0 };
+    }
+    *l = lane_zip3(&[l_iscale; N], x, &[keep; N], |s, x, keep| {
+        ((clamp(nearest_int(s * x)) + nmax) as u32 & keep.to_bits()) as u8
+    });
+    scale
+}
+
+/// [`super::search::make_q3_quants`] with `do_rmse` on 16 groups: fills `l`
+/// (offset by `nmax`, transposed) and returns the scale per lane.
+#[inline(always)]
+pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
+    let (amax, max) = signed_absmax_lanes(x);
+    let clamp = |v: i32| clamp_sym(nmax, v);
+    let w = lane_map(x, |v| v * v);
+    let wx = lane_zip(&w, x, |w, x| w * x);
+    let mut iscale = [0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = (-nmax) as f32 / max[k];
+    }
+    // The levels as floats (small integers, exact).
+    let mut lf = [[0f32; LANES]; N];
+    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+    for i in 0..N {
+        for k in 0..LANES {
+            let li = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+            lf[i][k] = li;
+            sumlx[k] += wx[i][k] * li;
+            suml2[k] += w[i][k] * li * li;
+        }
+    }
+    // A pass that changes nothing in a lane leaves that lane's state as it
+    // was, so the next pass changes nothing either: running a lane past the
+    // C's early exit is harmless, and the loop stops when no lane changed.
+    for _ in 0..5 {
+        let mut changed = [0u32; LANES];
+        for i in 0..N {
+            for k in 0..LANES {
+                let li = lf[i][k];
+                let slx = sumlx[k] - wx[i][k] * li;
+                let sl2 = suml2[k] - w[i][k] * li * li;
+                let new_l = clamp(nearest_int(x[i][k] * sl2 / slx)) as f32;
+                let slx2 = slx + wx[i][k] * new_l;
+                let sl22 = sl2 + w[i][k] * new_l * new_l;
+                let take =
+                    (slx > 0.0) & (new_l != li) & (sl22 > 0.0) & (slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22);
+                let m = (take as u32).wrapping_neg();
+                lf[i][k] = blend(m, new_l, li);
+                sumlx[k] = blend(m, slx2, sumlx[k]);
+                suml2[k] = blend(m, sl22, suml2[k]);
+                changed[k] |= m;
+            }
+        }
+        if changed == [0; LANES] {
+            break;
+        }
+    }
+    let keep = keep_mask(&amax);
+    let mut scale = [0f32; LANES];
+    for k in 0..LANES {
+        scale[k] = if keep[k].to_bits() != 0 && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+    }
+    // `nearest_int` of the small integers in `lf` is exact and, unlike
+    // `as`, vectorizes.
+    *l = lane_zip3(&lf, &lf, &[keep; N], |lf, _, keep| ((nearest_int(lf) + nmax) as u32 & keep.to_bits()) as u8);
+    scale
+}
+
+/// The scale search of ggml's `quantize_row_iq4_nl_impl` (`ntry = 7`) on
+/// 16 blocks of 32 with weights `w`: the block scale `d` per lane (0 for a
+/// block below `GROUP_MAX_EPS`). The levels are made afterwards.
+#[inline(always)]
+pub(crate) fn iq4_lanes(x: &[Col; 32], w: &[Col; 32]) -> Col {
+    use super::iq4::KVALUES_IQ4NL;
+    let v0 = f32::from(KVALUES_IQ4NL[0]);
+    let (amax, max) = signed_absmax_lanes(x);
+    let mut id = [0f32; LANES];
+    for k in 0..LANES {
+        id[k] = 1.0 / (-max[k] / v0);
+    }
+    let (sumqx, sumq2) = iq4_sums(x, w, &id);
+    let (mut d, mut best) = ([0f32; LANES], [0f32; LANES]);
+    for k in 0..LANES {
+        d[k] = if sumq2[k] > 0.0 { sumqx[k] / sumq2[k] } else { 0.0 };
+        best[k] = d[k] * sumqx[k];
+    }
+    for itry in -7i32..=7 {
+        let num = itry as f32 + v0;
+        for k in 0..LANES {
+            id[k] = num / max[k];
+        }
+        let (sumqx, sumq2) = iq4_sums(x, w, &id);
+        for k in 0..LANES {
+            let m = (((sumq2[k] > 0.0) & (sumqx[k] * sumqx[k] > best[k] * sumq2[k])) as u32).wrapping_neg();
+            let dk = sumqx[k] / sumq2[k];
+            d[k] = blend(m, dk, d[k]);
+            best[k] = blend(m, dk * sumqx[k], best[k]);
+        }
+    }
+    for k in 0..LANES {
+        d[k] = if amax[k] < GROUP_MAX_EPS { 0.0 } else { d[k] };
+    }
+    d
+}
+
+/// A row quantizer of a given instruction set (`isa_dispatch!`).
+#[cfg(test)]
+pub(crate) type Row = fn(crate::kernel::Isa, &[f32], Option<&[f32]>, &mut [u8]) -> ();
+
+/// The instruction sets this CPU can run, for tests that compare them all.
+#[cfg(test)]
+pub(crate) fn isas() -> &'static [crate::kernel::Isa] {
+    use crate::kernel::Isa;
+    match Isa::detect() {
+        Isa::Avx512 => &[Isa::Portable, Isa::Avx2, Isa::Avx512],
+        Isa::Avx2 => &[Isa::Portable, Isa::Avx2],
+        Isa::Portable => &[Isa::Portable],
+    }
+}
+
+/// 16 adversarial groups of `n` values: random, constant, zero, a
+/// single outlier, ties, subnormals, huge and tiny, all negative or
+/// positive, alternating signs.
+#[cfg(test)]
+pub(crate) fn hard_groups(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    let mut rnd = move || {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    };
+    let mut x = Vec::with_capacity(16 * n);
+    for g in 0..16 {
+        for i in 0..n {
+            let r = rnd();
+            x.push(match (g + seed as usize) % 16 {
+                0 | 1 => r,
+                2 => 0.7,
+                3 => 0.0,
+                4 => {
+                    if i == 5 {
+                        100.0
+                    } else {
+                        r * 1e-3
+                    }
+                }
+                5 => (i % 4) as f32 * 0.25 - 0.5,
+                6 => r * 1e-39,
+                7 => r * 1e30,
+                8 => r * 1e-20,
+                9 => -r.abs() - 0.1,
+                10 => r.abs() + 0.1,
+                11 => {
+                    if i % 2 == 0 {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                }
+                12 => (i as f32 - 7.5) * 0.125,
+                13 => {
+                    if i == 0 {
+                        -3.0
+                    } else {
+                        0.0
+                    }
+                }
+                14 => -0.0,
+                _ => r * r * r,
+            });
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::search::{make_q3_quants, make_qkx_quants, make_qx_quants};
+    use super::*;
+
+    fn weights(x: &[f32], seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        x.iter()
+            .map(|v| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                v.abs() * 0.5 + (s >> 28) as f32 * 0.0625
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
+    }
+
+    fn check_qkx<const N: usize>(p: QkxSearch, qkx2: bool) {
+        for seed in 0..40 {
+            let x = hard_groups(N, seed);
+            let w = weights(&x, seed);
+            let mut l = [[0u8; LANES]; N];
+            let (s, m) = qkx_lanes(p, &transpose::<N>(&x), &transpose::<N>(&w), qkx2, &mut l);
+            let mut got = vec![0u8; 16 * N];
+            untranspose(&l, &mut got);
+            for k in 0..16 {
+                let g = N * k..N * k + N;
+                let (mut lw, mut aux) = (vec![0u8; N], vec![0u8; N]);
+                let (es, em) = make_qkx_quants(p, &x[g.clone()], &w[g.clone()], &mut lw, &mut aux, qkx2);
+                assert_eq!(bits(&[s[k], m[k]]), bits(&[es, em]), "seed {seed} lane {k}");
+                assert_eq!(got[g], lw[..], "seed {seed} lane {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn qkx_lanes_match_the_scalar_search() {
+        check_qkx::<32>(QkxSearch { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false }, true);
+        check_qkx::<32>(QkxSearch::with_imatrix(31), false);
+        check_qkx::<16>(QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true }, true);
+        check_qkx::<16>(QkxSearch::with_imatrix(3), false);
+    }
+
+    #[test]
+    fn qx_and_q3_lanes_match_the_scalar_searches() {
+        for seed in 0..40 {
+            let x = hard_groups(16, seed);
+            let w = weights(&x, seed);
+            let xt = transpose::<16>(&x);
+            let sq: Vec<f32> = x.iter().map(|v| v * v).collect();
+            for (nmax, wt) in [(32, w.as_slice()), (4, w.as_slice()), (32, sq.as_slice())] {
+                let mut l = [[0u8; LANES]; 16];
+                let s = qx_lanes(nmax, &xt, &transpose::<16>(wt), &mut l);
+                let mut got = vec![0u8; 256];
+                untranspose(&l, &mut got);
+                for k in 0..16 {
+                    let g = 16 * k..16 * k + 16;
+                    let mut lw = [0i8; 16];
+                    let qw = (wt.as_ptr() != sq.as_ptr()).then(|| &wt[g.clone()]);
+                    let es = make_qx_quants(nmax, &x[g.clone()], &mut lw, 1, qw);
+                    assert_eq!(s[k].to_bits(), es.to_bits(), "qx seed {seed} lane {k}");
+                    assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
+                }
+            }
+            let mut l = [[0u8; LANES]; 16];
+            let s = q3_lanes(4, &xt, &mut l);
+            let mut got = vec![0u8; 256];
+            untranspose(&l, &mut got);
+            for k in 0..16 {
+                let g = 16 * k..16 * k + 16;
+                let mut lw = [0i8; 16];
+                let es = make_q3_quants(4, &x[g.clone()], &mut lw, true);
+                assert_eq!(s[k].to_bits(), es.to_bits(), "q3 seed {seed} lane {k}");
+                assert_eq!(got[g], lw.map(|v| v as u8), "q3 seed {seed} lane {k}");
+            }
+        }
+    }
+}
