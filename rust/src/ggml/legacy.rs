@@ -275,6 +275,7 @@ fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl 
 /// Q4_1 (`nmax` 15) and Q5_1 (31) without imatrix over a row, scales in
 /// lanes. `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does
 /// not).
+#[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
 fn asymmetric_row(
     x: &[f32],
