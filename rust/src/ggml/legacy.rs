@@ -480,8 +480,144 @@ pub fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::super::lanes::{hard_groups, isas, Row};
-    use super::super::search::{make_qkx_quants, make_qx_quants};
+    use super::super::search::{c_float_to_int, make_qkx_quants, make_qx_quants, signed_absmax};
     use super::*;
+
+    /// ggml's `quantize_row_q{4,5}_0_ref` one block at a time, as written in
+    /// C: the no-imatrix paths' reference.
+    fn scalar_sym(x: &[f32], nmax: i32, bytes: usize, five: bool) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * bytes];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bytes)) {
+            let max = signed_absmax(xb).1;
+            let d = max / -(nmax as f32);
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                let xi = c_float_to_int(xb[j] * id + (nmax as f32 + 0.5)) as i8 as i32;
+                l[j] = c_min(2 * nmax - 1, xi) as u8;
+            }
+            pack_scalar(&l, five, &mut y[2..]);
+        }
+        out
+    }
+
+    /// ggml's `quantize_row_q{4,5}_1_ref`.
+    fn scalar_asym(x: &[f32], nmax: i32, bytes: usize, five: bool) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * bytes];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bytes)) {
+            let (mut min, mut max) = (f32::MAX, -f32::MAX);
+            for &v in xb {
+                if v < min {
+                    min = v;
+                }
+                if v > max {
+                    max = v;
+                }
+            }
+            let d = (max - min) / nmax as f32;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            put_f16(y, 2, min);
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                let xi = c_float_to_int((xb[j] - min) * id + 0.5);
+                l[j] = if five { xi as u8 } else { c_min(15, xi as i8 as i32) as u8 };
+            }
+            pack_scalar(&l, five, &mut y[4..]);
+        }
+        out
+    }
+
+    /// ggml's `quantize_row_q8_0_ref` (`roundf` from std).
+    fn scalar_q8_0(x: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * 34];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
+            let mut amax = 0f32;
+            for &v in xb {
+                amax = c_max(amax, v.abs());
+            }
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            for j in 0..QK {
+                y[2 + j] = c_float_to_int((xb[j] * id).round()) as u8;
+            }
+        }
+        out
+    }
+
+    /// The C's packing loops: value j and j+16 in byte j, fifth bits in `qh`.
+    fn pack_scalar(l: &[u8; QK], five: bool, y: &mut [u8]) {
+        let (mut qh, qs) = (0u32, if five { 4 } else { 0 });
+        for j in 0..QK / 2 {
+            y[qs + j] = (l[j] & 0x0F) | ((l[j + QK / 2] & 0x0F) << 4);
+            qh |= (((l[j] & 0x10) >> 4) as u32) << j;
+            qh |= (((l[j + QK / 2] & 0x10) >> 4) as u32) << (j + QK / 2);
+        }
+        if five {
+            y[..4].copy_from_slice(&qh.to_le_bytes());
+        }
+    }
+
+    /// Blocks the lane statistics could get wrong: magnitude ties of both
+    /// signs in either order, zeros of both signs first, constant blocks,
+    /// extremes that make `1/d` overflow, on top of [`hard_groups`].
+    fn tie_groups(seed: u32) -> Vec<f32> {
+        let mut x = Vec::new();
+        for g in 0..16u32 {
+            for i in 0..QK as u32 {
+                let r = ((i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) >> 20) as f32 / 4096.0 - 0.5;
+                x.push(match (g + seed) % 8 {
+                    0 => [0.5, -0.5][((i + g) % 2) as usize] * if i % 7 == 3 { 1.0 } else { r },
+                    1 => [-0.5, 0.5][((i + g) % 2) as usize] * if i % 5 == 1 { 1.0 } else { r },
+                    2 => [0.0, -0.0][((i / 3 + g) % 2) as usize],
+                    3 => [-0.0, 0.0, 0.25][(i % 3) as usize],
+                    4 => -2.5,
+                    5 => {
+                        if i == 31 {
+                            -3.0e38
+                        } else {
+                            3.0e38 * r
+                        }
+                    }
+                    6 => {
+                        if i == 9 {
+                            f32::from_bits(1)
+                        } else {
+                            -f32::from_bits(1 + i) * (i % 2) as f32
+                        }
+                    }
+                    _ => r * 1e-30,
+                });
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn lane_statistics_write_the_scalar_bytes_on_every_isa() {
+        for seed in 0..16 {
+            // 16 + 16 + 5 blocks: full runs and a partial one at the row end.
+            let mut x = hard_groups(QK, seed);
+            x.extend(&tie_groups(seed));
+            x.extend(&hard_groups(QK, seed + 1)[..5 * QK]);
+            let cases: [(Row, Vec<u8>); 5] = [
+                (q4_0_isa, scalar_sym(&x, 8, 18, false)),
+                (q5_0_isa, scalar_sym(&x, 16, 22, true)),
+                (q4_1_isa, scalar_asym(&x, 15, 20, false)),
+                (q5_1_isa, scalar_asym(&x, 31, 24, true)),
+                (q8_0_isa, scalar_q8_0(&x)),
+            ];
+            for (t, (fast, want)) in cases.iter().enumerate() {
+                for &isa in isas() {
+                    let mut got = vec![0xAB; want.len()];
+                    fast(isa, &x, None, &mut got);
+                    assert!(got == *want, "type {t} seed {seed} {isa:?}");
+                }
+            }
+        }
+    }
 
     /// ggml's imatrix searches one block at a time: the lanes' reference.
     fn scalar_search(sym: bool, nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANES]; QK]) -> (Col, Col) {
