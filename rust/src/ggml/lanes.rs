@@ -305,7 +305,7 @@ fn keep_mask(amax: &Col) -> Col {
 
 /// `(amax, max)` of [`super::search::signed_absmax`] per lane.
 #[inline(always)]
-fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
+pub(crate) fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
     let (mut amax, mut max) = ([0f32; LANES], [0f32; LANES]);
     for row in x {
         for k in 0..LANES {

@@ -5,7 +5,7 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
+use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, untranspose, Col, LANES};
 use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
 
 const QK: usize = 32;
@@ -38,75 +38,53 @@ pub fn quantize_q8_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     q8_0_isa(Isa::detect(), x, imatrix, out);
 }
 
-/// Folds a block with `f` in 16 independent lanes, then the lanes: only
-/// for order-independent `f` (min / max of finite values), where it gives
-/// the sequential result and lets LLVM vectorize the loop.
+/// Per lane (one block each), the minimum and maximum starting from `MAX`
+/// / `-MAX`, in the C's order (`if (v < min) min = v;`), so a zero result
+/// has the sign of the block's first zero, as in C.
 #[inline(always)]
-fn reduce(x: &[f32; QK], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 16];
-    for c in x.chunks_exact(16) {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = f(*a, v);
+fn min_max_lanes(xt: &[Col; QK]) -> (Col, Col) {
+    let (mut min, mut max) = ([f32::MAX; LANES], [-f32::MAX; LANES]);
+    for row in xt {
+        for k in 0..LANES {
+            min[k] = c_min(row[k], min[k]);
+            max[k] = c_max(row[k], max[k]);
         }
-    }
-    // A tree over the lanes: 4 dependent steps instead of 16.
-    let mut width = acc.len();
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            acc[i] = f(acc[i], acc[i + width]);
-        }
-    }
-    f(init, acc[0])
-}
-
-/// Largest magnitude in a block (0 for an all-zero block).
-#[inline(always)]
-fn abs_max(x: &[f32; QK]) -> f32 {
-    reduce(x, 0.0, |m, v| c_max(v.abs(), m))
-}
-
-/// Minimum and maximum of a block, starting from `MAX` / `-MAX` as in C.
-/// Order-independent for finite values but for the sign of a zero result,
-/// which is fixed afterwards.
-#[inline(always)]
-fn min_max(x: &[f32; QK]) -> (f32, f32) {
-    let mut min = reduce(x, f32::MAX, |m, v| c_min(v, m));
-    let mut max = reduce(x, -f32::MAX, |m, v| c_max(v, m));
-    // Only 0 and -0 compare equal and differ: the C keeps the first one.
-    let first_zero = || x.iter().copied().find(|&v| v == 0.0).unwrap_or(0.0);
-    if min == 0.0 {
-        min = first_zero();
-    }
-    if max == 0.0 {
-        max = first_zero();
     }
     (min, max)
 }
 
-/// [`super::search::signed_absmax`] of one block: the largest magnitude,
-/// then the first value that has it (0 if all are 0).
+/// Per lane, Q8_0's `amax = MAX(amax, fabsf(v))`.
 #[inline(always)]
-fn block_signed_absmax(x: &[f32; QK]) -> f32 {
-    let amax = abs_max(x);
-    if amax == 0.0 {
-        return 0.0;
+fn abs_max_lanes(xt: &[Col; QK]) -> Col {
+    let mut amax = [0f32; LANES];
+    for row in xt {
+        for k in 0..LANES {
+            amax[k] = c_max(amax[k], row[k].abs());
+        }
     }
-    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    amax
+}
+
+/// [`super::search::c_float_to_int`] (`cvttss2si`: `INT_MIN` out of the
+/// i32 range and for NaN), written so that it vectorizes: Rust's saturating
+/// `as i32` was compiled to a scalar conversion with branches per value.
+#[inline(always)]
+fn cvtt(f: f32) -> i32 {
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
+    // SAFETY: the value converted is `f` inside the i32 range, or 0.
+    let t: i32 = unsafe { (if in_range { f } else { 0.0 }).to_int_unchecked() };
+    if in_range {
+        t
+    } else {
+        i32::MIN
+    }
 }
 
 /// `(int8_t)f` / `(uint8_t)f` as x86-64 gcc compiles them: the low byte of
-/// `cvttss2si`, which gives `INT_MIN` (low byte 0) out of the i32 range and
-/// for NaN ([`super::search::c_float_to_int`]), written so that it vectorizes.
+/// `cvttss2si` (0 out of the i32 range and for NaN).
 #[inline(always)]
 fn low_byte(f: f32) -> u8 {
-    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
-    let t = (if in_range { f } else { 0.0 }) as i32;
-    if in_range {
-        t as u8
-    } else {
-        0
-    }
+    cvtt(f) as u8
 }
 
 /// The low byte of `(int)roundf(v)` (C's round half away from zero, then
@@ -114,16 +92,12 @@ fn low_byte(f: f32) -> u8 {
 /// the dropped fraction (exact for |v| < 2^23, 0 above) is at least 1/2.
 #[inline(always)]
 fn round_low_byte(v: f32) -> u8 {
-    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&v);
-    let v = if in_range { v } else { 0.0 };
-    let t = v as i32;
+    // Out of range (and NaN) -> 0, as `cvttss2si`'s `INT_MIN`.
+    let v = if (-2_147_483_648.0..2_147_483_648.0).contains(&v) { v } else { 0.0 };
+    let t = cvtt(v);
     let frac = v - t as f32;
     let r = t.wrapping_add((frac >= 0.5) as i32).wrapping_sub((frac <= -0.5) as i32);
-    if in_range {
-        r as u8
-    } else {
-        0
-    }
+    r as u8
 }
 
 /// The blocks of a row as arrays (the length is a multiple of 32, checked).
@@ -133,15 +107,19 @@ fn blocks(x: &[f32]) -> impl Iterator<Item = &[f32; QK]> {
 }
 
 /// Packs 32 5-bit values as ggml does: low nibbles in `qs` (value j and
-/// j+16 in byte j), the fifth bits in the 32-bit little-endian `qh`.
+/// j+16 in byte j), the fifth bit of value j as bit j of the 32-bit
+/// little-endian `qh`, gathered 8 at a time by a multiplication (the bits
+/// land at distinct positions, no carries): an OR over 32 shifted values
+/// was compiled to a horizontal reduction per block.
 #[inline(always)]
 fn pack5(l: &[u8; QK], qh_out: &mut [u8], qs: &mut [u8]) {
-    let mut qh = 0u32;
     for j in 0..QK / 2 {
-        let (xi0, xi1) = (l[j], l[j + QK / 2]);
-        qs[j] = (xi0 & 0x0F) | ((xi1 & 0x0F) << 4);
-        qh |= (((xi0 & 0x10) >> 4) as u32) << j;
-        qh |= (((xi1 & 0x10) >> 4) as u32) << (j + QK / 2);
+        qs[j] = (l[j] & 0x0F) | ((l[j + QK / 2] & 0x0F) << 4);
+    }
+    let mut qh = 0u32;
+    for (c, b) in l.chunks_exact(8).enumerate() {
+        let bits = (u64::from_le_bytes(b.try_into().expect("8 levels")) >> 4) & 0x0101_0101_0101_0101;
+        qh |= ((bits.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32) << (8 * c);
     }
     qh_out.copy_from_slice(&qh.to_le_bytes());
 }
@@ -238,12 +216,13 @@ fn write_q5_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
     pack5(l, qh, qs);
 }
 
-// Runs of `LANES` blocks in the no-imatrix paths: per-block statistics are
-// computed block by block, then the scales of the run with one lane per
-// block (the divisions vectorize), then the levels block by block.
+// Runs of `LANES` blocks in the no-imatrix paths: the run is transposed
+// and each block's statistics computed in its own lane (the C's loop,
+// no horizontal reductions), then the scales with one lane per block (the
+// divisions vectorize), then the levels block by block.
 
-/// Runs a no-imatrix quantizer over a row: `stat(block) -> (a, b)` (e.g.
-/// the min and max), `scale(a, b) -> (d, id, m)`, then
+/// Runs a no-imatrix quantizer over a row: `stat(transposed run) -> (a, b)`
+/// per lane (e.g. the min and max), `scale(a, b) -> (d, id, m)`, then
 /// `write(block, halves, id, m, bytes)`, `halves` = `d` and `m` as ggml
 /// halves (converted in lanes too).
 #[inline(always)]
@@ -251,15 +230,13 @@ fn lane_rows(
     x: &[f32],
     out: &mut [u8],
     bytes: usize,
-    stat: impl Fn(&[f32; QK]) -> (f32, f32),
+    stat: impl Fn(&[Col; QK]) -> (Col, Col),
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
     write: impl Fn(&[f32; QK], [u8; 4], f32, f32, &mut [u8]),
 ) {
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
-        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
-        for ((ai, bi), xb) in a.iter_mut().zip(b.iter_mut()).zip(blocks(xr)) {
-            (*ai, *bi) = stat(xb);
-        }
+        // Lanes past a partial run are zero blocks, never written.
+        let (a, b) = stat(&transpose::<QK>(xr));
         let (mut halves, mut id, mut m) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..LANES {
             let (di, idi, mi) = scale(a[i], b[i]);
@@ -281,7 +258,7 @@ fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl 
         out,
         bytes,
         #[inline(always)]
-        |xb| (block_signed_absmax(xb), 0.0),
+        |xt| (signed_absmax_lanes(xt).1, [0.0; LANES]),
         #[inline(always)]
         |max, _| {
             let d = max / -(nmax as f32);
@@ -302,6 +279,7 @@ fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl 
 /// Q4_1 (`nmax` 15) and Q5_1 (31) without imatrix over a row, scales in
 /// lanes. `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does
 /// not).
+#[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
 fn asymmetric_row(
     x: &[f32],
@@ -315,7 +293,8 @@ fn asymmetric_row(
         x,
         out,
         bytes,
-        min_max,
+        #[inline(always)]
+        |xt| min_max_lanes(xt),
         #[inline(always)]
         |min, max| {
             let d = (max - min) / nmax as f32;
@@ -425,7 +404,7 @@ fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         34,
         #[inline(always)]
-        |xb| (abs_max(xb), 0.0),
+        |xt| (abs_max_lanes(xt), [0.0; LANES]),
         #[inline(always)]
         |amax, _| {
             let d = amax / 127.0;
@@ -505,8 +484,144 @@ pub fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::super::lanes::{hard_groups, isas, Row};
-    use super::super::search::{make_qkx_quants, make_qx_quants};
+    use super::super::search::{c_float_to_int, make_qkx_quants, make_qx_quants, signed_absmax};
     use super::*;
+
+    /// ggml's `quantize_row_q{4,5}_0_ref` one block at a time, as written in
+    /// C: the no-imatrix paths' reference.
+    fn scalar_sym(x: &[f32], nmax: i32, bytes: usize, five: bool) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * bytes];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bytes)) {
+            let max = signed_absmax(xb).1;
+            let d = max / -(nmax as f32);
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                let xi = c_float_to_int(xb[j] * id + (nmax as f32 + 0.5)) as i8 as i32;
+                l[j] = c_min(2 * nmax - 1, xi) as u8;
+            }
+            pack_scalar(&l, five, &mut y[2..]);
+        }
+        out
+    }
+
+    /// ggml's `quantize_row_q{4,5}_1_ref`.
+    fn scalar_asym(x: &[f32], nmax: i32, bytes: usize, five: bool) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * bytes];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(bytes)) {
+            let (mut min, mut max) = (f32::MAX, -f32::MAX);
+            for &v in xb {
+                if v < min {
+                    min = v;
+                }
+                if v > max {
+                    max = v;
+                }
+            }
+            let d = (max - min) / nmax as f32;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            put_f16(y, 2, min);
+            let mut l = [0u8; QK];
+            for j in 0..QK {
+                let xi = c_float_to_int((xb[j] - min) * id + 0.5);
+                l[j] = if five { xi as u8 } else { c_min(15, xi as i8 as i32) as u8 };
+            }
+            pack_scalar(&l, five, &mut y[4..]);
+        }
+        out
+    }
+
+    /// ggml's `quantize_row_q8_0_ref` (`roundf` from std).
+    fn scalar_q8_0(x: &[f32]) -> Vec<u8> {
+        let mut out = vec![0u8; x.len() / QK * 34];
+        for (xb, y) in x.chunks_exact(QK).zip(out.chunks_exact_mut(34)) {
+            let mut amax = 0f32;
+            for &v in xb {
+                amax = c_max(amax, v.abs());
+            }
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            put_f16(y, 0, d);
+            for j in 0..QK {
+                y[2 + j] = c_float_to_int((xb[j] * id).round()) as u8;
+            }
+        }
+        out
+    }
+
+    /// The C's packing loops: value j and j+16 in byte j, fifth bits in `qh`.
+    fn pack_scalar(l: &[u8; QK], five: bool, y: &mut [u8]) {
+        let (mut qh, qs) = (0u32, if five { 4 } else { 0 });
+        for j in 0..QK / 2 {
+            y[qs + j] = (l[j] & 0x0F) | ((l[j + QK / 2] & 0x0F) << 4);
+            qh |= (((l[j] & 0x10) >> 4) as u32) << j;
+            qh |= (((l[j + QK / 2] & 0x10) >> 4) as u32) << (j + QK / 2);
+        }
+        if five {
+            y[..4].copy_from_slice(&qh.to_le_bytes());
+        }
+    }
+
+    /// Blocks the lane statistics could get wrong: magnitude ties of both
+    /// signs in either order, zeros of both signs first, constant blocks,
+    /// extremes that make `1/d` overflow, on top of [`hard_groups`].
+    fn tie_groups(seed: u32) -> Vec<f32> {
+        let mut x = Vec::new();
+        for g in 0..16u32 {
+            for i in 0..QK as u32 {
+                let r = ((i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) >> 20) as f32 / 4096.0 - 0.5;
+                x.push(match (g + seed) % 8 {
+                    0 => [0.5, -0.5][((i + g) % 2) as usize] * if i % 7 == 3 { 1.0 } else { r },
+                    1 => [-0.5, 0.5][((i + g) % 2) as usize] * if i % 5 == 1 { 1.0 } else { r },
+                    2 => [0.0, -0.0][((i / 3 + g) % 2) as usize],
+                    3 => [-0.0, 0.0, 0.25][(i % 3) as usize],
+                    4 => -2.5,
+                    5 => {
+                        if i == 31 {
+                            -3.0e38
+                        } else {
+                            3.0e38 * r
+                        }
+                    }
+                    6 => {
+                        if i == 9 {
+                            f32::from_bits(1)
+                        } else {
+                            -f32::from_bits(1 + i) * (i % 2) as f32
+                        }
+                    }
+                    _ => r * 1e-30,
+                });
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn lane_statistics_write_the_scalar_bytes_on_every_isa() {
+        for seed in 0..16 {
+            // 16 + 16 + 5 blocks: full runs and a partial one at the row end.
+            let mut x = hard_groups(QK, seed);
+            x.extend(&tie_groups(seed));
+            x.extend(&hard_groups(QK, seed + 1)[..5 * QK]);
+            let cases: [(Row, Vec<u8>); 5] = [
+                (q4_0_isa, scalar_sym(&x, 8, 18, false)),
+                (q5_0_isa, scalar_sym(&x, 16, 22, true)),
+                (q4_1_isa, scalar_asym(&x, 15, 20, false)),
+                (q5_1_isa, scalar_asym(&x, 31, 24, true)),
+                (q8_0_isa, scalar_q8_0(&x)),
+            ];
+            for (t, (fast, want)) in cases.iter().enumerate() {
+                for &isa in isas() {
+                    let mut got = vec![0xAB; want.len()];
+                    fast(isa, &x, None, &mut got);
+                    assert!(got == *want, "type {t} seed {seed} {isa:?}");
+                }
+            }
+        }
+    }
 
     /// ggml's imatrix searches one block at a time: the lanes' reference.
     fn scalar_search(sym: bool, nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANES]; QK]) -> (Col, Col) {
