@@ -22,8 +22,9 @@ pub(crate) type Col = [f32; LANES];
 // Small helpers as functions, not closures: a closure is not always
 // inlined, and out of line it loses the dispatched target features.
 
+/// `|diff|` (`use_mad`) or `diff * diff`.
 #[inline(always)]
-fn err(use_mad: bool, diff: f32) -> f32 {
+pub(crate) fn err(use_mad: bool, diff: f32) -> f32 {
     if use_mad {
         diff.abs()
     } else {
@@ -31,10 +32,16 @@ fn err(use_mad: bool, diff: f32) -> f32 {
     }
 }
 
+/// Per lane, all bits set where `c` holds, else 0.
+#[inline(always)]
+pub(crate) fn mask(c: bool) -> u32 {
+    (c as u32).wrapping_neg()
+}
+
 /// `if m != 0 { a } else { b }` for `m` all ones or zero, as bit
 /// operations: LLVM turned some such `if`s over lanes into a branch per lane.
 #[inline(always)]
-fn blend(m: u32, a: f32, b: f32) -> f32 {
+pub(crate) fn blend(m: u32, a: f32, b: f32) -> f32 {
     f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
 }
 

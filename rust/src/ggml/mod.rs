@@ -13,7 +13,7 @@
 
 pub mod iq4;
 pub mod kquants;
-mod lanes;
+pub(crate) mod lanes;
 pub mod legacy;
 pub mod search;
 pub mod types;

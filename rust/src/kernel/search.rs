@@ -32,15 +32,11 @@ use super::fast::{f16_bits_to_f32, f32_to_f16_bits, group_codes, isa_dispatch, H
 use super::ROUND_MAGIC;
 use crate::element::Values;
 use crate::error::{Error, PqStatus, Result};
+pub(crate) use crate::ggml::lanes::LANES;
+use crate::ggml::lanes::{blend, err as qkx_err, mask, Col};
 use crate::ggml::search::{c_max, c_min, nearest_int, QkxSearch};
 use crate::kernel::Isa;
 use crate::layout::{Layout, Method, ScaleDtype};
-
-/// Groups searched at once: one AVX-512 vector of f32 per lane-wise value.
-pub(crate) const LANES: usize = 16;
-
-/// One f32 per lane.
-pub(crate) type Col = [f32; LANES];
 
 /// The `make_qkx2_quants` parameters of the search: 21 inverse scales
 /// `(qmax - 1.0 + 0.1 * k) / (max - min)`, `k = 0..=20`, squared error.
@@ -94,19 +90,6 @@ fn encode_impl<T: Lane, H: HalfCvt>(
         Some(w) => encode_blocks::<T, H, true>(x, layout, first_group, w, codes, scales, mins),
         None => encode_blocks::<T, H, false>(x, layout, first_group, &[], codes, scales, mins),
     }
-}
-
-/// Per lane, all bits set where `c` holds, else 0.
-#[inline(always)]
-fn mask(c: bool) -> u32 {
-    (c as u32).wrapping_neg()
-}
-
-/// `if m != 0 { a } else { b }` for `m` all ones or zero, as bit operations:
-/// LLVM turns some such `if`s over lanes into a branch per lane.
-#[inline(always)]
-fn blend(m: u32, a: f32, b: f32) -> f32 {
-    f32::from_bits((a.to_bits() & m) | (b.to_bits() & !m))
 }
 
 /// Weight `w` of a weighted search, 1.0 otherwise.
@@ -398,20 +381,10 @@ fn qkx_first_error<const W: bool, const MAD: bool, const FLOAT: bool>(
     for i in 0..n {
         for k in 0..LANES {
             let diff = scale[k] * qkx_level::<FLOAT>(nmax, iscale[k], x[i][k], min[k]) + min[k] - x[i][k];
-            err[k] += weight::<W>(w[i][k]) * qkx_err::<MAD>(diff);
+            err[k] += weight::<W>(w[i][k]) * qkx_err(MAD, diff);
         }
     }
     err
-}
-
-/// `|diff|` (`MAD`) or `diff * diff`.
-#[inline(always)]
-fn qkx_err<const MAD: bool>(diff: f32) -> f32 {
-    if MAD {
-        diff.abs()
-    } else {
-        diff * diff
-    }
 }
 
 /// [`crate::ggml::search::make_qkx_quants`] with `qkx2` on [`LANES`] groups
@@ -493,7 +466,7 @@ fn qkx_lanes_with<const W: bool, const MAD: bool>(p: QkxSearch, x: &[Col], w: &[
         for i in 0..n {
             for k in 0..LANES {
                 let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
-                cur_error[k] += weight::<W>(w[i][k]) * qkx_err::<MAD>(diff);
+                cur_error[k] += weight::<W>(w[i][k]) * qkx_err(MAD, diff);
             }
         }
         for k in 0..LANES {
