@@ -434,14 +434,21 @@ extern "C" {
  exactly once, before returning. `in_schema` is borrowed; the caller
  still releases it. `out_array` and `out_schema` are caller-allocated
  structs, written only on `PQ_STATUS_OK`: then the caller owns them and
- must call each one's `release` once (they may be moved first). Columns:
- name utf8, codes large_binary, scales list<float32>, mins list<float32>,
- shape list<int64>, dtype utf8, bits uint8, group_size uint32.
+ must call each one's `release` once (they may be moved first). Columns
+ (`pq_arrow_quantized_schema` of `method` and `scale_dtype`): name utf8,
+ codes large_binary, scales and mins list<float32> (list<float16> with
+ `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,
+ group_size uint32, then, for another method than `PQ_METHOD_MIN_MAX`,
+ method utf8 ("search"). `method` and `scale_dtype` as in
+ `PqQuantizeItem` (0, 0: min-max with float32 scales, the format's
+ original schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`.
  */
 PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            const struct ArrowSchema *in_schema,
                            uint32_t bits,
                            size_t group_size,
+                           uint32_t method,
+                           uint32_t scale_dtype,
                            size_t threads,
                            struct ArrowArray *out_array,
                            struct ArrowSchema *out_schema,
@@ -503,8 +510,12 @@ PqStatus pq_arrow_check_quantized(struct ArrowArray *in_array,
  `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
  little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
  int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
- and `dtype` are UTF-8 (not NUL-terminated). Every buffer is copied and
- owned by the caller.
+ and `dtype` are UTF-8 (not NUL-terminated). `method` and `scale_dtype`
+ (codes as in `PqQuantizeItem`) choose the batch's schema, as for
+ `pq_quantize_arrow`; with `PQ_SCALE_DTYPE_F16` every scale and min must
+ be a float16 value (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
+ row takes those of the batches it is written with. Every buffer is
+ copied and owned by the caller.
  */
 PqStatus pq_arrow_quantized_row(const uint8_t *name,
                                 size_t name_len,
@@ -520,16 +531,22 @@ PqStatus pq_arrow_quantized_row(const uint8_t *name,
                                 size_t scales_len,
                                 const float *mins,
                                 size_t mins_len,
+                                uint32_t method,
+                                uint32_t scale_dtype,
                                 struct ArrowArray *out_array,
                                 struct ArrowSchema *out_schema,
                                 struct PqError *error);
 
 /*
- Writes the (fixed) schema of `pq_quantize_arrow`'s result into the
+ Writes the schema of `pq_quantize_arrow`'s result for `method` and
+ `scale_dtype` (0, 0: the format's original schema) into the
  caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
  releases it once.
  */
-PqStatus pq_arrow_quantized_schema(struct ArrowSchema *out_schema, struct PqError *error);
+PqStatus pq_arrow_quantized_schema(uint32_t method,
+                                   uint32_t scale_dtype,
+                                   struct ArrowSchema *out_schema,
+                                   struct PqError *error);
 
 /*
  ggml's name of GGML type `ggml_type` (a `ggml_type` /

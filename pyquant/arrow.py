@@ -25,7 +25,7 @@ import numpy as np
 from . import _arrow_inputs
 from ._call import SIZE_MAX as _SIZE_MAX, c_threads, call
 from ._lib import ffi, lib
-from .core import _c_uint, _UINT32_MAX
+from .core import _c_uint, _UINT32_MAX, scheme_codes
 from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
@@ -51,7 +51,8 @@ def _pyarrow() -> Any:
 
 
 def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, threads: int | None = None,
-                   columns: dict[str, str] | None = None, on_null: str = "error") -> Any:
+                   columns: dict[str, str] | None = None, on_null: str = "error", method: str = "minmax",
+                   scale_dtype: str = "float32") -> Any:
     """Quantizes the tensors of an Arrow object, reading their values in place.
 
     ``obj`` implements the Arrow PyCapsule interface and holds either one
@@ -74,7 +75,10 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     of plain float arrays (a ``ChunkedArray``, a polars ``Series``) is one
     1-D tensor per chunk, named after the stream (a Series' name), with
     ``.0``, ``.1``... appended when there are several chunks (``rechunk()``
-    first for one tensor).
+    first for one tensor). ``method`` and ``scale_dtype`` as for
+    :func:`pyquant.quantize_ptr`: the result's schema is
+    ``quantized_schema(method, scale_dtype)`` (float16 scales and mins are
+    stored as float16; ``method="search"`` adds a ``method`` column).
 
     Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
     :func:`quantized_schema`, then the passed-through columns) for an array
@@ -91,8 +95,9 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
 
     Raises QuantizeError subclasses: ArrowDataError (released or malformed
     input, nulls, missing column), UnsupportedDtypeError, ShapeError,
-    InvalidBitsError, InvalidGroupSizeError, NonFiniteError.
+    InvalidBitsError, InvalidGroupSizeError, NonFiniteError, InvalidSchemeError.
     """
+    m, s = scheme_codes(method, scale_dtype)
     b = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
     if group_size is None:
         g = _GROUP_SIZE_PER_ROW
@@ -102,7 +107,7 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     obj = _arrow_inputs.prepare(obj, columns, on_null)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, t)
+        return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, t)
 
     return _map(obj, convert)
 
@@ -154,13 +159,16 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
 
 
 def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, group_size: int,
-                  codes: Any, scales: Any, mins: Any) -> Any:
+                  codes: Any, scales: Any, mins: Any, method: str = "minmax", scale_dtype: str = "float32") -> Any:
     """One row of a quantized batch as a pyarrow ``RecordBatch`` in
     :func:`quantized_schema`, built and checked by the Rust library (the one
     owner of the row format): a quantized tensor (``bits`` 2, 3, 4 or 8, and
     its codes, scales and mins as numpy arrays), or a carried-over one
     (``bits`` 0, ``group_size`` 0, empty scales and mins, ``codes`` the
-    tensor's raw little-endian bytes as a uint8 array). Copies the buffers."""
+    tensor's raw little-endian bytes as a uint8 array), in the schema of
+    ``method`` and ``scale_dtype`` (:func:`quantized_schema`; a carried-over
+    row takes those of the batches it goes with). Copies the buffers."""
+    m, s = scheme_codes(method, scale_dtype)
     name_b, dtype_b = name.encode(), dtype.encode()
     dims = np.ascontiguousarray(shape, np.int64)
     codes = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
@@ -174,7 +182,8 @@ def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, grou
         lib.pq_arrow_quantized_row, name_b, len(name_b), dtype_b, len(dtype_b),
         buf(dims, "int64_t *"), dims.size, _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
-        buf(codes, "uint8_t *"), codes.size, buf(scales, "float *"), scales.size, buf(mins, "float *"), mins.size)
+        buf(codes, "uint8_t *"), codes.size, buf(scales, "float *"), scales.size, buf(mins, "float *"), mins.size,
+        m, s)
 
 
 def check_quantized(batch: Any) -> None:
@@ -209,13 +218,16 @@ def check_input_type(obj: Any) -> bool:
     return True
 
 
-def quantized_schema() -> Any:
-    """The pyarrow schema of every quantized batch (fixed; see the README):
-    name string, codes large_binary, scales and mins list<float32>, shape
-    list<int64>, dtype string, bits uint8, group_size uint32."""
+def quantized_schema(method: str = "minmax", scale_dtype: str = "float32") -> Any:
+    """The pyarrow schema of a quantized batch (see the README): name
+    string, codes large_binary, scales and mins list<float32> (list<float16>
+    for ``scale_dtype="float16"``), shape list<int64>, dtype string, bits
+    uint8, group_size uint32, and for ``method="search"`` a last column
+    ``method`` (string). The defaults give the format's original schema."""
     pa = _pyarrow()
+    m, s = scheme_codes(method, scale_dtype)
     out = ffi.new("struct ArrowSchema *")
-    call(lib.pq_arrow_quantized_schema, out)
+    call(lib.pq_arrow_quantized_schema, m, s, out)
     try:
         return pa.Schema._import_from_c(_address(out))
     finally:

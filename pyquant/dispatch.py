@@ -352,7 +352,7 @@ def quantize(
       size) -> a dict or list of :class:`QuantizedTensor`.
 
     ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
-    path but ``arrow``, whose row format has no field for them yet.
+    path (Arrow results and files carry them in their schema).
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a
@@ -377,13 +377,12 @@ def quantize(
     """
     decision = _decide(x, path, threads, dtype, params, bits, group_size)
     chosen, data = decision.choice.path, decision.data
-    if (method, scale_dtype) != ("minmax", "float32") and (chosen == "arrow" or decision.arrow_file):
-        raise PathError(f"method= and scale_dtype= are not supported by the {chosen} path's Arrow format yet")
     if chosen == "file":
         if dst is None:
             raise PathError(f"quantize({data!r}) writes a quantized checkpoint: pass dst='output path'")
         if decision.arrow_file:
-            return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force)
+            return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
+                                       scale_dtype=scale_dtype)
         return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method, scale_dtype=scale_dtype)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
@@ -393,4 +392,4 @@ def quantize(
         return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
     if chosen == "batch":
         return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method, scale_dtype=scale_dtype)
-    return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads)
+    return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads, method=method, scale_dtype=scale_dtype)

@@ -27,6 +27,16 @@ SPARK_SCHEMA = ("name STRING, codes BINARY, scales ARRAY<FLOAT>, mins ARRAY<FLOA
                 "dtype STRING, bits TINYINT, group_size BIGINT")
 
 
+def spark_schema(method: str = "minmax") -> str:
+    """:data:`SPARK_SCHEMA` for batches quantized with ``method``: with
+    ``"search"`` they have a ``method`` column too. (Whatever the
+    ``scale_dtype``, scales and mins are FLOAT: :func:`spark_ready`.)"""
+    from .core import scheme_codes
+
+    scheme_codes(method, "float32")
+    return SPARK_SCHEMA if method == "minmax" else SPARK_SCHEMA + ", method STRING"
+
+
 def spark_arrow_schema() -> Any:
     """The pyarrow schema :func:`spark_ready` casts to: :data:`SPARK_SCHEMA`
     as Arrow types (signed integers; 32-bit ``binary`` codes, as Spark's
@@ -43,8 +53,12 @@ def spark_arrow_schema() -> Any:
 
 def spark_ready(batch: Any) -> Any:
     """A quantized pyarrow RecordBatch in :func:`spark_arrow_schema`
-    (the columns passed through after it, unchanged). The values are the
-    same: :func:`pyquant.dequantize_arrow` reads it back as it is."""
+    (the columns passed through after it, unchanged; a ``method`` column is
+    one of them). The values are the same: Spark has no float16, so
+    float16 scales and mins are widened to float32, exactly, and
+    :func:`pyquant.dequantize_arrow` reads the batch back as it is, to the
+    same values (as min-max with float32 scales: the scale dtype is not
+    kept)."""
     pa = _pyarrow()
     target = spark_arrow_schema()
     fields = [target.field(f.name) if f.name in target.names else f for f in batch.schema]
@@ -60,7 +74,9 @@ def spark_quantize(batches: Iterable[Any], *, bits: int = 4, group_size: int | N
     Quantizes each Arrow batch of a partition (one thread: Spark runs a
     task per core) and yields it Spark-ready (:func:`spark_ready`).
     ``options`` go to :func:`pyquant.quantize_arrow` (``columns``,
-    ``on_null``); columns passed through must be added to the DDL schema."""
+    ``on_null``, ``method``, ``scale_dtype``); columns passed through must
+    be added to the DDL schema (``method="search"``:
+    :func:`spark_schema`)."""
     for batch in batches:
         yield spark_ready(quantize_arrow(batch, bits=bits, group_size=group_size, threads=1, **options))
 
@@ -74,15 +90,16 @@ def ray_quantize(ds: Any, *, bits: int = 4, group_size: int | None = 128, **opti
     return ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True)
 
 
-def dask_meta(like: Any = None) -> Any:
+def dask_meta(like: Any = None, method: str = "minmax", scale_dtype: str = "float32") -> Any:
     """The ``meta`` of :func:`dask_quantize`'s result: an empty pandas
     DataFrame of the quantized schema, its columns Arrow-backed
     (``pd.ArrowDtype``), so that Dask need not run the function to learn it.
     ``like``: the input Dask (or pandas) DataFrame, whose other columns the
-    result passes through (appended, as they are)."""
+    result passes through (appended, as they are). ``method`` and
+    ``scale_dtype``: those passed to :func:`dask_quantize`."""
     from .arrow import quantized_schema
 
-    meta = quantized_schema().empty_table().to_pandas(types_mapper=_arrow_dtype())
+    meta = quantized_schema(method, scale_dtype).empty_table().to_pandas(types_mapper=_arrow_dtype())
     if like is None:
         return meta
     like = getattr(like, "_meta", like)
@@ -105,7 +122,8 @@ def dask_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, **opt
     return out.to_pandas(types_mapper=_arrow_dtype())
 
 
-def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> Any:
+def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, method: str = "minmax",
+                  scale_dtype: str = "float32") -> Any:
     """A Daft DataFrame of quantized rows from one of ``name``, ``weights``,
     ``shape`` columns: pyquant as a Daft batch UDF (``daft.func.batch``)
     that returns the quantized columns as one struct, unnested into
@@ -116,13 +134,14 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128) -> An
     pa = _pyarrow()
     from .arrow import quantized_schema
 
-    struct = pa.struct(list(quantized_schema()))
+    struct = pa.struct(list(quantized_schema(method, scale_dtype)))
 
     @daft.func.batch(return_dtype=daft.DataType.from_arrow_type(struct), unnest=True)
     def quantize(name: Any, weights: Any, shape: Any) -> Any:
         batch = pa.record_batch({"name": name.to_arrow(), "weights": weights.to_arrow(),
                                  "shape": shape.to_arrow()})
-        out = quantize_arrow(batch, bits=bits, group_size=group_size, threads=1)
+        out = quantize_arrow(batch, bits=bits, group_size=group_size, threads=1, method=method,
+                             scale_dtype=scale_dtype)
         return pa.StructArray.from_arrays(out.columns, fields=list(out.schema))
 
     others = [daft.col(c) for c in df.column_names if c not in ("name", "weights", "shape")]

@@ -93,6 +93,15 @@ def scheme_of(meta: Mapping[str, str]) -> tuple[str, str]:
     return meta.get("pyquant.method", "minmax"), meta.get("pyquant.scale_dtype", "float32")
 
 
+def checked_scheme(path: str, meta: Mapping[str, str]) -> tuple[str, str]:
+    """:func:`scheme_of` a checkpoint being read; CheckpointError for names pyquant never writes."""
+    method, scale_dtype = scheme_of(meta)
+    if method not in METHODS or scale_dtype not in SCALE_CODES:
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.method {_brief(method)} or "
+                              f"pyquant.scale_dtype {_brief(scale_dtype)}")
+    return method, scale_dtype
+
+
 def outputs(plan: Plan, scale_dtype: str = "float32") -> list[OutputTensor]:
     """The safetensors tensors that hold ``plan``'s tensor in a checkpoint."""
     if plan.bits is None:
@@ -184,9 +193,6 @@ def open_sink(format: str, dst: str | os.PathLike[str], plans: list[Plan], meta:
     """A writer of a checkpoint in ``format`` holding the tensors of ``plans``;
     ``dst`` must not be one of ``inputs``."""
     if format == "arrow":
-        if scheme_of(meta) != ("minmax", "float32"):
-            raise QuantizeError("the Arrow checkpoint format has no field for method / scale_dtype yet: "
-                                "use format='safetensors'")
         return _ArrowSink(dst, meta, force, inputs)
     scale_dtype = scheme_of(meta)[1]
     return _SafetensorsSink(dst, [o for p in plans for o in outputs(p, scale_dtype)], meta, force, inputs)
@@ -225,7 +231,8 @@ class _ArrowSink:
         self.pa = _pyarrow()
         import pyarrow.ipc  # noqa: F401
 
-        self.schema = quantized_schema().with_metadata(metadata)
+        self.scheme = scheme_of(metadata)  # every row's (the file has one schema)
+        self.schema = quantized_schema(*self.scheme).with_metadata(metadata)
         self._cm = atomic_output(dst, force=force, inputs=inputs)
 
     def __enter__(self) -> _ArrowSink:
@@ -247,13 +254,13 @@ class _ArrowSink:
         from .arrow import quantized_row
 
         empty = np.empty(0, np.float32)
-        self._writer.write_batch(quantized_row(name, str(arr.dtype), arr.shape, 0, 0, arr, empty, empty))
+        self._writer.write_batch(quantized_row(name, str(arr.dtype), arr.shape, 0, 0, arr, empty, empty, *self.scheme))
 
     def quantized(self, name: str, qt: QuantizedTensor) -> None:
         from .arrow import quantized_row
 
         self._writer.write_batch(
-            quantized_row(name, qt.dtype, qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.mins))
+            quantized_row(name, qt.dtype, qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.mins, *self.scheme))
 
 
 def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size: Any
@@ -375,10 +382,7 @@ class QuantizedCheckpoint:
         if not isinstance(listed, dict):
             raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must be a JSON object")
         tensors = self.file.tensors
-        self.method, self.scale_dtype = scheme_of(meta)
-        if self.method not in METHODS or self.scale_dtype not in SCALE_CODES:
-            raise CheckpointError(f"{path}: corrupt metadata: pyquant.method {_brief(self.method)} or "
-                                  f"pyquant.scale_dtype {_brief(self.scale_dtype)}")
+        self.method, self.scale_dtype = checked_scheme(path, meta)
         scale_code = SCALE_CODES[self.scale_dtype]
         quantized = _described_v1(path, listed) if version == "1" else _described(path, meta, listed, tensors)
         self.quantized: dict[str, dict[str, Any]] = quantized
@@ -483,9 +487,11 @@ class ArrowQuantizedCheckpoint:
             raise CheckpointError(f"{path}: corrupt metadata: not UTF-8 text") from None
         if meta.get("format") != FORMAT or meta.get("pyquant.format_version") not in READS:
             raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {', '.join(READS)})")
-        if not schema.remove_metadata().equals(quantized_schema()):
+        self.method, self.scale_dtype = checked_scheme(path, meta)
+        if not schema.remove_metadata().equals(quantized_schema(self.method, self.scale_dtype)):
             raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
-                                  "(name, codes, scales, mins, shape, dtype, bits, group_size)")
+                                  "(name, codes, scales, mins, shape, dtype, bits, group_size[, method]) "
+                                  f"for method {self.method} and scale_dtype {self.scale_dtype}")
         self.size = self._mmap.size() if self._mmap is not None else 0
         self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
         self.kept_reasons = _kept_reasons(path, meta.get("pyquant.kept"))
@@ -550,11 +556,12 @@ class ArrowQuantizedCheckpoint:
             return data.view(DTYPES[code]).reshape(shape)
         m = self.quantized[name]
         codes_shape, groups_shape, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
-        groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape)
-                  for p in ("scales", "mins")}
+        # float32 scales are views; float16 ones are widened (exactly), as from safetensors.
+        groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape).astype(
+            np.float32, copy=False) for p in ("scales", "mins")}
         return _checked(self.path, name, QuantizedTensor(
             codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]), dtype=m["dtype"],
-            bits=int(m["bits"]), group_size=int(m["group_size"])))
+            bits=int(m["bits"]), group_size=int(m["group_size"]), method=self.method, scale_dtype=self.scale_dtype))
 
     def release(self, name: str) -> None:
         """Gives the map's pages back (they stay in the page cache), so that
@@ -604,7 +611,8 @@ def stored_tensors(path: str | os.PathLike[str]) -> tuple[list[StoredTensor], di
                 if n in q.quantized:
                     m = q.quantized[n]
                     codes, groups, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
-                    rows.append(_quantized_row(n, m, math.prod(codes) + 8 * math.prod(groups)))
+                    scale_bytes = 2 if q.scale_dtype == "float16" else 4
+                    rows.append(_quantized_row(n, m, math.prod(codes) + 2 * scale_bytes * math.prod(groups)))
                 else:
                     rows.append(_kept_row(n, *q.kept_info(n), q.kept_reasons.get(n, NOT_RECORDED)))
         return rows, {"format": FORMAT, "pyquant.container": "arrow"}

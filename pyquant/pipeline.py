@@ -247,10 +247,12 @@ def quantize_arrow_file(
     group_size: int | None = 128,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    method: str = "minmax",
+    scale_dtype: str = "float32",
 ) -> Summary:
     """Quantizes an Arrow IPC file of weight batches into an IPC file of
-    quantized batches (schema :func:`quantized_schema`); returns a
-    :class:`Summary` (every row is a quantized tensor).
+    quantized batches (schema ``quantized_schema(method, scale_dtype)``);
+    returns a :class:`Summary` (every row is a quantized tensor).
 
     ``src`` is memory-mapped and read batch by batch without copying; after
     each batch its pages are dropped from this process (``MADV_DONTNEED``),
@@ -271,11 +273,12 @@ def quantize_arrow_file(
 
     t0 = time.perf_counter()
     src = os.fspath(src)
+    scheme_codes(method, scale_dtype)  # a bad name fails before dst is touched
     with atomic_output(dst, force=force, inputs=[src]) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress)
+            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress, (method, scale_dtype))
         finally:
             _close_mapping(mapped)
         summary.output_bytes = os.path.getsize(tmp)
@@ -284,15 +287,16 @@ def quantize_arrow_file(
 
 
 def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None,
-                     progress: ProgressCallback | None) -> Summary:
+                     progress: ProgressCallback | None, scheme: tuple[str, str]) -> Summary:
+    method, scale_dtype = scheme
     reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
     summary = Summary(input_bytes=len(mapped))
     bar = _Tracker(progress, "quantizing", 0, len(mapped))
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema()) as writer:
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema(method, scale_dtype)) as writer:
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             nbytes = batch.nbytes
-            result = quantize_arrow(batch, bits=bits, group_size=group_size)
+            result = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
             del batch
             writer.write_batch(result)
             summary.quantized += result.num_rows

@@ -49,6 +49,43 @@ def test_every_path_gives_the_same_bytes(case, scheme, weighted):
         assert got[0] is want[0] and got[1].endswith(want[1])
     else:
         assert got == want
+    if w is None and x.dtype in (np.float32, np.float16):  # the Arrow path takes no importance, no bfloat16
+        got = arrow_outcome(x, bits, group_size, method, scale_dtype)
+        if isinstance(want[0], type):
+            assert got[0] is want[0] and got[1].endswith(want[1])
+        else:
+            assert got == want
+
+
+def arrow_outcome(x, bits, group_size, method, scale_dtype):
+    """:func:`outcome` of row "b" of ``quantize_arrow`` on a batch of two
+    copies of ``x``, checked against its schema, a row built by
+    ``quantized_row`` from the same parts and ``dequantize_arrow``."""
+    import pyarrow as pa
+
+    from pyquant.arrow import dequantize_arrow, quantize_arrow, quantized_row, quantized_schema
+
+    flat = pa.array([x.ravel(), x.ravel()], pa.list_(pa.from_numpy_dtype(x.dtype)))
+    batch = pa.record_batch({"name": ["a", "b"], "weights": flat, "shape": pa.array([x.shape] * 2, pa.list_(pa.int64()))})
+    try:
+        out = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
+    except pyquant.QuantizeError as exc:
+        return type(exc), str(exc)
+    assert out.schema.equals(quantized_schema(method, scale_dtype))
+    row = out.slice(1, 1)
+    stored = {p: row.column(p)[0].values.to_numpy() for p in ("scales", "mins")}
+    assert all(v.dtype == np.dtype(scale_dtype) for v in stored.values())
+    scales, mins = (stored[p].astype(np.float32) for p in ("scales", "mins"))
+    codes = np.frombuffer(row.column("codes")[0].as_py(), np.uint8)
+    got_method = row.column("method")[0].as_py() if "method" in out.schema.names else "minmax"
+    one = quantized_row("b", str(x.dtype), x.shape, bits, row.column("group_size")[0].as_py(), codes, scales, mins,
+                        method, scale_dtype)
+    assert one.equals(row.select(one.schema.names))
+    back = dequantize_arrow(row).column("weights")[0].values.to_numpy()
+    want = pyquant.quantize_ptr(x, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
+    np.testing.assert_array_equal(back.view(np.uint8), want.dequantize().ravel().view(np.uint8))
+    return (codes.tobytes(), scales.view(np.uint32).tobytes(), mins.view(np.uint32).tobytes(), got_method,
+            scale_dtype)
 
 
 @given(tensors(), st.sampled_from(sorted(METHODS)))
@@ -161,10 +198,68 @@ def test_checkpoints_carry_the_scheme(tmp_path):
         assert "pyquant.method" not in f.metadata()
     assert (pyquant.load_quantized(dst)["a.weight"].method, pyquant.load_quantized(dst)["a.weight"].scale_dtype) == (
         "minmax", "float32")
-    with pytest.raises(pyquant.QuantizeError, match="Arrow"):
-        pyquant.quantize_file(src, tmp_path / "x.arrow", format="arrow", method="search")
     with pytest.raises(pyquant.InvalidSchemeError):
         pyquant.quantize_file(src, tmp_path / "y.safetensors", method="exhaustive")
+
+
+def test_arrow_checkpoints_and_files_carry_the_scheme(tmp_path):
+    import pyarrow as pa
+    import pyarrow.ipc
+    import safetensors.numpy
+
+    rng = np.random.default_rng(5)
+    tensors = {"a.weight": rng.standard_t(4, (64, 256)).astype(np.float32),
+               "b.weight": rng.standard_normal((32, 128)).astype(np.float16),
+               "c.bias": rng.standard_normal(128).astype(np.float32)}
+    src = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(src))
+    for method, scale_dtype in [("search", "float16"), ("search", "float32"), ("minmax", "float16"),
+                                ("minmax", "float32")]:
+        dst = tmp_path / f"{method}-{scale_dtype}.arrow"
+        pyquant.quantize_file(src, dst, bits=3, group_size=64, format="arrow", method=method, scale_dtype=scale_dtype)
+        with pa.OSFile(str(dst)) as f:
+            table = pa.ipc.open_file(f).read_all()
+        assert table.schema.remove_metadata().equals(pyquant.quantized_schema(method, scale_dtype))
+        assert ("pyquant.method" in {k.decode() for k in table.schema.metadata}) == (
+            (method, scale_dtype) != ("minmax", "float32"))
+        loaded = pyquant.load_quantized(dst)
+        back = pyquant.dequantize_arrow(table)
+        for name, x in tensors.items():
+            if x.ndim == 1:  # carried over, bit for bit
+                np.testing.assert_array_equal(loaded[name], x)
+                continue
+            want = pyquant.quantize_ptr(x, bits=3, group_size=64, method=method, scale_dtype=scale_dtype)
+            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
+            row = back.column("name").to_pylist().index(name)
+            data = np.frombuffer(back.column("data")[row].as_py(), x.dtype).reshape(x.shape)
+            np.testing.assert_array_equal(data, want.dequantize())
+        out = tmp_path / "back.safetensors"
+        pyquant.dequantize_file(dst, out, force=True)
+        with safetensors.safe_open(str(out), "numpy") as f:
+            np.testing.assert_array_equal(f.get_tensor("a.weight"), pyquant.quantize_ptr(
+                tensors["a.weight"], bits=3, group_size=64, method=method, scale_dtype=scale_dtype).dequantize())
+    # An Arrow IPC file of weights, through pyquant.quantize: the same rows as quantize_arrow.
+    x = tensors["a.weight"]
+    weights = tmp_path / "weights.arrow"
+    batch = pa.record_batch({"name": ["w"], "weights": pa.array([x.ravel()]), "shape": pa.array([list(x.shape)])})
+    with pa.OSFile(str(weights), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
+        w.write_batch(batch)
+    q = tmp_path / "q.arrow"
+    pyquant.quantize(str(weights), dst=q, bits=2, group_size=32, method="search", scale_dtype="float16")
+    with pa.OSFile(str(q)) as f:
+        got = pa.ipc.open_file(f).read_all()
+    want = pyquant.quantize_arrow(batch, bits=2, group_size=32, method="search", scale_dtype="float16")
+    assert got.equals(pa.Table.from_batches([want]))
+    assert pyquant.quantize(batch, path="arrow", bits=2, group_size=32, method="search",
+                            scale_dtype="float16").equals(want)
+    # A checkpoint whose schema does not match its scheme metadata is refused.
+    bad = tmp_path / "bad.arrow"
+    meta = dict(table.schema.metadata or {})
+    meta[b"pyquant.method"] = b"search"
+    with pa.OSFile(str(bad), "wb") as f, pa.ipc.new_file(f, table.schema.with_metadata(meta)) as w:
+        w.write_table(table)
+    with pytest.raises(pyquant.CheckpointError, match="method search"):
+        pyquant.load_quantized(bad)
 
 
 def test_cli_quantize_takes_method_and_scale_dtype(tmp_path):

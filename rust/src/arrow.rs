@@ -33,7 +33,7 @@ use arrow_schema::{DataType, Field, FieldRef, Fields};
 use crate::batch::{dequantize_batch, quantize_batch, DequantizeItem, QuantizeItem};
 use crate::element::{Dtype, Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::{check_len, Layout};
+use crate::layout::{check_len, Layout, Method, Scheme};
 
 mod dequantize;
 mod extension;
@@ -59,10 +59,6 @@ const CAST_HINT: &str = "float64 is not quantized: cast to float32 first (pyarro
 
 fn item(value: DataType) -> FieldRef {
     Arc::new(Field::new_list_field(value, true))
-}
-
-fn f32_list_type() -> DataType {
-    DataType::List(item(DataType::Float32))
 }
 
 // ---------------------------------------------------------------------------
@@ -390,7 +386,8 @@ impl InputColumns {
     fn find(fields: &Fields) -> Result<InputColumns> {
         let (mut name, mut weights, mut shape) = (None, None, None);
         let mut extra = Vec::new();
-        let out_names = quantized_fields();
+        // Every column a result may have (the `method` column included).
+        let out_names = quantized_fields(Scheme { method: Method::Search, ..Scheme::default() });
         for (i, field) in fields.iter().enumerate() {
             let (slot, ok) = match field.name().as_str() {
                 NAME => (&mut name, is_string(field.data_type())),
@@ -507,8 +504,9 @@ fn pass_through(quantized: ArrayData, input: &dyn Array, extra: &[usize]) -> Res
 }
 
 /// Quantizes every tensor of `input` (see the module doc) with `bits` and
-/// `group_size` along the last axis of its shape (`None`: one group per row),
-/// and returns the quantized batch ([`quantized_fields`]).
+/// `group_size` along the last axis of its shape (`None`: one group per row)
+/// and `scheme`, and returns the quantized batch ([`quantized_fields`] of
+/// `scheme`).
 ///
 /// `field_name` names the tensor when `input` is a lone float array. The
 /// input is validated in full first; nothing is returned on any error.
@@ -517,6 +515,7 @@ pub fn quantize(
     field_name: &str,
     bits: u32,
     group_size: Option<usize>,
+    scheme: Scheme,
     threads: usize,
 ) -> Result<ArrayData> {
     validate(input)?;
@@ -528,7 +527,8 @@ pub fn quantize(
     for (row, t) in tensors.iter().enumerate() {
         let row_len = *t.shape.last().expect("shape_of returns at least one axis");
         let layout = Layout::new(t.values.len(), row_len, bits, group_size.unwrap_or(row_len))
-            .map_err(|e| in_tensor(e, t.name, row))?;
+            .map_err(|e| in_tensor(e, t.name, row))?
+            .with_scheme(scheme);
         u32::try_from(layout.group_size).map_err(|_| {
             in_tensor(Error::new(PqStatus::InvalidGroupSize, "the group size does not fit uint32"), t.name, row)
         })?;
@@ -574,6 +574,7 @@ pub fn quantize(
             group_size: l.group_size as u32,
         })
         .collect();
-    let quantized = quantized_batch(&Output::new(), &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
+    let quantized =
+        quantized_batch(&Output::new(), scheme, &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
     pass_through(quantized, array.as_ref(), &extra)
 }

@@ -52,6 +52,23 @@ pub struct Scheme {
     pub scale_dtype: ScaleDtype,
 }
 
+impl Method {
+    /// The method's name in Python, checkpoints and Arrow batches.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::MinMax => "minmax",
+            Method::Search => "search",
+        }
+    }
+
+    /// The method named `name` ([`Method::name`]).
+    pub fn from_name(name: &str) -> Result<Method> {
+        [Method::MinMax, Method::Search].into_iter().find(|m| m.name() == name).ok_or_else(|| {
+            Error::new(PqStatus::InvalidScheme, format!("method {name:?} is not \"minmax\" or \"search\""))
+        })
+    }
+}
+
 impl Scheme {
     /// The scheme of the C codes `method` (`PQ_METHOD_*`) and `scale_dtype`
     /// (`PQ_SCALE_DTYPE_*`).

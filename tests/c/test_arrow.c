@@ -165,7 +165,7 @@ static void test_round_trip(void) {
     struct ArrowSchema out_schema, back_schema;
     build_batch(&in);
     input_releases = 0;
-    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, 0, &out, &out_schema, &err);
+    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, 0, &out, &out_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) {
         printf("    %s\n", err.message);
@@ -238,7 +238,7 @@ static void test_export_children_outlive_parent(void) {
     struct ArrowArray in, out, child;
     struct ArrowSchema out_schema;
     build_batch(&in);
-    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, 0, &out, &out_schema, &err) == PQ_STATUS_OK);
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, 0, 0, 0, &out, &out_schema, &err) == PQ_STATUS_OK);
     /* Move one child out, release the parent, then the child. */
     memcpy(&child, out.children[1], sizeof child);
     out.children[1]->release = NULL;
@@ -250,9 +250,43 @@ static void test_export_children_outlive_parent(void) {
     out_schema.release(&out_schema);
 
     struct ArrowSchema fixed;
-    CHECK(pq_arrow_quantized_schema(&fixed, &err) == PQ_STATUS_OK);
+    CHECK(pq_arrow_quantized_schema(PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, &fixed, &err) == PQ_STATUS_OK);
     CHECK(strcmp(fixed.format, "+s") == 0 && fixed.n_children == 8 && strcmp(fixed.children[0]->name, "name") == 0);
     fixed.release(&fixed);
+    CHECK(pq_arrow_quantized_schema(2, 0, &fixed, &err) == PQ_STATUS_INVALID_SCHEME);
+}
+
+/* The searched scheme with float16 scales: scales and mins are lists of
+ * float16 ("e"), a "method" column says "search", and the batch reads back. */
+static void test_scheme(void) {
+    build_batch_schema();
+    struct ArrowArray in, out, back;
+    struct ArrowSchema out_schema, back_schema;
+    build_batch(&in);
+    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, 0, &out,
+                                   &out_schema, &err);
+    CHECK(s == PQ_STATUS_OK);
+    if (s != PQ_STATUS_OK) return;
+    int sc = find_child(&out_schema, "scales"), m = find_child(&out_schema, "method");
+    CHECK(out_schema.n_children == 9 && sc >= 0 && m == 8);
+    if (sc >= 0) CHECK(strcmp(out_schema.children[sc]->children[0]->format, "e") == 0);
+    if (m == 8) {
+        const int32_t *off = out.children[m]->buffers[1];
+        const char *text = out.children[m]->buffers[2];
+        CHECK(off[1] - off[0] == 6 && memcmp(text + off[0], "search", 6) == 0);
+    }
+    s = pq_dequantize_arrow(&out, &out_schema, PQ_DEQUANTIZED_AUTO, 0, &back, &back_schema, &err);
+    CHECK(s == PQ_STATUS_OK);
+    if (s == PQ_STATUS_OK) {
+        back.release(&back);
+        back_schema.release(&back_schema);
+    }
+    out_schema.release(&out_schema);
+    build_batch(&in);
+    input_releases = 0;
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 4, 8, 7, 0, 0, &out, &out_schema, &err) == PQ_STATUS_INVALID_SCHEME);
+    CHECK(input_releases == 1 && strstr(err.message, "method") != NULL);
+    CHECK(pq_arrow_live_exports() == 0);
 }
 
 /* Row 21: each bad input is an error naming it, and the input is released once. */
@@ -262,7 +296,7 @@ static void expect_error(struct ArrowArray *in, struct ArrowSchema *sch, PqStatu
     struct ArrowSchema out_schema;
     input_releases = 0;
     memset(&err, 'X', sizeof err);
-    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, 0, &out, &out_schema, &err);
+    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, 0, 0, 0, &out, &out_schema, &err);
     int ok = got == want && err.status == want && strstr(err.message, needle) != NULL &&
              input_releases == releases && in->release == NULL;
     if (ok) {
@@ -313,9 +347,9 @@ static void test_row21(void) {
     node(&a, 8, 0, 2, NULL, values, NULL, 1);
     input_releases = 0;
     struct ArrowSchema out_schema;
-    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, 0, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, 0, 0, 0, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
     CHECK(input_releases == 1 && a.release == NULL);
-    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, 0, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, 0, 0, 0, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
     CHECK(pq_arrow_live_exports() == 0);
 }
 
@@ -327,7 +361,7 @@ static void test_carried_over_row(void) {
     struct ArrowArray row, back;
     struct ArrowSchema row_schema, back_schema;
     PqStatus s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
-                                        (const uint8_t *)ids, sizeof ids, NULL, 0, NULL, 0, &row, &row_schema, &err);
+                                        (const uint8_t *)ids, sizeof ids, NULL, 0, NULL, 0, 0, 0, &row, &row_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) return;
     CHECK(pq_arrow_live_exports() == 1);
@@ -350,7 +384,7 @@ static void test_carried_over_row(void) {
     row_schema.release(&row_schema);
     /* 23 bytes for 3 int64 values: refused, naming the tensor; nothing exported. */
     s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
-                               (const uint8_t *)ids, sizeof ids - 1, NULL, 0, NULL, 0, &row, &row_schema, &err);
+                               (const uint8_t *)ids, sizeof ids - 1, NULL, 0, NULL, 0, 0, 0, &row, &row_schema, &err);
     CHECK(s == PQ_STATUS_SHAPE_MISMATCH && strstr(err.message, "\"ids\"") != NULL);
     CHECK(pq_arrow_live_exports() == 0);
 }
@@ -358,6 +392,7 @@ static void test_carried_over_row(void) {
 int main(void) {
     for (int i = 0; i < 32; i++) values[i] = (float)((i * 37) % 29) / 7.0f - 2.0f;
     test_round_trip();
+    test_scheme();
     test_export_children_outlive_parent();
     test_row21();
     test_carried_over_row();

@@ -106,8 +106,8 @@ where
             rest = tail;
             items.push(DequantizeItem {
                 codes: q.codes[r],
-                scales: q.scales[r],
-                mins: q.mins[r],
+                scales: &q.scales[r],
+                mins: &q.mins[r],
                 layout: *l,
                 output: T::Native::values_mut(o),
             });
@@ -174,7 +174,7 @@ fn dequantize_raw(out: &Output, q: &QuantizedBatch, threads: usize) -> Result<Ar
             // bytes (in `data` or its staged buffer), aligned for the dtype,
             // and nothing else reads or writes them until the batch returns.
             let output = unsafe { ValuesMut::from_raw(dtype, target, layout.len) };
-            items.push(DequantizeItem { codes: q.codes[r], scales: q.scales[r], mins: q.mins[r], layout, output });
+            items.push(DequantizeItem { codes: q.codes[r], scales: &q.scales[r], mins: &q.mins[r], layout, output });
             item_rows.push(r);
         }
         run_items(q, &mut items, &item_rows, threads)?;

@@ -3,20 +3,39 @@
 //! the one reader of rows ([`QuantizedBatch`]) and the one writer
 //! ([`quantized_batch`], behind [`super::quantize`] and [`row`]).
 
-use super::*;
+use std::borrow::Cow;
 
-/// The schema of a quantized batch, one row per tensor (fixed; README "Arrow").
-pub fn quantized_fields() -> Fields {
-    Fields::from(vec![
+use super::*;
+use crate::layout::{Method, ScaleDtype, Scheme};
+
+/// Name of the column that says how scales and mins were chosen: present
+/// only in batches quantized with another method than min-max (a batch
+/// without it is min-max, as every batch written before it existed).
+const METHOD: &str = "method";
+
+/// The schema of a quantized batch, one row per tensor, for `scheme` (README
+/// "Arrow"): scales and mins are lists of float32, or of float16 with
+/// float16 scales; a `method` column (utf8) follows with another method
+/// than min-max. The default scheme's schema is the format's original one.
+pub fn quantized_fields(scheme: Scheme) -> Fields {
+    let scales = DataType::List(item(match scheme.scale_dtype {
+        ScaleDtype::F32 => DataType::Float32,
+        ScaleDtype::F16 => DataType::Float16,
+    }));
+    let mut fields = vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("codes", DataType::LargeBinary, false),
-        Field::new("scales", f32_list_type(), false),
-        Field::new("mins", f32_list_type(), false),
+        Field::new("scales", scales.clone(), false),
+        Field::new("mins", scales, false),
         Field::new("shape", DataType::List(item(DataType::Int64)), false),
         Field::new("dtype", DataType::Utf8, false),
         Field::new("bits", DataType::UInt8, false),
         Field::new("group_size", DataType::UInt32, false),
-    ])
+    ];
+    if scheme.method != Method::MinMax {
+        fields.push(Field::new(METHOD, DataType::Utf8, false));
+    }
+    Fields::from(fields)
 }
 
 /// Dtypes a carried-over row (`bits` 0) may hold, with their sizes in bytes:
@@ -42,7 +61,7 @@ const CARRIED: [(&str, usize); 13] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Row {
     /// `bits` 2, 3, 4 or 8: the codes, scales and mins of a float32, float16
-    /// or bfloat16 tensor laid out as `layout`.
+    /// or bfloat16 tensor laid out as `layout` (with its scheme).
     Quantized { dtype: Dtype, layout: Layout },
     /// `bits` 0, `group_size` 0, no scales or mins: a tensor carried over
     /// unchanged, `bytes` of it in `codes`.
@@ -51,7 +70,14 @@ pub(super) enum Row {
 
 /// The rules of one row (README "Arrow"); the lengths are those of its
 /// `codes`, `scales` and `mins`.
-pub(super) fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, lens: [usize; 3]) -> Result<Row> {
+pub(super) fn check_row(
+    shape: &[i64],
+    dtype: &str,
+    bits: u8,
+    group_size: u32,
+    scheme: Scheme,
+    lens: [usize; 3],
+) -> Result<Row> {
     let count = shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
     let count = count.ok_or_else(|| Error::new(PqStatus::ShapeMismatch, format!("bad shape {shape:?}")))?;
     let [codes, scales, mins] = lens;
@@ -80,7 +106,7 @@ pub(super) fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, l
         ))
     })?;
     let row_len = shape.last().map_or(0, |&d| d as usize);
-    let layout = Layout::new(count, row_len, bits as u32, group_size as usize)?;
+    let layout = Layout::new(count, row_len, bits as u32, group_size as usize)?.with_scheme(scheme);
     check_len("codes", codes, layout.codes_len, true)?;
     check_len("scales", scales, layout.n_groups, true)?;
     check_len("mins", mins, layout.n_groups, true)?;
@@ -90,8 +116,10 @@ pub(super) fn check_row(shape: &[i64], dtype: &str, bits: u8, group_size: u32, l
 /// Errors unless `dt` is a quantized batch type [`dequantize`] accepts:
 /// the columns of [`quantized_fields`], in any order, with the plain,
 /// `large_` and view variants of the string, binary and list types (what
-/// polars and other producers write back), a shape of any integer type, and
-/// `bits` / `group_size` of any integer type (Spark writes them signed).
+/// polars and other producers write back), a shape of any integer type,
+/// `bits` / `group_size` of any integer type (Spark writes them signed),
+/// scales and mins both of float32 or both of float16, and an optional
+/// `method` column of strings.
 pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     let DataType::Struct(fields) = dt else {
         return Err(unsupported(format!(
@@ -101,12 +129,14 @@ pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     QuantizedColumns::find(fields).map(|_| ())
 }
 
-/// Column positions of a quantized batch, in [`quantized_fields`] order.
-struct QuantizedColumns([usize; 8]);
+/// Column positions of a quantized batch, in [`quantized_fields`] order,
+/// the position of its `method` column if it has one, and the scale dtype
+/// its scales and mins are stored in.
+struct QuantizedColumns([usize; 8], Option<usize>, ScaleDtype);
 
 impl QuantizedColumns {
     fn find(fields: &Fields) -> Result<QuantizedColumns> {
-        let wanted = quantized_fields();
+        let wanted = quantized_fields(Scheme::default());
         let mut found = [usize::MAX; 8];
         for (i, want) in wanted.iter().enumerate() {
             let (pos, field) = fields
@@ -118,21 +148,43 @@ impl QuantizedColumns {
             let ok = match want.name().as_str() {
                 "name" | "dtype" => is_string(dt),
                 "codes" => matches!(dt, DataType::Binary | DataType::LargeBinary | DataType::BinaryView),
-                "scales" | "mins" => list_value_type(dt) == Some(&DataType::Float32),
+                "scales" | "mins" => matches!(list_value_type(dt), Some(DataType::Float32 | DataType::Float16)),
                 "shape" => is_int_list(dt),
                 // Any integer width: Spark and others have no unsigned types.
                 _ => dt.is_integer(),
             };
             if !ok {
                 return Err(unsupported(format!(
-                    "column {:?} of a quantized batch has type {dt}, expected {}",
+                    "column {:?} of a quantized batch has type {dt}, expected {}{}",
                     want.name(),
-                    want.data_type()
+                    want.data_type(),
+                    if matches!(want.name().as_str(), "scales" | "mins") { " (or a list of float16)" } else { "" }
                 )));
             }
             found[i] = pos;
         }
-        Ok(QuantizedColumns(found))
+        let value = |i: usize| list_value_type(fields[found[i]].data_type());
+        let scale_dtype = match (value(2), value(3)) {
+            (Some(DataType::Float32), Some(DataType::Float32)) => ScaleDtype::F32,
+            (Some(DataType::Float16), Some(DataType::Float16)) => ScaleDtype::F16,
+            (s, m) => {
+                return Err(unsupported(format!(
+                    "columns \"scales\" and \"mins\" hold lists of {} and of {}: both must be float32, or both float16",
+                    s.map_or("?".into(), |t| t.to_string()),
+                    m.map_or("?".into(), |t| t.to_string())
+                )))
+            }
+        };
+        let method = fields.iter().position(|f| f.name() == METHOD);
+        if let Some(i) = method {
+            if !is_string(fields[i].data_type()) {
+                return Err(unsupported(format!(
+                    "column \"method\" of a quantized batch has type {}, expected utf8",
+                    fields[i].data_type()
+                )));
+            }
+        }
+        Ok(QuantizedColumns(found, method, scale_dtype))
     }
 }
 
@@ -150,8 +202,9 @@ fn binary_rows<'a>(array: &'a dyn Array, column: &str) -> Result<Vec<&'a [u8]>> 
 pub(super) struct QuantizedBatch<'a> {
     pub(super) names: Vec<&'a str>,
     pub(super) codes: Vec<&'a [u8]>,
-    pub(super) scales: Vec<&'a [f32]>,
-    pub(super) mins: Vec<&'a [f32]>,
+    /// As f32 (float16 scales and mins are widened, exactly).
+    pub(super) scales: Vec<Cow<'a, [f32]>>,
+    pub(super) mins: Vec<Cow<'a, [f32]>>,
     pub(super) shapes: IntLists<'a>,
     pub(super) dtypes: Vec<&'a str>,
     pub(super) rows: Vec<Row>,
@@ -161,17 +214,28 @@ impl<'a> QuantizedBatch<'a> {
     pub(super) fn read(array: &'a dyn Array) -> Result<QuantizedBatch<'a>> {
         check_dequantize_type(array.data_type())?;
         let DataType::Struct(fields) = array.data_type() else { unreachable!("checked above") };
-        let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size]) =
+        let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size], method, scale_dtype) =
             QuantizedColumns::find(fields)?;
         let batch = array.as_struct();
         no_nulls(batch, "the quantized batch")?;
         let col = |i: usize| batch.column(i).as_ref();
         let names = strings(col(name), "name")?;
         let codes = binary_rows(col(codes), "codes")?;
-        let floats = |i: usize, what: &str| -> Result<Vec<&'a [f32]>> {
+        let floats = |i: usize, what: &str| -> Result<Vec<Cow<'a, [f32]>>> {
             let list = ListColumn::read(col(i), what)?;
-            let values = list.values.as_primitive::<Float32Type>().values();
-            Ok(list.ranges.into_iter().map(|r| &values[r]).collect())
+            Ok(match scale_dtype {
+                ScaleDtype::F32 => {
+                    let values = list.values.as_primitive::<Float32Type>().values();
+                    list.ranges.into_iter().map(|r| Cow::Borrowed(&values[r])).collect()
+                }
+                ScaleDtype::F16 => {
+                    let values = list.values.as_primitive::<Float16Type>().values();
+                    list.ranges
+                        .into_iter()
+                        .map(|r| Cow::Owned(values[r].iter().map(|v| v.to_f32()).collect()))
+                        .collect()
+                }
+            })
         };
         let (scales, mins) = (floats(scales, "scales")?, floats(mins, "mins")?);
         let shapes = IntLists::read(col(shape), "shape")?;
@@ -179,6 +243,7 @@ impl<'a> QuantizedBatch<'a> {
         for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
             no_nulls(col(c), &format!("column {what}"))?;
         }
+        let methods = method.map(|i| strings(col(i), METHOD)).transpose()?;
         let bits = int_values(col(bits), "bits")?;
         let group_sizes = int_values(col(group_size), "group_size")?;
         let rows = (0..batch.len())
@@ -187,7 +252,10 @@ impl<'a> QuantizedBatch<'a> {
                 let out_of_range = |what: &str, v: i64| invalid(format!("{what} {v} is out of range"));
                 let b = u8::try_from(bits[r]).map_err(|_| out_of_range("bits", bits[r]));
                 let g = u32::try_from(group_sizes[r]).map_err(|_| out_of_range("group_size", group_sizes[r]));
-                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, lens)).map_err(|e| in_tensor(e, names[r], r))
+                let method = methods.as_ref().map_or(Ok(Method::MinMax), |m| Method::from_name(m[r]));
+                let scheme = |method| Scheme { method, scale_dtype };
+                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, scheme(method?), lens))
+                    .map_err(|e| in_tensor(e, names[r], r))
             })
             .collect::<Result<Vec<Row>>>()?;
         Ok(QuantizedBatch { names, codes, scales, mins, shapes, dtypes, rows })
@@ -214,11 +282,14 @@ pub(super) struct RowMeta<'a> {
     pub(super) group_size: u32,
 }
 
-/// Assembles a quantized batch ([`quantized_fields`]) from its rows and the
-/// concatenated codes (with their int64 offsets), scales and mins (with
-/// their int32 offsets per row). The vectors become the buffers, uncopied.
+/// Assembles a quantized batch ([`quantized_fields`] of `scheme`) from its
+/// rows and the concatenated codes (with their int64 offsets), scales and
+/// mins (with their int32 offsets per row). The vectors become the buffers,
+/// uncopied; but for float16 scales and mins, narrowed (exactly: they are
+/// float16 values) into new ones.
 pub(super) fn quantized_batch(
     out: &Output,
+    scheme: Scheme,
     rows: &[RowMeta],
     codes: (Vec<i64>, Vec<u8>),
     group_offsets: Vec<i32>,
@@ -232,17 +303,24 @@ pub(super) fn quantized_batch(
         shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
     }
     let (codes_offsets, codes) = codes;
-    let columns: Vec<ArrayRef> = vec![
+    let floats = |offsets: Vec<i32>, values: Vec<f32>| match scheme.scale_dtype {
+        ScaleDtype::F32 => out.list::<Float32Type>(offsets, values),
+        ScaleDtype::F16 => out.list::<Float16Type>(offsets, values.into_iter().map(half::f16::from_f32).collect()),
+    };
+    let mut columns: Vec<ArrayRef> = vec![
         out.strings(rows.iter().map(|r| r.name), NAME)?,
         Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), out.buffer(codes), None)),
-        out.list::<Float32Type>(group_offsets.clone(), scales),
-        out.list::<Float32Type>(group_offsets, mins),
+        floats(group_offsets.clone(), scales),
+        floats(group_offsets, mins),
         out.list::<Int64Type>(shape_offsets, shape_values),
         out.strings(rows.iter().map(|r| r.dtype), "dtype")?,
         Arc::new(UInt8Array::new(out.scalars(rows.iter().map(|r| r.bits).collect()), None)),
         Arc::new(UInt32Array::new(out.scalars(rows.iter().map(|r| r.group_size).collect()), None)),
     ];
-    let batch = StructArray::try_new(quantized_fields(), columns, None)
+    if scheme.method != Method::MinMax {
+        columns.push(out.strings(rows.iter().map(|_| scheme.method.name()), METHOD)?);
+    }
+    let batch = StructArray::try_new(quantized_fields(scheme), columns, None)
         .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
 }
@@ -258,8 +336,12 @@ pub struct RowParts<'a> {
     pub group_size: u32,
     /// Packed codes, or the carried-over tensor's raw little-endian bytes.
     pub codes: &'a [u8],
+    /// With float16 scales, every scale and min must be a float16 value.
     pub scales: &'a [f32],
     pub mins: &'a [f32],
+    /// The batch's scheme (its schema); for a carried-over row, that of the
+    /// batches it goes with (an Arrow checkpoint's).
+    pub scheme: Scheme,
 }
 
 /// A quantized batch of one row (copied from `parts`), checked by the rules
@@ -267,7 +349,9 @@ pub struct RowParts<'a> {
 /// rows without knowing the format.
 pub fn row(parts: &RowParts) -> Result<ArrayData> {
     let lens = [parts.codes.len(), parts.scales.len(), parts.mins.len()];
-    check_row(parts.shape, parts.dtype, parts.bits, parts.group_size, lens).map_err(|e| in_tensor(e, parts.name, 0))?;
+    check_row(parts.shape, parts.dtype, parts.bits, parts.group_size, parts.scheme, lens)
+        .and_then(|_| check_stored(parts.scheme.scale_dtype, parts.scales, parts.mins))
+        .map_err(|e| in_tensor(e, parts.name, 0))?;
     let groups = offset_i32(parts.scales.len(), "scales")?;
     let meta = RowMeta {
         name: parts.name,
@@ -277,7 +361,26 @@ pub fn row(parts: &RowParts) -> Result<ArrayData> {
         group_size: parts.group_size,
     };
     let codes = (vec![0, parts.codes.len() as i64], parts.codes.to_vec());
-    quantized_batch(&Output::new(), &[meta], codes, vec![0, groups], parts.scales.to_vec(), parts.mins.to_vec())
+    let out = Output::new();
+    quantized_batch(&out, parts.scheme, &[meta], codes, vec![0, groups], parts.scales.to_vec(), parts.mins.to_vec())
+}
+
+/// Errors unless every scale and min is a value of `dtype`, so that storing
+/// them in it loses nothing.
+fn check_stored(dtype: ScaleDtype, scales: &[f32], mins: &[f32]) -> Result<()> {
+    if dtype == ScaleDtype::F32 {
+        return Ok(());
+    }
+    let exact = |v: &f32| half::f16::from_f32(*v).to_f32().to_bits() == v.to_bits();
+    for (what, values) in [("scales", scales), ("mins", mins)] {
+        if let Some(i) = values.iter().position(|v| !exact(v)) {
+            return Err(Error::new(
+                PqStatus::InvalidScheme,
+                format!("{what}[{i}] = {:e} is not a float16 value, as float16 scales need", values[i]),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks every row of a quantized batch against the rules, reading

@@ -77,7 +77,7 @@ fn status<T>(r: Result<T>) -> PqStatus {
 fn lone_array_matches_the_kernel() {
     let _g = exclusive();
     let x = values(256, 1);
-    let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), 0).unwrap();
+    let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), Scheme::default(), 0).unwrap();
     let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
     assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
     assert_eq!(live_exports(), 1);
@@ -97,12 +97,12 @@ fn batch_with_shapes_and_every_list_kind() {
     ));
     for weights in [list, large] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
-        let got = rows(&quantize(&input, "", 2, Some(16), 0).unwrap());
+        let got = rows(&quantize(&input, "", 2, Some(16), Scheme::default(), 0).unwrap());
         let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
         assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
         assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
         // None: one group per row, along the last axis of each shape.
-        let got = rows(&quantize(&input, "", 2, None, 0).unwrap());
+        let got = rows(&quantize(&input, "", 2, None, Scheme::default(), 0).unwrap());
         assert_eq!((got[0].7, got[1].7), (128, 48));
         assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
     }
@@ -110,7 +110,10 @@ fn batch_with_shapes_and_every_list_kind() {
     let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
     let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
     let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
-    let got = rows(&quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), 0).unwrap());
+    let got = rows(
+        &quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), Scheme::default(), 0)
+            .unwrap(),
+    );
     let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
     for (row, half) in got.iter().zip(wide.chunks(256)) {
         let (c, s, m) = kernel_bytes(half, 256, 8, 256);
@@ -124,12 +127,12 @@ fn sliced_inputs_read_the_slice() {
     let _g = exclusive();
     let x = values(1024, 4);
     let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
-    let out = quantize(&sliced, "s", 4, Some(128), 0).unwrap();
+    let out = quantize(&sliced, "s", 4, Some(128), Scheme::default(), 0).unwrap();
     assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
     let rows_in: Vec<&[f32]> = x.chunks(256).collect();
     let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
     let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
-    let out = quantize(&full.slice(1, 2), "", 4, Some(64), 0).unwrap();
+    let out = quantize(&full.slice(1, 2), "", 4, Some(64), Scheme::default(), 0).unwrap();
     let got = rows(&out);
     assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
     assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
@@ -139,7 +142,7 @@ fn sliced_inputs_read_the_slice() {
 fn bad_inputs_are_named_errors() {
     let _g = exclusive();
     let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
-    let e = quantize(&nulls, "", 4, Some(2), 0).unwrap_err();
+    let e = quantize(&nulls, "", 4, Some(2), Scheme::default(), 0).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
     assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
     assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
@@ -152,6 +155,7 @@ fn bad_inputs_are_named_errors() {
             "",
             4,
             Some(2),
+            Scheme::default(),
             0,
         )
         .unwrap_err();
@@ -160,7 +164,7 @@ fn bad_inputs_are_named_errors() {
             "{e}"
         );
     }
-    let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), 0).unwrap_err();
+    let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), Scheme::default(), 0).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
     // Other columns pass through; one named like a result column is an error.
     let e = quantize(
@@ -168,24 +172,35 @@ fn bad_inputs_are_named_errors() {
         "",
         4,
         Some(2),
+        Scheme::default(),
         0,
     )
     .unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("\"codes\" would clash"), "{e}");
     let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
     assert_eq!(
-        status(quantize(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2), 0)),
+        status(quantize(
+            &batch(vec![("name", names.clone()), ("weights", ints)]),
+            "",
+            4,
+            Some(2),
+            Scheme::default(),
+            0
+        )),
         PqStatus::UnsupportedDtype
     );
     let with_null: ArrayRef =
         Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
-    let e = quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), 0).unwrap_err();
+    let e =
+        quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), Scheme::default(), 0)
+            .unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
     let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
-    let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), 0).unwrap_err();
+    let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), Scheme::default(), 0)
+        .unwrap_err();
     assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
     assert_eq!(
-        status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), 0)),
+        status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), Scheme::default(), 0)),
         PqStatus::ShapeMismatch
     );
     assert_eq!(live_exports(), 0);
@@ -201,7 +216,7 @@ fn dequantize_round_trips_through_the_kernel() {
         ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
         ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
     ]);
-    let q = quantize(&input, "", 8, Some(32), 0).unwrap();
+    let q = quantize(&input, "", 8, Some(32), Scheme::default(), 0).unwrap();
     let d = dequantize(&q, Dequantized::Auto, 0).unwrap();
     let back = StructArray::from(d.clone());
     let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
@@ -217,7 +232,7 @@ fn dequantize_round_trips_through_the_kernel() {
         vec![2, 128]
     );
     // The dequantized batch is a valid input again.
-    assert!(quantize(&d, "", 8, Some(32), 0).is_ok());
+    assert!(quantize(&d, "", 8, Some(32), Scheme::default(), 0).is_ok());
     assert_eq!(live_exports(), 2);
     drop((q, d, back));
     assert_eq!(live_exports(), 0);
@@ -242,7 +257,7 @@ fn concat(batches: &[ArrayData]) -> ArrayData {
         mins.extend_from_slice(&p.3);
         groups.push(scales.len() as i32);
     }
-    quantized_batch(&Output::new(), &metas, codes, groups, scales, mins).unwrap()
+    quantized_batch(&Output::new(), Scheme::default(), &metas, codes, groups, scales, mins).unwrap()
 }
 
 fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, g: usize) -> ArrayData {
@@ -268,12 +283,24 @@ fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, 
         codes: &c,
         scales: &s,
         mins: &m,
+        scheme: Scheme::default(),
     };
     row(&parts).unwrap()
 }
 
 fn carried_row(name: &str, dtype: &str, shape: &[i64], bytes: &[u8]) -> ArrayData {
-    row(&RowParts { name, dtype, shape, bits: 0, group_size: 0, codes: bytes, scales: &[], mins: &[] }).unwrap()
+    row(&RowParts {
+        name,
+        dtype,
+        shape,
+        bits: 0,
+        group_size: 0,
+        codes: bytes,
+        scales: &[],
+        mins: &[],
+        scheme: Scheme::default(),
+    })
+    .unwrap()
 }
 
 #[test]
@@ -336,6 +363,7 @@ fn rows_break_the_rules_with_named_errors() {
         codes: &[0; 16],
         scales: &[],
         mins: &[],
+        scheme: Scheme::default(),
     };
     assert!(row(&base).is_ok());
     let e = bad(RowParts { codes: &[0; 15], ..base });
@@ -381,7 +409,7 @@ fn view_and_integer_types_of_other_producers() {
         ("weights", Arc::new(f32_list(&[&a, &b]))),
         ("shape", Arc::new(i64_list(&[&[4, 128], &[2, 128]]))),
     ]);
-    let want = rows(&quantize(&plain, "", 4, Some(64), 0).unwrap());
+    let want = rows(&quantize(&plain, "", 4, Some(64), Scheme::default(), 0).unwrap());
     let all: Vec<f32> = a.iter().chain(&b).copied().collect();
     let values: ArrayRef = Arc::new(Float32Array::from(all));
     let f = item(DataType::Float32);
@@ -409,26 +437,27 @@ fn view_and_integer_types_of_other_producers() {
     let names: ArrayRef = Arc::new(StringViewArray::from(vec!["a", "b"]));
     for (weights, shape) in [(view, int32_shape), (large_view, uint64_shape)] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shape)]);
-        assert_eq!(rows(&quantize(&input, "", 4, Some(64), 0).unwrap()), want);
+        assert_eq!(rows(&quantize(&input, "", 4, Some(64), Scheme::default(), 0).unwrap()), want);
     }
     // A dimension that does not fit i64 is a shape error, not a wrap-around.
     let huge: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
         [[u64::MAX], [256]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
     ));
     let input = batch(vec![("name", names.clone()), ("weights", Arc::new(f32_list(&[&a, &b]))), ("shape", huge)]);
-    assert_eq!(status(quantize(&input, "", 4, Some(64), 0)), PqStatus::ShapeMismatch);
+    assert_eq!(status(quantize(&input, "", 4, Some(64), Scheme::default(), 0)), PqStatus::ShapeMismatch);
     // Float64 weights: an error that says how to cast.
     let doubles: ArrayRef = Arc::new(ListArray::from_iter_primitive::<arrow_array::types::Float64Type, _, _>([
         Some(vec![Some(1.0f64)]),
         Some(vec![Some(2.0)]),
     ]));
-    let e = quantize(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None, 0).unwrap_err();
+    let e = quantize(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None, Scheme::default(), 0)
+        .unwrap_err();
     assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("cast to float32"), "{}", e.message);
     let lone = arrow_array::Float64Array::from(vec![1.0]).into_data();
-    assert!(quantize(&lone, "w", 4, None, 0).unwrap_err().message.contains("cast to float32"));
+    assert!(quantize(&lone, "w", 4, None, Scheme::default(), 0).unwrap_err().message.contains("cast to float32"));
 
     // The quantized batch with view / large columns, as polars writes it back.
-    let q = StructArray::from(quantize(&plain, "", 4, Some(64), 0).unwrap());
+    let q = StructArray::from(quantize(&plain, "", 4, Some(64), Scheme::default(), 0).unwrap());
     let col = |n: &str| q.column_by_name(n).unwrap().clone();
     let codes: Vec<&[u8]> = (0..2).map(|i| q.column_by_name("codes").unwrap().as_binary::<i64>().value(i)).collect();
     let shape_u64: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
@@ -448,5 +477,114 @@ fn view_and_integer_types_of_other_producers() {
         (dequantize(&q.into_data(), Dequantized::Raw, 0).unwrap(), dequantize(&viewed, Dequantized::Raw, 0).unwrap());
     assert_eq!(d1, d2);
     drop((d1, d2, viewed));
+    assert_eq!(live_exports(), 0);
+}
+
+/// Every scheme through the Arrow path: the kernel's bytes, float16 scales
+/// stored as float16, a `method` column only for the search, and back.
+#[test]
+fn schemes_give_the_kernels_bytes_and_travel_in_the_schema() {
+    use crate::layout::ScaleDtype;
+    let _g = exclusive();
+    let x = values(512, 5);
+    for (method, scale_dtype) in [
+        (Method::MinMax, ScaleDtype::F32),
+        (Method::MinMax, ScaleDtype::F16),
+        (Method::Search, ScaleDtype::F32),
+        (Method::Search, ScaleDtype::F16),
+    ] {
+        let scheme = Scheme { method, scale_dtype };
+        let l = Layout::new(512, 128, 3, 32).unwrap().with_scheme(scheme);
+        let (mut c, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        kernel::quantize(&x, &l, &mut c, &mut s, &mut m).unwrap();
+        let input = batch(vec![
+            ("name", Arc::new(StringArray::from(vec!["w"])) as ArrayRef),
+            ("weights", Arc::new(f32_list(&[&x]))),
+            ("shape", Arc::new(i64_list(&[&[4, 128]]))),
+        ]);
+        let q = quantize(&input, "", 3, Some(32), scheme, 2).unwrap();
+        let out = StructArray::from(q.clone());
+        assert_eq!(out.fields(), &quantized_fields(scheme), "{scheme:?}");
+        assert_eq!(out.column_by_name("codes").unwrap().as_binary::<i64>().value(0), &c[..]);
+        let list = |name: &str| -> Vec<f32> {
+            let v = out.column_by_name(name).unwrap().as_list::<i32>().value(0);
+            match scale_dtype {
+                ScaleDtype::F32 => v.as_primitive::<Float32Type>().values().to_vec(),
+                ScaleDtype::F16 => v.as_primitive::<Float16Type>().values().iter().map(|h| h.to_f32()).collect(),
+            }
+        };
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(&list("scales")), bits(&list("mins"))), (bits(&s), bits(&m)), "{scheme:?}");
+        let method_column = out.column_by_name("method").map(|a| a.as_string::<i32>().value(0).to_string());
+        assert_eq!(method_column.as_deref(), (method == Method::Search).then_some("search"));
+        // Back: the kernel's dequantized values, and a row built from the same parts.
+        let mut want = vec![0f32; 512];
+        kernel::dequantize(&c, &s, &m, &l, &mut want).unwrap();
+        let d = StructArray::from(dequantize(&q, Dequantized::Auto, 0).unwrap());
+        let got = d.column_by_name("weights").unwrap().as_list::<i32>().value(0);
+        assert_eq!(bits(got.as_primitive::<Float32Type>().values()), bits(&want));
+        let parts = RowParts {
+            name: "w",
+            dtype: "float32",
+            shape: &[4, 128],
+            bits: 3,
+            group_size: 32,
+            codes: &c,
+            scales: &s,
+            mins: &m,
+            scheme,
+        };
+        assert_eq!(row(&parts).unwrap(), q, "{scheme:?}");
+        assert!(check_quantized(&q).is_ok());
+    }
+    // A float16 row needs float16 values.
+    let parts = RowParts {
+        name: "t",
+        dtype: "float32",
+        shape: &[8],
+        bits: 8,
+        group_size: 8,
+        codes: &[0; 8],
+        scales: &[0.1],
+        mins: &[0.0],
+        scheme: Scheme { scale_dtype: ScaleDtype::F16, ..Scheme::default() },
+    };
+    let e = row(&parts).unwrap_err();
+    assert!(e.status == PqStatus::InvalidScheme && e.message.contains("scales[0]"), "{e}");
+    assert!(row(&RowParts { scales: &[0.5], ..parts }).is_ok());
+    assert_eq!(live_exports(), 0);
+}
+
+/// What a reader refuses: an unknown method, scales and mins of different
+/// float types, a method column that is not strings.
+#[test]
+fn bad_schemes_in_a_batch_are_named_errors() {
+    let _g = exclusive();
+    let good = quantized_row("w", &values(64, 1), Dtype::F32, &[64], 4, 32);
+    let (fields, columns, _) = StructArray::from(good.clone()).into_parts();
+    let with = |name: &str, col: ArrayRef| {
+        let mut f: Vec<Field> = fields.iter().map(|f| f.as_ref().clone()).collect();
+        let mut c = columns.clone();
+        match f.iter().position(|x| x.name() == name) {
+            Some(i) => {
+                f[i] = Field::new(name, col.data_type().clone(), false);
+                c[i] = col;
+            }
+            None => {
+                f.push(Field::new(name, col.data_type().clone(), false));
+                c.push(col);
+            }
+        }
+        StructArray::new(Fields::from(f), c, None).into_data()
+    };
+    let e = check_quantized(&with("method", Arc::new(StringArray::from(vec!["best"])))).unwrap_err();
+    assert!(e.status == PqStatus::InvalidScheme && e.message.contains("\"best\""), "{e}");
+    assert!(check_quantized(&with("method", Arc::new(StringArray::from(vec!["minmax"])))).is_ok());
+    let e = check_quantized(&with("method", Arc::new(UInt8Array::from(vec![1u8])))).unwrap_err();
+    assert_eq!(e.status, PqStatus::UnsupportedDtype, "{e}");
+    let halves = ListArray::from_iter_primitive::<Float16Type, _, _>([Some(vec![Some(f16::ONE), Some(f16::ONE)])]);
+    let e = check_quantized(&with("scales", Arc::new(halves.clone()))).unwrap_err();
+    assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("both"), "{e}");
+    drop((good, columns, halves));
     assert_eq!(live_exports(), 0);
 }

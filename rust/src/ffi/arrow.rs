@@ -23,6 +23,7 @@ use super::boundary::{run, PqError};
 use super::memory::{check_aligned, check_aligned_to, check_struct, Region};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
+use crate::layout::Scheme;
 
 /// Pass as `group_size` to `pq_quantize_arrow` for one group per row
 /// (`group_size` = the last axis of each tensor's shape). `SIZE_MAX`, which
@@ -55,15 +56,22 @@ pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
 /// exactly once, before returning. `in_schema` is borrowed; the caller
 /// still releases it. `out_array` and `out_schema` are caller-allocated
 /// structs, written only on `PQ_STATUS_OK`: then the caller owns them and
-/// must call each one's `release` once (they may be moved first). Columns:
-/// name utf8, codes large_binary, scales list<float32>, mins list<float32>,
-/// shape list<int64>, dtype utf8, bits uint8, group_size uint32.
+/// must call each one's `release` once (they may be moved first). Columns
+/// (`pq_arrow_quantized_schema` of `method` and `scale_dtype`): name utf8,
+/// codes large_binary, scales and mins list<float32> (list<float16> with
+/// `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,
+/// group_size uint32, then, for another method than `PQ_METHOD_MIN_MAX`,
+/// method utf8 ("search"). `method` and `scale_dtype` as in
+/// `PqQuantizeItem` (0, 0: min-max with float32 scales, the format's
+/// original schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`.
 #[no_mangle]
 pub unsafe extern "C" fn pq_quantize_arrow(
     in_array: *mut FFI_ArrowArray,
     in_schema: *const FFI_ArrowSchema,
     bits: u32,
     group_size: usize,
+    method: u32,
+    scale_dtype: u32,
     threads: usize,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
@@ -73,7 +81,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     // SAFETY: the caller's promises on the four structs, as documented above.
     unsafe {
         transform(in_array, in_schema, arrow::check_quantize_type, out_array, out_schema, error, |field, data| {
-            arrow::quantize(data, field.name(), bits, group_size, threads)
+            arrow::quantize(data, field.name(), bits, group_size, Scheme::from_codes(method, scale_dtype)?, threads)
         })
     }
 }
@@ -173,8 +181,12 @@ pub unsafe extern "C" fn pq_arrow_check_quantized(
 /// `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
 /// little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
 /// int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
-/// and `dtype` are UTF-8 (not NUL-terminated). Every buffer is copied and
-/// owned by the caller.
+/// and `dtype` are UTF-8 (not NUL-terminated). `method` and `scale_dtype`
+/// (codes as in `PqQuantizeItem`) choose the batch's schema, as for
+/// `pq_quantize_arrow`; with `PQ_SCALE_DTYPE_F16` every scale and min must
+/// be a float16 value (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
+/// row takes those of the batches it is written with. Every buffer is
+/// copied and owned by the caller.
 #[no_mangle]
 pub unsafe extern "C" fn pq_arrow_quantized_row(
     name: *const u8,
@@ -191,6 +203,8 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
     scales_len: usize,
     mins: *const f32,
     mins_len: usize,
+    method: u32,
+    scale_dtype: u32,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
@@ -209,6 +223,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
         let group_size = u32::try_from(group_size).map_err(|_| {
             Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} does not fit uint32"))
         })?;
+        let scheme = Scheme::from_codes(method, scale_dtype)?;
         check_outputs(out_array, out_schema)?;
         // SAFETY: each region is checked (NULL, alignment, size) and only read.
         let parts = unsafe {
@@ -221,6 +236,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
                 codes: Region::new("codes", codes, codes_len)?.as_slice(),
                 scales: Region::new("scales", scales, scales_len)?.as_slice(),
                 mins: Region::new("mins", mins, mins_len)?.as_slice(),
+                scheme,
             }
         };
         let row = arrow::row(&parts)?;
@@ -255,14 +271,21 @@ unsafe fn transform(
     })
 }
 
-/// Writes the (fixed) schema of `pq_quantize_arrow`'s result into the
+/// Writes the schema of `pq_quantize_arrow`'s result for `method` and
+/// `scale_dtype` (0, 0: the format's original schema) into the
 /// caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
 /// releases it once.
 #[no_mangle]
-pub unsafe extern "C" fn pq_arrow_quantized_schema(out_schema: *mut FFI_ArrowSchema, error: *mut PqError) -> PqStatus {
+pub unsafe extern "C" fn pq_arrow_quantized_schema(
+    method: u32,
+    scale_dtype: u32,
+    out_schema: *mut FFI_ArrowSchema,
+    error: *mut PqError,
+) -> PqStatus {
     run(error, || {
+        let scheme = Scheme::from_codes(method, scale_dtype)?;
         check_struct("out_schema", out_schema)?;
-        let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields()))
+        let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields(scheme)))
             .map_err(|e| Error::internal("exporting the schema", e))?;
         // SAFETY: checked non-NULL and aligned; the caller's struct is overwritten, not dropped.
         unsafe { ptr::write(out_schema, schema) };
@@ -691,6 +714,8 @@ mod tests {
                 4,
                 4,
                 0,
+                0,
+                0,
                 &mut out_a,
                 &mut out_s,
                 &mut e,
@@ -772,18 +797,24 @@ mod tests {
         let before = RELEASES.load(Ordering::SeqCst);
         let (mut a, mut s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, 0, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, 0, 0, 0, &mut a, &mut s, ptr::null_mut()) };
         assert_eq!(st, PqStatus::NullPointer);
         // A NULL output still releases the (moved) input.
-        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, 0, ptr::null_mut(), &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, 0, 0, 0, ptr::null_mut(), &mut s, ptr::null_mut()) };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 1));
         let mut raw = raw_f32(vec![1.0; 8]);
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, 0, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, 0, 0, 0, &mut a, &mut s, ptr::null_mut()) };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 2));
         let mut out = FFI_ArrowSchema::empty();
-        assert_eq!(unsafe { pq_arrow_quantized_schema(&mut out, ptr::null_mut()) }, PqStatus::Ok);
-        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields()));
+        assert_eq!(unsafe { pq_arrow_quantized_schema(0, 0, &mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields(Scheme::default())));
+        let scheme = Scheme::from_codes(1, 1).unwrap();
+        let mut out = FFI_ArrowSchema::empty();
+        assert_eq!(unsafe { pq_arrow_quantized_schema(1, 1, &mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields(scheme)));
+        let mut out = FFI_ArrowSchema::empty();
+        assert_eq!(unsafe { pq_arrow_quantized_schema(2, 0, &mut out, ptr::null_mut()) }, PqStatus::InvalidScheme);
         assert_eq!(arrow::live_exports(), 0);
     }
 
