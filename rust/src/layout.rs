@@ -21,6 +21,31 @@ pub struct Layout {
     pub n_groups: usize,
     /// How each group's scale and min are chosen and stored (docs/scheme.md).
     pub scheme: Scheme,
+    /// Which axis of a 2-D input the groups run along. With `Axis::First`
+    /// the input is `row_len` rows of `len / row_len` columns read as its
+    /// transpose: output row `c` is input column `c` (docs/scheme.md, "Axis").
+    pub axis: Axis,
+}
+
+/// The axis of a 2-D tensor that groups run along: `Last` (-1, along rows,
+/// pyquant's original format) or `First` (0, along columns: the bytes of the
+/// transpose quantized along its rows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Axis {
+    #[default]
+    Last,
+    First,
+}
+
+impl Axis {
+    /// The axis of the C code `axis` (`PQ_AXIS_*`: 0 = last, 1 = first).
+    pub fn from_code(axis: u32) -> Result<Axis> {
+        match axis {
+            0 => Ok(Axis::Last),
+            1 => Ok(Axis::First),
+            a => Err(Error::new(PqStatus::InvalidScheme, format!("axis must be 0 (last) or 1 (first), got {a}"))),
+        }
+    }
 }
 
 /// How a group's scale and min are chosen: `docs/scheme.md`, "Methods".
@@ -159,7 +184,38 @@ impl Layout {
             codes_len: codes_bits / 8,
             n_groups: len / group_size,
             scheme: Scheme::default(),
+            axis: Axis::Last,
         })
+    }
+
+    /// The layout of `len` values of a tensor whose last axis has `last_len`
+    /// values, grouped along `axis`. With `Axis::First` the groups run down
+    /// the columns: the layout is that of the transpose (rows of
+    /// `len / last_len`), so its rules apply to the first axis.
+    pub fn along(len: usize, last_len: usize, bits: u32, group_size: usize, axis: Axis) -> Result<Layout> {
+        match axis {
+            Axis::Last => Layout::new(len, last_len, bits, group_size),
+            Axis::First => {
+                if last_len == 0 || !len.is_multiple_of(last_len) {
+                    return Err(Error::new(
+                        PqStatus::ShapeMismatch,
+                        format!("input length {len} is not a multiple of the row length {last_len}"),
+                    ));
+                }
+                Ok(Layout { axis, ..Layout::new(len, len / last_len, bits, group_size)? })
+            }
+        }
+    }
+
+    /// The number of output rows (input columns with `Axis::First`).
+    pub fn rows(&self) -> usize {
+        self.len / self.row_len
+    }
+
+    /// The same layout over the first `rows` output rows only (a tile).
+    pub fn first_rows(&self, rows: usize) -> Layout {
+        let len = rows * self.row_len;
+        Layout { len, codes_len: len * self.bits as usize / 8, n_groups: len / self.group_size, ..*self }
     }
 
     /// The same layout quantized with `scheme`.
