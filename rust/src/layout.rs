@@ -30,11 +30,12 @@ pub struct Layout {
 /// The axis of a 2-D tensor that groups run along: `Last` (-1, along rows,
 /// pyquant's original format) or `First` (0, along columns: the bytes of the
 /// transpose quantized along its rows).
+#[repr(u32)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Axis {
     #[default]
-    Last,
-    First,
+    Last = 0,
+    First = 1,
 }
 
 impl Axis {

@@ -10,7 +10,7 @@ use super::memory::{check_disjoint, Region, Span, TensorRegion};
 use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
 use crate::element::Dtype;
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::{Layout, Method, ScaleDtype, Scheme};
+use crate::layout::{Axis, Layout, Method, ScaleDtype, Scheme};
 
 /// The library version, e.g. "0.1.0": a static NUL-terminated string that
 /// the caller must not free. Cannot fail.
@@ -107,6 +107,7 @@ pub unsafe extern "C" fn pq_quantize(
         scale_dtype: ScaleDtype::F32 as u32,
         importance: std::ptr::null(),
         importance_len: 0,
+        axis: Axis::Last as u32,
     };
     // A batch of one.
     run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
@@ -167,6 +168,7 @@ pub unsafe extern "C" fn pq_quantize_copy(
             scale_dtype: ScaleDtype::F32 as u32,
             importance: std::ptr::null(),
             importance_len: 0,
+            axis: 0,
         };
         // The caller's bytes stay an input of the call: no output may overlap them.
         quantize_items(&[item], threads, &[source.span(None, false)]).map_err(|e| e.error)
@@ -233,6 +235,7 @@ pub unsafe extern "C" fn pq_dequantize(
         dtype,
         output,
         output_len,
+        axis: Axis::Last as u32,
     };
     run(error, || dequantize_items(&[item], threads, &[]).map_err(|e| e.error))
 }
@@ -271,6 +274,13 @@ pub struct PqQuantizeItem {
     /// them); only read.
     pub importance: *const f32,
     pub importance_len: usize,
+    /// A `PQ_AXIS_*` code. 0, `PQ_AXIS_LAST`, is what `pq_quantize` does:
+    /// groups along rows of `row_len`. `PQ_AXIS_FIRST` reads the input as a
+    /// 2-D tensor of `input_len / row_len` rows of `row_len` and groups it
+    /// down its columns: the outputs are exactly those of its transpose
+    /// quantized with `PQ_AXIS_LAST` (so `group_size` divides the number of
+    /// rows, and `importance` has one weight per row).
+    pub axis: u32,
 }
 
 /// One tensor of `pq_dequantize_batch`: the arguments of `pq_dequantize`,
@@ -293,6 +303,10 @@ pub struct PqDequantizeItem {
     /// `output_len` values of `dtype`, aligned for it; written on success.
     pub output: *mut c_void,
     pub output_len: usize,
+    /// The `PQ_AXIS_*` code the codes were written with: with
+    /// `PQ_AXIS_FIRST` the output is the `output_len / row_len` x `row_len`
+    /// tensor (its columns were quantized). 0 is what `pq_dequantize` does.
+    pub axis: u32,
 }
 
 /// Quantizes `items_len` tensors described by `items` in one call, with up
@@ -410,7 +424,8 @@ fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
     let scheme = Scheme::from_codes(item.method, item.scale_dtype)?;
-    let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?.with_scheme(scheme);
+    let axis = Axis::from_code(item.axis)?;
+    let layout = Layout::along(item.input_len, item.row_len, item.bits, item.group_size, axis)?.with_scheme(scheme);
     let input = TensorRegion::new(item.dtype, "input", item.input, layout.len)?;
     let importance = if item.importance.is_null() && item.importance_len == 0 {
         None
@@ -487,7 +502,8 @@ fn dequantize_regions(item: &PqDequantizeItem) -> Result<DequantizeRegions> {
     let codes = Region::new("codes", item.codes, item.codes_len)?;
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
-    let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?;
+    let axis = Axis::from_code(item.axis)?;
+    let layout = Layout::along(item.output_len, item.row_len, item.bits, item.group_size, axis)?;
     let output = TensorRegion::new(item.dtype, "output", item.output, layout.len)?;
     Ok(DequantizeRegions { codes, scales, mins, layout, output })
 }
@@ -543,6 +559,7 @@ mod tests {
             scale_dtype: 0,
             importance: ptr::null(),
             importance_len: 0,
+            axis: 0,
         }
     }
 
@@ -950,6 +967,7 @@ mod tests {
                 dtype: [0, 2, 1, 0, 1][i],
                 output: out.as_mut_ptr() as *mut c_void,
                 output_len: t.len,
+                axis: 0,
             })
             .collect();
         let mut e = new_error();
