@@ -398,11 +398,10 @@ typedef struct PqQuantizeItem {
   size_t importance_len;
   /*
    A `PQ_AXIS_*` code. 0, `PQ_AXIS_LAST`, is what `pq_quantize` does:
-   groups along rows of `row_len`. `PQ_AXIS_FIRST` reads the input as a
-   2-D tensor of `input_len / row_len` rows of `row_len` and groups it
-   down its columns: the outputs are exactly those of its transpose
-   quantized with `PQ_AXIS_LAST` (so `group_size` divides the number of
-   rows, and `importance` has one weight per row).
+   groups along rows of `row_len`. `PQ_AXIS_FIRST` groups down the
+   columns: `row_len` is then the number of rows of a 2-D input of
+   `input_len / row_len` columns, and the outputs are exactly those of
+   its transpose (rows of `row_len`) quantized with `PQ_AXIS_LAST`.
    */
   uint32_t axis;
 } PqQuantizeItem;
@@ -433,8 +432,9 @@ typedef struct PqDequantizeItem {
   size_t output_len;
   /*
    The `PQ_AXIS_*` code the codes were written with: with
-   `PQ_AXIS_FIRST` the output is the `output_len / row_len` x `row_len`
-   tensor (its columns were quantized). 0 is what `pq_dequantize` does.
+   `PQ_AXIS_FIRST` the output is `row_len` rows of `output_len / row_len`
+   columns (the transpose of what the codes describe). 0 is what
+   `pq_dequantize` does.
    */
   uint32_t axis;
 } PqDequantizeItem;

@@ -641,7 +641,7 @@ def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
         ffi.from_buffer("uint8_t[]", qt.codes), qt.codes.size,
         ffi.from_buffer("float[]", qt.scales), qt.scales.size,
         ffi.from_buffer("float[]", qt.mins), qt.mins.size,
-        qt.shape[-1] if qt.shape else 0,
+        (qt.shape[0] if qt.axis == 0 else qt.shape[-1]) if qt.shape else 0,
         _c_uint(qt.bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(qt.group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
     )
@@ -751,11 +751,10 @@ class _Plan:
         if not arr_dtype.isnative:
             problem = _byte_order_problem(arr_dtype)
             raise CopyRequiredError(f"{problem[0]}; quantize_ptr never copies: use quantize_copy, or {problem[1]}")
-        # With axis 0 the outputs are those of the transpose (C passes the
-        # shape's last axis as row_len either way).
+        # With axis 0 the outputs are those of the transpose, rows of shape[0].
         grouped = tuple(shape[::-1]) if self.axis else tuple(shape)
         self.codes_shape, self.groups_shape, self.bits, self.group_size = quantized_layout(grouped, bits, group_size)
-        self.size, self.row_len = math.prod(shape), shape[-1]
+        self.size, self.row_len = math.prod(shape), grouped[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
         # Scales, then mins, then codes: every offset a multiple of 4, and

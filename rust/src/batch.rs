@@ -732,7 +732,7 @@ mod tests {
         ] {
             let scheme = Scheme { method, scale_dtype };
             let lt = Layout::new(xt.len(), height, bits, 32).unwrap().with_scheme(scheme);
-            let l = Layout::along(x.len(), width, bits, 32, Axis::First).unwrap().with_scheme(scheme);
+            let l = Layout::new(x.len(), height, bits, 32).unwrap().with_scheme(scheme).with_axis(Axis::First);
             let fresh = || (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
             let mut want = fresh();
             let item = QuantizeItem {
@@ -766,7 +766,7 @@ mod tests {
             }
         }
         // A bad scale is found before anything is written.
-        let l = Layout::along(x.len(), width, 8, 32, Axis::First).unwrap();
+        let l = Layout::new(x.len(), height, 8, 32).unwrap().with_axis(Axis::First);
         let (c, mut s, m) = (vec![0u8; l.codes_len], vec![1f32; l.n_groups], vec![0f32; l.n_groups]);
         s[40] = f32::NAN;
         let mut y = vec![7f32; x.len()];

@@ -23,7 +23,8 @@ pub struct Layout {
     pub scheme: Scheme,
     /// Which axis of a 2-D input the groups run along. With `Axis::First`
     /// the input is `row_len` rows of `len / row_len` columns read as its
-    /// transpose: output row `c` is input column `c` (docs/scheme.md, "Axis").
+    /// transpose: output row `c` is input column `c`, and every rule above
+    /// is about the transpose (docs/scheme.md, "Axis").
     pub axis: Axis,
 }
 
@@ -189,23 +190,10 @@ impl Layout {
         })
     }
 
-    /// The layout of `len` values of a tensor whose last axis has `last_len`
-    /// values, grouped along `axis`. With `Axis::First` the groups run down
-    /// the columns: the layout is that of the transpose (rows of
-    /// `len / last_len`), so its rules apply to the first axis.
-    pub fn along(len: usize, last_len: usize, bits: u32, group_size: usize, axis: Axis) -> Result<Layout> {
-        match axis {
-            Axis::Last => Layout::new(len, last_len, bits, group_size),
-            Axis::First => {
-                if last_len == 0 || !len.is_multiple_of(last_len) {
-                    return Err(Error::new(
-                        PqStatus::ShapeMismatch,
-                        format!("input length {len} is not a multiple of the row length {last_len}"),
-                    ));
-                }
-                Ok(Layout { axis, ..Layout::new(len, len / last_len, bits, group_size)? })
-            }
-        }
+    /// The same layout grouped along `axis`: with `Axis::First` the input
+    /// is `row_len` rows of `len / row_len` columns, read as its transpose.
+    pub fn with_axis(self, axis: Axis) -> Layout {
+        Layout { axis, ..self }
     }
 
     /// The number of output rows (input columns with `Axis::First`).

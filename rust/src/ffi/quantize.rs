@@ -275,11 +275,10 @@ pub struct PqQuantizeItem {
     pub importance: *const f32,
     pub importance_len: usize,
     /// A `PQ_AXIS_*` code. 0, `PQ_AXIS_LAST`, is what `pq_quantize` does:
-    /// groups along rows of `row_len`. `PQ_AXIS_FIRST` reads the input as a
-    /// 2-D tensor of `input_len / row_len` rows of `row_len` and groups it
-    /// down its columns: the outputs are exactly those of its transpose
-    /// quantized with `PQ_AXIS_LAST` (so `group_size` divides the number of
-    /// rows, and `importance` has one weight per row).
+    /// groups along rows of `row_len`. `PQ_AXIS_FIRST` groups down the
+    /// columns: `row_len` is then the number of rows of a 2-D input of
+    /// `input_len / row_len` columns, and the outputs are exactly those of
+    /// its transpose (rows of `row_len`) quantized with `PQ_AXIS_LAST`.
     pub axis: u32,
 }
 
@@ -304,8 +303,9 @@ pub struct PqDequantizeItem {
     pub output: *mut c_void,
     pub output_len: usize,
     /// The `PQ_AXIS_*` code the codes were written with: with
-    /// `PQ_AXIS_FIRST` the output is the `output_len / row_len` x `row_len`
-    /// tensor (its columns were quantized). 0 is what `pq_dequantize` does.
+    /// `PQ_AXIS_FIRST` the output is `row_len` rows of `output_len / row_len`
+    /// columns (the transpose of what the codes describe). 0 is what
+    /// `pq_dequantize` does.
     pub axis: u32,
 }
 
@@ -425,7 +425,8 @@ fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
     let mins = Region::new("mins", item.mins, item.mins_len)?;
     let scheme = Scheme::from_codes(item.method, item.scale_dtype)?;
     let axis = Axis::from_code(item.axis)?;
-    let layout = Layout::along(item.input_len, item.row_len, item.bits, item.group_size, axis)?.with_scheme(scheme);
+    let layout =
+        Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?.with_scheme(scheme).with_axis(axis);
     let input = TensorRegion::new(item.dtype, "input", item.input, layout.len)?;
     let importance = if item.importance.is_null() && item.importance_len == 0 {
         None
@@ -503,7 +504,7 @@ fn dequantize_regions(item: &PqDequantizeItem) -> Result<DequantizeRegions> {
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
     let axis = Axis::from_code(item.axis)?;
-    let layout = Layout::along(item.output_len, item.row_len, item.bits, item.group_size, axis)?;
+    let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?.with_axis(axis);
     let output = TensorRegion::new(item.dtype, "output", item.output, layout.len)?;
     Ok(DequantizeRegions { codes, scales, mins, layout, output })
 }
