@@ -333,7 +333,7 @@ fn decode_columns<T: Element>(isa: Isa, p: &DequantizePiece<'_>, y: &mut [T]) {
     let (height, row_bytes) = (y.len() / width, l.row_len * l.bits as usize / 8);
     let (g0, groups) = (p.first_group, height / l.group_size);
     let band = Layout { row_len: height, axis: Axis::Last, ..l }.first_rows(1);
-    let mut buf = vec![y[0]; TILE_ROWS.min(width) * height];
+    let mut buf = vec![T::from_f32(0.0); TILE_ROWS.min(width) * height];
     for c0 in (0..width).step_by(TILE_ROWS) {
         let t = TILE_ROWS.min(width - c0);
         for (k, out) in buf.chunks_exact_mut(height).take(t).enumerate() {
