@@ -147,8 +147,8 @@ def _decide(
         raise PathError(f"params= is only for the batch path, not the {chosen} path")
     if threads is not None and chosen == "file":
         raise PathError("threads= is not taken by the file path (it uses all cores)")
-    if axis != -1 and chosen in ("file", "arrow"):
-        raise PathError(f"axis={axis!r} is only for the ptr, copy and batch paths, not the {chosen} path")
+    if axis != -1 and (chosen == "arrow" or decision.arrow_file):
+        raise PathError(f"axis={axis!r} is not carried by the Arrow format: not for the {chosen} path with Arrow data")
     _check_call(decision, bits, group_size, dtype, params, threads, axis)
     return decision
 
@@ -364,8 +364,8 @@ def quantize(
     ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
     path (Arrow results and files carry them in their schema). ``axis=0``
     (groups down the columns of 2-D tensors, see :func:`quantize_ptr`) is
-    for the ptr, copy and batch paths; the arrow and file paths refuse it
-    (:class:`PathError`).
+    for the ptr, copy, batch and safetensors file paths; Arrow data (the
+    arrow path, an Arrow IPC file) refuses it (:class:`PathError`).
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a
@@ -396,7 +396,8 @@ def quantize(
         if decision.arrow_file:
             return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
                                        scale_dtype=scale_dtype)
-        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method, scale_dtype=scale_dtype)
+        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
+                             scale_dtype=scale_dtype, axis=axis)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
     if chosen == "ptr":

@@ -343,3 +343,56 @@ def pa_batch():
     pa = pytest.importorskip("pyarrow")
     return pa.record_batch({"name": ["w"], "weights": pa.array([[1.0] * 64], pa.list_(pa.float32())),
                             "shape": pa.array([[64]], pa.list_(pa.int64()))})
+
+
+def test_checkpoints_carry_the_axis(tmp_path):
+    """quantize_file(axis=0) stores each 2-D tensor as its transpose's codes,
+    scales and mins, with pyquant.axis = "0" (absent by default: those files
+    are byte-identical to before); load_quantized and dequantize_file honour it."""
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    rng = np.random.default_rng(5)
+    tensors = {"a.weight": rng.standard_t(4, (128, 48)).astype(np.float32),
+               "b.weight": rng.standard_normal((64, 256)).astype(np.float16),
+               "a.bias": np.ones(48, np.float32), "c": rng.standard_normal((2, 64, 64)).astype(np.float32)}
+    src = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(src))
+    for method, scale_dtype in [("minmax", "float32"), ("search", "float16")]:
+        dst = tmp_path / f"axis0-{method}.safetensors"
+        s = pyquant.quantize_file(src, dst, bits=3, group_size=64, axis=0, method=method, scale_dtype=scale_dtype)
+        assert s.quantized == 2 and "not 2-D" in s.kept_reasons["c"]
+        with safetensors.safe_open(str(dst), "numpy") as f:
+            assert f.metadata()["pyquant.axis"] == "0"
+        loaded = pyquant.load_quantized(dst)
+        for name in ("a.weight", "b.weight"):
+            x = tensors[name]
+            want = pyquant.quantize_ptr(np.ascontiguousarray(x.T), bits=3, group_size=64, method=method,
+                                        scale_dtype=scale_dtype)
+            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
+            assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
+        back = tmp_path / "back.safetensors"
+        pyquant.dequantize_file(dst, back, force=True)
+        with safetensors.safe_open(str(back), "numpy") as f:
+            for name in ("a.weight", "b.weight"):
+                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
+        # The CLI writes the same file.
+        cli = tmp_path / f"cli-{method}.safetensors"
+        proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", "3",
+                               "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert cli.read_bytes() == dst.read_bytes()
+    plain, default = tmp_path / "plain.safetensors", tmp_path / "default.safetensors"
+    pyquant.quantize_file(src, plain, bits=3, group_size=64)
+    pyquant.quantize_file(src, default, bits=3, group_size=64, axis=-1)
+    assert plain.read_bytes() == default.read_bytes()
+    with safetensors.safe_open(str(plain), "numpy") as f:
+        assert "pyquant.axis" not in f.metadata()
+    assert pyquant.load_quantized(plain)["b.weight"].axis == -1
+    with pytest.raises(pyquant.QuantizeError, match="axis"):
+        pyquant.quantize_file(src, tmp_path / "q.arrow", format="arrow", axis=0)
+    with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+        pyquant.quantize_file(src, tmp_path / "q2.safetensors", axis=1)
