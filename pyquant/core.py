@@ -322,12 +322,12 @@ K = TypeVar("K")
 def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
                    out: Mapping[K, Out] | None = ..., method: str = ..., scale_dtype: str = ...,
-                   importance: Mapping[K, npt.ArrayLike] | None = ...) -> dict[K, QuantizedTensor]: ...
+                   importance: Mapping[K, npt.ArrayLike] | None = ..., axis: int = ...) -> dict[K, QuantizedTensor]: ...
 @overload
 def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
                    out: Sequence[Out] | None = ..., method: str = ..., scale_dtype: str = ...,
-                   importance: Mapping[int, npt.ArrayLike] | None = ...) -> list[QuantizedTensor]: ...
+                   importance: Mapping[int, npt.ArrayLike] | None = ..., axis: int = ...) -> list[QuantizedTensor]: ...
 
 
 def quantize_batch(
