@@ -264,6 +264,27 @@ typedef uint32_t PqScaleDtype;
 #endif // __cplusplus
 
 /*
+ The axis of a 2-D tensor that groups run along: `Last` (-1, along rows,
+ pyquant's original format) or `First` (0, along columns: the bytes of the
+ transpose quantized along its rows).
+ */
+enum PqAxis
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  PQ_AXIS_LAST = 0,
+  PQ_AXIS_FIRST = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum PqAxis PqAxis;
+#else
+typedef uint32_t PqAxis;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/*
  Error details, allocated by the caller (on the stack is fine) and passed
  as the last, nullable argument of a fallible function. pyquant writes it
  on every call: `status` equals the return value and `message` is a
@@ -375,6 +396,14 @@ typedef struct PqQuantizeItem {
    */
   const float *importance;
   size_t importance_len;
+  /*
+   A `PQ_AXIS_*` code. 0, `PQ_AXIS_LAST`, is what `pq_quantize` does:
+   groups along rows of `row_len`. `PQ_AXIS_FIRST` groups down the
+   columns: `row_len` is then the number of rows of a 2-D input of
+   `input_len / row_len` columns, and the outputs are exactly those of
+   its transpose (rows of `row_len`) quantized with `PQ_AXIS_LAST`.
+   */
+  uint32_t axis;
 } PqQuantizeItem;
 
 /*
@@ -401,6 +430,13 @@ typedef struct PqDequantizeItem {
    */
   void *output;
   size_t output_len;
+  /*
+   The `PQ_AXIS_*` code the codes were written with: with
+   `PQ_AXIS_FIRST` the output is `row_len` rows of `output_len / row_len`
+   columns (the transpose of what the codes describe). 0 is what
+   `pq_dequantize` does.
+   */
+  uint32_t axis;
 } PqDequantizeItem;
 
 #ifdef __cplusplus

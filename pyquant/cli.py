@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "search (lower error, slower; docs/scheme.md) (default: minmax)")
     q.add_argument("--scale-dtype", choices=["float32", "float16"], default="float32",
                    help="how scales and mins are stored; float16 saves 32 bits per group (default: float32)")
+    q.add_argument("--axis", type=int, choices=[-1, 0], default=-1,
+                   help="-1: groups along the rows; 0: groups down the columns of 2-D tensors, stored as "
+                        "the transpose's (other tensors are kept; safetensors output only) (default: -1)")
     q.add_argument("--format", choices=["safetensors", "arrow"], default=None,
                    help="output format: a safetensors checkpoint, or an Arrow IPC file in the "
                    "Arrow path's schema (default: from the output's extension, .arrow/.ipc/.feather "
@@ -332,9 +335,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from .pipeline import quantize_file
     from .plan import parse_bits_for
 
-    if (args.method, args.scale_dtype) != ("minmax", "float32") and (is_gguf(args.input)
-                                                                      or args.output.endswith(".gguf")):
-        raise QuantizeError("--method / --scale-dtype are for pyquant checkpoints, not GGUF files (see --type)")
+    if (args.method, args.scale_dtype, args.axis) != ("minmax", "float32", -1) and (
+            is_gguf(args.input) or args.output.endswith(".gguf")):
+        raise QuantizeError("--method / --scale-dtype / --axis are for pyquant checkpoints, not GGUF files (see --type)")
     if is_gguf(args.input):
         cmd_quantize_gguf(args)
         return
@@ -350,7 +353,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         s = quantize_file(args.input, args.output, bits=args.bits, group_size=args.group_size,
                           format=args.format or _format_of(args.output) or "safetensors", skip=args.skip, bits_for=parse_bits_for(args.bits_for),
                           force=args.force, allow_empty=args.allow_empty, progress=bar,
-                          method=args.method, scale_dtype=args.scale_dtype)
+                          method=args.method, scale_dtype=args.scale_dtype, axis=args.axis)
     finally:
         if bar is not None:
             bar.close()

@@ -57,6 +57,10 @@ class QuantizedTensor:
     ``"search"``); with ``scale_dtype="float16"`` every scale and min is
     exactly a float16 value (held as float32 in memory, stored as float16
     in checkpoints, counted as 2 bytes by :attr:`nbytes`).
+
+    ``axis=0`` (2-D tensors only): the groups ran down the columns; codes,
+    scales and mins are exactly those of the transpose quantized along its
+    rows, shaped as for ``shape[::-1]`` (docs/scheme.md, "Axis").
     """
 
     codes: np.ndarray[Any, np.dtype[np.uint8]]
@@ -68,9 +72,11 @@ class QuantizedTensor:
     group_size: int
     method: str = "minmax"
     scale_dtype: str = "float32"
+    axis: int = -1
 
     def __post_init__(self) -> None:
         scheme_codes(self.method, self.scale_dtype)
+        axis_code(self.axis, tuple(self.shape))
         if self.dtype not in _QUANTIZABLE:
             raise UnsupportedDtypeError(
                 f"dtype {self.dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
@@ -117,9 +123,10 @@ class QuantizedTensor:
         return dequantize(self, dtype, threads=threads)
 
     def _scheme_repr(self) -> str:
+        axis = "" if self.axis == -1 else f"axis={self.axis}, "
         if (self.method, self.scale_dtype) == ("minmax", "float32"):
-            return ""
-        return f"method={self.method}, scale_dtype={self.scale_dtype}, "
+            return axis
+        return f"method={self.method}, scale_dtype={self.scale_dtype}, {axis}"
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +147,7 @@ def quantize_ptr(
     method: str = "minmax",
     scale_dtype: str = "float32",
     importance: npt.ArrayLike | None = None,
+    axis: int = -1,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` along its last axis, reading its buffer in place.
 
@@ -173,6 +181,11 @@ def quantize_ptr(
     ``"float16"`` (scales and mins rounded to float16 before the codes are
     chosen, half their storage). ``importance``: optional per-column weights
     (``K`` finite, non-negative values, e.g. an imatrix) for ``"search"``.
+    ``axis``: -1 (groups along rows) or, for a 2-D ``arr``, 0 (groups down
+    the columns): exactly the result of ``np.ascontiguousarray(arr.T)`` with
+    axis -1 (codes, scales and mins shaped for ``arr.T``; ``importance`` then
+    has one weight per row of ``arr``), computed in tiles of columns without
+    a transposed copy; ``dequantize`` gives back ``arr``'s shape.
 
     Raises QuantizeError subclasses: UnsupportedDtypeError, CopyRequiredError,
     InvalidBitsError, InvalidGroupSizeError, ShapeError, NonFiniteError,
@@ -182,13 +195,13 @@ def quantize_ptr(
     # lengths, alignment and overlaps.
     if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
         _check_in_place(arr, dtype)
-    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype)
+    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
     if out is None:
         qt, codes, scales, mins = plan.new()
     else:
         qt, *arrays = plan.reuse(out)
         codes, scales, mins = ffi.from_buffer("uint8_t[]", arrays[0]), *(ffi.from_buffer("float[]", a) for a in arrays[1:])
-    if plan.method or plan.scale_dtype or importance is not None:
+    if plan.method or plan.scale_dtype or plan.axis or importance is not None:
         # Other schemes are fields of the batch item: a batch of one.
         item = ffi.new("PqQuantizeItem *")
         inp = ffi.from_buffer(arr if plan.exports else _raw_view(arr))
@@ -196,7 +209,7 @@ def quantize_ptr(
             plan.code, inp, plan.size, plan.row_len, plan.bits, plan.group_size)
         (item.codes, item.codes_len, item.scales, item.scales_len, item.mins, item.mins_len) = (
             codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
-        item.method, item.scale_dtype = plan.method, plan.scale_dtype
+        item.method, item.scale_dtype, item.axis = plan.method, plan.scale_dtype, plan.axis
         w = None if importance is None else _importance(importance)
         if w is not None:
             item.importance, item.importance_len = ffi.from_buffer("float[]", w), w.size
@@ -221,6 +234,7 @@ def quantize_copy(
     method: str = "minmax",
     scale_dtype: str = "float32",
     importance: npt.ArrayLike | None = None,
+    axis: int = -1,
 ) -> QuantizedTensor:
     """Quantizes ``arr`` like :func:`quantize_ptr`, from a copy of its data.
 
@@ -235,7 +249,7 @@ def quantize_copy(
     :func:`copy_plan` gives the byte counts.
 
     Parallelism as :func:`quantize_ptr` (the copy itself is one thread).
-    ``method``, ``scale_dtype`` and ``importance`` as there (with a scheme
+    ``method``, ``scale_dtype``, ``importance`` and ``axis`` as there (with a scheme
     other than the default, numpy makes the one copy and Rust reads it).
 
     Raises QuantizeError subclasses: UnsupportedDtypeError, InvalidBitsError,
@@ -247,10 +261,10 @@ def quantize_copy(
     if needs_normalizing(a):  # one numpy copy: contiguous and native order at once
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")
     a = np.ascontiguousarray(a)  # a 0-d array becomes 1-d; otherwise a no-op
-    plan = _plan(a.dtype, a.shape, bits, group_size, dtype, method, scale_dtype)
-    if plan.method or plan.scale_dtype or importance is not None:
+    plan = _plan(a.dtype, a.shape, bits, group_size, dtype, method, scale_dtype, axis)
+    if plan.method or plan.scale_dtype or plan.axis or importance is not None:
         return quantize_ptr(np.array(a, order="C", copy=True), bits=bits, group_size=group_size, dtype=dtype,
-                            threads=threads, method=method, scale_dtype=scale_dtype, importance=importance)
+                            threads=threads, method=method, scale_dtype=scale_dtype, importance=importance, axis=axis)
     qt, codes, scales, mins = plan.new()
     call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, plan.row_len, plan.bits,
          plan.group_size, c_threads(threads), codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
@@ -275,9 +289,26 @@ def dequantize(qt: QuantizedTensor, dtype: DTypeLike = None, *, threads: int | N
     if out is not None and dtype is None and isinstance(out, np.ndarray):
         dtype = out.dtype
     code, out = _dequantize_output(qt, dtype, out)
+    if qt.axis != -1:  # the axis is a field of the batch item: a batch of one
+        items = ffi.new("PqDequantizeItem[]", 1)
+        keep = _dequantize_item(items[0], qt, code, out)
+        call(lib.pq_dequantize_batch, items, 1, c_threads(threads), ffi.NULL)
+        del keep
+        return out
     call(lib.pq_dequantize, *_dequantize_args(qt), code, c_threads(threads),
          ffi.from_buffer(_raw_view(out)), out.size)
     return out
+
+
+def _dequantize_item(it: Any, qt: QuantizedTensor, code: int, out: np.ndarray[Any, Any]) -> list[Any]:
+    """Fills the C item ``it``; returns the CFFI buffers that must outlive the call."""
+    args = _dequantize_args(qt)
+    output = ffi.from_buffer(_raw_view(out), require_writable=True)
+    (it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len,
+     it.row_len, it.bits, it.group_size) = args
+    it.dtype, it.output, it.output_len = code, output, out.size
+    it.axis = axis_code(qt.axis, tuple(qt.shape))
+    return [args[0], args[2], args[4], output]
 
 
 Layers = Union[Mapping[Any, np.ndarray[Any, Any]], Sequence[np.ndarray[Any, Any]]]
@@ -291,12 +322,12 @@ K = TypeVar("K")
 def quantize_batch(layers: Mapping[K, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
                    out: Mapping[K, Out] | None = ..., method: str = ..., scale_dtype: str = ...,
-                   importance: Mapping[K, npt.ArrayLike] | None = ...) -> dict[K, QuantizedTensor]: ...
+                   importance: Mapping[K, npt.ArrayLike] | None = ..., axis: int = ...) -> dict[K, QuantizedTensor]: ...
 @overload
 def quantize_batch(layers: Sequence[np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
                    params: Params = ..., threads: int | None = ...,
                    out: Sequence[Out] | None = ..., method: str = ..., scale_dtype: str = ...,
-                   importance: Mapping[int, npt.ArrayLike] | None = ...) -> list[QuantizedTensor]: ...
+                   importance: Mapping[int, npt.ArrayLike] | None = ..., axis: int = ...) -> list[QuantizedTensor]: ...
 
 
 def quantize_batch(
@@ -310,6 +341,7 @@ def quantize_batch(
     method: str = "minmax",
     scale_dtype: str = "float32",
     importance: Mapping[Any, npt.ArrayLike] | None = None,
+    axis: int = -1,
 ) -> dict[Any, QuantizedTensor] | list[QuantizedTensor]:
     """Quantizes many tensors in one native call.
 
@@ -337,7 +369,7 @@ def quantize_batch(
     outputs (fresh ones unless ``out`` is given) possibly partly written.
     Same bytes as :func:`quantize_ptr` on each tensor, for every thread count.
 
-    ``method`` and ``scale_dtype`` as for :func:`quantize_ptr`, for every
+    ``method``, ``scale_dtype`` and ``axis`` as for :func:`quantize_ptr`, for every
     tensor; ``importance`` maps names (indices of a sequence) to per-column
     weights for some tensors.
 
@@ -361,7 +393,7 @@ def quantize_batch(
             if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
                 _check_in_place(arr, None)
             if arr.dtype is not last[1] or arr.shape != last[0] or b is not last[2] or g is not last[3]:
-                plan = _plan(arr.dtype, arr.shape, b, g, None, method, scale_dtype)
+                plan = _plan(arr.dtype, arr.shape, b, g, None, method, scale_dtype, axis)
                 members = families.setdefault(plan, [])
                 last = (arr.shape, arr.dtype, b, g)
         except QuantizeError as exc:
@@ -377,7 +409,7 @@ def quantize_batch(
         rows["dtype"], rows["bits"], rows["group_size"] = plan.code, plan.bits, plan.group_size
         rows["input_len"], rows["row_len"] = plan.size, plan.row_len
         rows["codes_len"], rows["scales_len"], rows["mins_len"] = plan.codes_len, plan.n_groups, plan.n_groups
-        rows["method"], rows["scale_dtype"] = plan.method, plan.scale_dtype
+        rows["method"], rows["scale_dtype"], rows["axis"] = plan.method, plan.scale_dtype, plan.axis
         if outs is None:
             _carve(plan, members, rows, results)
         else:
@@ -414,6 +446,18 @@ def _importance(w: npt.ArrayLike) -> np.ndarray[Any, Any]:
     if arr.ndim != 1:
         raise InvalidImatrixError(f"importance must be 1-D (one weight per column), got shape {arr.shape}")
     return arr
+
+
+def axis_code(axis: Any, shape: tuple[int, ...]) -> int:
+    """The C code (``PQ_AXIS_*``) of ``axis`` for a tensor of ``shape``:
+    -1 for any tensor, 0 only for a 2-D one."""
+    if type(axis) is int and axis == -1:
+        return int(lib.PQ_AXIS_LAST)
+    if type(axis) is not int or axis != 0:
+        raise InvalidSchemeError(f"axis must be -1 (groups along rows) or 0 (along columns), got {axis!r}")
+    if len(shape) != 2:
+        raise ShapeError(f"axis=0 is for 2-D tensors; this one has shape {shape}")
+    return int(lib.PQ_AXIS_FIRST)
 
 
 def scheme_codes(method: Any, scale_dtype: Any) -> tuple[int, int]:
@@ -498,13 +542,7 @@ def dequantize_batch(
             code, out = _dequantize_output(qt, dtype)
         except QuantizeError as exc:
             raise type(exc)(f"tensor {name!r}: {exc}") from None
-        args = _dequantize_args(qt)
-        output = ffi.from_buffer(_raw_view(out), require_writable=True)
-        keep_alive += (args[0], args[2], args[4], output)
-        it = items[i]
-        (it.codes, it.codes_len, it.scales, it.scales_len, it.mins, it.mins_len,
-         it.row_len, it.bits, it.group_size) = args
-        it.dtype, it.output, it.output_len = code, output, out.size
+        keep_alive += _dequantize_item(items[i], qt, code, out)
         results.append(out)
     call_batch(lib.pq_dequantize_batch, items, names, c_threads(threads))
     return dict(zip(names, results)) if as_dict else results
@@ -603,7 +641,7 @@ def _dequantize_args(qt: QuantizedTensor) -> tuple[Any, ...]:
         ffi.from_buffer("uint8_t[]", qt.codes), qt.codes.size,
         ffi.from_buffer("float[]", qt.scales), qt.scales.size,
         ffi.from_buffer("float[]", qt.mins), qt.mins.size,
-        qt.shape[-1] if qt.shape else 0,
+        (qt.shape[0] if qt.axis == 0 else qt.shape[-1]) if qt.shape else 0,
         _c_uint(qt.bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(qt.group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
     )
@@ -703,17 +741,20 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "record", "nbytes", "fields", "method", "scale_dtype")
+                 "groups_shape", "exports", "record", "nbytes", "fields", "method", "scale_dtype", "axis")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
-                 dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32") -> None:
+                 dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
         self.method, self.scale_dtype = scheme_codes(method, scale_dtype)
+        self.axis = axis_code(axis, tuple(shape))
         name, self.code = _resolve_dtype(arr_dtype, dtype)
         if not arr_dtype.isnative:
             problem = _byte_order_problem(arr_dtype)
             raise CopyRequiredError(f"{problem[0]}; quantize_ptr never copies: use quantize_copy, or {problem[1]}")
-        self.codes_shape, self.groups_shape, self.bits, self.group_size = quantized_layout(shape, bits, group_size)
-        self.size, self.row_len = math.prod(shape), shape[-1]
+        # With axis 0 the outputs are those of the transpose, rows of shape[0].
+        grouped = tuple(shape[::-1]) if self.axis else tuple(shape)
+        self.codes_shape, self.groups_shape, self.bits, self.group_size = quantized_layout(grouped, bits, group_size)
+        self.size, self.row_len = math.prod(shape), grouped[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
         # Scales, then mins, then codes: every offset a multiple of 4, and
@@ -721,7 +762,7 @@ class _Plan:
         self.nbytes = -(-(8 * self.n_groups + self.codes_len) // 4) * 4
         self.record = _block_record(self.codes_shape, self.groups_shape, self.nbytes)
         self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size,
-                       "method": method, "scale_dtype": scale_dtype}
+                       "method": method, "scale_dtype": scale_dtype, "axis": axis}
 
     def new(self) -> tuple[QuantizedTensor, Any, Any, Any]:
         """A result over one fresh block, and the C pointers to its codes,
@@ -772,19 +813,20 @@ _MAX_PLANS = 4096
 
 
 def _plan(arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: Any, group_size: Any, dtype: DTypeLike,
-          method: Any = "minmax", scale_dtype: Any = "float32") -> _Plan:
+          method: Any = "minmax", scale_dtype: Any = "float32", axis: Any = -1) -> _Plan:
     """The cached :class:`_Plan` (errors are raised, never cached). The key
     has the types of ``bits`` and ``group_size``, since ``4.0 == 4``."""
-    key = (arr_dtype, shape, bits, type(bits), group_size, type(group_size), dtype, method, scale_dtype)
+    key = (arr_dtype, shape, bits, type(bits), group_size, type(group_size), dtype, method, scale_dtype, axis,
+           type(axis))
     try:
         return _PLANS[key]
     except KeyError:
-        plan = _PLANS[key] = _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype)
+        plan = _PLANS[key] = _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype, axis)
         if len(_PLANS) > _MAX_PLANS:
             _PLANS.clear()
         return plan
     except TypeError:  # an unhashable argument: not cached
-        return _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype)
+        return _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype, axis)
 
 
 def _block_record(codes_shape: tuple[int, ...], groups_shape: tuple[int, ...], nbytes: int) -> np.dtype[Any] | None:
@@ -855,6 +897,7 @@ _QUANTIZE_ITEM = _struct_dtype("PqQuantizeItem", {
     "bits": np.uint32, "group_size": np.uintp, "codes": np.uintp, "codes_len": np.uintp,
     "scales": np.uintp, "scales_len": np.uintp, "mins": np.uintp, "mins_len": np.uintp,
     "method": np.uint32, "scale_dtype": np.uint32, "importance": np.uintp, "importance_len": np.uintp,
+    "axis": np.uint32,
 })
 
 

@@ -40,6 +40,7 @@ from .plan import check_options, plan_tensors
 from ._call import c_threads
 from .core import (
     DTypeLike,
+    axis_code,
     Params,
     QuantizedTensor,
     _check_in_place as check_in_place,
@@ -120,7 +121,7 @@ _PATHS_OF_KIND = {
 
 def _decide(
     x: object, path: str, threads: int | None, dtype: DTypeLike, params: Params,
-    bits: int, group_size: int | None,
+    bits: int, group_size: int | None, axis: int = -1,
 ) -> _Decision:
     """The one decision function behind :func:`quantize` and :func:`explain`."""
     if path not in PATHS:
@@ -146,12 +147,14 @@ def _decide(
         raise PathError(f"params= is only for the batch path, not the {chosen} path")
     if threads is not None and chosen == "file":
         raise PathError("threads= is not taken by the file path (it uses all cores)")
-    _check_call(decision, bits, group_size, dtype, params, threads)
+    if axis != -1 and (chosen == "arrow" or decision.arrow_file):
+        raise PathError(f"axis={axis!r} is not carried by the Arrow format: not for the {chosen} path with Arrow data")
+    _check_call(decision, bits, group_size, dtype, params, threads, axis)
     return decision
 
 
 def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: DTypeLike,
-                params: Params, threads: int | None) -> None:
+                params: Params, threads: int | None, axis: int = -1) -> None:
     """The argument checks the chosen path's function runs before it reads
     any value, by the very functions it calls, so that :func:`explain`
     raises what :func:`quantize` would: the dtype (e.g. float64), bits,
@@ -167,10 +170,10 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
         check_input_type(data)  # the type check pq_quantize_arrow runs first
     if chosen == "ptr":
         check_in_place(data, dtype)
-        quantized_layout(data.shape, bits, group_size)
+        quantized_layout(_grouped(data.shape, axis), bits, group_size)
     elif chosen == "copy":
         resolve_dtype(data.dtype, dtype)
-        quantized_layout(data.shape or (1,), bits, group_size)  # quantize_copy makes a 0-d array 1-d
+        quantized_layout(_grouped(data.shape or (1,), axis), bits, group_size)  # quantize_copy makes a 0-d array 1-d
     elif chosen == "batch":
         items = data.items() if isinstance(data, Mapping) else enumerate(data)
         for name, arr in items:
@@ -179,9 +182,14 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
             b, g = params_for(name, bits, group_size, params)
             try:
                 resolve_dtype(arr.dtype, None)
-                quantized_layout(arr.shape, b, g)
+                quantized_layout(_grouped(arr.shape, axis), b, g)
             except QuantizeError as exc:  # named as quantize_batch names it
                 raise type(exc)(f"tensor {name!r}: {exc}") from None
+
+
+def _grouped(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """The shape whose rows are grouped: ``shape`` reversed for axis 0."""
+    return tuple(shape[::-1]) if axis_code(axis, tuple(shape)) else tuple(shape)
 
 
 def _decide_kind(kind: str, x: Any, path: str, t: str, bits: int, group_size: int | None) -> _Decision:
@@ -297,16 +305,16 @@ def explain(
 @overload
 def quantize(x: np.ndarray[Any, Any], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ...) -> QuantizedTensor: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...) -> QuantizedTensor: ...
 @overload
 def quantize(x: Mapping[str, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ...) -> dict[str, QuantizedTensor]: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...) -> dict[str, QuantizedTensor]: ...
 @overload
 def quantize(x: list[np.ndarray[Any, Any]] | tuple[np.ndarray[Any, Any], ...], *, bits: int = ...,
              group_size: int | None = ..., path: PathArg = ..., threads: int | None = ...,
              dtype: DTypeLike = ..., params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ...,
-             force: bool = ...) -> list[QuantizedTensor]: ...
+             force: bool = ..., axis: int = ...) -> list[QuantizedTensor]: ...
 @overload
 def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path: PathArg = ...,
              threads: int | None = ..., dtype: DTypeLike = ..., params: Params = ...,
@@ -314,7 +322,8 @@ def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path:
 @overload
 def quantize(x: npt.ArrayLike | object, *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: StrPath | None = ..., force: bool = ...) -> Any: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: StrPath | None = ..., force: bool = ...,
+             axis: int = ...) -> Any: ...
 
 
 def quantize(
@@ -330,6 +339,7 @@ def quantize(
     scale_dtype: str = "float32",
     dst: StrPath | None = None,
     force: bool = False,
+    axis: int = -1,
 ) -> Any:
     """Quantizes ``x`` by the path that fits it (or the one forced with ``path=``).
 
@@ -352,7 +362,10 @@ def quantize(
       size) -> a dict or list of :class:`QuantizedTensor`.
 
     ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
-    path (Arrow results and files carry them in their schema).
+    path (Arrow results and files carry them in their schema). ``axis=0``
+    (groups down the columns of 2-D tensors, see :func:`quantize_ptr`) is
+    for the ptr, copy, batch and safetensors file paths; Arrow data (the
+    arrow path, an Arrow IPC file) refuses it (:class:`PathError`).
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a
@@ -375,7 +388,7 @@ def quantize(
     tensor needs one, naming it); and whatever the chosen path's function
     raises (every error a :class:`QuantizeError`).
     """
-    decision = _decide(x, path, threads, dtype, params, bits, group_size)
+    decision = _decide(x, path, threads, dtype, params, bits, group_size, axis)
     chosen, data = decision.choice.path, decision.data
     if chosen == "file":
         if dst is None:
@@ -383,13 +396,17 @@ def quantize(
         if decision.arrow_file:
             return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
                                        scale_dtype=scale_dtype)
-        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method, scale_dtype=scale_dtype)
+        return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
+                             scale_dtype=scale_dtype, axis=axis)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
     if chosen == "ptr":
-        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
+        return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method,
+                            scale_dtype=scale_dtype, axis=axis)
     if chosen == "copy":
-        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method, scale_dtype=scale_dtype)
+        return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method,
+                             scale_dtype=scale_dtype, axis=axis)
     if chosen == "batch":
-        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method, scale_dtype=scale_dtype)
+        return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method,
+                              scale_dtype=scale_dtype, axis=axis)
     return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads, method=method, scale_dtype=scale_dtype)

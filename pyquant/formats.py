@@ -14,7 +14,11 @@ quantized with another scheme than min-max with float32 scales also has
 ``pyquant.method`` (``"search"``) and ``pyquant.scale_dtype``; with
 ``"float16"`` its ``.scales`` and ``.mins`` are F16 (exactly the values
 quantize chose the codes for). Without these keys (every older file): min-max,
-F32.
+F32. A checkpoint whose 2-D tensors were grouped down their columns
+(``axis=0``) has ``pyquant.axis = "0"``: every quantized tensor of it is
+stored as its transpose's codes, scales and mins (docs/scheme.md, "Axis"),
+and its shape (in ``pyquant.tensors`` or from its codes) is reversed from
+those. Files without the key are ``axis=-1``.
 
 An Arrow checkpoint is an Arrow IPC file in the Arrow path's schema
 (:func:`pyquant.quantized_schema`), one tensor per row, with the same
@@ -102,11 +106,19 @@ def checked_scheme(path: str, meta: Mapping[str, str]) -> tuple[str, str]:
     return method, scale_dtype
 
 
+def checked_axis(path: str, meta: Mapping[str, str]) -> int:
+    """The axis of a safetensors checkpoint's quantized tensors: -1 unless ``pyquant.axis`` is "0"."""
+    text = meta.get("pyquant.axis", "-1")
+    if text not in ("-1", "0"):
+        raise CheckpointError(f"{path}: corrupt metadata: pyquant.axis {_brief(text)}")
+    return int(text)
+
+
 def outputs(plan: Plan, scale_dtype: str = "float32") -> list[OutputTensor]:
     """The safetensors tensors that hold ``plan``'s tensor in a checkpoint."""
     if plan.bits is None:
         return [OutputTensor(plan.name, plan.dtype, plan.shape)]
-    codes, groups, _, _ = quantized_layout(plan.shape, plan.bits, plan.group_size)
+    codes, groups, _, _ = quantized_layout(plan.grouped_shape, plan.bits, plan.group_size)
     code = SCALE_CODES[scale_dtype]
     return [
         OutputTensor(f"{plan.name}.codes", "U8", codes),
@@ -127,10 +139,13 @@ def metadata(plans: list[Plan], bits: int, group_size: int | None, source: Mappi
     exceptions = {
         p.name: [BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size]
         for p in quantized
-        if (BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size) != (dtype, bits, p.shape[-1] if group_size is None else group_size)
+        if (BY_SAFETENSORS[p.dtype].name, p.bits, p.group_size)
+        != (dtype, bits, p.grouped_shape[-1] if group_size is None else group_size)
     }
     scheme = {} if (method, scale_dtype) == ("minmax", "float32") else {
         "pyquant.method": method, "pyquant.scale_dtype": scale_dtype}
+    if any(p.axis == 0 for p in quantized):  # written only when not the default: older files stay byte-identical
+        scheme["pyquant.axis"] = "0"
     return {
         "format": FORMAT,
         "pyquant.format_version": FORMAT_VERSION,
@@ -263,7 +278,7 @@ class _ArrowSink:
             quantized_row(name, qt.dtype, qt.shape, qt.bits, qt.group_size, qt.codes, qt.scales, qt.mins, *self.scheme))
 
 
-def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size: Any
+def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size: Any, axis: int = -1
             ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(codes shape, groups shape) of a quantized tensor as a checkpoint
     describes it; CheckpointError if the description is not one pyquant
@@ -279,7 +294,9 @@ def _layout(path: str, name: str, dtype: Any, shape: Any, bits: Any, group_size:
             raise CheckpointError(f"{where}: corrupt metadata: {what} {_brief(v)}")
     try:
         check_options(bits, group_size)
-        codes, groups, _, _ = quantized_layout(tuple(shape), bits, group_size)
+        if axis == 0 and len(shape) != 2:
+            raise QuantizeError(f"axis=0 is for 2-D tensors, shape {list(shape)}")
+        codes, groups, _, _ = quantized_layout(tuple(shape[::-1]) if axis == 0 else tuple(shape), bits, group_size)
     except QuantizeError as exc:
         raise CheckpointError(f"{where}: corrupt metadata: {exc}") from None
     return codes, groups
@@ -348,7 +365,9 @@ def _described(path: str, meta: Mapping[str, str], listed: dict[str, Any],
         if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS or not codes:
             raise CheckpointError(f"{path}: tensor {quoted(n)}: corrupt metadata: bits {_brief(bits)}")
         row = codes[-1] * 8 // bits
-        out[n] = {"dtype": dtype, "shape": [*codes[:-1], row], "bits": bits, "group_size": row if group is None else group}
+        shape = [*codes[:-1], row]  # with axis 0, the transpose's
+        out[n] = {"dtype": dtype, "shape": shape[::-1] if checked_axis(path, meta) == 0 else shape, "bits": bits,
+                  "group_size": row if group is None else group}
     return out
 
 
@@ -383,12 +402,13 @@ class QuantizedCheckpoint:
             raise CheckpointError(f"{path}: corrupt metadata: pyquant.tensors must be a JSON object")
         tensors = self.file.tensors
         self.method, self.scale_dtype = checked_scheme(path, meta)
+        self.axis = checked_axis(path, meta)
         scale_code = SCALE_CODES[self.scale_dtype]
         quantized = _described_v1(path, listed) if version == "1" else _described(path, meta, listed, tensors)
         self.quantized: dict[str, dict[str, Any]] = quantized
         for n, m in quantized.items():
             check_text(path, n)
-            codes, groups = _layout(path, n, m["dtype"], m["shape"], m["bits"], m["group_size"])
+            codes, groups = _layout(path, n, m["dtype"], m["shape"], m["bits"], m["group_size"], self.axis)
             for part, code, shape in (("codes", "U8", codes), ("scales", scale_code, groups), ("mins", scale_code, groups)):
                 info = tensors.get(f"{n}.{part}")
                 if info is None:
@@ -434,7 +454,7 @@ class QuantizedCheckpoint:
             arrays[part] = a.astype(np.float32) if a.dtype == np.float16 else a if a.flags.aligned else a.copy()
         return _checked(self.file.path, name, QuantizedTensor(
             **arrays, shape=tuple(m["shape"]), dtype=m["dtype"], bits=int(m["bits"]), group_size=int(m["group_size"]),
-            method=self.method, scale_dtype=self.scale_dtype))
+            method=self.method, scale_dtype=self.scale_dtype, axis=self.axis))
 
     def release(self, name: str) -> None:
         for n in ([f"{name}.{p}" for p in PARTS] if name in self.quantized else [name]):
@@ -488,6 +508,8 @@ class ArrowQuantizedCheckpoint:
         if meta.get("format") != FORMAT or meta.get("pyquant.format_version") not in READS:
             raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {', '.join(READS)})")
         self.method, self.scale_dtype = checked_scheme(path, meta)
+        if checked_axis(path, meta) != -1:
+            raise CheckpointError(f"{path}: pyquant.axis is not carried by the Arrow format of this pyquant")
         if not schema.remove_metadata().equals(quantized_schema(self.method, self.scale_dtype)):
             raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
                                   "(name, codes, scales, mins, shape, dtype, bits, group_size[, method]) "

@@ -23,7 +23,7 @@ from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
-from .errors import CheckpointError, QuantizeError, UnsupportedDtypeError
+from .errors import CheckpointError, InvalidSchemeError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
 from .plan import Plan, check_options, plan_tensors
 from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
@@ -92,6 +92,7 @@ def quantize_file(
     progress: ProgressCallback | None = None,
     method: str = "minmax",
     scale_dtype: str = "float32",
+    axis: int = -1,
 ) -> Summary:
     """Quantizes a ``.safetensors`` file or sharded model directory into ``dst``.
 
@@ -106,7 +107,10 @@ def quantize_file(
     temporary file and renamed at the end; an error leaves no output.
     ``progress`` is called after each tensor. ``method`` and ``scale_dtype``
     as for :func:`pyquant.quantize_ptr`, for every quantized tensor, recorded
-    in the checkpoint's metadata (safetensors format only).
+    in the checkpoint's metadata (safetensors format only). ``axis=0``
+    groups the 2-D tensors down their columns (other tensors are kept),
+    recorded as ``pyquant.axis`` (safetensors format only; the Arrow format
+    refuses it).
 
     Options are checked before anything is read (:func:`check_options`).
     A run that would quantize no tensor is an error unless ``allow_empty``.
@@ -121,10 +125,14 @@ def quantize_file(
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
     check_options(bits, group_size, bits_for)
     scheme_codes(method, scale_dtype)
+    if type(axis) is not int or axis not in (-1, 0):
+        raise InvalidSchemeError(f"axis must be -1 (groups along rows) or 0 (along columns), got {axis!r}")
+    if axis == 0 and format != "safetensors":
+        raise QuantizeError("axis=0 is written by the safetensors format only, not by format='arrow'")
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         refuse_quantized_input(ckpt)
-        plans = plan_tensors(ckpt, bits=bits, group_size=group_size, skip=skip, bits_for=bits_for)
+        plans = plan_tensors(ckpt, bits=bits, group_size=group_size, skip=skip, bits_for=bits_for, axis=axis)
         if not allow_empty and all(p.bits is None for p in plans):
             first = next((p for p in plans), None)
             example = f" (e.g. {quoted(first.name)}: {first.kept_because})" if first else ""
@@ -153,7 +161,8 @@ def quantize_file(
             params: dict[str, tuple[int, int | None]] = {
                 p.name: (p.bits, p.group_size) for p in pending if p.bits is not None  # all of them
             }
-            for name, qt in quantize_batch(arrays, params=params, method=method, scale_dtype=scale_dtype).items():
+            for name, qt in quantize_batch(arrays, params=params, method=method, scale_dtype=scale_dtype,
+                                           axis=axis).items():
                 sink.quantized(name, qt)
             del arrays
             for p in pending:
@@ -176,7 +185,8 @@ def quantize_file(
                     continue
                 # A misaligned tensor (possible in hand-made files) takes the copy path.
                 try:
-                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size, method=method, scale_dtype=scale_dtype)
+                    qt = quantize_copy(ckpt.array(p.name), bits=p.bits, group_size=p.group_size, method=method,
+                                       scale_dtype=scale_dtype, axis=axis)
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {p.name!r}: {exc}") from None
                 sink.quantized(p.name, qt)

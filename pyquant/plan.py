@@ -29,6 +29,12 @@ class Plan:
     bits: int | None = None
     group_size: int | None = None
     kept_because: str | None = None
+    axis: int = -1  # 0: groups down the columns of a 2-D tensor
+
+    @property
+    def grouped_shape(self) -> tuple[int, ...]:
+        """The shape whose rows are grouped: the transpose's with axis 0."""
+        return tuple(self.shape[::-1]) if self.axis == 0 else tuple(self.shape)
 
 
 BITS = (2, 3, 4, 8)
@@ -63,6 +69,7 @@ def plan_tensors(
     skip: Sequence[str] = (),
     bits_for: Mapping[str, int] | Sequence[tuple[str, int]] = (),
     keep_1d: bool = True,
+    axis: int = -1,
 ) -> list[Plan]:
     """Decides, per tensor, whether it is quantized and how.
 
@@ -70,7 +77,9 @@ def plan_tensors(
     tensors (biases, norms) when ``keep_1d``, tensors whose name matches a
     ``skip`` regular expression (``re.search``), and tensors whose last axis
     does not fit the group size. ``bits_for`` maps regular expressions to
-    bit widths; the first match wins over ``bits``.
+    bit widths; the first match wins over ``bits``. With ``axis=0`` groups
+    run down the columns of 2-D tensors (the group size must fit the first
+    axis) and tensors of more axes are kept.
     """
     skip_res = [_regex(p, "--skip") for p in skip]
     rules = [(_regex(p, "--bits-for"), b) for p, b in (bits_for.items() if isinstance(bits_for, Mapping) else bits_for)]
@@ -87,19 +96,21 @@ def plan_tensors(
             reason = "matches --skip"
         elif math.prod(info.shape) == 0:
             reason = "empty"
+        elif axis == 0 and len(info.shape) != 2:
+            reason = "not 2-D (axis=0 groups the columns of 2-D tensors)"
         if reason:
             plans.append(Plan(*base, kept_because=reason))
             continue
         b = next((b for r, b in rules if r.search(name)), bits)
         try:
-            _, _, b, g = quantized_layout(info.shape, b, group_size)
+            _, _, b, g = quantized_layout(tuple(info.shape[::-1]) if axis == 0 else info.shape, b, group_size)
         except InvalidBitsError as exc:
             raise InvalidBitsError(f"tensor {name!r}: {exc}") from None
         except QuantizeError as exc:
             # A shape that doesn't fit the group size is carried over, not lost.
             plans.append(Plan(*base, kept_because=f"does not fit: {exc}"))
             continue
-        plans.append(Plan(*base, bits=b, group_size=g))
+        plans.append(Plan(*base, bits=b, group_size=g, axis=axis))
     return plans
 
 

@@ -353,3 +353,119 @@ def test_search_kernel_is_the_scalar_reference(case, scale_dtype, weighted, thre
     assert qt.codes.tobytes() == codes.tobytes()
     assert qt.scales.view(np.uint32).tobytes() == scales.view(np.uint32).tobytes()
     assert qt.mins.view(np.uint32).tobytes() == mins.view(np.uint32).tobytes()
+
+
+@given(tensors(), SCHEMES, st.booleans(), st.booleans())
+def test_axis_0_is_the_transpose_on_every_path(case, scheme, weighted, strided):
+    """quantize(W, axis=0) gives exactly the bytes of quantize(W.T) (W.T made
+    contiguous), on every path and thread count; dequantize returns W's shape
+    with W.T's values transposed back."""
+    x, _, bits, group_size = case
+    method, scale_dtype = scheme
+    xt = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # the transpose of W, rows of K
+    w = np.ascontiguousarray(xt.T)  # W: K rows, groups down its columns
+    kw = {"bits": bits, "group_size": group_size, "method": method, "scale_dtype": scale_dtype}
+    if weighted and method == "search":
+        kw["importance"] = (np.arange(w.shape[0]) % 5).astype(np.float32) * 0.75
+    want = outcome(lambda: pyquant.quantize_ptr(xt, threads=1, **kw))
+    src = np.asfortranarray(w) if strided else w  # quantize_copy takes any layout
+    assert outcome(lambda: pyquant.quantize_ptr(w, axis=0, threads=1, **kw)) == want
+    assert outcome(lambda: pyquant.quantize_ptr(w, axis=0, **kw)) == want
+    assert outcome(lambda: pyquant.quantize_copy(src, axis=0, threads=2, **kw)) == want
+    batch_kw = {k: v for k, v in kw.items() if k != "importance"}
+    imp = None if "importance" not in kw else {"b": kw["importance"]}
+    got = outcome(lambda: pyquant.quantize_batch({"a": w, "b": w}, axis=0, importance=imp, **batch_kw)["b"])
+    if isinstance(want[0], type):
+        assert got[0] is want[0] and got[1].endswith(want[1])
+        return
+    assert got == want
+    if "importance" not in kw:
+        assert outcome(lambda: pyquant.quantize(w, axis=0, **kw)) == want
+    qt = pyquant.quantize_ptr(w, axis=0, **kw)
+    ref = pyquant.quantize_ptr(xt, **kw)
+    assert (qt.shape, qt.axis, qt.codes.shape, qt.scales.shape) == (w.shape, 0, ref.codes.shape, ref.scales.shape)
+    back = pyquant.dequantize(ref)
+    for dtype in (None, np.float32):
+        y = pyquant.dequantize(qt, dtype, threads=1)
+        assert y.shape == w.shape and y.tobytes() == np.ascontiguousarray(pyquant.dequantize(ref, dtype).T).tobytes()
+    y2 = pyquant.dequantize_batch([qt, ref])
+    assert y2[0].tobytes() == np.ascontiguousarray(back.T).tobytes() and y2[1].tobytes() == back.tobytes()
+    out = np.empty_like(y2[0])
+    assert pyquant.dequantize(qt, out=out) is out and out.tobytes() == y2[0].tobytes()
+
+
+def test_axis_0_is_for_2_d_tensors():
+    x = np.ones((4, 64), np.float32)
+    for bad in (1, -2, 0.0, "0", True):
+        with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+            pyquant.quantize_ptr(x, group_size=4, axis=bad)
+    for shape in ((64,), (2, 4, 64)):
+        with pytest.raises(pyquant.ShapeError, match="axis=0 is for 2-D"):
+            pyquant.quantize_ptr(np.ones(shape, np.float32), group_size=64, axis=0)
+    with pytest.raises(pyquant.InvalidGroupSizeError):  # the group runs down the 4 rows
+        pyquant.quantize_ptr(x, group_size=64, axis=0)
+    qt = pyquant.quantize_ptr(x, group_size=4, axis=0)
+    assert "axis=0" in repr(qt) and "axis" not in repr(pyquant.quantize_ptr(x, group_size=4))
+    with pytest.raises(pyquant.PathError, match="axis"):
+        pyquant.quantize(pa_batch(), axis=0)
+    with pytest.raises(pyquant.ShapeError, match="axis=0 is for 2-D"):
+        pyquant.QuantizedTensor(qt.codes, qt.scales, qt.mins, (256,), "float32", 4, 4, axis=0)
+
+
+def pa_batch():
+    pa = pytest.importorskip("pyarrow")
+    return pa.record_batch({"name": ["w"], "weights": pa.array([[1.0] * 64], pa.list_(pa.float32())),
+                            "shape": pa.array([[64]], pa.list_(pa.int64()))})
+
+
+def test_checkpoints_carry_the_axis(tmp_path):
+    """quantize_file(axis=0) stores each 2-D tensor as its transpose's codes,
+    scales and mins, with pyquant.axis = "0" (absent by default: those files
+    are byte-identical to before); load_quantized and dequantize_file honour it."""
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    rng = np.random.default_rng(5)
+    tensors = {"a.weight": rng.standard_t(4, (128, 48)).astype(np.float32),
+               "b.weight": rng.standard_normal((64, 256)).astype(np.float16),
+               "a.bias": np.ones(48, np.float32), "c": rng.standard_normal((2, 64, 64)).astype(np.float32)}
+    src = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(src))
+    for method, scale_dtype in [("minmax", "float32"), ("search", "float16")]:
+        dst = tmp_path / f"axis0-{method}.safetensors"
+        s = pyquant.quantize_file(src, dst, bits=3, group_size=64, axis=0, method=method, scale_dtype=scale_dtype)
+        assert s.quantized == 2 and "not 2-D" in s.kept_reasons["c"]
+        with safetensors.safe_open(str(dst), "numpy") as f:
+            assert f.metadata()["pyquant.axis"] == "0"
+        loaded = pyquant.load_quantized(dst)
+        for name in ("a.weight", "b.weight"):
+            x = tensors[name]
+            want = pyquant.quantize_ptr(np.ascontiguousarray(x.T), bits=3, group_size=64, method=method,
+                                        scale_dtype=scale_dtype)
+            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
+            assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
+        back = tmp_path / "back.safetensors"
+        pyquant.dequantize_file(dst, back, force=True)
+        with safetensors.safe_open(str(back), "numpy") as f:
+            for name in ("a.weight", "b.weight"):
+                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
+        # The CLI writes the same file.
+        cli = tmp_path / f"cli-{method}.safetensors"
+        proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", "3",
+                               "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert cli.read_bytes() == dst.read_bytes()
+    plain, default = tmp_path / "plain.safetensors", tmp_path / "default.safetensors"
+    pyquant.quantize_file(src, plain, bits=3, group_size=64)
+    pyquant.quantize_file(src, default, bits=3, group_size=64, axis=-1)
+    assert plain.read_bytes() == default.read_bytes()
+    with safetensors.safe_open(str(plain), "numpy") as f:
+        assert "pyquant.axis" not in f.metadata()
+    assert pyquant.load_quantized(plain)["b.weight"].axis == -1
+    with pytest.raises(pyquant.QuantizeError, match="axis"):
+        pyquant.quantize_file(src, tmp_path / "q.arrow", format="arrow", axis=0)
+    with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+        pyquant.quantize_file(src, tmp_path / "q2.safetensors", axis=1)

@@ -90,8 +90,8 @@ int main(void) {
         static float s2[ROWS * ROW_LEN / GROUP_SIZE], m2[ROWS * ROW_LEN / GROUP_SIZE];
         const size_t ng = ROWS * ROW_LEN / GROUP_SIZE;
         PqQuantizeItem items[2] = {
-            {PQ_DTYPE_F32, input, n, ROW_LEN, 8, GROUP_SIZE, codes8, sizeof codes8, s8, ng, m8, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
-            {PQ_DTYPE_F32, input, n, ROW_LEN, 2, GROUP_SIZE, codes2, sizeof codes2, s2, ng, m2, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 8, GROUP_SIZE, codes8, sizeof codes8, s8, ng, m8, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0, PQ_AXIS_LAST},
+            {PQ_DTYPE_F32, input, n, ROW_LEN, 2, GROUP_SIZE, codes2, sizeof codes2, s2, ng, m2, ng, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0, PQ_AXIS_LAST},
         };
         size_t failed_item;
         if (pq_quantize_batch(items, 2, 0, &failed_item, &err) != PQ_STATUS_OK) {

@@ -171,6 +171,7 @@ fn run(data: &[u8]) {
                     dtype: d.dtype,
                     output: o.ptr(&mut arena),
                     output_len: o.len,
+                    axis: 0,
                 };
                 (at as *mut PqDequantizeItem).write_unaligned(item);
             } else {
@@ -192,6 +193,7 @@ fn run(data: &[u8]) {
                     scale_dtype: 0,
                     importance: std::ptr::null(),
                     importance_len: 0,
+                    axis: 0,
                 };
                 (at as *mut PqQuantizeItem).write_unaligned(item);
             }

@@ -37,7 +37,7 @@ use std::thread;
 use crate::element::{Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
 use crate::kernel::{fast, search, Isa};
-use crate::layout::{check_len, Layout, Method};
+use crate::layout::{check_len, Axis, Layout, Method};
 
 #[cfg(test)]
 mod oracle;
@@ -207,13 +207,70 @@ pub(crate) fn quantize_batch_with(
     }
     let isa = schedule.isa;
     run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
-        if p.layout.scheme.method == Method::MinMax {
-            fast::encode(isa, p.input, &p.layout, p.first_group, p.codes, p.scales, p.mins)
-        } else {
-            search::encode(isa, p.input, &p.layout, p.first_group, p.importance, p.codes, p.scales, p.mins)
+        let item = p.item;
+        match (p.layout.axis, p.input) {
+            (Axis::Last, input) => encode(isa, input, p.first_group, p),
+            (Axis::First, Values::F32(x)) => encode_columns(isa, x, p),
+            (Axis::First, Values::F16(x)) => encode_columns(isa, x, p),
+            (Axis::First, Values::BF16(x)) => encode_columns(isa, x, p),
         }
-        .map_err(|e| BatchError::at(p.item, e))
+        .map_err(|e| BatchError::at(item, e))
     })
+}
+
+/// Output rows an axis-0 tile gathers at a time: 16 f32 columns are one
+/// 64-byte cache line of every input row.
+const TILE_ROWS: usize = 16;
+/// Input rows an axis-0 tile copies per block (see `encode_columns`).
+const BLOCK_ROWS: usize = 8;
+
+/// Quantizes `input` (the piece's groups, contiguous) with the piece's method.
+fn encode(isa: Isa, input: Values<'_>, first_group: usize, p: QuantizePiece<'_>) -> Result<()> {
+    if p.layout.scheme.method == Method::MinMax {
+        fast::encode(isa, input, &p.layout, first_group, p.codes, p.scales, p.mins)
+    } else {
+        search::encode(isa, input, &p.layout, first_group, p.importance, p.codes, p.scales, p.mins)
+    }
+}
+
+/// An axis-0 piece: output row `c` is column `c` of the `row_len` x `rows()`
+/// input `x`. A tile of columns at a time is copied into a small buffer and
+/// quantized there by the same kernel, so no transposed copy of the whole
+/// input is made and the bytes are those of the transpose.
+fn encode_columns<T: Element>(isa: Isa, x: &[T], p: QuantizePiece<'_>) -> Result<()> {
+    let l = p.layout;
+    let (height, width) = (l.row_len, l.rows());
+    let groups_per_row = height / l.group_size;
+    let row_bytes = height * l.bits as usize / 8;
+    let rows = p.scales.len() / groups_per_row;
+    let first_row = p.first_group / groups_per_row;
+    let mut buf = vec![x[0]; TILE_ROWS.min(rows) * height];
+    for t0 in (0..rows).step_by(TILE_ROWS) {
+        let t = TILE_ROWS.min(rows - t0);
+        let c0 = first_row + t0;
+        // Blocks of a few input rows: a few cache lines read (fewer than a
+        // cache set's ways, as rows a power of two apart share a set), a few
+        // runs written.
+        for i0 in (0..height).step_by(BLOCK_ROWS) {
+            let lines = x[i0 * width..].chunks_exact(width).take(BLOCK_ROWS);
+            for k in 0..t {
+                let run = &mut buf[k * height + i0..];
+                for (out, line) in run.iter_mut().zip(lines.clone()) {
+                    *out = line[c0 + k];
+                }
+            }
+        }
+        let (g0, g1) = (t0 * groups_per_row, (t0 + t) * groups_per_row);
+        let tile = QuantizePiece {
+            layout: l.first_rows(t),
+            codes: &mut p.codes[t0 * row_bytes..(t0 + t) * row_bytes],
+            scales: &mut p.scales[g0..g1],
+            mins: &mut p.mins[g0..g1],
+            ..p
+        };
+        encode(isa, T::values(&buf[..t * height]), c0 * groups_per_row, tile)?;
+    }
+    Ok(())
 }
 
 /// Importance weights are only used by the search, and need one finite,
@@ -232,6 +289,10 @@ pub(crate) fn dequantize_batch_with(
     schedule: Schedule,
 ) -> std::result::Result<(), BatchError> {
     let mut pieces = Vec::with_capacity(items.len());
+    // An axis-0 piece reads every output row's scales, so an axis-0 item's
+    // are all checked first; the first bad one ends the call after the
+    // items before it.
+    let mut bad_params = None;
     for (i, item) in items.iter_mut().enumerate() {
         let l = item.layout;
         let at = |e| BatchError::at(i, e);
@@ -239,7 +300,10 @@ pub(crate) fn dequantize_batch_with(
         check_len("scales", item.scales.len(), l.n_groups, true).map_err(at)?;
         check_len("mins", item.mins.len(), l.n_groups, true).map_err(at)?;
         check_len("output", item.output.len(), l.len, false).map_err(at)?;
-        if l.len > 0 {
+        if bad_params.is_none() && l.axis == Axis::First {
+            bad_params = fast::check_params(item.scales, item.mins, 0).err().map(at);
+        }
+        if l.len > 0 && bad_params.is_none() {
             let output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
             let (output, rest) = output.split_at(l.len);
             item.output = rest;
@@ -255,22 +319,63 @@ pub(crate) fn dequantize_batch_with(
         }
     }
     let isa = schedule.isa;
-    run_pieces(pieces, threads, schedule.min_bytes_per_thread, |p| {
+    run_pieces(pieces, threads, schedule.min_bytes_per_thread, |mut p| {
+        if p.layout.axis == Axis::First {
+            match std::mem::replace(&mut p.output, ValuesMut::F32(&mut [])) {
+                ValuesMut::F32(y) => decode_columns(isa, &p, y),
+                ValuesMut::F16(y) => decode_columns(isa, &p, y),
+                ValuesMut::BF16(y) => decode_columns(isa, &p, y),
+            }
+            return Ok(());
+        }
         // Scales and mins are one pair per group: checking a piece's just
         // before decoding it reads them from cache.
         fast::check_params(p.scales, p.mins, p.first_group).map_err(|e| BatchError::at(p.item, e))?;
         fast::decode(isa, p.codes, p.scales, p.mins, &p.layout, p.output);
         Ok(())
-    })
+    })?;
+    bad_params.map_or(Ok(()), Err)
 }
 
-/// A run of whole groups of one item: the unit a thread works on.
+/// An axis-0 piece: `y` is a band of whole rows of the `row_len` x `rows()`
+/// output, starting at group `first_group` of every quantized row. A tile of
+/// quantized rows at a time is decoded into a small buffer, then written
+/// into the band's columns.
+fn decode_columns<T: Element>(isa: Isa, p: &DequantizePiece<'_>, y: &mut [T]) {
+    let l = p.layout;
+    let width = l.rows();
+    let groups_per_row = l.row_len / l.group_size;
+    let (height, row_bytes) = (y.len() / width, l.row_len * l.bits as usize / 8);
+    let (g0, groups) = (p.first_group, height / l.group_size);
+    let band = Layout { row_len: height, axis: Axis::Last, ..l }.first_rows(1);
+    let mut buf = vec![T::from_f32(0.0); TILE_ROWS.min(width) * height];
+    for c0 in (0..width).step_by(TILE_ROWS) {
+        let t = TILE_ROWS.min(width - c0);
+        for (k, out) in buf.chunks_exact_mut(height).take(t).enumerate() {
+            let (c, gcb) = (c0 + k, l.group_code_bytes());
+            let codes = &p.codes[c * row_bytes + g0 * gcb..][..groups * gcb];
+            let params = c * groups_per_row + g0..c * groups_per_row + g0 + groups;
+            fast::decode(isa, codes, &p.scales[params.clone()], &p.mins[params], &band, T::values_mut(out));
+        }
+        // Row by row: one contiguous run of `t` values written per row
+        // (measured faster here than blocks as in `encode_columns`).
+        for (i, line) in y.chunks_exact_mut(width).enumerate() {
+            for (k, v) in line[c0..c0 + t].iter_mut().enumerate() {
+                *v = buf[k * height + i];
+            }
+        }
+    }
+}
+
+/// A run of whole split units of one item (a group, or with axis 0 an
+/// output row of groups): the unit a thread works on.
 trait Piece: Send + Sized {
+    /// Split units in the piece.
     fn groups(&self) -> usize;
-    /// Bytes of the tensor per group, the measure of work (weighted by
+    /// Bytes of the tensor per split unit, the measure of work (weighted by
     /// [`SEARCH_WORK`] for the search).
     fn group_bytes(&self) -> usize;
-    /// Pieces are best split at multiples of this many groups.
+    /// Pieces are best split at multiples of this many units.
     fn split_groups(&self) -> usize {
         1
     }
@@ -290,29 +395,42 @@ struct QuantizePiece<'a> {
     mins: &'a mut [f32],
 }
 
+/// Groups a piece is split by: one, or with axis 0 a whole output row (an
+/// axis-0 piece is a run of output rows and keeps the whole input).
+fn split_unit(l: &Layout) -> usize {
+    match l.axis {
+        Axis::Last => 1,
+        Axis::First => l.row_len / l.group_size,
+    }
+}
+
 impl Piece for QuantizePiece<'_> {
     fn groups(&self) -> usize {
-        self.scales.len()
+        self.scales.len() / split_unit(&self.layout)
     }
 
     fn group_bytes(&self) -> usize {
         let work = if self.layout.scheme.method == Method::Search { SEARCH_WORK } else { 1 };
-        self.layout.group_size * self.input.dtype().size() * work
+        split_unit(&self.layout) * self.layout.group_size * self.input.dtype().size() * work
     }
 
     /// The search works on `LANES` groups at once: a split elsewhere leaves
-    /// two part-filled runs of lanes.
+    /// two part-filled runs of lanes (an axis-0 unit is a whole output row).
     fn split_groups(&self) -> usize {
-        if self.layout.scheme.method == Method::Search {
+        if self.layout.scheme.method == Method::Search && self.layout.axis == Axis::Last {
             search::LANES
         } else {
             1
         }
     }
 
-    fn split(self, groups: usize) -> (Self, Self) {
+    fn split(self, units: usize) -> (Self, Self) {
         let l = self.layout;
-        let (input_a, input_b) = self.input.split_at(groups * l.group_size);
+        let groups = units * split_unit(&l);
+        let (input_a, input_b) = match l.axis {
+            Axis::Last => self.input.split_at(groups * l.group_size),
+            Axis::First => (self.input, self.input),
+        };
         let (codes_a, codes_b) = self.codes.split_at_mut(groups * l.group_code_bytes());
         let (scales_a, scales_b) = self.scales.split_at_mut(groups);
         let (mins_a, mins_b) = self.mins.split_at_mut(groups);
@@ -329,6 +447,9 @@ impl Piece for QuantizePiece<'_> {
     }
 }
 
+/// With axis 0, a band of whole output rows (a multiple of the group size):
+/// `first_group` is its first group in every quantized row, and the codes,
+/// scales and mins are the whole item's.
 struct DequantizePiece<'a> {
     item: usize,
     first_group: usize,
@@ -339,21 +460,38 @@ struct DequantizePiece<'a> {
     output: ValuesMut<'a>,
 }
 
+impl DequantizePiece<'_> {
+    /// Output values per unit of work: a group, or with axis 0 a group's
+    /// height of whole output rows.
+    fn unit_len(&self) -> usize {
+        match self.layout.axis {
+            Axis::Last => self.layout.group_size,
+            Axis::First => self.layout.group_size * self.layout.rows(),
+        }
+    }
+}
+
 impl Piece for DequantizePiece<'_> {
     fn groups(&self) -> usize {
-        self.scales.len()
+        self.output.len() / self.unit_len()
     }
 
     fn group_bytes(&self) -> usize {
-        self.layout.group_size * self.output.dtype().size()
+        self.unit_len() * self.output.dtype().size()
     }
 
     fn split(self, groups: usize) -> (Self, Self) {
         let l = self.layout;
-        let (codes_a, codes_b) = self.codes.split_at(groups * l.group_code_bytes());
-        let (scales_a, scales_b) = self.scales.split_at(groups);
-        let (mins_a, mins_b) = self.mins.split_at(groups);
-        let (output_a, output_b) = self.output.split_at(groups * l.group_size);
+        let unit_len = self.unit_len();
+        let (output_a, output_b) = self.output.split_at(groups * unit_len);
+        let ((codes_a, codes_b), (scales_a, scales_b), (mins_a, mins_b)) = match l.axis {
+            Axis::Last => (
+                self.codes.split_at(groups * l.group_code_bytes()),
+                self.scales.split_at(groups),
+                self.mins.split_at(groups),
+            ),
+            Axis::First => ((self.codes, self.codes), (self.scales, self.scales), (self.mins, self.mins)),
+        };
         let a = DequantizePiece { codes: codes_a, scales: scales_a, mins: mins_a, output: output_a, ..self };
         let b = DequantizePiece {
             first_group: self.first_group + groups,
@@ -613,6 +751,64 @@ mod tests {
             importance: Some(&w[..3]),
         };
         assert_eq!(quantize_batch(&mut [item], 1).unwrap_err().error.status, PqStatus::InvalidImatrix);
+    }
+
+    /// Axis 0 gives the bytes of the transpose quantized along its rows, and
+    /// dequantizes back into the input's shape, for every thread count.
+    #[test]
+    fn axis_first_is_the_transpose() {
+        let (height, width) = (256usize, 37usize);
+        let x = data(height * width, 5);
+        let xt: Vec<f16> = (0..width * height).map(|k| f16::from_f32(x[(k % height) * width + k / height])).collect();
+        let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+        for (method, scale_dtype, bits) in [
+            (Method::MinMax, crate::layout::ScaleDtype::F32, 4),
+            (Method::Search, crate::layout::ScaleDtype::F16, 3),
+            (Method::MinMax, crate::layout::ScaleDtype::F16, 2),
+        ] {
+            let scheme = Scheme { method, scale_dtype };
+            let lt = Layout::new(xt.len(), height, bits, 32).unwrap().with_scheme(scheme);
+            let l = Layout::new(x.len(), height, bits, 32).unwrap().with_scheme(scheme).with_axis(Axis::First);
+            let fresh = || (vec![0u8; l.codes_len], vec![0f32; l.n_groups], vec![0f32; l.n_groups]);
+            let mut want = fresh();
+            let item = QuantizeItem {
+                input: Values::F16(&xt),
+                layout: lt,
+                codes: &mut want.0,
+                scales: &mut want.1,
+                mins: &mut want.2,
+                importance: None,
+            };
+            quantize_batch(&mut [item], 1).unwrap();
+            let mut yt = vec![f16::ZERO; xt.len()];
+            dequantize(&want.0, &want.1, &want.2, &lt, &mut yt).unwrap();
+            for (threads, schedule) in [forced(1), forced(3), forced(8)] {
+                let mut got = fresh();
+                let (c, s, m) = &mut got;
+                let item =
+                    QuantizeItem { input: Values::F16(&xh), layout: l, codes: c, scales: s, mins: m, importance: None };
+                quantize_batch_with(&mut [item], threads, schedule).unwrap();
+                assert_eq!(got, want, "{method:?} {bits} threads {threads}");
+                let mut y = vec![f16::ZERO; x.len()];
+                let item = DequantizeItem {
+                    codes: &got.0,
+                    scales: &got.1,
+                    mins: &got.2,
+                    layout: l,
+                    output: ValuesMut::F16(&mut y),
+                };
+                dequantize_batch_with(&mut [item], threads, schedule).unwrap();
+                assert!((0..x.len()).all(|k| y[k] == yt[(k % width) * height + k / width]), "threads {threads}");
+            }
+        }
+        // A bad scale is found before anything is written.
+        let l = Layout::new(x.len(), height, 8, 32).unwrap().with_axis(Axis::First);
+        let (c, mut s, m) = (vec![0u8; l.codes_len], vec![1f32; l.n_groups], vec![0f32; l.n_groups]);
+        s[40] = f32::NAN;
+        let mut y = vec![7f32; x.len()];
+        let e = dequantize(&c, &s, &m, &l, &mut y).unwrap_err();
+        assert!(e.message.starts_with("group 40 "), "{}", e.message);
+        assert!(y.iter().all(|&v| v == 7.0));
     }
 
     #[test]

@@ -21,6 +21,33 @@ pub struct Layout {
     pub n_groups: usize,
     /// How each group's scale and min are chosen and stored (docs/scheme.md).
     pub scheme: Scheme,
+    /// Which axis of a 2-D input the groups run along. With `Axis::First`
+    /// the input is `row_len` rows of `len / row_len` columns read as its
+    /// transpose: output row `c` is input column `c`, and every rule above
+    /// is about the transpose (docs/scheme.md, "Axis").
+    pub axis: Axis,
+}
+
+/// The axis of a 2-D tensor that groups run along: `Last` (-1, along rows,
+/// pyquant's original format) or `First` (0, along columns: the bytes of the
+/// transpose quantized along its rows).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Axis {
+    #[default]
+    Last = 0,
+    First = 1,
+}
+
+impl Axis {
+    /// The axis of the C code `axis` (`PQ_AXIS_*`: 0 = last, 1 = first).
+    pub fn from_code(axis: u32) -> Result<Axis> {
+        match axis {
+            0 => Ok(Axis::Last),
+            1 => Ok(Axis::First),
+            a => Err(Error::new(PqStatus::InvalidScheme, format!("axis must be 0 (last) or 1 (first), got {a}"))),
+        }
+    }
 }
 
 /// How a group's scale and min are chosen: `docs/scheme.md`, "Methods".
@@ -159,7 +186,25 @@ impl Layout {
             codes_len: codes_bits / 8,
             n_groups: len / group_size,
             scheme: Scheme::default(),
+            axis: Axis::Last,
         })
+    }
+
+    /// The same layout grouped along `axis`: with `Axis::First` the input
+    /// is `row_len` rows of `len / row_len` columns, read as its transpose.
+    pub fn with_axis(self, axis: Axis) -> Layout {
+        Layout { axis, ..self }
+    }
+
+    /// The number of output rows (input columns with `Axis::First`).
+    pub fn rows(&self) -> usize {
+        self.len / self.row_len
+    }
+
+    /// The same layout over the first `rows` output rows only (a tile).
+    pub fn first_rows(&self, rows: usize) -> Layout {
+        let len = rows * self.row_len;
+        Layout { len, codes_len: len * self.bits as usize / 8, n_groups: len / self.group_size, ..*self }
     }
 
     /// The same layout quantized with `scheme`.

@@ -935,7 +935,7 @@ static void test_schemes(void) {
     for (int i = 0; i < N; i++) x[i] = rand_f32();
     for (int i = 0; i < ROW; i++) w[i] = (float)(i % 5);
     PqQuantizeItem it = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG,
-                         PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, w, ROW};
+                         PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, w, ROW, PQ_AXIS_LAST};
     size_t failed_item;
     EXPECT(pq_quantize_batch(&it, 1, 1, &failed_item, &err), PQ_STATUS_OK);
     it.codes = c2, it.scales = s2, it.mins = m2;
@@ -950,7 +950,7 @@ static void test_schemes(void) {
     }
     CHECK(halves);
     /* A zero scheme: pq_quantize's bytes. */
-    PqQuantizeItem plain = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG, 0, 0, NULL, 0};
+    PqQuantizeItem plain = {PQ_DTYPE_F32, x, N, ROW, 2, G, c1, sizeof c1, s1, NG, m1, NG, 0, 0, NULL, 0, 0};
     EXPECT(pq_quantize_batch(&plain, 1, 0, &failed_item, &err), PQ_STATUS_OK);
     EXPECT(pq_quantize(PQ_DTYPE_F32, x, N, ROW, 2, G, 1, c2, sizeof c2, s2, NG, m2, NG, &err), PQ_STATUS_OK);
     CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
@@ -976,6 +976,37 @@ static void test_schemes(void) {
     CHECK(memcmp(back, ramp, sizeof ramp) == 0);
 }
 
+/* PQ_AXIS_FIRST: a 64 x 5 input grouped down its columns gives exactly the
+ * outputs of its transpose (5 rows of 64), and dequantizes back into its own
+ * shape; a bad axis code is refused. */
+static void test_axis_first(void) {
+    enum { R = 64, C = 5, AN = R * C, AG = 32, ANG = AN / AG };
+    float w[AN], wt[AN], y[AN], yt[AN];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) w[r * C + c] = wt[c * R + r] = base_input[(r * C + c) % 256];
+    uint8_t c1[AN / 2], c2[AN / 2];
+    float s1[ANG], s2[ANG], m1[ANG], m2[ANG];
+    size_t failed_item;
+    PqQuantizeItem it = {PQ_DTYPE_F32, w, AN, R, 4, AG, c1, sizeof c1, s1, ANG, m1, ANG,
+                         PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, NULL, 0, PQ_AXIS_FIRST};
+    EXPECT(pq_quantize_batch(&it, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    PqQuantizeItem tr = it;
+    tr.input = wt, tr.axis = PQ_AXIS_LAST, tr.codes = c2, tr.scales = s2, tr.mins = m2;
+    EXPECT(pq_quantize_batch(&tr, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    CHECK(memcmp(c1, c2, sizeof c1) == 0 && memcmp(s1, s2, sizeof s1) == 0 && memcmp(m1, m2, sizeof m1) == 0);
+    PqDequantizeItem d = {c1, sizeof c1, s1, ANG, m1, ANG, R, 4, AG, PQ_DTYPE_F32, y, AN, PQ_AXIS_FIRST};
+    EXPECT(pq_dequantize_batch(&d, 1, 0, &failed_item, &err), PQ_STATUS_OK);
+    EXPECT(pq_dequantize(c2, sizeof c2, s2, ANG, m2, ANG, R, 4, AG, PQ_DTYPE_F32, 1, yt, AN, &err), PQ_STATUS_OK);
+    int same = 1;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) same &= memcmp(&y[r * C + c], &yt[c * R + r], 4) == 0;
+    CHECK(same);
+    it.axis = 2;
+    EXPECT_MSG(pq_quantize_batch(&it, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "axis");
+    d.axis = 2;
+    EXPECT_MSG(pq_dequantize_batch(&d, 1, 0, &failed_item, &err), PQ_STATUS_INVALID_SCHEME, "axis");
+}
+
 int main(void) {
     for (int i = 0; i < 256; i++) base_input[i] = rand_f32();
 
@@ -995,6 +1026,7 @@ int main(void) {
     test_dequantize_errors();
     test_panic_and_null_error();
     test_schemes();
+    test_axis_first();
 
     return report();
 }

@@ -42,8 +42,8 @@ static void *worker(void *arg) {
         } else {
             /* Two items reading the same input: inputs may overlap, outputs not. */
             PqQuantizeItem items[2] = {
-                {PQ_DTYPE_F32, input, N, ROW_LEN, 4, GROUP, codes, N / 2, scales, NG, mins, NG, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
-                {PQ_DTYPE_F32, input, N, ROW_LEN, 4, GROUP, codes + N / 2, N / 2, scales + NG, NG, mins + NG, NG, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0},
+                {PQ_DTYPE_F32, input, N, ROW_LEN, 4, GROUP, codes, N / 2, scales, NG, mins, NG, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0, PQ_AXIS_LAST},
+                {PQ_DTYPE_F32, input, N, ROW_LEN, 4, GROUP, codes + N / 2, N / 2, scales + NG, NG, mins + NG, NG, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, NULL, 0, PQ_AXIS_LAST},
             };
             size_t failed_item;
             PqStatus s = pq_quantize_batch(items, 2, threads, &failed_item, &err);

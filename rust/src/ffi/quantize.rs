@@ -10,7 +10,7 @@ use super::memory::{check_disjoint, Region, Span, TensorRegion};
 use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
 use crate::element::Dtype;
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::{Layout, Method, ScaleDtype, Scheme};
+use crate::layout::{Axis, Layout, Method, ScaleDtype, Scheme};
 
 /// The library version, e.g. "0.1.0": a static NUL-terminated string that
 /// the caller must not free. Cannot fail.
@@ -107,6 +107,7 @@ pub unsafe extern "C" fn pq_quantize(
         scale_dtype: ScaleDtype::F32 as u32,
         importance: std::ptr::null(),
         importance_len: 0,
+        axis: Axis::Last as u32,
     };
     // A batch of one.
     run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
@@ -167,6 +168,7 @@ pub unsafe extern "C" fn pq_quantize_copy(
             scale_dtype: ScaleDtype::F32 as u32,
             importance: std::ptr::null(),
             importance_len: 0,
+            axis: 0,
         };
         // The caller's bytes stay an input of the call: no output may overlap them.
         quantize_items(&[item], threads, &[source.span(None, false)]).map_err(|e| e.error)
@@ -233,6 +235,7 @@ pub unsafe extern "C" fn pq_dequantize(
         dtype,
         output,
         output_len,
+        axis: Axis::Last as u32,
     };
     run(error, || dequantize_items(&[item], threads, &[]).map_err(|e| e.error))
 }
@@ -271,6 +274,12 @@ pub struct PqQuantizeItem {
     /// them); only read.
     pub importance: *const f32,
     pub importance_len: usize,
+    /// A `PQ_AXIS_*` code. 0, `PQ_AXIS_LAST`, is what `pq_quantize` does:
+    /// groups along rows of `row_len`. `PQ_AXIS_FIRST` groups down the
+    /// columns: `row_len` is then the number of rows of a 2-D input of
+    /// `input_len / row_len` columns, and the outputs are exactly those of
+    /// its transpose (rows of `row_len`) quantized with `PQ_AXIS_LAST`.
+    pub axis: u32,
 }
 
 /// One tensor of `pq_dequantize_batch`: the arguments of `pq_dequantize`,
@@ -293,6 +302,11 @@ pub struct PqDequantizeItem {
     /// `output_len` values of `dtype`, aligned for it; written on success.
     pub output: *mut c_void,
     pub output_len: usize,
+    /// The `PQ_AXIS_*` code the codes were written with: with
+    /// `PQ_AXIS_FIRST` the output is `row_len` rows of `output_len / row_len`
+    /// columns (the transpose of what the codes describe). 0 is what
+    /// `pq_dequantize` does.
+    pub axis: u32,
 }
 
 /// Quantizes `items_len` tensors described by `items` in one call, with up
@@ -410,7 +424,9 @@ fn quantize_regions(item: &PqQuantizeItem) -> Result<QuantizeRegions> {
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
     let scheme = Scheme::from_codes(item.method, item.scale_dtype)?;
-    let layout = Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?.with_scheme(scheme);
+    let axis = Axis::from_code(item.axis)?;
+    let layout =
+        Layout::new(item.input_len, item.row_len, item.bits, item.group_size)?.with_scheme(scheme).with_axis(axis);
     let input = TensorRegion::new(item.dtype, "input", item.input, layout.len)?;
     let importance = if item.importance.is_null() && item.importance_len == 0 {
         None
@@ -487,7 +503,8 @@ fn dequantize_regions(item: &PqDequantizeItem) -> Result<DequantizeRegions> {
     let codes = Region::new("codes", item.codes, item.codes_len)?;
     let scales = Region::new("scales", item.scales, item.scales_len)?;
     let mins = Region::new("mins", item.mins, item.mins_len)?;
-    let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?;
+    let axis = Axis::from_code(item.axis)?;
+    let layout = Layout::new(item.output_len, item.row_len, item.bits, item.group_size)?.with_axis(axis);
     let output = TensorRegion::new(item.dtype, "output", item.output, layout.len)?;
     Ok(DequantizeRegions { codes, scales, mins, layout, output })
 }
@@ -543,6 +560,7 @@ mod tests {
             scale_dtype: 0,
             importance: ptr::null(),
             importance_len: 0,
+            axis: 0,
         }
     }
 
@@ -950,6 +968,7 @@ mod tests {
                 dtype: [0, 2, 1, 0, 1][i],
                 output: out.as_mut_ptr() as *mut c_void,
                 output_len: t.len,
+                axis: 0,
             })
             .collect();
         let mut e = new_error();
