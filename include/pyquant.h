@@ -285,6 +285,19 @@ typedef uint32_t PqAxis;
 #endif // __cplusplus
 
 /*
+ Per-column importance weights for the tensor named `name` (UTF-8, not
+ NUL-terminated), for `pq_quantize_arrow`: `weights_len` non-negative
+ finite weights, one per column of the tensor (per row with
+ `PQ_AXIS_FIRST`), as `PqQuantizeItem.importance`.
+ */
+typedef struct PqNamedImportance {
+  const uint8_t *name;
+  size_t name_len;
+  const float *weights;
+  size_t weights_len;
+} PqNamedImportance;
+
+/*
  Error details, allocated by the caller (on the stack is fine) and passed
  as the last, nullable argument of a fallible function. pyquant writes it
  on every call: `status` equals the return value and `message` is a
@@ -475,9 +488,19 @@ extern "C" {
  codes large_binary, scales and mins list<float32> (list<float16> with
  `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,
  group_size uint32, then, for another method than `PQ_METHOD_MIN_MAX`,
- method utf8 ("search"). `method` and `scale_dtype` as in
- `PqQuantizeItem` (0, 0: min-max with float32 scales, the format's
- original schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`.
+ method utf8 ("search"), then, with `PQ_AXIS_FIRST`, axis int8 (0).
+ `method`, `scale_dtype` and `axis` as in `PqQuantizeItem` (0, 0, 0:
+ min-max with float32 scales along the last axis, the format's original
+ schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`. With
+ `PQ_AXIS_FIRST` every tensor must be 2-D (shape R x C): groups run down
+ its columns (`PQ_GROUP_SIZE_PER_ROW`: one group per column) and the row
+ holds the codes, scales and mins of its C x R transpose.
+
+ `importance` (NULL with `importance_len` 0: none) lists per-column
+ weights by tensor name, for `PQ_METHOD_SEARCH` only: each tensor of the
+ input takes the entry of its name; entries that name no tensor of this
+ input are not used (the batches of a stream may share one list); a name
+ listed twice is `PQ_STATUS_INVALID_IMATRIX`. The lists are borrowed.
  */
 PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            const struct ArrowSchema *in_schema,
@@ -485,6 +508,9 @@ PqStatus pq_quantize_arrow(struct ArrowArray *in_array,
                            size_t group_size,
                            uint32_t method,
                            uint32_t scale_dtype,
+                           uint32_t axis,
+                           const struct PqNamedImportance *importance,
+                           size_t importance_len,
                            size_t threads,
                            struct ArrowArray *out_array,
                            struct ArrowSchema *out_schema,
@@ -546,10 +572,12 @@ PqStatus pq_arrow_check_quantized(struct ArrowArray *in_array,
  `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
  little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
  int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
- and `dtype` are UTF-8 (not NUL-terminated). `method` and `scale_dtype`
- (codes as in `PqQuantizeItem`) choose the batch's schema, as for
- `pq_quantize_arrow`; with `PQ_SCALE_DTYPE_F16` every scale and min must
- be a float16 value (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
+ and `dtype` are UTF-8 (not NUL-terminated). `method`, `scale_dtype` and
+ `axis` (codes as in `PqQuantizeItem`) choose the batch's schema, as for
+ `pq_quantize_arrow` (with `PQ_AXIS_FIRST` a quantized row is 2-D and its
+ codes, scales and mins are those of its transpose); with
+ `PQ_SCALE_DTYPE_F16` every scale and min must be a float16 value
+ (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
  row takes those of the batches it is written with. Every buffer is
  copied and owned by the caller.
  */
@@ -569,18 +597,20 @@ PqStatus pq_arrow_quantized_row(const uint8_t *name,
                                 size_t mins_len,
                                 uint32_t method,
                                 uint32_t scale_dtype,
+                                uint32_t axis,
                                 struct ArrowArray *out_array,
                                 struct ArrowSchema *out_schema,
                                 struct PqError *error);
 
 /*
- Writes the schema of `pq_quantize_arrow`'s result for `method` and
- `scale_dtype` (0, 0: the format's original schema) into the
- caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
- releases it once.
+ Writes the schema of `pq_quantize_arrow`'s result for `method`,
+ `scale_dtype` and `axis` (0, 0, 0: the format's original schema) into
+ the caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller
+ then releases it once.
  */
 PqStatus pq_arrow_quantized_schema(uint32_t method,
                                    uint32_t scale_dtype,
+                                   uint32_t axis,
                                    struct ArrowSchema *out_schema,
                                    struct PqError *error);
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,8 +25,8 @@ import numpy as np
 from . import _arrow_inputs
 from ._call import SIZE_MAX as _SIZE_MAX, c_threads, call
 from ._lib import ffi, lib
-from .core import _c_uint, _UINT32_MAX, scheme_codes
-from .errors import InvalidBitsError, InvalidGroupSizeError, UnsupportedDtypeError
+from .core import _c_uint, _importance, _UINT32_MAX, axis_code, scheme_codes
+from .errors import InvalidBitsError, InvalidGroupSizeError, InvalidImatrixError, QuantizeError, UnsupportedDtypeError
 
 _PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
 _PyCapsule_IsValid.restype = ctypes.c_int
@@ -52,7 +52,8 @@ def _pyarrow() -> Any:
 
 def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, threads: int | None = None,
                    columns: dict[str, str] | None = None, on_null: str = "error", method: str = "minmax",
-                   scale_dtype: str = "float32") -> Any:
+                   scale_dtype: str = "float32", axis: int = -1,
+                   importance: Mapping[str, Any] | None = None) -> Any:
     """Quantizes the tensors of an Arrow object, reading their values in place.
 
     ``obj`` implements the Arrow PyCapsule interface and holds either one
@@ -79,6 +80,13 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     :func:`pyquant.quantize_ptr`: the result's schema is
     ``quantized_schema(method, scale_dtype)`` (float16 scales and mins are
     stored as float16; ``method="search"`` adds a ``method`` column).
+    ``axis=0`` groups every tensor down its columns (each must be 2-D): the
+    row holds the codes, scales and mins of its transpose, the bytes of
+    :func:`pyquant.quantize_ptr` with ``axis=0``, and an ``axis`` column
+    (int8, 0) says so. ``importance`` maps tensor names to per-column
+    weights (one per row with ``axis=0``; ``method="search"`` only), as in
+    :func:`pyquant.quantize_batch`; a name that is no tensor of the input
+    is an error (for a ``RecordBatchReader``, when it has been read).
 
     Returns a pyarrow ``RecordBatch`` (one row per tensor; schema
     :func:`quantized_schema`, then the passed-through columns) for an array
@@ -95,9 +103,12 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
 
     Raises QuantizeError subclasses: ArrowDataError (released or malformed
     input, nulls, missing column), UnsupportedDtypeError, ShapeError,
-    InvalidBitsError, InvalidGroupSizeError, NonFiniteError, InvalidSchemeError.
+    InvalidBitsError, InvalidGroupSizeError, NonFiniteError, InvalidSchemeError,
+    InvalidImatrixError.
     """
     m, s = scheme_codes(method, scale_dtype)
+    a = axis_code(axis, None)
+    entries, n, keep = _named_importance(importance)
     b = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
     if group_size is None:
         g = _GROUP_SIZE_PER_ROW
@@ -106,10 +117,56 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     t = c_threads(threads)
     obj = _arrow_inputs.prepare(obj, columns, on_null)
 
-    def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        return _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, t)
+    seen: set[str] = set()
 
-    return _map(obj, convert)
+    def convert(schema_capsule: Any, array_capsule: Any) -> Any:
+        batch = _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, a, entries, n, t)
+        if keep:
+            seen.update(batch.column(0).to_pylist())
+        return batch
+
+    out = _map(obj, convert)
+    if not keep:
+        return out
+
+    def check_used() -> None:
+        for name in importance or {}:
+            if name not in seen:
+                raise QuantizeError(f"importance names {name!r}, which is not a tensor of the input")
+
+    if isinstance(out, _pyarrow().RecordBatchReader):
+        def checked() -> Iterator[Any]:
+            yield from out
+            check_used()
+        return _pyarrow().RecordBatchReader.from_batches(out.schema, checked())
+    check_used()
+    return out
+
+
+def _named_importance(importance: Mapping[str, Any] | None) -> tuple[Any, int, list[Any]]:
+    """``pq_quantize_arrow``'s importance list for a mapping name -> weights:
+    the ``PqNamedImportance`` array, its length, and what keeps its buffers
+    alive (empty without importance)."""
+    if importance is None:
+        return ffi.NULL, 0, []
+    if not isinstance(importance, Mapping):
+        raise InvalidImatrixError(
+            f"importance maps tensor names to per-column weights (a dict), got {type(importance).__name__}")
+    entries = ffi.new("PqNamedImportance[]", len(importance))
+    keep: list[Any] = [entries]
+    for e, (name, w) in zip(entries, importance.items()):
+        if not isinstance(name, str):
+            raise InvalidImatrixError(f"importance names tensors by str, got {name!r}")
+        try:
+            arr = _importance(w)
+        except QuantizeError as exc:
+            raise type(exc)(f"tensor {name!r}: {exc}") from None
+        name_b = ffi.from_buffer(name.encode())
+        keep += [name_b, arr]
+        e.name, e.name_len = ffi.cast("const uint8_t *", name_b), len(name_b)
+        e.weights = ffi.cast("const float *", arr.ctypes.data) if arr.size else ffi.NULL
+        e.weights_len = arr.size
+    return entries, len(importance), keep
 
 
 def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
@@ -159,16 +216,20 @@ def dequantize_arrow(obj: Any, *, threads: int | None = None) -> Any:
 
 
 def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, group_size: int,
-                  codes: Any, scales: Any, mins: Any, method: str = "minmax", scale_dtype: str = "float32") -> Any:
+                  codes: Any, scales: Any, mins: Any, method: str = "minmax", scale_dtype: str = "float32",
+                  axis: int = -1) -> Any:
     """One row of a quantized batch as a pyarrow ``RecordBatch`` in
     :func:`quantized_schema`, built and checked by the Rust library (the one
     owner of the row format): a quantized tensor (``bits`` 2, 3, 4 or 8, and
     its codes, scales and mins as numpy arrays), or a carried-over one
     (``bits`` 0, ``group_size`` 0, empty scales and mins, ``codes`` the
     tensor's raw little-endian bytes as a uint8 array), in the schema of
-    ``method`` and ``scale_dtype`` (:func:`quantized_schema`; a carried-over
-    row takes those of the batches it goes with). Copies the buffers."""
+    ``method``, ``scale_dtype`` and ``axis`` (:func:`quantized_schema`; a
+    carried-over row takes those of the batches it goes with; with
+    ``axis=0`` a quantized tensor is 2-D and its codes, scales and mins are
+    those of its transpose). Copies the buffers."""
     m, s = scheme_codes(method, scale_dtype)
+    a = axis_code(axis, None)
     name_b, dtype_b = name.encode(), dtype.encode()
     dims = np.ascontiguousarray(shape, np.int64)
     codes = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
@@ -183,7 +244,7 @@ def quantized_row(name: str, dtype: str, shape: tuple[int, ...], bits: int, grou
         buf(dims, "int64_t *"), dims.size, _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError),
         _c_uint(group_size, "group_size", _SIZE_MAX, InvalidGroupSizeError),
         buf(codes, "uint8_t *"), codes.size, buf(scales, "float *"), scales.size, buf(mins, "float *"), mins.size,
-        m, s)
+        m, s, a)
 
 
 def check_quantized(batch: Any) -> None:
@@ -218,16 +279,17 @@ def check_input_type(obj: Any) -> bool:
     return True
 
 
-def quantized_schema(method: str = "minmax", scale_dtype: str = "float32") -> Any:
+def quantized_schema(method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> Any:
     """The pyarrow schema of a quantized batch (see the README): name
     string, codes large_binary, scales and mins list<float32> (list<float16>
     for ``scale_dtype="float16"``), shape list<int64>, dtype string, bits
-    uint8, group_size uint32, and for ``method="search"`` a last column
-    ``method`` (string). The defaults give the format's original schema."""
+    uint8, group_size uint32, then for ``method="search"`` a column
+    ``method`` (string) and for ``axis=0`` a column ``axis`` (int8). The
+    defaults give the format's original schema."""
     pa = _pyarrow()
     m, s = scheme_codes(method, scale_dtype)
     out = ffi.new("struct ArrowSchema *")
-    call(lib.pq_arrow_quantized_schema, m, s, out)
+    call(lib.pq_arrow_quantized_schema, m, s, axis_code(axis, None), out)
     try:
         return pa.Schema._import_from_c(_address(out))
     finally:

@@ -448,14 +448,15 @@ def _importance(w: npt.ArrayLike) -> np.ndarray[Any, Any]:
     return arr
 
 
-def axis_code(axis: Any, shape: tuple[int, ...]) -> int:
+def axis_code(axis: Any, shape: tuple[int, ...] | None) -> int:
     """The C code (``PQ_AXIS_*``) of ``axis`` for a tensor of ``shape``:
-    -1 for any tensor, 0 only for a 2-D one."""
+    -1 for any tensor, 0 only for a 2-D one (``shape`` None: not checked
+    here; the Arrow path checks each tensor's shape in Rust)."""
     if type(axis) is int and axis == -1:
         return int(lib.PQ_AXIS_LAST)
     if type(axis) is not int or axis != 0:
         raise InvalidSchemeError(f"axis must be -1 (groups along rows) or 0 (along columns), got {axis!r}")
-    if len(shape) != 2:
+    if shape is not None and len(shape) != 2:
         raise ShapeError(f"axis=0 is for 2-D tensors; this one has shape {shape}")
     return int(lib.PQ_AXIS_FIRST)
 

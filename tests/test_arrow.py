@@ -220,7 +220,7 @@ class Producer:
     def quantize(self, array, schema, bits=4, group_size=4):
         out_a, out_s = ffi.new("struct ArrowArray *"), ffi.new("struct ArrowSchema *")
         err = ffi.new("PqError *")
-        status = lib.pq_quantize_arrow(array, schema, bits, group_size, 0, 0, 0, out_a, out_s, err)
+        status = lib.pq_quantize_arrow(array, schema, bits, group_size, 0, 0, 0, ffi.NULL, 0, 0, out_a, out_s, err)
         if status == lib.PQ_STATUS_OK:
             out_a.release(out_a)
             out_s.release(out_s)
@@ -319,7 +319,7 @@ def test_row23_export_released_once_and_movable():
     p = Producer()
     out_a, out_s = ffi.new("struct ArrowArray *"), ffi.new("struct ArrowSchema *")
     err = ffi.new("PqError *")
-    assert lib.pq_quantize_arrow(float_array(p), p.schema(b"f"), 4, 4, 0, 0, 0, out_a, out_s, err) == lib.PQ_STATUS_OK
+    assert lib.pq_quantize_arrow(float_array(p), p.schema(b"f"), 4, 4, 0, 0, 0, ffi.NULL, 0, 0, out_a, out_s, err) == lib.PQ_STATUS_OK
     assert lib.pq_arrow_live_exports() == 1
     # Move: a bitwise copy, then mark the source released.
     moved = ffi.new("struct ArrowArray *")

@@ -323,7 +323,7 @@ fn run(data: &[u8]) {
     let before = RELEASED.load(Ordering::SeqCst);
     let (mut out_a, mut out_s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
     let mut e = new_error();
-    let status = unsafe { pq_quantize_arrow(&mut *in_array, &schema, bits, group, 0, 0, threads, &mut out_a, &mut out_s, &mut e) };
+    let status = unsafe { pq_quantize_arrow(&mut *in_array, &schema, bits, group, 0, 0, 0, std::ptr::null(), 0, threads, &mut out_a, &mut out_s, &mut e) };
     let msg = check_error(status, &e);
     trace(if corrupted { "pq_quantize_arrow(corrupted)" } else { "pq_quantize_arrow" }, status);
     assert_eq!(RELEASED.load(Ordering::SeqCst) - before, 1, "the input was not released exactly once ({status:?}: {msg})");

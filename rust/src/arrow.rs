@@ -23,8 +23,8 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int64Type};
 use arrow_array::{
-    make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray, ListArray, OffsetSizeTrait, StringArray,
-    StructArray, UInt32Array, UInt8Array,
+    make_array, Array, ArrayRef, GenericListArray, Int8Array, LargeBinaryArray, ListArray, OffsetSizeTrait,
+    StringArray, StructArray, UInt32Array, UInt8Array,
 };
 use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_data::ArrayData;
@@ -33,7 +33,7 @@ use arrow_schema::{DataType, Field, FieldRef, Fields};
 use crate::batch::{dequantize_batch, quantize_batch, DequantizeItem, QuantizeItem};
 use crate::element::{Dtype, Element, Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::{check_len, Layout, Method, Scheme};
+use crate::layout::{check_len, Axis, Layout, Method, Scheme};
 
 mod dequantize;
 mod extension;
@@ -371,6 +371,23 @@ fn shape_of(dims: &[i64], len: usize) -> Result<Vec<usize>> {
 // ---------------------------------------------------------------------------
 // Quantize
 
+/// The layout of a tensor of `shape` (`len` values) grouped along `axis`:
+/// along its last axis, or down the columns of a 2-D tensor (the rows of its
+/// transpose); `group_size` `None` is one group per grouped row.
+fn tensor_layout(shape: &[usize], len: usize, bits: u32, group_size: Option<usize>, axis: Axis) -> Result<Layout> {
+    let row_len = match (axis, shape) {
+        (Axis::Last, _) => shape.last().copied().unwrap_or(0),
+        (Axis::First, [rows, _]) => *rows,
+        (Axis::First, _) => {
+            return Err(Error::new(
+                PqStatus::ShapeMismatch,
+                format!("axis 0 is for 2-D tensors; this one has shape {shape:?}"),
+            ))
+        }
+    };
+    Ok(Layout::new(len, row_len, bits, group_size.unwrap_or(row_len))?.with_axis(axis))
+}
+
 /// Column positions of an input batch.
 struct InputColumns {
     name: usize,
@@ -386,8 +403,8 @@ impl InputColumns {
     fn find(fields: &Fields) -> Result<InputColumns> {
         let (mut name, mut weights, mut shape) = (None, None, None);
         let mut extra = Vec::new();
-        // Every column a result may have (the `method` column included).
-        let out_names = quantized_fields(Scheme { method: Method::Search, ..Scheme::default() });
+        // Every column a result may have (the `method` and `axis` columns included).
+        let out_names = quantized_fields(Scheme { method: Method::Search, ..Scheme::default() }, Axis::First);
         for (i, field) in fields.iter().enumerate() {
             let (slot, ok) = match field.name().as_str() {
                 NAME => (&mut name, is_string(field.data_type())),
@@ -503,10 +520,17 @@ fn pass_through(quantized: ArrayData, input: &dyn Array, extra: &[usize]) -> Res
     Ok(batch.into_data())
 }
 
+/// Per-column importance weights of the tensors named (`method` search
+/// only): a tensor of the batch takes the entry of its name; entries that
+/// name no tensor of the batch are not used (a stream's batches share one
+/// list), a name given twice is an error.
+pub type Importance<'a> = [(&'a str, &'a [f32])];
+
 /// Quantizes every tensor of `input` (see the module doc) with `bits` and
-/// `group_size` along the last axis of its shape (`None`: one group per row)
-/// and `scheme`, and returns the quantized batch ([`quantized_fields`] of
-/// `scheme`).
+/// `group_size` (`None`: one group per row) and `scheme`, with groups along
+/// `axis` (the last axis of its shape, or down the columns of a 2-D tensor),
+/// weighting each tensor's values by its `importance` entry, and returns
+/// the quantized batch ([`quantized_fields`] of `scheme` and `axis`).
 ///
 /// `field_name` names the tensor when `input` is a lone float array. The
 /// input is validated in full first; nothing is returned on any error.
@@ -516,17 +540,24 @@ pub fn quantize(
     bits: u32,
     group_size: Option<usize>,
     scheme: Scheme,
+    axis: Axis,
+    importance: &Importance,
     threads: usize,
 ) -> Result<ArrayData> {
     validate(input)?;
     let array = make_array(input.clone());
     let (tensors, extra) = read_tensors(array.as_ref(), field_name)?;
+    let mut weights = std::collections::HashMap::with_capacity(importance.len());
+    for &(name, w) in importance {
+        if weights.insert(name, w).is_some() {
+            return Err(Error::new(PqStatus::InvalidImatrix, format!("importance names tensor {name:?} twice")));
+        }
+    }
 
     let mut layouts = Vec::with_capacity(tensors.len());
     let (mut codes_len, mut n_groups) = (0usize, 0usize);
     for (row, t) in tensors.iter().enumerate() {
-        let row_len = *t.shape.last().expect("shape_of returns at least one axis");
-        let layout = Layout::new(t.values.len(), row_len, bits, group_size.unwrap_or(row_len))
+        let layout = tensor_layout(&t.shape, t.values.len(), bits, group_size, axis)
             .map_err(|e| in_tensor(e, t.name, row))?
             .with_scheme(scheme);
         u32::try_from(layout.group_size).map_err(|_| {
@@ -553,7 +584,8 @@ pub fn quantize(
             let (s, sr) = std::mem::take(&mut scales_rest).split_at_mut(l.n_groups);
             let (m, mr) = std::mem::take(&mut mins_rest).split_at_mut(l.n_groups);
             (codes_rest, scales_rest, mins_rest) = (cr, sr, mr);
-            items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m, importance: None });
+            let importance = weights.get(t.name).copied();
+            items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m, importance });
             codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
             group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
         }
@@ -575,6 +607,6 @@ pub fn quantize(
         })
         .collect();
     let quantized =
-        quantized_batch(&Output::new(), scheme, &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
+        quantized_batch(&Output::new(), scheme, axis, &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
     pass_through(quantized, array.as_ref(), &extra)
 }

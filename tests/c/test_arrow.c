@@ -165,7 +165,8 @@ static void test_round_trip(void) {
     struct ArrowSchema out_schema, back_schema;
     build_batch(&in);
     input_releases = 0;
-    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, 0, &out, &out_schema, &err);
+    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, PQ_AXIS_LAST,
+                                   NULL, 0, 0, &out, &out_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) {
         printf("    %s\n", err.message);
@@ -238,7 +239,7 @@ static void test_export_children_outlive_parent(void) {
     struct ArrowArray in, out, child;
     struct ArrowSchema out_schema;
     build_batch(&in);
-    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, 0, 0, 0, &out, &out_schema, &err) == PQ_STATUS_OK);
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 8, 8, 0, 0, 0, NULL, 0, 0, &out, &out_schema, &err) == PQ_STATUS_OK);
     /* Move one child out, release the parent, then the child. */
     memcpy(&child, out.children[1], sizeof child);
     out.children[1]->release = NULL;
@@ -250,10 +251,10 @@ static void test_export_children_outlive_parent(void) {
     out_schema.release(&out_schema);
 
     struct ArrowSchema fixed;
-    CHECK(pq_arrow_quantized_schema(PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, &fixed, &err) == PQ_STATUS_OK);
+    CHECK(pq_arrow_quantized_schema(PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, PQ_AXIS_LAST, &fixed, &err) == PQ_STATUS_OK);
     CHECK(strcmp(fixed.format, "+s") == 0 && fixed.n_children == 8 && strcmp(fixed.children[0]->name, "name") == 0);
     fixed.release(&fixed);
-    CHECK(pq_arrow_quantized_schema(2, 0, &fixed, &err) == PQ_STATUS_INVALID_SCHEME);
+    CHECK(pq_arrow_quantized_schema(2, 0, 0, &fixed, &err) == PQ_STATUS_INVALID_SCHEME);
 }
 
 /* The searched scheme with float16 scales: scales and mins are lists of
@@ -263,8 +264,8 @@ static void test_scheme(void) {
     struct ArrowArray in, out, back;
     struct ArrowSchema out_schema, back_schema;
     build_batch(&in);
-    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, 0, &out,
-                                   &out_schema, &err);
+    PqStatus s = pq_quantize_arrow(&in, &batch_schema, 4, 8, PQ_METHOD_SEARCH, PQ_SCALE_DTYPE_F16, PQ_AXIS_LAST, NULL, 0,
+                                   0, &out, &out_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) return;
     int sc = find_child(&out_schema, "scales"), m = find_child(&out_schema, "method");
@@ -284,8 +285,20 @@ static void test_scheme(void) {
     out_schema.release(&out_schema);
     build_batch(&in);
     input_releases = 0;
-    CHECK(pq_quantize_arrow(&in, &batch_schema, 4, 8, 7, 0, 0, &out, &out_schema, &err) == PQ_STATUS_INVALID_SCHEME);
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 4, 8, 7, 0, 0, NULL, 0, 0, &out, &out_schema, &err) == PQ_STATUS_INVALID_SCHEME);
     CHECK(input_releases == 1 && strstr(err.message, "method") != NULL);
+    /* Groups down the columns: an int8 "axis" column; the batch's 1-D tensor is refused. */
+    struct ArrowSchema axis_schema;
+    CHECK(pq_arrow_quantized_schema(PQ_METHOD_MIN_MAX, PQ_SCALE_DTYPE_F32, PQ_AXIS_FIRST, &axis_schema, &err) ==
+          PQ_STATUS_OK);
+    CHECK(axis_schema.n_children == 9 && strcmp(axis_schema.children[8]->name, "axis") == 0 &&
+          strcmp(axis_schema.children[8]->format, "c") == 0);
+    axis_schema.release(&axis_schema);
+    build_batch(&in);
+    input_releases = 0;
+    CHECK(pq_quantize_arrow(&in, &batch_schema, 4, PQ_GROUP_SIZE_PER_ROW, 0, 0, PQ_AXIS_FIRST, NULL, 0, 0, &out,
+                            &out_schema, &err) == PQ_STATUS_SHAPE_MISMATCH);
+    CHECK(input_releases == 1 && strstr(err.message, "2-D") != NULL);
     CHECK(pq_arrow_live_exports() == 0);
 }
 
@@ -296,7 +309,7 @@ static void expect_error(struct ArrowArray *in, struct ArrowSchema *sch, PqStatu
     struct ArrowSchema out_schema;
     input_releases = 0;
     memset(&err, 'X', sizeof err);
-    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, 0, 0, 0, &out, &out_schema, &err);
+    PqStatus got = pq_quantize_arrow(in, sch, 4, 4, 0, 0, 0, NULL, 0, 0, &out, &out_schema, &err);
     int ok = got == want && err.status == want && strstr(err.message, needle) != NULL &&
              input_releases == releases && in->release == NULL;
     if (ok) {
@@ -347,9 +360,9 @@ static void test_row21(void) {
     node(&a, 8, 0, 2, NULL, values, NULL, 1);
     input_releases = 0;
     struct ArrowSchema out_schema;
-    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, 0, 0, 0, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(&a, &f32, 4, 4, 0, 0, 0, NULL, 0, 0, NULL, &out_schema, &err) == PQ_STATUS_NULL_POINTER);
     CHECK(input_releases == 1 && a.release == NULL);
-    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, 0, 0, 0, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
+    CHECK(pq_quantize_arrow(NULL, &f32, 4, 4, 0, 0, 0, NULL, 0, 0, NULL, NULL, NULL) == PQ_STATUS_NULL_POINTER);
     CHECK(pq_arrow_live_exports() == 0);
 }
 
@@ -361,7 +374,7 @@ static void test_carried_over_row(void) {
     struct ArrowArray row, back;
     struct ArrowSchema row_schema, back_schema;
     PqStatus s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
-                                        (const uint8_t *)ids, sizeof ids, NULL, 0, NULL, 0, 0, 0, &row, &row_schema, &err);
+                                        (const uint8_t *)ids, sizeof ids, NULL, 0, NULL, 0, 0, 0, 0, &row, &row_schema, &err);
     CHECK(s == PQ_STATUS_OK);
     if (s != PQ_STATUS_OK) return;
     CHECK(pq_arrow_live_exports() == 1);
@@ -384,7 +397,7 @@ static void test_carried_over_row(void) {
     row_schema.release(&row_schema);
     /* 23 bytes for 3 int64 values: refused, naming the tensor; nothing exported. */
     s = pq_arrow_quantized_row((const uint8_t *)"ids", 3, (const uint8_t *)"int64", 5, shape, 1, 0, 0,
-                               (const uint8_t *)ids, sizeof ids - 1, NULL, 0, NULL, 0, 0, 0, &row, &row_schema, &err);
+                               (const uint8_t *)ids, sizeof ids - 1, NULL, 0, NULL, 0, 0, 0, 0, &row, &row_schema, &err);
     CHECK(s == PQ_STATUS_SHAPE_MISMATCH && strstr(err.message, "\"ids\"") != NULL);
     CHECK(pq_arrow_live_exports() == 0);
 }

@@ -6,18 +6,39 @@
 use std::borrow::Cow;
 
 use super::*;
-use crate::layout::{Method, ScaleDtype, Scheme};
+use crate::layout::{Axis, Method, ScaleDtype, Scheme};
 
 /// Name of the column that says how scales and mins were chosen: present
 /// only in batches quantized with another method than min-max (a batch
 /// without it is min-max, as every batch written before it existed).
 const METHOD: &str = "method";
 
-/// The schema of a quantized batch, one row per tensor, for `scheme` (README
-/// "Arrow"): scales and mins are lists of float32, or of float16 with
-/// float16 scales; a `method` column (utf8) follows with another method
-/// than min-max. The default scheme's schema is the format's original one.
-pub fn quantized_fields(scheme: Scheme) -> Fields {
+/// Name of the column that says along which axis groups run: present only
+/// in batches quantized along the first axis (int8, 0; a batch without it
+/// is grouped along the last axis, as every batch written before it).
+const AXIS: &str = "axis";
+
+/// The value of an `axis` column for `axis` (Python's axis numbers).
+fn axis_value(axis: Axis) -> i8 {
+    match axis {
+        Axis::Last => -1,
+        Axis::First => 0,
+    }
+}
+
+/// The axis of an `axis` column's value.
+fn axis_of(value: i64) -> Result<Axis> {
+    [Axis::Last, Axis::First].into_iter().find(|&a| i64::from(axis_value(a)) == value).ok_or_else(|| {
+        Error::new(PqStatus::InvalidScheme, format!("axis {value} is not -1 (along rows) or 0 (along columns)"))
+    })
+}
+
+/// The schema of a quantized batch, one row per tensor, for `scheme` and
+/// `axis` (README "Arrow"): scales and mins are lists of float32, or of
+/// float16 with float16 scales; a `method` column (utf8) follows with
+/// another method than min-max, then an `axis` column (int8, 0) with groups
+/// along the first axis. The defaults' schema is the format's original one.
+pub fn quantized_fields(scheme: Scheme, axis: Axis) -> Fields {
     let scales = DataType::List(item(match scheme.scale_dtype {
         ScaleDtype::F32 => DataType::Float32,
         ScaleDtype::F16 => DataType::Float16,
@@ -34,6 +55,9 @@ pub fn quantized_fields(scheme: Scheme) -> Fields {
     ];
     if scheme.method != Method::MinMax {
         fields.push(Field::new(METHOD, DataType::Utf8, false));
+    }
+    if axis != Axis::Last {
+        fields.push(Field::new(AXIS, DataType::Int8, false));
     }
     Fields::from(fields)
 }
@@ -69,13 +93,15 @@ pub(super) enum Row {
 }
 
 /// The rules of one row (README "Arrow"); the lengths are those of its
-/// `codes`, `scales` and `mins`.
+/// `codes`, `scales` and `mins`. With `Axis::First` a quantized row is 2-D
+/// and its codes, scales and mins are those of its transpose.
 pub(super) fn check_row(
     shape: &[i64],
     dtype: &str,
     bits: u8,
     group_size: u32,
     scheme: Scheme,
+    axis: Axis,
     lens: [usize; 3],
 ) -> Result<Row> {
     let count = shape.iter().try_fold(1usize, |n, &d| usize::try_from(d).ok().and_then(|d| n.checked_mul(d)));
@@ -105,8 +131,8 @@ pub(super) fn check_row(
             "dtype {dtype:?} is not float32, float16 or bfloat16, as a quantized row (bits {bits}) needs"
         ))
     })?;
-    let row_len = shape.last().map_or(0, |&d| d as usize);
-    let layout = Layout::new(count, row_len, bits as u32, group_size as usize)?.with_scheme(scheme);
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect(); // non-negative: counted above
+    let layout = tensor_layout(&dims, count, bits as u32, Some(group_size as usize), axis)?.with_scheme(scheme);
     check_len("codes", codes, layout.codes_len, true)?;
     check_len("scales", scales, layout.n_groups, true)?;
     check_len("mins", mins, layout.n_groups, true)?;
@@ -118,8 +144,8 @@ pub(super) fn check_row(
 /// `large_` and view variants of the string, binary and list types (what
 /// polars and other producers write back), a shape of any integer type,
 /// `bits` / `group_size` of any integer type (Spark writes them signed),
-/// scales and mins both of float32 or both of float16, and an optional
-/// `method` column of strings.
+/// scales and mins both of float32 or both of float16, an optional
+/// `method` column of strings and an optional `axis` column of integers.
 pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
     let DataType::Struct(fields) = dt else {
         return Err(unsupported(format!(
@@ -130,13 +156,13 @@ pub fn check_dequantize_type(dt: &DataType) -> Result<()> {
 }
 
 /// Column positions of a quantized batch, in [`quantized_fields`] order,
-/// the position of its `method` column if it has one, and the scale dtype
-/// its scales and mins are stored in.
-struct QuantizedColumns([usize; 8], Option<usize>, ScaleDtype);
+/// the positions of its `method` and `axis` columns if it has them, and the
+/// scale dtype its scales and mins are stored in.
+struct QuantizedColumns([usize; 8], Option<usize>, Option<usize>, ScaleDtype);
 
 impl QuantizedColumns {
     fn find(fields: &Fields) -> Result<QuantizedColumns> {
-        let wanted = quantized_fields(Scheme::default());
+        let wanted = quantized_fields(Scheme::default(), Axis::Last);
         let mut found = [usize::MAX; 8];
         for (i, want) in wanted.iter().enumerate() {
             let (pos, field) = fields
@@ -184,7 +210,16 @@ impl QuantizedColumns {
                 )));
             }
         }
-        Ok(QuantizedColumns(found, method, scale_dtype))
+        let axis = fields.iter().position(|f| f.name() == AXIS);
+        if let Some(i) = axis {
+            if !fields[i].data_type().is_integer() {
+                return Err(unsupported(format!(
+                    "column \"axis\" of a quantized batch has type {}, expected int8",
+                    fields[i].data_type()
+                )));
+            }
+        }
+        Ok(QuantizedColumns(found, method, axis, scale_dtype))
     }
 }
 
@@ -214,7 +249,7 @@ impl<'a> QuantizedBatch<'a> {
     pub(super) fn read(array: &'a dyn Array) -> Result<QuantizedBatch<'a>> {
         check_dequantize_type(array.data_type())?;
         let DataType::Struct(fields) = array.data_type() else { unreachable!("checked above") };
-        let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size], method, scale_dtype) =
+        let QuantizedColumns([name, codes, scales, mins, shape, dtype, bits, group_size], method, axis, scale_dtype) =
             QuantizedColumns::find(fields)?;
         let batch = array.as_struct();
         no_nulls(batch, "the quantized batch")?;
@@ -240,10 +275,11 @@ impl<'a> QuantizedBatch<'a> {
         let (scales, mins) = (floats(scales, "scales")?, floats(mins, "mins")?);
         let shapes = IntLists::read(col(shape), "shape")?;
         let dtypes = strings(col(dtype), "dtype")?;
-        for (c, what) in [(bits, "bits"), (group_size, "group_size")] {
-            no_nulls(col(c), &format!("column {what}"))?;
+        for (c, what) in [(Some(bits), "bits"), (Some(group_size), "group_size"), (axis, AXIS)] {
+            c.map_or(Ok(()), |c| no_nulls(col(c), &format!("column {what}")))?;
         }
         let methods = method.map(|i| strings(col(i), METHOD)).transpose()?;
+        let axes = axis.map(|i| int_values(col(i), AXIS)).transpose()?;
         let bits = int_values(col(bits), "bits")?;
         let group_sizes = int_values(col(group_size), "group_size")?;
         let rows = (0..batch.len())
@@ -253,8 +289,9 @@ impl<'a> QuantizedBatch<'a> {
                 let b = u8::try_from(bits[r]).map_err(|_| out_of_range("bits", bits[r]));
                 let g = u32::try_from(group_sizes[r]).map_err(|_| out_of_range("group_size", group_sizes[r]));
                 let method = methods.as_ref().map_or(Ok(Method::MinMax), |m| Method::from_name(m[r]));
+                let axis = axes.as_ref().map_or(Ok(Axis::Last), |a| axis_of(a[r]));
                 let scheme = |method| Scheme { method, scale_dtype };
-                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, scheme(method?), lens))
+                b.and_then(|b| check_row(shapes.row(r), dtypes[r], b, g?, scheme(method?), axis?, lens))
                     .map_err(|e| in_tensor(e, names[r], r))
             })
             .collect::<Result<Vec<Row>>>()?;
@@ -282,7 +319,7 @@ pub(super) struct RowMeta<'a> {
     pub(super) group_size: u32,
 }
 
-/// Assembles a quantized batch ([`quantized_fields`] of `scheme`) from its
+/// Assembles a quantized batch ([`quantized_fields`] of `scheme` and `axis`) from its
 /// rows and the concatenated codes (with their int64 offsets), scales and
 /// mins (with their int32 offsets per row). The vectors become the buffers,
 /// uncopied; but for float16 scales and mins, narrowed (exactly: they are
@@ -290,6 +327,7 @@ pub(super) struct RowMeta<'a> {
 pub(super) fn quantized_batch(
     out: &Output,
     scheme: Scheme,
+    axis: Axis,
     rows: &[RowMeta],
     codes: (Vec<i64>, Vec<u8>),
     group_offsets: Vec<i32>,
@@ -320,7 +358,10 @@ pub(super) fn quantized_batch(
     if scheme.method != Method::MinMax {
         columns.push(out.strings(rows.iter().map(|_| scheme.method.name()), METHOD)?);
     }
-    let batch = StructArray::try_new(quantized_fields(scheme), columns, None)
+    if axis != Axis::Last {
+        columns.push(Arc::new(Int8Array::new(out.scalars(vec![axis_value(axis); rows.len()]), None)));
+    }
+    let batch = StructArray::try_new(quantized_fields(scheme, axis), columns, None)
         .map_err(|e| Error::internal("building the result", e))?;
     Ok(batch.into_data())
 }
@@ -342,6 +383,9 @@ pub struct RowParts<'a> {
     /// The batch's scheme (its schema); for a carried-over row, that of the
     /// batches it goes with (an Arrow checkpoint's).
     pub scheme: Scheme,
+    /// The axis groups run along, as `scheme` (with `Axis::First` the codes,
+    /// scales and mins are those of the 2-D tensor's transpose).
+    pub axis: Axis,
 }
 
 /// A quantized batch of one row (copied from `parts`), checked by the rules
@@ -349,7 +393,7 @@ pub struct RowParts<'a> {
 /// rows without knowing the format.
 pub fn row(parts: &RowParts) -> Result<ArrayData> {
     let lens = [parts.codes.len(), parts.scales.len(), parts.mins.len()];
-    check_row(parts.shape, parts.dtype, parts.bits, parts.group_size, parts.scheme, lens)
+    check_row(parts.shape, parts.dtype, parts.bits, parts.group_size, parts.scheme, parts.axis, lens)
         .and_then(|_| check_stored(parts.scheme.scale_dtype, parts.scales, parts.mins))
         .map_err(|e| in_tensor(e, parts.name, 0))?;
     let groups = offset_i32(parts.scales.len(), "scales")?;
@@ -362,7 +406,16 @@ pub fn row(parts: &RowParts) -> Result<ArrayData> {
     };
     let codes = (vec![0, parts.codes.len() as i64], parts.codes.to_vec());
     let out = Output::new();
-    quantized_batch(&out, parts.scheme, &[meta], codes, vec![0, groups], parts.scales.to_vec(), parts.mins.to_vec())
+    quantized_batch(
+        &out,
+        parts.scheme,
+        parts.axis,
+        &[meta],
+        codes,
+        vec![0, groups],
+        parts.scales.to_vec(),
+        parts.mins.to_vec(),
+    )
 }
 
 /// Errors unless every scale and min is a value of `dtype`, so that storing

@@ -77,7 +77,9 @@ fn status<T>(r: Result<T>) -> PqStatus {
 fn lone_array_matches_the_kernel() {
     let _g = exclusive();
     let x = values(256, 1);
-    let out = quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), Scheme::default(), 0).unwrap();
+    let out =
+        quantize(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64), Scheme::default(), Axis::Last, &[], 0)
+            .unwrap();
     let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
     assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
     assert_eq!(live_exports(), 1);
@@ -97,12 +99,12 @@ fn batch_with_shapes_and_every_list_kind() {
     ));
     for weights in [list, large] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
-        let got = rows(&quantize(&input, "", 2, Some(16), Scheme::default(), 0).unwrap());
+        let got = rows(&quantize(&input, "", 2, Some(16), Scheme::default(), Axis::Last, &[], 0).unwrap());
         let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
         assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
         assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
         // None: one group per row, along the last axis of each shape.
-        let got = rows(&quantize(&input, "", 2, None, Scheme::default(), 0).unwrap());
+        let got = rows(&quantize(&input, "", 2, None, Scheme::default(), Axis::Last, &[], 0).unwrap());
         assert_eq!((got[0].7, got[1].7), (128, 48));
         assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
     }
@@ -111,8 +113,17 @@ fn batch_with_shapes_and_every_list_kind() {
     let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
     let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
     let got = rows(
-        &quantize(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256), Scheme::default(), 0)
-            .unwrap(),
+        &quantize(
+            &batch(vec![("name", names), ("weights", Arc::new(fsl))]),
+            "",
+            8,
+            Some(256),
+            Scheme::default(),
+            Axis::Last,
+            &[],
+            0,
+        )
+        .unwrap(),
     );
     let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
     for (row, half) in got.iter().zip(wide.chunks(256)) {
@@ -127,12 +138,12 @@ fn sliced_inputs_read_the_slice() {
     let _g = exclusive();
     let x = values(1024, 4);
     let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
-    let out = quantize(&sliced, "s", 4, Some(128), Scheme::default(), 0).unwrap();
+    let out = quantize(&sliced, "s", 4, Some(128), Scheme::default(), Axis::Last, &[], 0).unwrap();
     assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
     let rows_in: Vec<&[f32]> = x.chunks(256).collect();
     let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
     let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
-    let out = quantize(&full.slice(1, 2), "", 4, Some(64), Scheme::default(), 0).unwrap();
+    let out = quantize(&full.slice(1, 2), "", 4, Some(64), Scheme::default(), Axis::Last, &[], 0).unwrap();
     let got = rows(&out);
     assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
     assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
@@ -142,7 +153,7 @@ fn sliced_inputs_read_the_slice() {
 fn bad_inputs_are_named_errors() {
     let _g = exclusive();
     let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
-    let e = quantize(&nulls, "", 4, Some(2), Scheme::default(), 0).unwrap_err();
+    let e = quantize(&nulls, "", 4, Some(2), Scheme::default(), Axis::Last, &[], 0).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
     assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
     assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
@@ -156,6 +167,8 @@ fn bad_inputs_are_named_errors() {
             4,
             Some(2),
             Scheme::default(),
+            Axis::Last,
+            &[],
             0,
         )
         .unwrap_err();
@@ -164,7 +177,8 @@ fn bad_inputs_are_named_errors() {
             "{e}"
         );
     }
-    let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), Scheme::default(), 0).unwrap_err();
+    let e = quantize(&batch(vec![("name", names.clone())]), "", 4, Some(2), Scheme::default(), Axis::Last, &[], 0)
+        .unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
     // Other columns pass through; one named like a result column is an error.
     let e = quantize(
@@ -173,6 +187,8 @@ fn bad_inputs_are_named_errors() {
         4,
         Some(2),
         Scheme::default(),
+        Axis::Last,
+        &[],
         0,
     )
     .unwrap_err();
@@ -185,22 +201,50 @@ fn bad_inputs_are_named_errors() {
             4,
             Some(2),
             Scheme::default(),
+            Axis::Last,
+            &[],
             0
         )),
         PqStatus::UnsupportedDtype
     );
     let with_null: ArrayRef =
         Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
-    let e =
-        quantize(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2), Scheme::default(), 0)
-            .unwrap_err();
+    let e = quantize(
+        &batch(vec![("name", names.clone()), ("weights", with_null)]),
+        "",
+        4,
+        Some(2),
+        Scheme::default(),
+        Axis::Last,
+        &[],
+        0,
+    )
+    .unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
     let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
-    let e = quantize(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2), Scheme::default(), 0)
-        .unwrap_err();
+    let e = quantize(
+        &batch(vec![("name", names.clone()), ("weights", nan)]),
+        "",
+        4,
+        Some(2),
+        Scheme::default(),
+        Axis::Last,
+        &[],
+        0,
+    )
+    .unwrap_err();
     assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
     assert_eq!(
-        status(quantize(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4), Scheme::default(), 0)),
+        status(quantize(
+            &Float32Array::from(vec![1.0f32; 6]).into_data(),
+            "",
+            4,
+            Some(4),
+            Scheme::default(),
+            Axis::Last,
+            &[],
+            0
+        )),
         PqStatus::ShapeMismatch
     );
     assert_eq!(live_exports(), 0);
@@ -216,7 +260,7 @@ fn dequantize_round_trips_through_the_kernel() {
         ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
         ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
     ]);
-    let q = quantize(&input, "", 8, Some(32), Scheme::default(), 0).unwrap();
+    let q = quantize(&input, "", 8, Some(32), Scheme::default(), Axis::Last, &[], 0).unwrap();
     let d = dequantize(&q, Dequantized::Auto, 0).unwrap();
     let back = StructArray::from(d.clone());
     let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
@@ -232,7 +276,7 @@ fn dequantize_round_trips_through_the_kernel() {
         vec![2, 128]
     );
     // The dequantized batch is a valid input again.
-    assert!(quantize(&d, "", 8, Some(32), Scheme::default(), 0).is_ok());
+    assert!(quantize(&d, "", 8, Some(32), Scheme::default(), Axis::Last, &[], 0).is_ok());
     assert_eq!(live_exports(), 2);
     drop((q, d, back));
     assert_eq!(live_exports(), 0);
@@ -257,7 +301,7 @@ fn concat(batches: &[ArrayData]) -> ArrayData {
         mins.extend_from_slice(&p.3);
         groups.push(scales.len() as i32);
     }
-    quantized_batch(&Output::new(), Scheme::default(), &metas, codes, groups, scales, mins).unwrap()
+    quantized_batch(&Output::new(), Scheme::default(), Axis::Last, &metas, codes, groups, scales, mins).unwrap()
 }
 
 fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, g: usize) -> ArrayData {
@@ -284,6 +328,7 @@ fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, 
         scales: &s,
         mins: &m,
         scheme: Scheme::default(),
+        axis: Axis::Last,
     };
     row(&parts).unwrap()
 }
@@ -299,6 +344,7 @@ fn carried_row(name: &str, dtype: &str, shape: &[i64], bytes: &[u8]) -> ArrayDat
         scales: &[],
         mins: &[],
         scheme: Scheme::default(),
+        axis: Axis::Last,
     })
     .unwrap()
 }
@@ -364,6 +410,7 @@ fn rows_break_the_rules_with_named_errors() {
         scales: &[],
         mins: &[],
         scheme: Scheme::default(),
+        axis: Axis::Last,
     };
     assert!(row(&base).is_ok());
     let e = bad(RowParts { codes: &[0; 15], ..base });
@@ -409,7 +456,7 @@ fn view_and_integer_types_of_other_producers() {
         ("weights", Arc::new(f32_list(&[&a, &b]))),
         ("shape", Arc::new(i64_list(&[&[4, 128], &[2, 128]]))),
     ]);
-    let want = rows(&quantize(&plain, "", 4, Some(64), Scheme::default(), 0).unwrap());
+    let want = rows(&quantize(&plain, "", 4, Some(64), Scheme::default(), Axis::Last, &[], 0).unwrap());
     let all: Vec<f32> = a.iter().chain(&b).copied().collect();
     let values: ArrayRef = Arc::new(Float32Array::from(all));
     let f = item(DataType::Float32);
@@ -437,27 +484,42 @@ fn view_and_integer_types_of_other_producers() {
     let names: ArrayRef = Arc::new(StringViewArray::from(vec!["a", "b"]));
     for (weights, shape) in [(view, int32_shape), (large_view, uint64_shape)] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shape)]);
-        assert_eq!(rows(&quantize(&input, "", 4, Some(64), Scheme::default(), 0).unwrap()), want);
+        assert_eq!(rows(&quantize(&input, "", 4, Some(64), Scheme::default(), Axis::Last, &[], 0).unwrap()), want);
     }
     // A dimension that does not fit i64 is a shape error, not a wrap-around.
     let huge: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
         [[u64::MAX], [256]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
     ));
     let input = batch(vec![("name", names.clone()), ("weights", Arc::new(f32_list(&[&a, &b]))), ("shape", huge)]);
-    assert_eq!(status(quantize(&input, "", 4, Some(64), Scheme::default(), 0)), PqStatus::ShapeMismatch);
+    assert_eq!(
+        status(quantize(&input, "", 4, Some(64), Scheme::default(), Axis::Last, &[], 0)),
+        PqStatus::ShapeMismatch
+    );
     // Float64 weights: an error that says how to cast.
     let doubles: ArrayRef = Arc::new(ListArray::from_iter_primitive::<arrow_array::types::Float64Type, _, _>([
         Some(vec![Some(1.0f64)]),
         Some(vec![Some(2.0)]),
     ]));
-    let e = quantize(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None, Scheme::default(), 0)
-        .unwrap_err();
+    let e = quantize(
+        &batch(vec![("name", names.clone()), ("weights", doubles)]),
+        "",
+        4,
+        None,
+        Scheme::default(),
+        Axis::Last,
+        &[],
+        0,
+    )
+    .unwrap_err();
     assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("cast to float32"), "{}", e.message);
     let lone = arrow_array::Float64Array::from(vec![1.0]).into_data();
-    assert!(quantize(&lone, "w", 4, None, Scheme::default(), 0).unwrap_err().message.contains("cast to float32"));
+    assert!(quantize(&lone, "w", 4, None, Scheme::default(), Axis::Last, &[], 0)
+        .unwrap_err()
+        .message
+        .contains("cast to float32"));
 
     // The quantized batch with view / large columns, as polars writes it back.
-    let q = StructArray::from(quantize(&plain, "", 4, Some(64), Scheme::default(), 0).unwrap());
+    let q = StructArray::from(quantize(&plain, "", 4, Some(64), Scheme::default(), Axis::Last, &[], 0).unwrap());
     let col = |n: &str| q.column_by_name(n).unwrap().clone();
     let codes: Vec<&[u8]> = (0..2).map(|i| q.column_by_name("codes").unwrap().as_binary::<i64>().value(i)).collect();
     let shape_u64: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
@@ -502,9 +564,9 @@ fn schemes_give_the_kernels_bytes_and_travel_in_the_schema() {
             ("weights", Arc::new(f32_list(&[&x]))),
             ("shape", Arc::new(i64_list(&[&[4, 128]]))),
         ]);
-        let q = quantize(&input, "", 3, Some(32), scheme, 2).unwrap();
+        let q = quantize(&input, "", 3, Some(32), scheme, Axis::Last, &[], 2).unwrap();
         let out = StructArray::from(q.clone());
-        assert_eq!(out.fields(), &quantized_fields(scheme), "{scheme:?}");
+        assert_eq!(out.fields(), &quantized_fields(scheme, Axis::Last), "{scheme:?}");
         assert_eq!(out.column_by_name("codes").unwrap().as_binary::<i64>().value(0), &c[..]);
         let list = |name: &str| -> Vec<f32> {
             let v = out.column_by_name(name).unwrap().as_list::<i32>().value(0);
@@ -533,6 +595,7 @@ fn schemes_give_the_kernels_bytes_and_travel_in_the_schema() {
             scales: &s,
             mins: &m,
             scheme,
+            axis: Axis::Last,
         };
         assert_eq!(row(&parts).unwrap(), q, "{scheme:?}");
         assert!(check_quantized(&q).is_ok());
@@ -548,6 +611,7 @@ fn schemes_give_the_kernels_bytes_and_travel_in_the_schema() {
         scales: &[0.1],
         mins: &[0.0],
         scheme: Scheme { scale_dtype: ScaleDtype::F16, ..Scheme::default() },
+        axis: Axis::Last,
     };
     let e = row(&parts).unwrap_err();
     assert!(e.status == PqStatus::InvalidScheme && e.message.contains("scales[0]"), "{e}");
@@ -586,5 +650,126 @@ fn bad_schemes_in_a_batch_are_named_errors() {
     let e = check_quantized(&with("scales", Arc::new(halves.clone()))).unwrap_err();
     assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("both"), "{e}");
     drop((good, columns, halves));
+    assert_eq!(live_exports(), 0);
+}
+
+/// Axis 0 through the Arrow path: the bytes of the transpose quantized
+/// along its rows (the kernel's), an `axis` column of 0, and back to the
+/// tensor's own shape; importance weights by name are the kernel's too.
+#[test]
+fn axis_and_importance_give_the_kernels_bytes() {
+    let _g = exclusive();
+    let (r, c) = (64usize, 6usize);
+    let x = values(r * c, 9);
+    let xt: Vec<f32> = (0..c).flat_map(|j| x.iter().skip(j).step_by(c).copied().collect::<Vec<_>>()).collect();
+    let w: Vec<f32> = (0..r).map(|i| (i % 5) as f32 * 0.5).collect();
+    let scheme = Scheme { method: Method::Search, ..Scheme::default() };
+    let want = |importance: Option<&[f32]>| {
+        let l = Layout::new(r * c, r, 4, 32).unwrap().with_scheme(scheme);
+        let (mut codes, mut s, mut m) = (vec![0; l.codes_len], vec![0.0; l.n_groups], vec![0.0; l.n_groups]);
+        let mut items = [QuantizeItem {
+            input: Values::F32(&xt),
+            layout: l,
+            codes: &mut codes,
+            scales: &mut s,
+            mins: &mut m,
+            importance,
+        }];
+        quantize_batch(&mut items, 1).unwrap();
+        (codes, s, m)
+    };
+    let input = batch(vec![
+        ("name", Arc::new(StringArray::from(vec!["w", "v"])) as ArrayRef),
+        ("weights", Arc::new(f32_list(&[&x, &x]))),
+        ("shape", Arc::new(i64_list(&[&[r as i64, c as i64], &[r as i64, c as i64]]))),
+    ]);
+    let importance: &Importance = &[("w", &w), ("not in this batch", &[1.0])];
+    let q = quantize(&input, "", 4, Some(32), scheme, Axis::First, importance, 3).unwrap();
+    let out = StructArray::from(q.clone());
+    assert_eq!(out.fields(), &quantized_fields(scheme, Axis::First));
+    assert_eq!(out.column_by_name("axis").unwrap().as_primitive::<arrow_array::types::Int8Type>().values(), &[0, 0]);
+    let got = rows(&q);
+    for (i, weights) in [(0, Some(&w[..])), (1, None)] {
+        let (codes, s, m) = want(weights);
+        assert_eq!((&got[i].1, &got[i].2, &got[i].3), (&codes, &s, &m), "row {i}");
+        assert_eq!(got[i].4, vec![r as i64, c as i64]);
+    }
+    assert_ne!(got[0].1, got[1].1, "the importance weights changed the codes");
+    // Back: the tensor in its own shape, as the kernel dequantizes axis 0.
+    let l = Layout::new(r * c, r, 4, 32).unwrap().with_scheme(scheme).with_axis(Axis::First);
+    let mut y = vec![0f32; r * c];
+    let mut items = [DequantizeItem {
+        codes: &got[0].1,
+        scales: &got[0].2,
+        mins: &got[0].3,
+        layout: l,
+        output: ValuesMut::F32(&mut y),
+    }];
+    dequantize_batch(&mut items, 1).unwrap();
+    let d = StructArray::from(dequantize(&q, Dequantized::Auto, 2).unwrap());
+    let back = d.column_by_name("weights").unwrap().as_list::<i32>().value(0);
+    assert_eq!(back.as_primitive::<Float32Type>().values(), &y[..]);
+    // A row built from the same parts is the same batch's first row.
+    let parts = RowParts {
+        name: "w",
+        dtype: "float32",
+        shape: &[r as i64, c as i64],
+        bits: 4,
+        group_size: 32,
+        codes: &got[0].1,
+        scales: &got[0].2,
+        mins: &got[0].3,
+        scheme,
+        axis: Axis::First,
+    };
+    assert_eq!(row(&parts).unwrap(), q.slice(0, 1));
+    // Rules: axis 0 is for 2-D tensors; group sizes divide the rows.
+    assert_eq!(status(row(&RowParts { shape: &[(r * c) as i64], ..parts })), PqStatus::ShapeMismatch);
+    let lone = Float32Array::from(x.clone()).into_data();
+    let e = quantize(&lone, "t", 4, Some(32), scheme, Axis::First, &[], 0).unwrap_err();
+    assert!(e.status == PqStatus::ShapeMismatch && e.message.contains("2-D"), "{e}");
+    assert_eq!(status(quantize(&input, "", 4, Some(128), scheme, Axis::First, &[], 0)), PqStatus::InvalidGroupSize);
+    // Importance: checked as for every item, named, and only for the search.
+    let bad: [(&Importance, PqStatus); 4] = [
+        (&[("v", &w[..4])], PqStatus::InvalidImatrix),
+        (&[("v", &[-1.0; 64])], PqStatus::InvalidImatrix),
+        (&[("v", &[f32::NAN; 64])], PqStatus::InvalidImatrix),
+        (&[("v", &w), ("v", &w)], PqStatus::InvalidImatrix),
+    ];
+    for (importance, want) in bad {
+        let e = quantize(&input, "", 4, Some(32), scheme, Axis::First, importance, 0).unwrap_err();
+        assert_eq!(e.status, want, "{e}");
+        assert!(e.message.contains("\"v\""), "{e}");
+    }
+    let e = quantize(&input, "", 4, Some(32), Scheme::default(), Axis::First, &[("w", &w)], 0).unwrap_err();
+    assert_eq!(e.status, PqStatus::InvalidScheme, "{e}");
+    drop((q, out, d, back));
+    assert_eq!(live_exports(), 0);
+}
+
+/// A quantized batch's `axis` column: integers -1 or 0 only.
+#[test]
+fn bad_axes_in_a_batch_are_named_errors() {
+    let _g = exclusive();
+    let good = quantized_row("w", &values(64, 1), Dtype::F32, &[2, 32], 4, 32);
+    let (fields, mut columns, _) = StructArray::from(good.clone()).into_parts();
+    let mut f: Vec<Field> = fields.iter().map(|f| f.as_ref().clone()).collect();
+    let with = |col: ArrayRef, f: &mut Vec<Field>, c: &mut Vec<ArrayRef>| {
+        f.push(Field::new("axis", col.data_type().clone(), false));
+        c.push(col);
+        let batch = StructArray::new(Fields::from(f.clone()), c.clone(), None).into_data();
+        f.pop();
+        c.pop();
+        batch
+    };
+    assert!(check_quantized(&with(Arc::new(arrow_array::Int64Array::from(vec![-1])), &mut f, &mut columns)).is_ok());
+    let e = check_quantized(&with(Arc::new(Int8Array::from(vec![1])), &mut f, &mut columns)).unwrap_err();
+    assert!(e.status == PqStatus::InvalidScheme && e.message.contains("axis 1"), "{e}");
+    // Axis 0 on this row: its 2 x 32 transpose has rows of 2, shorter than a group.
+    let e = check_quantized(&with(Arc::new(Int8Array::from(vec![0])), &mut f, &mut columns)).unwrap_err();
+    assert_eq!(e.status, PqStatus::InvalidGroupSize, "{e}");
+    let e = check_quantized(&with(Arc::new(StringArray::from(vec!["0"])), &mut f, &mut columns)).unwrap_err();
+    assert_eq!(e.status, PqStatus::UnsupportedDtype, "{e}");
+    drop((good, columns));
     assert_eq!(live_exports(), 0);
 }

@@ -23,12 +23,24 @@ use super::boundary::{run, PqError};
 use super::memory::{check_aligned, check_aligned_to, check_struct, Region};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
-use crate::layout::Scheme;
+use crate::layout::{Axis, Scheme};
 
 /// Pass as `group_size` to `pq_quantize_arrow` for one group per row
 /// (`group_size` = the last axis of each tensor's shape). `SIZE_MAX`, which
 /// is never a valid group size.
 pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
+
+/// Per-column importance weights for the tensor named `name` (UTF-8, not
+/// NUL-terminated), for `pq_quantize_arrow`: `weights_len` non-negative
+/// finite weights, one per column of the tensor (per row with
+/// `PQ_AXIS_FIRST`), as `PqQuantizeItem.importance`.
+#[repr(C)]
+pub struct PqNamedImportance {
+    pub name: *const u8,
+    pub name_len: usize,
+    pub weights: *const f32,
+    pub weights_len: usize,
+}
 
 /// Quantizes the tensors in an Arrow array and returns them as an Arrow
 /// record batch (a struct array), through the Arrow C Data Interface.
@@ -61,9 +73,19 @@ pub const PQ_GROUP_SIZE_PER_ROW: usize = !0;
 /// codes large_binary, scales and mins list<float32> (list<float16> with
 /// `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,
 /// group_size uint32, then, for another method than `PQ_METHOD_MIN_MAX`,
-/// method utf8 ("search"). `method` and `scale_dtype` as in
-/// `PqQuantizeItem` (0, 0: min-max with float32 scales, the format's
-/// original schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`.
+/// method utf8 ("search"), then, with `PQ_AXIS_FIRST`, axis int8 (0).
+/// `method`, `scale_dtype` and `axis` as in `PqQuantizeItem` (0, 0, 0:
+/// min-max with float32 scales along the last axis, the format's original
+/// schema); an unknown code is `PQ_STATUS_INVALID_SCHEME`. With
+/// `PQ_AXIS_FIRST` every tensor must be 2-D (shape R x C): groups run down
+/// its columns (`PQ_GROUP_SIZE_PER_ROW`: one group per column) and the row
+/// holds the codes, scales and mins of its C x R transpose.
+///
+/// `importance` (NULL with `importance_len` 0: none) lists per-column
+/// weights by tensor name, for `PQ_METHOD_SEARCH` only: each tensor of the
+/// input takes the entry of its name; entries that name no tensor of this
+/// input are not used (the batches of a stream may share one list); a name
+/// listed twice is `PQ_STATUS_INVALID_IMATRIX`. The lists are borrowed.
 #[no_mangle]
 pub unsafe extern "C" fn pq_quantize_arrow(
     in_array: *mut FFI_ArrowArray,
@@ -72,6 +94,9 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     group_size: usize,
     method: u32,
     scale_dtype: u32,
+    axis: u32,
+    importance: *const PqNamedImportance,
+    importance_len: usize,
     threads: usize,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
@@ -81,9 +106,33 @@ pub unsafe extern "C" fn pq_quantize_arrow(
     // SAFETY: the caller's promises on the four structs, as documented above.
     unsafe {
         transform(in_array, in_schema, arrow::check_quantize_type, out_array, out_schema, error, |field, data| {
-            arrow::quantize(data, field.name(), bits, group_size, Scheme::from_codes(method, scale_dtype)?, threads)
+            let (scheme, axis) = (Scheme::from_codes(method, scale_dtype)?, Axis::from_code(axis)?);
+            // SAFETY: the caller's promise on the importance list, as documented above.
+            let importance = named_importance(importance, importance_len)?;
+            arrow::quantize(data, field.name(), bits, group_size, scheme, axis, &importance, threads)
         })
     }
+}
+
+/// The caller's importance list as (name, weights) slices, each region
+/// checked (NULL, alignment, size) before it is read.
+///
+/// # Safety
+/// As documented on `pq_quantize_arrow` for `importance`.
+unsafe fn named_importance<'a>(list: *const PqNamedImportance, len: usize) -> Result<Vec<(&'a str, &'a [f32])>> {
+    // SAFETY: checked by Region::new; the caller promised `len` readable entries.
+    let list = unsafe { Region::new("importance", list, len)?.as_slice() };
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // SAFETY: as above, for each entry's name and weights.
+            let name = unsafe { Region::new("importance name", e.name, e.name_len)?.as_slice() };
+            let name = std::str::from_utf8(name).map_err(|err| {
+                Error::new(PqStatus::InvalidImatrix, format!("importance[{i}]: the name is not UTF-8: {err}"))
+            })?;
+            Ok((name, unsafe { Region::new("importance weights", e.weights, e.weights_len)?.as_slice() }))
+        })
+        .collect()
 }
 
 /// Checks an Arrow type, with no array yet, against what
@@ -181,10 +230,12 @@ pub unsafe extern "C" fn pq_arrow_check_quantized(
 /// `bits` 0, `group_size` 0, no scales or mins, `codes` the tensor's raw
 /// little-endian bytes, `dtype` one of float64, float32, float16, bfloat16,
 /// int64, int32, int16, int8, uint64, uint32, uint16, uint8, bool. `name`
-/// and `dtype` are UTF-8 (not NUL-terminated). `method` and `scale_dtype`
-/// (codes as in `PqQuantizeItem`) choose the batch's schema, as for
-/// `pq_quantize_arrow`; with `PQ_SCALE_DTYPE_F16` every scale and min must
-/// be a float16 value (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
+/// and `dtype` are UTF-8 (not NUL-terminated). `method`, `scale_dtype` and
+/// `axis` (codes as in `PqQuantizeItem`) choose the batch's schema, as for
+/// `pq_quantize_arrow` (with `PQ_AXIS_FIRST` a quantized row is 2-D and its
+/// codes, scales and mins are those of its transpose); with
+/// `PQ_SCALE_DTYPE_F16` every scale and min must be a float16 value
+/// (`PQ_STATUS_INVALID_SCHEME` otherwise). A carried-over
 /// row takes those of the batches it is written with. Every buffer is
 /// copied and owned by the caller.
 #[no_mangle]
@@ -205,6 +256,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
     mins_len: usize,
     method: u32,
     scale_dtype: u32,
+    axis: u32,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
@@ -223,7 +275,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
         let group_size = u32::try_from(group_size).map_err(|_| {
             Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} does not fit uint32"))
         })?;
-        let scheme = Scheme::from_codes(method, scale_dtype)?;
+        let (scheme, axis) = (Scheme::from_codes(method, scale_dtype)?, Axis::from_code(axis)?);
         check_outputs(out_array, out_schema)?;
         // SAFETY: each region is checked (NULL, alignment, size) and only read.
         let parts = unsafe {
@@ -237,6 +289,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
                 scales: Region::new("scales", scales, scales_len)?.as_slice(),
                 mins: Region::new("mins", mins, mins_len)?.as_slice(),
                 scheme,
+                axis,
             }
         };
         let row = arrow::row(&parts)?;
@@ -271,21 +324,22 @@ unsafe fn transform(
     })
 }
 
-/// Writes the schema of `pq_quantize_arrow`'s result for `method` and
-/// `scale_dtype` (0, 0: the format's original schema) into the
-/// caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller then
-/// releases it once.
+/// Writes the schema of `pq_quantize_arrow`'s result for `method`,
+/// `scale_dtype` and `axis` (0, 0, 0: the format's original schema) into
+/// the caller-allocated `*out_schema`, on `PQ_STATUS_OK` only; the caller
+/// then releases it once.
 #[no_mangle]
 pub unsafe extern "C" fn pq_arrow_quantized_schema(
     method: u32,
     scale_dtype: u32,
+    axis: u32,
     out_schema: *mut FFI_ArrowSchema,
     error: *mut PqError,
 ) -> PqStatus {
     run(error, || {
-        let scheme = Scheme::from_codes(method, scale_dtype)?;
+        let (scheme, axis) = (Scheme::from_codes(method, scale_dtype)?, Axis::from_code(axis)?);
         check_struct("out_schema", out_schema)?;
-        let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields(scheme)))
+        let schema = FFI_ArrowSchema::try_from(DataType::Struct(arrow::quantized_fields(scheme, axis)))
             .map_err(|e| Error::internal("exporting the schema", e))?;
         // SAFETY: checked non-NULL and aligned; the caller's struct is overwritten, not dropped.
         unsafe { ptr::write(out_schema, schema) };
@@ -716,6 +770,9 @@ mod tests {
                 0,
                 0,
                 0,
+                ptr::null(),
+                0,
+                0,
                 &mut out_a,
                 &mut out_s,
                 &mut e,
@@ -797,24 +854,69 @@ mod tests {
         let before = RELEASES.load(Ordering::SeqCst);
         let (mut a, mut s) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(ptr::null_mut(), &schema, 4, 4, 0, 0, 0, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe {
+            pq_quantize_arrow(
+                ptr::null_mut(),
+                &schema,
+                4,
+                4,
+                0,
+                0,
+                0,
+                ptr::null(),
+                0,
+                0,
+                &mut a,
+                &mut s,
+                ptr::null_mut(),
+            )
+        };
         assert_eq!(st, PqStatus::NullPointer);
         // A NULL output still releases the (moved) input.
-        let st = unsafe { pq_quantize_arrow(in_a, &schema, 4, 4, 0, 0, 0, ptr::null_mut(), &mut s, ptr::null_mut()) };
+        let st = unsafe {
+            pq_quantize_arrow(in_a, &schema, 4, 4, 0, 0, 0, ptr::null(), 0, 0, ptr::null_mut(), &mut s, ptr::null_mut())
+        };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 1));
         let mut raw = raw_f32(vec![1.0; 8]);
         let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
-        let st = unsafe { pq_quantize_arrow(in_a, ptr::null(), 4, 4, 0, 0, 0, &mut a, &mut s, ptr::null_mut()) };
+        let st = unsafe {
+            pq_quantize_arrow(in_a, ptr::null(), 4, 4, 0, 0, 0, ptr::null(), 0, 0, &mut a, &mut s, ptr::null_mut())
+        };
         assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (PqStatus::NullPointer, 2));
+        // A bad importance list or axis code: an error, the input released once.
+        let bad = [PqNamedImportance { name: ptr::null(), name_len: 1, weights: ptr::null(), weights_len: 0 }];
+        for (axis, list, status) in
+            [(0, bad.as_ptr(), PqStatus::NullPointer), (2, ptr::null(), PqStatus::InvalidScheme)]
+        {
+            let mut raw = raw_f32(vec![1.0; 8]);
+            let in_a = &mut raw as *mut RawArray as *mut FFI_ArrowArray;
+            let before = RELEASES.load(Ordering::SeqCst);
+            let n = if list.is_null() { 0 } else { 1 };
+            let st = unsafe {
+                pq_quantize_arrow(in_a, &schema, 4, 4, 1, 0, axis, list, n, 0, &mut a, &mut s, ptr::null_mut())
+            };
+            assert_eq!((st, RELEASES.load(Ordering::SeqCst) - before), (status, 1));
+        }
         let mut out = FFI_ArrowSchema::empty();
-        assert_eq!(unsafe { pq_arrow_quantized_schema(0, 0, &mut out, ptr::null_mut()) }, PqStatus::Ok);
-        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields(Scheme::default())));
+        assert_eq!(unsafe { pq_arrow_quantized_schema(0, 0, 0, &mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(
+            DataType::try_from(&out).unwrap(),
+            DataType::Struct(arrow::quantized_fields(Scheme::default(), Axis::Last))
+        );
         let scheme = Scheme::from_codes(1, 1).unwrap();
         let mut out = FFI_ArrowSchema::empty();
-        assert_eq!(unsafe { pq_arrow_quantized_schema(1, 1, &mut out, ptr::null_mut()) }, PqStatus::Ok);
-        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields(scheme)));
+        assert_eq!(unsafe { pq_arrow_quantized_schema(1, 1, 0, &mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(DataType::try_from(&out).unwrap(), DataType::Struct(arrow::quantized_fields(scheme, Axis::Last)));
         let mut out = FFI_ArrowSchema::empty();
-        assert_eq!(unsafe { pq_arrow_quantized_schema(2, 0, &mut out, ptr::null_mut()) }, PqStatus::InvalidScheme);
+        assert_eq!(unsafe { pq_arrow_quantized_schema(2, 0, 0, &mut out, ptr::null_mut()) }, PqStatus::InvalidScheme);
+        assert_eq!(unsafe { pq_arrow_quantized_schema(0, 0, 1, &mut out, ptr::null_mut()) }, PqStatus::Ok);
+        assert_eq!(
+            DataType::try_from(&out).unwrap(),
+            DataType::Struct(arrow::quantized_fields(Scheme::default(), Axis::First))
+        );
+        drop(out);
+        let mut out = FFI_ArrowSchema::empty();
+        assert_eq!(unsafe { pq_arrow_quantized_schema(0, 0, 2, &mut out, ptr::null_mut()) }, PqStatus::InvalidScheme);
         assert_eq!(arrow::live_exports(), 0);
     }
 
