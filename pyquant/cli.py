@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how scales and mins are stored; float16 saves 32 bits per group (default: float32)")
     q.add_argument("--axis", type=int, choices=[-1, 0], default=-1,
                    help="-1: groups along the rows; 0: groups down the columns of 2-D tensors, stored as "
-                        "the transpose's (other tensors are kept; safetensors output only) (default: -1)")
+                        "the transpose's (other tensors are kept) (default: -1)")
     q.add_argument("--format", choices=["safetensors", "arrow"], default=None,
                    help="output format: a safetensors checkpoint, or an Arrow IPC file in the "
                    "Arrow path's schema (default: from the output's extension, .arrow/.ipc/.feather "

@@ -147,8 +147,6 @@ def _decide(
         raise PathError(f"params= is only for the batch path, not the {chosen} path")
     if threads is not None and chosen == "file":
         raise PathError("threads= is not taken by the file path (it uses all cores)")
-    if axis != -1 and (chosen == "arrow" or decision.arrow_file):
-        raise PathError(f"axis={axis!r} is not carried by the Arrow format: not for the {chosen} path with Arrow data")
     _check_call(decision, bits, group_size, dtype, params, threads, axis)
     return decision
 
@@ -164,9 +162,11 @@ def _check_call(decision: _Decision, bits: int, group_size: int | None, dtype: D
     chosen, data = decision.choice.path, decision.data
     if chosen == "file":
         check_options(bits, group_size)  # quantize_file's first step
+        axis_code(axis, None)
         return
     c_threads(threads)
     if chosen == "arrow":
+        axis_code(axis, None)  # each tensor's shape is checked in Rust
         check_input_type(data)  # the type check pq_quantize_arrow runs first
     if chosen == "ptr":
         check_in_place(data, dtype)
@@ -305,16 +305,18 @@ def explain(
 @overload
 def quantize(x: np.ndarray[Any, Any], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...) -> QuantizedTensor: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...,
+             importance: Any = ...) -> QuantizedTensor: ...
 @overload
 def quantize(x: Mapping[str, np.ndarray[Any, Any]], *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
-             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...) -> dict[str, QuantizedTensor]: ...
+             params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ..., force: bool = ..., axis: int = ...,
+             importance: Any = ...) -> dict[str, QuantizedTensor]: ...
 @overload
 def quantize(x: list[np.ndarray[Any, Any]] | tuple[np.ndarray[Any, Any], ...], *, bits: int = ...,
              group_size: int | None = ..., path: PathArg = ..., threads: int | None = ...,
              dtype: DTypeLike = ..., params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: None = ...,
-             force: bool = ..., axis: int = ...) -> list[QuantizedTensor]: ...
+             force: bool = ..., axis: int = ..., importance: Any = ...) -> list[QuantizedTensor]: ...
 @overload
 def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path: PathArg = ...,
              threads: int | None = ..., dtype: DTypeLike = ..., params: Params = ...,
@@ -323,7 +325,7 @@ def quantize(x: StrPath, *, bits: int = ..., group_size: int | None = ..., path:
 def quantize(x: npt.ArrayLike | object, *, bits: int = ..., group_size: int | None = ...,
              path: PathArg = ..., threads: int | None = ..., dtype: DTypeLike = ...,
              params: Params = ..., method: str = ..., scale_dtype: str = ..., dst: StrPath | None = ..., force: bool = ...,
-             axis: int = ...) -> Any: ...
+             axis: int = ..., importance: Any = ...) -> Any: ...
 
 
 def quantize(
@@ -340,6 +342,7 @@ def quantize(
     dst: StrPath | None = None,
     force: bool = False,
     axis: int = -1,
+    importance: Any = None,
 ) -> Any:
     """Quantizes ``x`` by the path that fits it (or the one forced with ``path=``).
 
@@ -361,11 +364,13 @@ def quantize(
       (:func:`quantize_batch`, ``params`` for per-tensor bits and group
       size) -> a dict or list of :class:`QuantizedTensor`.
 
-    ``method`` and ``scale_dtype`` (see :func:`quantize_ptr`) are for every
-    path (Arrow results and files carry them in their schema). ``axis=0``
-    (groups down the columns of 2-D tensors, see :func:`quantize_ptr`) is
-    for the ptr, copy, batch and safetensors file paths; Arrow data (the
-    arrow path, an Arrow IPC file) refuses it (:class:`PathError`).
+    ``method``, ``scale_dtype`` and ``axis`` (see :func:`quantize_ptr`) are
+    for every path (Arrow results and files carry them in their schema,
+    safetensors checkpoints in their metadata). ``importance`` (per-column
+    weights for ``method="search"``) is one array for the ptr and copy
+    paths, a mapping tensor name -> array for batch (as
+    :func:`quantize_batch`) and arrow (as :func:`quantize_arrow`); the
+    file path does not take it (:class:`PathError`).
     ``dtype`` (e.g. ``"bfloat16"`` for uint16 bit patterns) is for the
     single-array paths only, ``params`` for ``batch`` only, ``threads``
     for every path but ``file``; giving one to another path is a
@@ -391,22 +396,26 @@ def quantize(
     decision = _decide(x, path, threads, dtype, params, bits, group_size, axis)
     chosen, data = decision.choice.path, decision.data
     if chosen == "file":
+        if importance is not None:
+            raise PathError("importance= is not taken by the file path: quantize the tensors with path='batch' "
+                            "or quantize_arrow")
         if dst is None:
             raise PathError(f"quantize({data!r}) writes a quantized checkpoint: pass dst='output path'")
         if decision.arrow_file:
             return quantize_arrow_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
-                                       scale_dtype=scale_dtype)
+                                       scale_dtype=scale_dtype, axis=axis)
         return quantize_file(data, dst, bits=bits, group_size=group_size, force=force, method=method,
                              scale_dtype=scale_dtype, axis=axis)
     if dst is not None or force:
         raise PathError(f"dst= and force= are only for file inputs, not the {chosen} path")
     if chosen == "ptr":
         return quantize_ptr(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method,
-                            scale_dtype=scale_dtype, axis=axis)
+                            scale_dtype=scale_dtype, axis=axis, importance=importance)
     if chosen == "copy":
         return quantize_copy(data, bits=bits, group_size=group_size, dtype=dtype, threads=threads, method=method,
-                             scale_dtype=scale_dtype, axis=axis)
+                             scale_dtype=scale_dtype, axis=axis, importance=importance)
     if chosen == "batch":
         return quantize_batch(data, bits=bits, group_size=group_size, params=params, threads=threads, method=method,
-                              scale_dtype=scale_dtype, axis=axis)
-    return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads, method=method, scale_dtype=scale_dtype)
+                              scale_dtype=scale_dtype, axis=axis, importance=importance)
+    return quantize_arrow(data, bits=bits, group_size=group_size, threads=threads, method=method, scale_dtype=scale_dtype,
+                          axis=axis, importance=importance)

@@ -21,9 +21,10 @@ and its shape (in ``pyquant.tensors`` or from its codes) is reversed from
 those. Files without the key are ``axis=-1``.
 
 An Arrow checkpoint is an Arrow IPC file in the Arrow path's schema
-(:func:`pyquant.quantized_schema`), one tensor per row, with the same
-metadata keys in its schema; a row with ``bits = 0`` is a carried-over tensor
-whose ``codes`` hold its raw little-endian bytes.
+(:func:`pyquant.quantized_schema` of its method, scale dtype and axis: with
+``pyquant.axis = "0"`` its rows have an ``axis`` column), one tensor per row,
+with the same metadata keys in its schema; a row with ``bits = 0`` is a
+carried-over tensor whose ``codes`` hold its raw little-endian bytes.
 
 Writers (sinks) take tensors one at a time; readers hand out views on a
 memory map.
@@ -107,7 +108,7 @@ def checked_scheme(path: str, meta: Mapping[str, str]) -> tuple[str, str]:
 
 
 def checked_axis(path: str, meta: Mapping[str, str]) -> int:
-    """The axis of a safetensors checkpoint's quantized tensors: -1 unless ``pyquant.axis`` is "0"."""
+    """The axis of a checkpoint's quantized tensors (either format): -1 unless ``pyquant.axis`` is "0"."""
     text = meta.get("pyquant.axis", "-1")
     if text not in ("-1", "0"):
         raise CheckpointError(f"{path}: corrupt metadata: pyquant.axis {_brief(text)}")
@@ -246,7 +247,7 @@ class _ArrowSink:
         self.pa = _pyarrow()
         import pyarrow.ipc  # noqa: F401
 
-        self.scheme = scheme_of(metadata)  # every row's (the file has one schema)
+        self.scheme = (*scheme_of(metadata), checked_axis(str(dst), metadata))  # every row's: one schema
         self.schema = quantized_schema(*self.scheme).with_metadata(metadata)
         self._cm = atomic_output(dst, force=force, inputs=inputs)
 
@@ -508,12 +509,11 @@ class ArrowQuantizedCheckpoint:
         if meta.get("format") != FORMAT or meta.get("pyquant.format_version") not in READS:
             raise CheckpointError(f"{path}: not a pyquant checkpoint (format {FORMAT} {', '.join(READS)})")
         self.method, self.scale_dtype = checked_scheme(path, meta)
-        if checked_axis(path, meta) != -1:
-            raise CheckpointError(f"{path}: pyquant.axis is not carried by the Arrow format of this pyquant")
-        if not schema.remove_metadata().equals(quantized_schema(self.method, self.scale_dtype)):
+        self.axis = checked_axis(path, meta)
+        if not schema.remove_metadata().equals(quantized_schema(self.method, self.scale_dtype, self.axis)):
             raise CheckpointError(f"{path}: corrupt checkpoint: its columns are not pyquant's Arrow schema "
-                                  "(name, codes, scales, mins, shape, dtype, bits, group_size[, method]) "
-                                  f"for method {self.method} and scale_dtype {self.scale_dtype}")
+                                  "(name, codes, scales, mins, shape, dtype, bits, group_size[, method][, axis]) "
+                                  f"for method {self.method}, scale_dtype {self.scale_dtype} and axis {self.axis}")
         self.size = self._mmap.size() if self._mmap is not None else 0
         self.source_metadata = _source_metadata(path, meta.get("pyquant.source_metadata", "{}"))
         self.kept_reasons = _kept_reasons(path, meta.get("pyquant.kept"))
@@ -577,13 +577,15 @@ class ArrowQuantizedCheckpoint:
             code, shape = self._kept_meta[name]
             return data.view(DTYPES[code]).reshape(shape)
         m = self.quantized[name]
-        codes_shape, groups_shape, _, _ = quantized_layout(tuple(m["shape"]), m["bits"], m["group_size"])
+        shape = tuple(m["shape"])  # with axis 0 (2-D, checked by check_quantized) the parts are the transpose's
+        codes_shape, groups_shape, _, _ = quantized_layout(shape[::-1] if self.axis == 0 else shape, m["bits"],
+                                                           m["group_size"])
         # float32 scales are views; float16 ones are widened (exactly), as from safetensors.
         groups = {p: row.column(p).flatten().to_numpy(zero_copy_only=True).reshape(groups_shape).astype(
             np.float32, copy=False) for p in ("scales", "mins")}
         return _checked(self.path, name, QuantizedTensor(
-            codes=data.reshape(codes_shape), **groups, shape=tuple(m["shape"]), dtype=m["dtype"],
-            bits=int(m["bits"]), group_size=int(m["group_size"]), method=self.method, scale_dtype=self.scale_dtype))
+            codes=data.reshape(codes_shape), **groups, shape=shape, dtype=m["dtype"], bits=int(m["bits"]),
+            group_size=int(m["group_size"]), method=self.method, scale_dtype=self.scale_dtype, axis=self.axis))
 
     def release(self, name: str) -> None:
         """Gives the map's pages back (they stay in the page cache), so that

@@ -21,7 +21,7 @@ import numpy as np
 
 from ._atomic import atomic_output
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
-from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy, scheme_codes
+from .core import SUPPORTED_DTYPES, QuantizedTensor, axis_code, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
 from .errors import CheckpointError, InvalidSchemeError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
@@ -107,10 +107,10 @@ def quantize_file(
     temporary file and renamed at the end; an error leaves no output.
     ``progress`` is called after each tensor. ``method`` and ``scale_dtype``
     as for :func:`pyquant.quantize_ptr`, for every quantized tensor, recorded
-    in the checkpoint's metadata (safetensors format only). ``axis=0``
+    in the checkpoint's metadata (and the Arrow format's schema). ``axis=0``
     groups the 2-D tensors down their columns (other tensors are kept),
-    recorded as ``pyquant.axis`` (safetensors format only; the Arrow format
-    refuses it).
+    recorded as ``pyquant.axis`` (and, in the Arrow format, an ``axis``
+    column).
 
     Options are checked before anything is read (:func:`check_options`).
     A run that would quantize no tensor is an error unless ``allow_empty``.
@@ -127,8 +127,6 @@ def quantize_file(
     scheme_codes(method, scale_dtype)
     if type(axis) is not int or axis not in (-1, 0):
         raise InvalidSchemeError(f"axis must be -1 (groups along rows) or 0 (along columns), got {axis!r}")
-    if axis == 0 and format != "safetensors":
-        raise QuantizeError("axis=0 is written by the safetensors format only, not by format='arrow'")
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         refuse_quantized_input(ckpt)
@@ -259,9 +257,11 @@ def quantize_arrow_file(
     progress: ProgressCallback | None = None,
     method: str = "minmax",
     scale_dtype: str = "float32",
+    axis: int = -1,
 ) -> Summary:
     """Quantizes an Arrow IPC file of weight batches into an IPC file of
-    quantized batches (schema ``quantized_schema(method, scale_dtype)``);
+    quantized batches (schema ``quantized_schema(method, scale_dtype,
+    axis)``; ``axis=0`` needs every tensor 2-D, as :func:`quantize_arrow`);
     returns a :class:`Summary` (every row is a quantized tensor).
 
     ``src`` is memory-mapped and read batch by batch without copying; after
@@ -284,11 +284,12 @@ def quantize_arrow_file(
     t0 = time.perf_counter()
     src = os.fspath(src)
     scheme_codes(method, scale_dtype)  # a bad name fails before dst is touched
+    axis_code(axis, None)
     with atomic_output(dst, force=force, inputs=[src]) as tmp:
         with open(src, "rb") as f:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress, (method, scale_dtype))
+            summary = _quantize_mapped(pa, mapped, tmp, bits, group_size, progress, (method, scale_dtype, axis))
         finally:
             _close_mapping(mapped)
         summary.output_bytes = os.path.getsize(tmp)
@@ -297,16 +298,17 @@ def quantize_arrow_file(
 
 
 def _quantize_mapped(pa: Any, mapped: mmap.mmap, tmp: str, bits: int, group_size: int | None,
-                     progress: ProgressCallback | None, scheme: tuple[str, str]) -> Summary:
-    method, scale_dtype = scheme
+                     progress: ProgressCallback | None, scheme: tuple[str, str, int]) -> Summary:
+    method, scale_dtype, axis = scheme
     reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapped)))
     summary = Summary(input_bytes=len(mapped))
     bar = _Tracker(progress, "quantizing", 0, len(mapped))
-    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema(method, scale_dtype)) as writer:
+    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, quantized_schema(method, scale_dtype, axis)) as writer:
         for i in range(reader.num_record_batches):
             batch = reader.get_batch(i)
             nbytes = batch.nbytes
-            result = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
+            result = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype,
+                                    axis=axis)
             del batch
             writer.write_batch(result)
             summary.quantized += result.num_rows
