@@ -13,6 +13,7 @@ from strategies import tensors
 
 import pyquant
 from pyquant.core import METHODS, SCALE_DTYPES
+from pyquant.errors import InvalidImatrixError
 
 SCHEMES = st.tuples(st.sampled_from(sorted(METHODS)), st.sampled_from(sorted(SCALE_DTYPES)))
 
@@ -39,8 +40,7 @@ def test_every_path_gives_the_same_bytes(case, scheme, weighted):
     want = outcome(lambda: pyquant.quantize_ptr(x, threads=1, **kw))
     assert outcome(lambda: pyquant.quantize_ptr(x, **kw)) == want
     assert outcome(lambda: pyquant.quantize_copy(x, threads=2, **kw)) == want
-    if w is None:  # pyquant.quantize takes no importance weights
-        assert outcome(lambda: pyquant.quantize(x, path="copy", **kw)) == want
+    assert outcome(lambda: pyquant.quantize(x, path="copy", **kw)) == want
     batch_kw = {k: v for k, v in kw.items() if k != "importance"}
     imp = None if w is None else {"b": w}
     got = outcome(lambda: pyquant.quantize_batch({"a": x, "b": x},
@@ -49,40 +49,52 @@ def test_every_path_gives_the_same_bytes(case, scheme, weighted):
         assert got[0] is want[0] and got[1].endswith(want[1])
     else:
         assert got == want
-    if w is None and x.dtype in (np.float32, np.float16):  # the Arrow path takes no importance, no bfloat16
-        got = arrow_outcome(x, bits, group_size, method, scale_dtype)
+    if x.dtype in (np.float32, np.float16):  # the Arrow path takes no bfloat16
+        expect_arrow(want, x, bits, group_size, method, scale_dtype, importance=w)
+
+
+def expect_arrow(want, x, bits, group_size, method, scale_dtype, axis=-1, importance=None):
+    """The Arrow path (quantize_arrow and pyquant.quantize) gives ``want``:
+    the same bytes, or the same error with the tensor named."""
+    for front_door in (False, True):
+        got = arrow_outcome(x, bits, group_size, method, scale_dtype, axis, importance, front_door)
         if isinstance(want[0], type):
             assert got[0] is want[0] and got[1].endswith(want[1])
         else:
             assert got == want
 
 
-def arrow_outcome(x, bits, group_size, method, scale_dtype):
-    """:func:`outcome` of row "b" of ``quantize_arrow`` on a batch of two
-    copies of ``x``, checked against its schema, a row built by
-    ``quantized_row`` from the same parts and ``dequantize_arrow``."""
+def arrow_outcome(x, bits, group_size, method, scale_dtype, axis=-1, importance=None, front_door=False):
+    """:func:`outcome` of row "b" of ``quantize_arrow`` (or ``pyquant.quantize``)
+    on a batch of two copies of ``x``, ``importance`` given for "b" only,
+    checked against its schema, a row built by ``quantized_row`` from the
+    same parts and ``dequantize_arrow``."""
     import pyarrow as pa
 
     from pyquant.arrow import dequantize_arrow, quantize_arrow, quantized_row, quantized_schema
 
     flat = pa.array([x.ravel(), x.ravel()], pa.list_(pa.from_numpy_dtype(x.dtype)))
     batch = pa.record_batch({"name": ["a", "b"], "weights": flat, "shape": pa.array([x.shape] * 2, pa.list_(pa.int64()))})
+    kw = {"bits": bits, "group_size": group_size, "method": method, "scale_dtype": scale_dtype, "axis": axis,
+          "importance": None if importance is None else {"b": importance}}
     try:
-        out = quantize_arrow(batch, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
+        out = pyquant.quantize(batch, **kw) if front_door else quantize_arrow(batch, **kw)
     except pyquant.QuantizeError as exc:
         return type(exc), str(exc)
-    assert out.schema.equals(quantized_schema(method, scale_dtype))
+    assert out.schema.equals(quantized_schema(method, scale_dtype, axis))
     row = out.slice(1, 1)
     stored = {p: row.column(p)[0].values.to_numpy() for p in ("scales", "mins")}
     assert all(v.dtype == np.dtype(scale_dtype) for v in stored.values())
     scales, mins = (stored[p].astype(np.float32) for p in ("scales", "mins"))
     codes = np.frombuffer(row.column("codes")[0].as_py(), np.uint8)
     got_method = row.column("method")[0].as_py() if "method" in out.schema.names else "minmax"
+    assert ("axis" in out.schema.names) == (axis == 0)
     one = quantized_row("b", str(x.dtype), x.shape, bits, row.column("group_size")[0].as_py(), codes, scales, mins,
-                        method, scale_dtype)
+                        method, scale_dtype, axis)
     assert one.equals(row.select(one.schema.names))
     back = dequantize_arrow(row).column("weights")[0].values.to_numpy()
-    want = pyquant.quantize_ptr(x, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype)
+    want = pyquant.quantize_ptr(x, bits=bits, group_size=group_size, method=method, scale_dtype=scale_dtype,
+                                axis=axis, importance=importance)
     np.testing.assert_array_equal(back.view(np.uint8), want.dequantize().ravel().view(np.uint8))
     return (codes.tobytes(), scales.view(np.uint32).tobytes(), mins.view(np.uint32).tobytes(), got_method,
             scale_dtype)
@@ -375,12 +387,13 @@ def test_axis_0_is_the_transpose_on_every_path(case, scheme, weighted, strided):
     batch_kw = {k: v for k, v in kw.items() if k != "importance"}
     imp = None if "importance" not in kw else {"b": kw["importance"]}
     got = outcome(lambda: pyquant.quantize_batch({"a": w, "b": w}, axis=0, importance=imp, **batch_kw)["b"])
+    if w.dtype in (np.float32, np.float16):  # the Arrow path: the same bytes (or error), an axis column
+        expect_arrow(want, w, bits, group_size, method, scale_dtype, axis=0, importance=kw.get("importance"))
     if isinstance(want[0], type):
         assert got[0] is want[0] and got[1].endswith(want[1])
         return
     assert got == want
-    if "importance" not in kw:
-        assert outcome(lambda: pyquant.quantize(w, axis=0, **kw)) == want
+    assert outcome(lambda: pyquant.quantize(w, axis=0, **kw)) == want
     qt = pyquant.quantize_ptr(w, axis=0, **kw)
     ref = pyquant.quantize_ptr(xt, **kw)
     assert (qt.shape, qt.axis, qt.codes.shape, qt.scales.shape) == (w.shape, 0, ref.codes.shape, ref.scales.shape)
@@ -406,8 +419,13 @@ def test_axis_0_is_for_2_d_tensors():
         pyquant.quantize_ptr(x, group_size=64, axis=0)
     qt = pyquant.quantize_ptr(x, group_size=4, axis=0)
     assert "axis=0" in repr(qt) and "axis" not in repr(pyquant.quantize_ptr(x, group_size=4))
-    with pytest.raises(pyquant.PathError, match="axis"):
+    with pytest.raises(pyquant.ShapeError, match="axis 0 is for 2-D"):  # the batch's tensor is 1-D
         pyquant.quantize(pa_batch(), axis=0)
+    for bad in (1, "0"):
+        with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+            pyquant.quantize_arrow(pa_batch(), axis=bad)
+        with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+            pyquant.quantized_schema(axis=bad)
     with pytest.raises(pyquant.ShapeError, match="axis=0 is for 2-D"):
         pyquant.QuantizedTensor(qt.codes, qt.scales, qt.mins, (256,), "float32", 4, 4, axis=0)
 
@@ -465,7 +483,117 @@ def test_checkpoints_carry_the_axis(tmp_path):
     with safetensors.safe_open(str(plain), "numpy") as f:
         assert "pyquant.axis" not in f.metadata()
     assert pyquant.load_quantized(plain)["b.weight"].axis == -1
-    with pytest.raises(pyquant.QuantizeError, match="axis"):
-        pyquant.quantize_file(src, tmp_path / "q.arrow", format="arrow", axis=0)
     with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
         pyquant.quantize_file(src, tmp_path / "q2.safetensors", axis=1)
+
+
+def test_arrow_checkpoints_and_files_carry_the_axis(tmp_path):
+    """format="arrow" with axis=0: rows in quantized_schema(..., axis=0), the
+    transpose's bytes, pyquant.axis in the metadata; load_quantized,
+    dequantize_file and the CLI agree; Arrow IPC weight files too."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.ipc
+    import safetensors.numpy
+
+    rng = np.random.default_rng(7)
+    tensors = {"a.weight": rng.standard_t(4, (128, 48)).astype(np.float32),
+               "b.weight": rng.standard_normal((64, 32)).astype(np.float16), "a.bias": np.ones(48, np.float32)}
+    src = tmp_path / "model.safetensors"
+    safetensors.numpy.save_file(tensors, str(src))
+    for method, scale_dtype in [("minmax", "float32"), ("search", "float16")]:
+        dst = tmp_path / f"axis0-{method}.arrow"
+        s = pyquant.quantize_file(src, dst, bits=4, group_size=64, format="arrow", axis=0, method=method,
+                                  scale_dtype=scale_dtype)
+        assert s.quantized == 2 and s.kept == 1
+        with pa.OSFile(str(dst)) as f:
+            table = pa.ipc.open_file(f).read_all()
+        assert table.schema.remove_metadata().equals(pyquant.quantized_schema(method, scale_dtype, 0))
+        assert table.schema.metadata[b"pyquant.axis"] == b"0"
+        loaded = pyquant.load_quantized(dst)
+        np.testing.assert_array_equal(loaded["a.bias"], tensors["a.bias"])
+        for name in ("a.weight", "b.weight"):
+            x = tensors[name]
+            want = pyquant.quantize_ptr(x, bits=4, group_size=64, method=method, scale_dtype=scale_dtype, axis=0)
+            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
+            assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
+        back = tmp_path / "back.safetensors"
+        pyquant.dequantize_file(dst, back, force=True)
+        with safetensors.safe_open(str(back), "numpy") as f:
+            for name in ("a.weight", "b.weight"):
+                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
+        cli = tmp_path / f"cli-{method}.arrow"
+        proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", "4",
+                               "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert cli.read_bytes() == dst.read_bytes()
+    # A file whose schema disagrees with its pyquant.axis is refused.
+    bad = tmp_path / "bad.arrow"
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"pyquant.axis"}
+    with pa.OSFile(str(bad), "wb") as f, pa.ipc.new_file(f, table.schema.with_metadata(meta)) as w:
+        w.write_table(table)
+    with pytest.raises(pyquant.CheckpointError, match="axis -1"):
+        pyquant.load_quantized(bad)
+    # An Arrow IPC file of weights: pyquant.quantize(path, axis=0) writes quantize_arrow's rows.
+    x = tensors["a.weight"]
+    weights = tmp_path / "weights.arrow"
+    batch = pa.record_batch({"name": ["w"], "weights": pa.array([x.ravel()]), "shape": pa.array([list(x.shape)])})
+    with pa.OSFile(str(weights), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
+        w.write_batch(batch)
+    q = tmp_path / "q.arrow"
+    pyquant.quantize(str(weights), dst=q, bits=3, group_size=32, axis=0)
+    with pa.OSFile(str(q)) as f:
+        got = pa.ipc.open_file(f).read_all()
+    assert got.equals(pa.Table.from_batches([pyquant.quantize_arrow(batch, bits=3, group_size=32, axis=0)]))
+    with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
+        pyquant.quantize_arrow_file(weights, tmp_path / "q2.arrow", axis=1)
+    assert not (tmp_path / "q2.arrow").exists()
+
+
+def test_arrow_importance_is_named_and_checked(tmp_path):
+    """importance on the Arrow path: by tensor name, checked as for quantize_ptr
+    (length, sign, finiteness, method), a name that is no tensor refused, in
+    streams too (the batches share the mapping)."""
+    pa = pytest.importorskip("pyarrow")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
+    w = rng.random(64).astype(np.float32)
+    batch = pa.record_batch({"name": ["a", "b"], "weights": pa.array([x.ravel(), x.ravel()]),
+                             "shape": pa.array([list(x.shape)] * 2)})
+    kw = {"bits": 3, "group_size": 32, "method": "search"}
+    for bad, error, text in [(w[:5], InvalidImatrixError, "one per column"),
+                             (-w, InvalidImatrixError, "negative"),
+                             (np.full(64, np.nan, np.float32), InvalidImatrixError, "finite"),
+                             (w.reshape(8, 8), InvalidImatrixError, "1-D")]:
+        for quantize in (pyquant.quantize_ptr, pyquant.quantize_arrow):
+            with pytest.raises(error) as exc:
+                if quantize is pyquant.quantize_arrow:
+                    quantize(batch, importance={"b": bad}, **kw)
+                else:
+                    quantize(x, importance=bad, **kw)
+            assert text in str(exc.value) or text in str(exc.value).lower(), exc.value
+            if quantize is pyquant.quantize_arrow:
+                assert "'b'" in str(exc.value) or '"b"' in str(exc.value)
+    with pytest.raises(pyquant.InvalidSchemeError):  # min-max takes no weights, as quantize_ptr
+        pyquant.quantize_arrow(batch, bits=3, group_size=32, importance={"b": w})
+    with pytest.raises(pyquant.QuantizeError, match="'c', which is not a tensor"):
+        pyquant.quantize_arrow(batch, importance={"c": w}, **kw)
+    with pytest.raises(InvalidImatrixError, match="dict"):
+        pyquant.quantize_arrow(batch, importance=w, **kw)
+    # A stream: each batch takes the entries of its tensors; a reader checks the names once read.
+    table = pa.Table.from_batches([batch.slice(0, 1), batch.slice(1, 1)])
+    want = pyquant.quantize_ptr(x, importance=w, **kw).codes.tobytes()
+    out = pyquant.quantize_arrow(table, importance={"b": w}, **kw)
+    assert out.column("codes")[1].as_py() == want != out.column("codes")[0].as_py()
+    reader = pyquant.quantize_arrow(pa.RecordBatchReader.from_batches(batch.schema, table.to_batches()),
+                                    importance={"b": w, "c": w}, **kw)
+    with pytest.raises(pyquant.QuantizeError, match="'c'"):
+        reader.read_all()
+    import safetensors.numpy
+
+    safetensors.numpy.save_file({"b": x}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(pyquant.PathError, match="importance"):
+        pyquant.quantize(tmp_path / "model.safetensors", dst=tmp_path / "out.safetensors", importance={"b": w})
