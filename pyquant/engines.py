@@ -27,14 +27,17 @@ SPARK_SCHEMA = ("name STRING, codes BINARY, scales ARRAY<FLOAT>, mins ARRAY<FLOA
                 "dtype STRING, bits TINYINT, group_size BIGINT")
 
 
-def spark_schema(method: str = "minmax") -> str:
-    """:data:`SPARK_SCHEMA` for batches quantized with ``method``: with
-    ``"search"`` they have a ``method`` column too. (Whatever the
-    ``scale_dtype``, scales and mins are FLOAT: :func:`spark_ready`.)"""
-    from .core import scheme_codes
+def spark_schema(method: str = "minmax", axis: int = -1) -> str:
+    """:data:`SPARK_SCHEMA` for batches quantized with ``method`` and
+    ``axis``: with ``"search"`` they have a ``method`` column too, with
+    ``axis=0`` an ``axis`` column (TINYINT). (Whatever the ``scale_dtype``,
+    scales and mins are FLOAT: :func:`spark_ready`.)"""
+    from .core import axis_code, scheme_codes
 
     scheme_codes(method, "float32")
-    return SPARK_SCHEMA if method == "minmax" else SPARK_SCHEMA + ", method STRING"
+    axis_code(axis, None)
+    return (SPARK_SCHEMA + ("" if method == "minmax" else ", method STRING")
+            + ("" if axis == -1 else ", axis TINYINT"))
 
 
 def spark_arrow_schema() -> Any:
@@ -74,9 +77,9 @@ def spark_quantize(batches: Iterable[Any], *, bits: int = 4, group_size: int | N
     Quantizes each Arrow batch of a partition (one thread: Spark runs a
     task per core) and yields it Spark-ready (:func:`spark_ready`).
     ``options`` go to :func:`pyquant.quantize_arrow` (``columns``,
-    ``on_null``, ``method``, ``scale_dtype``); columns passed through must
-    be added to the DDL schema (``method="search"``:
-    :func:`spark_schema`)."""
+    ``on_null``, ``method``, ``scale_dtype``, ``axis``, ``importance``);
+    columns passed through must be added to the DDL schema
+    (``method="search"``, ``axis=0``: :func:`spark_schema`)."""
     for batch in batches:
         yield spark_ready(quantize_arrow(batch, bits=bits, group_size=group_size, threads=1, **options))
 
@@ -90,16 +93,16 @@ def ray_quantize(ds: Any, *, bits: int = 4, group_size: int | None = 128, **opti
     return ds.map_batches(fn, batch_format="pyarrow", zero_copy_batch=True)
 
 
-def dask_meta(like: Any = None, method: str = "minmax", scale_dtype: str = "float32") -> Any:
+def dask_meta(like: Any = None, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> Any:
     """The ``meta`` of :func:`dask_quantize`'s result: an empty pandas
     DataFrame of the quantized schema, its columns Arrow-backed
     (``pd.ArrowDtype``), so that Dask need not run the function to learn it.
     ``like``: the input Dask (or pandas) DataFrame, whose other columns the
-    result passes through (appended, as they are). ``method`` and
-    ``scale_dtype``: those passed to :func:`dask_quantize`."""
+    result passes through (appended, as they are). ``method``,
+    ``scale_dtype`` and ``axis``: those passed to :func:`dask_quantize`."""
     from .arrow import quantized_schema
 
-    meta = quantized_schema(method, scale_dtype).empty_table().to_pandas(types_mapper=_arrow_dtype())
+    meta = quantized_schema(method, scale_dtype, axis).empty_table().to_pandas(types_mapper=_arrow_dtype())
     if like is None:
         return meta
     like = getattr(like, "_meta", like)
@@ -123,7 +126,7 @@ def dask_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, **opt
 
 
 def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, method: str = "minmax",
-                  scale_dtype: str = "float32") -> Any:
+                  scale_dtype: str = "float32", axis: int = -1) -> Any:
     """A Daft DataFrame of quantized rows from one of ``name``, ``weights``,
     ``shape`` columns: pyquant as a Daft batch UDF (``daft.func.batch``)
     that returns the quantized columns as one struct, unnested into
@@ -134,14 +137,14 @@ def daft_quantize(df: Any, *, bits: int = 4, group_size: int | None = 128, metho
     pa = _pyarrow()
     from .arrow import quantized_schema
 
-    struct = pa.struct(list(quantized_schema(method, scale_dtype)))
+    struct = pa.struct(list(quantized_schema(method, scale_dtype, axis)))
 
     @daft.func.batch(return_dtype=daft.DataType.from_arrow_type(struct), unnest=True)
     def quantize(name: Any, weights: Any, shape: Any) -> Any:
         batch = pa.record_batch({"name": name.to_arrow(), "weights": weights.to_arrow(),
                                  "shape": shape.to_arrow()})
         out = quantize_arrow(batch, bits=bits, group_size=group_size, threads=1, method=method,
-                             scale_dtype=scale_dtype)
+                             scale_dtype=scale_dtype, axis=axis)
         return pa.StructArray.from_arrays(out.columns, fields=list(out.schema))
 
     others = [daft.col(c) for c in df.column_names if c not in ("name", "weights", "shape")]

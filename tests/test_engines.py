@@ -228,24 +228,26 @@ def test_spark_ready_round_trips_through_dequantize():
     assert ddl == pyquant.engines.spark_arrow_schema().names
 
 
-@pytest.mark.parametrize("method", ["minmax", "search"])
-def test_spark_ready_and_dask_meta_with_other_schemes(method):
+@pytest.mark.parametrize("method, axis", [("minmax", -1), ("search", -1), ("search", 0)])
+def test_spark_ready_and_dask_meta_with_other_schemes(method, axis):
     """float16 scales are widened exactly for Spark; the search's method
-    column is in the DDL of spark_schema; the same values come back."""
+    column and axis 0's axis column are in the DDL of spark_schema; the same
+    values come back."""
+    g = 64 if axis == -1 else 4  # axis 0 groups down the 4 rows
     xs = tensors(2)
     batch = pa.record_batch({"name": ["a", "b"], "weights": pa.array([x.ravel() for x in xs]),
                              "shape": pa.array([[4, 128]] * 2)})
-    q = pyquant.quantize_arrow(batch, group_size=64, method=method, scale_dtype="float16")
+    q = pyquant.quantize_arrow(batch, group_size=g, method=method, scale_dtype="float16", axis=axis)
     assert q.schema.field("scales").type == pa.list_(pa.float16())
     ready = pyquant.engines.spark_ready(q)
-    ddl = [c.split()[0] for c in pyquant.engines.spark_schema(method).split(", ")]
+    ddl = [c.split()[0] for c in pyquant.engines.spark_schema(method, axis).split(", ")]
     assert ready.schema.names == ddl and ready.schema.field("scales").type == pa.list_(pa.float32())
     for part in ("scales", "mins"):
         np.testing.assert_array_equal(ready.column(part).flatten().to_numpy(),
                                       q.column(part).flatten().to_numpy().astype(np.float32))
     assert pyquant.dequantize_arrow(ready).equals(pyquant.dequantize_arrow(q))
     for i, x in enumerate(xs):
-        want = pyquant.quantize_ptr(x, group_size=64, method=method, scale_dtype="float16")
+        want = pyquant.quantize_ptr(x, group_size=g, method=method, scale_dtype="float16", axis=axis)
         assert ready.column("codes")[i].as_py() == want.codes.tobytes()
         assert ready.column("scales")[i].values.to_numpy().tobytes() == want.scales.tobytes()
     with pytest.raises(pyquant.InvalidSchemeError):
@@ -253,8 +255,8 @@ def test_spark_ready_and_dask_meta_with_other_schemes(method):
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"name": ["a", "b"], "weights": [x.ravel() for x in xs], "shape": [[4, 128]] * 2})
     df["weights"] = df["weights"].astype(pd.ArrowDtype(pa.list_(pa.float32())))
-    out = pyquant.engines.dask_quantize(df, group_size=64, method=method, scale_dtype="float16")
-    meta = pyquant.engines.dask_meta(method=method, scale_dtype="float16")
+    out = pyquant.engines.dask_quantize(df, group_size=g, method=method, scale_dtype="float16", axis=axis)
+    meta = pyquant.engines.dask_meta(method=method, scale_dtype="float16", axis=axis)
     assert list(out.columns) == list(meta.columns) and (out.dtypes == meta.dtypes).all()
 
 
