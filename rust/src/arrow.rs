@@ -534,6 +534,7 @@ pub type Importance<'a> = [(&'a str, &'a [f32])];
 ///
 /// `field_name` names the tensor when `input` is a lone float array. The
 /// input is validated in full first; nothing is returned on any error.
+#[allow(clippy::too_many_arguments)] // the C function's arguments, one for one
 pub fn quantize(
     input: &ArrayData,
     field_name: &str,

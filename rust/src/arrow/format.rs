@@ -324,6 +324,7 @@ pub(super) struct RowMeta<'a> {
 /// mins (with their int32 offsets per row). The vectors become the buffers,
 /// uncopied; but for float16 scales and mins, narrowed (exactly: they are
 /// float16 values) into new ones.
+#[allow(clippy::too_many_arguments)] // the columns, one argument each
 pub(super) fn quantized_batch(
     out: &Output,
     scheme: Scheme,
