@@ -214,6 +214,25 @@ def test_checkpoints_carry_the_scheme(tmp_path):
         pyquant.quantize_file(src, tmp_path / "y.safetensors", method="exhaustive")
 
 
+def weights_file_quantizes_as_quantize_arrow(tmp_path, x, **kw):
+    """An Arrow IPC file of weights (``x``, tmp_path/weights.arrow) through
+    pyquant.quantize gives quantize_arrow's rows; returns (batch, its rows)."""
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    weights = tmp_path / "weights.arrow"
+    batch = pa.record_batch({"name": ["w"], "weights": pa.array([x.ravel()]), "shape": pa.array([list(x.shape)])})
+    with pa.OSFile(str(weights), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
+        w.write_batch(batch)
+    q = tmp_path / "q.arrow"
+    pyquant.quantize(str(weights), dst=q, force=True, **kw)
+    with pa.OSFile(str(q)) as f:
+        got = pa.ipc.open_file(f).read_all()
+    want = pyquant.quantize_arrow(batch, **kw)
+    assert got.equals(pa.Table.from_batches([want]))
+    return batch, want
+
+
 def test_arrow_checkpoints_and_files_carry_the_scheme(tmp_path):
     import pyarrow as pa
     import pyarrow.ipc
@@ -250,18 +269,8 @@ def test_arrow_checkpoints_and_files_carry_the_scheme(tmp_path):
         with safetensors.safe_open(str(out), "numpy") as f:
             np.testing.assert_array_equal(f.get_tensor("a.weight"), pyquant.quantize_ptr(
                 tensors["a.weight"], bits=3, group_size=64, method=method, scale_dtype=scale_dtype).dequantize())
-    # An Arrow IPC file of weights, through pyquant.quantize: the same rows as quantize_arrow.
-    x = tensors["a.weight"]
-    weights = tmp_path / "weights.arrow"
-    batch = pa.record_batch({"name": ["w"], "weights": pa.array([x.ravel()]), "shape": pa.array([list(x.shape)])})
-    with pa.OSFile(str(weights), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
-        w.write_batch(batch)
-    q = tmp_path / "q.arrow"
-    pyquant.quantize(str(weights), dst=q, bits=2, group_size=32, method="search", scale_dtype="float16")
-    with pa.OSFile(str(q)) as f:
-        got = pa.ipc.open_file(f).read_all()
-    want = pyquant.quantize_arrow(batch, bits=2, group_size=32, method="search", scale_dtype="float16")
-    assert got.equals(pa.Table.from_batches([want]))
+    batch, want = weights_file_quantizes_as_quantize_arrow(tmp_path, tensors["a.weight"], bits=2, group_size=32,
+                                                           method="search", scale_dtype="float16")
     assert pyquant.quantize(batch, path="arrow", bits=2, group_size=32, method="search",
                             scale_dtype="float16").equals(want)
     # A checkpoint whose schema does not match its scheme metadata is refused.
@@ -436,12 +445,43 @@ def pa_batch():
                             "shape": pa.array([[64]], pa.list_(pa.int64()))})
 
 
+def assert_axis_0_checkpoint(src, dst, tensors, bits, method, scale_dtype):
+    """``dst`` (group size 64, axis 0, either format) loads as the transposes'
+    bytes of the 2-D ``tensors`` (the others carried over as they are),
+    dequantize_file writes their dequantized values, and the CLI writes the
+    same file."""
+    import subprocess
+    import sys
+
+    import safetensors.numpy
+
+    loaded = pyquant.load_quantized(dst)
+    for name, x in tensors.items():
+        if x.ndim != 2:
+            np.testing.assert_array_equal(loaded[name], x)
+            continue
+        want = pyquant.quantize_ptr(np.ascontiguousarray(x.T), bits=bits, group_size=64, method=method,
+                                    scale_dtype=scale_dtype)
+        assert outcome(lambda: loaded[name]) == outcome(lambda: want)
+        assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
+    back = dst.parent / "back.safetensors"
+    pyquant.dequantize_file(dst, back, force=True)
+    with safetensors.safe_open(str(back), "numpy") as f:
+        for name, x in tensors.items():
+            if x.ndim == 2:
+                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
+    cli = dst.parent / f"cli-{dst.name}"
+    proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", str(bits),
+                           "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert cli.read_bytes() == dst.read_bytes()
+
+
 def test_checkpoints_carry_the_axis(tmp_path):
     """quantize_file(axis=0) stores each 2-D tensor as its transpose's codes,
     scales and mins, with pyquant.axis = "0" (absent by default: those files
     are byte-identical to before); load_quantized and dequantize_file honour it."""
-    import subprocess
-    import sys
 
     import safetensors.numpy
 
@@ -457,25 +497,7 @@ def test_checkpoints_carry_the_axis(tmp_path):
         assert s.quantized == 2 and "not 2-D" in s.kept_reasons["c"]
         with safetensors.safe_open(str(dst), "numpy") as f:
             assert f.metadata()["pyquant.axis"] == "0"
-        loaded = pyquant.load_quantized(dst)
-        for name in ("a.weight", "b.weight"):
-            x = tensors[name]
-            want = pyquant.quantize_ptr(np.ascontiguousarray(x.T), bits=3, group_size=64, method=method,
-                                        scale_dtype=scale_dtype)
-            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
-            assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
-        back = tmp_path / "back.safetensors"
-        pyquant.dequantize_file(dst, back, force=True)
-        with safetensors.safe_open(str(back), "numpy") as f:
-            for name in ("a.weight", "b.weight"):
-                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
-        # The CLI writes the same file.
-        cli = tmp_path / f"cli-{method}.safetensors"
-        proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", "3",
-                               "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert cli.read_bytes() == dst.read_bytes()
+        assert_axis_0_checkpoint(src, dst, tensors, 3, method, scale_dtype)
     plain, default = tmp_path / "plain.safetensors", tmp_path / "default.safetensors"
     pyquant.quantize_file(src, plain, bits=3, group_size=64)
     pyquant.quantize_file(src, default, bits=3, group_size=64, axis=-1)
@@ -491,8 +513,6 @@ def test_arrow_checkpoints_and_files_carry_the_axis(tmp_path):
     """format="arrow" with axis=0: rows in quantized_schema(..., axis=0), the
     transpose's bytes, pyquant.axis in the metadata; load_quantized,
     dequantize_file and the CLI agree; Arrow IPC weight files too."""
-    import subprocess
-    import sys
 
     import pyarrow as pa
     import pyarrow.ipc
@@ -512,24 +532,7 @@ def test_arrow_checkpoints_and_files_carry_the_axis(tmp_path):
             table = pa.ipc.open_file(f).read_all()
         assert table.schema.remove_metadata().equals(pyquant.quantized_schema(method, scale_dtype, 0))
         assert table.schema.metadata[b"pyquant.axis"] == b"0"
-        loaded = pyquant.load_quantized(dst)
-        np.testing.assert_array_equal(loaded["a.bias"], tensors["a.bias"])
-        for name in ("a.weight", "b.weight"):
-            x = tensors[name]
-            want = pyquant.quantize_ptr(x, bits=4, group_size=64, method=method, scale_dtype=scale_dtype, axis=0)
-            assert outcome(lambda: loaded[name]) == outcome(lambda: want)
-            assert (loaded[name].axis, loaded[name].shape) == (0, x.shape)
-        back = tmp_path / "back.safetensors"
-        pyquant.dequantize_file(dst, back, force=True)
-        with safetensors.safe_open(str(back), "numpy") as f:
-            for name in ("a.weight", "b.weight"):
-                assert f.get_tensor(name).tobytes() == loaded[name].dequantize().tobytes()
-        cli = tmp_path / f"cli-{method}.arrow"
-        proc = subprocess.run([sys.executable, "-m", "pyquant", "quantize", str(src), str(cli), "--bits", "4",
-                               "--group-size", "64", "--axis", "0", "--method", method, "--scale-dtype", scale_dtype],
-                              capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        assert cli.read_bytes() == dst.read_bytes()
+        assert_axis_0_checkpoint(src, dst, tensors, 4, method, scale_dtype)
     # A file whose schema disagrees with its pyquant.axis is refused.
     bad = tmp_path / "bad.arrow"
     meta = {k: v for k, v in table.schema.metadata.items() if k != b"pyquant.axis"}
@@ -537,19 +540,9 @@ def test_arrow_checkpoints_and_files_carry_the_axis(tmp_path):
         w.write_table(table)
     with pytest.raises(pyquant.CheckpointError, match="axis -1"):
         pyquant.load_quantized(bad)
-    # An Arrow IPC file of weights: pyquant.quantize(path, axis=0) writes quantize_arrow's rows.
-    x = tensors["a.weight"]
-    weights = tmp_path / "weights.arrow"
-    batch = pa.record_batch({"name": ["w"], "weights": pa.array([x.ravel()]), "shape": pa.array([list(x.shape)])})
-    with pa.OSFile(str(weights), "wb") as f, pa.ipc.new_file(f, batch.schema) as w:
-        w.write_batch(batch)
-    q = tmp_path / "q.arrow"
-    pyquant.quantize(str(weights), dst=q, bits=3, group_size=32, axis=0)
-    with pa.OSFile(str(q)) as f:
-        got = pa.ipc.open_file(f).read_all()
-    assert got.equals(pa.Table.from_batches([pyquant.quantize_arrow(batch, bits=3, group_size=32, axis=0)]))
+    weights_file_quantizes_as_quantize_arrow(tmp_path, tensors["a.weight"], bits=3, group_size=32, axis=0)
     with pytest.raises(pyquant.InvalidSchemeError, match="axis"):
-        pyquant.quantize_arrow_file(weights, tmp_path / "q2.arrow", axis=1)
+        pyquant.quantize_arrow_file(tmp_path / "weights.arrow", tmp_path / "q2.arrow", axis=1)
     assert not (tmp_path / "q2.arrow").exists()
 
 
