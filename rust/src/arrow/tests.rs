@@ -70,7 +70,7 @@ fn i64_list(rows: &[&[i64]]) -> ListArray {
 }
 
 /// [`quantize`] with the default scheme and axis, no importance, all cores.
-fn plain(input: &ArrayData, name: &str, bits: u32, group_size: Option<usize>) -> Result<ArrayData> {
+fn quantize_plain(input: &ArrayData, name: &str, bits: u32, group_size: Option<usize>) -> Result<ArrayData> {
     quantize(input, name, bits, group_size, Scheme::default(), Axis::Last, &[], 0)
 }
 
@@ -82,7 +82,7 @@ fn status<T>(r: Result<T>) -> PqStatus {
 fn lone_array_matches_the_kernel() {
     let _g = exclusive();
     let x = values(256, 1);
-    let out = plain(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64)).unwrap();
+    let out = quantize_plain(&Float32Array::from(x.clone()).into_data(), "w", 4, Some(64)).unwrap();
     let (c, s, m) = kernel_bytes(&x, 256, 4, 64);
     assert_eq!(rows(&out), vec![("w".into(), c, s, m, vec![256], "float32".into(), 4, 64)]);
     assert_eq!(live_exports(), 1);
@@ -102,12 +102,12 @@ fn batch_with_shapes_and_every_list_kind() {
     ));
     for weights in [list, large] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shapes.clone())]);
-        let got = rows(&plain(&input, "", 2, Some(16)).unwrap());
+        let got = rows(&quantize_plain(&input, "", 2, Some(16)).unwrap());
         let ((ca, sa, ma), (cb, sb, mb)) = (kernel_bytes(&a, 128, 2, 16), kernel_bytes(&b, 48, 2, 16));
         assert_eq!(got[0], ("a".into(), ca, sa, ma, vec![4, 128], "float32".into(), 2, 16));
         assert_eq!(got[1], ("b".into(), cb, sb, mb, vec![2, 48], "float32".into(), 2, 16));
         // None: one group per row, along the last axis of each shape.
-        let got = rows(&plain(&input, "", 2, None).unwrap());
+        let got = rows(&quantize_plain(&input, "", 2, None).unwrap());
         assert_eq!((got[0].7, got[1].7), (128, 48));
         assert_eq!(got[1].1, kernel_bytes(&b, 48, 2, 48).0);
     }
@@ -115,7 +115,8 @@ fn batch_with_shapes_and_every_list_kind() {
     let h: Vec<f16> = a.iter().map(|&v| f16::from_f32(v)).collect();
     let fsl = FixedSizeListArray::new(item(DataType::Float16), 256, Arc::new(Float16Array::from(h.clone())), None);
     let names: ArrayRef = Arc::new(LargeStringArray::from(vec!["x", "y"]));
-    let got = rows(&plain(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256)).unwrap());
+    let got =
+        rows(&quantize_plain(&batch(vec![("name", names), ("weights", Arc::new(fsl))]), "", 8, Some(256)).unwrap());
     let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
     for (row, half) in got.iter().zip(wide.chunks(256)) {
         let (c, s, m) = kernel_bytes(half, 256, 8, 256);
@@ -129,12 +130,12 @@ fn sliced_inputs_read_the_slice() {
     let _g = exclusive();
     let x = values(1024, 4);
     let sliced = Float32Array::from(x.clone()).into_data().slice(128, 512);
-    let out = plain(&sliced, "s", 4, Some(128)).unwrap();
+    let out = quantize_plain(&sliced, "s", 4, Some(128)).unwrap();
     assert_eq!(rows(&out)[0].1, kernel_bytes(&x[128..640], 512, 4, 128).0);
     let rows_in: Vec<&[f32]> = x.chunks(256).collect();
     let names: ArrayRef = Arc::new(StringArray::from(vec!["0", "1", "2", "3"]));
     let full = batch(vec![("name", names), ("weights", Arc::new(f32_list(&rows_in)))]);
-    let out = plain(&full.slice(1, 2), "", 4, Some(64)).unwrap();
+    let out = quantize_plain(&full.slice(1, 2), "", 4, Some(64)).unwrap();
     let got = rows(&out);
     assert_eq!((got[0].0.as_str(), &got[0].1), ("1", &kernel_bytes(&x[256..512], 256, 4, 64).0));
     assert_eq!((got[1].0.as_str(), &got[1].1), ("2", &kernel_bytes(&x[512..768], 256, 4, 64).0));
@@ -144,7 +145,7 @@ fn sliced_inputs_read_the_slice() {
 fn bad_inputs_are_named_errors() {
     let _g = exclusive();
     let nulls = Float32Array::from(vec![Some(1.0), None, Some(2.0), Some(3.0)]).into_data();
-    let e = plain(&nulls, "", 4, Some(2)).unwrap_err();
+    let e = quantize_plain(&nulls, "", 4, Some(2)).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("null"), "{e}");
     assert_eq!(status(check_quantize_type(&DataType::Float64)), PqStatus::UnsupportedDtype);
     assert_eq!(status(check_quantize_type(&DataType::Utf8)), PqStatus::UnsupportedDtype);
@@ -152,7 +153,7 @@ fn bad_inputs_are_named_errors() {
     let w: ArrayRef = Arc::new(f32_list(&[&[1.0, 2.0, 3.0, 4.0]]));
     let shape = |dims: &[i64]| -> ArrayRef { Arc::new(i64_list(&[dims])) };
     for (dims, needle) in [(&[3i64][..], "does not match"), (&[][..], "empty"), (&[-4][..], "negative")] {
-        let e = plain(
+        let e = quantize_plain(
             &batch(vec![("name", names.clone()), ("weights", w.clone()), ("shape", shape(dims))]),
             "",
             4,
@@ -164,27 +165,31 @@ fn bad_inputs_are_named_errors() {
             "{e}"
         );
     }
-    let e = plain(&batch(vec![("name", names.clone())]), "", 4, Some(2)).unwrap_err();
+    let e = quantize_plain(&batch(vec![("name", names.clone())]), "", 4, Some(2)).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("weights"), "{e}");
     // Other columns pass through; one named like a result column is an error.
-    let e =
-        plain(&batch(vec![("name", names.clone()), ("weights", w.clone()), ("codes", names.clone())]), "", 4, Some(2))
-            .unwrap_err();
+    let e = quantize_plain(
+        &batch(vec![("name", names.clone()), ("weights", w.clone()), ("codes", names.clone())]),
+        "",
+        4,
+        Some(2),
+    )
+    .unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("\"codes\" would clash"), "{e}");
     let ints: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>([Some([Some(1i64)])]));
     assert_eq!(
-        status(plain(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2))),
+        status(quantize_plain(&batch(vec![("name", names.clone()), ("weights", ints)]), "", 4, Some(2))),
         PqStatus::UnsupportedDtype
     );
     let with_null: ArrayRef =
         Arc::new(ListArray::from_iter_primitive::<Float32Type, _, _>([Some([Some(1.0f32), None])]));
-    let e = plain(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2)).unwrap_err();
+    let e = quantize_plain(&batch(vec![("name", names.clone()), ("weights", with_null)]), "", 4, Some(2)).unwrap_err();
     assert!(e.status == PqStatus::InvalidArrow && e.message.contains("row 0"), "{e}");
     let nan: ArrayRef = Arc::new(f32_list(&[&[1.0, f32::NAN]]));
-    let e = plain(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2)).unwrap_err();
+    let e = quantize_plain(&batch(vec![("name", names.clone()), ("weights", nan)]), "", 4, Some(2)).unwrap_err();
     assert!(e.status == PqStatus::NonFinite && e.message.starts_with("tensor \"a\" (row 0)"), "{e}");
     assert_eq!(
-        status(plain(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4))),
+        status(quantize_plain(&Float32Array::from(vec![1.0f32; 6]).into_data(), "", 4, Some(4))),
         PqStatus::ShapeMismatch
     );
     assert_eq!(live_exports(), 0);
@@ -200,7 +205,7 @@ fn dequantize_round_trips_through_the_kernel() {
         ("weights", Arc::new(f32_list(&[&x[..256], &x[256..]]))),
         ("shape", Arc::new(i64_list(&[&[2, 128], &[128]]))),
     ]);
-    let q = plain(&input, "", 8, Some(32)).unwrap();
+    let q = quantize_plain(&input, "", 8, Some(32)).unwrap();
     let d = dequantize(&q, Dequantized::Auto, 0).unwrap();
     let back = StructArray::from(d.clone());
     let weights = back.column_by_name("weights").unwrap().as_list::<i32>();
@@ -216,7 +221,7 @@ fn dequantize_round_trips_through_the_kernel() {
         vec![2, 128]
     );
     // The dequantized batch is a valid input again.
-    assert!(plain(&d, "", 8, Some(32)).is_ok());
+    assert!(quantize_plain(&d, "", 8, Some(32)).is_ok());
     assert_eq!(live_exports(), 2);
     drop((q, d, back));
     assert_eq!(live_exports(), 0);
@@ -396,7 +401,7 @@ fn view_and_integer_types_of_other_producers() {
         ("weights", Arc::new(f32_list(&[&a, &b]))),
         ("shape", Arc::new(i64_list(&[&[4, 128], &[2, 128]]))),
     ]);
-    let want = rows(&plain(&plain, "", 4, Some(64)).unwrap());
+    let want = rows(&quantize_plain(&plain, "", 4, Some(64)).unwrap());
     let all: Vec<f32> = a.iter().chain(&b).copied().collect();
     let values: ArrayRef = Arc::new(Float32Array::from(all));
     let f = item(DataType::Float32);
@@ -424,26 +429,26 @@ fn view_and_integer_types_of_other_producers() {
     let names: ArrayRef = Arc::new(StringViewArray::from(vec!["a", "b"]));
     for (weights, shape) in [(view, int32_shape), (large_view, uint64_shape)] {
         let input = batch(vec![("name", names.clone()), ("weights", weights), ("shape", shape)]);
-        assert_eq!(rows(&plain(&input, "", 4, Some(64)).unwrap()), want);
+        assert_eq!(rows(&quantize_plain(&input, "", 4, Some(64)).unwrap()), want);
     }
     // A dimension that does not fit i64 is a shape error, not a wrap-around.
     let huge: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
         [[u64::MAX], [256]].iter().map(|r| Some(r.iter().map(|&v| Some(v)))),
     ));
     let input = batch(vec![("name", names.clone()), ("weights", Arc::new(f32_list(&[&a, &b]))), ("shape", huge)]);
-    assert_eq!(status(plain(&input, "", 4, Some(64))), PqStatus::ShapeMismatch);
+    assert_eq!(status(quantize_plain(&input, "", 4, Some(64))), PqStatus::ShapeMismatch);
     // Float64 weights: an error that says how to cast.
     let doubles: ArrayRef = Arc::new(ListArray::from_iter_primitive::<arrow_array::types::Float64Type, _, _>([
         Some(vec![Some(1.0f64)]),
         Some(vec![Some(2.0)]),
     ]));
-    let e = plain(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None).unwrap_err();
+    let e = quantize_plain(&batch(vec![("name", names.clone()), ("weights", doubles)]), "", 4, None).unwrap_err();
     assert!(e.status == PqStatus::UnsupportedDtype && e.message.contains("cast to float32"), "{}", e.message);
     let lone = arrow_array::Float64Array::from(vec![1.0]).into_data();
-    assert!(plain(&lone, "w", 4, None).unwrap_err().message.contains("cast to float32"));
+    assert!(quantize_plain(&lone, "w", 4, None).unwrap_err().message.contains("cast to float32"));
 
     // The quantized batch with view / large columns, as polars writes it back.
-    let q = StructArray::from(plain(&plain, "", 4, Some(64)).unwrap());
+    let q = StructArray::from(quantize_plain(&plain, "", 4, Some(64)).unwrap());
     let col = |n: &str| q.column_by_name(n).unwrap().clone();
     let codes: Vec<&[u8]> = (0..2).map(|i| q.column_by_name("codes").unwrap().as_binary::<i64>().value(i)).collect();
     let shape_u64: ArrayRef = Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
