@@ -81,7 +81,7 @@ class QuantizedTensor:
     makes its three arrays on first access, which keeps a call cheap.
     """
 
-    __slots__ = ("_meta", "_block", "_at", "_codes", "_scales", "_mins", "__weakref__")
+    __slots__ = ("_meta", "_block", "_codes", "_scales", "_mins", "__weakref__")
 
     def __init__(self, codes: np.ndarray[Any, np.dtype[np.uint8]], scales: np.ndarray[Any, np.dtype[np.float32]],
                  mins: np.ndarray[Any, np.dtype[np.float32]], shape: tuple[int, ...], dtype: str, bits: int,
@@ -109,10 +109,12 @@ class QuantizedTensor:
 
     def _view(self) -> None:
         """Makes the three arrays from the block (once)."""
-        m, block = self._meta, self._block
-        if type(block) is not np.ndarray:  # a CFFI block (one quantize_ptr result)
+        m, block, at = self._meta, self._block, 0
+        if type(block) is tuple:  # (a family's block, this result's offset): quantize_batch
+            block, at = block
+        else:  # a CFFI block of its own: quantize_ptr, quantize_copy
             block = np.frombuffer(ffi.buffer(block), np.uint8)
-        at, n = self._at, m.n_groups
+        n = m.n_groups
         self._scales = np.ndarray(m.groups_shape, _F32, block, at)
         self._mins = np.ndarray(m.groups_shape, _F32, block, at + 4 * n)
         self._codes = np.ndarray(m.codes_shape, _U8, block, at + 8 * n)
@@ -275,16 +277,20 @@ def quantize_ptr(
     if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
         _check_in_place(arr, dtype)
     plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
+    if out is None and plan.plain and importance is None:
+        # The common case, kept short (it is the per-call cost): one block
+        # (plan.new, inlined), one C call.
+        block = _alloc("float[]", plan.floats)
+        err = error_struct()
+        if status := lib.pq_quantize_block(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)),
+                                           plan.size, plan.row_len, plan.bits, plan.group_size,
+                                           0 if threads is None else c_threads(threads), block, plan.nbytes, err):
+            raise_for(status, err)
+        qt = _new(QuantizedTensor)
+        qt._meta, qt._block = plan.meta, block
+        return qt
     if out is None:
         qt, block = plan.new()
-        if not (plan.method or plan.scale_dtype or plan.axis or importance is not None):
-            # The common case: one block, one C call, nothing else.
-            err = error_struct()
-            if status := lib.pq_quantize_block(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)),
-                                     plan.size, plan.row_len, plan.bits, plan.group_size,
-                                     0 if threads is None else c_threads(threads), block, plan.nbytes, err):
-                raise_for(status, err)
-            return qt
         codes, scales, mins = plan.pointers(block)
     else:
         qt, *arrays = plan.reuse(out)
@@ -515,7 +521,7 @@ def quantize_batch(
         if not whole:
             items[members] = rows
     weights = []  # kept alive until the call returns
-    index = {name: i for i, name in enumerate(names)}
+    index = {name: i for i, name in enumerate(names)} if importance else {}
     for name, w in (importance or {}).items():
         if name not in index:
             raise QuantizeError(f"importance names {name!r}, which is not a tensor of layers")
@@ -571,7 +577,7 @@ def _carve(plan: _Plan, members: list[int], rows: np.ndarray[Any, Any], results:
     meta, new = plan.meta, _new
     for j, i in enumerate(members):  # per tensor: only the object; its arrays are made when first used
         qt = results[i] = new(QuantizedTensor)
-        qt._meta, qt._block, qt._at = meta, block, j * nbytes
+        qt._meta, qt._block = meta, (block, j * nbytes)
 
 
 def _unpack_out(out: Any, names: list[Any], as_dict: bool) -> list[Any]:
@@ -819,12 +825,13 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "nbytes", "floats", "meta", "method", "scale_dtype", "axis")
+                 "groups_shape", "exports", "nbytes", "floats", "meta", "method", "scale_dtype", "axis", "plain")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
                  dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
         self.method, self.scale_dtype = scheme_codes(method, scale_dtype)
         self.axis = axis_code(axis, tuple(shape))
+        self.plain = not (self.method or self.scale_dtype or self.axis)  # what pq_quantize_block does
         name, self.code = _resolve_dtype(arr_dtype, dtype)
         if not arr_dtype.isnative:
             problem = _byte_order_problem(arr_dtype)
@@ -849,7 +856,7 @@ class _Plan:
         when first used."""
         block = _alloc("float[]", self.floats)
         qt = _new(QuantizedTensor)
-        qt._meta, qt._block, qt._at = self.meta, block, 0
+        qt._meta, qt._block = self.meta, block
         return qt, block
 
     def pointers(self, block: Any) -> tuple[Any, Any, Any]:
