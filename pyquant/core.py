@@ -82,6 +82,11 @@ class QuantizedTensor:
     """
 
     __slots__ = ("_meta", "_block", "_codes", "_scales", "_mins", "__weakref__")
+    _meta: _Meta
+    _block: Any  # a CFFI block, (a family's block, offset), or None once viewed
+    _codes: np.ndarray[Any, np.dtype[np.uint8]]
+    _scales: np.ndarray[Any, np.dtype[np.float32]]
+    _mins: np.ndarray[Any, np.dtype[np.float32]]
 
     def __init__(self, codes: np.ndarray[Any, np.dtype[np.uint8]], scales: np.ndarray[Any, np.dtype[np.float32]],
                  mins: np.ndarray[Any, np.dtype[np.float32]], shape: tuple[int, ...], dtype: str, bits: int,
