@@ -83,7 +83,7 @@ class QuantizedTensor:
 
     __slots__ = ("_meta", "_block", "_codes", "_scales", "_mins", "__weakref__")
     _meta: _Meta
-    _block: Any  # a CFFI block, (a family's block, offset), or None once viewed
+    _block: Any  # a CFFI block, or (a family's block, offset); unset when built from arrays
     _codes: np.ndarray[Any, np.dtype[np.uint8]]
     _scales: np.ndarray[Any, np.dtype[np.float32]]
     _mins: np.ndarray[Any, np.dtype[np.float32]]
@@ -113,7 +113,8 @@ class QuantizedTensor:
         self._codes, self._scales, self._mins = codes, scales, mins
 
     def _view(self) -> None:
-        """Makes the three arrays from the block (once)."""
+        """Makes the three arrays from the block. Idempotent (the block is
+        kept), so two threads making them at once both get valid views."""
         m, block, at = self._meta, self._block, 0
         if type(block) is tuple:  # (a family's block, this result's offset): quantize_batch
             block, at = block
@@ -123,7 +124,6 @@ class QuantizedTensor:
         self._scales = np.ndarray(m.groups_shape, _F32, block, at)
         self._mins = np.ndarray(m.groups_shape, _F32, block, at + 4 * n)
         self._codes = np.ndarray(m.codes_shape, _U8, block, at + 8 * n)
-        self._block = None
 
     @property
     def codes(self) -> np.ndarray[Any, np.dtype[np.uint8]]:
