@@ -285,7 +285,7 @@ def quantize_ptr(
     if out is None and plan.plain and importance is None:
         # The common case, kept short (it is the per-call cost): one block
         # (plan.new, inlined), one C call.
-        block = _alloc("float[]", plan.floats)
+        block = _alloc(plan.block_type)
         err = error_struct()
         if status := lib.pq_quantize_block(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)),
                                            plan.size, plan.row_len, plan.bits, plan.group_size,
@@ -830,7 +830,7 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "nbytes", "floats", "meta", "method", "scale_dtype", "axis", "plain")
+                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
                  dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
@@ -850,8 +850,9 @@ class _Plan:
         # One block per result: scales, then mins, then codes (the layout of
         # pq_quantize_block); every offset a multiple of 4, and the size too,
         # so that the results of a family, end to end, keep their floats aligned.
-        self.floats = -(-(8 * self.n_groups + self.codes_len) // 4)
-        self.nbytes = 4 * self.floats
+        floats = -(-(8 * self.n_groups + self.codes_len) // 4)
+        self.nbytes = 4 * floats
+        self.block_type = ffi.typeof(f"float[{floats}]")  # a parsed C type: the cheapest allocation
         self.meta = _Meta(tuple(shape), name, self.bits, self.group_size, method, scale_dtype, axis,
                           self.codes_shape, self.groups_shape, self.n_groups)
 
@@ -859,7 +860,7 @@ class _Plan:
         """A result over one fresh block (a CFFI ``float[]``: no buffer
         export needed to pass it to C), and the block; its arrays are made
         when first used."""
-        block = _alloc("float[]", self.floats)
+        block = _alloc(self.block_type)
         qt = _new(QuantizedTensor)
         qt._meta, qt._block = self.meta, block
         return qt, block
