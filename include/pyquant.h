@@ -66,9 +66,9 @@ struct ArrowArray {
  Version of the C ABI. Bumped on any incompatible change of a signature,
  struct or constant in `pyquant.h`, or of a documented guarantee (4:
  outputs may be partly written on a bad value; 5: `PqQuantizeItem` carries
- the method, scale dtype and importance weights).
+ the method, scale dtype and importance weights; 6: `pq_quantize_block`).
  */
-#define PQ_ABI_VERSION 5
+#define PQ_ABI_VERSION 6
 
 /*
  Capacity of [`PqError::message`], including the terminating NUL.
@@ -778,6 +778,27 @@ PqStatus pq_quantize(uint32_t dtype,
                      float *mins,
                      size_t mins_len,
                      struct PqError *error);
+
+/*
+ Like `pq_quantize`, into one caller-allocated output block of
+ `block_len` bytes at `block` (aligned to 4 bytes) holding, in this order,
+ the `n_groups` scales, the `n_groups` mins and the `codes_len` bytes of
+ codes (sizes from `pq_quantized_sizes`), with no gaps: `block_len` must be
+ at least `8 * n_groups + codes_len`; bytes past that are not written. One
+ pointer instead of three, for callers that allocate one block per result
+ (the Python wrapper's fast path). Errors, threads and the partly-written
+ rule as for `pq_quantize`; the block may not overlap the input.
+ */
+PqStatus pq_quantize_block(uint32_t dtype,
+                           const void *input,
+                           size_t input_len,
+                           size_t row_len,
+                           uint32_t bits,
+                           size_t group_size,
+                           size_t threads,
+                           void *block,
+                           size_t block_len,
+                           struct PqError *error);
 
 /*
  Like `pq_quantize`, but first copies the `input_bytes` bytes at `input`

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union, overload
 
 import numpy as np
@@ -44,7 +43,22 @@ METHODS = {"minmax": lib.PQ_METHOD_MIN_MAX, "search": lib.PQ_METHOD_SEARCH}
 SCALE_DTYPES = {"float32": lib.PQ_SCALE_DTYPE_F32, "float16": lib.PQ_SCALE_DTYPE_F16}
 
 
-@dataclass(frozen=True, eq=False)
+class _Meta:
+    """What a :class:`QuantizedTensor` is besides its arrays; one is shared
+    by every result of a :class:`_Plan`, which also gives the layout of a
+    block to view lazily (``codes_shape``, ``groups_shape``, ``n_groups``)."""
+
+    __slots__ = ("shape", "dtype", "bits", "group_size", "method", "scale_dtype", "axis", "codes_shape",
+                 "groups_shape", "n_groups")
+
+    def __init__(self, shape: tuple[int, ...], dtype: str, bits: int, group_size: int, method: str,
+                 scale_dtype: str, axis: int, codes_shape: tuple[int, ...] = (), groups_shape: tuple[int, ...] = (),
+                 n_groups: int = 0) -> None:
+        self.shape, self.dtype, self.bits, self.group_size = shape, dtype, bits, group_size
+        self.method, self.scale_dtype, self.axis = method, scale_dtype, axis
+        self.codes_shape, self.groups_shape, self.n_groups = codes_shape, groups_shape, n_groups
+
+
 class QuantizedTensor:
     """A quantized tensor: packed ``codes`` plus per-group ``scales`` and ``mins``.
 
@@ -61,39 +75,111 @@ class QuantizedTensor:
     ``axis=0`` (2-D tensors only): the groups ran down the columns; codes,
     scales and mins are exactly those of the transpose quantized along its
     rows, shaped as for ``shape[::-1]`` (docs/scheme.md, "Axis").
+
+    Immutable attributes; equality is identity; pickles by value. A result
+    of the quantize functions holds one block (scales, mins, codes) and
+    makes its three arrays on first access, which keeps a call cheap.
     """
 
-    codes: np.ndarray[Any, np.dtype[np.uint8]]
-    scales: np.ndarray[Any, np.dtype[np.float32]]
-    mins: np.ndarray[Any, np.dtype[np.float32]]
-    shape: tuple[int, ...]
-    dtype: str
-    bits: int
-    group_size: int
-    method: str = "minmax"
-    scale_dtype: str = "float32"
-    axis: int = -1
+    __slots__ = ("_meta", "_block", "_codes", "_scales", "_mins", "__weakref__")
+    _meta: _Meta
+    _block: Any  # a CFFI block, or (a family's block, offset); unset when built from arrays
+    _codes: np.ndarray[Any, np.dtype[np.uint8]]
+    _scales: np.ndarray[Any, np.dtype[np.float32]]
+    _mins: np.ndarray[Any, np.dtype[np.float32]]
 
-    def __post_init__(self) -> None:
-        scheme_codes(self.method, self.scale_dtype)
-        axis_code(self.axis, tuple(self.shape))
-        if self.dtype not in _QUANTIZABLE:
+    def __init__(self, codes: np.ndarray[Any, np.dtype[np.uint8]], scales: np.ndarray[Any, np.dtype[np.float32]],
+                 mins: np.ndarray[Any, np.dtype[np.float32]], shape: tuple[int, ...], dtype: str, bits: int,
+                 group_size: int, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
+        scheme_codes(method, scale_dtype)
+        axis_code(axis, tuple(shape))
+        if dtype not in _QUANTIZABLE:
             raise UnsupportedDtypeError(
-                f"dtype {self.dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
+                f"dtype {dtype!r} is not one of {', '.join(SUPPORTED_DTYPES)}"
             )
-        for name, want in (("codes", np.uint8), ("scales", np.float32), ("mins", np.float32)):
-            arr = getattr(self, name)
+        for name, arr, want in (("codes", codes, np.uint8), ("scales", scales, np.float32),
+                                ("mins", mins, np.float32)):
             if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(want):
                 raise UnsupportedDtypeError(f"{name} must be a numpy {np.dtype(want)} array")
             if not arr.flags.c_contiguous:
                 raise CopyRequiredError(f"{name} must be C-contiguous")
-        if self.scale_dtype == "float16":
-            for name in ("scales", "mins"):
-                arr = getattr(self, name)
+        if scale_dtype == "float16":
+            for name, arr in (("scales", scales), ("mins", mins)):
                 with np.errstate(over="ignore"):
                     exact = np.array_equal(arr.astype(np.float16).astype(np.float32), arr)
                 if not exact:
                     raise UnsupportedDtypeError(f"{name} must hold float16 values when scale_dtype is 'float16'")
+        self._meta = _Meta(shape, dtype, bits, group_size, method, scale_dtype, axis)
+        self._codes, self._scales, self._mins = codes, scales, mins
+
+    def _view(self) -> None:
+        """Makes the three arrays from the block. Idempotent (the block is
+        kept), so two threads making them at once both get valid views."""
+        m, block, at = self._meta, self._block, 0
+        if type(block) is tuple:  # (a family's block, this result's offset): quantize_batch
+            block, at = block
+        else:  # a CFFI block of its own: quantize_ptr, quantize_copy
+            block = np.frombuffer(ffi.buffer(block), np.uint8)
+        n = m.n_groups
+        self._scales = np.ndarray(m.groups_shape, _F32, block, at)
+        self._mins = np.ndarray(m.groups_shape, _F32, block, at + 4 * n)
+        self._codes = np.ndarray(m.codes_shape, _U8, block, at + 8 * n)
+
+    @property
+    def codes(self) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        try:
+            return self._codes
+        except AttributeError:
+            self._view()
+            return self._codes
+
+    @property
+    def scales(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        try:
+            return self._scales
+        except AttributeError:
+            self._view()
+            return self._scales
+
+    @property
+    def mins(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        try:
+            return self._mins
+        except AttributeError:
+            self._view()
+            return self._mins
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._meta.shape
+
+    @property
+    def dtype(self) -> str:
+        return self._meta.dtype
+
+    @property
+    def bits(self) -> int:
+        return self._meta.bits
+
+    @property
+    def group_size(self) -> int:
+        return self._meta.group_size
+
+    @property
+    def method(self) -> str:
+        return self._meta.method
+
+    @property
+    def scale_dtype(self) -> str:
+        return self._meta.scale_dtype
+
+    @property
+    def axis(self) -> int:
+        return self._meta.axis
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (QuantizedTensor, (self.codes, self.scales, self.mins, self.shape, self.dtype, self.bits,
+                                  self.group_size, self.method, self.scale_dtype, self.axis))
 
     @property
     def nbytes(self) -> int:
@@ -196,8 +282,21 @@ def quantize_ptr(
     if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
         _check_in_place(arr, dtype)
     plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
+    if out is None and plan.plain and importance is None:
+        # The common case, kept short (it is the per-call cost): one block
+        # (plan.new, inlined), one C call.
+        block = _alloc(plan.block_type)
+        err = error_struct()
+        if status := lib.pq_quantize_block(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)),
+                                           plan.size, plan.row_len, plan.bits, plan.group_size,
+                                           0 if threads is None else c_threads(threads), block, plan.nbytes, err):
+            raise_for(status, err)
+        qt = _new(QuantizedTensor)
+        qt._meta, qt._block = plan.meta, block
+        return qt
     if out is None:
-        qt, codes, scales, mins = plan.new()
+        qt, block = plan.new()
+        codes, scales, mins = plan.pointers(block)
     else:
         qt, *arrays = plan.reuse(out)
         codes, scales, mins = ffi.from_buffer("uint8_t[]", arrays[0]), *(ffi.from_buffer("float[]", a) for a in arrays[1:])
@@ -265,7 +364,8 @@ def quantize_copy(
     if plan.method or plan.scale_dtype or plan.axis or importance is not None:
         return quantize_ptr(np.array(a, order="C", copy=True), bits=bits, group_size=group_size, dtype=dtype,
                             threads=threads, method=method, scale_dtype=scale_dtype, importance=importance, axis=axis)
-    qt, codes, scales, mins = plan.new()
+    qt, block = plan.new()
+    codes, scales, mins = plan.pointers(block)
     call(lib.pq_quantize_copy, code, ffi.from_buffer(_raw_view(a)), a.nbytes, plan.row_len, plan.bits,
          plan.group_size, c_threads(threads), codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups)
     return qt
@@ -426,7 +526,7 @@ def quantize_batch(
         if not whole:
             items[members] = rows
     weights = []  # kept alive until the call returns
-    index = {name: i for i, name in enumerate(names)}
+    index = {name: i for i, name in enumerate(names)} if importance else {}
     for name, w in (importance or {}).items():
         if name not in index:
             raise QuantizeError(f"importance names {name!r}, which is not a tensor of layers")
@@ -473,28 +573,17 @@ def scheme_codes(method: Any, scale_dtype: Any) -> tuple[int, int]:
 
 
 def _carve(plan: _Plan, members: list[int], rows: np.ndarray[Any, Any], results: list[Any]) -> None:
-    """Fresh outputs of a family of ``k`` tensors: one block, whose k
-    records are the tensors' results; their addresses go into ``rows``."""
-    k = len(members)
-    if plan.record is not None:
-        block = np.empty(k, plan.record)
-        codes, scales, mins = block["codes"], block["scales"], block["mins"]
-        base = np.uintp(int(ffi.cast("uintptr_t", ffi.from_buffer(block))))
-        at = base + np.arange(k, dtype=np.uintp) * np.uintp(plan.nbytes)
-        rows["scales"], rows["mins"], rows["codes"] = at, at + np.uintp(4 * plan.n_groups), at + np.uintp(8 * plan.n_groups)
-    else:  # too large for a record type: one block per output
-        codes = np.empty((k,) + plan.codes_shape, np.uint8)
-        scales = np.empty((k,) + plan.groups_shape, np.float32)
-        mins = np.empty((k,) + plan.groups_shape, np.float32)
-        for field, arr, per in (("codes", codes, plan.codes_len), ("scales", scales, 4 * plan.n_groups),
-                                ("mins", mins, 4 * plan.n_groups)):
-            rows[field] = np.uintp(_address(arr)) + np.arange(k, dtype=np.uintp) * np.uintp(per)
-    fields, new = plan.fields, object.__new__
-    for i, c, sc, m in zip(members, codes, scales, mins):  # _trusted, inlined: this loop is per tensor
+    """Fresh outputs of a family of ``k`` tensors: one block of ``k`` results
+    end to end (each laid out as :meth:`_Plan.new`'s); their addresses go
+    into ``rows``."""
+    k, nbytes = len(members), plan.nbytes
+    block = np.empty(k * nbytes, np.uint8)
+    at = np.uintp(_address(block)) + np.arange(k, dtype=np.uintp) * np.uintp(nbytes)
+    rows["scales"], rows["mins"], rows["codes"] = at, at + np.uintp(4 * plan.n_groups), at + np.uintp(8 * plan.n_groups)
+    meta, new = plan.meta, _new
+    for j, i in enumerate(members):  # per tensor: only the object; its arrays are made when first used
         qt = results[i] = new(QuantizedTensor)
-        d = qt.__dict__
-        d.update(fields)
-        d["codes"], d["scales"], d["mins"] = c, sc, m
+        qt._meta, qt._block = meta, (block, j * nbytes)
 
 
 def _unpack_out(out: Any, names: list[Any], as_dict: bool) -> list[Any]:
@@ -742,12 +831,13 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "record", "nbytes", "fields", "method", "scale_dtype", "axis")
+                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
                  dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
         self.method, self.scale_dtype = scheme_codes(method, scale_dtype)
         self.axis = axis_code(axis, tuple(shape))
+        self.plain = not (self.method or self.scale_dtype or self.axis)  # what pq_quantize_block does
         name, self.code = _resolve_dtype(arr_dtype, dtype)
         if not arr_dtype.isnative:
             problem = _byte_order_problem(arr_dtype)
@@ -758,29 +848,28 @@ class _Plan:
         self.size, self.row_len = math.prod(shape), grouped[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
-        # Scales, then mins, then codes: every offset a multiple of 4, and
-        # the size too, so that a family's records keep their floats aligned.
-        self.nbytes = -(-(8 * self.n_groups + self.codes_len) // 4) * 4
-        self.record = _block_record(self.codes_shape, self.groups_shape, self.nbytes)
-        self.fields = {"shape": tuple(shape), "dtype": name, "bits": self.bits, "group_size": self.group_size,
-                       "method": method, "scale_dtype": scale_dtype, "axis": axis}
+        # One block per result: scales, then mins, then codes (the layout of
+        # pq_quantize_block); every offset a multiple of 4, and the size too,
+        # so that the results of a family, end to end, keep their floats aligned.
+        floats = -(-(8 * self.n_groups + self.codes_len) // 4)
+        self.nbytes = 4 * floats
+        self.block_type = ffi.typeof(f"float[{floats}]")  # a parsed C type: the cheapest allocation
+        self.meta = _Meta(tuple(shape), name, self.bits, self.group_size, method, scale_dtype, axis,
+                          self.codes_shape, self.groups_shape, self.n_groups)
 
-    def new(self) -> tuple[QuantizedTensor, Any, Any, Any]:
-        """A result over one fresh block, and the C pointers to its codes,
-        scales and mins."""
-        if self.record is not None:
-            block = np.empty((), self.record)
-            codes, scales, mins = block["codes"], block["scales"], block["mins"]
-        else:  # too large for a record type: the same block, viewed by offsets
-            block = np.empty(self.nbytes, np.uint8)
-            scales = np.ndarray(self.groups_shape, np.float32, block, 0)
-            mins = np.ndarray(self.groups_shape, np.float32, block, 4 * self.n_groups)
-            codes = np.ndarray(self.codes_shape, np.uint8, block, 8 * self.n_groups)
-        # The block's address through its first view (exporting a record
-        # type's buffer costs more); mins and codes follow in the block.
-        floats = ffi.from_buffer("float[]", scales)
+    def new(self) -> tuple[QuantizedTensor, Any]:
+        """A result over one fresh block (a CFFI ``float[]``: no buffer
+        export needed to pass it to C), and the block; its arrays are made
+        when first used."""
+        block = _alloc(self.block_type)
+        qt = _new(QuantizedTensor)
+        qt._meta, qt._block = self.meta, block
+        return qt, block
+
+    def pointers(self, block: Any) -> tuple[Any, Any, Any]:
+        """The C pointers to the codes, scales and mins in ``block`` (a CFFI ``float[]``)."""
         n = self.n_groups
-        return _trusted(codes, scales, mins, self.fields), ffi.cast("uint8_t *", floats + 2 * n), floats, floats + n
+        return ffi.cast("uint8_t *", block + 2 * n), block, block + n
 
     def reuse(self, out: Out) -> tuple[QuantizedTensor, np.ndarray[Any, Any], np.ndarray[Any, Any],
                                        np.ndarray[Any, Any]]:
@@ -804,10 +893,14 @@ class _Plan:
             _check_output("out codes", codes, _U8, self.codes_shape)
             _check_output("out scales", scales, _F32, groups)
             _check_output("out mins", mins, _F32, groups)
-        return _trusted(codes, scales, mins, self.fields), codes, scales, mins
+        qt = _new(QuantizedTensor)
+        qt._meta, qt._codes, qt._scales, qt._mins = self.meta, codes, scales, mins
+        return qt, codes, scales, mins
 
 
 _U8, _F32 = np.dtype(np.uint8), np.dtype(np.float32)
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)  # C writes every byte a result views
+_new = object.__new__
 Out = Union["QuantizedTensor", tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]], None]
 _PLANS: dict[tuple[Any, ...], _Plan] = {}
 _MAX_PLANS = 4096
@@ -830,21 +923,6 @@ def _plan(arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: Any, group_siz
         return _Plan(arr_dtype, shape, bits, group_size, dtype, method, scale_dtype, axis)
 
 
-def _block_record(codes_shape: tuple[int, ...], groups_shape: tuple[int, ...], nbytes: int) -> np.dtype[Any] | None:
-    """A record type (scales, mins, codes) whose one 0-d instance holds a
-    whole result: one allocation, three views as cheap as attribute access.
-    None where numpy cannot make one (item sizes and dimensions are C ints)."""
-    if nbytes >= 2**31 or max(codes_shape + groups_shape, default=0) >= 2**31:
-        return None
-    n_groups = math.prod(groups_shape)
-    try:
-        return np.dtype({"names": ["scales", "mins", "codes"],
-                         "formats": [(np.float32, groups_shape), (np.float32, groups_shape), (np.uint8, codes_shape)],
-                         "offsets": [0, 4 * n_groups, 8 * n_groups], "itemsize": nbytes})
-    except (ValueError, TypeError):
-        return None
-
-
 def _check_output(what: str, arr: Any, want: np.dtype[Any], shape: tuple[int, ...]) -> None:
     """A caller-provided output: a writable, C-contiguous numpy array of
     dtype ``want`` and ``shape``."""
@@ -857,17 +935,6 @@ def _check_output(what: str, arr: Any, want: np.dtype[Any], shape: tuple[int, ..
         raise CopyRequiredError(f"{what} must be C-contiguous")
     if not arr.flags.writeable:
         raise QuantizeError(f"{what} is read-only")
-
-
-def _trusted(codes: Any, scales: Any, mins: Any, fields: dict[str, Any]) -> QuantizedTensor:
-    """A QuantizedTensor built without __post_init__'s checks, for arrays
-    that are right by construction (it saves microseconds per tensor);
-    ``fields`` holds shape, dtype, bits and group_size."""
-    qt = object.__new__(QuantizedTensor)
-    d = qt.__dict__
-    d.update(fields)
-    d["codes"], d["scales"], d["mins"] = codes, scales, mins
-    return qt
 
 
 def _addresses(arrays: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:

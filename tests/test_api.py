@@ -169,6 +169,28 @@ def test_one_block_per_result_viewed_three_ways():
         pyquant.quantize_ptr(x, bits=4.0)  # type: ignore[arg-type]
 
 
+def test_result_is_immutable_pickles_and_views_its_block_lazily():
+    import copy
+    import pickle
+
+    x = np.random.default_rng(6).normal(size=(3, 256)).astype(np.float32)
+    qt = pyquant.quantize_ptr(x, group_size=64)
+    for name in ("codes", "shape", "bits", "method"):
+        with pytest.raises(AttributeError):
+            setattr(qt, name, None)
+    for back in (pickle.loads(pickle.dumps(qt)), copy.deepcopy(qt), copy.copy(qt)):
+        assert type(back) is pyquant.QuantizedTensor and back is not qt and back != qt  # equality is identity
+        assert _same(back, qt) and (back.method, back.scale_dtype, back.axis) == (qt.method, qt.scale_dtype, qt.axis)
+    assert qt == qt and len({qt, qt}) == 1
+    # A batch family: one block of results end to end, each viewed at its own offset.
+    ys = [x, x[:2], x + 1]
+    results = pyquant.quantize_batch(ys, group_size=64)
+    assert results[0].codes.base is results[2].codes.base and results[1].codes.base is not results[0].codes.base
+    assert all(_same(r, pyquant.quantize_ptr(y, group_size=64)) for r, y in zip(results, ys))
+    results[0].codes[...] = 0  # writable, and no result shares bytes with another
+    assert _same(results[2], pyquant.quantize_ptr(x + 1, group_size=64))
+
+
 def test_out_reuses_the_callers_arrays():
     rng = np.random.default_rng(4)
     xs = [rng.normal(size=(4, 256)).astype(np.float32) for _ in range(3)]

@@ -545,6 +545,32 @@ static void test_misaligned(void) {
            PQ_STATUS_MISALIGNED);
 }
 
+/* pq_quantize_block: the same bytes as pq_quantize, as one block of scales,
+ * mins and codes; its length and alignment checked before anything is written. */
+static void test_block(void) {
+    static _Alignas(64) unsigned char block[GUARD + 256];
+    uint8_t *b = block + GUARD;
+    fill_canary();
+    EXPECT(quantize(base()), PQ_STATUS_OK);
+    memset(block, CANARY, sizeof block);
+    EXPECT(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 1, b, 200, &err), PQ_STATUS_OK);
+    CHECK(memcmp(b, scales, 16) == 0 && memcmp(b + 16, mins, 16) == 0 && memcmp(b + 32, codes, 128) == 0);
+    CHECK(is_canary(block, GUARD) && is_canary(b + 160, 96));
+    memset(block, CANARY, sizeof block);
+    EXPECT_MSG(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, b, 159, &err),
+               PQ_STATUS_BUFFER_TOO_SMALL, "block");
+    EXPECT_MSG(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, b + 2, 200, &err),
+               PQ_STATUS_MISALIGNED, "block");
+    EXPECT(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, NULL, 160, &err), PQ_STATUS_NULL_POINTER);
+    EXPECT(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 65, 0, b, 200, &err),
+           PQ_STATUS_INVALID_GROUP_SIZE);
+    CHECK(is_canary(block, sizeof block));
+    EXPECT(pq_quantize_block(PQ_DTYPE_F32, base_input, 256, 128, 4, 64, 0, (uint8_t *)base_input, 1024, &err),
+           PQ_STATUS_OVERLAP);
+    /* Zero rows: an empty block, NULL allowed. */
+    EXPECT(pq_quantize_block(PQ_DTYPE_F32, NULL, 0, 128, 4, 64, 0, NULL, 0, &err), PQ_STATUS_OK);
+}
+
 static void test_too_small(void) {
     Q a;
     fill_canary();
@@ -1018,6 +1044,7 @@ int main(void) {
     test_null_and_empty();
     test_misaligned();
     test_too_small();
+    test_block();
     test_overlap();
     test_invalid_bits_and_groups();
     test_size_overflow();

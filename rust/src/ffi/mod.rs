@@ -28,8 +28,8 @@ pub use test_ffi::*;
 /// Version of the C ABI. Bumped on any incompatible change of a signature,
 /// struct or constant in `pyquant.h`, or of a documented guarantee (4:
 /// outputs may be partly written on a bad value; 5: `PqQuantizeItem` carries
-/// the method, scale dtype and importance weights).
-pub const PQ_ABI_VERSION: u32 = 5;
+/// the method, scale dtype and importance weights; 6: `pq_quantize_block`).
+pub const PQ_ABI_VERSION: u32 = 6;
 
 /// Capacity of [`PqError::message`], including the terminating NUL.
 pub const PQ_ERROR_MESSAGE_CAPACITY: usize = 256;

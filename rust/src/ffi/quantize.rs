@@ -6,7 +6,7 @@
 use std::os::raw::{c_char, c_void};
 
 use super::boundary::{run, PqError};
-use super::memory::{check_disjoint, Region, Span, TensorRegion};
+use super::memory::{check_aligned_to, check_disjoint, Region, Span, TensorRegion};
 use crate::batch::{self, BatchError, DequantizeItem, QuantizeItem};
 use crate::element::Dtype;
 use crate::error::{Error, PqStatus, Result};
@@ -111,6 +111,76 @@ pub unsafe extern "C" fn pq_quantize(
     };
     // A batch of one.
     run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
+}
+
+/// Like `pq_quantize`, into one caller-allocated output block of
+/// `block_len` bytes at `block` (aligned to 4 bytes) holding, in this order,
+/// the `n_groups` scales, the `n_groups` mins and the `codes_len` bytes of
+/// codes (sizes from `pq_quantized_sizes`), with no gaps: `block_len` must be
+/// at least `8 * n_groups + codes_len`; bytes past that are not written. One
+/// pointer instead of three, for callers that allocate one block per result
+/// (the Python wrapper's fast path). Errors, threads and the partly-written
+/// rule as for `pq_quantize`; the block may not overlap the input.
+#[no_mangle]
+pub unsafe extern "C" fn pq_quantize_block(
+    dtype: u32,
+    input: *const c_void,
+    input_len: usize,
+    row_len: usize,
+    bits: u32,
+    group_size: usize,
+    threads: usize,
+    block: *mut c_void,
+    block_len: usize,
+    error: *mut PqError,
+) -> PqStatus {
+    run(error, || {
+        let layout = Layout::new(input_len, row_len, bits, group_size)?;
+        let (scales, mins, codes) = carve_block(block, block_len, &layout)?;
+        let item = PqQuantizeItem {
+            dtype,
+            input,
+            input_len,
+            row_len,
+            bits,
+            group_size,
+            codes,
+            codes_len: layout.codes_len,
+            scales,
+            scales_len: layout.n_groups,
+            mins,
+            mins_len: layout.n_groups,
+            method: Method::MinMax as u32,
+            scale_dtype: ScaleDtype::F32 as u32,
+            importance: std::ptr::null(),
+            importance_len: 0,
+            axis: Axis::Last as u32,
+        };
+        // A batch of one, like `pq_quantize`: every region check is shared.
+        quantize_items(&[item], threads, &[]).map_err(|e| e.error)
+    })
+}
+
+/// The scales, mins and codes pointers of `pq_quantize_block`'s block, after
+/// checking its length and alignment (the pieces are checked again, as any
+/// item's outputs, by [`quantize_items`]).
+fn carve_block(block: *mut c_void, block_len: usize, layout: &Layout) -> Result<(*mut f32, *mut f32, *mut u8)> {
+    let floats = layout.n_groups.checked_mul(4).ok_or_else(|| {
+        Error::new(PqStatus::SizeOverflow, format!("block: {} groups of scales and mins overflow", layout.n_groups))
+    })?;
+    let need = floats.checked_mul(2).and_then(|b| b.checked_add(layout.codes_len)).ok_or_else(|| {
+        Error::new(PqStatus::SizeOverflow, "block: scales, mins and codes together overflow the address space")
+    })?;
+    let block = block as *mut u8;
+    Region::new("block", block, block_len)?;
+    check_aligned_to("block", block, 4)?;
+    if block_len < need {
+        return Err(Error::new(
+            PqStatus::BufferTooSmall,
+            format!("block has {block_len} bytes; scales, mins and codes need {need}"),
+        ));
+    }
+    Ok((block as *mut f32, block.wrapping_add(floats) as *mut f32, block.wrapping_add(2 * floats)))
 }
 
 /// Like `pq_quantize`, but first copies the `input_bytes` bytes at `input`
