@@ -272,19 +272,37 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q3_K
 
-/// Q3_K's search in lanes: the 16 sub-blocks of one super-block.
+/// Super-blocks Q3_K searches at once: the refinement passes of
+/// `q3_lanes` are chains of dependent divisions, one per set of lanes, and
+/// the CPU overlaps independent chains.
+const Q3_RUN: usize = 4;
+
+/// Q3_K's search in lanes: the 16 sub-blocks of a super-block, `Q3_RUN`
+/// super-blocks at once (fewer at a row's end; the other sets of lanes
+/// search zeros).
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
-    let xt = transpose::<16>(x);
-    let mut lt = [[0u8; LANES]; 16];
-    let (scales, sw) = match qw {
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
+    let mut xt = [[[0f32; LANES]; 16]; Q3_RUN];
+    for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+        xt[t] = transpose::<16>(xs);
+    }
+    let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
+    let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
+    match qw {
         Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 2.0));
-            (qx_lanes(4, &xt, &w, &mut lt), sw)
+            for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+                let (w, s) = imatrix_weights(&xt[t], &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
+                scales[t] = qx_lanes(4, &xt[t], &w, &mut lt[t]);
+                sw[t] = s;
+            }
         }
-        None => (q3_lanes(4, &xt, &mut lt), [0f32; LANES]),
-    };
-    Found::split(&scales, &[0f32; LANES], &sw, &levels::<16, QK_K>(&lt))
+        None => scales = q3_lanes(4, &xt, &mut lt),
+    }
+    let mut found = [Found::ZERO; Q3_RUN];
+    for (t, f) in found.iter_mut().enumerate() {
+        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l: levels::<16, QK_K>(&lt[t]) };
+    }
+    found
 }
 
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
@@ -338,17 +356,18 @@ fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     );
 }
 
-/// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes.
+/// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes (built
+/// in a local array: or-ing into `sb` byte by byte was a chain of
+/// store-to-load round trips).
 fn put_q3_scales(ls: &[i32; 16], sb: &mut [u8]) {
-    sb[..12].fill(0);
-    for (j, &l) in ls.iter().enumerate() {
-        if j < 8 {
-            sb[j] = (l & 0xF) as u8;
-        } else {
-            sb[j - 8] |= ((l & 0xF) << 4) as u8;
-        }
-        sb[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+    let mut b = [0u8; 12];
+    for j in 0..8 {
+        b[j] = ((ls[j] & 0xF) | ((ls[j + 8] & 0xF) << 4)) as u8;
     }
+    for (j, &l) in ls.iter().enumerate() {
+        b[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+    }
+    sb[..12].copy_from_slice(&b);
 }
 
 /// Q3_K's scale `j` (0..64, stored offset by 32).
@@ -817,7 +836,11 @@ mod tests {
             for qw in [None, Some(w.as_slice())] {
                 let cases: [(Row, usize, Vec<u8>); 5] = [
                     (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, 1>(x, qw, scalar_q2_k), finish_q2_k)),
-                    (q3_k_isa, 110, reference(&x, qw, 110, |x, qw| runs::<16, 1>(x, qw, scalar_q3_k), finish_q3_k)),
+                    (
+                        q3_k_isa,
+                        110,
+                        reference(&x, qw, 110, |x, qw| runs::<16, Q3_RUN>(x, qw, scalar_q3_k), finish_q3_k),
+                    ),
                     (
                         q4_k_isa,
                         144,
