@@ -70,14 +70,22 @@ fn abs_max_lanes(xt: &[Col; QK]) -> Col {
 /// `as i32` was compiled to a scalar conversion with branches per value.
 #[inline(always)]
 fn cvtt(f: f32) -> i32 {
-    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
-    // SAFETY: the value converted is `f` inside the i32 range, or 0.
-    let t: i32 = unsafe { (if in_range { f } else { 0.0 }).to_int_unchecked() };
+    let (t, in_range) = trunc_in_range(f);
     if in_range {
         t
     } else {
         i32::MIN
     }
+}
+
+/// `(f truncated, true)` for `f` in the i32 range, `(0, false)` outside it
+/// and for NaN.
+#[inline(always)]
+fn trunc_in_range(f: f32) -> (i32, bool) {
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
+    // SAFETY: the value converted is `f` inside the i32 range, or 0.
+    let t: i32 = unsafe { (if in_range { f } else { 0.0 }).to_int_unchecked() };
+    (t, in_range)
 }
 
 /// `(int8_t)f` / `(uint8_t)f` as x86-64 gcc compiles them: the low byte of
@@ -90,11 +98,12 @@ fn low_byte(f: f32) -> u8 {
 /// The low byte of `(int)roundf(v)` (C's round half away from zero, then
 /// `cvttss2si`), without a libm call: truncate, then step by the sign when
 /// the dropped fraction (exact for |v| < 2^23, 0 above) is at least 1/2.
+/// Out of the i32 range (and NaN) both `t` and `v` become 0, so the byte
+/// is 0, as `cvttss2si`'s `INT_MIN`; the range is checked once.
 #[inline(always)]
 fn round_low_byte(v: f32) -> u8 {
-    // Out of range (and NaN) -> 0, as `cvttss2si`'s `INT_MIN`.
-    let v = if (-2_147_483_648.0..2_147_483_648.0).contains(&v) { v } else { 0.0 };
-    let t = cvtt(v);
+    let (t, in_range) = trunc_in_range(v);
+    let v = if in_range { v } else { 0.0 };
     let frac = v - t as f32;
     let r = t.wrapping_add((frac >= 0.5) as i32).wrapping_sub((frac <= -0.5) as i32);
     r as u8
