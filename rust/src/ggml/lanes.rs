@@ -108,6 +108,24 @@ pub(crate) fn transpose<const N: usize>(x: &[f32]) -> [Col; N] {
 #[inline(always)]
 fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
     let mut t = [[0f32; LANES]; N];
+    transpose_full_into(x, &mut t);
+    t
+}
+
+/// [`transpose`] into `t`: a caller that transposes run after run keeps one
+/// `t` rather than zeroing a new one each time.
+#[inline(always)]
+pub(crate) fn transpose_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
+    if x.len() >= LANES * N {
+        transpose_full_into(&x[..LANES * N], t);
+    } else {
+        *t = transpose(x);
+    }
+}
+
+/// [`transpose_full`] into `t`.
+#[inline(always)]
+fn transpose_full_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
     for k0 in (0..LANES).step_by(4) {
         for i0 in (0..N).step_by(4) {
             let row = |a: usize| -> &[f32; 4] { x[N * (k0 + a) + i0..][..4].try_into().expect("4 values") };
@@ -117,7 +135,6 @@ fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
             }
         }
     }
-    t
 }
 
 /// The transpose of a 4 x 4 tile given by its rows.

@@ -5,7 +5,9 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, untranspose, Col, LANES};
+use super::lanes::{
+    imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, transpose_into, untranspose, Col, LANES,
+};
 use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
 
 const QK: usize = 32;
@@ -243,9 +245,11 @@ fn lane_rows(
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
     write: impl Fn(&[f32; QK], [u8; 4], f32, f32, &mut [u8]),
 ) {
+    let mut xt = [[0f32; LANES]; QK];
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
         // Lanes past a partial run are zero blocks, never written.
-        let (a, b) = stat(&transpose::<QK>(xr));
+        transpose_into(xr, &mut xt);
+        let (a, b) = stat(&xt);
         let (mut halves, mut id, mut m) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..LANES {
             let (di, idi, mi) = scale(a[i], b[i]);
