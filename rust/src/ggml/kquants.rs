@@ -90,13 +90,15 @@ fn rows<const S: usize, const RUN: usize>(
     out: &mut [u8],
     bytes: usize,
     search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
-    finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+    finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
         let at = QK_K * RUN * r;
         let found = search(xr, imatrix.map(|w| &w[at..at + xr.len()]));
         for ((xs, y), f) in xr.chunks_exact(QK_K).zip(yr.chunks_exact_mut(bytes)).zip(&found) {
-            finish(xs, f, imatrix.is_some(), y);
+            // As an array, the finish's indexing needs no bounds checks:
+            // with them, LLVM once left Q3_K's requantization scalar.
+            finish(xs.try_into().expect("a super-block"), f, imatrix.is_some(), y);
         }
     }
 }
@@ -170,7 +172,7 @@ const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep:
 
 /// The super-block scales, requantization and packing of Q2_K.
 #[inline(always)]
-fn finish_q2_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+fn finish_q2_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
     let mut l = f.l;
     if imatrix {
         let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
@@ -307,7 +309,7 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
 
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
 #[inline(always)]
-fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
     let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let mut stored = [0i32; 16];
@@ -378,7 +380,7 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
 
 /// Requantizes with the stored scales, splits off the high bits, packs.
 #[inline(always)]
-fn requantize_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
+fn requantize_q3_k(x: &[f32; QK_K], l: &mut [i8; QK_K], y: &mut [u8]) {
     let dall = get_f16(y, 108);
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
@@ -464,7 +466,7 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
 /// The rest of Q4_K / Q5_K (`nmax` 15 / 31) after the search: `d`, `dmin`
 /// and the 12 scale bytes at the front of `y`; returns the levels.
 #[inline(always)]
-fn finish_q45_k(x: &[f32], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
+fn finish_q45_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
     let mut l = f.l;
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     if imatrix {
@@ -505,7 +507,7 @@ fn finish_q45_k(x: &[f32], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8])
 }
 
 #[inline(always)]
-fn finish_q4_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+fn finish_q4_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     let l = finish_q45_k(x, f, imatrix, 15, y);
     let q = &mut y[16..144];
     for (n, j) in (0..QK_K).step_by(64).enumerate() {
@@ -516,7 +518,7 @@ fn finish_q4_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
 }
 
 #[inline(always)]
-fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+fn finish_q5_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     let l = finish_q45_k(x, f, imatrix, 31, y);
     let (qh, ql) = y[16..176].split_at_mut(32);
     qh.fill(0);
@@ -640,7 +642,7 @@ fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
 }
 
 #[inline(always)]
-fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
+fn finish_q6_k(x: &[f32; QK_K], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
     let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
@@ -881,7 +883,7 @@ mod tests {
         qw: Option<&[f32]>,
         bytes: usize,
         search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
-        finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+        finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
     ) -> Vec<u8> {
         let mut out = vec![0xCD; x.len() / QK_K * bytes];
         rows(x, qw, &mut out, bytes, search, finish);
