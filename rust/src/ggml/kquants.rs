@@ -90,13 +90,15 @@ fn rows<const S: usize, const RUN: usize>(
     out: &mut [u8],
     bytes: usize,
     search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
-    finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+    finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
         let at = QK_K * RUN * r;
         let found = search(xr, imatrix.map(|w| &w[at..at + xr.len()]));
         for ((xs, y), f) in xr.chunks_exact(QK_K).zip(yr.chunks_exact_mut(bytes)).zip(&found) {
-            finish(xs, f, imatrix.is_some(), y);
+            // As an array, the finish's indexing needs no bounds checks:
+            // with them, LLVM once left Q3_K's requantization scalar.
+            finish(xs.try_into().expect("a super-block"), f, imatrix.is_some(), y);
         }
     }
 }
@@ -170,7 +172,7 @@ const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep:
 
 /// The super-block scales, requantization and packing of Q2_K.
 #[inline(always)]
-fn finish_q2_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+fn finish_q2_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
     let mut l = f.l;
     if imatrix {
         let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
@@ -272,24 +274,42 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q3_K
 
-/// Q3_K's search in lanes: the 16 sub-blocks of one super-block.
+/// Super-blocks Q3_K searches at once: the refinement passes of
+/// `q3_lanes` are chains of dependent divisions, one per set of lanes, and
+/// the CPU overlaps independent chains.
+const Q3_RUN: usize = 4;
+
+/// Q3_K's search in lanes: the 16 sub-blocks of a super-block, `Q3_RUN`
+/// super-blocks at once (fewer at a row's end; the other sets of lanes
+/// search zeros).
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
-    let xt = transpose::<16>(x);
-    let mut lt = [[0u8; LANES]; 16];
-    let (scales, sw) = match qw {
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
+    let mut xt = [[[0f32; LANES]; 16]; Q3_RUN];
+    for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+        xt[t] = transpose::<16>(xs);
+    }
+    let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
+    let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
+    match qw {
         Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 2.0));
-            (qx_lanes(4, &xt, &w, &mut lt), sw)
+            for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+                let (w, s) = imatrix_weights(&xt[t], &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
+                scales[t] = qx_lanes(4, &xt[t], &w, &mut lt[t]);
+                sw[t] = s;
+            }
         }
-        None => (q3_lanes(4, &xt, &mut lt), [0f32; LANES]),
-    };
-    Found::split(&scales, &[0f32; LANES], &sw, &levels::<16, QK_K>(&lt))
+        None => scales = q3_lanes(4, &xt, &mut lt),
+    }
+    let mut found = [Found::ZERO; Q3_RUN];
+    for (t, f) in found.iter_mut().enumerate() {
+        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l: levels::<16, QK_K>(&lt[t]) };
+    }
+    found
 }
 
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
 #[inline(always)]
-fn finish_q3_k(x: &[f32], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
+fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
     let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let mut stored = [0i32; 16];
@@ -338,17 +358,18 @@ fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     );
 }
 
-/// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes.
+/// Stores the 16 six-bit scales (`l` in 0..64) in Q3_K's 12 bytes (built
+/// in a local array: or-ing into `sb` byte by byte was a chain of
+/// store-to-load round trips).
 fn put_q3_scales(ls: &[i32; 16], sb: &mut [u8]) {
-    sb[..12].fill(0);
-    for (j, &l) in ls.iter().enumerate() {
-        if j < 8 {
-            sb[j] = (l & 0xF) as u8;
-        } else {
-            sb[j - 8] |= ((l & 0xF) << 4) as u8;
-        }
-        sb[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+    let mut b = [0u8; 12];
+    for j in 0..8 {
+        b[j] = ((ls[j] & 0xF) | ((ls[j + 8] & 0xF) << 4)) as u8;
     }
+    for (j, &l) in ls.iter().enumerate() {
+        b[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+    }
+    sb[..12].copy_from_slice(&b);
 }
 
 /// Q3_K's scale `j` (0..64, stored offset by 32).
@@ -359,7 +380,7 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
 
 /// Requantizes with the stored scales, splits off the high bits, packs.
 #[inline(always)]
-fn requantize_q3_k(x: &[f32], l: &mut [i8; QK_K], y: &mut [u8]) {
+fn requantize_q3_k(x: &[f32; QK_K], l: &mut [i8; QK_K], y: &mut [u8]) {
     let dall = get_f16(y, 108);
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
@@ -445,7 +466,7 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
 /// The rest of Q4_K / Q5_K (`nmax` 15 / 31) after the search: `d`, `dmin`
 /// and the 12 scale bytes at the front of `y`; returns the levels.
 #[inline(always)]
-fn finish_q45_k(x: &[f32], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
+fn finish_q45_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
     let mut l = f.l;
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     if imatrix {
@@ -486,7 +507,7 @@ fn finish_q45_k(x: &[f32], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8])
 }
 
 #[inline(always)]
-fn finish_q4_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+fn finish_q4_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     let l = finish_q45_k(x, f, imatrix, 15, y);
     let q = &mut y[16..144];
     for (n, j) in (0..QK_K).step_by(64).enumerate() {
@@ -497,7 +518,7 @@ fn finish_q4_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
 }
 
 #[inline(always)]
-fn finish_q5_k(x: &[f32], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
+fn finish_q5_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, y: &mut [u8]) {
     let l = finish_q45_k(x, f, imatrix, 31, y);
     let (qh, ql) = y[16..176].split_at_mut(32);
     qh.fill(0);
@@ -621,7 +642,7 @@ fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
 }
 
 #[inline(always)]
-fn finish_q6_k(x: &[f32], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
+fn finish_q6_k(x: &[f32; QK_K], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
     let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
@@ -817,7 +838,11 @@ mod tests {
             for qw in [None, Some(w.as_slice())] {
                 let cases: [(Row, usize, Vec<u8>); 5] = [
                     (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, 1>(x, qw, scalar_q2_k), finish_q2_k)),
-                    (q3_k_isa, 110, reference(&x, qw, 110, |x, qw| runs::<16, 1>(x, qw, scalar_q3_k), finish_q3_k)),
+                    (
+                        q3_k_isa,
+                        110,
+                        reference(&x, qw, 110, |x, qw| runs::<16, Q3_RUN>(x, qw, scalar_q3_k), finish_q3_k),
+                    ),
                     (
                         q4_k_isa,
                         144,
@@ -858,7 +883,7 @@ mod tests {
         qw: Option<&[f32]>,
         bytes: usize,
         search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
-        finish: impl Fn(&[f32], &Found<S>, bool, &mut [u8]),
+        finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
     ) -> Vec<u8> {
         let mut out = vec![0xCD; x.len() / QK_K * bytes];
         rows(x, qw, &mut out, bytes, search, finish);

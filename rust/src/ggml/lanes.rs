@@ -57,6 +57,20 @@ fn clamp_sym(nmax: i32, v: i32) -> i32 {
     c_max(-nmax, c_min(nmax - 1, v))
 }
 
+/// `MAX(-nmax, MIN(nmax - 1, nearest_int(v)))` as a float, for `|v| < 2^22`,
+/// in the float domain: `nearest_int` adds 1.5 * 2^23 and reads the low
+/// bits, and in that range the sum is an integer with an exact distance to
+/// 1.5 * 2^23, so clamping the sum and subtracting 1.5 * 2^23 gives the same
+/// value in 4 vector operations instead of 7. `make_qx_quants` and the
+/// first pass of `make_q3_quants` stay in range: `v = iscale * x` with
+/// `|iscale| <= (nmax + 1) / |max|` and `|x| <= |max|` (a lane below
+/// `GROUP_MAX_EPS` is discarded whatever it computes).
+#[inline(always)]
+fn clamp_sym_f(nmax: i32, v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    c_max(MAGIC - nmax as f32, c_min(MAGIC + (nmax - 1) as f32, v + MAGIC)) - MAGIC
+}
+
 /// IQ4's `sumqx`, `sumq2` at the inverse scales `id`, in ggml's order.
 #[inline(always)]
 fn iq4_sums(x: &[Col; 32], w: &[Col; 32], id: &Col) -> (Col, Col) {
@@ -94,6 +108,24 @@ pub(crate) fn transpose<const N: usize>(x: &[f32]) -> [Col; N] {
 #[inline(always)]
 fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
     let mut t = [[0f32; LANES]; N];
+    transpose_full_into(x, &mut t);
+    t
+}
+
+/// [`transpose`] into `t`: a caller that transposes run after run keeps one
+/// `t` rather than zeroing a new one each time.
+#[inline(always)]
+pub(crate) fn transpose_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
+    if x.len() >= LANES * N {
+        transpose_full_into(&x[..LANES * N], t);
+    } else {
+        *t = transpose(x);
+    }
+}
+
+/// [`transpose_full`] into `t`.
+#[inline(always)]
+fn transpose_full_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
     for k0 in (0..LANES).step_by(4) {
         for i0 in (0..N).step_by(4) {
             let row = |a: usize| -> &[f32; 4] { x[N * (k0 + a) + i0..][..4].try_into().expect("4 values") };
@@ -103,7 +135,6 @@ fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
             }
         }
     }
-    t
 }
 
 /// The transpose of a 4 x 4 tile given by its rows.
@@ -341,7 +372,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
     }
     for i in 0..N {
         for k in 0..LANES {
-            let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+            let lf = clamp_sym_f(nmax, iscale[k] * x[i][k]);
             sumlx[k] += wx[i][k] * lf;
             suml2[k] += w[i][k] * lf * lf;
         }
@@ -365,7 +396,7 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
         let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
         for i in 0..N {
             for k in 0..LANES {
-                let lf = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
+                let lf = clamp_sym_f(nmax, iscale[k] * x[i][k]);
                 sumlx[k] += wx[i][k] * lf;
                 suml2[k] += w[i][k] * lf * lf;
             }
@@ -388,63 +419,85 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
     scale
 }
 
-/// [`super::search::make_q3_quants`] with `do_rmse` on 16 groups: fills `l`
-/// (offset by `nmax`, transposed) and returns the scale per lane.
+/// [`super::search::make_q3_quants`] with `do_rmse` on `V` sets of 16
+/// groups: fills `l` (offset by `nmax`, transposed) and returns the scales.
+/// The refinement passes are a chain of dependent divisions in each lane;
+/// the `V` sets' chains are independent, and interleaving them lets the
+/// CPU overlap their latencies.
 #[inline(always)]
-pub(crate) fn q3_lanes<const N: usize>(nmax: i32, x: &[Col; N], l: &mut [[u8; LANES]; N]) -> Col {
-    let (amax, max) = signed_absmax_lanes(x);
+pub(crate) fn q3_lanes<const N: usize, const V: usize>(
+    nmax: i32,
+    x: &[[Col; N]; V],
+    l: &mut [[[u8; LANES]; N]; V],
+) -> [Col; V] {
     let clamp = |v: i32| clamp_sym(nmax, v);
-    let w = lane_map(x, |v| v * v);
-    let wx = lane_zip(&w, x, |w, x| w * x);
-    let mut iscale = [0f32; LANES];
-    for k in 0..LANES {
-        iscale[k] = (-nmax) as f32 / max[k];
-    }
+    let mut amax = [[0f32; LANES]; V];
+    let (mut w, mut wx) = ([[[0f32; LANES]; N]; V], [[[0f32; LANES]; N]; V]);
     // The levels as floats (small integers, exact).
-    let mut lf = [[0f32; LANES]; N];
-    let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
-    for i in 0..N {
+    let mut lf = [[[0f32; LANES]; N]; V];
+    let (mut sumlx, mut suml2) = ([[0f32; LANES]; V], [[0f32; LANES]; V]);
+    for v in 0..V {
+        let (a, max) = signed_absmax_lanes(&x[v]);
+        amax[v] = a;
+        w[v] = lane_map(&x[v], |v| v * v);
+        wx[v] = lane_zip(&w[v], &x[v], |w, x| w * x);
+        let mut iscale = [0f32; LANES];
         for k in 0..LANES {
-            let li = clamp(nearest_int(iscale[k] * x[i][k])) as f32;
-            lf[i][k] = li;
-            sumlx[k] += wx[i][k] * li;
-            suml2[k] += w[i][k] * li * li;
+            iscale[k] = (-nmax) as f32 / max[k];
+        }
+        for i in 0..N {
+            for k in 0..LANES {
+                let li = clamp_sym_f(nmax, iscale[k] * x[v][i][k]);
+                lf[v][i][k] = li;
+                sumlx[v][k] += wx[v][i][k] * li;
+                suml2[v][k] += w[v][i][k] * li * li;
+            }
         }
     }
     // A pass that changes nothing in a lane leaves that lane's state as it
     // was, so the next pass changes nothing either: running a lane past the
     // C's early exit is harmless, and the loop stops when no lane changed.
     for _ in 0..5 {
-        let mut changed = [0u32; LANES];
+        let mut changed = [[0u32; LANES]; V];
         for i in 0..N {
-            for k in 0..LANES {
-                let li = lf[i][k];
-                let slx = sumlx[k] - wx[i][k] * li;
-                let sl2 = suml2[k] - w[i][k] * li * li;
-                let new_l = clamp(nearest_int(x[i][k] * sl2 / slx)) as f32;
-                let slx2 = slx + wx[i][k] * new_l;
-                let sl22 = sl2 + w[i][k] * new_l * new_l;
-                let take =
-                    (slx > 0.0) & (new_l != li) & (sl22 > 0.0) & (slx2 * slx2 * suml2[k] > sumlx[k] * sumlx[k] * sl22);
-                let m = (take as u32).wrapping_neg();
-                lf[i][k] = blend(m, new_l, li);
-                sumlx[k] = blend(m, slx2, sumlx[k]);
-                suml2[k] = blend(m, sl22, suml2[k]);
-                changed[k] |= m;
+            for v in 0..V {
+                for k in 0..LANES {
+                    let li = lf[v][i][k];
+                    let (wi, wxi) = (w[v][i][k], wx[v][i][k]);
+                    let slx = sumlx[v][k] - wxi * li;
+                    let sl2 = suml2[v][k] - wi * li * li;
+                    let new_l = clamp(nearest_int(x[v][i][k] * sl2 / slx)) as f32;
+                    let slx2 = slx + wxi * new_l;
+                    let sl22 = sl2 + wi * new_l * new_l;
+                    let take = (slx > 0.0)
+                        & (new_l != li)
+                        & (sl22 > 0.0)
+                        & (slx2 * slx2 * suml2[v][k] > sumlx[v][k] * sumlx[v][k] * sl22);
+                    let m = (take as u32).wrapping_neg();
+                    lf[v][i][k] = blend(m, new_l, li);
+                    sumlx[v][k] = blend(m, slx2, sumlx[v][k]);
+                    suml2[v][k] = blend(m, sl22, suml2[v][k]);
+                    changed[v][k] |= m;
+                }
             }
         }
-        if changed == [0; LANES] {
+        if changed == [[0; LANES]; V] {
             break;
         }
     }
-    let keep = keep_mask(&amax);
-    let mut scale = [0f32; LANES];
-    for k in 0..LANES {
-        scale[k] = if keep[k].to_bits() != 0 && suml2[k] > 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
+    let mut scale = [[0f32; LANES]; V];
+    for v in 0..V {
+        let keep = keep_mask(&amax[v]);
+        for k in 0..LANES {
+            let (slx, sl2) = (sumlx[v][k], suml2[v][k]);
+            scale[v][k] = if keep[k].to_bits() != 0 && sl2 > 0.0 { slx / sl2 } else { 0.0 };
+        }
+        // `nearest_int` of the small integers in `lf` is exact and, unlike
+        // `as`, vectorizes.
+        l[v] = lane_zip3(&lf[v], &lf[v], &[keep; N], |lf, _, keep| {
+            ((nearest_int(lf) + nmax) as u32 & keep.to_bits()) as u8
+        });
     }
-    // `nearest_int` of the small integers in `lf` is exact and, unlike
-    // `as`, vectorizes.
-    *l = lane_zip3(&lf, &lf, &[keep; N], |lf, _, keep| ((nearest_int(lf) + nmax) as u32 & keep.to_bits()) as u8);
     scale
 }
 
@@ -620,10 +673,10 @@ mod tests {
                     assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
                 }
             }
-            let mut l = [[0u8; LANES]; 16];
-            let s = q3_lanes(4, &xt, &mut l);
+            let mut l = [[[0u8; LANES]; 16]; 1];
+            let [s] = q3_lanes(4, &[xt], &mut l);
             let mut got = vec![0u8; 256];
-            untranspose(&l, &mut got);
+            untranspose(&l[0], &mut got);
             for k in 0..16 {
                 let g = 16 * k..16 * k + 16;
                 let mut lw = [0i8; 16];

@@ -5,7 +5,9 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, untranspose, Col, LANES};
+use super::lanes::{
+    imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, transpose_into, untranspose, Col, LANES,
+};
 use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
 
 const QK: usize = 32;
@@ -70,14 +72,22 @@ fn abs_max_lanes(xt: &[Col; QK]) -> Col {
 /// `as i32` was compiled to a scalar conversion with branches per value.
 #[inline(always)]
 fn cvtt(f: f32) -> i32 {
-    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
-    // SAFETY: the value converted is `f` inside the i32 range, or 0.
-    let t: i32 = unsafe { (if in_range { f } else { 0.0 }).to_int_unchecked() };
+    let (t, in_range) = trunc_in_range(f);
     if in_range {
         t
     } else {
         i32::MIN
     }
+}
+
+/// `(f truncated, true)` for `f` in the i32 range, `(0, false)` outside it
+/// and for NaN.
+#[inline(always)]
+fn trunc_in_range(f: f32) -> (i32, bool) {
+    let in_range = (-2_147_483_648.0..2_147_483_648.0).contains(&f);
+    // SAFETY: the value converted is `f` inside the i32 range, or 0.
+    let t: i32 = unsafe { (if in_range { f } else { 0.0 }).to_int_unchecked() };
+    (t, in_range)
 }
 
 /// `(int8_t)f` / `(uint8_t)f` as x86-64 gcc compiles them: the low byte of
@@ -90,11 +100,12 @@ fn low_byte(f: f32) -> u8 {
 /// The low byte of `(int)roundf(v)` (C's round half away from zero, then
 /// `cvttss2si`), without a libm call: truncate, then step by the sign when
 /// the dropped fraction (exact for |v| < 2^23, 0 above) is at least 1/2.
+/// Out of the i32 range (and NaN) both `t` and `v` become 0, so the byte
+/// is 0, as `cvttss2si`'s `INT_MIN`; the range is checked once.
 #[inline(always)]
 fn round_low_byte(v: f32) -> u8 {
-    // Out of range (and NaN) -> 0, as `cvttss2si`'s `INT_MIN`.
-    let v = if (-2_147_483_648.0..2_147_483_648.0).contains(&v) { v } else { 0.0 };
-    let t = cvtt(v);
+    let (t, in_range) = trunc_in_range(v);
+    let v = if in_range { v } else { 0.0 };
     let frac = v - t as f32;
     let r = t.wrapping_add((frac >= 0.5) as i32).wrapping_sub((frac <= -0.5) as i32);
     r as u8
@@ -234,9 +245,11 @@ fn lane_rows(
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
     write: impl Fn(&[f32; QK], [u8; 4], f32, f32, &mut [u8]),
 ) {
+    let mut xt = [[0f32; LANES]; QK];
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
         // Lanes past a partial run are zero blocks, never written.
-        let (a, b) = stat(&transpose::<QK>(xr));
+        transpose_into(xr, &mut xt);
+        let (a, b) = stat(&xt);
         let (mut halves, mut id, mut m) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES]);
         for i in 0..LANES {
             let (di, idi, mi) = scale(a[i], b[i]);
