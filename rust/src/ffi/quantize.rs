@@ -90,7 +90,27 @@ pub unsafe extern "C" fn pq_quantize(
     mins_len: usize,
     error: *mut PqError,
 ) -> PqStatus {
-    let item = PqQuantizeItem {
+    let item = plain_item(
+        (dtype, input, input_len),
+        (row_len, bits, group_size),
+        (codes, codes_len),
+        (scales, scales_len),
+        (mins, mins_len),
+    );
+    // A batch of one.
+    run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
+}
+
+/// The batch item of a single-tensor call: the default scheme (min-max,
+/// float32 scales, groups along rows, no importance).
+fn plain_item(
+    (dtype, input, input_len): (u32, *const c_void, usize),
+    (row_len, bits, group_size): (usize, u32, usize),
+    (codes, codes_len): (*mut u8, usize),
+    (scales, scales_len): (*mut f32, usize),
+    (mins, mins_len): (*mut f32, usize),
+) -> PqQuantizeItem {
+    PqQuantizeItem {
         dtype,
         input,
         input_len,
@@ -108,9 +128,7 @@ pub unsafe extern "C" fn pq_quantize(
         importance: std::ptr::null(),
         importance_len: 0,
         axis: Axis::Last as u32,
-    };
-    // A batch of one.
-    run(error, || quantize_items(&[item], threads, &[]).map_err(|e| e.error))
+    }
 }
 
 /// Like `pq_quantize`, into one caller-allocated output block of
@@ -137,25 +155,13 @@ pub unsafe extern "C" fn pq_quantize_block(
     run(error, || {
         let layout = Layout::new(input_len, row_len, bits, group_size)?;
         let (scales, mins, codes) = carve_block(block, block_len, &layout)?;
-        let item = PqQuantizeItem {
-            dtype,
-            input,
-            input_len,
-            row_len,
-            bits,
-            group_size,
-            codes,
-            codes_len: layout.codes_len,
-            scales,
-            scales_len: layout.n_groups,
-            mins,
-            mins_len: layout.n_groups,
-            method: Method::MinMax as u32,
-            scale_dtype: ScaleDtype::F32 as u32,
-            importance: std::ptr::null(),
-            importance_len: 0,
-            axis: Axis::Last as u32,
-        };
+        let item = plain_item(
+            (dtype, input, input_len),
+            (row_len, bits, group_size),
+            (codes, layout.codes_len),
+            (scales, layout.n_groups),
+            (mins, layout.n_groups),
+        );
         // A batch of one, like `pq_quantize`: every region check is shared.
         quantize_items(&[item], threads, &[]).map_err(|e| e.error)
     })
