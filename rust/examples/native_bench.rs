@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run --release --locked --features reference --example native_bench -- \
-//!     --scenario S1|S2|S3 --repeats N --threads T
+//!     --scenario S1|S2|S3|S4 --repeats N --threads T
 //!     [--dtype float32|float16|bfloat16] [--bits 2|3|4|8] [--group-size G]
-//!     [--kernel fast|reference] [--method minmax|search]
+//!     [--kernel fast|reference] [--method minmax|search] [--axis -1|0]
 //! ```
 //!
 //! Scenarios: S1 = one 1024x1024 tensor; S2 = 100 tensors of 1024x1024 as
-//! one batch; S3 = 1000 tensors of 32x128 (16 KB) as one batch. Defaults: float32,
+//! one batch; S3 = 1000 tensors of 32x128 (16 KB) as one batch; S4 = one
+//! 4096x4096 tensor. `--axis 0` groups down the columns (docs/scheme.md,
+//! "Axis"; the fast kernels only). Defaults: float32,
 //! bits 4, group size 128 (clamped to the row length if larger),
 //! threads 1, repeats 10, kernel fast, method minmax. `--kernel reference`
 //! times the original scalar code (`reference::quantize`, or
@@ -27,7 +29,7 @@ use std::time::Instant;
 
 use half::{bf16, f16};
 use pyquant::kernel::{reference, Isa};
-use pyquant::layout::{Method, Scheme};
+use pyquant::layout::{Axis, Method, Scheme};
 use pyquant::{dequantize_batch, quantize_batch, DequantizeItem, Element, Layout, QuantizeItem};
 
 struct Args {
@@ -39,13 +41,14 @@ struct Args {
     group_size: Option<usize>,
     reference: bool,
     method: Method,
+    axis: Axis,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!("native_bench: {msg}");
     eprintln!(
-        "usage: native_bench --scenario S1|S2|S3 --repeats N --threads T \
-         [--dtype float32|float16|bfloat16] [--bits 2|3|4|8] [--group-size G] [--kernel fast|reference] [--method minmax|search]"
+        "usage: native_bench --scenario S1|S2|S3|S4 --repeats N --threads T \
+         [--dtype float32|float16|bfloat16] [--bits 2|3|4|8] [--group-size G] [--kernel fast|reference] [--method minmax|search] [--axis -1|0]"
     );
     exit(2)
 }
@@ -60,6 +63,7 @@ fn parse_args() -> Args {
         group_size: None,
         reference: false,
         method: Method::MinMax,
+        axis: Axis::Last,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +88,13 @@ fn parse_args() -> Args {
                     "minmax" => Method::MinMax,
                     "search" => Method::Search,
                     other => usage(&format!("unknown method {other}")),
+                }
+            }
+            "--axis" => {
+                a.axis = match value().as_str() {
+                    "-1" => Axis::Last,
+                    "0" => Axis::First,
+                    other => usage(&format!("unknown axis {other}")),
                 }
             }
             "-h" | "--help" => usage("help"),
@@ -157,7 +168,8 @@ fn run<T: Element>(a: &Args, count: usize, rows: usize, cols: usize) -> String {
     let g = a.group_size.unwrap_or(if cols >= 128 { 128 } else { cols });
     let layout = Layout::new(rows * cols, cols, a.bits, g)
         .unwrap_or_else(|e| usage(&e.message))
-        .with_scheme(Scheme { method: a.method, ..Scheme::default() });
+        .with_scheme(Scheme { method: a.method, ..Scheme::default() })
+        .with_axis(a.axis);
     let n = layout.len;
     let mut t = Tensors::<T> {
         inputs: (0..count).map(|i| weights(n, i as u64 + 1).into_iter().map(T::from_f32).collect()).collect(),
@@ -294,6 +306,7 @@ fn main() {
         "S1" => (1, 1024, 1024),
         "S2" => (100, 1024, 1024),
         "S3" => (1000, 32, 128),
+        "S4" => (1, 4096, 4096),
         other => usage(&format!("unknown scenario {other}")),
     };
     let json = match a.dtype.as_str() {

@@ -6,6 +6,7 @@
 //! for the `reference` feature (the fuzz targets' and the bench's oracle).
 //! `search` quantizes with the other schemes (searched scales, float16
 //! scales and mins): one scalar implementation that defines their bytes.
+//! `transpose` is the blocked transposed copy of axis-0's column tiles.
 //!
 //! Groups are `group_size` consecutive values; since rows are a multiple of
 //! the group size, a flat tensor is just a sequence of groups, and group `i`
@@ -15,6 +16,7 @@ pub(crate) mod fast;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 pub(crate) mod search;
+pub(crate) mod transpose;
 
 pub use fast::Isa;
 
