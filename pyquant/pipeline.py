@@ -14,6 +14,7 @@ import mmap
 import os
 import time
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
@@ -496,21 +497,25 @@ def quantize_gguf(
                 part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
                 writers.append(stack.enter_context(_gguf_output(
                     split_path(prefix, i, n_split) if keep_split else dst, force, f.paths, kv, part, f.alignment)))
+            behind = stack.enter_context(_write_behind(ggml, [(t.shape[0], new) for t, new in zip(order, targets)
+                                                               if new != t.type_id]))
             for t in _each(order, f.release, bar, lambda t: t.nbytes):
                 w = writers[t.split if keep_split else 0]
                 new = new_type[t.name]
                 if new == t.type_id:
-                    w.tensor(f.raw(t))
+                    behind.write(w.tensor, f.raw(t))
                     summary.kept += 1
                     summary.kept_reasons[t.name] = f"stays {t.type_name}"
                     continue
                 if t.type_id in FLOAT_DTYPES:
                     x = f.array(t)
+                    done = partial(_release_rows, f.release, t, x)
                 else:  # requantizing: ggml's dequantize_row_* first, as llama_tensor_dequantize_impl
                     x = ggml.dequantize(np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1),
                                         t.type_id, threads=threads)
+                    done = None
                 try:
-                    w.tensor(_quantize_tensor(ggml, x, t, new, weights, threads))
+                    _quantize_tensor(ggml, behind, w.part, x, t, new, weights, threads, done)
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {t.name!r}: {exc}") from None
                 summary.quantized += 1
@@ -519,8 +524,29 @@ def quantize_gguf(
     return summary
 
 
-def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, threads: int | None) -> Any:
-    """One GGUF tensor to ``type_id``, with its importance matrix (llama-quantize's
+# The output of a quantized tensor is made this many bytes at a time (a whole
+# row at least), in a few reused buffers written behind the kernels.
+_CHUNK_BYTES = 8 << 20
+
+
+def _write_behind(ggml: Any, rows: Iterable[tuple[int, int]]) -> Any:
+    """A :class:`~pyquant._write_behind.WriteBehind` whose buffers hold at
+    least one row of each ``(row length, GGML type)`` of ``rows``."""
+    from ._write_behind import WriteBehind
+
+    row = max((ggml.block_size(t)[1] * (n // ggml.block_size(t)[0]) for n, t in rows), default=0)
+    return WriteBehind(max(_CHUNK_BYTES, row))
+
+
+def _release_rows(release: Callable[..., None], t: Any, x: Any, start: int, end: int) -> None:
+    """Gives back the input pages of rows ``start:end`` of ``x`` (tensor ``t`` in its file)."""
+    row = x.nbytes // x.shape[0]
+    release(t, start * row, end * row)
+
+
+def _quantize_tensor(ggml: Any, behind: Any, write: Callable[[Any], None], x: Any, t: Any, type_id: int,
+                     weights: Any, threads: int | None, done: Callable[[int, int], None] | None) -> None:
+    """One GGUF tensor (rows ``x``) to ``type_id``, with its importance matrix (llama-quantize's
     lookup: absent is fine, a wrong size is an error except for token_embd)."""
     w = None if weights is None else weights.data.get(t.name)
     experts = t.n_values // (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1))
@@ -530,10 +556,37 @@ def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, thre
                                   f"{t.shape[0] * experts} for {t.name}")
         w = None
     if w is None or experts == 1:
-        return ggml.quantize(x, type_id, imatrix=w, threads=threads)
+        _quantize_rows(ggml, behind, write, x, type_id, w, threads, done)
+        return
     per, n = x.shape[0] // experts, t.shape[0]  # rows per expert, each with its own weights
-    return np.concatenate([ggml.quantize(x[e * per:(e + 1) * per], type_id, imatrix=w[e * n:(e + 1) * n],
-                                         threads=threads) for e in range(experts)])
+    for e in range(experts):
+        _quantize_rows(ggml, behind, write, x[e * per:(e + 1) * per], type_id, w[e * n:(e + 1) * n], threads,
+                       None if done is None else partial(_shifted, done, e * per))
+
+
+def _shifted(done: Callable[[int, int], None], first: int, start: int, end: int) -> None:
+    done(first + start, first + end)
+
+
+def _quantize_rows(ggml: Any, behind: Any, write: Callable[[Any], None], x: Any, type_id: int, imatrix: Any,
+                   threads: int | None, done: Callable[[int, int], None] | None) -> None:
+    """Quantizes the rows ``x`` chunk by chunk into ``behind``'s buffers, each
+    queued to ``write`` when made (ggml quantizes row by row: the bytes are
+    those of one call); ``done(start, end)`` after each chunk of rows."""
+    values, nbytes = ggml.block_size(type_id)
+    row = x.shape[1] // values * nbytes
+    step = max(1, behind.size // row)
+    if not x.shape[0]:
+        ggml.quantize(x, type_id, imatrix=imatrix, threads=threads)  # its checks
+        behind.write(write, b"")
+    for start in range(0, x.shape[0], step):
+        buf = behind.buffer()
+        end = min(x.shape[0], start + step)
+        out = buf[:(end - start) * row].reshape(end - start, row)
+        ggml.quantize(x[start:end], type_id, imatrix=imatrix, threads=threads, out=out)
+        behind.write(write, out, buf)
+        if done is not None:
+            done(start, end)
 
 
 def safetensors_to_gguf(
@@ -586,17 +639,18 @@ def safetensors_to_gguf(
         outs = [GGUFTensor(n, s, t) for n, s, t, _ in plans]
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
-        with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w:
+        with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w, \
+                _write_behind(ggml, [(shape[0], t) for _, shape, t, why in plans if why is None]) as behind:
             for name, shape, t, why in _each(plans, lambda p: ckpt.release(p[0]), bar,
                                              lambda p: ckpt.info(p[0]).nbytes):
                 x = ckpt.array(name)
                 if why is not None:
-                    w.tensor(np.ascontiguousarray(x).reshape(-1))
+                    behind.write(w.tensor, np.ascontiguousarray(x).reshape(-1))
                     summary.kept += 1
                     summary.kept_reasons[name] = why
                 else:
                     try:
-                        w.tensor(ggml.quantize(x.reshape(-1, shape[0]), t, threads=threads))
+                        _quantize_rows(ggml, behind, w.part, x.reshape(-1, shape[0]), t, None, threads, None)
                     except QuantizeError as exc:
                         raise type(exc)(f"tensor {name!r}: {exc}") from None
                     summary.quantized += 1

@@ -116,3 +116,17 @@ def test_same_file_as_llama_quantize(llama_bin: Path, archs: dict[str, tuple[Pat
                 assert (a.name, a.tensor_type.name) == (b.name, b.tensor_type.name), extra
                 assert a.data.tobytes() == b.data.tobytes(), (a.name, extra)
             assert mine.read_bytes() == ref.read_bytes(), extra
+
+
+def test_experts_in_small_chunks(llama_bin: Path, archs: dict[str, tuple[Path, Path | None]], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """3-D expert tensors with per-expert importance matrices, made a few rows
+    at a time (chunks that do not divide an expert): llama-quantize's bytes."""
+    from pyquant import pipeline
+
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 5000)
+    src, imatrix = archs["moe8"]
+    ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+    _llama_quantize(llama_bin, src, ref, "Q4_K_M", "--imatrix", str(imatrix))
+    quantize_gguf(src, mine, preset="Q4_K_M", imatrix=imatrix)
+    assert mine.read_bytes() == ref.read_bytes()

@@ -14,6 +14,7 @@ import pytest
 
 import pyquant
 from pyquant import gguf as pg
+from pyquant import gguf_file, pipeline
 from pyquant.cli import main
 from pyquant.pipeline import dequantize_gguf, quantize_gguf
 
@@ -360,3 +361,51 @@ def test_dry_run_writes_nothing_and_sizes_as_llama_quantize(llama_bin: Path, f16
     assert main(["quantize", str(f16), str(tmp_path / "never.gguf"), "--type", preset, "--dry-run"]) == 0
     assert "nothing written" in capsys.readouterr().out
     assert not (tmp_path / "never.gguf").exists()
+
+
+# --- third round: chunked quantization written behind the kernels ---------------------------------
+
+
+@pytest.mark.parametrize("preset", ["Q8_0", "Q4_K_M"])
+def test_small_chunks_make_llama_quantizes_bytes(llama_bin: Path, f16: Path, imatrix: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+    """Each tensor made a few rows at a time (not a whole number of chunks)
+    and written behind: the same file as llama-quantize's."""
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 3000)
+    for extra in ([], ["--imatrix", str(imatrix)]):
+        ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+        _llama_quantize(llama_bin, f16, ref, preset, *extra)
+        quantize_gguf(f16, mine, preset=preset, imatrix=imatrix if extra else None, force=True)
+        assert mine.read_bytes() == ref.read_bytes(), extra
+
+
+def test_a_failed_write_leaves_nothing(f16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error in the write-behind thread reaches the caller; no output, no temporary file."""
+    real, calls = gguf_file.Writer.part, []
+
+    def failing(self: gguf_file.Writer, data: object) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        real(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gguf_file.Writer, "part", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        quantize_gguf(f16, out / "q.gguf", preset="Q4_0")
+    assert list(out.iterdir()) == []
+
+
+def test_quantize_into_out(f16: Path) -> None:
+    with gguf_file.GGUFFile(f16) as f:
+        t = next(t for t in f.tensors if len(t.shape) == 2)
+        x = f.array(t)
+        want = pg.quantize(x, "Q4_K")
+        out = np.full(want.shape, 7, np.uint8)
+        got = pg.quantize(x, "Q4_K", out=out)
+        assert np.shares_memory(got, out) and got.tobytes() == want.tobytes()
+        for bad in (np.empty(want.shape, np.int8), np.empty(want.shape[::-1], np.uint8),
+                    np.empty((want.shape[0], want.shape[1] * 2), np.uint8)[:, ::2], want.tobytes()):
+            with pytest.raises(pyquant.ShapeError, match="out must be"):
+                pg.quantize(x, "Q4_K", out=bad)  # type: ignore[arg-type]
