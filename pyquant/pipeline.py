@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from ._atomic import atomic_output
+from ._atomic import atomic_output, atomic_outputs
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
@@ -331,12 +331,24 @@ def _gguf_output(dst: str | os.PathLike[str], force: bool, inputs: Sequence[str]
                  outs: list[Any], alignment: int) -> Iterator[Any]:
     """A GGUF :class:`~pyquant.gguf_file.Writer` on a temporary file, flushed to
     disk and published onto ``dst`` when the block ends without an error."""
+    with _gguf_outputs([(dst, pairs, outs)], force, inputs, alignment) as (writer,):
+        yield writer
+
+
+@contextmanager
+def _gguf_outputs(files: Sequence[tuple[str | os.PathLike[str], Iterable[bytes], list[Any]]], force: bool,
+                  inputs: Sequence[str], alignment: int) -> Iterator[list[Any]]:
+    """A GGUF Writer for each ``(dst, pairs, tensors)`` of a set of files,
+    published together (:func:`~pyquant._atomic.atomic_outputs`) when the
+    block ends without an error, each flushed to disk first."""
     from .gguf_file import Writer
 
-    with atomic_output(dst, force=force, inputs=inputs) as tmp, open(tmp, "wb") as out:
-        yield Writer(out, pairs, outs, alignment)
-        out.flush()
-        os.fsync(out.fileno())
+    with atomic_outputs([dst for dst, _, _ in files], force=force, inputs=inputs) as tmps, ExitStack() as stack:
+        handles = [stack.enter_context(open(tmp, "wb")) for tmp in tmps]
+        yield [Writer(out, pairs, outs, alignment) for out, (_, pairs, outs) in zip(handles, files)]
+        for out in handles:
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def _each(items: Sequence[_T], release: Callable[[_T], None], bar: _Tracker,
@@ -487,16 +499,16 @@ def quantize_gguf(
         # first holds the pairs, each the split keys (when N > 1) last.
         n_split = max(t.split for t in order) + 1 if keep_split and order else 1
         prefix = os.fspath(dst)[:-5] if os.fspath(dst).endswith(".gguf") else os.fspath(dst)
+        files = []
+        for i in range(n_split):
+            kv = list(pairs.values()) if i == 0 else []
+            if n_split > 1:
+                kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
+                       kv_scalar(SPLIT_TENSORS, INT32, len(order))]
+            part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
+            files.append((split_path(prefix, i, n_split) if keep_split else dst, kv, part))
         with ExitStack() as stack:
-            writers = []
-            for i in range(n_split):
-                kv = list(pairs.values()) if i == 0 else []
-                if n_split > 1:
-                    kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
-                           kv_scalar(SPLIT_TENSORS, INT32, len(order))]
-                part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
-                writers.append(stack.enter_context(_gguf_output(
-                    split_path(prefix, i, n_split) if keep_split else dst, force, f.paths, kv, part, f.alignment)))
+            writers = stack.enter_context(_gguf_outputs(files, force, f.paths, f.alignment))
             behind = stack.enter_context(_write_behind(ggml, [(t.shape[0], new) for t, new in zip(order, targets)
                                                                if new != t.type_id]))
             for t in _each(order, f.release, bar, lambda t: t.nbytes):

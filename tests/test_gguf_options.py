@@ -409,3 +409,30 @@ def test_quantize_into_out(f16: Path) -> None:
                     np.empty((want.shape[0], want.shape[1] * 2), np.uint8)[:, ::2], want.tobytes()):
             with pytest.raises(pyquant.ShapeError, match="out must be"):
                 pg.quantize(x, "Q4_K", out=bad)  # type: ignore[arg-type]
+
+
+def test_keep_split_publishes_the_parts_as_a_set(split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that cannot be published takes back the parts published before it: no partial set."""
+    from pyquant import _atomic
+
+    real, calls = _atomic._publish, []
+
+    def failing(fd: int, named: str | None, dst: str, directory: str, force: bool) -> None:
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(fd, named, dst, directory, force)
+
+    monkeypatch.setattr(_atomic, "_publish", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(pyquant.CheckpointError, match="q-00003-of-00003.gguf: cannot write: No space left"):
+        quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True)
+    assert len(calls) == 3 and list(out.iterdir()) == []
+    (out / "q-00002-of-00003.gguf").write_bytes(b"old")  # an existing part: refused before anything is written
+    monkeypatch.setattr(_atomic, "_publish", real)
+    with pytest.raises(pyquant.CheckpointError, match="q-00002-of-00003.gguf: output already exists"):
+        quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True)
+    assert [p.name for p in out.iterdir()] == ["q-00002-of-00003.gguf"]
+    quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [f"q-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
