@@ -383,7 +383,8 @@ def quantize_gguf(
     progress: ProgressCallback | None = None,
 ) -> Summary:
     """Quantizes a GGUF model into a GGUF file as llama-quantize does:
-    ``preset`` (``"Q4_K_M"``, see :data:`pyquant.llama_quant.PRESETS`), each
+    ``preset`` (``"Q4_K_M"``, see :data:`pyquant.llama_quant.PRESETS`, or
+    ``"COPY"``: every tensor copied unchanged, ``general.file_type`` the input's), each
     tensor's type chosen by :func:`pyquant.llama_quant.choose_types`, the
     bytes of ggml's own quantizers (:mod:`pyquant.gguf`), the file laid out
     as llama-quantize lays it out (its tensor order, every key-value pair
@@ -420,12 +421,13 @@ def quantize_gguf(
     )
     from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import (
-        QUANTIZATION_VERSION, Options, choose_types, filter_imatrix, find_preset, ggml_type, llama_order,
-        load_imatrix, model_of, parse_kv_override,
+        COPY, QUANTIZATION_VERSION, Options, choose_types, copy_ftype, filter_imatrix, find_preset, ggml_type,
+        llama_order, load_imatrix, model_of, parse_kv_override,
     )
     from .llama_quant import prune_layers as prune_names
 
-    _, ftype, default = find_preset(preset)
+    copy = preset.upper() == COPY  # llama-quantize's COPY: every tensor as it is
+    _, ftype, default = find_preset("F32" if copy else preset)
     opts = Options(
         ftype, default,
         output_tensor_type=None if output_tensor_type is None else ggml_type(output_tensor_type,
@@ -462,7 +464,12 @@ def quantize_gguf(
         names = [str(renamed[t.name]) for t in order]
         seen = {o.key: o.value for o in overrides}  # the loader reads the hyperparameters through them
         model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
-        targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
+        if copy:  # the file type is the input's, as the loader reads or guesses it
+            targets = [t.type_id for t in order]
+            ftype = copy_ftype(seen.get("general.file_type", f.value("general.file_type")),
+                               [t.type_id for t in weights_map])
+        else:
+            targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
         for t, new in zip(order, targets):
             if new == t.type_id or t.type_id in FLOAT_DTYPES or dry_run:
                 continue

@@ -5,12 +5,14 @@ safetensors)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import pyquant
 from pyquant import gguf as pg
@@ -436,3 +438,45 @@ def test_keep_split_publishes_the_parts_as_a_set(split: Path, tmp_path: Path, mo
     assert [p.name for p in out.iterdir()] == ["q-00002-of-00003.gguf"]
     quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True, force=True)
     assert sorted(p.name for p in out.iterdir()) == [f"q-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_copy_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path: Path) -> None:
+    """llama-quantize's COPY: tensors unchanged, general.file_type the input's (also with
+    --threads / llama-quantize's positional nthreads, and prune / override options)."""
+    q = tmp_path / "q4km.gguf"
+    quantize_gguf(f16, q, preset="Q4_K_M")
+    for src in (f16, q):
+        ref, mine, by_cli = tmp_path / "ref.gguf", tmp_path / "mine.gguf", tmp_path / "cli.gguf"
+        for p in (ref, mine, by_cli):
+            p.unlink(missing_ok=True)
+        subprocess.run([str(llama_bin / "llama-quantize"), "--prune-layers", "1", str(src), str(ref), "COPY", "1"],
+                       check=True, capture_output=True)
+        quantize_gguf(src, mine, preset="copy", prune_layers=[1], threads=1)
+        assert main(["quantize", str(src), str(by_cli), "--type", "COPY", "--prune-layers", "1", "--threads", "1",
+                     "--quiet"]) == 0
+        assert mine.read_bytes() == ref.read_bytes() == by_cli.read_bytes(), src
+
+
+def test_copy_guesses_a_missing_file_type() -> None:
+    """No general.file_type: the loader's guess (the first type to reach the top count), marked as guessed."""
+    from pyquant.gguf_file import TYPE_IDS
+    from pyquant.llama_quant import copy_ftype
+
+    f32, f16, q4k, q8 = (TYPE_IDS[n] for n in ("F32", "F16", "Q4_K", "Q8_0"))
+    assert copy_ftype(7, [f32]) == 7
+    assert copy_ftype(None, [f32, q4k, q4k, f32]) == 15 | 1024  # Q4_K reached 2 first
+    assert copy_ftype(None, [q8, f16, f16]) == 1 | 1024
+    assert copy_ftype(None, []) == 0 | 1024
+
+
+def test_threads_option(f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    want = tmp_path / "all.gguf"
+    quantize_gguf(f16, want, preset="Q4_K_M")
+    for n in ("1", "2", "0", "-1"):
+        out = tmp_path / f"t{n}.gguf"
+        assert main(["quantize", str(f16), str(out), "--type", "Q4_K_M", "--threads", n, "--quiet"]) == 0
+        assert out.read_bytes() == want.read_bytes()
+    st = tmp_path / "m.safetensors"
+    safetensors.numpy.save_file({"w": np.ones((4, 64), np.float32)}, str(st))
+    assert main(["quantize", str(st), str(tmp_path / "m.q.safetensors"), "--threads", "2"]) == 1
+    assert "--threads: only for a GGUF input or a .gguf output" in capsys.readouterr().err
