@@ -63,28 +63,31 @@ def main() -> None:
                         str(args.vocab)], check=True)
         size = src.stat().st_size
         # The page-cache speed of this file: a copy of it (read from the page cache, written and fsynced),
-        # the floor a quantizer that writes a smaller file cannot beat by much.
-        copies = []
-        for _ in range(args.repeats):
+        # the floor a quantizer that writes a smaller file cannot beat by much. Timed beside each run (the
+        # machine may be shared: its load then weighs on both alike).
+        def copy() -> float:
             t0 = time.perf_counter()
             shutil.copyfile(src, Path(d) / "copy.gguf")
             with open(Path(d) / "copy.gguf", "rb+") as f:
                 os.fsync(f.fileno())
-            copies.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
             (Path(d) / "copy.gguf").unlink()
-        copy_s = statistics.median(copies)
+            return seconds
+
         for t in TYPES:
             mine, ref = Path(d) / "mine.gguf", Path(d) / "ref.gguf"
-            ours, theirs = [], []
+            ours, theirs, copies = [], [], []
             for _ in range(args.repeats):
                 for p in (mine, ref):
                     p.unlink(missing_ok=True)
+                copies.append(copy())
                 ours.append(timed([sys.executable, "-m", "pyquant.cli", "quantize", str(src), str(mine),
                                    "--type", t, "--quiet"]))
                 theirs.append(timed([str(bin_dir / "llama-quantize"), str(src), str(ref), t]))
             same = filecmp.cmp(mine, ref, shallow=False)
             a, b = statistics.median(s for s, _ in ours), statistics.median(s for s, _ in theirs)
-            rows.append(f"| {t} | {a:.2f} | {size / a / 1e9:.2f} | {a / copy_s:.2f} | "
+            copy_s = statistics.median(copies)
+            rows.append(f"| {t} | {a:.2f} | {size / a / 1e9:.2f} | {copy_s:.2f} | {a / copy_s:.2f} | "
                         f"{max(r for _, r in ours) / 2**20:.0f} | "
                         f"{b:.2f} | {size / b / 1e9:.2f} | {max(r for _, r in theirs) / 2**20:.0f} | "
                         f"{b / a:.2f} | {'yes' if same else 'NO'} |")
@@ -95,14 +98,15 @@ def main() -> None:
         f"Input: synthetic llama F16 GGUF, {size / 2**20:.0f} MiB (embd {args.embd}, ff {args.ff}, "
         f"{args.layers} layers, vocab {args.vocab}); both on all {os.cpu_count()} cores; medians of "
         f"{args.repeats}; RSS = peak of the process (pyquant: the whole Python process, interpreter start "
-        "included). speed-up = llama-quantize s / pyquant s: below 1, pyquant is slower. Page-cache speed: a "
-        f"copy of the input file (read from the page cache, written, fsynced) took {copy_s:.2f} s "
-        f"({size / copy_s / 1e9:.2f} GB/s); x copy = pyquant s / copy s. Targets (issue 14): Q8_0 and Q4_0 at "
-        "page-cache speed, Q4_K_M >= 5x llama-quantize. The bytes are the same.",
+        "included). speed-up = llama-quantize s / pyquant s: below 1, pyquant is slower. Page-cache speed: "
+        "copy s = a copy of the input file (read from the page cache, written, fsynced), timed beside each "
+        "run; x copy = pyquant s / copy s. Targets (issue 14): Q8_0 and Q4_0 at page-cache speed, Q4_K_M >= 5x "
+        f"llama-quantize. The bytes are the same. Load average during the run: {os.getloadavg()[0]:.1f} "
+        "(other sessions on the same cores).",
         "",
-        "| type | pyquant s | GB/s | x copy | peak RSS MiB | llama-quantize s | GB/s | peak RSS MiB | speed-up "
-        "| same bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| type | pyquant s | GB/s | copy s | x copy | peak RSS MiB | llama-quantize s | GB/s | peak RSS MiB "
+        "| speed-up | same bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])
