@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -30,15 +31,25 @@ from llamacpp_build import build as llama_build  # noqa: E402
 TYPES = ("Q8_0", "Q4_0", "Q4_K_M", "Q6_K")
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one run of ``cmd``."""
+def timed(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and standard output of one run of ``cmd``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd[0]} failed")
-    return seconds, usage.ru_maxrss * 1024
+    return seconds, usage.ru_maxrss * 1024, out
+
+
+def summary_seconds(out: str) -> float:
+    """The seconds of quantize_gguf itself, from the CLI's summary line ("... in 0.61 s (...")."""
+    found = re.search(r" in ([0-9.]+) s \(", out)
+    if found is None:
+        raise RuntimeError(f"no summary line in {out!r}")
+    return float(found.group(1))
 
 
 def main() -> None:
@@ -63,30 +74,34 @@ def main() -> None:
                         str(args.vocab)], check=True)
         size = src.stat().st_size
         # The page-cache speed of this file: a copy of it (read from the page cache, written and fsynced),
-        # the floor a quantizer that writes a smaller file cannot beat by much.
-        copies = []
-        for _ in range(args.repeats):
+        # the floor a quantizer that writes a smaller file cannot beat by much. Timed beside each run (the
+        # machine may be shared: its load then weighs on both alike).
+        def copy() -> float:
             t0 = time.perf_counter()
             shutil.copyfile(src, Path(d) / "copy.gguf")
             with open(Path(d) / "copy.gguf", "rb+") as f:
                 os.fsync(f.fileno())
-            copies.append(time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
             (Path(d) / "copy.gguf").unlink()
-        copy_s = statistics.median(copies)
+            return seconds
+
         for t in TYPES:
             mine, ref = Path(d) / "mine.gguf", Path(d) / "ref.gguf"
-            ours, theirs = [], []
+            ours, theirs, copies = [], [], []
             for _ in range(args.repeats):
                 for p in (mine, ref):
                     p.unlink(missing_ok=True)
+                copies.append(copy())
                 ours.append(timed([sys.executable, "-m", "pyquant.cli", "quantize", str(src), str(mine),
-                                   "--type", t, "--quiet"]))
+                                   "--type", t]))
                 theirs.append(timed([str(bin_dir / "llama-quantize"), str(src), str(ref), t]))
             same = filecmp.cmp(mine, ref, shallow=False)
-            a, b = statistics.median(s for s, _ in ours), statistics.median(s for s, _ in theirs)
-            rows.append(f"| {t} | {a:.2f} | {size / a / 1e9:.2f} | {a / copy_s:.2f} | "
-                        f"{max(r for _, r in ours) / 2**20:.0f} | "
-                        f"{b:.2f} | {size / b / 1e9:.2f} | {max(r for _, r in theirs) / 2**20:.0f} | "
+            a, b = statistics.median(s for s, _, _ in ours), statistics.median(s for s, _, _ in theirs)
+            inner = statistics.median(summary_seconds(out) for _, _, out in ours)
+            copy_s = statistics.median(copies)
+            rows.append(f"| {t} | {a:.2f} | {inner:.2f} | {size / a / 1e9:.2f} | {copy_s:.2f} | {a / copy_s:.2f} | "
+                        f"{inner / copy_s:.2f} | {max(r for _, r, _ in ours) / 2**20:.0f} | "
+                        f"{b:.2f} | {size / b / 1e9:.2f} | {max(r for _, r, _ in theirs) / 2**20:.0f} | "
                         f"{b / a:.2f} | {'yes' if same else 'NO'} |")
             print(rows[-1], flush=True)
     text = "\n".join([
@@ -95,14 +110,17 @@ def main() -> None:
         f"Input: synthetic llama F16 GGUF, {size / 2**20:.0f} MiB (embd {args.embd}, ff {args.ff}, "
         f"{args.layers} layers, vocab {args.vocab}); both on all {os.cpu_count()} cores; medians of "
         f"{args.repeats}; RSS = peak of the process (pyquant: the whole Python process, interpreter start "
-        "included). speed-up = llama-quantize s / pyquant s: below 1, pyquant is slower. Page-cache speed: a "
-        f"copy of the input file (read from the page cache, written, fsynced) took {copy_s:.2f} s "
-        f"({size / copy_s / 1e9:.2f} GB/s); x copy = pyquant s / copy s. Targets (issue 14): Q8_0 and Q4_0 at "
-        "page-cache speed, Q4_K_M >= 5x llama-quantize. The bytes are the same.",
+        "included). speed-up = llama-quantize s / pyquant s: below 1, pyquant is slower. Page-cache speed: "
+        "copy s = a copy of the input file (read from the page cache, written, fsynced), timed beside each "
+        "run; x copy = pyquant s / copy s. in-process s = the seconds of quantize_gguf itself (the CLI's "
+        "summary: the process without interpreter start and imports), x copy in-process = in-process s / copy s. "
+        "Targets (issue 14): Q8_0 and Q4_0 at page-cache speed, Q4_K_M >= 5x "
+        f"llama-quantize. The bytes are the same. Load average during the run: {os.getloadavg()[0]:.1f} "
+        "(other sessions on the same cores).",
         "",
-        "| type | pyquant s | GB/s | x copy | peak RSS MiB | llama-quantize s | GB/s | peak RSS MiB | speed-up "
-        "| same bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| type | pyquant s | in-process s | GB/s | copy s | x copy | x copy in-process | peak RSS MiB "
+        "| llama-quantize s | GB/s | peak RSS MiB | speed-up | same bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ])

@@ -25,7 +25,7 @@ import re
 import socket
 import stat
 import tempfile
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from .errors import CheckpointError
 
@@ -112,23 +112,50 @@ def atomic_output(dst: str | os.PathLike[str], *, force: bool = False,
     (Ctrl-C and SIGTERM in the CLI included) it is removed and ``dst`` is
     left as it was. An existing ``dst`` is an error unless ``force``; a
     ``dst`` that is one of ``inputs`` always is."""
-    dst = os.fspath(dst)
-    refuse_same_file(dst, inputs)
-    if os.path.lexists(dst) and not force:
-        raise CheckpointError(f"{dst}: output already exists (use --force / force=True to replace it)")
-    directory = os.path.dirname(os.path.abspath(dst))
-    remove_stale_temp_files(directory)
-    tmp = _TempFile()
+    with atomic_outputs([dst], force=force, inputs=inputs) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_outputs(dsts: Sequence[str | os.PathLike[str]], *, force: bool = False,
+                   inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[list[str]]:
+    """:func:`atomic_output` for a set of files that belong together (the
+    parts of a split model): every ``dst`` is checked before any is written,
+    and they are published only when all are complete, one after another; if
+    one cannot be published, those this call already published are removed
+    again, so no partial set is left (files that ``force`` replaced are not
+    restored)."""
+    names = [os.fspath(d) for d in dsts]
+    inputs = list(inputs)
+    for dst in names:
+        refuse_same_file(dst, inputs)
+        if os.path.lexists(dst) and not force:
+            raise CheckpointError(f"{dst}: output already exists (use --force / force=True to replace it)")
+    temps: list[tuple[str, str, _TempFile]] = []
     try:
-        tmp.create(dst, directory)
-        yield tmp.path
-        refuse_same_file(dst, inputs)  # again: dst may have appeared meanwhile
+        for dst in names:
+            directory = os.path.dirname(os.path.abspath(dst))
+            remove_stale_temp_files(directory)
+            temps.append((dst, directory, _TempFile()))
+            temps[-1][2].create(dst, directory)
+        yield [tmp.path for _, _, tmp in temps]
+        published: list[str] = []
         try:
-            _publish(tmp.fd, tmp.named, dst, directory, force)
-        except OSError as exc:
-            raise CheckpointError(f"{dst}: cannot write: {exc.strerror}") from None
+            for dst, directory, tmp in temps:
+                refuse_same_file(dst, inputs)  # again: dst may have appeared meanwhile
+                try:
+                    _publish(tmp.fd, tmp.named, dst, directory, force)
+                except OSError as exc:
+                    raise CheckpointError(f"{dst}: cannot write: {exc.strerror}") from None
+                published.append(dst)
+        except BaseException:
+            for dst in published:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+            raise
     finally:
-        tmp.discard()
+        for _, _, tmp in temps:
+            tmp.discard()
 
 
 class _TempFile:

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = q.add_argument_group("GGUF in, GGUF out (as llama-quantize; chosen by an input .gguf file)")
     g.add_argument("--type", metavar="PRESET",
                    help="llama-quantize's preset: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M "
-                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS, or F32 F16 BF16 (every quantizable tensor converted)")
+                   "Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS, F32 F16 BF16 (every quantizable tensor converted), or COPY (every "
+                   "tensor copied unchanged)")
     g.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (GGUF or legacy .dat)")
     g.add_argument("--include-weights", action="append", default=[], metavar="NAME",
                    help="use the importance matrix only for tensors whose name contains NAME (repeatable)")
@@ -202,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-split", action="store_true",
                    help="one output file per input file, OUTPUT-00001-of-0000N.gguf (the input may be a split "
                    "model, given by its first file NAME-00001-of-0000N.gguf, with or without this)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads that quantize (llama-quantize's positional [nthreads]); 0 or less: all cores "
+                   "(the default)")
     g.add_argument("--arch", help="safetensors -> GGUF (an output named *.gguf): general.architecture to write; "
                    "--type is then a GGML type (Q4_K, Q8_0, ...)")
 
@@ -277,7 +281,12 @@ _LLAMA_OPTIONS = ("imatrix", "include_weights", "exclude_weights", "tensor_type"
 
 def _given(args: argparse.Namespace, dests: tuple[str, ...]) -> list[str]:
     """The options among ``dests`` given on the command line, spelled as typed."""
-    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d)]
+    return ["--" + d.replace("_", "-") for d in dests if getattr(args, d) not in (None, False, [])]
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    """--threads as llama-quantize takes nthreads: 0 or less (or not given) is all cores."""
+    return args.threads if args.threads is not None and args.threads > 0 else None
 
 
 def cmd_quantize_gguf(args: argparse.Namespace) -> None:
@@ -299,7 +308,7 @@ def cmd_quantize_gguf(args: argparse.Namespace) -> None:
                           leave_output_tensor=args.leave_output_tensor, pure=args.pure,
                           allow_requantize=args.allow_requantize, override_kv=args.override_kv,
                           keep_split=args.keep_split, prune_layers=args.prune_layers, dry_run=args.dry_run,
-                          force=args.force, progress=bar)
+                          force=args.force, threads=_threads(args), progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -324,7 +333,7 @@ def cmd_safetensors_to_gguf(args: argparse.Namespace) -> None:
     bar = _progress_bar(args)
     try:
         s = safetensors_to_gguf(args.input, args.output, qtype=args.type, arch=args.arch, force=args.force,
-                                progress=bar)
+                                threads=_threads(args), progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -344,7 +353,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if args.output.endswith(".gguf"):
         cmd_safetensors_to_gguf(args)
         return
-    gguf_only = _given(args, ("type", *_LLAMA_OPTIONS, "arch"))
+    gguf_only = _given(args, ("type", *_LLAMA_OPTIONS, "arch", "threads"))
     if gguf_only:
         raise QuantizeError(f"{' '.join(gguf_only)}: only for a GGUF input or a .gguf output ({args.input} is not "
                             "a GGUF file)")

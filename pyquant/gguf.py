@@ -97,9 +97,9 @@ def _last_axis(arr: np.ndarray[Any, Any], what: str) -> int:
     return int(arr.shape[-1])
 
 
-def _prepare(data: Any, qtype: Any, imatrix: Any) -> tuple[Any, ...]:
+def _prepare(data: Any, qtype: Any, imatrix: Any, out: Any = None) -> tuple[Any, ...]:
     """The checked arguments of one tensor: type id, input, its dtype code,
-    row length, imatrix (or None) and the output array."""
+    row length, imatrix (or None) and the output array (``out`` if given)."""
     type_id = _type_id(qtype)
     arr, code = _readable(data)
     n = _last_axis(arr, "data")
@@ -108,7 +108,13 @@ def _prepare(data: Any, qtype: Any, imatrix: Any) -> tuple[Any, ...]:
         raise ShapeError(
             f"the last axis ({n}) is not a positive multiple of the {_NAMES[type_id]} block size {values}"
         )
-    out = np.empty(arr.shape[:-1] + (n // values * nbytes,), dtype=np.uint8)
+    shape = arr.shape[:-1] + (n // values * nbytes,)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise ShapeError(f"out must be a writeable C-contiguous uint8 array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}".rstrip())
     weights = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
     return type_id, arr, code, n, weights, out
 
@@ -122,17 +128,21 @@ def _result(type_id: int, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return out
 
 
-def quantize(data: Any, qtype: Any, *, imatrix: Any = None, threads: int | None = None) -> np.ndarray[Any, Any]:
+def quantize(data: Any, qtype: Any, *, imatrix: Any = None, threads: int | None = None,
+             out: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
     """Quantizes ``data`` along its last axis to ``qtype``, as ggml's
     ``ggml_quantize_chunk`` (``llama-quantize``). ``imatrix``: None or one
     non-negative weight per column (llama.cpp's importance matrix for this
     tensor). Returns what ``gguf.quants.quantize`` returns, same bytes.
+    ``out``: None, or a writeable C-contiguous uint8 array of the result's
+    shape to write the bytes into (a buffer reused across calls has its
+    pages faulted in once, not once per call); the result is then a view of it.
 
     Raises QuantizeError subclasses: UnsupportedGgmlTypeError, ShapeError
     (the last axis is not a multiple of the block size), NonFiniteError,
     InvalidImatrixError, UnsupportedDtypeError.
     """
-    type_id, arr, code, n, weights, out = _prepare(data, qtype, imatrix)
+    type_id, arr, code, n, weights, out = _prepare(data, qtype, imatrix, out)
     call(
         lib.pq_ggml_quantize, type_id, code, ffi.from_buffer(arr), arr.size, n,
         ffi.NULL if weights is None else ffi.from_buffer("float[]", weights),

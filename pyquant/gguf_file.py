@@ -284,12 +284,13 @@ class GGUFFile:
         dtype = FLOAT_DTYPES[info.type_id]
         return np.frombuffer(self.raw(info), dtype=dtype).reshape(-1, info.shape[0])
 
-    def release(self, info: TensorInfo) -> None:
-        """Gives the tensor's pages back (they are clean: dropping them costs nothing)."""
+    def release(self, info: TensorInfo, start: int = 0, end: int | None = None) -> None:
+        """Gives the tensor's pages back (they are clean: dropping them costs nothing),
+        or those of its bytes ``start:end``."""
         if hasattr(mmap, "MADV_DONTNEED"):
             page = mmap.PAGESIZE
-            start = info.offset // page * page
-            end = min(self.size, info.offset + info.nbytes)
+            start = (info.offset + start) // page * page
+            end = min(self.size, info.offset + (info.nbytes if end is None else end))
             if end > start:
                 self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -376,8 +377,8 @@ class GGUFModel:
     def array(self, info: TensorInfo) -> np.ndarray[Any, Any]:
         return self.files[info.split].array(info)
 
-    def release(self, info: TensorInfo) -> None:
-        self.files[info.split].release(info)
+    def release(self, info: TensorInfo, start: int = 0, end: int | None = None) -> None:
+        self.files[info.split].release(info, start, end)
 
     def close(self) -> None:
         for f in self.files:
@@ -429,11 +430,12 @@ def _pad(n: int, alignment: int) -> int:
 
 
 class Writer:
-    """Writes a GGUF file to an open binary file: :meth:`header`, then each
-    tensor's bytes in order with :meth:`tensor`."""
+    """Writes a GGUF file to an open binary file: the header, then each
+    tensor's bytes in order, whole with :meth:`tensor` or in consecutive
+    pieces with :meth:`part`."""
 
     def __init__(self, out: BinaryIO, kv_pairs: Iterable[bytes], tensors: list[OutputTensor], alignment: int):
-        self.out, self.tensors, self.alignment, self.next = out, tensors, alignment, 0
+        self.out, self.tensors, self.alignment, self.next, self.filled = out, tensors, alignment, 0, 0
         pairs = list(kv_pairs)
         head = [MAGIC, struct.pack("<IQQ", VERSION, len(tensors), len(pairs)), *pairs]
         offset = 0
@@ -445,11 +447,21 @@ class Writer:
         out.write(header + bytes(_pad(len(header), alignment) - len(header)))
 
     def tensor(self, data: memoryview | np.ndarray[Any, Any]) -> None:
+        """The whole of the next tensor's bytes."""
+        t = self.tensors[self.next]
+        if self.filled or data.nbytes != t.nbytes:
+            raise CheckpointError(f"internal error: tensor {t.name!r} has {data.nbytes} bytes, expected {t.nbytes}")
+        self.part(data)
+
+    def part(self, data: memoryview | np.ndarray[Any, Any]) -> None:
+        """The next bytes of the current tensor; its padding follows its last byte."""
         t = self.tensors[self.next]
         buf: Any = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else data
         view = memoryview(buf).cast("B")
-        if view.nbytes != t.nbytes:
-            raise CheckpointError(f"internal error: tensor {t.name!r} has {view.nbytes} bytes, expected {t.nbytes}")
+        if self.filled + view.nbytes > t.nbytes:
+            raise CheckpointError(f"internal error: tensor {t.name!r} has more than {t.nbytes} bytes")
         self.out.write(view)
-        self.out.write(bytes(_pad(t.nbytes, self.alignment) - t.nbytes))
-        self.next += 1
+        self.filled += view.nbytes
+        if self.filled == t.nbytes:
+            self.out.write(bytes(_pad(t.nbytes, self.alignment) - t.nbytes))
+            self.next, self.filled = self.next + 1, 0

@@ -30,6 +30,15 @@ PRESETS: dict[str, tuple[int, str]] = {
     # every quantizable tensor converted, as llama-quantize's F32 / F16 / BF16 types
     "F32": (0, "F32"), "F16": (1, "F16"), "BF16": (32, "BF16"),
 }
+# llama-quantize's COPY type: every tensor copied as it is, general.file_type the input's.
+COPY = "COPY"
+# llama_model_loader's guess of a file type from its most common tensor type, marked as guessed.
+_FTYPE_OF_TYPE = {
+    "F32": 0, "F16": 1, "BF16": 32, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q8_0": 7, "Q2_K": 10, "Q3_K": 12,
+    "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "TQ1_0": 36, "TQ2_0": 37, "IQ2_XXS": 19, "IQ2_XS": 20, "IQ2_S": 28,
+    "IQ3_XXS": 23, "IQ1_S": 24, "IQ1_M": 31, "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26,
+}
+_FTYPE_GUESSED = 1024
 QUANTIZATION_VERSION = 2  # GGML_QNT_VERSION
 # Archs whose load_arch_hparams call a model of this many layers LLM_TYPE_70B (llama: see Model.is_70b).
 _LAYERS_OF_70B = {"qwen2": 80, "deci": 80, "olmo": 80, "jais2": 68}
@@ -55,6 +64,21 @@ def find_preset(name: str) -> tuple[str, int, int]:
         raise QuantizeError(f"unknown GGUF type {name!r}; presets: {', '.join(PRESETS)}")
     ftype, default = PRESETS[key]
     return key, ftype, TYPE_IDS[default]
+
+
+def copy_ftype(file_type: object, type_ids: Sequence[int]) -> int:
+    """The llama_ftype COPY writes: the input's ``general.file_type``, else the
+    loader's guess from ``type_ids`` (in llama-quantize's order: the first type
+    to reach the highest count), with LLAMA_FTYPE_GUESSED set."""
+    if isinstance(file_type, int) and not isinstance(file_type, bool):
+        return file_type
+    counts: dict[int, int] = {}
+    best, most = TYPE_IDS["F32"], 0
+    for t in type_ids:
+        counts[t] = counts.get(t, 0) + 1
+        if counts[t] > most:
+            best, most = t, counts[t]
+    return _FTYPE_OF_TYPE.get(GGML_TYPES[best][0], 0) | _FTYPE_GUESSED
 
 
 def ggml_type(name: str, what: str) -> int:

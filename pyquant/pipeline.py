@@ -14,12 +14,13 @@ import mmap
 import os
 import time
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from ._atomic import atomic_output
+from ._atomic import atomic_output, atomic_outputs
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, axis_code, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
@@ -332,12 +333,24 @@ def _gguf_output(dst: str | os.PathLike[str], force: bool, inputs: Sequence[str]
                  outs: list[Any], alignment: int) -> Iterator[Any]:
     """A GGUF :class:`~pyquant.gguf_file.Writer` on a temporary file, flushed to
     disk and published onto ``dst`` when the block ends without an error."""
+    with _gguf_outputs([(dst, pairs, outs)], force, inputs, alignment) as (writer,):
+        yield writer
+
+
+@contextmanager
+def _gguf_outputs(files: Sequence[tuple[str | os.PathLike[str], Iterable[bytes], list[Any]]], force: bool,
+                  inputs: Sequence[str], alignment: int) -> Iterator[list[Any]]:
+    """A GGUF Writer for each ``(dst, pairs, tensors)`` of a set of files,
+    published together (:func:`~pyquant._atomic.atomic_outputs`) when the
+    block ends without an error, each flushed to disk first."""
     from .gguf_file import Writer
 
-    with atomic_output(dst, force=force, inputs=inputs) as tmp, open(tmp, "wb") as out:
-        yield Writer(out, pairs, outs, alignment)
-        out.flush()
-        os.fsync(out.fileno())
+    with atomic_outputs([dst for dst, _, _ in files], force=force, inputs=inputs) as tmps, ExitStack() as stack:
+        handles = [stack.enter_context(open(tmp, "wb")) for tmp in tmps]
+        yield [Writer(out, pairs, outs, alignment) for out, (_, pairs, outs) in zip(handles, files)]
+        for out in handles:
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def _each(items: Sequence[_T], release: Callable[[_T], None], bar: _Tracker,
@@ -372,7 +385,8 @@ def quantize_gguf(
     progress: ProgressCallback | None = None,
 ) -> Summary:
     """Quantizes a GGUF model into a GGUF file as llama-quantize does:
-    ``preset`` (``"Q4_K_M"``, see :data:`pyquant.llama_quant.PRESETS`), each
+    ``preset`` (``"Q4_K_M"``, see :data:`pyquant.llama_quant.PRESETS`, or
+    ``"COPY"``: every tensor copied unchanged, ``general.file_type`` the input's), each
     tensor's type chosen by :func:`pyquant.llama_quant.choose_types`, the
     bytes of ggml's own quantizers (:mod:`pyquant.gguf`), the file laid out
     as llama-quantize lays it out (its tensor order, every key-value pair
@@ -409,12 +423,13 @@ def quantize_gguf(
     )
     from .gguf_file import OutputTensor as GGUFTensor
     from .llama_quant import (
-        QUANTIZATION_VERSION, Options, choose_types, filter_imatrix, find_preset, ggml_type, llama_order,
-        load_imatrix, model_of, parse_kv_override,
+        COPY, QUANTIZATION_VERSION, Options, choose_types, copy_ftype, filter_imatrix, find_preset, ggml_type,
+        llama_order, load_imatrix, model_of, parse_kv_override,
     )
     from .llama_quant import prune_layers as prune_names
 
-    _, ftype, default = find_preset(preset)
+    copy = preset.upper() == COPY  # llama-quantize's COPY: every tensor as it is
+    _, ftype, default = find_preset("F32" if copy else preset)
     opts = Options(
         ftype, default,
         output_tensor_type=None if output_tensor_type is None else ggml_type(output_tensor_type,
@@ -451,7 +466,12 @@ def quantize_gguf(
         names = [str(renamed[t.name]) for t in order]
         seen = {o.key: o.value for o in overrides}  # the loader reads the hyperparameters through them
         model = model_of(lambda key, default=None: seen[key] if key in seen else f.value(key, default))
-        targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
+        if copy:  # the file type is the input's, as the loader reads or guesses it
+            targets = [t.type_id for t in order]
+            ftype = copy_ftype(seen.get("general.file_type", f.value("general.file_type")),
+                               [t.type_id for t in weights_map])
+        else:
+            targets, _notes = choose_types([(n, t.shape, t.type_id) for n, t in zip(names, order)], model, opts)
         for t, new in zip(order, targets):
             if new == t.type_id or t.type_id in FLOAT_DTYPES or dry_run:
                 continue
@@ -488,31 +508,35 @@ def quantize_gguf(
         # first holds the pairs, each the split keys (when N > 1) last.
         n_split = max(t.split for t in order) + 1 if keep_split and order else 1
         prefix = os.fspath(dst)[:-5] if os.fspath(dst).endswith(".gguf") else os.fspath(dst)
+        files = []
+        for i in range(n_split):
+            kv = list(pairs.values()) if i == 0 else []
+            if n_split > 1:
+                kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
+                       kv_scalar(SPLIT_TENSORS, INT32, len(order))]
+            part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
+            files.append((split_path(prefix, i, n_split) if keep_split else dst, kv, part))
         with ExitStack() as stack:
-            writers = []
-            for i in range(n_split):
-                kv = list(pairs.values()) if i == 0 else []
-                if n_split > 1:
-                    kv += [kv_scalar(SPLIT_NO, UINT16, i), kv_scalar(SPLIT_COUNT, UINT16, n_split),
-                           kv_scalar(SPLIT_TENSORS, INT32, len(order))]
-                part = [o for o, t in zip(outs, order) if t.split == i or not keep_split]
-                writers.append(stack.enter_context(_gguf_output(
-                    split_path(prefix, i, n_split) if keep_split else dst, force, f.paths, kv, part, f.alignment)))
+            writers = stack.enter_context(_gguf_outputs(files, force, f.paths, f.alignment))
+            behind = stack.enter_context(_write_behind(ggml, [(t.shape[0], new) for t, new in zip(order, targets)
+                                                               if new != t.type_id]))
             for t in _each(order, f.release, bar, lambda t: t.nbytes):
                 w = writers[t.split if keep_split else 0]
                 new = new_type[t.name]
                 if new == t.type_id:
-                    w.tensor(f.raw(t))
+                    behind.write(w.tensor, f.raw(t))
                     summary.kept += 1
                     summary.kept_reasons[t.name] = f"stays {t.type_name}"
                     continue
                 if t.type_id in FLOAT_DTYPES:
                     x = f.array(t)
+                    done = partial(_release_rows, f.release, t, x)
                 else:  # requantizing: ggml's dequantize_row_* first, as llama_tensor_dequantize_impl
                     x = ggml.dequantize(np.frombuffer(f.raw(t), np.uint8).reshape(t.n_values // t.shape[0], -1),
                                         t.type_id, threads=threads)
+                    done = None
                 try:
-                    w.tensor(_quantize_tensor(ggml, x, t, new, weights, threads))
+                    _quantize_tensor(ggml, behind, w.part, x, t, new, weights, threads, done)
                 except QuantizeError as exc:
                     raise type(exc)(f"tensor {t.name!r}: {exc}") from None
                 summary.quantized += 1
@@ -521,8 +545,29 @@ def quantize_gguf(
     return summary
 
 
-def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, threads: int | None) -> Any:
-    """One GGUF tensor to ``type_id``, with its importance matrix (llama-quantize's
+# The output of a quantized tensor is made this many bytes at a time (a whole
+# row at least), in a few reused buffers written behind the kernels.
+_CHUNK_BYTES = 8 << 20
+
+
+def _write_behind(ggml: Any, rows: Iterable[tuple[int, int]]) -> Any:
+    """A :class:`~pyquant._write_behind.WriteBehind` whose buffers hold at
+    least one row of each ``(row length, GGML type)`` of ``rows``."""
+    from ._write_behind import WriteBehind
+
+    row = max((ggml.block_size(t)[1] * (n // ggml.block_size(t)[0]) for n, t in rows), default=0)
+    return WriteBehind(max(_CHUNK_BYTES, row))
+
+
+def _release_rows(release: Callable[..., None], t: Any, x: Any, start: int, end: int) -> None:
+    """Gives back the input pages of rows ``start:end`` of ``x`` (tensor ``t`` in its file)."""
+    row = x.nbytes // x.shape[0]
+    release(t, start * row, end * row)
+
+
+def _quantize_tensor(ggml: Any, behind: Any, write: Callable[[Any], None], x: Any, t: Any, type_id: int,
+                     weights: Any, threads: int | None, done: Callable[[int, int], None] | None) -> None:
+    """One GGUF tensor (rows ``x``) to ``type_id``, with its importance matrix (llama-quantize's
     lookup: absent is fine, a wrong size is an error except for token_embd)."""
     w = None if weights is None else weights.data.get(t.name)
     experts = t.n_values // (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1))
@@ -532,10 +577,37 @@ def _quantize_tensor(ggml: Any, x: Any, t: Any, type_id: int, weights: Any, thre
                                   f"{t.shape[0] * experts} for {t.name}")
         w = None
     if w is None or experts == 1:
-        return ggml.quantize(x, type_id, imatrix=w, threads=threads)
+        _quantize_rows(ggml, behind, write, x, type_id, w, threads, done)
+        return
     per, n = x.shape[0] // experts, t.shape[0]  # rows per expert, each with its own weights
-    return np.concatenate([ggml.quantize(x[e * per:(e + 1) * per], type_id, imatrix=w[e * n:(e + 1) * n],
-                                         threads=threads) for e in range(experts)])
+    for e in range(experts):
+        _quantize_rows(ggml, behind, write, x[e * per:(e + 1) * per], type_id, w[e * n:(e + 1) * n], threads,
+                       None if done is None else partial(_shifted, done, e * per))
+
+
+def _shifted(done: Callable[[int, int], None], first: int, start: int, end: int) -> None:
+    done(first + start, first + end)
+
+
+def _quantize_rows(ggml: Any, behind: Any, write: Callable[[Any], None], x: Any, type_id: int, imatrix: Any,
+                   threads: int | None, done: Callable[[int, int], None] | None) -> None:
+    """Quantizes the rows ``x`` chunk by chunk into ``behind``'s buffers, each
+    queued to ``write`` when made (ggml quantizes row by row: the bytes are
+    those of one call); ``done(start, end)`` after each chunk of rows."""
+    values, nbytes = ggml.block_size(type_id)
+    row = x.shape[1] // values * nbytes
+    step = max(1, behind.size // row)
+    if not x.shape[0]:
+        ggml.quantize(x, type_id, imatrix=imatrix, threads=threads)  # its checks
+        behind.write(write, b"")
+    for start in range(0, x.shape[0], step):
+        buf = behind.buffer()
+        end = min(x.shape[0], start + step)
+        out = buf[:(end - start) * row].reshape(end - start, row)
+        ggml.quantize(x[start:end], type_id, imatrix=imatrix, threads=threads, out=out)
+        behind.write(write, out, buf)
+        if done is not None:
+            done(start, end)
 
 
 def safetensors_to_gguf(
@@ -588,17 +660,18 @@ def safetensors_to_gguf(
         outs = [GGUFTensor(n, s, t) for n, s, t, _ in plans]
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
-        with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w:
+        with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w, \
+                _write_behind(ggml, [(shape[0], t) for _, shape, t, why in plans if why is None]) as behind:
             for name, shape, t, why in _each(plans, lambda p: ckpt.release(p[0]), bar,
                                              lambda p: ckpt.info(p[0]).nbytes):
                 x = ckpt.array(name)
                 if why is not None:
-                    w.tensor(np.ascontiguousarray(x).reshape(-1))
+                    behind.write(w.tensor, np.ascontiguousarray(x).reshape(-1))
                     summary.kept += 1
                     summary.kept_reasons[name] = why
                 else:
                     try:
-                        w.tensor(ggml.quantize(x.reshape(-1, shape[0]), t, threads=threads))
+                        _quantize_rows(ggml, behind, w.part, x.reshape(-1, shape[0]), t, None, threads, None)
                     except QuantizeError as exc:
                         raise type(exc)(f"tensor {name!r}: {exc}") from None
                     summary.quantized += 1

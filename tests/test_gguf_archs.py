@@ -3,7 +3,8 @@ own branches (attn_qkv, ffn_down, attn_output, output) and a mixture of 8
 experts (3-D ffn_*_exps tensors: the layer from the name, attn_v/attn_k to
 Q8_0, attn_output promotions, per-expert importance matrices), and a
 mixture of 4 experts (no n_expert == 8 rules, layers still from names);
-each file compared byte for byte with llama-quantize's."""
+each file compared byte for byte with llama-quantize's; and the LLM_TYPE_70B rule
+of qwen2, olmo and jais2 (80 / 68 layers)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,52 @@ def test_same_file_as_llama_quantize(llama_bin: Path, archs: dict[str, tuple[Pat
                 assert (a.name, a.tensor_type.name) == (b.name, b.tensor_type.name), extra
                 assert a.data.tobytes() == b.data.tobytes(), (a.name, extra)
             assert mine.read_bytes() == ref.read_bytes(), extra
+
+
+def test_experts_in_small_chunks(llama_bin: Path, archs: dict[str, tuple[Path, Path | None]], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """3-D expert tensors with per-expert importance matrices, made a few rows
+    at a time (chunks that do not divide an expert): llama-quantize's bytes."""
+    from pyquant import pipeline
+
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 5000)
+    src, imatrix = archs["moe8"]
+    ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+    _llama_quantize(llama_bin, src, ref, "Q4_K_M", "--imatrix", str(imatrix))
+    quantize_gguf(src, mine, preset="Q4_K_M", imatrix=imatrix)
+    assert mine.read_bytes() == ref.read_bytes()
+
+
+def dense(path: Path, arch: str, n_layer: int, eps_key: str, n_embd: int = 256, n_ff: int = 256,
+          n_vocab: int = 64) -> Path:
+    """A dense transformer of ``arch`` (llama's tensor names, grouped-query attention)."""
+    hd, n_head, n_kv = 64, 4, 1
+    t: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,),
+                                     "output.weight": (n_vocab, n_embd)}
+    for i in range(n_layer):
+        t |= {f"blk.{i}.attn_norm.weight": (n_embd,), f"blk.{i}.attn_q.weight": (n_embd, n_embd),
+              f"blk.{i}.attn_k.weight": (hd * n_kv, n_embd), f"blk.{i}.attn_v.weight": (hd * n_kv, n_embd),
+              f"blk.{i}.attn_output.weight": (n_embd, n_embd), f"blk.{i}.ffn_norm.weight": (n_embd,),
+              f"blk.{i}.ffn_gate.weight": (n_ff, n_embd), f"blk.{i}.ffn_up.weight": (n_ff, n_embd),
+              f"blk.{i}.ffn_down.weight": (n_embd, n_ff)}
+    return _write(path, arch, {"context_length": 128, "embedding_length": n_embd, "feed_forward_length": n_ff,
+                               "block_count": n_layer, "attention.head_count": n_head,
+                               "attention.head_count_kv": n_kv, eps_key: 1e-5}, t, 40 + n_layer)
+
+
+@pytest.mark.parametrize("arch,n_layer,eps", [
+    ("qwen2", 80, "attention.layer_norm_rms_epsilon"), ("olmo", 80, "attention.layer_norm_epsilon"),
+    ("jais2", 68, "attention.layer_norm_epsilon"), ("qwen2", 68, "attention.layer_norm_rms_epsilon"),
+])
+def test_70b_rules_of_other_archs(llama_bin: Path, tmp_path: Path, arch: str, n_layer: int, eps: str) -> None:
+    """The archs whose loaders call a model of 80 (jais2: 68) layers LLM_TYPE_70B:
+    attn_v promoted from Q3_K / Q4_K to Q5_K (and a 68-layer qwen2 that is not 70B)."""
+    src = dense(tmp_path / "m.gguf", arch, n_layer, eps)
+    for preset in ("Q3_K_S", "Q4_K_M"):
+        ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+        _llama_quantize(llama_bin, src, ref, preset)
+        quantize_gguf(src, mine, preset=preset, force=True)
+        assert mine.read_bytes() == ref.read_bytes(), preset
+        with GGUFFile(mine) as f:
+            v = {t.type_name for t in f.tensors if t.name.endswith("attn_v.weight")}
+        assert ("Q5_K" in v) == (n_layer == {"jais2": 68}.get(arch, 80)), v

@@ -5,15 +5,18 @@ safetensors)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import pyquant
 from pyquant import gguf as pg
+from pyquant import gguf_file, pipeline
 from pyquant.cli import main
 from pyquant.pipeline import dequantize_gguf, quantize_gguf
 
@@ -360,3 +363,120 @@ def test_dry_run_writes_nothing_and_sizes_as_llama_quantize(llama_bin: Path, f16
     assert main(["quantize", str(f16), str(tmp_path / "never.gguf"), "--type", preset, "--dry-run"]) == 0
     assert "nothing written" in capsys.readouterr().out
     assert not (tmp_path / "never.gguf").exists()
+
+
+# --- third round: chunked quantization written behind the kernels ---------------------------------
+
+
+@pytest.mark.parametrize("preset", ["Q8_0", "Q4_K_M"])
+def test_small_chunks_make_llama_quantizes_bytes(llama_bin: Path, f16: Path, imatrix: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, preset: str) -> None:
+    """Each tensor made a few rows at a time (not a whole number of chunks)
+    and written behind: the same file as llama-quantize's."""
+    monkeypatch.setattr(pipeline, "_CHUNK_BYTES", 3000)
+    for extra in ([], ["--imatrix", str(imatrix)]):
+        ref, mine = tmp_path / "ref.gguf", tmp_path / "mine.gguf"
+        _llama_quantize(llama_bin, f16, ref, preset, *extra)
+        quantize_gguf(f16, mine, preset=preset, imatrix=imatrix if extra else None, force=True)
+        assert mine.read_bytes() == ref.read_bytes(), extra
+
+
+def test_a_failed_write_leaves_nothing(f16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error in the write-behind thread reaches the caller; no output, no temporary file."""
+    real, calls = gguf_file.Writer.part, []
+
+    def failing(self: gguf_file.Writer, data: object) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device")
+        real(self, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gguf_file.Writer, "part", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        quantize_gguf(f16, out / "q.gguf", preset="Q4_0")
+    assert list(out.iterdir()) == []
+
+
+def test_quantize_into_out(f16: Path) -> None:
+    with gguf_file.GGUFFile(f16) as f:
+        t = next(t for t in f.tensors if len(t.shape) == 2)
+        x = f.array(t)
+        want = pg.quantize(x, "Q4_K")
+        out = np.full(want.shape, 7, np.uint8)
+        got = pg.quantize(x, "Q4_K", out=out)
+        assert np.shares_memory(got, out) and got.tobytes() == want.tobytes()
+        for bad in (np.empty(want.shape, np.int8), np.empty(want.shape[::-1], np.uint8),
+                    np.empty((want.shape[0], want.shape[1] * 2), np.uint8)[:, ::2], want.tobytes()):
+            with pytest.raises(pyquant.ShapeError, match="out must be"):
+                pg.quantize(x, "Q4_K", out=bad)  # type: ignore[arg-type]
+
+
+def test_keep_split_publishes_the_parts_as_a_set(split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part that cannot be published takes back the parts published before it: no partial set."""
+    from pyquant import _atomic
+
+    real, calls = _atomic._publish, []
+
+    def failing(fd: int, named: str | None, dst: str, directory: str, force: bool) -> None:
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(fd, named, dst, directory, force)
+
+    monkeypatch.setattr(_atomic, "_publish", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(pyquant.CheckpointError, match="q-00003-of-00003.gguf: cannot write: No space left"):
+        quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True)
+    assert len(calls) == 3 and list(out.iterdir()) == []
+    (out / "q-00002-of-00003.gguf").write_bytes(b"old")  # an existing part: refused before anything is written
+    monkeypatch.setattr(_atomic, "_publish", real)
+    with pytest.raises(pyquant.CheckpointError, match="q-00002-of-00003.gguf: output already exists"):
+        quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True)
+    assert [p.name for p in out.iterdir()] == ["q-00002-of-00003.gguf"]
+    quantize_gguf(split, out / "q.gguf", preset="Q4_0", keep_split=True, force=True)
+    assert sorted(p.name for p in out.iterdir()) == [f"q-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_copy_as_llama_quantize(llama_bin: Path, f16: Path, tmp_path: Path) -> None:
+    """llama-quantize's COPY: tensors unchanged, general.file_type the input's (also with
+    --threads / llama-quantize's positional nthreads, and prune / override options)."""
+    q = tmp_path / "q4km.gguf"
+    quantize_gguf(f16, q, preset="Q4_K_M")
+    for src in (f16, q):
+        ref, mine, by_cli = tmp_path / "ref.gguf", tmp_path / "mine.gguf", tmp_path / "cli.gguf"
+        for p in (ref, mine, by_cli):
+            p.unlink(missing_ok=True)
+        subprocess.run([str(llama_bin / "llama-quantize"), "--prune-layers", "1", str(src), str(ref), "COPY", "1"],
+                       check=True, capture_output=True)
+        quantize_gguf(src, mine, preset="copy", prune_layers=[1], threads=1)
+        assert main(["quantize", str(src), str(by_cli), "--type", "COPY", "--prune-layers", "1", "--threads", "1",
+                     "--quiet"]) == 0
+        assert mine.read_bytes() == ref.read_bytes() == by_cli.read_bytes(), src
+
+
+def test_copy_guesses_a_missing_file_type() -> None:
+    """No general.file_type: the loader's guess (the first type to reach the top count), marked as guessed."""
+    from pyquant.gguf_file import TYPE_IDS
+    from pyquant.llama_quant import copy_ftype
+
+    f32, f16, q4k, q8 = (TYPE_IDS[n] for n in ("F32", "F16", "Q4_K", "Q8_0"))
+    assert copy_ftype(7, [f32]) == 7
+    assert copy_ftype(None, [f32, q4k, q4k, f32]) == 15 | 1024  # Q4_K reached 2 first
+    assert copy_ftype(None, [q8, f16, f16]) == 1 | 1024
+    assert copy_ftype(None, []) == 0 | 1024
+
+
+def test_threads_option(f16: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    want = tmp_path / "all.gguf"
+    quantize_gguf(f16, want, preset="Q4_K_M")
+    for n in ("1", "2", "0", "-1"):
+        out = tmp_path / f"t{n}.gguf"
+        assert main(["quantize", str(f16), str(out), "--type", "Q4_K_M", "--threads", n, "--quiet"]) == 0
+        assert out.read_bytes() == want.read_bytes()
+    st = tmp_path / "m.safetensors"
+    safetensors.numpy.save_file({"w": np.ones((4, 64), np.float32)}, str(st))
+    assert main(["quantize", str(st), str(tmp_path / "m.q.safetensors"), "--threads", "2"]) == 1
+    assert "--threads: only for a GGUF input or a .gguf output" in capsys.readouterr().err
