@@ -442,25 +442,47 @@ const fn q45_k_ref(nmax: i32) -> QkxSearch {
     }
 }
 
-/// The search of Q4_K / Q5_K in lanes: the 8 sub-blocks of two
-/// super-blocks (of one at a row's end; the other lanes are idle).
+/// Super-blocks Q4_K / Q5_K search at once: two sets of 16 lanes (the 8
+/// sub-blocks of two super-blocks each), searched as 32 lanes, so that
+/// each step's operations run on two vectors: two independent dependency
+/// chains (the sums, the error, the next step's `min`) the CPU overlaps.
+const Q45_RUN: usize = 4;
+
+/// The search of Q4_K / Q5_K in lanes: `Q45_RUN` super-blocks (fewer at a
+/// row's end; the lanes past it search zeros and are dropped).
 #[inline(always)]
-fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
-    let xt = transpose::<32>(x);
-    let (w, sw, p, qkx2) = match qw {
-        Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<8>(x, 2.0));
-            (w, sw, QkxSearch::with_imatrix(nmax), false)
-        }
-        None => {
-            let av_x = lane_sums(&xt, |v| v * v).map(|s| (s / 32.0).sqrt());
-            let w = lane_zip(&[av_x; 32], &xt, |a, v| a + v.abs());
-            (w, [0f32; LANES], q45_k_ref(nmax), true)
-        }
+fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; Q45_RUN] {
+    let (p, qkx2) = match qw {
+        Some(_) => (QkxSearch::with_imatrix(nmax), false),
+        None => (q45_k_ref(nmax), true),
     };
-    let mut lt = [[0u8; LANES]; 32];
+    let (mut xt, mut w) = ([[0f32; 2 * LANES]; 32], [[0f32; 2 * LANES]; 32]);
+    let mut sw = [[0f32; LANES]; 2];
+    for (h, xh) in x.chunks(2 * QK_K).enumerate() {
+        let t = transpose::<32>(xh);
+        let (wh, swh) = match qw {
+            Some(qw) => imatrix_weights(&t, &qw[2 * QK_K * h..], &sigma2_lanes::<8>(xh, 2.0)),
+            None => {
+                let av_x = lane_sums(&t, |v| v * v).map(|s| (s / 32.0).sqrt());
+                (lane_zip(&[av_x; 32], &t, |a, v| a + v.abs()), [0f32; LANES])
+            }
+        };
+        for i in 0..32 {
+            xt[i][LANES * h..LANES * h + LANES].copy_from_slice(&t[i]);
+            w[i][LANES * h..LANES * h + LANES].copy_from_slice(&wh[i]);
+        }
+        sw[h] = swh;
+    }
+    let mut lt = [[0u8; 2 * LANES]; 32];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
-    Found::split(&scales, &mins, &sw, &levels::<32, { 2 * QK_K }>(&lt))
+    let mut found = [Found::ZERO; Q45_RUN];
+    for h in 0..2 {
+        let half = |c: &[f32; 2 * LANES]| -> Col { std::array::from_fn(|k| c[LANES * h + k]) };
+        let lh: [[u8; LANES]; 32] = std::array::from_fn(|i| std::array::from_fn(|k| lt[i][LANES * h + k]));
+        let f: [Found<8>; 2] = Found::split(&half(&scales), &half(&mins), &sw[h], &levels::<32, { 2 * QK_K }>(&lh));
+        found[2 * h..2 * h + 2].copy_from_slice(&f);
+    }
+    found
 }
 
 /// The rest of Q4_K / Q5_K (`nmax` 15 / 31) after the search: `d`, `dmin`
@@ -850,7 +872,7 @@ mod tests {
                             &x,
                             qw,
                             144,
-                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 15)),
+                            |x, qw| runs::<8, Q45_RUN>(x, qw, |x, qw| scalar_q45_k(x, qw, 15)),
                             finish_q4_k,
                         ),
                     ),
@@ -861,7 +883,7 @@ mod tests {
                             &x,
                             qw,
                             176,
-                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 31)),
+                            |x, qw| runs::<8, Q45_RUN>(x, qw, |x, qw| scalar_q45_k(x, qw, 31)),
                             finish_q5_k,
                         ),
                     ),
