@@ -152,20 +152,40 @@ fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
 
 // ---------------------------------------------------------------- Q2_K
 
-/// Q2_K's search in lanes: the 16 sub-blocks of one super-block.
+/// Super-blocks Q2_K searches at once, as 32 lanes (see `Q45_RUN`).
+const Q2_RUN: usize = 2;
+
+/// Q2_K's search in lanes: the 16 sub-blocks of each of `Q2_RUN`
+/// super-blocks (of one at a row's end; the other lanes search zeros).
 #[inline(always)]
-fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
-    let xt = transpose::<16>(x);
-    let (w, sw, p, qkx2) = match qw {
-        Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 1.0));
-            (w, sw, QkxSearch::with_imatrix(3), false)
-        }
-        None => (lane_map(&xt, f32::abs), [0f32; LANES], Q2_K_REF, true),
+fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q2_RUN] {
+    let (p, qkx2) = match qw {
+        Some(_) => (QkxSearch::with_imatrix(3), false),
+        None => (Q2_K_REF, true),
     };
-    let mut lt = [[0u8; LANES]; 16];
+    let (mut xt, mut w) = ([[0f32; 2 * LANES]; 16], [[0f32; 2 * LANES]; 16]);
+    let mut sw = [[0f32; LANES]; 2];
+    for (h, xh) in x.chunks_exact(QK_K).enumerate() {
+        let t = transpose::<16>(xh);
+        let (wh, swh) = match qw {
+            Some(qw) => imatrix_weights(&t, &qw[QK_K * h..], &sigma2_lanes::<16>(xh, 1.0)),
+            None => (lane_map(&t, f32::abs), [0f32; LANES]),
+        };
+        for i in 0..16 {
+            xt[i][LANES * h..LANES * h + LANES].copy_from_slice(&t[i]);
+            w[i][LANES * h..LANES * h + LANES].copy_from_slice(&wh[i]);
+        }
+        sw[h] = swh;
+    }
+    let mut lt = [[0u8; 2 * LANES]; 16];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
-    Found::split(&scales, &mins, &sw, &levels::<16, QK_K>(&lt))
+    let mut found = [Found::ZERO; Q2_RUN];
+    for (h, f) in found.iter_mut().enumerate() {
+        let half = |c: &[f32; 2 * LANES]| -> Col { std::array::from_fn(|k| c[LANES * h + k]) };
+        let lh: [[u8; LANES]; 16] = std::array::from_fn(|i| std::array::from_fn(|k| lt[i][LANES * h + k]));
+        [*f] = Found::split(&half(&scales), &half(&mins), &sw[h], &levels::<16, QK_K>(&lh));
+    }
+    found
 }
 
 const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
@@ -859,7 +879,7 @@ mod tests {
                 hard_groups(16, seed + 2).iter().chain(&hard_groups(32, seed + 3)).map(|v| v.abs().min(1e3)).collect();
             for qw in [None, Some(w.as_slice())] {
                 let cases: [(Row, usize, Vec<u8>); 5] = [
-                    (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, 1>(x, qw, scalar_q2_k), finish_q2_k)),
+                    (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, Q2_RUN>(x, qw, scalar_q2_k), finish_q2_k)),
                     (
                         q3_k_isa,
                         110,
