@@ -5,8 +5,9 @@
 //!
 //! Each quantizer is a search (the scales of the sub-blocks: nearly all the
 //! time) and a finish (super-block scales, requantization, packing). The
-//! search runs the 16 sub-blocks of a super-block (Q2_K, Q3_K, Q6_K) or of
-//! two super-blocks (Q4_K, Q5_K) as the lanes of `lanes`; the
+//! search runs the 16 sub-blocks of a super-block (Q6_K; Q3_K four at a
+//! time, Q2_K two) or the 8 of four super-blocks (Q4_K, Q5_K) as the lanes
+//! of `lanes`; the
 //! scalar searches of [`super::search`], one sub-block at a time, stay as
 //! the tests' reference and give the same bytes.
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
