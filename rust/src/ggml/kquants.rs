@@ -141,6 +141,21 @@ fn levels<const N: usize, const M: usize>(lt: &[[u8; LANES]; N]) -> [u8; M] {
     l
 }
 
+/// Lanes `16 h..16 h + 16` of a 32-lane search (two sets of 16 searched
+/// together) set to `t`.
+#[inline(always)]
+fn put_half<const N: usize>(wide: &mut [[f32; 2 * LANES]; N], h: usize, t: &[Col; N]) {
+    for (w, t) in wide.iter_mut().zip(t) {
+        w[LANES * h..LANES * h + LANES].copy_from_slice(t);
+    }
+}
+
+/// Lanes `16 h..16 h + 16` of a 32-lane search's results.
+#[inline(always)]
+fn half<T: Copy + Default, const N: usize>(wide: &[[T; 2 * LANES]; N], h: usize) -> [[T; LANES]; N] {
+    std::array::from_fn(|i| std::array::from_fn(|k| wide[i][LANES * h + k]))
+}
+
 /// Packs 256 two-bit values: byte `l` of each 32-byte quarter holds values
 /// `l`, `l+32`, `l+64`, `l+96` of its 128-value half.
 fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
@@ -172,19 +187,16 @@ fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q2_RUN] {
             Some(qw) => imatrix_weights(&t, &qw[QK_K * h..], &sigma2_lanes::<16>(xh, 1.0)),
             None => (lane_map(&t, f32::abs), [0f32; LANES]),
         };
-        for i in 0..16 {
-            xt[i][LANES * h..LANES * h + LANES].copy_from_slice(&t[i]);
-            w[i][LANES * h..LANES * h + LANES].copy_from_slice(&wh[i]);
-        }
+        put_half(&mut xt, h, &t);
+        put_half(&mut w, h, &wh);
         sw[h] = swh;
     }
     let mut lt = [[0u8; 2 * LANES]; 16];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
     let mut found = [Found::ZERO; Q2_RUN];
     for (h, f) in found.iter_mut().enumerate() {
-        let half = |c: &[f32; 2 * LANES]| -> Col { std::array::from_fn(|k| c[LANES * h + k]) };
-        let lh: [[u8; LANES]; 16] = std::array::from_fn(|i| std::array::from_fn(|k| lt[i][LANES * h + k]));
-        [*f] = Found::split(&half(&scales), &half(&mins), &sw[h], &levels::<16, QK_K>(&lh));
+        let [sc, mn] = half(&[scales, mins], h);
+        [*f] = Found::split(&sc, &mn, &sw[h], &levels::<16, QK_K>(&half(&lt, h)));
     }
     found
 }
@@ -488,19 +500,16 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; Q45_RUN]
                 (lane_zip(&[av_x; 32], &t, |a, v| a + v.abs()), [0f32; LANES])
             }
         };
-        for i in 0..32 {
-            xt[i][LANES * h..LANES * h + LANES].copy_from_slice(&t[i]);
-            w[i][LANES * h..LANES * h + LANES].copy_from_slice(&wh[i]);
-        }
+        put_half(&mut xt, h, &t);
+        put_half(&mut w, h, &wh);
         sw[h] = swh;
     }
     let mut lt = [[0u8; 2 * LANES]; 32];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
     let mut found = [Found::ZERO; Q45_RUN];
     for h in 0..2 {
-        let half = |c: &[f32; 2 * LANES]| -> Col { std::array::from_fn(|k| c[LANES * h + k]) };
-        let lh: [[u8; LANES]; 32] = std::array::from_fn(|i| std::array::from_fn(|k| lt[i][LANES * h + k]));
-        let f: [Found<8>; 2] = Found::split(&half(&scales), &half(&mins), &sw[h], &levels::<32, { 2 * QK_K }>(&lh));
+        let [sc, mn] = half(&[scales, mins], h);
+        let f: [Found<8>; 2] = Found::split(&sc, &mn, &sw[h], &levels::<32, { 2 * QK_K }>(&half(&lt, h)));
         found[2 * h..2 * h + 2].copy_from_slice(&f);
     }
     found
