@@ -5,8 +5,9 @@
 //!
 //! Each quantizer is a search (the scales of the sub-blocks: nearly all the
 //! time) and a finish (super-block scales, requantization, packing). The
-//! search runs the 16 sub-blocks of a super-block (Q2_K, Q3_K, Q6_K) or of
-//! two super-blocks (Q4_K, Q5_K) as the lanes of `lanes`; the
+//! search runs the 16 sub-blocks of a super-block (Q6_K; Q3_K four at a
+//! time, Q2_K two) or the 8 of four super-blocks (Q4_K, Q5_K) as the lanes
+//! of `lanes`; the
 //! scalar searches of [`super::search`], one sub-block at a time, stay as
 //! the tests' reference and give the same bytes.
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
@@ -140,6 +141,21 @@ fn levels<const N: usize, const M: usize>(lt: &[[u8; LANES]; N]) -> [u8; M] {
     l
 }
 
+/// Lanes `16 h..16 h + 16` of a 32-lane search (two sets of 16 searched
+/// together) set to `t`.
+#[inline(always)]
+fn put_half<const N: usize>(wide: &mut [[f32; 2 * LANES]; N], h: usize, t: &[Col; N]) {
+    for (w, t) in wide.iter_mut().zip(t) {
+        w[LANES * h..LANES * h + LANES].copy_from_slice(t);
+    }
+}
+
+/// Lanes `16 h..16 h + 16` of a 32-lane search's results.
+#[inline(always)]
+fn half<T: Copy + Default, const N: usize>(wide: &[[T; 2 * LANES]; N], h: usize) -> [[T; LANES]; N] {
+    std::array::from_fn(|i| std::array::from_fn(|k| wide[i][LANES * h + k]))
+}
+
 /// Packs 256 two-bit values: byte `l` of each 32-byte quarter holds values
 /// `l`, `l+32`, `l+64`, `l+96` of its 128-value half.
 fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
@@ -152,20 +168,37 @@ fn pack2(l: &[u8; QK_K], qs: &mut [u8]) {
 
 // ---------------------------------------------------------------- Q2_K
 
-/// Q2_K's search in lanes: the 16 sub-blocks of one super-block.
+/// Super-blocks Q2_K searches at once, as 32 lanes (see `Q45_RUN`).
+const Q2_RUN: usize = 2;
+
+/// Q2_K's search in lanes: the 16 sub-blocks of each of `Q2_RUN`
+/// super-blocks (of one at a row's end; the other lanes search zeros).
 #[inline(always)]
-fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
-    let xt = transpose::<16>(x);
-    let (w, sw, p, qkx2) = match qw {
-        Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<16>(x, 1.0));
-            (w, sw, QkxSearch::with_imatrix(3), false)
-        }
-        None => (lane_map(&xt, f32::abs), [0f32; LANES], Q2_K_REF, true),
+fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q2_RUN] {
+    let (p, qkx2) = match qw {
+        Some(_) => (QkxSearch::with_imatrix(3), false),
+        None => (Q2_K_REF, true),
     };
-    let mut lt = [[0u8; LANES]; 16];
+    let (mut xt, mut w) = ([[0f32; 2 * LANES]; 16], [[0f32; 2 * LANES]; 16]);
+    let mut sw = [[0f32; LANES]; 2];
+    for (h, xh) in x.chunks_exact(QK_K).enumerate() {
+        let t = transpose::<16>(xh);
+        let (wh, swh) = match qw {
+            Some(qw) => imatrix_weights(&t, &qw[QK_K * h..], &sigma2_lanes::<16>(xh, 1.0)),
+            None => (lane_map(&t, f32::abs), [0f32; LANES]),
+        };
+        put_half(&mut xt, h, &t);
+        put_half(&mut w, h, &wh);
+        sw[h] = swh;
+    }
+    let mut lt = [[0u8; 2 * LANES]; 16];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
-    Found::split(&scales, &mins, &sw, &levels::<16, QK_K>(&lt))
+    let mut found = [Found::ZERO; Q2_RUN];
+    for (h, f) in found.iter_mut().enumerate() {
+        let [sc, mn] = half(&[scales, mins], h);
+        [*f] = Found::split(&sc, &mn, &sw[h], &levels::<16, QK_K>(&half(&lt, h)));
+    }
+    found
 }
 
 const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
@@ -442,25 +475,44 @@ const fn q45_k_ref(nmax: i32) -> QkxSearch {
     }
 }
 
-/// The search of Q4_K / Q5_K in lanes: the 8 sub-blocks of two
-/// super-blocks (of one at a row's end; the other lanes are idle).
+/// Super-blocks Q4_K / Q5_K search at once: two sets of 16 lanes (the 8
+/// sub-blocks of two super-blocks each), searched as 32 lanes, so that
+/// each step's operations run on two vectors: two independent dependency
+/// chains (the sums, the error, the next step's `min`) the CPU overlaps.
+const Q45_RUN: usize = 4;
+
+/// The search of Q4_K / Q5_K in lanes: `Q45_RUN` super-blocks (fewer at a
+/// row's end; the lanes past it search zeros and are dropped).
 #[inline(always)]
-fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; 2] {
-    let xt = transpose::<32>(x);
-    let (w, sw, p, qkx2) = match qw {
-        Some(qw) => {
-            let (w, sw) = imatrix_weights(&xt, qw, &sigma2_lanes::<8>(x, 2.0));
-            (w, sw, QkxSearch::with_imatrix(nmax), false)
-        }
-        None => {
-            let av_x = lane_sums(&xt, |v| v * v).map(|s| (s / 32.0).sqrt());
-            let w = lane_zip(&[av_x; 32], &xt, |a, v| a + v.abs());
-            (w, [0f32; LANES], q45_k_ref(nmax), true)
-        }
+fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; Q45_RUN] {
+    let (p, qkx2) = match qw {
+        Some(_) => (QkxSearch::with_imatrix(nmax), false),
+        None => (q45_k_ref(nmax), true),
     };
-    let mut lt = [[0u8; LANES]; 32];
+    let (mut xt, mut w) = ([[0f32; 2 * LANES]; 32], [[0f32; 2 * LANES]; 32]);
+    let mut sw = [[0f32; LANES]; 2];
+    for (h, xh) in x.chunks(2 * QK_K).enumerate() {
+        let t = transpose::<32>(xh);
+        let (wh, swh) = match qw {
+            Some(qw) => imatrix_weights(&t, &qw[2 * QK_K * h..], &sigma2_lanes::<8>(xh, 2.0)),
+            None => {
+                let av_x = lane_sums(&t, |v| v * v).map(|s| (s / 32.0).sqrt());
+                (lane_zip(&[av_x; 32], &t, |a, v| a + v.abs()), [0f32; LANES])
+            }
+        };
+        put_half(&mut xt, h, &t);
+        put_half(&mut w, h, &wh);
+        sw[h] = swh;
+    }
+    let mut lt = [[0u8; 2 * LANES]; 32];
     let (scales, mins) = qkx_lanes(p, &xt, &w, qkx2, &mut lt);
-    Found::split(&scales, &mins, &sw, &levels::<32, { 2 * QK_K }>(&lt))
+    let mut found = [Found::ZERO; Q45_RUN];
+    for h in 0..2 {
+        let [sc, mn] = half(&[scales, mins], h);
+        let f: [Found<8>; 2] = Found::split(&sc, &mn, &sw[h], &levels::<32, { 2 * QK_K }>(&half(&lt, h)));
+        found[2 * h..2 * h + 2].copy_from_slice(&f);
+    }
+    found
 }
 
 /// The rest of Q4_K / Q5_K (`nmax` 15 / 31) after the search: `d`, `dmin`
@@ -837,7 +889,7 @@ mod tests {
                 hard_groups(16, seed + 2).iter().chain(&hard_groups(32, seed + 3)).map(|v| v.abs().min(1e3)).collect();
             for qw in [None, Some(w.as_slice())] {
                 let cases: [(Row, usize, Vec<u8>); 5] = [
-                    (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, 1>(x, qw, scalar_q2_k), finish_q2_k)),
+                    (q2_k_isa, 84, reference(&x, qw, 84, |x, qw| runs::<16, Q2_RUN>(x, qw, scalar_q2_k), finish_q2_k)),
                     (
                         q3_k_isa,
                         110,
@@ -850,7 +902,7 @@ mod tests {
                             &x,
                             qw,
                             144,
-                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 15)),
+                            |x, qw| runs::<8, Q45_RUN>(x, qw, |x, qw| scalar_q45_k(x, qw, 15)),
                             finish_q4_k,
                         ),
                     ),
@@ -861,7 +913,7 @@ mod tests {
                             &x,
                             qw,
                             176,
-                            |x, qw| runs::<8, 2>(x, qw, |x, qw| scalar_q45_k(x, qw, 31)),
+                            |x, qw| runs::<8, Q45_RUN>(x, qw, |x, qw| scalar_q45_k(x, qw, 31)),
                             finish_q5_k,
                         ),
                     ),

@@ -227,24 +227,25 @@ pub(crate) fn lane_sums<const N: usize>(t: &[Col; N], f: impl Fn(f32) -> f32) ->
 }
 
 /// `make_qkx2_quants` (`qkx2`) / `make_qkx3_quants` of [`super::search::make_qkx_quants`]
-/// on 16 groups of `N` values with weights `w`: fills `l` (transposed) and
+/// on `L` groups of `N` values (16, or 32:
+/// two vectors per operation, two independent dependency chains per step) with weights `w`: fills `l` (transposed) and
 /// returns `(scale, -min)` per lane.
 #[inline(always)]
-pub(crate) fn qkx_lanes<const N: usize>(
+pub(crate) fn qkx_lanes<const N: usize, const L: usize>(
     p: QkxSearch,
-    x: &[Col; N],
-    w: &[Col; N],
+    x: &[[f32; L]; N],
+    w: &[[f32; L]; N],
     qkx2: bool,
-    l: &mut [[u8; LANES]; N],
-) -> (Col, Col) {
+    l: &mut [[u8; L]; N],
+) -> ([f32; L], [f32; L]) {
     let nmax = p.nmax;
     let (mut min, mut max, mut sum_w) = (x[0], x[0], w[0]);
-    let mut sum_x = [0f32; LANES];
-    for k in 0..LANES {
+    let mut sum_x = [0f32; L];
+    for k in 0..L {
         sum_x[k] = sum_w[k] * x[0][k];
     }
     for i in 1..N {
-        for k in 0..LANES {
+        for k in 0..L {
             let v = x[i][k];
             min[k] = if v < min[k] { v } else { min[k] };
             max[k] = if v > max[k] { v } else { max[k] };
@@ -252,9 +253,9 @@ pub(crate) fn qkx_lanes<const N: usize>(
             sum_x[k] += w[i][k] * v;
         }
     }
-    let mut flat = [false; LANES];
-    let (mut iscale, mut scale) = ([0f32; LANES], [0f32; LANES]);
-    for k in 0..LANES {
+    let mut flat = [false; L];
+    let (mut iscale, mut scale) = ([0f32; L], [0f32; L]);
+    for k in 0..L {
         min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
         flat[k] = if qkx2 { max[k] == min[k] } else { max[k] <= min[k] };
         iscale[k] = nmax as f32 / (max[k] - min[k]);
@@ -267,22 +268,22 @@ pub(crate) fn qkx_lanes<const N: usize>(
     // so the same levels).
     let (mut l_iscale, mut l_min) = (iscale, min);
     let level = |iscale: f32, x: f32, min: f32| qkx_level(nmax, iscale, x, min);
-    let mut best_error = [0f32; LANES];
+    let mut best_error = [0f32; L];
     for i in 0..N {
-        for k in 0..LANES {
+        for k in 0..L {
             let diff = scale[k] * level(iscale[k], x[i][k], min[k]) as f32 + min[k] - x[i][k];
             best_error[k] += w[i][k] * err(p.use_mad, diff);
         }
     }
-    let mut laux = [[0f32; LANES]; N];
+    let mut laux = [[0f32; L]; N];
     for is in 0..=p.nstep {
         let num = p.rmin + p.rdelta * is as f32 + nmax as f32;
-        for k in 0..LANES {
+        for k in 0..L {
             iscale[k] = num / (max[k] - min[k]);
         }
-        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([0f32; L], [0f32; L], [0f32; L]);
         for i in 0..N {
-            for k in 0..LANES {
+            for k in 0..L {
                 let lf = level(iscale[k], x[i][k], min[k]) as f32;
                 laux[i][k] = lf;
                 let wl = w[i][k] * lf;
@@ -291,9 +292,9 @@ pub(crate) fn qkx_lanes<const N: usize>(
                 sum_xl[k] += wl * x[i][k];
             }
         }
-        let (mut this_scale, mut this_min, mut valid) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+        let (mut this_scale, mut this_min, mut valid) = ([0f32; L], [0f32; L], [0f32; L]);
         let mut any = false;
-        for k in 0..LANES {
+        for k in 0..L {
             let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
             let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
             let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
@@ -304,14 +305,14 @@ pub(crate) fn qkx_lanes<const N: usize>(
         if !any {
             continue;
         }
-        let mut cur_error = [0f32; LANES];
+        let mut cur_error = [0f32; L];
         for i in 0..N {
-            for k in 0..LANES {
+            for k in 0..L {
                 let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
                 cur_error[k] += w[i][k] * err(p.use_mad, diff);
             }
         }
-        for k in 0..LANES {
+        for k in 0..L {
             let better = ((valid[k] != 0.0) & (cur_error[k] < best_error[k])) as u32;
             let m = better.wrapping_neg();
             best_error[k] = blend(m, cur_error[k], best_error[k]);
@@ -321,15 +322,19 @@ pub(crate) fn qkx_lanes<const N: usize>(
             min[k] = blend(m, this_min[k], min[k]);
         }
     }
-    let mut neg_min = [0f32; LANES];
-    for k in 0..LANES {
+    let mut neg_min = [0f32; L];
+    for k in 0..L {
         scale[k] = if flat[k] { 0.0 } else { scale[k] };
         neg_min[k] = if flat[k] { -flat_min[k] } else { -min[k] };
         // A flat lane's levels are 0: `level(0, x, 0)` is 0 for finite `x`.
         l_iscale[k] = if flat[k] { 0.0 } else { l_iscale[k] };
         l_min[k] = if flat[k] { 0.0 } else { l_min[k] };
     }
-    *l = lane_zip3(&[l_iscale; N], x, &[l_min; N], |s, x, m| level(s, x, m) as u8);
+    for i in 0..N {
+        for k in 0..L {
+            l[i][k] = level(l_iscale[k], x[i][k], l_min[k]) as u8;
+        }
+    }
     (scale, neg_min)
 }
 
