@@ -41,8 +41,9 @@ use crate::layout::{Layout, Method, ScaleDtype};
 /// The `make_qkx2_quants` parameters of the search: 9 inverse scales
 /// `(qmax - 0.4 + 0.2 * k) / (max - min)`, `k = 0..=8`, squared error.
 /// Fewer than llama.cpp's 21 (`rmin -1.0, rdelta 0.1, nstep 20`, which the
-/// K-quants keep): each step is a pass over the group, and these 9 cost less
-/// than half the time for almost the same error (docs/scheme.md, step 5).
+/// K-quants keep): each step is a pass over the group, and these 9 make the
+/// search 1.5x to 1.8x faster for almost the same error (docs/scheme.md,
+/// step 5).
 pub(crate) fn qkx_search(qmax: u32) -> QkxSearch {
     QkxSearch { nmax: qmax as i32, rmin: -0.4, rdelta: 0.2, nstep: 8, use_mad: false }
 }
