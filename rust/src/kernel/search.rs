@@ -39,13 +39,15 @@ use crate::kernel::Isa;
 use crate::layout::{Layout, Method, ScaleDtype};
 
 /// The `make_qkx2_quants` parameters of the search: 9 inverse scales
-/// `(qmax - 0.4 + 0.2 * k) / (max - min)`, `k = 0..=8`, squared error.
+/// `(qmax - 0.4 + 0.2 * k) / (max - min)`, `k = 0..=8`, squared error; for
+/// 2 bits (`qmax = 3`) 7, `(3 - 0.2 + 0.2 * k) / (max - min)`, `k = 0..=6`.
 /// Fewer than llama.cpp's 21 (`rmin -1.0, rdelta 0.1, nstep 20`, which the
-/// K-quants keep): each step is a pass over the group, and these 9 make the
+/// K-quants keep): each step is a pass over the group, and these make the
 /// search 1.5x to 1.8x faster for almost the same error (docs/scheme.md,
 /// step 5).
 pub(crate) fn qkx_search(qmax: u32) -> QkxSearch {
-    QkxSearch { nmax: qmax as i32, rmin: -0.4, rdelta: 0.2, nstep: 8, use_mad: false }
+    let (rmin, nstep) = if qmax == 3 { (-0.2, 6) } else { (-0.4, 8) };
+    QkxSearch { nmax: qmax as i32, rmin, rdelta: 0.2, nstep, use_mad: false }
 }
 
 /// Quantizes every group of a piece (`first_group` is the index of its first
