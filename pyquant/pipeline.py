@@ -24,7 +24,7 @@ from ._atomic import atomic_output, atomic_outputs
 from .arrow import _pyarrow, quantize_arrow, quantized_schema
 from .core import SUPPORTED_DTYPES, QuantizedTensor, axis_code, quantize_batch, quantize_copy, scheme_codes
 from ._text import quoted
-from .errors import CheckpointError, InvalidSchemeError, QuantizeError, UnsupportedDtypeError
+from .errors import CheckpointError, QuantizeError, UnsupportedDtypeError
 from .formats import FORMATS, check_clashes, metadata, open_quantized, open_sink, outputs, refuse_quantized_input
 from .plan import Plan, check_options, plan_tensors
 from .safetensors_io import CODE_OF, Checkpoint, OutputTensor, writing
@@ -126,8 +126,7 @@ def quantize_file(
         raise QuantizeError(f"format must be 'safetensors' or 'arrow', got {format!r}")
     check_options(bits, group_size, bits_for)
     scheme_codes(method, scale_dtype)
-    if type(axis) is not int or axis not in (-1, 0):
-        raise InvalidSchemeError(f"axis must be -1 (groups along rows) or 0 (along columns), got {axis!r}")
+    axis_code(axis, None)
     t0 = time.perf_counter()
     with Checkpoint(src) as ckpt:
         refuse_quantized_input(ckpt)
@@ -518,8 +517,8 @@ def quantize_gguf(
             files.append((split_path(prefix, i, n_split) if keep_split else dst, kv, part))
         with ExitStack() as stack:
             writers = stack.enter_context(_gguf_outputs(files, force, f.paths, f.alignment))
-            behind = stack.enter_context(_write_behind(ggml, [(t.shape[0], new) for t, new in zip(order, targets)
-                                                               if new != t.type_id]))
+            behind = stack.enter_context(_write_behind([(t.shape[0], new) for t, new in zip(order, targets)
+                                                        if new != t.type_id]))
             for t in _each(order, f.release, bar, lambda t: t.nbytes):
                 w = writers[t.split if keep_split else 0]
                 new = new_type[t.name]
@@ -550,12 +549,13 @@ def quantize_gguf(
 _CHUNK_BYTES = 8 << 20
 
 
-def _write_behind(ggml: Any, rows: Iterable[tuple[int, int]]) -> Any:
+def _write_behind(rows: Iterable[tuple[int, int]]) -> Any:
     """A :class:`~pyquant._write_behind.WriteBehind` whose buffers hold at
     least one row of each ``(row length, GGML type)`` of ``rows``."""
     from ._write_behind import WriteBehind
+    from .gguf_file import row_bytes
 
-    row = max((ggml.block_size(t)[1] * (n // ggml.block_size(t)[0]) for n, t in rows), default=0)
+    row = max((row_bytes(t, n) for n, t in rows), default=0)
     return WriteBehind(max(_CHUNK_BYTES, row))
 
 
@@ -594,8 +594,9 @@ def _quantize_rows(ggml: Any, behind: Any, write: Callable[[Any], None], x: Any,
     """Quantizes the rows ``x`` chunk by chunk into ``behind``'s buffers, each
     queued to ``write`` when made (ggml quantizes row by row: the bytes are
     those of one call); ``done(start, end)`` after each chunk of rows."""
-    values, nbytes = ggml.block_size(type_id)
-    row = x.shape[1] // values * nbytes
+    from .gguf_file import row_bytes
+
+    row = row_bytes(type_id, x.shape[1])
     step = max(1, behind.size // row)
     if not x.shape[0]:
         ggml.quantize(x, type_id, imatrix=imatrix, threads=threads)  # its checks
@@ -661,7 +662,7 @@ def safetensors_to_gguf(
         summary = Summary(input_bytes=ckpt.nbytes, output_bytes=sum(o.nbytes for o in outs))
         bar = _Tracker(progress, "quantizing", len(plans), ckpt.nbytes)
         with _gguf_output(dst, force, ckpt.paths, pairs, outs, DEFAULT_ALIGNMENT) as w, \
-                _write_behind(ggml, [(shape[0], t) for _, shape, t, why in plans if why is None]) as behind:
+                _write_behind([(shape[0], t) for _, shape, t, why in plans if why is None]) as behind:
             for name, shape, t, why in _each(plans, lambda p: ckpt.release(p[0]), bar,
                                              lambda p: ckpt.info(p[0]).nbytes):
                 x = ckpt.array(name)
