@@ -24,6 +24,7 @@ from .errors import (
     InvalidGroupSizeError,
     InvalidImatrixError,
     InvalidSchemeError,
+    MisalignedError,
     QuantizeError,
     ShapeError,
     UnsupportedDtypeError,
@@ -81,9 +82,10 @@ class QuantizedTensor:
     makes its three arrays on first access, which keeps a call cheap.
     """
 
-    __slots__ = ("_meta", "_block", "_codes", "_scales", "_mins", "__weakref__")
+    __slots__ = ("_meta", "_block", "_at", "_codes", "_scales", "_mins", "__weakref__")
     _meta: _Meta
-    _block: Any  # a CFFI block, or (a family's block, offset); unset when built from arrays
+    _block: Any  # a CFFI block, or a family's numpy block; unset when built from arrays
+    _at: int  # the offset of this result in a family's block (quantize_batch); unset otherwise
     _codes: np.ndarray[Any, np.dtype[np.uint8]]
     _scales: np.ndarray[Any, np.dtype[np.float32]]
     _mins: np.ndarray[Any, np.dtype[np.float32]]
@@ -115,11 +117,11 @@ class QuantizedTensor:
     def _view(self) -> None:
         """Makes the three arrays from the block. Idempotent (the block is
         kept), so two threads making them at once both get valid views."""
-        m, block, at = self._meta, self._block, 0
-        if type(block) is tuple:  # (a family's block, this result's offset): quantize_batch
-            block, at = block
+        m, block = self._meta, self._block
+        if type(block) is np.ndarray:  # a family's block, shared from this result's offset: quantize_batch
+            at = self._at
         else:  # a CFFI block of its own: quantize_ptr, quantize_copy
-            block = np.frombuffer(ffi.buffer(block), np.uint8)
+            block, at = np.frombuffer(ffi.buffer(block), np.uint8), 0
         n = m.n_groups
         self._scales = np.ndarray(m.groups_shape, _F32, block, at)
         self._mins = np.ndarray(m.groups_shape, _F32, block, at + 4 * n)
@@ -279,21 +281,33 @@ def quantize_ptr(
     """
     # Python checks only what C cannot see (type, strides, dtype); C checks
     # lengths, alignment and overlaps.
-    if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
+    if not isinstance(arr, np.ndarray):
         _check_in_place(arr, dtype)
-    plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
+    try:
+        plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
+    except QuantizeError as exc:
+        raise _copy_first(arr, dtype, exc) from None
+    # C-contiguous: the strides of a fresh array of this shape say so without
+    # making a flags object (other strides can still be C-contiguous when a
+    # dimension is 1). Alignment is checked by C; its error is explained below.
+    if arr.strides != plan.strides and not arr.flags.c_contiguous:
+        _check_in_place(arr, dtype)
     if out is None and plan.plain and importance is None:
         # The common case, kept short (it is the per-call cost): one block
-        # (plan.new, inlined), one C call.
+        # (plan.new, inlined), one C call, the threads check inlined.
         block = _alloc(plan.block_type)
-        err = error_struct()
-        if status := lib.pq_quantize_block(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)),
-                                           plan.size, plan.row_len, plan.bits, plan.group_size,
-                                           0 if threads is None else c_threads(threads), block, plan.nbytes, err):
+        if status := lib.pq_quantize_block(
+                plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)), plan.size, plan.row_len,
+                plan.bits, plan.group_size,
+                0 if threads is None else threads if type(threads) is int and 0 < threads <= _SIZE_MAX
+                else c_threads(threads), block, plan.nbytes, err := error_struct()):
+            _check_in_place(arr, dtype)  # a misaligned array is a CopyRequiredError, as without C
             raise_for(status, err)
         qt = _new(QuantizedTensor)
         qt._meta, qt._block = plan.meta, block
         return qt
+    if not arr.flags.aligned:
+        _check_in_place(arr, dtype)
     if out is None:
         qt, block = plan.new()
         codes, scales, mins = plan.pointers(block)
@@ -483,25 +497,30 @@ def quantize_batch(
     # Per tensor, only what C cannot see (type, strides, dtype) and the
     # cached plan; tensors with one plan form a family.
     families: dict[_Plan, list[int]] = {}
-    inputs = []
+    inputs, from_buffer = [], ffi.from_buffer  # the C pointers to the inputs' data
     b, g = bits, group_size
     last: tuple[Any, ...] = (None, None, None, None)  # a run of like tensors skips the plan lookup
     for i, arr in enumerate(arrays):
         if params is not None:
             b, g = _params_for(names[i], bits, group_size, params)
         try:
-            if not isinstance(arr, np.ndarray) or not (f := arr.flags).c_contiguous or not f.aligned:
+            if not isinstance(arr, np.ndarray):
                 _check_in_place(arr, None)
             if arr.dtype is not last[1] or arr.shape != last[0] or b is not last[2] or g is not last[3]:
                 plan = _plan(arr.dtype, arr.shape, b, g, None, method, scale_dtype, axis)
-                members = families.setdefault(plan, [])
+                members, strides = families.setdefault(plan, []), plan.strides
                 last = (arr.shape, arr.dtype, b, g)
+            # C-contiguous as in quantize_ptr; alignment below, only if C finds a misaligned input.
+            if arr.strides != strides and not arr.flags.c_contiguous:
+                _check_in_place(arr, None)
         except QuantizeError as exc:
+            exc = _copy_first(arr, None, exc)
             raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
         members.append(i)
-        inputs.append(arr if plan.exports else _raw_view(arr))
+        inputs.append(from_buffer(arr if plan.exports else _raw_view(arr)))
     items = np.zeros(n, dtype=_QUANTIZE_ITEM)
-    items["input"] = _addresses(inputs)
+    if n:
+        items["input"] = np.frombuffer(ffi.buffer(ffi.new("void *[]", inputs)), np.uintp)
     results: list[Any] = [None] * n
     for plan, members in families.items():
         whole = len(members) == n  # one family (the common case): no gather and scatter
@@ -536,7 +555,16 @@ def quantize_batch(
         except QuantizeError as exc:
             raise type(exc)(f"tensor {name!r}: {exc}") from None
         items[i]["importance"], items[i]["importance_len"] = _address(weights[-1]), weights[-1].size
-    call_batch(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), names, c_threads(threads))
+    try:
+        call_batch(lib.pq_quantize_batch, ffi.from_buffer("PqQuantizeItem[]", items), names, c_threads(threads))
+    except MisalignedError:
+        for i, arr in enumerate(arrays):  # as in quantize_ptr, a misaligned input is a CopyRequiredError
+            if not arr.flags.aligned:
+                try:
+                    _check_in_place(arr, None)
+                except QuantizeError as exc:
+                    raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
+        raise
     return dict(zip(names, results)) if as_dict else results
 
 
@@ -583,7 +611,7 @@ def _carve(plan: _Plan, members: list[int], rows: np.ndarray[Any, Any], results:
     meta, new = plan.meta, _new
     for j, i in enumerate(members):  # per tensor: only the object; its arrays are made when first used
         qt = results[i] = new(QuantizedTensor)
-        qt._meta, qt._block = meta, (block, j * nbytes)
+        qt._meta, qt._block, qt._at = meta, block, j * nbytes  # no tuple: fewer objects for the GC to count
 
 
 def _unpack_out(out: Any, names: list[Any], as_dict: bool) -> list[Any]:
@@ -675,6 +703,19 @@ def _check_in_place(arr: Any, dtype: DTypeLike) -> tuple[str, int]:
         what, fix = problem
         raise CopyRequiredError(f"{what}; quantize_ptr never copies: use quantize_copy, or {fix}")
     return name, code
+
+
+def _copy_first(arr: np.ndarray[Any, Any], dtype: DTypeLike, exc: QuantizeError) -> QuantizeError:
+    """The error to raise for ``arr`` when building its plan raised ``exc``:
+    a layout that needs a copy is named first, as it is checked first
+    (the plan is only looked up first because that is cheaper)."""
+    try:
+        _check_in_place(arr, dtype)
+    except CopyRequiredError as copy_error:
+        return copy_error
+    except QuantizeError:
+        pass
+    return exc
 
 
 def in_place_problem(arr: np.ndarray[Any, Any]) -> tuple[str, str] | None:
@@ -831,7 +872,8 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain")
+                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain",
+                 "strides")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
                  dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
@@ -848,6 +890,7 @@ class _Plan:
         self.size, self.row_len = math.prod(shape), grouped[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
+        self.strides = tuple(arr_dtype.itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))  # C order
         # One block per result: scales, then mins, then codes (the layout of
         # pq_quantize_block); every offset a multiple of 4, and the size too,
         # so that the results of a family, end to end, keep their floats aligned.

@@ -66,6 +66,7 @@ def test_sequence_in_list_out_and_per_tensor_params_callable():
 @pytest.mark.parametrize("bad,error,match", [
     (lambda a: a.T, pyquant.CopyRequiredError, "tensor 'b': the array is not C-contiguous"),
     (lambda a: a.astype(np.float64), pyquant.UnsupportedDtypeError, "tensor 'b': dtype float64"),
+    (lambda a: misaligned(a), pyquant.CopyRequiredError, "tensor 'b': the array's data .* is not aligned"),
     (lambda a: np.concatenate([a, a[:, :64]], axis=1), pyquant.ShapeError, "tensor 'b': the last axis"),
     (lambda a: np.where(np.arange(128) == 7, np.inf, a).astype(np.float32), pyquant.NonFiniteError,
      r"tensor 'b': (item 1: )?inf at flat index 7"),  # "item 1: ": builds before ABI 3
@@ -74,6 +75,27 @@ def test_one_bad_tensor_fails_the_whole_call_naming_it(bad, error, match):
     a = RNG.normal(size=(128, 128)).astype(np.float32)
     with pytest.raises(error, match=match):
         pyquant.quantize_batch({"a": a, "b": bad(a), "c": a})
+
+
+def misaligned(a):
+    """A copy of ``a`` whose data starts one byte past an aligned address."""
+    buf = np.zeros(a.nbytes + 1, np.uint8)
+    view = np.frombuffer(buf.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    view[...] = a
+    return view
+
+
+def test_c_contiguous_arrays_with_unusual_strides_are_read_in_place():
+    """A dimension of 1 may have any stride and still be C-contiguous: read
+    in place, as any other, by quantize_ptr and quantize_batch."""
+    a = RNG.normal(size=(1, 256)).astype(np.float32)
+    odd = np.lib.stride_tricks.as_strided(a, shape=(1, 256), strides=(4, 4))
+    assert odd.strides != a.strides and odd.flags.c_contiguous
+    want = pyquant.quantize_ptr(a)
+    for got in (pyquant.quantize_ptr(odd), pyquant.quantize_batch([odd, a])[0]):
+        assert got.codes.tobytes() == want.codes.tobytes() and got.scales.tobytes() == want.scales.tobytes()
+    with pytest.raises(pyquant.CopyRequiredError, match="not aligned"):
+        pyquant.quantize_ptr(misaligned(a))
 
 
 def test_bad_params_and_threads():
