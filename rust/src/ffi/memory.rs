@@ -157,11 +157,21 @@ pub(crate) fn check_disjoint(spans: &[Span]) -> std::result::Result<(), BatchErr
     // the reported pair is deterministic. Sorting (start, index) pairs rather
     // than the spans: 16 bytes each and no merge buffer (a batch of 1000
     // items has 4000 spans; big temporary buffers cost page faults per call).
-    let mut order: Vec<(usize, usize)> = spans.iter().enumerate().map(|(i, s)| (s.start, i)).collect();
+    // A one-tensor call (up to 5 spans and the item array) sorts on the stack.
+    let (mut small, mut large) = ([(0, 0); 8], Vec::new());
+    let order: &mut [(usize, usize)] = if spans.len() <= small.len() {
+        &mut small[..spans.len()]
+    } else {
+        large.resize(spans.len(), (0, 0));
+        &mut large
+    };
+    for (o, (i, s)) in order.iter_mut().zip(spans.iter().enumerate()) {
+        *o = (s.start, i);
+    }
     order.sort_unstable();
     let mut furthest: Option<(usize, usize)> = None; // (end, index) over all
     let mut furthest_output: Option<(usize, usize)> = None; // over outputs
-    for &(_, i) in &order {
+    for &(_, i) in order.iter() {
         let s = &spans[i];
         if s.bytes == 0 {
             continue;
@@ -228,7 +238,7 @@ mod tests {
         let buf = [0f32; 16];
         let p = buf.as_ptr();
         let check = |list: &[(Option<usize>, &'static str, *const f32, usize, bool)]| {
-            check_disjoint(&mut spans_of(list)).map_err(|e| (e.item, e.error.status, e.error.message))
+            check_disjoint(&spans_of(list)).map_err(|e| (e.item, e.error.status, e.error.message))
         };
         let input = (Some(0), "input", p, 8, false);
         // An output inside the input, touching it, and empty.
@@ -306,7 +316,7 @@ mod tests {
                         && y.start < x.start + x.bytes
                 })
             });
-            assert_eq!(check_disjoint(&mut spans.clone()).is_err(), pairwise, "{spans:?}");
+            assert_eq!(check_disjoint(&spans).is_err(), pairwise, "{spans:?}");
         }
     }
 
@@ -317,8 +327,8 @@ mod tests {
             .rev()
             .map(|i| Span { item: Some(i), what: "codes", start: 4096 + i * 64, bytes: 64, output: i % 2 == 0 })
             .collect();
-        assert!(check_disjoint(&mut spans).is_ok());
+        assert!(check_disjoint(&spans).is_ok());
         spans.push(Span { item: Some(7), what: "input", start: 4096 + 99_998 * 64 + 3, bytes: 1, output: false });
-        assert_eq!(check_disjoint(&mut spans).unwrap_err().item, Some(99_998));
+        assert_eq!(check_disjoint(&spans).unwrap_err().item, Some(99_998));
     }
 }

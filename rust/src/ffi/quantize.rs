@@ -531,7 +531,7 @@ pub(super) fn checked_regions<I, R>(
     for (i, r) in regions.iter().enumerate() {
         spans_of(i, r, &mut spans);
     }
-    check_disjoint(&mut spans)?;
+    check_disjoint(&spans)?;
     Ok(regions)
 }
 
