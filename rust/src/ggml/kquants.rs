@@ -52,7 +52,9 @@ pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 /// What the sub-block search of one super-block found: per sub-block the
 /// scale, the min as `make_qkx*_quants` returns it (negated; Q2_K, Q4_K,
-/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels.
+/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels (in
+/// value order; Q3_K's transposed, `l[16 * i + j]` value `i` of sub-block
+/// `j`: its finish reads them only for a sub-block whose scale rounds to 0).
 #[derive(Clone, Copy, Debug)]
 struct Found<const S: usize> {
     scales: [f32; S],
@@ -335,7 +337,8 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
     }
     let mut found = [Found::ZERO; Q3_RUN];
     for (t, f) in found.iter_mut().enumerate() {
-        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l: levels::<16, QK_K>(&lt[t]) };
+        let l = lt[t].as_flattened().try_into().expect("256 levels");
+        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l };
     }
     found
 }
@@ -343,7 +346,6 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
 #[inline(always)]
 fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
-    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let mut stored = [0i32; 16];
     if imatrix {
@@ -373,7 +375,7 @@ fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
             put_f16(y, 108, 0.0);
         }
     }
-    requantize_q3_k(x, &mut l, y);
+    requantize_q3_k(x, &f.l, y);
 }
 
 #[allow(clippy::redundant_closure)] // see `rows`
@@ -411,14 +413,19 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
     (lo | (((sb[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32
 }
 
-/// Requantizes with the stored scales, splits off the high bits, packs.
+/// Requantizes with the stored scales (a sub-block whose scale is 0 keeps
+/// the search's levels `lt`, transposed), splits off the high bits, packs.
 #[inline(always)]
-fn requantize_q3_k(x: &[f32; QK_K], l: &mut [i8; QK_K], y: &mut [u8]) {
+fn requantize_q3_k(x: &[f32; QK_K], lt: &[u8; QK_K], y: &mut [u8]) {
     let dall = get_f16(y, 108);
+    let mut l = [0i8; QK_K];
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
         let d = dall * sc as f32;
         if d == 0.0 {
+            for ii in 0..16 {
+                l[16 * j + ii] = lt[16 * ii + j] as i8;
+            }
             continue;
         }
         for ii in 0..16 {
@@ -828,7 +835,7 @@ mod tests {
                 None => make_q3_quants(4, xs, &mut l[16 * j..], true),
             };
         }
-        f.l = l.map(|v| v as u8);
+        f.l = std::array::from_fn(|k| l[16 * (k % 16) + k / 16] as u8); // transposed
         f
     }
 
