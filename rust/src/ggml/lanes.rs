@@ -438,8 +438,11 @@ pub(crate) fn q3_lanes<const N: usize, const V: usize>(
     let clamp = |v: i32| clamp_sym(nmax, v);
     let mut amax = [[0f32; LANES]; V];
     let (mut w, mut wx) = ([[[0f32; LANES]; N]; V], [[[0f32; LANES]; N]; V]);
-    // The levels as floats (small integers, exact).
+    // The levels as floats (small integers, exact), and each value's terms
+    // of the sums, `wx * l` and `w * l * l`: a pass subtracts them, and a
+    // level it changes has its new terms computed already.
     let mut lf = [[[0f32; LANES]; N]; V];
+    let (mut tlx, mut tl2) = ([[[0f32; LANES]; N]; V], [[[0f32; LANES]; N]; V]);
     let (mut sumlx, mut suml2) = ([[0f32; LANES]; V], [[0f32; LANES]; V]);
     for v in 0..V {
         let (a, max) = signed_absmax_lanes(&x[v]);
@@ -454,8 +457,10 @@ pub(crate) fn q3_lanes<const N: usize, const V: usize>(
             for k in 0..LANES {
                 let li = clamp_sym_f(nmax, iscale[k] * x[v][i][k]);
                 lf[v][i][k] = li;
-                sumlx[v][k] += wx[v][i][k] * li;
-                suml2[v][k] += w[v][i][k] * li * li;
+                tlx[v][i][k] = wx[v][i][k] * li;
+                tl2[v][i][k] = w[v][i][k] * li * li;
+                sumlx[v][k] += tlx[v][i][k];
+                suml2[v][k] += tl2[v][i][k];
             }
         }
     }
@@ -468,18 +473,19 @@ pub(crate) fn q3_lanes<const N: usize, const V: usize>(
             for v in 0..V {
                 for k in 0..LANES {
                     let li = lf[v][i][k];
-                    let (wi, wxi) = (w[v][i][k], wx[v][i][k]);
-                    let slx = sumlx[v][k] - wxi * li;
-                    let sl2 = suml2[v][k] - wi * li * li;
+                    let slx = sumlx[v][k] - tlx[v][i][k];
+                    let sl2 = suml2[v][k] - tl2[v][i][k];
                     let new_l = clamp(nearest_int(x[v][i][k] * sl2 / slx)) as f32;
-                    let slx2 = slx + wxi * new_l;
-                    let sl22 = sl2 + wi * new_l * new_l;
+                    let (na, nb) = (wx[v][i][k] * new_l, w[v][i][k] * new_l * new_l);
+                    let (slx2, sl22) = (slx + na, sl2 + nb);
                     let take = (slx > 0.0)
                         & (new_l != li)
                         & (sl22 > 0.0)
                         & (slx2 * slx2 * suml2[v][k] > sumlx[v][k] * sumlx[v][k] * sl22);
                     let m = (take as u32).wrapping_neg();
                     lf[v][i][k] = blend(m, new_l, li);
+                    tlx[v][i][k] = blend(m, na, tlx[v][i][k]);
+                    tl2[v][i][k] = blend(m, nb, tl2[v][i][k]);
                     sumlx[v][k] = blend(m, slx2, sumlx[v][k]);
                     suml2[v][k] = blend(m, sl22, suml2[v][k]);
                     changed[v][k] |= m;
