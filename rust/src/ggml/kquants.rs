@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
 use super::lanes::{
-    self, lane_map, lane_sums, lane_zip, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES,
+    self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, untranspose, Col, Q3Lanes, LANES,
 };
 use super::search::{
     c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
@@ -92,7 +92,7 @@ fn rows<const S: usize, const RUN: usize>(
     imatrix: Option<&[f32]>,
     out: &mut [u8],
     bytes: usize,
-    search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+    mut search: impl FnMut(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
     finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
@@ -309,31 +309,29 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q3_K
 
-/// Super-blocks Q3_K searches at once: the refinement passes of
-/// `q3_lanes` are chains of dependent divisions, one per set of lanes, and
-/// the CPU overlaps independent chains.
-const Q3_RUN: usize = 4;
+/// Super-blocks Q3_K searches at once: `q3_lanes` runs the first
+/// refinement pass on four of them at a time (four chains of dependent
+/// divisions, which the CPU overlaps) and pools the sub-blocks that go on
+/// to more passes (about one in six) from all of them.
+const Q3_RUN: usize = 16;
 
 /// Q3_K's search in lanes: the 16 sub-blocks of a super-block, `Q3_RUN`
 /// super-blocks at once (fewer at a row's end; the other sets of lanes
 /// search zeros).
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
-    let mut xt = [[[0f32; LANES]; 16]; Q3_RUN];
-    for (t, xs) in x.chunks_exact(QK_K).enumerate() {
-        xt[t] = transpose::<16>(xs);
-    }
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Q3Lanes<16>) -> [Found<16>; Q3_RUN] {
     let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
     let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
     match qw {
         Some(qw) => {
             for (t, xs) in x.chunks_exact(QK_K).enumerate() {
-                let (w, s) = imatrix_weights(&xt[t], &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
-                scales[t] = qx_lanes(4, &xt[t], &w, &mut lt[t]);
+                let xt = transpose::<16>(xs);
+                let (w, s) = imatrix_weights(&xt, &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
+                scales[t] = qx_lanes(4, &xt, &w, &mut lt[t]);
                 sw[t] = s;
             }
         }
-        None => scales = q3_lanes(4, &xt, &mut lt),
+        None => q3.search(4, x, &mut lt, &mut scales),
     }
     let mut found = [Found::ZERO; Q3_RUN];
     for (t, f) in found.iter_mut().enumerate() {
@@ -381,13 +379,14 @@ fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
 #[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    let mut q3 = Q3Lanes::new();
     rows(
         x,
         imatrix,
         out,
         110,
         #[inline(always)]
-        |x, qw| search_q3_k(x, qw),
+        |x, qw| search_q3_k(x, qw, &mut q3),
         #[inline(always)]
         |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
     );

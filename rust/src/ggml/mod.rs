@@ -305,6 +305,15 @@ struct QuantizePiece<'a> {
 impl QuantizePiece<'_> {
     fn run(self) {
         fn rows<T: crate::Element + Lane>(x: &[T], p: QuantizePiece<'_>) {
+            // Without an importance matrix a row is only its blocks, each
+            // quantized on its own, so float32 rows go in as one call (Q3_K
+            // pools work across super-blocks: longer calls are faster).
+            if p.imatrix.is_none() {
+                if let Values::F32(all) = T::values(x) {
+                    (p.quantize_row)(all, None, p.output);
+                    return;
+                }
+            }
             let isa = Isa::detect();
             let mut buf = vec![0f32; p.row_len]; // f16 / bf16 rows widened here
             let out_rows = p.output.chunks_exact_mut(p.row_bytes);
