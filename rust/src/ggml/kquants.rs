@@ -316,10 +316,10 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 const Q3_RUN: usize = 16;
 
 /// Q3_K's search in lanes: the 16 sub-blocks of a super-block, `Q3_RUN`
-/// super-blocks at once (fewer at a row's end; the other sets of lanes
-/// search zeros).
+/// super-blocks at once (fewer at a row's end), with the working memory of
+/// `Q3Lanes` kept over the row function's call.
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Q3Lanes<16>) -> [Found<16>; Q3_RUN] {
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>) -> [Found<16>; Q3_RUN] {
     let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
     let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
     match qw {
@@ -331,7 +331,7 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Q3Lanes<16>) -> [Found<16
                 sw[t] = s;
             }
         }
-        None => q3.search(4, x, &mut lt, &mut scales),
+        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, &mut lt, &mut scales),
     }
     let mut found = [Found::ZERO; Q3_RUN];
     for (t, f) in found.iter_mut().enumerate() {
@@ -379,7 +379,7 @@ fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
 #[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
-    let mut q3 = Q3Lanes::new();
+    let mut q3 = None; // made on first use: the imatrix path does not need it
     rows(
         x,
         imatrix,
