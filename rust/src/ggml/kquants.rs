@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
 use super::lanes::{
-    self, lane_map, lane_sums, lane_zip, q3_lanes, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES,
+    self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, untranspose, Col, Q3Lanes, LANES,
 };
 use super::search::{
     c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
@@ -52,7 +52,9 @@ pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 /// What the sub-block search of one super-block found: per sub-block the
 /// scale, the min as `make_qkx*_quants` returns it (negated; Q2_K, Q4_K,
-/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels.
+/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels (in
+/// value order; Q3_K's transposed, `l[16 * i + j]` value `i` of sub-block
+/// `j`: its finish reads them only for a sub-block whose scale rounds to 0).
 #[derive(Clone, Copy, Debug)]
 struct Found<const S: usize> {
     scales: [f32; S],
@@ -90,7 +92,7 @@ fn rows<const S: usize, const RUN: usize>(
     imatrix: Option<&[f32]>,
     out: &mut [u8],
     bytes: usize,
-    search: impl Fn(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+    mut search: impl FnMut(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
     finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
@@ -307,35 +309,34 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- Q3_K
 
-/// Super-blocks Q3_K searches at once: the refinement passes of
-/// `q3_lanes` are chains of dependent divisions, one per set of lanes, and
-/// the CPU overlaps independent chains.
-const Q3_RUN: usize = 4;
+/// Super-blocks Q3_K searches at once: `q3_lanes` runs the first
+/// refinement pass on four of them at a time (four chains of dependent
+/// divisions, which the CPU overlaps) and pools the sub-blocks that go on
+/// to more passes (about one in six) from all of them.
+const Q3_RUN: usize = 16;
 
 /// Q3_K's search in lanes: the 16 sub-blocks of a super-block, `Q3_RUN`
-/// super-blocks at once (fewer at a row's end; the other sets of lanes
-/// search zeros).
+/// super-blocks at once (fewer at a row's end), with the working memory of
+/// `Q3Lanes` kept over the row function's call.
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
-    let mut xt = [[[0f32; LANES]; 16]; Q3_RUN];
-    for (t, xs) in x.chunks_exact(QK_K).enumerate() {
-        xt[t] = transpose::<16>(xs);
-    }
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>) -> [Found<16>; Q3_RUN] {
     let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
     let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
     match qw {
         Some(qw) => {
             for (t, xs) in x.chunks_exact(QK_K).enumerate() {
-                let (w, s) = imatrix_weights(&xt[t], &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
-                scales[t] = qx_lanes(4, &xt[t], &w, &mut lt[t]);
+                let xt = transpose::<16>(xs);
+                let (w, s) = imatrix_weights(&xt, &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
+                scales[t] = qx_lanes(4, &xt, &w, &mut lt[t]);
                 sw[t] = s;
             }
         }
-        None => scales = q3_lanes(4, &xt, &mut lt),
+        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, &mut lt, &mut scales),
     }
     let mut found = [Found::ZERO; Q3_RUN];
     for (t, f) in found.iter_mut().enumerate() {
-        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l: levels::<16, QK_K>(&lt[t]) };
+        let l = lt[t].as_flattened().try_into().expect("256 levels");
+        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l };
     }
     found
 }
@@ -343,7 +344,6 @@ fn search_q3_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q3_RUN] {
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
 #[inline(always)]
 fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
-    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
     let scales = &f.scales;
     let mut stored = [0i32; 16];
     if imatrix {
@@ -373,19 +373,20 @@ fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
             put_f16(y, 108, 0.0);
         }
     }
-    requantize_q3_k(x, &mut l, y);
+    requantize_q3_k(x, &f.l, y);
 }
 
 #[allow(clippy::redundant_closure)] // see `rows`
 #[inline(always)]
 fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    let mut q3 = None; // made on first use: the imatrix path does not need it
     rows(
         x,
         imatrix,
         out,
         110,
         #[inline(always)]
-        |x, qw| search_q3_k(x, qw),
+        |x, qw| search_q3_k(x, qw, &mut q3),
         #[inline(always)]
         |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
     );
@@ -411,14 +412,19 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
     (lo | (((sb[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32
 }
 
-/// Requantizes with the stored scales, splits off the high bits, packs.
+/// Requantizes with the stored scales (a sub-block whose scale is 0 keeps
+/// the search's levels `lt`, transposed), splits off the high bits, packs.
 #[inline(always)]
-fn requantize_q3_k(x: &[f32; QK_K], l: &mut [i8; QK_K], y: &mut [u8]) {
+fn requantize_q3_k(x: &[f32; QK_K], lt: &[u8; QK_K], y: &mut [u8]) {
     let dall = get_f16(y, 108);
+    let mut l = [0i8; QK_K];
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
         let d = dall * sc as f32;
         if d == 0.0 {
+            for ii in 0..16 {
+                l[16 * j + ii] = lt[16 * ii + j] as i8;
+            }
             continue;
         }
         for ii in 0..16 {
@@ -828,7 +834,7 @@ mod tests {
                 None => make_q3_quants(4, xs, &mut l[16 * j..], true),
             };
         }
-        f.l = l.map(|v| v as u8);
+        f.l = std::array::from_fn(|k| l[16 * (k % 16) + k / 16] as u8); // transposed
         f
     }
 

@@ -424,86 +424,259 @@ pub(crate) fn qx_lanes<const N: usize>(nmax: i32, x: &[Col; N], w: &[Col; N], l:
     scale
 }
 
-/// [`super::search::make_q3_quants`] with `do_rmse` on `V` sets of 16
-/// groups: fills `l` (offset by `nmax`, transposed) and returns the scales.
-/// The refinement passes are a chain of dependent divisions in each lane;
-/// the `V` sets' chains are independent, and interleaving them lets the
-/// CPU overlap their latencies.
-#[inline(always)]
-pub(crate) fn q3_lanes<const N: usize, const V: usize>(
-    nmax: i32,
-    x: &[[Col; N]; V],
-    l: &mut [[[u8; LANES]; N]; V],
-) -> [Col; V] {
-    let clamp = |v: i32| clamp_sym(nmax, v);
-    let mut amax = [[0f32; LANES]; V];
-    let (mut w, mut wx) = ([[[0f32; LANES]; N]; V], [[[0f32; LANES]; N]; V]);
-    // The levels as floats (small integers, exact).
-    let mut lf = [[[0f32; LANES]; N]; V];
-    let (mut sumlx, mut suml2) = ([[0f32; LANES]; V], [[0f32; LANES]; V]);
-    for v in 0..V {
-        let (a, max) = signed_absmax_lanes(&x[v]);
-        amax[v] = a;
-        w[v] = lane_map(&x[v], |v| v * v);
-        wx[v] = lane_zip(&w[v], &x[v], |w, x| w * x);
+/// `make_q3_quants`' refinement state of a set of 16 groups: the values,
+/// their weights `w = x * x` and `wx = w * x`, the levels as floats (small
+/// integers, exact), each value's terms of the sums, `wx * l` and
+/// `w * l * l` (a pass subtracts them, and a level it changes has its new
+/// terms made already), and the sums `sumlx`, `suml2`.
+#[derive(Clone, Copy)]
+struct Q3Set<const N: usize> {
+    x: [Col; N],
+    w: [Col; N],
+    wx: [Col; N],
+    lf: [Col; N],
+    tlx: [Col; N],
+    tl2: [Col; N],
+    sumlx: Col,
+    suml2: Col,
+}
+
+impl<const N: usize> Q3Set<N> {
+    const ZERO: Self = Q3Set {
+        x: [[0.0; LANES]; N],
+        w: [[0.0; LANES]; N],
+        wx: [[0.0; LANES]; N],
+        lf: [[0.0; LANES]; N],
+        tlx: [[0.0; LANES]; N],
+        tl2: [[0.0; LANES]; N],
+        sumlx: [0.0; LANES],
+        suml2: [0.0; LANES],
+    };
+
+    /// Makes the weights and terms from `x` and `lf` (the same operations
+    /// on the same inputs wherever they are made, so the same bits).
+    #[inline(always)]
+    fn weigh(&mut self) {
+        self.w = lane_map(&self.x, |v| v * v);
+        self.wx = lane_zip(&self.w, &self.x, |w, x| w * x);
+        self.tlx = lane_zip(&self.wx, &self.lf, |wx, l| wx * l);
+        self.tl2 = lane_zip(&self.w, &self.lf, |w, l| w * l * l);
+    }
+
+    /// The first levels of `make_q3_quants` for the values in `x` and
+    /// their sums; returns `amax`.
+    #[inline(always)]
+    fn start(&mut self, nmax: i32) -> Col {
+        let (amax, max) = signed_absmax_lanes(&self.x);
         let mut iscale = [0f32; LANES];
         for k in 0..LANES {
             iscale[k] = (-nmax) as f32 / max[k];
         }
+        self.lf = lane_zip(&[iscale; N], &self.x, |s, x| clamp_sym_f(nmax, s * x));
+        self.weigh();
+        self.sumlx = lane_sums(&self.tlx, |v| v);
+        self.suml2 = lane_sums(&self.tl2, |v| v);
+        amax
+    }
+
+    /// The scale of lane `k` (written to lane `lk` of `l` with its levels,
+    /// offset by `nmax`): 0 where the group is below `GROUP_MAX_EPS` (the
+    /// C's early return), as in [`Self::results`].
+    #[inline(always)]
+    fn lane_result(&self, nmax: i32, k: usize, amax: f32, l: &mut [[u8; LANES]; N], lk: usize) -> f32 {
+        let keep = amax >= GROUP_MAX_EPS;
         for i in 0..N {
-            for k in 0..LANES {
-                let li = clamp_sym_f(nmax, iscale[k] * x[v][i][k]);
-                lf[v][i][k] = li;
-                sumlx[v][k] += wx[v][i][k] * li;
-                suml2[v][k] += w[v][i][k] * li * li;
-            }
+            l[i][lk] = if keep { (nearest_int(self.lf[i][k]) + nmax) as u8 } else { 0 };
+        }
+        let (slx, sl2) = (self.sumlx[k], self.suml2[k]);
+        if keep && sl2 > 0.0 {
+            slx / sl2
+        } else {
+            0.0
         }
     }
-    // A pass that changes nothing in a lane leaves that lane's state as it
-    // was, so the next pass changes nothing either: running a lane past the
-    // C's early exit is harmless, and the loop stops when no lane changed.
-    for _ in 0..5 {
-        let mut changed = [[0u32; LANES]; V];
-        for i in 0..N {
-            for v in 0..V {
-                for k in 0..LANES {
-                    let li = lf[v][i][k];
-                    let (wi, wxi) = (w[v][i][k], wx[v][i][k]);
-                    let slx = sumlx[v][k] - wxi * li;
-                    let sl2 = suml2[v][k] - wi * li * li;
-                    let new_l = clamp(nearest_int(x[v][i][k] * sl2 / slx)) as f32;
-                    let slx2 = slx + wxi * new_l;
-                    let sl22 = sl2 + wi * new_l * new_l;
-                    let take = (slx > 0.0)
-                        & (new_l != li)
-                        & (sl22 > 0.0)
-                        & (slx2 * slx2 * suml2[v][k] > sumlx[v][k] * sumlx[v][k] * sl22);
-                    let m = (take as u32).wrapping_neg();
-                    lf[v][i][k] = blend(m, new_l, li);
-                    sumlx[v][k] = blend(m, slx2, sumlx[v][k]);
-                    suml2[v][k] = blend(m, sl22, suml2[v][k]);
-                    changed[v][k] |= m;
-                }
-            }
-        }
-        if changed == [[0; LANES]; V] {
-            break;
-        }
-    }
-    let mut scale = [[0f32; LANES]; V];
-    for v in 0..V {
-        let keep = keep_mask(&amax[v]);
+
+    /// The scales, and the levels (offset by `nmax`) in `l`.
+    #[inline(always)]
+    fn results(&self, nmax: i32, amax: &Col, l: &mut [[u8; LANES]; N]) -> Col {
+        let keep = keep_mask(amax);
+        let mut scale = [0f32; LANES];
         for k in 0..LANES {
-            let (slx, sl2) = (sumlx[v][k], suml2[v][k]);
-            scale[v][k] = if keep[k].to_bits() != 0 && sl2 > 0.0 { slx / sl2 } else { 0.0 };
+            let (slx, sl2) = (self.sumlx[k], self.suml2[k]);
+            scale[k] = if keep[k].to_bits() != 0 && sl2 > 0.0 { slx / sl2 } else { 0.0 };
         }
         // `nearest_int` of the small integers in `lf` is exact and, unlike
         // `as`, vectorizes.
-        l[v] = lane_zip3(&lf[v], &lf[v], &[keep; N], |lf, _, keep| {
+        *l = lane_zip3(&self.lf, &self.lf, &[keep; N], |lf, _, keep| {
             ((nearest_int(lf) + nmax) as u32 & keep.to_bits()) as u8
         });
+        scale
     }
-    scale
+}
+
+/// One refinement pass of `make_q3_quants` on `V` sets: returns per set
+/// the lanes that changed (all bits set). Each lane's pass is a chain of
+/// dependent divisions; the `V` sets' chains are independent, and
+/// interleaving them lets the CPU overlap their latencies.
+#[inline(always)]
+fn q3_pass<const N: usize, const V: usize>(nmax: i32, s: &mut [Q3Set<N>; V]) -> [[u32; LANES]; V] {
+    let clamp = |v: i32| clamp_sym(nmax, v);
+    let mut changed = [[0u32; LANES]; V];
+    // The sums as locals: LLVM keeps them in registers.
+    let (mut sumlx, mut suml2) = ([[0f32; LANES]; V], [[0f32; LANES]; V]);
+    for v in 0..V {
+        (sumlx[v], suml2[v]) = (s[v].sumlx, s[v].suml2);
+    }
+    for i in 0..N {
+        for v in 0..V {
+            let s = &mut s[v];
+            for k in 0..LANES {
+                let li = s.lf[i][k];
+                let slx = sumlx[v][k] - s.tlx[i][k];
+                let sl2 = suml2[v][k] - s.tl2[i][k];
+                let new_l = clamp(nearest_int(s.x[i][k] * sl2 / slx)) as f32;
+                let (tlx, tl2) = (s.wx[i][k] * new_l, s.w[i][k] * new_l * new_l);
+                let (slx2, sl22) = (slx + tlx, sl2 + tl2);
+                let take = (slx > 0.0)
+                    & (new_l != li)
+                    & (sl22 > 0.0)
+                    & (slx2 * slx2 * suml2[v][k] > sumlx[v][k] * sumlx[v][k] * sl22);
+                let m = (take as u32).wrapping_neg();
+                s.lf[i][k] = blend(m, new_l, li);
+                s.tlx[i][k] = blend(m, tlx, s.tlx[i][k]);
+                s.tl2[i][k] = blend(m, tl2, s.tl2[i][k]);
+                sumlx[v][k] = blend(m, slx2, sumlx[v][k]);
+                suml2[v][k] = blend(m, sl22, suml2[v][k]);
+                changed[v][k] |= m;
+            }
+        }
+    }
+    for v in 0..V {
+        (s[v].sumlx, s[v].suml2) = (sumlx[v], suml2[v]);
+    }
+    changed
+}
+
+/// Sets of lanes searched at once in the first pass and in the pool.
+const Q3_GROUP: usize = 4;
+
+/// [`super::search::make_q3_quants`] with `do_rmse` on sets of 16 groups,
+/// with its working memory (made once per call of the row function). The
+/// first refinement pass runs on four sets at once. Most groups stop after
+/// it (on Student-t data about five in six): rather than running the later
+/// passes on whole sets, mostly redoing stopped groups, the groups that
+/// changed are gathered from many sets into a pool of full ones, with
+/// where each came from.
+pub(crate) struct Q3Lanes<const N: usize> {
+    first: [Q3Set<N>; Q3_GROUP],
+    pool: [Q3Set<N>; Q3_GROUP],
+    /// Per pooled group: its set, lane and `amax`.
+    from: [(usize, usize, f32); Q3_GROUP * LANES],
+    n: usize,
+}
+
+impl<const N: usize> Q3Lanes<N> {
+    pub(crate) fn new() -> Box<Self> {
+        Box::new(Q3Lanes {
+            first: [Q3Set::ZERO; Q3_GROUP],
+            pool: [Q3Set::ZERO; Q3_GROUP],
+            from: [(0, 0, 0.0); Q3_GROUP * LANES],
+            n: 0,
+        })
+    }
+
+    /// The groups of `N` values in `x` (at most `V` sets of 16; missing
+    /// ones search zeros), `V` a multiple of 4: fills `l` (offset by
+    /// `nmax`, transposed) and `scale`.
+    #[inline(always)]
+    pub(crate) fn search<const V: usize>(
+        &mut self,
+        nmax: i32,
+        x: &[f32],
+        l: &mut [[[u8; LANES]; N]; V],
+        scale: &mut [Col; V],
+    ) {
+        let sets = x.len().div_ceil(LANES * N).min(V);
+        for g in (0..sets).step_by(Q3_GROUP) {
+            let mut amax = [[0f32; LANES]; Q3_GROUP];
+            for t in 0..Q3_GROUP {
+                let at = (LANES * N * (g + t)).min(x.len());
+                transpose_into(&x[at..], &mut self.first[t].x);
+                amax[t] = self.first[t].start(nmax);
+            }
+            let changed = q3_pass::<N, Q3_GROUP>(nmax, &mut self.first);
+            for t in 0..Q3_GROUP {
+                let v = g + t;
+                scale[v] = self.first[t].results(nmax, &amax[t], &mut l[v]);
+                for k in 0..LANES {
+                    if changed[t][k] != 0 {
+                        if self.n == self.from.len() {
+                            self.flush(nmax, l, scale);
+                        }
+                        self.push(t, v, k, amax[t][k]);
+                    }
+                }
+            }
+        }
+        self.flush(nmax, l, scale);
+    }
+
+    /// Adds lane `k` of first-pass set `t`, lane `k` of set `v` of the
+    /// results, to the pool.
+    #[inline(always)]
+    fn push(&mut self, t: usize, v: usize, k: usize, amax: f32) {
+        let (p, q) = (self.n / LANES, self.n % LANES);
+        let (s, d) = (&self.first[t], &mut self.pool[p]);
+        for i in 0..N {
+            d.x[i][q] = s.x[i][k];
+            d.lf[i][q] = s.lf[i][k];
+        }
+        d.sumlx[q] = s.sumlx[k];
+        d.suml2[q] = s.suml2[k];
+        self.from[self.n] = (v, k, amax);
+        self.n += 1;
+    }
+
+    /// Runs the remaining passes (after the first; 5 in all) on the pool
+    /// and writes its groups' results. The lanes past the last group
+    /// search zeros (`slx` is 0: nothing changes).
+    #[inline(always)]
+    fn flush<const V: usize>(&mut self, nmax: i32, l: &mut [[[u8; LANES]; N]; V], scale: &mut [Col; V]) {
+        let sets = self.n.div_ceil(LANES);
+        for j in self.n..sets * LANES {
+            let (p, q) = (j / LANES, j % LANES);
+            let d = &mut self.pool[p];
+            for i in 0..N {
+                (d.x[i][q], d.lf[i][q]) = (0.0, 0.0);
+            }
+            (d.sumlx[q], d.suml2[q]) = (0.0, 0.0);
+        }
+        for p in 0..sets {
+            self.pool[p].weigh();
+        }
+        // A pass that changes nothing in a lane leaves that lane's state as
+        // it was, so the next pass changes nothing either: running a lane
+        // past the C's early exit is harmless, and the loop stops when no
+        // lane changed. One function per number of sets.
+        for _ in 1..5 {
+            let any = |c: &[[u32; LANES]]| c.iter().flatten().any(|&m| m != 0);
+            let st = &mut self.pool;
+            let changed = match sets {
+                1 => any(&q3_pass::<N, 1>(nmax, (&mut st[..1]).try_into().expect("1 set"))),
+                2 => any(&q3_pass::<N, 2>(nmax, (&mut st[..2]).try_into().expect("2 sets"))),
+                3 => any(&q3_pass::<N, 3>(nmax, (&mut st[..3]).try_into().expect("3 sets"))),
+                4 => any(&q3_pass::<N, 4>(nmax, st)),
+                _ => false,
+            };
+            if !changed {
+                break;
+            }
+        }
+        for (j, &(v, k, amax)) in self.from[..self.n].iter().enumerate() {
+            scale[v][k] = self.pool[j / LANES].lane_result(nmax, j % LANES, amax, &mut l[v], k);
+        }
+        self.n = 0;
+    }
 }
 
 /// The scale search of ggml's `quantize_row_iq4_nl_impl` (`ntry = 7`) on
@@ -658,6 +831,38 @@ mod tests {
     }
 
     #[test]
+    fn q3_lanes_pool_more_groups_than_it_holds() {
+        // 16 sets, 12 of uniform random groups (about 3 in 10 go on past
+        // the first pass: more than the pool holds), 4 adversarial; then
+        // fewer groups than the sets hold.
+        for seed in 0..8u32 {
+            let mut s = seed.wrapping_mul(2_654_435_761);
+            let mut x: Vec<f32> = Vec::new();
+            for v in 0..16 {
+                if v % 4 == 3 {
+                    x.extend(hard_groups(16, seed * 16 + v));
+                } else {
+                    x.extend((0..256).map(|_| {
+                        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                    }));
+                }
+            }
+            for n in [x.len(), 16 * (16 * 13 + 5)] {
+                let (mut l, mut sc) = ([[[0u8; LANES]; 16]; 16], [[0f32; LANES]; 16]);
+                Q3Lanes::new().search(4, &x[..n], &mut l, &mut sc);
+                for (g, xs) in x[..n].chunks_exact(16).enumerate() {
+                    let mut lw = [0i8; 16];
+                    let es = make_q3_quants(4, xs, &mut lw, true);
+                    let (v, k) = (g / 16, g % 16);
+                    assert_eq!(sc[v][k].to_bits(), es.to_bits(), "seed {seed} group {g}");
+                    assert_eq!(l[v].map(|r| r[k]), lw.map(|v| v as u8), "seed {seed} group {g}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn qx_and_q3_lanes_match_the_scalar_searches() {
         for seed in 0..40 {
             let x = hard_groups(16, seed);
@@ -678,8 +883,9 @@ mod tests {
                     assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
                 }
             }
-            let mut l = [[[0u8; LANES]; 16]; 1];
-            let [s] = q3_lanes(4, &[xt], &mut l);
+            let (mut l, mut s) = ([[[0u8; LANES]; 16]; 4], [[0f32; LANES]; 4]);
+            Q3Lanes::new().search(4, &x, &mut l, &mut s);
+            let s = s[0];
             let mut got = vec![0u8; 256];
             untranspose(&l[0], &mut got);
             for k in 0..16 {

@@ -305,15 +305,29 @@ struct QuantizePiece<'a> {
 impl QuantizePiece<'_> {
     fn run(self) {
         fn rows<T: crate::Element + Lane>(x: &[T], p: QuantizePiece<'_>) {
+            // Without an importance matrix a row is only its blocks, each
+            // quantized on its own, so rows go to the kernel many at a time:
+            // float32 all at once, f16 / bf16 widened about `WIDEN` values
+            // at a time (Q3_K pools work across super-blocks: longer calls
+            // are faster). With one, the quant weights are per row.
+            const WIDEN: usize = 1 << 14;
+            let per = if p.imatrix.is_some() { 1 } else { (WIDEN / p.row_len).max(1) };
+            if p.imatrix.is_none() {
+                if let Values::F32(all) = T::values(x) {
+                    (p.quantize_row)(all, None, p.output);
+                    return;
+                }
+            }
             let isa = Isa::detect();
-            let mut buf = vec![0f32; p.row_len]; // f16 / bf16 rows widened here
-            let out_rows = p.output.chunks_exact_mut(p.row_bytes);
-            for (xr, or) in x.chunks_exact(p.row_len).zip(out_rows) {
+            let n = x.len().min(per * p.row_len);
+            let mut buf = vec![0f32; n]; // f16 / bf16 rows widened here
+            let out_rows = p.output.chunks_mut(per * p.row_bytes);
+            for (xr, or) in x.chunks(per * p.row_len).zip(out_rows) {
                 let row = match T::values(xr) {
                     Values::F32(r) => r,
                     _ => {
-                        widen(isa, xr, &mut buf);
-                        &buf[..]
+                        widen(isa, xr, &mut buf[..xr.len()]);
+                        &buf[..xr.len()]
                     }
                 };
                 (p.quantize_row)(row, p.imatrix, or);
