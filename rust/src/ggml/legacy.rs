@@ -5,10 +5,9 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::lanes::{
-    imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, transpose_into, untranspose, Col, LANES,
-};
-use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
+use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
+use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, signed_absmax, QkxSearch};
+use crate::kernel::fast::{min_max_keys, Lane};
 
 const QK: usize = 32;
 
@@ -40,31 +39,61 @@ pub fn quantize_q8_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     q8_0_isa(Isa::detect(), x, imatrix, out);
 }
 
-/// Per lane (one block each), the minimum and maximum starting from `MAX`
-/// / `-MAX`, in the C's order (`if (v < min) min = v;`), so a zero result
-/// has the sign of the block's first zero, as in C.
+// The block statistics without the C's loops: min, max and abs-max are
+// order-free except for the sign of a zero and, for the signed value of
+// largest magnitude, a tie between +a and -a (the C keeps the first). They
+// are reduced on integer order keys (which vectorize, like the affine
+// kernel's), and the blocks where order could matter run the C's loop.
+
+/// Q4_1/Q5_1's `min` and `max` (`if (v < min) min = v` from `MAX` / `-MAX`):
+/// a zero result has the sign of the block's first zero, so only a block
+/// whose min or max is zero runs the C's loop.
 #[inline(always)]
-fn min_max_lanes(xt: &[Col; QK]) -> (Col, Col) {
-    let (mut min, mut max) = ([f32::MAX; LANES], [-f32::MAX; LANES]);
-    for row in xt {
-        for k in 0..LANES {
-            min[k] = c_min(row[k], min[k]);
-            max[k] = c_max(row[k], max[k]);
-        }
+fn block_min_max(xb: &[f32; QK]) -> (f32, f32) {
+    let (lo, hi) = min_max_keys(&xb[..]);
+    let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    if min != 0.0 && max != 0.0 {
+        return (min, max);
+    }
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in xb {
+        min = c_min(v, min);
+        max = c_max(v, max);
     }
     (min, max)
 }
 
-/// Per lane, Q8_0's `amax = MAX(amax, fabsf(v))`.
+/// For Q4_0/Q5_0's signed value of largest magnitude (the first one on
+/// ties): the block's `(min, max)`, of which [`larger_magnitude`] picks it;
+/// on a tie (and for zeros) both are the C loop's answer.
 #[inline(always)]
-fn abs_max_lanes(xt: &[Col; QK]) -> Col {
-    let mut amax = [0f32; LANES];
-    for row in xt {
-        for k in 0..LANES {
-            amax[k] = c_max(amax[k], row[k].abs());
-        }
+fn block_signed_absmax(xb: &[f32; QK]) -> (f32, f32) {
+    let (lo, hi) = min_max_keys(&xb[..]);
+    let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    if max == -min {
+        let s = signed_absmax(xb).1;
+        return (s, s);
     }
-    amax
+    (min, max)
+}
+
+/// `max` or `min`, whichever is larger in magnitude (`max` on a tie), as
+/// a select in the run's lanes: a branch on the sign mispredicted half the
+/// time.
+#[inline(always)]
+fn larger_magnitude(min: f32, max: f32) -> f32 {
+    if max > -min {
+        max
+    } else {
+        min
+    }
+}
+
+/// Q8_0's `amax = MAX(amax, fabsf(v))` from 0: the largest magnitude, on
+/// the bits (non-negative floats order as integers).
+#[inline(always)]
+fn block_abs_max(xb: &[f32; QK]) -> f32 {
+    f32::from_bits(xb.iter().fold(0, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)))
 }
 
 /// [`super::search::c_float_to_int`] (`cvttss2si`: `INT_MIN` out of the
@@ -268,13 +297,13 @@ fn write_q5_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
     pack5(|j| l[j].into(), qh, qs);
 }
 
-// Runs of `LANES` blocks in the no-imatrix paths: the run is transposed
-// and each block's statistics computed in its own lane (the C's loop,
-// no horizontal reductions), then the scales with one lane per block (the
-// divisions vectorize), then the levels block by block.
+// The no-imatrix paths work in runs of `LANES` blocks: each block's
+// statistics (reduced on order keys, see above), then the scales with one
+// lane per block (the divisions vectorize), then the levels block by block.
 
-/// Runs a no-imatrix quantizer over a row: `stat(transposed run) -> (a, b)`
-/// per lane (e.g. the min and max), `scale(a, b) -> (d, id, m)`, then
+/// Runs a no-imatrix quantizer over a row, in runs of `LANES` blocks:
+/// `stat(block) -> (a, b)` (e.g. the min and max), then for the run at once
+/// `scale(a, b) -> (d, id, m)` (the divisions vectorize), then
 /// `write(block, halves, id, m, fast, bytes)`, `halves` = `d` and `m` as
 /// ggml halves (converted in lanes too), `fast` = `d` and `id` are finite:
 /// then every level is in its type's range and the writers skip the C's
@@ -285,15 +314,16 @@ fn lane_rows(
     x: &[f32],
     out: &mut [u8],
     bytes: usize,
-    stat: impl Fn(&[Col; QK]) -> (Col, Col),
+    stat: impl Fn(&[f32; QK]) -> (f32, f32),
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
     write: impl Fn(&[f32; QK], [u8; 4], f32, f32, bool, &mut [u8]),
 ) {
-    let mut xt = [[0f32; LANES]; QK];
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
         // Lanes past a partial run are zero blocks, never written.
-        transpose_into(xr, &mut xt);
-        let (a, b) = stat(&xt);
+        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+        for (i, xb) in blocks(xr).enumerate() {
+            (a[i], b[i]) = stat(xb);
+        }
         let (mut halves, mut id, mut m, mut fast) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES], [false; LANES]);
         for i in 0..LANES {
             let (di, idi, mi) = scale(a[i], b[i]);
@@ -329,10 +359,10 @@ fn symmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool) {
         out,
         if five { 22 } else { 18 },
         #[inline(always)]
-        |xt| (signed_absmax_lanes(xt).1, [0.0; LANES]),
+        |xb| block_signed_absmax(xb),
         #[inline(always)]
-        |max, _| {
-            let d = max / -(nmax as f32);
+        |min, max| {
+            let d = larger_magnitude(min, max) / -(nmax as f32);
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
         },
         #[inline(always)]
@@ -361,7 +391,7 @@ fn asymmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool, round: impl 
         out,
         if five { 24 } else { 20 },
         #[inline(always)]
-        |xt| min_max_lanes(xt),
+        |xb| block_min_max(xb),
         #[inline(always)]
         |min, max| {
             let d = (max - min) / nmax as f32;
@@ -467,7 +497,7 @@ fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         34,
         #[inline(always)]
-        |xt| (abs_max_lanes(xt), [0.0; LANES]),
+        |xb| (block_abs_max(xb), 0.0),
         #[inline(always)]
         |amax, _| {
             let d = amax / 127.0;
@@ -634,7 +664,7 @@ mod tests {
         }
     }
 
-    /// Blocks the lane statistics could get wrong: magnitude ties of both
+    /// Blocks the block statistics could get wrong: magnitude ties of both
     /// signs in either order, zeros of both signs first, constant blocks,
     /// extremes that make `1/d` overflow or nearly, on top of [`hard_groups`].
     fn tie_groups(seed: u32) -> Vec<f32> {
@@ -673,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn lane_statistics_write_the_scalar_bytes_on_every_isa() {
+    fn block_statistics_write_the_scalar_bytes_on_every_isa() {
         for seed in 0..16 {
             // 16 + 16 + 5 blocks: full runs and a partial one at the row end.
             let mut x = hard_groups(QK, seed);
