@@ -151,8 +151,8 @@ fn blocks(x: &[f32]) -> impl Iterator<Item = &[f32; QK]> {
 /// land where the C's `qs[j] = xi0; qs[j] |= xi1 << 4` puts them).
 #[inline(always)]
 fn pack4(level: impl Fn(usize) -> i32, qs: &mut [u8]) {
-    for j in 0..QK / 2 {
-        qs[j] = (level(j) | level(j + QK / 2) << 4) as u8;
+    for (j, q) in qs[..QK / 2].iter_mut().enumerate() {
+        *q = (level(j) | level(j + QK / 2) << 4) as u8;
     }
 }
 
@@ -350,6 +350,7 @@ fn pack_levels(five: bool, level: impl Fn(usize) -> i32, y: &mut [u8]) {
 
 /// Q4_0 (`nmax` 8) and Q5_0 (16, `five`) without imatrix over a row,
 /// scales in lanes.
+#[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
 fn symmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool) {
     let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
