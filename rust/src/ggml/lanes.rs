@@ -112,17 +112,6 @@ fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
     t
 }
 
-/// [`transpose`] into `t`: a caller that transposes run after run keeps one
-/// `t` rather than zeroing a new one each time.
-#[inline(always)]
-pub(crate) fn transpose_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
-    if x.len() >= LANES * N {
-        transpose_full_into(&x[..LANES * N], t);
-    } else {
-        *t = transpose(x);
-    }
-}
-
 /// [`transpose_full`] into `t`.
 #[inline(always)]
 fn transpose_full_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
@@ -348,7 +337,7 @@ fn keep_mask(amax: &Col) -> Col {
 
 /// `(amax, max)` of [`super::search::signed_absmax`] per lane.
 #[inline(always)]
-pub(crate) fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
+fn signed_absmax_lanes<const N: usize>(x: &[Col; N]) -> (Col, Col) {
     let (mut amax, mut max) = ([0f32; LANES], [0f32; LANES]);
     for row in x {
         for k in 0..LANES {

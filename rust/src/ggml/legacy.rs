@@ -5,10 +5,9 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
-use super::lanes::{
-    imatrix_weights, qkx_lanes, qx_lanes, signed_absmax_lanes, transpose, transpose_into, untranspose, Col, LANES,
-};
-use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, QkxSearch};
+use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
+use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, signed_absmax, QkxSearch};
+use crate::kernel::fast::{min_max_keys, Lane};
 
 const QK: usize = 32;
 
@@ -40,31 +39,61 @@ pub fn quantize_q8_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     q8_0_isa(Isa::detect(), x, imatrix, out);
 }
 
-/// Per lane (one block each), the minimum and maximum starting from `MAX`
-/// / `-MAX`, in the C's order (`if (v < min) min = v;`), so a zero result
-/// has the sign of the block's first zero, as in C.
+// The block statistics without the C's loops: min, max and abs-max are
+// order-free except for the sign of a zero and, for the signed value of
+// largest magnitude, a tie between +a and -a (the C keeps the first). They
+// are reduced on integer order keys (which vectorize, like the affine
+// kernel's), and the blocks where order could matter run the C's loop.
+
+/// Q4_1/Q5_1's `min` and `max` (`if (v < min) min = v` from `MAX` / `-MAX`):
+/// a zero result has the sign of the block's first zero, so only a block
+/// whose min or max is zero runs the C's loop.
 #[inline(always)]
-fn min_max_lanes(xt: &[Col; QK]) -> (Col, Col) {
-    let (mut min, mut max) = ([f32::MAX; LANES], [-f32::MAX; LANES]);
-    for row in xt {
-        for k in 0..LANES {
-            min[k] = c_min(row[k], min[k]);
-            max[k] = c_max(row[k], max[k]);
-        }
+fn block_min_max(xb: &[f32; QK]) -> (f32, f32) {
+    let (lo, hi) = min_max_keys(&xb[..]);
+    let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    if min != 0.0 && max != 0.0 {
+        return (min, max);
+    }
+    let (mut min, mut max) = (f32::MAX, -f32::MAX);
+    for &v in xb {
+        min = c_min(v, min);
+        max = c_max(v, max);
     }
     (min, max)
 }
 
-/// Per lane, Q8_0's `amax = MAX(amax, fabsf(v))`.
+/// For Q4_0/Q5_0's signed value of largest magnitude (the first one on
+/// ties): the block's `(min, max)`, of which [`larger_magnitude`] picks it;
+/// on a tie (and for zeros) both are the C loop's answer.
 #[inline(always)]
-fn abs_max_lanes(xt: &[Col; QK]) -> Col {
-    let mut amax = [0f32; LANES];
-    for row in xt {
-        for k in 0..LANES {
-            amax[k] = c_max(amax[k], row[k].abs());
-        }
+fn block_signed_absmax(xb: &[f32; QK]) -> (f32, f32) {
+    let (lo, hi) = min_max_keys(&xb[..]);
+    let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    if max == -min {
+        let s = signed_absmax(xb).1;
+        return (s, s);
     }
-    amax
+    (min, max)
+}
+
+/// `max` or `min`, whichever is larger in magnitude (`max` on a tie), as
+/// a select in the run's lanes: a branch on the sign mispredicted half the
+/// time.
+#[inline(always)]
+fn larger_magnitude(min: f32, max: f32) -> f32 {
+    if max > -min {
+        max
+    } else {
+        min
+    }
+}
+
+/// Q8_0's `amax = MAX(amax, fabsf(v))` from 0: the largest magnitude, on
+/// the bits (non-negative floats order as integers).
+#[inline(always)]
+fn block_abs_max(xb: &[f32; QK]) -> f32 {
+    f32::from_bits(xb.iter().fold(0, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)))
 }
 
 /// [`super::search::c_float_to_int`] (`cvttss2si`: `INT_MIN` out of the
@@ -117,35 +146,76 @@ fn blocks(x: &[f32]) -> impl Iterator<Item = &[f32; QK]> {
     x.chunks_exact(QK).map(|b| b.try_into().expect("32 values"))
 }
 
-/// Packs 32 5-bit values as ggml does: low nibbles in `qs` (value j and
-/// j+16 in byte j), the fifth bit of value j as bit j of the 32-bit
-/// little-endian `qh`, gathered 8 at a time by a multiplication (the bits
-/// land at distinct positions, no carries): an OR over 32 shifted values
-/// was compiled to a horizontal reduction per block.
+/// Packs the 32 4-bit levels `level(j)` as ggml does: value j and j+16 in
+/// byte j (the low byte of `l[j] | l[j+16] << 4`, so a level's high bits
+/// land where the C's `qs[j] = xi0; qs[j] |= xi1 << 4` puts them).
 #[inline(always)]
-fn pack5(l: &[u8; QK], qh_out: &mut [u8], qs: &mut [u8]) {
+fn pack4(level: impl Fn(usize) -> i32, qs: &mut [u8]) {
+    for (j, q) in qs[..QK / 2].iter_mut().enumerate() {
+        *q = (level(j) | level(j + QK / 2) << 4) as u8;
+    }
+}
+
+/// Packs the 32 5-bit levels `level(j)` as ggml does: low nibbles in `qs`
+/// (value j and j+16 in byte j), the fifth bit of value j as bit j of the
+/// 32-bit little-endian `qh`.
+#[inline(always)]
+fn pack5(level: impl Fn(usize) -> i32, qh_out: &mut [u8], qs: &mut [u8]) {
+    let mut l = [0u8; QK];
+    for (j, lj) in l.iter_mut().enumerate() {
+        *lj = level(j) as u8;
+    }
     for j in 0..QK / 2 {
         qs[j] = (l[j] & 0x0F) | ((l[j + QK / 2] & 0x0F) << 4);
     }
-    let mut qh = 0u32;
-    for (c, b) in l.chunks_exact(8).enumerate() {
-        let bits = (u64::from_le_bytes(b.try_into().expect("8 levels")) >> 4) & 0x0101_0101_0101_0101;
-        qh |= ((bits.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u32) << (8 * c);
-    }
+    let qh = fifth_bits(&l[..16]) | fifth_bits(&l[16..]) << 16;
     qh_out.copy_from_slice(&qh.to_le_bytes());
 }
 
+/// Bit 4 of byte j as bit j, for 16 bytes: SSE2's byte mask (x86-64's
+/// baseline; LLVM compiled every loop tried to a scalar or horizontal
+/// reduction per block, up to half of Q5's time).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn pack4(l: &[u8; QK], qs: &mut [u8]) {
-    for j in 0..QK / 2 {
-        qs[j] = l[j] | (l[j + QK / 2] << 4);
-    }
+fn fifth_bits(l: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_loadu_si128, _mm_movemask_epi8, _mm_slli_epi16};
+    assert!(l.len() == 16);
+    // SAFETY: SSE2 is part of x86-64's baseline; 16 bytes are read from `l`.
+    // The shift moves each byte's bit 4 to its bit 7 (the bits crossing
+    // into the next byte land below its bit 7), which the mask collects.
+    unsafe { _mm_movemask_epi8(_mm_slli_epi16::<3>(_mm_loadu_si128(l.as_ptr().cast()))) as u32 }
 }
 
-/// Q4_1's `MIN(15, (int8_t)v)`.
+/// Bit 4 of byte j as bit j, for 16 bytes.
+#[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-fn low_nibble(v: f32) -> u8 {
-    c_min(15, low_byte(v) as i8 as i32) as u8
+fn fifth_bits(l: &[u8]) -> u32 {
+    l.iter().enumerate().fold(0, |qh, (j, &v)| qh | u32::from(v & 0x10 != 0) << j)
+}
+
+/// `f` clamped to `[lo, hi]` (NaN to `hi`) and truncated toward zero:
+/// `cvttss2si` for the values the clamp leaves alone. The fast paths use it
+/// where the level is known to be inside `[lo, hi]` (a block whose `d` and
+/// `1/d` are finite), or where the C clamps to `hi` anyway: no range
+/// selects for `INT_MIN`, no sign extension of a byte.
+#[inline(always)]
+fn trunc_clamped(f: f32, lo: f32, hi: f32) -> i32 {
+    debug_assert!(-2_147_483_648.0 <= lo && hi < 2_147_483_648.0);
+    let c = c_max(lo, c_min(f, hi));
+    // SAFETY: `c` is in `[lo, hi]`, inside the i32 range.
+    unsafe { c.to_int_unchecked() }
+}
+
+/// `(int)roundf(x)` (half away from zero) for `|x| < 128`: `trunc(x +- 0.5)`
+/// is exact there except at `|x| = 0.5 - 2^-25`, whose sum rounds up to 1,
+/// hence the `|x| >= 0.5` test (below it `roundf` is 0).
+#[inline(always)]
+fn round_small(x: f32) -> i32 {
+    if x.abs() >= 0.5 {
+        trunc_clamped(x + 0.5f32.copysign(x), -128.0, 128.0)
+    } else {
+        0
+    }
 }
 
 fn row_sigma2(x: &[f32]) -> f32 {
@@ -202,21 +272,21 @@ fn asymmetric_search(nmax: i32, x: &[Col; QK], w: &[Col; QK], l: &mut [[u8; LANE
 #[inline(always)]
 fn write_q4_0(l: &[u8; QK], d: f32, _: f32, y: &mut [u8]) {
     put_f16(y, 0, d);
-    pack4(l, &mut y[2..18]);
+    pack4(|j| l[j].into(), &mut y[2..18]);
 }
 
 #[inline(always)]
 fn write_q5_0(l: &[u8; QK], d: f32, _: f32, y: &mut [u8]) {
     put_f16(y, 0, d);
     let (qh, qs) = y[2..22].split_at_mut(4);
-    pack5(l, qh, qs);
+    pack5(|j| l[j].into(), qh, qs);
 }
 
 #[inline(always)]
 fn write_q4_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
     put_f16(y, 0, d);
     put_f16(y, 2, m);
-    pack4(l, &mut y[4..20]);
+    pack4(|j| l[j].into(), &mut y[4..20]);
 }
 
 #[inline(always)]
@@ -224,103 +294,120 @@ fn write_q5_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
     put_f16(y, 0, d);
     put_f16(y, 2, m);
     let (qh, qs) = y[4..24].split_at_mut(4);
-    pack5(l, qh, qs);
+    pack5(|j| l[j].into(), qh, qs);
 }
 
-// Runs of `LANES` blocks in the no-imatrix paths: the run is transposed
-// and each block's statistics computed in its own lane (the C's loop,
-// no horizontal reductions), then the scales with one lane per block (the
-// divisions vectorize), then the levels block by block.
+// The no-imatrix paths work in runs of `LANES` blocks: each block's
+// statistics (reduced on order keys, see above), then the scales with one
+// lane per block (the divisions vectorize), then the levels block by block.
 
-/// Runs a no-imatrix quantizer over a row: `stat(transposed run) -> (a, b)`
-/// per lane (e.g. the min and max), `scale(a, b) -> (d, id, m)`, then
-/// `write(block, halves, id, m, bytes)`, `halves` = `d` and `m` as ggml
-/// halves (converted in lanes too).
+/// Runs a no-imatrix quantizer over a row, in runs of `LANES` blocks:
+/// `stat(block) -> (a, b)` (e.g. the min and max), then for the run at once
+/// `scale(a, b) -> (d, id, m)` (the divisions vectorize), then
+/// `write(block, halves, id, m, fast, bytes)`, `halves` = `d` and `m` as
+/// ggml halves (converted in lanes too), `fast` = `d` and `id` are finite:
+/// then every level is in its type's range and the writers skip the C's
+/// out-of-range conversions (a huge range or a tiny scale takes the exact
+/// slow path).
 #[inline(always)]
 fn lane_rows(
     x: &[f32],
     out: &mut [u8],
     bytes: usize,
-    stat: impl Fn(&[Col; QK]) -> (Col, Col),
+    stat: impl Fn(&[f32; QK]) -> (f32, f32),
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
-    write: impl Fn(&[f32; QK], [u8; 4], f32, f32, &mut [u8]),
+    write: impl Fn(&[f32; QK], [u8; 4], f32, f32, bool, &mut [u8]),
 ) {
-    let mut xt = [[0f32; LANES]; QK];
     for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
         // Lanes past a partial run are zero blocks, never written.
-        transpose_into(xr, &mut xt);
-        let (a, b) = stat(&xt);
-        let (mut halves, mut id, mut m) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES]);
+        let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+        for (i, xb) in blocks(xr).enumerate() {
+            (a[i], b[i]) = stat(xb);
+        }
+        let (mut halves, mut id, mut m, mut fast) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES], [false; LANES]);
         for i in 0..LANES {
             let (di, idi, mi) = scale(a[i], b[i]);
             let h = u32::from(fp32_to_fp16(di)) | (u32::from(fp32_to_fp16(mi)) << 16);
-            (halves[i], id[i], m[i]) = (h.to_le_bytes(), idi, mi);
+            (halves[i], id[i], m[i], fast[i]) = (h.to_le_bytes(), idi, mi, di.is_finite() & idi.is_finite());
         }
         for (i, (xb, y)) in blocks(xr).zip(yr.chunks_exact_mut(bytes)).enumerate() {
-            write(xb, halves[i], id[i], m[i], y);
+            write(xb, halves[i], id[i], m[i], fast[i], y);
         }
     }
 }
 
-/// Q4_0 (`nmax` 8) and Q5_0 (16) without imatrix over a row, scales in lanes.
+/// Packs a block's levels `level(j)` into `y` (the bytes after its scales):
+/// 5-bit (`five`) or 4-bit.
 #[inline(always)]
-fn symmetric_row(x: &[f32], out: &mut [u8], bytes: usize, nmax: i32, pack: impl Fn(&[u8; QK], &mut [u8])) {
+fn pack_levels(five: bool, level: impl Fn(usize) -> i32, y: &mut [u8]) {
+    if five {
+        let (qh, qs) = y.split_at_mut(4);
+        pack5(level, qh, qs);
+    } else {
+        pack4(level, y);
+    }
+}
+
+/// Q4_0 (`nmax` 8) and Q5_0 (16, `five`) without imatrix over a row,
+/// scales in lanes.
+#[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
+#[inline(always)]
+fn symmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool) {
     let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
+    let top = 2 * nmax - 1;
     lane_rows(
         x,
         out,
-        bytes,
+        if five { 22 } else { 18 },
         #[inline(always)]
-        |xt| (signed_absmax_lanes(xt).1, [0.0; LANES]),
+        |xb| block_signed_absmax(xb),
         #[inline(always)]
-        |max, _| {
-            let d = max / -(nmax as f32);
+        |min, max| {
+            let d = larger_magnitude(min, max) / -(nmax as f32);
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
         },
         #[inline(always)]
-        |xb, halves, id, _, y| {
-            let mut l = [0u8; QK];
-            for (lj, &v) in l.iter_mut().zip(xb) {
-                *lj = c_min(2 * nmax - 1, low_byte(v * id + offset) as i8 as i32) as u8;
-            }
+        |xb, halves, id, _, fast, y| {
             y[..2].copy_from_slice(&halves[..2]);
-            pack(&l, y);
+            let y = &mut y[2..];
+            if fast {
+                // `v * id + offset` is in [0.5 - e, 2 nmax + 0.5 + e]: the
+                // C's `MIN(top, (int8_t)...)` is a clamp before truncating.
+                pack_levels(five, |j| trunc_clamped(xb[j] * id + offset, 0.0, top as f32), y);
+            } else {
+                pack_levels(five, |j| c_min(top, low_byte(xb[j] * id + offset) as i8 as i32), y);
+            }
         },
     );
 }
 
-/// Q4_1 (`nmax` 15) and Q5_1 (31) without imatrix over a row, scales in
-/// lanes. `round` is the C's conversion of `v + 0.5` (Q4_1 clamps, Q5_1 does
-/// not).
+/// Q4_1 (`nmax` 15) and Q5_1 (31, `five`) without imatrix over a row,
+/// scales in lanes. `round` is the C's conversion of `v + 0.5` (Q4_1 clamps,
+/// Q5_1 does not).
 #[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
-fn asymmetric_row(
-    x: &[f32],
-    out: &mut [u8],
-    bytes: usize,
-    nmax: i32,
-    round: impl Fn(f32) -> u8,
-    pack: impl Fn(&[u8; QK], &mut [u8]),
-) {
+fn asymmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool, round: impl Fn(f32) -> i32) {
     lane_rows(
         x,
         out,
-        bytes,
+        if five { 24 } else { 20 },
         #[inline(always)]
-        |xt| min_max_lanes(xt),
+        |xb| block_min_max(xb),
         #[inline(always)]
         |min, max| {
             let d = (max - min) / nmax as f32;
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, min)
         },
         #[inline(always)]
-        |xb, halves, id, min, y| {
-            let mut l = [0u8; QK];
-            for (lj, &v) in l.iter_mut().zip(xb) {
-                *lj = round((v - min) * id + 0.5);
-            }
+        |xb, halves, id, min, fast, y| {
             y[..4].copy_from_slice(&halves);
-            pack(&l, y);
+            let y = &mut y[4..];
+            if fast {
+                // `(v - min) * id + 0.5` is in [0.5, nmax + 0.5 + e].
+                pack_levels(five, |j| trunc_clamped((xb[j] - min) * id + 0.5, 0.0, nmax as f32), y);
+            } else {
+                pack_levels(five, |j| round((xb[j] - min) * id + 0.5), y);
+            }
         },
     );
 }
@@ -331,7 +418,7 @@ fn asymmetric_row(
 #[inline(always)]
 fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        symmetric_row(x, out, 18, 8, |l, y| pack4(l, &mut y[2..18]));
+        symmetric_row(x, out, 8, false);
         return;
     };
     imatrix_rows(
@@ -350,10 +437,7 @@ fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        symmetric_row(x, out, 22, 16, |l, y| {
-            let (qh, qs) = y[2..22].split_at_mut(4);
-            pack5(l, qh, qs);
-        });
+        symmetric_row(x, out, 16, true);
         return;
     };
     imatrix_rows(
@@ -372,7 +456,7 @@ fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        asymmetric_row(x, out, 20, 15, low_nibble, |l, y| pack4(l, &mut y[4..20]));
+        asymmetric_row(x, out, 15, false, |v| c_min(15, low_byte(v) as i8 as i32));
         return;
     };
     imatrix_rows(
@@ -391,10 +475,7 @@ fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        asymmetric_row(x, out, 24, 31, low_byte, |l, y| {
-            let (qh, qs) = y[4..24].split_at_mut(4);
-            pack5(l, qh, qs);
-        });
+        asymmetric_row(x, out, 31, true, |v| low_byte(v).into());
         return;
     };
     imatrix_rows(
@@ -417,18 +498,25 @@ fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         34,
         #[inline(always)]
-        |xt| (abs_max_lanes(xt), [0.0; LANES]),
+        |xb| (block_abs_max(xb), 0.0),
         #[inline(always)]
         |amax, _| {
             let d = amax / 127.0;
             (d, if d != 0.0 { 1.0 / d } else { 0.0 }, 0.0)
         },
         #[inline(always)]
-        |xb, halves, id, _, y| {
+        |xb, halves, id, _, fast, y| {
             y[..2].copy_from_slice(&halves[..2]);
             let q: &mut [u8; QK] = (&mut y[2..34]).try_into().expect("32 bytes");
-            for (qj, &v) in q.iter_mut().zip(xb) {
-                *qj = round_low_byte(v * id);
+            if fast {
+                // `|v * id| <= 127 (1 + e)`.
+                for (qj, &v) in q.iter_mut().zip(xb) {
+                    *qj = round_small(v * id) as u8;
+                }
+            } else {
+                for (qj, &v) in q.iter_mut().zip(xb) {
+                    *qj = round_low_byte(v * id);
+                }
             }
         },
     );
@@ -577,15 +665,15 @@ mod tests {
         }
     }
 
-    /// Blocks the lane statistics could get wrong: magnitude ties of both
+    /// Blocks the block statistics could get wrong: magnitude ties of both
     /// signs in either order, zeros of both signs first, constant blocks,
-    /// extremes that make `1/d` overflow, on top of [`hard_groups`].
+    /// extremes that make `1/d` overflow or nearly, on top of [`hard_groups`].
     fn tie_groups(seed: u32) -> Vec<f32> {
         let mut x = Vec::new();
         for g in 0..16u32 {
             for i in 0..QK as u32 {
                 let r = ((i.wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503)) >> 20) as f32 / 4096.0 - 0.5;
-                x.push(match (g + seed) % 8 {
+                x.push(match (g + seed) % 9 {
                     0 => [0.5, -0.5][((i + g) % 2) as usize] * if i % 7 == 3 { 1.0 } else { r },
                     1 => [-0.5, 0.5][((i + g) % 2) as usize] * if i % 5 == 1 { 1.0 } else { r },
                     2 => [0.0, -0.0][((i / 3 + g) % 2) as usize],
@@ -605,7 +693,10 @@ mod tests {
                             -f32::from_bits(1 + i) * (i % 2) as f32
                         }
                     }
-                    _ => r * 1e-30,
+                    7 => r * 1e-30,
+                    // Scales just below and above 1/FLT_MAX: `1/d` finite
+                    // (the fast paths) or infinite (the exact slow ones).
+                    _ => r * [6e-38, 2e-38, 5e-38][(g % 3) as usize],
                 });
             }
         }
@@ -613,7 +704,7 @@ mod tests {
     }
 
     #[test]
-    fn lane_statistics_write_the_scalar_bytes_on_every_isa() {
+    fn block_statistics_write_the_scalar_bytes_on_every_isa() {
         for seed in 0..16 {
             // 16 + 16 + 5 blocks: full runs and a partial one at the row end.
             let mut x = hard_groups(QK, seed);
@@ -634,6 +725,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `round_small` is `roundf` below 128: every 7th f32 bit pattern of
+    /// either sign, and every value within 64 ulps of each half-integer.
+    #[test]
+    fn round_small_is_roundf_below_128() {
+        let check = |x: f32| assert_eq!(round_small(x), x.round() as i32, "{x:e} ({:#x})", x.to_bits());
+        for b in (0..0x4300_0000u32).step_by(7) {
+            check(f32::from_bits(b));
+            check(-f32::from_bits(b));
+        }
+        for h in 0..256 {
+            let half = f32::from_bits((h as f32 * 0.5).to_bits());
+            for k in 0..64 {
+                for x in [f32::from_bits(half.to_bits() + k), f32::from_bits(half.to_bits().saturating_sub(k))] {
+                    if x.abs() < 128.0 {
+                        check(x);
+                        check(-x);
+                    }
+                }
+            }
+        }
+        check(0.5 - 2f32.powi(-25));
     }
 
     /// ggml's imatrix searches one block at a time: the lanes' reference.

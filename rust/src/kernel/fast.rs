@@ -454,7 +454,7 @@ fn min_max<T: Lane>(xs: &[T]) -> (f32, f32) {
 
 /// The keys of the min and max of a group.
 #[inline(always)]
-fn min_max_keys<T: Lane>(xs: &[T]) -> (T::Key, T::Key) {
+pub(crate) fn min_max_keys<T: Lane>(xs: &[T]) -> (T::Key, T::Key) {
     let mut lo = T::KEY_MAX;
     let mut hi = T::KEY_MIN;
     for &v in xs {
