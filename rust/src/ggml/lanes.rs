@@ -112,6 +112,17 @@ fn transpose_full<const N: usize>(x: &[f32]) -> [Col; N] {
     t
 }
 
+/// [`transpose`] into `t`: a caller that transposes run after run keeps one
+/// `t` rather than zeroing a new one each time.
+#[inline(always)]
+pub(crate) fn transpose_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
+    if x.len() >= LANES * N {
+        transpose_full_into(&x[..LANES * N], t);
+    } else {
+        *t = transpose(x);
+    }
+}
+
 /// [`transpose_full`] into `t`.
 #[inline(always)]
 fn transpose_full_into<const N: usize>(x: &[f32], t: &mut [Col; N]) {
