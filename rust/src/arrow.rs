@@ -529,13 +529,13 @@ struct Tensor<'a> {
 /// The tensors of `array`, read in place, and the positions of its columns
 /// to pass through. `field_name` names a lone tensor.
 fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<(Vec<Tensor<'a>>, Vec<usize>)> {
-    check_quantize_type(array.data_type())?;
     let DataType::Struct(fields) = array.data_type() else {
+        check_quantize_type(array.data_type())?;
         no_nulls(array, "the input array")?;
         let values = read_values(array)?;
         return Ok((vec![Tensor { name: field_name, values, shape: vec![values.len()] }], Vec::new()));
     };
-    let columns = InputColumns::find(fields)?;
+    let columns = InputColumns::find(fields)?; // check_quantize_type of a struct
     let batch = array.as_struct();
     no_nulls(batch, "the input struct array")?;
     let names = strings(batch.column(columns.name).as_ref(), NAME)?;

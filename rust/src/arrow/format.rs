@@ -38,7 +38,14 @@ fn axis_of(value: i64) -> Result<Axis> {
 /// float16 with float16 scales; a `method` column (utf8) follows with
 /// another method than min-max, then an `axis` column (int8, 0) with groups
 /// along the first axis. The defaults' schema is the format's original one.
+/// Built once per scheme and axis (a result's schema, on every call).
 pub fn quantized_fields(scheme: Scheme, axis: Axis) -> Fields {
+    static BUILT: [std::sync::OnceLock<Fields>; 8] = [const { std::sync::OnceLock::new() }; 8];
+    let index = 4 * (scheme.method as usize) + 2 * (scheme.scale_dtype as usize) + axis as usize;
+    BUILT[index].get_or_init(|| build_quantized_fields(scheme, axis)).clone()
+}
+
+fn build_quantized_fields(scheme: Scheme, axis: Axis) -> Fields {
     let scales = DataType::List(item(match scheme.scale_dtype {
         ScaleDtype::F32 => DataType::Float32,
         ScaleDtype::F16 => DataType::Float16,
