@@ -33,8 +33,12 @@ def prepare(obj: Any, columns: dict[str, str] | None, on_null: str) -> Any:
             raise ValueError(f"columns maps {sorted(unknown)}: its keys are the roles {ROLES}")
     if isinstance(obj, dict):
         obj = from_numpy(obj)
-    if columns is None and on_null == "error" and not _has_float64(obj):
-        return obj
+    if columns is None and on_null == "error":
+        # An array or batch is quantized at once: its float64 weights are
+        # refused by Rust, with the exact cast added by explain_float64 (not
+        # looked for here: the per-call cost). A stream's, before it is read.
+        if hasattr(obj, "__arrow_c_array__") or not _has_float64(obj):
+            return obj
     import pyarrow as pa
 
     if isinstance(obj, (pa.Array, pa.ChunkedArray)):
@@ -133,6 +137,13 @@ def _has_float64(obj: Any) -> bool:
     if pa is None or not isinstance(schema, pa.Schema) or "weights" not in schema.names:
         return False
     return exact_cast(schema.field("weights").type) is not None
+
+
+def explain_float64(obj: Any) -> None:
+    """Raises the error with the exact cast to make if ``obj`` (a pyarrow
+    object) has float64 weights: what Rust's refusal of them becomes."""
+    if _has_float64(obj):
+        _check_float64(obj.schema)
 
 
 def _check_float64(schema: Any) -> None:

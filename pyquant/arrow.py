@@ -28,9 +28,6 @@ from ._lib import ffi, lib
 from .core import _c_uint, _importance, _UINT32_MAX, axis_code, scheme_codes
 from .errors import InvalidBitsError, InvalidGroupSizeError, InvalidImatrixError, QuantizeError, UnsupportedDtypeError
 
-_PyCapsule_IsValid = ctypes.pythonapi.PyCapsule_IsValid
-_PyCapsule_IsValid.restype = ctypes.c_int
-_PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
 _PyCapsule_GetPointer = ctypes.pythonapi.PyCapsule_GetPointer
 _PyCapsule_GetPointer.restype = ctypes.c_void_p
 _PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
@@ -118,14 +115,20 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     obj = _arrow_inputs.prepare(obj, columns, on_null)
 
     seen: set[str] = set()
+    schema = _quantized_schema(m, s, a)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
-        batch = _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, a, entries, n, t)
+        batch = _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, a, entries, n, t,
+                         schema=schema)
         if keep:
             seen.update(batch.column(0).to_pylist())
         return batch
 
-    out = _map(obj, convert)
+    try:
+        out = _map(obj, convert)
+    except UnsupportedDtypeError:
+        _arrow_inputs.explain_float64(obj)
+        raise
     if not keep:
         return out
 
@@ -286,14 +289,29 @@ def quantized_schema(method: str = "minmax", scale_dtype: str = "float32", axis:
     uint8, group_size uint32, then for ``method="search"`` a column
     ``method`` (string) and for ``axis=0`` a column ``axis`` (int8). The
     defaults give the format's original schema."""
-    pa = _pyarrow()
     m, s = scheme_codes(method, scale_dtype)
-    out = ffi.new("struct ArrowSchema *")
-    call(lib.pq_arrow_quantized_schema, m, s, axis_code(axis, None), out)
+    return _quantized_schema(m, s, axis_code(axis, None))
+
+
+def _quantized_schema(method: int, scale_dtype: int, axis: int) -> Any:
+    """:func:`quantized_schema` of the C codes, imported once (a pyarrow
+    Schema is immutable)."""
+    key = (method, scale_dtype, axis)
     try:
-        return pa.Schema._import_from_c(_address(out))
+        return _SCHEMAS[key]
+    except KeyError:
+        pass
+    pa = _pyarrow()
+    out = ffi.new("struct ArrowSchema *")
+    call(lib.pq_arrow_quantized_schema, method, scale_dtype, axis, out)
+    try:
+        schema = _SCHEMAS[key] = pa.Schema._import_from_c(_address(out))
     finally:
         _release_if_live(out)
+    return schema
+
+
+_SCHEMAS: dict[tuple[int, int, int], Any] = {}
 
 
 # ---------------------------------------------------------------------------
@@ -373,14 +391,16 @@ def _chunk_capsules(obj: Any, chunks: Any) -> Iterator[tuple[Any, Any]]:
 
 
 def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
-    if not _PyCapsule_IsValid(capsule, name):
-        raise UnsupportedDtypeError(f"expected a PyCapsule named {name.decode()!r}, got {capsule!r}")
-    return ffi.cast(ctype, _PyCapsule_GetPointer(capsule, name))
+    try:
+        # One call: it checks the capsule and its name (ValueError if either is wrong).
+        return ffi.cast(ctype, _PyCapsule_GetPointer(capsule, name))
+    except ValueError:
+        raise UnsupportedDtypeError(f"expected a PyCapsule named {name.decode()!r}, got {capsule!r}") from None
 
 
-def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int) -> Any:
+def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int, schema: Any = None) -> Any:
     """Calls ``function(array, schema, *args, out_array, out_schema, err)``
-    and imports the result into pyarrow.
+    and imports the result into pyarrow (see :func:`_import_result` for ``schema``).
 
     The input array is moved out of its capsule by the C function (on errors
     too), so the capsule's destructor will not release it again; the schema
@@ -388,18 +408,24 @@ def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int)
     """
     in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
-    return _import_result(function, in_array, in_schema, *args)
+    return _import_result(function, in_array, in_schema, *args, schema=schema)
 
 
-def _import_result(function: Any, *args: Any) -> Any:
+def _import_result(function: Any, *args: Any, schema: Any = None) -> Any:
     """Calls ``function(*args, out_array, out_schema, err)`` and imports the
-    record batch it exported into pyarrow."""
+    record batch it exported into pyarrow. ``schema``: the pyarrow schema of
+    a quantized batch with no columns passed through
+    (:func:`_quantized_schema` of the call's codes), taken instead of
+    importing the exported one when the result has just its columns."""
     pa = _pyarrow()
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
     call(function, *args, out_array, out_schema)
     try:
-        # Moves both structs into pyarrow (released by it, even if it fails).
+        # Moves the structs into pyarrow (released by it, even if it fails).
+        if schema is not None and out_schema.n_children == len(schema):
+            out_schema.release(out_schema)
+            return pa.RecordBatch._import_from_c(_address(out_array), schema)
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))
     finally:
         _release_if_live(out_array)

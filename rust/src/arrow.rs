@@ -17,14 +17,15 @@
 //! [`live_exports`] counts results that still have a buffer alive.
 
 use std::ops::Range;
+use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int64Type};
 use arrow_array::{
-    make_array, Array, ArrayRef, GenericListArray, Int8Array, LargeBinaryArray, ListArray, OffsetSizeTrait,
-    StringArray, StructArray, UInt32Array, UInt8Array,
+    make_array, Array, ArrayRef, Float16Array, Float32Array, GenericListArray, Int8Array, LargeBinaryArray, ListArray,
+    OffsetSizeTrait, StringArray, StructArray, UInt32Array, UInt8Array,
 };
 use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_data::ArrayData;
@@ -43,7 +44,7 @@ pub(crate) mod tests;
 
 pub use dequantize::{dequantize, dequantized_fields, raw_fields, Dequantized};
 pub use format::{check_dequantize_type, check_quantized, quantized_fields, row, RowParts};
-use format::{quantized_batch, RowMeta};
+use format::{quantized_batch, Encoded, RowMeta};
 
 /// Column names of an input batch.
 const NAME: &str = "name";
@@ -117,6 +118,56 @@ impl Output {
         Buffer::from(bytes::Bytes::from_owner(Tracked { data, _token: Arc::clone(&self.token) }))
     }
 
+    /// `N` buffers, the pieces of one allocation (one `malloc` instead of
+    /// `N`; warm memory when a freed result's block is reused), of `lens`
+    /// bytes each and each 8-byte aligned, written by `fill`. The block is
+    /// not zeroed (that would be one more pass over the codes): `fill` must
+    /// write every byte of every piece and read none before writing it
+    /// (the kernel's outputs: it assigns every byte of every group, tested
+    /// by `tests::every_output_byte_is_written`); the padding after each piece is
+    /// zeroed here. On error the block is freed, unexposed.
+    fn block<const N: usize>(
+        &self,
+        lens: [usize; N],
+        fill: impl FnOnce([&mut [u8]; N]) -> Result<()>,
+    ) -> Result<[Buffer; N]> {
+        let mut starts = [0usize; N];
+        let mut end = 0usize;
+        for (start, &len) in starts.iter_mut().zip(&lens) {
+            *start = end;
+            end = end.checked_add(len).and_then(|e| e.checked_next_multiple_of(8)).ok_or_else(|| {
+                Error::new(PqStatus::SizeOverflow, "the result's buffers together overflow the address space")
+            })?;
+        }
+        let mut words: Vec<u64> = Vec::with_capacity(end / 8);
+        let base = words.as_mut_ptr() as *mut u8;
+        // Tests fill the block with a pattern first: a byte `fill` left
+        // unwritten would show as a difference between two patterns.
+        #[cfg(test)]
+        // SAFETY: the capacity holds `end` bytes.
+        unsafe {
+            ptr::write_bytes(base, tests::BLOCK_PATTERN.load(Ordering::Relaxed), end)
+        };
+        let pieces = std::array::from_fn(|i| {
+            let (start, len) = (starts[i], lens[i]);
+            // SAFETY: start..start + len and its padding up to the next
+            // multiple of 8 lie within the capacity (end bytes), and the
+            // pieces are disjoint. u8 has no invalid values; the
+            // uninitialised bytes are only written (see above) before
+            // `set_len` exposes them.
+            unsafe {
+                ptr::write_bytes(base.add(start + len), 0, (start + len).next_multiple_of(8) - (start + len));
+                std::slice::from_raw_parts_mut(base.add(start), len)
+            }
+        });
+        fill(pieces)?;
+        // SAFETY: every byte of the capacity is written: the pieces by
+        // `fill`, the padding above.
+        unsafe { words.set_len(end / 8) };
+        let block = self.buffer(words);
+        Ok(std::array::from_fn(|i| block.slice_with_length(starts[i], lens[i])))
+    }
+
     fn scalars<T: ArrowNativeType>(&self, data: Vec<T>) -> ScalarBuffer<T> {
         let len = data.len();
         ScalarBuffer::new(self.buffer(data), 0, len)
@@ -137,6 +188,15 @@ impl Output {
         }
         Ok(Arc::new(StringArray::new(OffsetBuffer::new(self.scalars(offsets)), self.buffer(data), None)))
     }
+}
+
+/// A piece of [`Output::block`] as f32 values.
+fn f32s(bytes: &mut [u8]) -> &mut [f32] {
+    // SAFETY: f32 has no invalid bit patterns; the bytes are only written
+    // before they are exposed, as `Output::block` requires.
+    let (head, floats, tail) = unsafe { bytes.align_to_mut::<f32>() };
+    assert!(head.is_empty() && tail.is_empty(), "block pieces are 8-byte aligned and hold whole floats");
+    floats
 }
 
 fn offset_i32(n: usize, column: &str) -> Result<i32> {
@@ -469,13 +529,13 @@ struct Tensor<'a> {
 /// The tensors of `array`, read in place, and the positions of its columns
 /// to pass through. `field_name` names a lone tensor.
 fn read_tensors<'a>(array: &'a dyn Array, field_name: &'a str) -> Result<(Vec<Tensor<'a>>, Vec<usize>)> {
-    check_quantize_type(array.data_type())?;
     let DataType::Struct(fields) = array.data_type() else {
+        check_quantize_type(array.data_type())?;
         no_nulls(array, "the input array")?;
         let values = read_values(array)?;
         return Ok((vec![Tensor { name: field_name, values, shape: vec![values.len()] }], Vec::new()));
     };
-    let columns = InputColumns::find(fields)?;
+    let columns = InputColumns::find(fields)?; // check_quantize_type of a struct
     let batch = array.as_struct();
     no_nulls(batch, "the input struct array")?;
     let names = strings(batch.column(columns.name).as_ref(), NAME)?;
@@ -569,16 +629,18 @@ pub fn quantize(
         layouts.push(layout);
     }
     offset_i32(n_groups, "scales")?;
-
-    // Zeroed vectors come from calloc: pages the kernel then fills once.
-    let mut codes = vec![0u8; codes_len];
-    let mut scales = vec![0f32; n_groups];
-    let mut mins = vec![0f32; n_groups];
     let (mut codes_offsets, mut group_offsets) = (vec![0i64], vec![0i32]);
-    {
+    for l in &layouts {
+        codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
+        group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
+    }
+
+    let out = Output::new();
+    let floats = n_groups.checked_mul(4).ok_or_else(|| Error::new(PqStatus::SizeOverflow, "scales overflow"))?;
+    let [codes, scales, mins] = out.block([codes_len, floats, floats], |[codes_rest, scales_rest, mins_rest]| {
         // All rows in one batch call: tensors spread over the cores, and a
         // large one split across them; all or nothing.
-        let (mut codes_rest, mut scales_rest, mut mins_rest) = (&mut codes[..], &mut scales[..], &mut mins[..]);
+        let (mut codes_rest, mut scales_rest, mut mins_rest) = (codes_rest, f32s(scales_rest), f32s(mins_rest));
         let mut items = Vec::with_capacity(tensors.len());
         for (t, l) in tensors.iter().zip(&layouts) {
             let (c, cr) = std::mem::take(&mut codes_rest).split_at_mut(l.codes_len);
@@ -587,14 +649,12 @@ pub fn quantize(
             (codes_rest, scales_rest, mins_rest) = (cr, sr, mr);
             let importance = weights.get(t.name).copied();
             items.push(QuantizeItem { input: t.values, layout: *l, codes: c, scales: s, mins: m, importance });
-            codes_offsets.push(codes_offsets.last().copied().unwrap_or(0) + l.codes_len as i64);
-            group_offsets.push(group_offsets.last().copied().unwrap_or(0) + l.n_groups as i32);
         }
         quantize_batch(&mut items, threads).map_err(|e| match e.item {
             Some(row) => in_tensor(e.error, tensors[row].name, row),
             None => e.error,
-        })?;
-    }
+        })
+    })?;
 
     let rows: Vec<RowMeta> = tensors
         .iter()
@@ -607,7 +667,12 @@ pub fn quantize(
             group_size: l.group_size as u32,
         })
         .collect();
-    let quantized =
-        quantized_batch(&Output::new(), scheme, axis, &rows, (codes_offsets, codes), group_offsets, scales, mins)?;
+    let encoded = Encoded {
+        codes: (codes_offsets, codes),
+        group_offsets,
+        scales: ScalarBuffer::new(scales, 0, n_groups),
+        mins: ScalarBuffer::new(mins, 0, n_groups),
+    };
+    let quantized = quantized_batch(&out, scheme, axis, &rows, encoded)?;
     pass_through(quantized, array.as_ref(), &extra)
 }

@@ -38,7 +38,14 @@ fn axis_of(value: i64) -> Result<Axis> {
 /// float16 with float16 scales; a `method` column (utf8) follows with
 /// another method than min-max, then an `axis` column (int8, 0) with groups
 /// along the first axis. The defaults' schema is the format's original one.
+/// Built once per scheme and axis (a result's schema, on every call).
 pub fn quantized_fields(scheme: Scheme, axis: Axis) -> Fields {
+    static BUILT: [std::sync::OnceLock<Fields>; 8] = [const { std::sync::OnceLock::new() }; 8];
+    let index = 4 * (scheme.method as usize) + 2 * (scheme.scale_dtype as usize) + axis as usize;
+    BUILT[index].get_or_init(|| build_quantized_fields(scheme, axis)).clone()
+}
+
+fn build_quantized_fields(scheme: Scheme, axis: Axis) -> Fields {
     let scales = DataType::List(item(match scheme.scale_dtype {
         ScaleDtype::F32 => DataType::Float32,
         ScaleDtype::F16 => DataType::Float16,
@@ -319,21 +326,26 @@ pub(super) struct RowMeta<'a> {
     pub(super) group_size: u32,
 }
 
+/// The codes (with their int64 offsets per row), scales and mins (with
+/// their int32 offsets per row) of a quantized batch, concatenated over its
+/// rows, as the kernel wrote them.
+pub(super) struct Encoded {
+    pub(super) codes: (Vec<i64>, Buffer),
+    pub(super) group_offsets: Vec<i32>,
+    pub(super) scales: ScalarBuffer<f32>,
+    pub(super) mins: ScalarBuffer<f32>,
+}
+
 /// Assembles a quantized batch ([`quantized_fields`] of `scheme` and `axis`) from its
-/// rows and the concatenated codes (with their int64 offsets), scales and
-/// mins (with their int32 offsets per row). The vectors become the buffers,
-/// uncopied; but for float16 scales and mins, narrowed (exactly: they are
-/// float16 values) into new ones.
-#[allow(clippy::too_many_arguments)] // the columns, one argument each
+/// rows and their `encoded` data. The buffers are used uncopied; but for
+/// float16 scales and mins, narrowed (exactly: they are float16 values)
+/// into new ones.
 pub(super) fn quantized_batch(
     out: &Output,
     scheme: Scheme,
     axis: Axis,
     rows: &[RowMeta],
-    codes: (Vec<i64>, Vec<u8>),
-    group_offsets: Vec<i32>,
-    scales: Vec<f32>,
-    mins: Vec<f32>,
+    encoded: Encoded,
 ) -> Result<ArrayData> {
     let mut shape_offsets = vec![0i32];
     let mut shape_values = Vec::new();
@@ -341,16 +353,24 @@ pub(super) fn quantized_batch(
         shape_values.extend_from_slice(&r.shape);
         shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
     }
-    let (codes_offsets, codes) = codes;
-    let floats = |offsets: Vec<i32>, values: Vec<f32>| match scheme.scale_dtype {
-        ScaleDtype::F32 => out.list::<Float32Type>(offsets, values),
-        ScaleDtype::F16 => out.list::<Float16Type>(offsets, values.into_iter().map(half::f16::from_f32).collect()),
+    let Encoded { codes: (codes_offsets, codes), group_offsets, scales, mins } = encoded;
+    // One offsets buffer for both lists.
+    let group_offsets = OffsetBuffer::new(out.scalars(group_offsets));
+    let floats = |values: ScalarBuffer<f32>| -> ArrayRef {
+        let (value_type, values): (_, ArrayRef) = match scheme.scale_dtype {
+            ScaleDtype::F32 => (DataType::Float32, Arc::new(Float32Array::new(values, None))),
+            ScaleDtype::F16 => {
+                let narrowed = out.scalars(values.iter().map(|&v| half::f16::from_f32(v)).collect());
+                (DataType::Float16, Arc::new(Float16Array::new(narrowed, None)))
+            }
+        };
+        Arc::new(ListArray::new(item(value_type), group_offsets.clone(), values, None))
     };
     let mut columns: Vec<ArrayRef> = vec![
         out.strings(rows.iter().map(|r| r.name), NAME)?,
-        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), out.buffer(codes), None)),
-        floats(group_offsets.clone(), scales),
-        floats(group_offsets, mins),
+        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), codes, None)),
+        floats(scales),
+        floats(mins),
         out.list::<Int64Type>(shape_offsets, shape_values),
         out.strings(rows.iter().map(|r| r.dtype), "dtype")?,
         Arc::new(UInt8Array::new(out.scalars(rows.iter().map(|r| r.bits).collect()), None)),
@@ -405,18 +425,14 @@ pub fn row(parts: &RowParts) -> Result<ArrayData> {
         bits: parts.bits,
         group_size: parts.group_size,
     };
-    let codes = (vec![0, parts.codes.len() as i64], parts.codes.to_vec());
     let out = Output::new();
-    quantized_batch(
-        &out,
-        parts.scheme,
-        parts.axis,
-        &[meta],
-        codes,
-        vec![0, groups],
-        parts.scales.to_vec(),
-        parts.mins.to_vec(),
-    )
+    let encoded = Encoded {
+        codes: (vec![0, parts.codes.len() as i64], out.buffer(parts.codes.to_vec())),
+        group_offsets: vec![0, groups],
+        scales: out.scalars(parts.scales.to_vec()),
+        mins: out.scalars(parts.mins.to_vec()),
+    };
+    quantized_batch(&out, parts.scheme, parts.axis, &[meta], encoded)
 }
 
 /// Errors unless every scale and min is a value of `dtype`, so that storing

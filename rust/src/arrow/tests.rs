@@ -1,6 +1,6 @@
 //! Tests of the Arrow path in safe Rust.
 
-use super::format::{quantized_batch, RowMeta};
+use super::format::{quantized_batch, Encoded, RowMeta};
 use super::*;
 use crate::batch as kernel;
 use arrow_array::types::{UInt32Type, UInt8Type};
@@ -12,6 +12,68 @@ use std::sync::{Mutex, MutexGuard};
 pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What `Output::block` fills its memory with before the kernel writes it.
+pub(super) static BLOCK_PATTERN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The codes, scales and mins of a result are not zeroed before the kernel
+/// writes them: every byte of them (and of the padding between them) must
+/// be written, whatever the bits, group size, scheme, axis and split across
+/// threads. Two results, one in a block filled with 0x00 and one in a block
+/// filled with 0xFF, are then the same bytes.
+#[test]
+fn every_output_byte_is_written() {
+    use crate::layout::ScaleDtype;
+    let _g = exclusive();
+    // A tensor large enough to be split across threads, and small ones; one
+    // group more makes an odd count of scales and of 3-bit codes' bytes,
+    // so that pieces end between 8-byte boundaries.
+    let big = values(1024 * 512, 1);
+    let small = values(24 * 16, 2);
+    let input = |one_group: &[i64]| {
+        batch(vec![
+            ("name", Arc::new(StringArray::from(vec!["big", "small", "one group"])) as ArrayRef),
+            ("weights", Arc::new(f32_list(&[&big, &small, &small[..8]]))),
+            ("shape", Arc::new(i64_list(&[&[1024, 512], &[24, 16], one_group]))),
+        ])
+    };
+    let schemes = [
+        (Method::MinMax, ScaleDtype::F32),
+        (Method::MinMax, ScaleDtype::F16),
+        (Method::Search, ScaleDtype::F32),
+        (Method::Search, ScaleDtype::F16),
+    ];
+    for bits in [2, 3, 4, 8] {
+        for (method, scale_dtype) in schemes {
+            for (axis, group) in
+                [(Axis::Last, Some(8)), (Axis::Last, None), (Axis::First, Some(8)), (Axis::First, None)]
+            {
+                if method == Method::Search && bits != 4 {
+                    continue; // the search's writes do not depend on bits; keep the test short
+                }
+                let scheme = Scheme { method, scale_dtype };
+                let input = input(if axis == Axis::Last { &[1, 8] } else { &[8, 1] });
+                let run = |pattern: u8, threads: usize| {
+                    BLOCK_PATTERN.store(pattern, Ordering::Relaxed);
+                    let q = quantize(&input, "", bits, group, scheme, axis, &[], threads);
+                    BLOCK_PATTERN.store(0, Ordering::Relaxed);
+                    q.unwrap()
+                };
+                let case = format!("bits {bits} {method:?} {scale_dtype:?} {axis:?} group {group:?}");
+                assert_eq!(raw_buffers(&run(0x00, 1)), raw_buffers(&run(0xFF, 1)), "{case}");
+                assert_eq!(raw_buffers(&run(0x00, 4)), raw_buffers(&run(0xFF, 3)), "{case}, threads");
+            }
+        }
+    }
+}
+
+/// Every byte of every buffer of `data` and its children, as exported (not
+/// only the bytes the offsets reach, which is what `ArrayData`'s `==` compares).
+fn raw_buffers(data: &ArrayData) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = data.buffers().iter().map(|b| b.as_slice().to_vec()).collect();
+    out.extend(data.child_data().iter().flat_map(raw_buffers));
+    out
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -246,7 +308,14 @@ fn concat(batches: &[ArrayData]) -> ArrayData {
         mins.extend_from_slice(&p.3);
         groups.push(scales.len() as i32);
     }
-    quantized_batch(&Output::new(), Scheme::default(), Axis::Last, &metas, codes, groups, scales, mins).unwrap()
+    let out = Output::new();
+    let encoded = Encoded {
+        codes: (codes.0, out.buffer(codes.1)),
+        group_offsets: groups,
+        scales: out.scalars(scales),
+        mins: out.scalars(mins),
+    };
+    quantized_batch(&out, Scheme::default(), Axis::Last, &metas, encoded).unwrap()
 }
 
 fn quantized_row(name: &str, x: &[f32], dtype: Dtype, shape: &[i64], bits: u32, g: usize) -> ArrayData {

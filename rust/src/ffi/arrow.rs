@@ -20,7 +20,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 
 use super::boundary::{run, PqError};
-use super::memory::{check_aligned, check_aligned_to, check_struct, Region};
+use super::memory::{check_aligned_to, check_struct, Region};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
 use crate::layout::{Axis, Scheme};
@@ -387,7 +387,7 @@ unsafe fn import(
     let field = unsafe { import_field(in_schema, accept) }?;
     // SAFETY: `array` is owned here and laid out as the spec says.
     let raw = unsafe { &*(&array as *const FFI_ArrowArray as *const RawArray) };
-    unsafe { check_array(raw, field.data_type(), "in_array") }?;
+    unsafe { check_array(raw, field.data_type(), Path::Root("in_array")) }?;
     // SAFETY: every buffer, child and length that the import reads was checked above.
     let data = unsafe { from_ffi_and_data_type(array, field.data_type().clone()) }
         .map_err(|e| Error::new(PqStatus::InvalidArrow, format!("in_array: {e}")))?;
@@ -407,7 +407,7 @@ unsafe fn import_field(in_schema: *const FFI_ArrowSchema, accept: fn(&DataType) 
     if raw_schema.release.is_none() {
         return Err(Error::new(PqStatus::InvalidArrow, "in_schema is released (its release callback is NULL)"));
     }
-    unsafe { check_schema(raw_schema, "in_schema", 0) }?;
+    unsafe { check_schema(raw_schema, Path::Root("in_schema"), 0) }?;
     let field =
         Field::try_from(schema).map_err(|e| Error::new(PqStatus::UnsupportedDtype, format!("in_schema: {e}")))?;
     accept(field.data_type())?;
@@ -466,8 +466,36 @@ const _: () = assert!(align_of::<RawArray>() == align_of::<FFI_ArrowArray>());
 const _: () = assert!(size_of::<RawSchema>() == size_of::<FFI_ArrowSchema>());
 const _: () = assert!(align_of::<RawSchema>() == align_of::<FFI_ArrowSchema>());
 
-fn invalid(path: &str, message: impl std::fmt::Display) -> Error {
+fn invalid(path: impl std::fmt::Display, message: impl std::fmt::Display) -> Error {
     Error::new(PqStatus::InvalidArrow, format!("{path}: {message}"))
+}
+
+/// Where a check is in the caller's structs (`in_array.children[1]`,
+/// `in_array: buffer 2`): formatted only into an error message, so that a
+/// valid input costs no string.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root(&'static str),
+    Child(&'a Path<'a>, usize),
+    Buffer(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root(name) => f.write_str(name),
+            Path::Child(parent, i) => write!(f, "{parent}.children[{i}]"),
+            Path::Buffer(parent, i) => write!(f, "{parent}: buffer {i}"),
+        }
+    }
+}
+
+/// [`check_aligned_to`] at `path`, formatted only if `ptr` is misaligned.
+fn check_aligned_at<T>(path: Path, ptr: *const T, align: usize) -> Result<()> {
+    if (ptr as usize).is_multiple_of(align) {
+        return Ok(());
+    }
+    check_aligned_to(&path.to_string(), ptr, align)
 }
 
 /// Nesting deeper than this is refused before recursing (pyquant's inputs
@@ -486,7 +514,7 @@ unsafe fn nth<T>(base: *const *const T, i: usize) -> *const T {
 ///
 /// # Safety
 /// `s` is a non-released schema from the caller.
-unsafe fn check_schema(s: &RawSchema, path: &str, depth: usize) -> Result<()> {
+unsafe fn check_schema(s: &RawSchema, path: Path, depth: usize) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(invalid(path, format!("nests deeper than {MAX_DEPTH} levels")));
     }
@@ -510,17 +538,17 @@ unsafe fn check_schema(s: &RawSchema, path: &str, depth: usize) -> Result<()> {
     }
     for i in 0..n {
         let child = unsafe { nth(s.children, i) };
-        let child_path = format!("{path}.children[{i}]");
+        let child_path = Path::Child(&path, i);
         if child.is_null() {
-            return Err(invalid(&child_path, "is NULL"));
+            return Err(invalid(child_path, "is NULL"));
         }
-        check_aligned(&child_path, child)?;
+        check_aligned_at(child_path, child, align_of::<RawSchema>())?;
         // SAFETY: non-NULL, aligned, owned by the parent schema.
         let child = unsafe { &*child };
         if child.release.is_none() {
-            return Err(invalid(&child_path, "is released"));
+            return Err(invalid(child_path, "is released"));
         }
-        unsafe { check_schema(child, &child_path, depth + 1) }?;
+        unsafe { check_schema(child, child_path, depth + 1) }?;
     }
     Ok(())
 }
@@ -544,7 +572,7 @@ enum Buf {
     Views,
 }
 
-fn buffers_of(dt: &DataType, path: &str) -> Result<&'static [Buf]> {
+fn buffers_of(dt: &DataType, path: Path) -> Result<&'static [Buf]> {
     use Buf::*;
     Ok(match dt {
         DataType::UInt8 | DataType::Int8 => &[Validity, Values(1)],
@@ -577,7 +605,7 @@ fn buffers_of(dt: &DataType, path: &str) -> Result<&'static [Buf]> {
 ///
 /// # Safety
 /// `a` is a non-released array from the caller, of type `dt`.
-unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
+unsafe fn check_array(a: &RawArray, dt: &DataType, path: Path) -> Result<()> {
     if a.release.is_none() {
         return Err(invalid(path, "is released"));
     }
@@ -630,7 +658,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
             }
             continue;
         }
-        check_aligned_to(&format!("{path}: buffer {i}"), p, align)?;
+        check_aligned_at(Path::Buffer(&path, i), p, align)?;
         if let Buf::Offsets(w) = kind {
             // SAFETY: aligned, and the spec puts end + 1 offsets there.
             let last = unsafe {
@@ -662,15 +690,15 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
         return Err(invalid(path, "children is NULL"));
     }
     for (i, child_type) in children.into_iter().enumerate() {
-        let child_path = format!("{path}.children[{i}]");
+        let child_path = Path::Child(&path, i);
         // SAFETY: the producer provides n_children pointers.
         let child = unsafe { nth(a.children, i) };
         if child.is_null() {
-            return Err(invalid(&child_path, "is NULL"));
+            return Err(invalid(child_path, "is NULL"));
         }
-        check_aligned(&child_path, child)?;
+        check_aligned_at(child_path, child, align_of::<RawArray>())?;
         // SAFETY: non-NULL, aligned, owned by the parent array.
-        unsafe { check_array(&*child, child_type, &child_path) }?;
+        unsafe { check_array(&*child, child_type, child_path) }?;
     }
     Ok(())
 }
@@ -682,7 +710,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: &str) -> Result<()> {
 ///
 /// # Safety
 /// `a` has `n_buffers` (> 2) buffer pointers.
-unsafe fn check_variadic(a: &RawArray, path: &str) -> Result<()> {
+unsafe fn check_variadic(a: &RawArray, path: Path) -> Result<()> {
     let n = (a.n_buffers - 3) as usize;
     // SAFETY: the last of the n_buffers pointers.
     let lens = unsafe { nth(a.buffers, n + 2) } as *const i64;
@@ -692,7 +720,7 @@ unsafe fn check_variadic(a: &RawArray, path: &str) -> Result<()> {
     if lens.is_null() {
         return Err(invalid(path, format!("the lengths of its {n} data buffers are NULL")));
     }
-    check_aligned_to(&format!("{path}: buffer {}", n + 2), lens as *const u8, 8)?;
+    check_aligned_at(Path::Buffer(&path, n + 2), lens, 8)?;
     for i in 0..n {
         // SAFETY: aligned, and the spec puts n lengths there.
         let len = unsafe { *lens.add(i) };
