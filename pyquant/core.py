@@ -287,17 +287,20 @@ def quantize_ptr(
         plan = _plan(arr.dtype, arr.shape, bits, group_size, dtype, method, scale_dtype, axis)
     except QuantizeError as exc:
         raise _copy_first(arr, dtype, exc) from None
-    # C-contiguous: the strides of a fresh array of this shape say so without
-    # making a flags object (other strides can still be C-contiguous when a
-    # dimension is 1). Alignment is checked by C; its error is explained below.
-    if arr.strides != plan.strides and not arr.flags.c_contiguous:
+    # numpy exports a buffer this way (no strides) only for a C-contiguous
+    # array: that is the contiguity check. Alignment is checked by C; its
+    # error is explained below.
+    try:
+        inp = ffi.from_buffer(arr if plan.exports else _raw_view(arr))
+    except ValueError:
         _check_in_place(arr, dtype)
+        raise
     if out is None and plan.plain and importance is None:
         # The common case, kept short (it is the per-call cost): one block
         # (plan.new, inlined), one C call, the threads check inlined.
         block = _alloc(plan.block_type)
         if status := lib.pq_quantize_block(
-                plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)), plan.size, plan.row_len,
+                plan.code, inp, plan.size, plan.row_len,
                 plan.bits, plan.group_size,
                 0 if threads is None else threads if type(threads) is int and 0 < threads <= _SIZE_MAX
                 else c_threads(threads), block, plan.nbytes, err := error_struct()):
@@ -317,7 +320,6 @@ def quantize_ptr(
     if plan.method or plan.scale_dtype or plan.axis or importance is not None:
         # Other schemes are fields of the batch item: a batch of one.
         item = ffi.new("PqQuantizeItem *")
-        inp = ffi.from_buffer(arr if plan.exports else _raw_view(arr))
         (item.dtype, item.input, item.input_len, item.row_len, item.bits, item.group_size) = (
             plan.code, inp, plan.size, plan.row_len, plan.bits, plan.group_size)
         (item.codes, item.codes_len, item.scales, item.scales_len, item.mins, item.mins_len) = (
@@ -329,7 +331,7 @@ def quantize_ptr(
         call(lib.pq_quantize_batch, item, 1, c_threads(threads), ffi.NULL)
         return qt
     err = error_struct()
-    status = lib.pq_quantize(plan.code, ffi.from_buffer(arr if plan.exports else _raw_view(arr)), plan.size,
+    status = lib.pq_quantize(plan.code, inp, plan.size,
                              plan.row_len, plan.bits, plan.group_size, 0 if threads is None else c_threads(threads),
                              codes, plan.codes_len, scales, plan.n_groups, mins, plan.n_groups, err)
     if status:
@@ -508,16 +510,15 @@ def quantize_batch(
                 _check_in_place(arr, None)
             if arr.dtype is not last[1] or arr.shape != last[0] or b is not last[2] or g is not last[3]:
                 plan = _plan(arr.dtype, arr.shape, b, g, None, method, scale_dtype, axis)
-                members, strides = families.setdefault(plan, []), plan.strides
+                members = families.setdefault(plan, [])
                 last = (arr.shape, arr.dtype, b, g)
-            # C-contiguous as in quantize_ptr; alignment below, only if C finds a misaligned input.
-            if arr.strides != strides and not arr.flags.c_contiguous:
-                _check_in_place(arr, None)
-        except QuantizeError as exc:
+            # C-contiguity is checked by the export, as in quantize_ptr;
+            # alignment by C (explained below).
+            inputs.append(from_buffer(arr if plan.exports else _raw_view(arr)))
+        except ValueError as exc:  # a QuantizeError, or numpy refusing to export a strided array
             exc = _copy_first(arr, None, exc)
             raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
         members.append(i)
-        inputs.append(from_buffer(arr if plan.exports else _raw_view(arr)))
     items = np.zeros(n, dtype=_QUANTIZE_ITEM)
     if n:
         items["input"] = np.frombuffer(ffi.buffer(ffi.new("void *[]", inputs)), np.uintp)
@@ -705,10 +706,11 @@ def _check_in_place(arr: Any, dtype: DTypeLike) -> tuple[str, int]:
     return name, code
 
 
-def _copy_first(arr: np.ndarray[Any, Any], dtype: DTypeLike, exc: QuantizeError) -> QuantizeError:
-    """The error to raise for ``arr`` when building its plan raised ``exc``:
-    a layout that needs a copy is named first, as it is checked first
-    (the plan is only looked up first because that is cheaper)."""
+def _copy_first(arr: np.ndarray[Any, Any], dtype: DTypeLike, exc: ValueError) -> ValueError:
+    """The error to raise for ``arr`` when building its plan or exporting its
+    buffer raised ``exc``: a layout that needs a copy is named first, as it
+    is checked first (the plan is only looked up first because that is
+    cheaper)."""
     try:
         _check_in_place(arr, dtype)
     except CopyRequiredError as copy_error:
@@ -872,8 +874,7 @@ class _Plan:
     record type of the one output block. Built once, cached (see :func:`_plan`)."""
 
     __slots__ = ("code", "size", "row_len", "bits", "group_size", "codes_len", "n_groups", "codes_shape",
-                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain",
-                 "strides")
+                 "groups_shape", "exports", "nbytes", "block_type", "meta", "method", "scale_dtype", "axis", "plain")
 
     def __init__(self, arr_dtype: np.dtype[Any], shape: tuple[int, ...], bits: int, group_size: int | None,
                  dtype: DTypeLike, method: str = "minmax", scale_dtype: str = "float32", axis: int = -1) -> None:
@@ -890,7 +891,6 @@ class _Plan:
         self.size, self.row_len = math.prod(shape), grouped[-1]
         self.codes_len, self.n_groups = math.prod(self.codes_shape), math.prod(self.groups_shape)
         self.exports = _exports_buffer(arr_dtype)
-        self.strides = tuple(arr_dtype.itemsize * math.prod(shape[i + 1:]) for i in range(len(shape)))  # C order
         # One block per result: scales, then mins, then codes (the layout of
         # pq_quantize_block); every offset a multiple of 4, and the size too,
         # so that the results of a family, end to end, keep their floats aligned.
