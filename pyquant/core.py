@@ -292,9 +292,8 @@ def quantize_ptr(
     # error is explained below.
     try:
         inp = ffi.from_buffer(arr if plan.exports else _raw_view(arr))
-    except ValueError:
-        _check_in_place(arr, dtype)
-        raise
+    except ValueError as exc:
+        raise _copy_first(arr, dtype, exc) from None
     if out is None and plan.plain and importance is None:
         # The common case, kept short (it is the per-call cost): one block
         # (plan.new, inlined), one C call, the threads check inlined.
@@ -520,8 +519,7 @@ def quantize_batch(
             raise type(exc)(f"tensor {names[i]!r}: {exc}") from None
         members.append(i)
     items = np.zeros(n, dtype=_QUANTIZE_ITEM)
-    if n:
-        items["input"] = np.frombuffer(ffi.buffer(ffi.new("void *[]", inputs)), np.uintp)
+    items["input"] = _pointer_values(inputs)
     results: list[Any] = [None] * n
     for plan, members in families.items():
         whole = len(members) == n  # one family (the common case): no gather and scatter
@@ -981,11 +979,16 @@ def _check_output(what: str, arr: Any, want: np.dtype[Any], shape: tuple[int, ..
 
 
 def _addresses(arrays: list[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
-    """The data addresses of many arrays, as uintp: through one C array of
-    pointers, cheaper than one ``int()`` each."""
-    if not arrays:
+    """The data addresses of many arrays, as uintp."""
+    return _pointer_values([ffi.from_buffer(a) for a in arrays])
+
+
+def _pointer_values(pointers: list[Any]) -> np.ndarray[Any, Any]:
+    """Many C pointers as uintp: through one C array of them, cheaper than
+    one ``int()`` each."""
+    if not pointers:
         return np.zeros(0, np.uintp)
-    return np.frombuffer(ffi.buffer(ffi.new("void *[]", [ffi.from_buffer(a) for a in arrays])), np.uintp)
+    return np.frombuffer(ffi.buffer(ffi.new("void *[]", pointers)), np.uintp)
 
 
 def _address(arr: np.ndarray[Any, Any]) -> int:
