@@ -20,7 +20,7 @@ use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field};
 
 use super::boundary::{run, PqError};
-use super::memory::{check_aligned_to, check_struct, Region};
+use super::memory::{check_aligned, check_aligned_to, check_struct, Region};
 use crate::arrow;
 use crate::error::{Error, PqStatus, Result};
 use crate::layout::{Axis, Scheme};
@@ -490,14 +490,6 @@ impl std::fmt::Display for Path<'_> {
     }
 }
 
-/// [`check_aligned_to`] at `path`, formatted only if `ptr` is misaligned.
-fn check_aligned_at<T>(path: Path, ptr: *const T, align: usize) -> Result<()> {
-    if (ptr as usize).is_multiple_of(align) {
-        return Ok(());
-    }
-    check_aligned_to(&path.to_string(), ptr, align)
-}
-
 /// Nesting deeper than this is refused before recursing (pyquant's inputs
 /// nest three levels deep).
 const MAX_DEPTH: usize = 16;
@@ -542,7 +534,7 @@ unsafe fn check_schema(s: &RawSchema, path: Path, depth: usize) -> Result<()> {
         if child.is_null() {
             return Err(invalid(child_path, "is NULL"));
         }
-        check_aligned_at(child_path, child, align_of::<RawSchema>())?;
+        check_aligned(child_path, child)?;
         // SAFETY: non-NULL, aligned, owned by the parent schema.
         let child = unsafe { &*child };
         if child.release.is_none() {
@@ -658,7 +650,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: Path) -> Result<()> {
             }
             continue;
         }
-        check_aligned_at(Path::Buffer(&path, i), p, align)?;
+        check_aligned_to(Path::Buffer(&path, i), p, align)?;
         if let Buf::Offsets(w) = kind {
             // SAFETY: aligned, and the spec puts end + 1 offsets there.
             let last = unsafe {
@@ -696,7 +688,7 @@ unsafe fn check_array(a: &RawArray, dt: &DataType, path: Path) -> Result<()> {
         if child.is_null() {
             return Err(invalid(child_path, "is NULL"));
         }
-        check_aligned_at(child_path, child, align_of::<RawArray>())?;
+        check_aligned(child_path, child)?;
         // SAFETY: non-NULL, aligned, owned by the parent array.
         unsafe { check_array(&*child, child_type, child_path) }?;
     }
@@ -720,7 +712,7 @@ unsafe fn check_variadic(a: &RawArray, path: Path) -> Result<()> {
     if lens.is_null() {
         return Err(invalid(path, format!("the lengths of its {n} data buffers are NULL")));
     }
-    check_aligned_at(Path::Buffer(&path, n + 2), lens, 8)?;
+    check_aligned_to(Path::Buffer(&path, n + 2), lens, 8)?;
     for i in 0..n {
         // SAFETY: aligned, and the spec puts n lengths there.
         let len = unsafe { *lens.add(i) };

@@ -105,7 +105,7 @@ fn check_buffer(what: &str, ptr: *const u8, len: usize, size: usize, align: usiz
 }
 
 /// Errors unless `ptr` is a multiple of `align`.
-pub(crate) fn check_aligned_to<T>(what: &str, ptr: *const T, align: usize) -> Result<()> {
+pub(crate) fn check_aligned_to<T>(what: impl std::fmt::Display, ptr: *const T, align: usize) -> Result<()> {
     if !(ptr as usize).is_multiple_of(align) {
         return Err(Error::new(
             PqStatus::Misaligned,
@@ -116,7 +116,7 @@ pub(crate) fn check_aligned_to<T>(what: &str, ptr: *const T, align: usize) -> Re
 }
 
 /// Errors unless `ptr` is aligned for `T`.
-pub(crate) fn check_aligned<T>(what: &str, ptr: *const T) -> Result<()> {
+pub(crate) fn check_aligned<T>(what: impl std::fmt::Display, ptr: *const T) -> Result<()> {
     check_aligned_to(what, ptr, align_of::<T>())
 }
 
