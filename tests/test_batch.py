@@ -192,3 +192,31 @@ def test_family_records_keep_floats_aligned():
         want = pyquant.quantize_ptr(x, bits=2, group_size=4)
         assert q.codes.tobytes() == want.codes.tobytes() and q.scales.tobytes() == want.scales.tobytes()
         assert q.scales.ctypes.data % 4 == 0 and q.mins.ctypes.data % 4 == 0
+
+
+def test_freed_output_storage_is_reused_only_when_nothing_views_it():
+    # A large batch result's block is recycled for the next call once the
+    # result and every view of it are gone, and never while a view remains.
+    rng = np.random.default_rng(7)
+    layers = [rng.normal(size=(256, 1024)).astype(np.float32) for _ in range(8)]  # 1.1 MB of outputs
+    others = [a * 2 for a in layers]
+    first = pyquant.quantize_batch(layers)
+    first_at = first[0].scales.ctypes.data
+    kept = first[3].codes  # a view outlives its result
+    expected = kept.copy()
+    del first
+    second = pyquant.quantize_batch(others)
+    second_at = second[0].scales.ctypes.data
+    assert second_at != first_at  # still viewed: not reused
+    np.testing.assert_array_equal(kept, expected)
+    del kept  # first's storage is now the spare ...
+    del second  # ... replaced by second's: one spare at most
+    assert len(pyquant.core._spare) == 1
+    third = pyquant.quantize_batch(layers)
+    assert third[0].scales.ctypes.data == second_at
+    assert not pyquant.core._spare
+    for got, arr in zip(third, layers):
+        want = pyquant.quantize_ptr(arr)
+        np.testing.assert_array_equal(got.codes, want.codes)
+        np.testing.assert_array_equal(got.scales, want.scales)
+        np.testing.assert_array_equal(got.mins, want.mins)
