@@ -19,7 +19,7 @@ Variants:
   batch    one pyquant.quantize_batch call (fresh outputs)
   batch_out  one pyquant.quantize_batch call into outputs allocated once (out=), as a
            loop over checkpoints reuses warm memory (memcpy's outputs are allocated once too)
-  arrow    pyquant.quantize_arrow on the same tensors as Arrow data (when available)
+  arrow    pyquant.quantize_arrow on the same tensors as an Arrow column over the same memory
 
 Times are medians of repeated runs; ratios are to memcpy and numpy of the same
 scenario. Peak memory of each variant is measured in a fresh process (peak
