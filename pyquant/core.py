@@ -945,8 +945,9 @@ _alloc = ffi.new_allocator(should_clear_after_alloc=False)  # C writes every byt
 # The storage of the last large output block that was freed, kept for the
 # next one of about its size: its pages are already mapped, where a fresh
 # block's fault in at first touch (zeroed by the kernel; about a third of a
-# 100-tensor batch's time on this machine). At most one block is kept.
-_RECYCLE_MIN = 1 << 20
+# 100-tensor batch's time on this machine). At most one block is kept, of at
+# most _RECYCLE_MAX bytes (a larger one would hold too much memory idle).
+_RECYCLE_MIN, _RECYCLE_MAX = 1 << 20, 256 << 20
 _spare: list[np.ndarray[Any, Any]] = []
 
 
@@ -955,7 +956,7 @@ def _fresh_block(nbytes: int) -> np.ndarray[Any, Any]:
     one reuses the spare storage when it fits (``nbytes`` up to twice as
     large as needed); when the array and every view of it are gone, its
     storage becomes the spare."""
-    if nbytes < _RECYCLE_MIN:
+    if not _RECYCLE_MIN <= nbytes <= _RECYCLE_MAX:
         return np.empty(nbytes, np.uint8)
     try:
         storage = _spare.pop()
