@@ -965,7 +965,7 @@ def _fresh_block(nbytes: int) -> np.ndarray[Any, Any]:
     if storage is None or not nbytes <= storage.size <= 2 * nbytes:
         storage = None  # freed before allocating: peak memory
         storage = np.empty(nbytes, np.uint8)
-    block = np.frombuffer(memoryview(storage)[:nbytes], np.uint8)
+    block = np.frombuffer(storage.data[:nbytes], np.uint8)
     # Every view of the block keeps the block alive (numpy ends a view's chain
     # of bases at an array whose base is not an array, as here).
     weakref.finalize(block, _spare_storage, storage).atexit = False
