@@ -108,15 +108,21 @@ def _prepare(data: Any, qtype: Any, imatrix: Any, out: Any = None) -> tuple[Any,
         raise ShapeError(
             f"the last axis ({n}) is not a positive multiple of the {_NAMES[type_id]} block size {values}"
         )
-    shape = arr.shape[:-1] + (n // values * nbytes,)
-    if out is None:
-        out = np.empty(shape, dtype=np.uint8)
-    elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
-              and out.flags.c_contiguous and out.flags.writeable):
-        raise ShapeError(f"out must be a writeable C-contiguous uint8 array of shape {shape}, got "
-                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}".rstrip())
+    out = _output(out, arr.shape[:-1] + (n // values * nbytes,), np.dtype(np.uint8))
     weights = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
     return type_id, arr, code, n, weights, out
+
+
+def _output(out: Any, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """A fresh result array, or ``out`` checked for what C cannot see (C
+    checks its length, alignment and overlap with the input)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ShapeError(f"out must be a writeable C-contiguous {dtype} array of shape {shape}, got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}".rstrip())
+    return out
 
 
 def _result(type_id: int, out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -177,8 +183,10 @@ def quantize_batch(tensors: Sequence[tuple[Any, ...]], *, threads: int | None = 
     return [_result(p[0], p[5]) for p in prepared]
 
 
-def _prepare_dequantize(data: Any, qtype: Any) -> tuple[int, np.ndarray[Any, Any], int, np.ndarray[Any, Any]]:
-    """Type id, input bytes, row length and the float32 output of one tensor."""
+def _prepare_dequantize(data: Any, qtype: Any,
+                        out: Any = None) -> tuple[int, np.ndarray[Any, Any], int, np.ndarray[Any, Any]]:
+    """Type id, input bytes, row length and the float32 output (``out`` if
+    given) of one tensor."""
     type_id = _type_id(qtype)
     raw = np.ascontiguousarray(data)
     if raw.ndim == 0:
@@ -191,15 +199,19 @@ def _prepare_dequantize(data: Any, qtype: Any) -> tuple[int, np.ndarray[Any, Any
             f"the last axis holds {nbytes} bytes, not a multiple of the {_NAMES[type_id]} block of {block_bytes}"
         )
     n = nbytes // block_bytes * values
-    return type_id, raw, n, np.empty(raw.shape[:-1] + (n,), dtype=np.float32)
+    return type_id, raw, n, _output(out, raw.shape[:-1] + (n,), np.dtype(np.float32))
 
 
-def dequantize(data: Any, qtype: Any, *, threads: int | None = None) -> np.ndarray[Any, Any]:
+def dequantize(data: Any, qtype: Any, *, threads: int | None = None,
+               out: np.ndarray[Any, Any] | None = None) -> np.ndarray[Any, Any]:
     """Dequantizes ``data`` (the bytes of ``qtype`` along the last axis, any
     dtype viewed as uint8, as gguf-py does) to float32 of shape
     ``(..., bytes / block_bytes * block_values)``, as ggml's ``dequantize_row_*``.
+    ``out``: None, or a writeable C-contiguous float32 array of that shape
+    to write the values into (reused across calls, as for :func:`quantize`);
+    it is then the result.
     """
-    type_id, raw, n, out = _prepare_dequantize(data, qtype)
+    type_id, raw, n, out = _prepare_dequantize(data, qtype, out)
     call(
         lib.pq_ggml_dequantize, type_id, ffi.from_buffer("uint8_t[]", raw), raw.size, n, lib.PQ_DTYPE_F32,
         c_threads(threads), ffi.from_buffer(out), out.size,

@@ -411,6 +411,22 @@ def test_quantize_into_out(f16: Path) -> None:
                     np.empty((want.shape[0], want.shape[1] * 2), np.uint8)[:, ::2], want.tobytes()):
             with pytest.raises(pyquant.ShapeError, match="out must be"):
                 pg.quantize(x, "Q4_K", out=bad)  # type: ignore[arg-type]
+        back = pg.dequantize(want, "Q4_K")
+        into = np.full(back.shape, np.nan, np.float32)
+        assert pg.dequantize(want, "Q4_K", out=into) is into and into.tobytes() == back.tobytes()
+        for bad in (np.empty(back.shape, np.float64), np.empty(back.shape[::-1], np.float32),
+                    np.empty((back.shape[0], back.shape[1] * 2), np.float32)[:, ::2]):
+            with pytest.raises(pyquant.ShapeError, match="out must be"):
+                pg.dequantize(want, "Q4_K", out=bad)
+        frozen = np.empty(back.shape, np.float32)
+        frozen.flags.writeable = False
+        with pytest.raises(pyquant.ShapeError, match="writeable"):
+            pg.dequantize(want, "Q4_K", out=frozen)
+        overlapping = np.zeros(back.size * 4 + want.size, np.uint8)  # the input's bytes inside the output's
+        overlapping[:want.size] = want.reshape(-1)
+        with pytest.raises(pyquant.QuantizeError, match="overlap"):
+            pg.dequantize(overlapping[:want.size].reshape(want.shape), "Q4_K",
+                          out=overlapping[:back.size * 4].view(np.float32).reshape(back.shape))
 
 
 def test_keep_split_publishes_the_parts_as_a_set(split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
