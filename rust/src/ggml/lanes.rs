@@ -453,14 +453,17 @@ impl<const N: usize> Q3Set<N> {
         suml2: [0.0; LANES],
     };
 
-    /// Makes the weights and terms from `x` and `lf` (the same operations
-    /// on the same inputs wherever they are made, so the same bits).
+    /// Makes the weights and terms from `x` and `lf`, as one flat loop
+    /// (over rows and lanes, LLVM vectorized it across the rows, with
+    /// gathers and scatters).
     #[inline(always)]
     fn weigh(&mut self) {
-        self.w = lane_map(&self.x, |v| v * v);
-        self.wx = lane_zip(&self.w, &self.x, |w, x| w * x);
-        self.tlx = lane_zip(&self.wx, &self.lf, |wx, l| wx * l);
-        self.tl2 = lane_zip(&self.w, &self.lf, |w, l| w * l * l);
+        let out = self.w.as_flattened_mut().iter_mut().zip(self.wx.as_flattened_mut());
+        let terms = self.tlx.as_flattened_mut().iter_mut().zip(self.tl2.as_flattened_mut());
+        let inputs = self.x.as_flattened().iter().zip(self.lf.as_flattened());
+        for (((w, wx), (tlx, tl2)), (&x, &l)) in out.zip(terms).zip(inputs) {
+            (*w, *wx, *tlx, *tl2) = q3_terms(x, l);
+        }
     }
 
     /// The first levels of `make_q3_quants` for the values in `x` and
@@ -472,10 +475,19 @@ impl<const N: usize> Q3Set<N> {
         for k in 0..LANES {
             iscale[k] = (-nmax) as f32 / max[k];
         }
-        self.lf = lane_zip(&[iscale; N], &self.x, |s, x| clamp_sym_f(nmax, s * x));
-        self.weigh();
-        self.sumlx = lane_sums(&self.tlx, |v| v);
-        self.suml2 = lane_sums(&self.tl2, |v| v);
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                self.lf[i][k] = clamp_sym_f(nmax, iscale[k] * self.x[i][k]);
+            }
+            for k in 0..LANES {
+                let t = q3_terms(self.x[i][k], self.lf[i][k]);
+                (self.w[i][k], self.wx[i][k], self.tlx[i][k], self.tl2[i][k]) = t;
+                sumlx[k] += t.2;
+                suml2[k] += t.3;
+            }
+        }
+        (self.sumlx, self.suml2) = (sumlx, suml2);
         amax
     }
 
@@ -512,6 +524,16 @@ impl<const N: usize> Q3Set<N> {
         });
         scale
     }
+}
+
+/// A value's weight `w = x * x`, `wx = w * x` and terms `wx * l`,
+/// `w * l * l` at level `l` (the same operations wherever they are made,
+/// so the same bits).
+#[inline(always)]
+fn q3_terms(x: f32, l: f32) -> (f32, f32, f32, f32) {
+    let w = x * x;
+    let wx = w * x;
+    (w, wx, wx * l, w * l * l)
 }
 
 /// One refinement pass of `make_q3_quants` on `V` sets: returns per set
