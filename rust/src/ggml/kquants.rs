@@ -13,7 +13,7 @@
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
 use super::lanes::{
-    self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, untranspose, Col, Q3Lanes, LANES,
+    self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, untranspose, Col, Q3Lanes, Q3Out, LANES,
 };
 use super::search::{
     c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
@@ -92,12 +92,15 @@ fn rows<const S: usize, const RUN: usize>(
     imatrix: Option<&[f32]>,
     out: &mut [u8],
     bytes: usize,
-    mut search: impl FnMut(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+    mut search: impl FnMut(&[f32], Option<&[f32]>, &mut [Found<S>; RUN]),
     finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
+    // One buffer for every run (its size made copying and zeroing it per
+    // run a tenth of Q3_K's time); the search fills what the finish reads.
+    let mut found = [Found::ZERO; RUN];
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
         let at = QK_K * RUN * r;
-        let found = search(xr, imatrix.map(|w| &w[at..at + xr.len()]));
+        search(xr, imatrix.map(|w| &w[at..at + xr.len()]), &mut found);
         for ((xs, y), f) in xr.chunks_exact(QK_K).zip(yr.chunks_exact_mut(bytes)).zip(&found) {
             // As an array, the finish's indexing needs no bounds checks:
             // with them, LLVM once left Q3_K's requantization scalar.
@@ -280,7 +283,7 @@ fn q2_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         84,
         #[inline(always)]
-        |x, qw| search_q2_k(x, qw),
+        |x, qw, f| *f = search_q2_k(x, qw),
         #[inline(always)]
         |x, f, imatrix, y| finish_q2_k(x, f, imatrix, y),
     );
@@ -319,26 +322,28 @@ const Q3_RUN: usize = 16;
 /// super-blocks at once (fewer at a row's end), with the working memory of
 /// `Q3Lanes` kept over the row function's call.
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>) -> [Found<16>; Q3_RUN] {
-    let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
-    let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>, found: &mut [Found<16>; Q3_RUN]) {
     match qw {
         Some(qw) => {
-            for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+            for ((t, xs), f) in x.chunks_exact(QK_K).enumerate().zip(found.iter_mut()) {
                 let xt = transpose::<16>(xs);
                 let (w, s) = imatrix_weights(&xt, &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
-                scales[t] = qx_lanes(4, &xt, &w, &mut lt[t]);
-                sw[t] = s;
+                let (scales, l) = f.parts();
+                *scales = qx_lanes(4, &xt, &w, l);
+                f.sw = s;
             }
         }
-        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, &mut lt, &mut scales),
+        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, found),
     }
-    let mut found = [Found::ZERO; Q3_RUN];
-    for (t, f) in found.iter_mut().enumerate() {
-        let l = lt[t].as_flattened().try_into().expect("256 levels");
-        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l };
+}
+
+/// Q3_K's search writes its results in place: the scales, the levels
+/// transposed (`l[16 * i + j]` value `i` of sub-block `j`).
+impl Q3Out<16> for Found<16> {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; 16]) {
+        let rows = self.l.as_chunks_mut::<LANES>().0.try_into().expect("16 rows");
+        (&mut self.scales, rows)
     }
-    found
 }
 
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
@@ -386,7 +391,7 @@ fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         110,
         #[inline(always)]
-        |x, qw| search_q3_k(x, qw, &mut q3),
+        |x, qw, f| search_q3_k(x, qw, &mut q3, f),
         #[inline(always)]
         |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
     );
@@ -603,7 +608,7 @@ fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         144,
         #[inline(always)]
-        |x, qw| search_q45_k(x, qw, 15),
+        |x, qw, f| *f = search_q45_k(x, qw, 15),
         #[inline(always)]
         |x, f, imatrix, y| finish_q4_k(x, f, imatrix, y),
     );
@@ -618,7 +623,7 @@ fn q5_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         176,
         #[inline(always)]
-        |x, qw| search_q45_k(x, qw, 31),
+        |x, qw, f| *f = search_q45_k(x, qw, 31),
         #[inline(always)]
         |x, f, imatrix, y| finish_q5_k(x, f, imatrix, y),
     );
@@ -751,7 +756,7 @@ fn q6_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         210,
         #[inline(always)]
-        |x, qw| search_q6_k(x, qw),
+        |x, qw, f| *f = search_q6_k(x, qw),
         #[inline(always)]
         |x, f, imatrix, y| finish_q6_k(x, f, imatrix, y),
     );
@@ -944,7 +949,7 @@ mod tests {
         finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
     ) -> Vec<u8> {
         let mut out = vec![0xCD; x.len() / QK_K * bytes];
-        rows(x, qw, &mut out, bytes, search, finish);
+        rows(x, qw, &mut out, bytes, |x, qw, f| *f = search(x, qw), finish);
         out
     }
 }

@@ -579,6 +579,19 @@ fn q3_pass<const N: usize, const V: usize>(nmax: i32, s: &mut [Q3Set<N>; V]) -> 
     changed
 }
 
+/// Where [`Q3Lanes::search`] writes a set of 16 groups' results: their
+/// scales and levels (offset by `nmax`, transposed). The row function's
+/// own result buffer implements it, so nothing is copied afterwards.
+pub(crate) trait Q3Out<const N: usize> {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; N]);
+}
+
+impl<const N: usize> Q3Out<N> for (Col, [[u8; LANES]; N]) {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; N]) {
+        (&mut self.0, &mut self.1)
+    }
+}
+
 /// Sets of lanes searched at once in the first pass and in the pool.
 const Q3_GROUP: usize = 4;
 
@@ -607,18 +620,11 @@ impl<const N: usize> Q3Lanes<N> {
         })
     }
 
-    /// The groups of `N` values in `x` (at most `V` sets of 16; missing
-    /// ones search zeros), `V` a multiple of 4: fills `l` (offset by
-    /// `nmax`, transposed) and `scale`.
+    /// The groups of `N` values in `x` (at most `out.len()` sets of 16;
+    /// missing ones search zeros), `out.len()` a multiple of 4.
     #[inline(always)]
-    pub(crate) fn search<const V: usize>(
-        &mut self,
-        nmax: i32,
-        x: &[f32],
-        l: &mut [[[u8; LANES]; N]; V],
-        scale: &mut [Col; V],
-    ) {
-        let sets = x.len().div_ceil(LANES * N).min(V);
+    pub(crate) fn search(&mut self, nmax: i32, x: &[f32], out: &mut [impl Q3Out<N>]) {
+        let sets = x.len().div_ceil(LANES * N).min(out.len());
         for g in (0..sets).step_by(Q3_GROUP) {
             let mut amax = [[0f32; LANES]; Q3_GROUP];
             for t in 0..Q3_GROUP {
@@ -629,18 +635,19 @@ impl<const N: usize> Q3Lanes<N> {
             let changed = q3_pass::<N, Q3_GROUP>(nmax, &mut self.first);
             for t in 0..Q3_GROUP {
                 let v = g + t;
-                scale[v] = self.first[t].results(nmax, &amax[t], &mut l[v]);
+                let (scale, l) = out[v].parts();
+                *scale = self.first[t].results(nmax, &amax[t], l);
                 for k in 0..LANES {
                     if changed[t][k] != 0 {
                         if self.n == self.from.len() {
-                            self.flush(nmax, l, scale);
+                            self.flush(nmax, out);
                         }
                         self.push(t, v, k, amax[t][k]);
                     }
                 }
             }
         }
-        self.flush(nmax, l, scale);
+        self.flush(nmax, out);
     }
 
     /// Adds lane `k` of first-pass set `t`, lane `k` of set `v` of the
@@ -663,7 +670,7 @@ impl<const N: usize> Q3Lanes<N> {
     /// and writes its groups' results. The lanes past the last group
     /// search zeros (`slx` is 0: nothing changes).
     #[inline(always)]
-    fn flush<const V: usize>(&mut self, nmax: i32, l: &mut [[[u8; LANES]; N]; V], scale: &mut [Col; V]) {
+    fn flush(&mut self, nmax: i32, out: &mut [impl Q3Out<N>]) {
         let sets = self.n.div_ceil(LANES);
         for j in self.n..sets * LANES {
             let (p, q) = (j / LANES, j % LANES);
@@ -695,7 +702,8 @@ impl<const N: usize> Q3Lanes<N> {
             }
         }
         for (j, &(v, k, amax)) in self.from[..self.n].iter().enumerate() {
-            scale[v][k] = self.pool[j / LANES].lane_result(nmax, j % LANES, amax, &mut l[v], k);
+            let (scale, l) = out[v].parts();
+            scale[k] = self.pool[j / LANES].lane_result(nmax, j % LANES, amax, l, k);
         }
         self.n = 0;
     }
@@ -871,14 +879,14 @@ mod tests {
                 }
             }
             for n in [x.len(), 16 * (16 * 13 + 5)] {
-                let (mut l, mut sc) = ([[[0u8; LANES]; 16]; 16], [[0f32; LANES]; 16]);
-                Q3Lanes::new().search(4, &x[..n], &mut l, &mut sc);
+                let mut out = [([0f32; LANES], [[0u8; LANES]; 16]); 16];
+                Q3Lanes::new().search(4, &x[..n], &mut out);
                 for (g, xs) in x[..n].chunks_exact(16).enumerate() {
                     let mut lw = [0i8; 16];
                     let es = make_q3_quants(4, xs, &mut lw, true);
                     let (v, k) = (g / 16, g % 16);
-                    assert_eq!(sc[v][k].to_bits(), es.to_bits(), "seed {seed} group {g}");
-                    assert_eq!(l[v].map(|r| r[k]), lw.map(|v| v as u8), "seed {seed} group {g}");
+                    assert_eq!(out[v].0[k].to_bits(), es.to_bits(), "seed {seed} group {g}");
+                    assert_eq!(out[v].1.map(|r| r[k]), lw.map(|v| v as u8), "seed {seed} group {g}");
                 }
             }
         }
@@ -905,11 +913,11 @@ mod tests {
                     assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
                 }
             }
-            let (mut l, mut s) = ([[[0u8; LANES]; 16]; 4], [[0f32; LANES]; 4]);
-            Q3Lanes::new().search(4, &x, &mut l, &mut s);
-            let s = s[0];
+            let mut out = [([0f32; LANES], [[0u8; LANES]; 16]); 4];
+            Q3Lanes::new().search(4, &x, &mut out);
+            let s = out[0].0;
             let mut got = vec![0u8; 256];
-            untranspose(&l[0], &mut got);
+            untranspose(&out[0].1, &mut got);
             for k in 0..16 {
                 let g = 16 * k..16 * k + 16;
                 let mut lw = [0i8; 16];
