@@ -454,7 +454,7 @@ fn requantize_q3_k(x: &[f32; QK_K], f: &Found<16>, y: &mut [u8]) {
             let j = QK_K / 8 * b + m;
             let high = (l[j] > 3) as u8;
             hmask[m] |= high << b;
-            lu[j] = (l[j] as u8).wrapping_sub(4 * high);
+            lu[j] = l[j].wrapping_sub(4 * high);
         }
     }
     pack2(&lu, &mut rest[..64]);
