@@ -627,9 +627,14 @@ impl<const N: usize> Q3Lanes<N> {
         let sets = x.len().div_ceil(LANES * N).min(out.len());
         for g in (0..sets).step_by(Q3_GROUP) {
             let mut amax = [[0f32; LANES]; Q3_GROUP];
+            // All transposes first: `start` reads whole rows that the
+            // transpose wrote in quarters, which cannot be forwarded from
+            // stores still in flight.
             for t in 0..Q3_GROUP {
                 let at = (LANES * N * (g + t)).min(x.len());
                 transpose_into(&x[at..], &mut self.first[t].x);
+            }
+            for t in 0..Q3_GROUP {
                 amax[t] = self.first[t].start(nmax);
             }
             let changed = q3_pass::<N, Q3_GROUP>(nmax, &mut self.first);
