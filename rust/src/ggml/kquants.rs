@@ -12,9 +12,7 @@
 //! the tests' reference and give the same bytes.
 #![allow(clippy::needless_range_loop)] // indexed like the C, as in `search`
 
-use super::lanes::{
-    self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, untranspose, Col, Q3Lanes, LANES,
-};
+use super::lanes::{self, lane_map, lane_sums, lane_zip, qkx_lanes, qx_lanes, transpose, Col, Q3Lanes, Q3Out, LANES};
 use super::search::{
     c_max, c_min, get_f16, make_qp_quants, make_qx_quants, nearest_int, put_f16, QkxSearch, GROUP_MAX_EPS,
 };
@@ -52,9 +50,12 @@ pub fn quantize_q6_k(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 
 /// What the sub-block search of one super-block found: per sub-block the
 /// scale, the min as `make_qkx*_quants` returns it (negated; Q2_K, Q4_K,
-/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels (in
-/// value order; Q3_K's transposed, `l[16 * i + j]` value `i` of sub-block
-/// `j`: its finish reads them only for a sub-block whose scale rounds to 0).
+/// Q5_K), the sum of the weights (imatrix paths), and the 256 levels,
+/// transposed as the lanes left them: `l[S * i + j]` is value `i` of
+/// sub-block `j`. Every finish requantizes each sub-block whose stored
+/// scale is nonzero and reads the search's levels only for the others
+/// ([`Found::levels_of`]): putting all of them back in value order was
+/// wasted (a twentieth of Q5_K's time).
 #[derive(Clone, Copy, Debug)]
 struct Found<const S: usize> {
     scales: [f32; S],
@@ -67,17 +68,33 @@ impl<const S: usize> Found<S> {
     const ZERO: Self = Found { scales: [0.0; S], mins: [0.0; S], sw: [0.0; S], l: [0; QK_K] };
 
     /// Splits the lane results of a run of `RUN` super-blocks (`S` lanes
-    /// each; `l` holds the levels of the run in order).
+    /// each; `lt` holds their levels, `lt[i][k]` value `i` of lane `k`).
     #[inline(always)]
-    fn split<const RUN: usize>(scales: &Col, mins: &Col, sw: &Col, l: &[u8]) -> [Self; RUN] {
+    fn split<const RUN: usize, const N: usize>(
+        scales: &Col,
+        mins: &Col,
+        sw: &Col,
+        lt: &[[u8; LANES]; N],
+    ) -> [Self; RUN] {
         let mut f = [Self::ZERO; RUN];
         for (t, f) in f.iter_mut().enumerate() {
             f.scales.copy_from_slice(&scales[S * t..S * t + S]);
             f.mins.copy_from_slice(&mins[S * t..S * t + S]);
             f.sw.copy_from_slice(&sw[S * t..S * t + S]);
-            f.l.copy_from_slice(&l[QK_K * t..QK_K * t + QK_K]);
+            for (i, row) in lt.iter().enumerate() {
+                f.l[S * i..S * i + S].copy_from_slice(&row[S * t..S * t + S]);
+            }
         }
         f
+    }
+
+    /// The search's levels of sub-block `j` into `out` (its `QK_K / S`
+    /// values, in order).
+    #[inline(always)]
+    fn levels_of(&self, j: usize, out: &mut [u8]) {
+        for (i, o) in out[..QK_K / S].iter_mut().enumerate() {
+            *o = self.l[S * i + j];
+        }
     }
 }
 
@@ -92,12 +109,15 @@ fn rows<const S: usize, const RUN: usize>(
     imatrix: Option<&[f32]>,
     out: &mut [u8],
     bytes: usize,
-    mut search: impl FnMut(&[f32], Option<&[f32]>) -> [Found<S>; RUN],
+    mut search: impl FnMut(&[f32], Option<&[f32]>, &mut [Found<S>; RUN]),
     finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
 ) {
+    // One buffer for every run (its size made copying and zeroing it per
+    // run a tenth of Q3_K's time); the search fills what the finish reads.
+    let mut found = [Found::ZERO; RUN];
     for (r, (xr, yr)) in x.chunks(QK_K * RUN).zip(out.chunks_mut(bytes * RUN)).enumerate() {
         let at = QK_K * RUN * r;
-        let found = search(xr, imatrix.map(|w| &w[at..at + xr.len()]));
+        search(xr, imatrix.map(|w| &w[at..at + xr.len()]), &mut found);
         for ((xs, y), f) in xr.chunks_exact(QK_K).zip(yr.chunks_exact_mut(bytes)).zip(&found) {
             // As an array, the finish's indexing needs no bounds checks:
             // with them, LLVM once left Q3_K's requantization scalar.
@@ -133,14 +153,6 @@ fn imatrix_weights<const N: usize>(xt: &[Col; N], qw: &[f32], sigma2: &Col) -> (
     let w = lanes::imatrix_weights(xt, qw, sigma2);
     let sw = lane_sums(&w, |v| v);
     (w, sw)
-}
-
-/// The levels of a lane search (transposed) back in value order.
-#[inline(always)]
-fn levels<const N: usize, const M: usize>(lt: &[[u8; LANES]; N]) -> [u8; M] {
-    let mut l = [0u8; M];
-    untranspose(lt, &mut l);
-    l
 }
 
 /// Lanes `16 h..16 h + 16` of a 32-lane search (two sets of 16 searched
@@ -198,7 +210,7 @@ fn search_q2_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; Q2_RUN] {
     let mut found = [Found::ZERO; Q2_RUN];
     for (h, f) in found.iter_mut().enumerate() {
         let [sc, mn] = half(&[scales, mins], h);
-        [*f] = Found::split(&sc, &mn, &sw[h], &levels::<16, QK_K>(&half(&lt, h)));
+        [*f] = Found::split(&sc, &mn, &sw[h], &half(&lt, h));
     }
     found
 }
@@ -208,7 +220,7 @@ const Q2_K_REF: QkxSearch = QkxSearch { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep:
 /// The super-block scales, requantization and packing of Q2_K.
 #[inline(always)]
 fn finish_q2_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
-    let mut l = f.l;
+    let mut l = [0u8; QK_K];
     if imatrix {
         let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
         let dm = make_qp_quants(15, &f.scales, &mut ls, &f.sw);
@@ -245,6 +257,7 @@ fn finish_q2_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
         let sc = y[j];
         let d = dall * (sc & 0xF) as f32;
         if d == 0.0 {
+            f.levels_of(j, &mut l[16 * j..]);
             continue;
         }
         let dm = dmin * (sc >> 4) as f32;
@@ -280,7 +293,7 @@ fn q2_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         84,
         #[inline(always)]
-        |x, qw| search_q2_k(x, qw),
+        |x, qw, f| *f = search_q2_k(x, qw),
         #[inline(always)]
         |x, f, imatrix, y| finish_q2_k(x, f, imatrix, y),
     );
@@ -319,26 +332,28 @@ const Q3_RUN: usize = 16;
 /// super-blocks at once (fewer at a row's end), with the working memory of
 /// `Q3Lanes` kept over the row function's call.
 #[inline(always)]
-fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>) -> [Found<16>; Q3_RUN] {
-    let mut lt = [[[0u8; LANES]; 16]; Q3_RUN];
-    let (mut scales, mut sw) = ([[0f32; LANES]; Q3_RUN], [[0f32; LANES]; Q3_RUN]);
+fn search_q3_k(x: &[f32], qw: Option<&[f32]>, q3: &mut Option<Box<Q3Lanes<16>>>, found: &mut [Found<16>; Q3_RUN]) {
     match qw {
         Some(qw) => {
-            for (t, xs) in x.chunks_exact(QK_K).enumerate() {
+            for ((t, xs), f) in x.chunks_exact(QK_K).enumerate().zip(found.iter_mut()) {
                 let xt = transpose::<16>(xs);
                 let (w, s) = imatrix_weights(&xt, &qw[QK_K * t..], &sigma2_lanes::<16>(xs, 2.0));
-                scales[t] = qx_lanes(4, &xt, &w, &mut lt[t]);
-                sw[t] = s;
+                let (scales, l) = f.parts();
+                *scales = qx_lanes(4, &xt, &w, l);
+                f.sw = s;
             }
         }
-        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, &mut lt, &mut scales),
+        None => q3.get_or_insert_with(Q3Lanes::new).search(4, x, found),
     }
-    let mut found = [Found::ZERO; Q3_RUN];
-    for (t, f) in found.iter_mut().enumerate() {
-        let l = lt[t].as_flattened().try_into().expect("256 levels");
-        *f = Found { scales: scales[t], mins: [0.0; 16], sw: sw[t], l };
+}
+
+/// Q3_K's search writes its results in place: the scales, the levels
+/// transposed (`l[16 * i + j]` value `i` of sub-block `j`).
+impl Q3Out<16> for Found<16> {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; 16]) {
+        let rows = self.l.as_chunks_mut::<LANES>().0.try_into().expect("16 rows");
+        (&mut self.scales, rows)
     }
-    found
 }
 
 /// The super-block scale, the 16 six-bit scales, requantization, packing.
@@ -373,7 +388,7 @@ fn finish_q3_k(x: &[f32; QK_K], f: &Found<16>, imatrix: bool, y: &mut [u8]) {
             put_f16(y, 108, 0.0);
         }
     }
-    requantize_q3_k(x, &f.l, y);
+    requantize_q3_k(x, f, y);
 }
 
 #[allow(clippy::redundant_closure)] // see `rows`
@@ -386,7 +401,7 @@ fn q3_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         110,
         #[inline(always)]
-        |x, qw| search_q3_k(x, qw, &mut q3),
+        |x, qw, f| search_q3_k(x, qw, &mut q3, f),
         #[inline(always)]
         |x, f, imatrix, y| finish_q3_k(x, f, imatrix, y),
     );
@@ -413,23 +428,21 @@ fn q3_scale(sb: &[u8], j: usize) -> i32 {
 }
 
 /// Requantizes with the stored scales (a sub-block whose scale is 0 keeps
-/// the search's levels `lt`, transposed), splits off the high bits, packs.
+/// the search's levels), splits off the high bits, packs.
 #[inline(always)]
-fn requantize_q3_k(x: &[f32; QK_K], lt: &[u8; QK_K], y: &mut [u8]) {
+fn requantize_q3_k(x: &[f32; QK_K], f: &Found<16>, y: &mut [u8]) {
     let dall = get_f16(y, 108);
-    let mut l = [0i8; QK_K];
+    let mut l = [0u8; QK_K];
     for j in 0..QK_K / 16 {
         let sc = (q3_scale(&y[96..108], j) - 32) as i8;
         let d = dall * sc as f32;
         if d == 0.0 {
-            for ii in 0..16 {
-                l[16 * j + ii] = lt[16 * ii + j] as i8;
-            }
+            f.levels_of(j, &mut l[16 * j..]);
             continue;
         }
         for ii in 0..16 {
             let q = c_max(-4, c_min(3, nearest_int(x[16 * j + ii] / d)));
-            l[16 * j + ii] = (q + 4) as i8;
+            l[16 * j + ii] = (q + 4) as u8;
         }
     }
     let (hmask, rest) = y.split_at_mut(32);
@@ -441,7 +454,7 @@ fn requantize_q3_k(x: &[f32; QK_K], lt: &[u8; QK_K], y: &mut [u8]) {
             let j = QK_K / 8 * b + m;
             let high = (l[j] > 3) as u8;
             hmask[m] |= high << b;
-            lu[j] = (l[j] as u8).wrapping_sub(4 * high);
+            lu[j] = l[j].wrapping_sub(4 * high);
         }
     }
     pack2(&lu, &mut rest[..64]);
@@ -515,7 +528,7 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; Q45_RUN]
     let mut found = [Found::ZERO; Q45_RUN];
     for h in 0..2 {
         let [sc, mn] = half(&[scales, mins], h);
-        let f: [Found<8>; 2] = Found::split(&sc, &mn, &sw[h], &levels::<32, { 2 * QK_K }>(&half(&lt, h)));
+        let f: [Found<8>; 2] = Found::split(&sc, &mn, &sw[h], &half(&lt, h));
         found[2 * h..2 * h + 2].copy_from_slice(&f);
     }
     found
@@ -525,7 +538,7 @@ fn search_q45_k(x: &[f32], qw: Option<&[f32]>, nmax: i32) -> [Found<8>; Q45_RUN]
 /// and the 12 scale bytes at the front of `y`; returns the levels.
 #[inline(always)]
 fn finish_q45_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut [u8]) -> [u8; QK_K] {
-    let mut l = f.l;
+    let mut l = [0u8; QK_K];
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     if imatrix {
         let d_block = make_qp_quants(63, &f.scales, &mut ls, &f.sw);
@@ -554,6 +567,7 @@ fn finish_q45_k(x: &[f32; QK_K], f: &Found<8>, imatrix: bool, nmax: i32, y: &mut
         let (sc, m) = get_scale_min_k4(j, &y[4..16]);
         let d = dall * sc as f32;
         if d == 0.0 {
+            f.levels_of(j, &mut l[32 * j..]);
             continue;
         }
         let dm = dmin * m as f32;
@@ -603,7 +617,7 @@ fn q4_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         144,
         #[inline(always)]
-        |x, qw| search_q45_k(x, qw, 15),
+        |x, qw, f| *f = search_q45_k(x, qw, 15),
         #[inline(always)]
         |x, f, imatrix, y| finish_q4_k(x, f, imatrix, y),
     );
@@ -618,7 +632,7 @@ fn q5_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         176,
         #[inline(always)]
-        |x, qw| search_q45_k(x, qw, 31),
+        |x, qw, f| *f = search_q45_k(x, qw, 31),
         #[inline(always)]
         |x, f, imatrix, y| finish_q5_k(x, f, imatrix, y),
     );
@@ -696,12 +710,12 @@ fn search_q6_k(x: &[f32], qw: Option<&[f32]>) -> [Found<16>; 1] {
     };
     let mut lt = [[0u8; LANES]; 16];
     let scales = qx_lanes(32, &xt, &w, &mut lt);
-    Found::split(&scales, &[0f32; LANES], &[0f32; LANES], &levels::<16, QK_K>(&lt))
+    Found::split(&scales, &[0f32; LANES], &[0f32; LANES], &lt)
 }
 
 #[inline(always)]
 fn finish_q6_k(x: &[f32; QK_K], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
-    let mut l: [i8; QK_K] = std::array::from_fn(|j| f.l[j] as i8);
+    let mut l = [0u8; QK_K];
     let scales = &f.scales;
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
     for &scale in scales {
@@ -723,15 +737,16 @@ fn finish_q6_k(x: &[f32; QK_K], f: &Found<16>, _imatrix: bool, y: &mut [u8]) {
     for j in 0..QK_K / 16 {
         let d = d0 * y[192 + j] as i8 as f32;
         if d == 0.0 {
+            f.levels_of(j, &mut l[16 * j..]);
             continue;
         }
         for ii in 0..16 {
             let q = c_max(-32, c_min(31, nearest_int(x[16 * j + ii] / d)));
-            l[16 * j + ii] = (q + 32) as i8;
+            l[16 * j + ii] = (q + 32) as u8;
         }
     }
     let (ql, qh) = y[..192].split_at_mut(128);
-    let lu = l.map(|v| v as u8);
+    let lu = l;
     for (n, j) in (0..QK_K).step_by(128).enumerate() {
         for i in 0..32 {
             let q = [lu[j + i], lu[j + i + 32], lu[j + i + 64], lu[j + i + 96]];
@@ -751,7 +766,7 @@ fn q6_k_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
         out,
         210,
         #[inline(always)]
-        |x, qw| search_q6_k(x, qw),
+        |x, qw, f| *f = search_q6_k(x, qw),
         #[inline(always)]
         |x, f, imatrix, y| finish_q6_k(x, f, imatrix, y),
     );
@@ -798,6 +813,11 @@ mod tests {
     // The scalar searches (one sub-block at a time, ggml's loops as they
     // are): the reference the lane searches are checked against.
 
+    /// Levels in value order (`S` sub-blocks) as `Found` keeps them.
+    fn transposed<const S: usize>(l: &[u8; QK_K]) -> [u8; QK_K] {
+        std::array::from_fn(|k| l[QK_K / S * (k % S) + k / S])
+    }
+
     fn scalar_q2_k(x: &[f32], qw: Option<&[f32]>) -> Found<16> {
         let mut f = Found::<16>::ZERO;
         let (mut laux, mut weights) = ([0u8; 16], [0f32; 16]);
@@ -816,6 +836,7 @@ mod tests {
             };
             (f.scales[j], f.mins[j]) = make_qkx_quants(p, xs, &weights, &mut f.l[16 * j..], &mut laux, qkx2);
         }
+        f.l = transposed::<16>(&f.l);
         f
     }
 
@@ -834,7 +855,7 @@ mod tests {
                 None => make_q3_quants(4, xs, &mut l[16 * j..], true),
             };
         }
-        f.l = std::array::from_fn(|k| l[16 * (k % 16) + k / 16] as u8); // transposed
+        f.l = transposed::<16>(&l.map(|v| v as u8));
         f
     }
 
@@ -857,6 +878,7 @@ mod tests {
             };
             (f.scales[j], f.mins[j]) = make_qkx_quants(p, xs, &weights, &mut f.l[32 * j..], &mut laux, qkx2);
         }
+        f.l = transposed::<8>(&f.l);
         f
     }
 
@@ -867,7 +889,7 @@ mod tests {
             let qw = qw.map(|w| &w[16 * j..16 * j + 16]);
             f.scales[j] = make_qx_quants(32, &x[16 * j..16 * j + 16], &mut l[16 * j..], 1, qw);
         }
-        f.l = l.map(|v| v as u8);
+        f.l = transposed::<16>(&l.map(|v| v as u8));
         f
     }
 
@@ -944,7 +966,7 @@ mod tests {
         finish: impl Fn(&[f32; QK_K], &Found<S>, bool, &mut [u8]),
     ) -> Vec<u8> {
         let mut out = vec![0xCD; x.len() / QK_K * bytes];
-        rows(x, qw, &mut out, bytes, search, finish);
+        rows(x, qw, &mut out, bytes, |x, qw, f| *f = search(x, qw), finish);
         out
     }
 }

@@ -453,14 +453,17 @@ impl<const N: usize> Q3Set<N> {
         suml2: [0.0; LANES],
     };
 
-    /// Makes the weights and terms from `x` and `lf` (the same operations
-    /// on the same inputs wherever they are made, so the same bits).
+    /// Makes the weights and terms from `x` and `lf`, as one flat loop
+    /// (over rows and lanes, LLVM vectorized it across the rows, with
+    /// gathers and scatters).
     #[inline(always)]
     fn weigh(&mut self) {
-        self.w = lane_map(&self.x, |v| v * v);
-        self.wx = lane_zip(&self.w, &self.x, |w, x| w * x);
-        self.tlx = lane_zip(&self.wx, &self.lf, |wx, l| wx * l);
-        self.tl2 = lane_zip(&self.w, &self.lf, |w, l| w * l * l);
+        let out = self.w.as_flattened_mut().iter_mut().zip(self.wx.as_flattened_mut());
+        let terms = self.tlx.as_flattened_mut().iter_mut().zip(self.tl2.as_flattened_mut());
+        let inputs = self.x.as_flattened().iter().zip(self.lf.as_flattened());
+        for (((w, wx), (tlx, tl2)), (&x, &l)) in out.zip(terms).zip(inputs) {
+            (*w, *wx, *tlx, *tl2) = q3_terms(x, l);
+        }
     }
 
     /// The first levels of `make_q3_quants` for the values in `x` and
@@ -472,10 +475,19 @@ impl<const N: usize> Q3Set<N> {
         for k in 0..LANES {
             iscale[k] = (-nmax) as f32 / max[k];
         }
-        self.lf = lane_zip(&[iscale; N], &self.x, |s, x| clamp_sym_f(nmax, s * x));
-        self.weigh();
-        self.sumlx = lane_sums(&self.tlx, |v| v);
-        self.suml2 = lane_sums(&self.tl2, |v| v);
+        let (mut sumlx, mut suml2) = ([0f32; LANES], [0f32; LANES]);
+        for i in 0..N {
+            for k in 0..LANES {
+                self.lf[i][k] = clamp_sym_f(nmax, iscale[k] * self.x[i][k]);
+            }
+            for k in 0..LANES {
+                let t = q3_terms(self.x[i][k], self.lf[i][k]);
+                (self.w[i][k], self.wx[i][k], self.tlx[i][k], self.tl2[i][k]) = t;
+                sumlx[k] += t.2;
+                suml2[k] += t.3;
+            }
+        }
+        (self.sumlx, self.suml2) = (sumlx, suml2);
         amax
     }
 
@@ -512,6 +524,16 @@ impl<const N: usize> Q3Set<N> {
         });
         scale
     }
+}
+
+/// A value's weight `w = x * x`, `wx = w * x` and terms `wx * l`,
+/// `w * l * l` at level `l` (the same operations wherever they are made,
+/// so the same bits).
+#[inline(always)]
+fn q3_terms(x: f32, l: f32) -> (f32, f32, f32, f32) {
+    let w = x * x;
+    let wx = w * x;
+    (w, wx, wx * l, w * l * l)
 }
 
 /// One refinement pass of `make_q3_quants` on `V` sets: returns per set
@@ -557,6 +579,19 @@ fn q3_pass<const N: usize, const V: usize>(nmax: i32, s: &mut [Q3Set<N>; V]) -> 
     changed
 }
 
+/// Where [`Q3Lanes::search`] writes a set of 16 groups' results: their
+/// scales and levels (offset by `nmax`, transposed). The row function's
+/// own result buffer implements it, so nothing is copied afterwards.
+pub(crate) trait Q3Out<const N: usize> {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; N]);
+}
+
+impl<const N: usize> Q3Out<N> for (Col, [[u8; LANES]; N]) {
+    fn parts(&mut self) -> (&mut Col, &mut [[u8; LANES]; N]) {
+        (&mut self.0, &mut self.1)
+    }
+}
+
 /// Sets of lanes searched at once in the first pass and in the pool.
 const Q3_GROUP: usize = 4;
 
@@ -585,40 +620,39 @@ impl<const N: usize> Q3Lanes<N> {
         })
     }
 
-    /// The groups of `N` values in `x` (at most `V` sets of 16; missing
-    /// ones search zeros), `V` a multiple of 4: fills `l` (offset by
-    /// `nmax`, transposed) and `scale`.
+    /// The groups of `N` values in `x` (at most `out.len()` sets of 16;
+    /// missing ones search zeros), `out.len()` a multiple of 4.
     #[inline(always)]
-    pub(crate) fn search<const V: usize>(
-        &mut self,
-        nmax: i32,
-        x: &[f32],
-        l: &mut [[[u8; LANES]; N]; V],
-        scale: &mut [Col; V],
-    ) {
-        let sets = x.len().div_ceil(LANES * N).min(V);
+    pub(crate) fn search(&mut self, nmax: i32, x: &[f32], out: &mut [impl Q3Out<N>]) {
+        let sets = x.len().div_ceil(LANES * N).min(out.len());
         for g in (0..sets).step_by(Q3_GROUP) {
             let mut amax = [[0f32; LANES]; Q3_GROUP];
+            // All transposes first: `start` reads whole rows that the
+            // transpose wrote in quarters, which cannot be forwarded from
+            // stores still in flight.
             for t in 0..Q3_GROUP {
                 let at = (LANES * N * (g + t)).min(x.len());
                 transpose_into(&x[at..], &mut self.first[t].x);
+            }
+            for t in 0..Q3_GROUP {
                 amax[t] = self.first[t].start(nmax);
             }
             let changed = q3_pass::<N, Q3_GROUP>(nmax, &mut self.first);
             for t in 0..Q3_GROUP {
                 let v = g + t;
-                scale[v] = self.first[t].results(nmax, &amax[t], &mut l[v]);
+                let (scale, l) = out[v].parts();
+                *scale = self.first[t].results(nmax, &amax[t], l);
                 for k in 0..LANES {
                     if changed[t][k] != 0 {
                         if self.n == self.from.len() {
-                            self.flush(nmax, l, scale);
+                            self.flush(nmax, out);
                         }
                         self.push(t, v, k, amax[t][k]);
                     }
                 }
             }
         }
-        self.flush(nmax, l, scale);
+        self.flush(nmax, out);
     }
 
     /// Adds lane `k` of first-pass set `t`, lane `k` of set `v` of the
@@ -641,7 +675,7 @@ impl<const N: usize> Q3Lanes<N> {
     /// and writes its groups' results. The lanes past the last group
     /// search zeros (`slx` is 0: nothing changes).
     #[inline(always)]
-    fn flush<const V: usize>(&mut self, nmax: i32, l: &mut [[[u8; LANES]; N]; V], scale: &mut [Col; V]) {
+    fn flush(&mut self, nmax: i32, out: &mut [impl Q3Out<N>]) {
         let sets = self.n.div_ceil(LANES);
         for j in self.n..sets * LANES {
             let (p, q) = (j / LANES, j % LANES);
@@ -673,7 +707,8 @@ impl<const N: usize> Q3Lanes<N> {
             }
         }
         for (j, &(v, k, amax)) in self.from[..self.n].iter().enumerate() {
-            scale[v][k] = self.pool[j / LANES].lane_result(nmax, j % LANES, amax, &mut l[v], k);
+            let (scale, l) = out[v].parts();
+            scale[k] = self.pool[j / LANES].lane_result(nmax, j % LANES, amax, l, k);
         }
         self.n = 0;
     }
@@ -849,14 +884,14 @@ mod tests {
                 }
             }
             for n in [x.len(), 16 * (16 * 13 + 5)] {
-                let (mut l, mut sc) = ([[[0u8; LANES]; 16]; 16], [[0f32; LANES]; 16]);
-                Q3Lanes::new().search(4, &x[..n], &mut l, &mut sc);
+                let mut out = [([0f32; LANES], [[0u8; LANES]; 16]); 16];
+                Q3Lanes::new().search(4, &x[..n], &mut out);
                 for (g, xs) in x[..n].chunks_exact(16).enumerate() {
                     let mut lw = [0i8; 16];
                     let es = make_q3_quants(4, xs, &mut lw, true);
                     let (v, k) = (g / 16, g % 16);
-                    assert_eq!(sc[v][k].to_bits(), es.to_bits(), "seed {seed} group {g}");
-                    assert_eq!(l[v].map(|r| r[k]), lw.map(|v| v as u8), "seed {seed} group {g}");
+                    assert_eq!(out[v].0[k].to_bits(), es.to_bits(), "seed {seed} group {g}");
+                    assert_eq!(out[v].1.map(|r| r[k]), lw.map(|v| v as u8), "seed {seed} group {g}");
                 }
             }
         }
@@ -883,11 +918,11 @@ mod tests {
                     assert_eq!(got[g], lw.map(|v| v as u8), "qx seed {seed} lane {k}");
                 }
             }
-            let (mut l, mut s) = ([[[0u8; LANES]; 16]; 4], [[0f32; LANES]; 4]);
-            Q3Lanes::new().search(4, &x, &mut l, &mut s);
-            let s = s[0];
+            let mut out = [([0f32; LANES], [[0u8; LANES]; 16]); 4];
+            Q3Lanes::new().search(4, &x, &mut out);
+            let s = out[0].0;
             let mut got = vec![0u8; 256];
-            untranspose(&l[0], &mut got);
+            untranspose(&out[0].1, &mut got);
             for k in 0..16 {
                 let g = 16 * k..16 * k + 16;
                 let mut lw = [0i8; 16];
