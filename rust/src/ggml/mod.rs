@@ -240,15 +240,14 @@ trait Piece: Send {
 /// `threads` - 1 more (0 = one per core, see [`batch::thread_count`]; at
 /// most one per piece) that claim pieces in order. Each piece is computed
 /// by the same code whoever claims it, and the error is the first failing
-/// piece's, so neither depends on the threads. The second pass claims
-/// pieces from the last: those the first pass read last are still in cache.
+/// piece's, so neither depends on the threads.
 fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std::result::Result<(), BatchError> {
     let (known, cap) = batch::thread_count(threads, bytes, MIN_BYTES_PER_THREAD);
     let cap = cap.min(pieces.len());
     let known = known.map(|k| k.min(cap));
     if cap <= 1 || known == Some(1) {
         pieces.iter_mut().try_for_each(P::check)?;
-        pieces.into_iter().rev().for_each(P::run);
+        pieces.into_iter().for_each(P::run);
         return Ok(());
     }
     let n = pieces.len();
@@ -278,7 +277,7 @@ fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std
             if k >= n {
                 break;
             }
-            let piece = locked(&slots[n - 1 - k]).take().expect("run once");
+            let piece = locked(&slots[k]).take().expect("run once");
             piece.run();
         }
     });
