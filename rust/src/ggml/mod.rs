@@ -21,7 +21,7 @@ pub mod search;
 pub mod types;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::thread;
 
 use crate::batch::{self, locked, BatchError};
@@ -253,7 +253,7 @@ fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std
     let n = pieces.len();
     let slots: Vec<Mutex<Option<P>>> = pieces.into_iter().map(|p| Mutex::new(Some(p))).collect();
     let (to_check, to_run) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let checked = Checked { count: Mutex::new(0), all: Condvar::new(), n, stop: AtomicBool::new(false) };
+    let checked = Checked { count: AtomicUsize::new(0), stop: AtomicBool::new(false) };
     let failure = Mutex::new(None::<(usize, BatchError)>);
     batch::participate_on(known, cap, &|| {
         loop {
@@ -270,8 +270,12 @@ fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std
                 checked.stop.store(true, Ordering::SeqCst);
             }
         }
-        // The second pass waits for the first to end on every thread.
-        drop(checked.all.wait_while(locked(&checked.count), |c| *c < n));
+        // The second pass waits for the first to end on every thread. A
+        // piece takes microseconds: yielding, not sleeping on a condition
+        // variable (waking a thread can take longer than a piece).
+        while checked.count.load(Ordering::SeqCst) < n {
+            thread::yield_now();
+        }
         while !checked.stop.load(Ordering::SeqCst) {
             let k = to_run.fetch_add(1, Ordering::SeqCst);
             if k >= n {
@@ -287,12 +291,10 @@ fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std
     }
 }
 
-/// How many pieces the first pass has done (`all` is signalled at `n`);
-/// `stop`: a piece failed or panicked, the second pass writes nothing.
+/// How many pieces the first pass has done; `stop`: a piece failed or
+/// panicked, the second pass writes nothing.
 struct Checked {
-    count: Mutex<usize>,
-    all: Condvar,
-    n: usize,
+    count: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -306,11 +308,7 @@ impl Drop for CheckedOne<'_> {
         if thread::panicking() {
             self.0.stop.store(true, Ordering::SeqCst);
         }
-        let mut count = locked(&self.0.count);
-        *count += 1;
-        if *count == self.0.n {
-            self.0.all.notify_all();
-        }
+        self.0.count.fetch_add(1, Ordering::SeqCst);
     }
 }
 
