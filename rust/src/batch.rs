@@ -493,7 +493,7 @@ impl Piece for DequantizePiece<'_> {
 /// as there are cores, up to `cap`" (`threads == 0`), which is resolved off
 /// the calling thread since `available_parallelism` can take tens of
 /// microseconds (it reads cgroup files on Linux).
-fn thread_count(requested: usize, bytes: usize, min_bytes_per_thread: usize) -> (Option<usize>, usize) {
+pub(crate) fn thread_count(requested: usize, bytes: usize, min_bytes_per_thread: usize) -> (Option<usize>, usize) {
     let by_size = bytes / min_bytes_per_thread.max(1);
     match requested {
         _ if by_size < 2 => (Some(1), 1),
@@ -558,9 +558,15 @@ where
     }
     let chunks = (total / CHUNK_BYTES).clamp(cap * 4, MAX_CHUNKS.max(cap * 4));
     let job = Job::new(partition(pieces, chunks, total));
-    let participate = || job.participate(&work);
+    participate_on(known, cap, &|| job.participate(&work));
+    job.outcome()
+}
+
+/// Runs `participate` on the calling thread and on more threads: `known`
+/// in all, or with `None` one per core up to `cap` (see [`thread_count`]);
+/// returns when every thread is done.
+pub(crate) fn participate_on(known: Option<usize>, cap: usize, participate: &(dyn Fn() + Sync)) {
     thread::scope(|scope| {
-        let participate = &participate;
         match known {
             Some(n) => (1..n).for_each(|_| spawn(scope, participate)),
             None => spawn(scope, move || {
@@ -573,7 +579,6 @@ where
         }
         participate();
     });
-    job.outcome()
 }
 
 /// Spawns a scoped thread. If it cannot be spawned, nothing is lost: the
@@ -605,7 +610,7 @@ struct Job<P> {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

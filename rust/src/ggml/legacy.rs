@@ -5,11 +5,13 @@
 use crate::kernel::fast::isa_dispatch;
 use crate::kernel::Isa;
 
+use super::GgmlType;
+
 use super::lanes::{imatrix_weights, qkx_lanes, qx_lanes, transpose, untranspose, Col, LANES};
 use super::search::{c_max, c_min, fp32_to_fp16, get_f16, put_f16, signed_absmax, QkxSearch};
 use crate::kernel::fast::{min_max_keys, Lane};
 
-const QK: usize = 32;
+pub(crate) const QK: usize = 32;
 
 // Each row quantizer is compiled for the CPU's best instruction set (the
 // affine kernel's dispatch): the block loops are written to vectorize there.
@@ -44,37 +46,54 @@ pub fn quantize_q8_0(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 // largest magnitude, a tie between +a and -a (the C keeps the first). They
 // are reduced on integer order keys (which vectorize, like the affine
 // kernel's), and the blocks where order could matter run the C's loop.
+// Each also says whether its block is finite, from the reduced keys (before
+// any C loop, which skips NaN): a NaN's or an infinity's key lies at or
+// beyond those of +-inf, so the block's min or max is then not finite.
+
+/// A block's statistics, from the first pass for the second: `(min, max)`
+/// (Q4_0/Q5_0 on a tie or zeros: twice the C's signed abs-max), Q8_0
+/// `(amax, 0)`.
+pub(crate) type Stat = [f32; 2];
+
+/// Whether a block whose key-reduced min and max are `min` and `max` holds
+/// only finite values.
+#[inline(always)]
+fn finite_range(min: f32, max: f32) -> bool {
+    min >= -f32::MAX && max <= f32::MAX
+}
 
 /// Q4_1/Q5_1's `min` and `max` (`if (v < min) min = v` from `MAX` / `-MAX`):
 /// a zero result has the sign of the block's first zero, so only a block
 /// whose min or max is zero runs the C's loop.
 #[inline(always)]
-fn block_min_max(xb: &[f32; QK]) -> (f32, f32) {
+fn block_min_max(xb: &[f32; QK]) -> (Stat, bool) {
     let (lo, hi) = min_max_keys(&xb[..]);
     let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    let finite = finite_range(min, max);
     if min != 0.0 && max != 0.0 {
-        return (min, max);
+        return ([min, max], finite);
     }
     let (mut min, mut max) = (f32::MAX, -f32::MAX);
     for &v in xb {
         min = c_min(v, min);
         max = c_max(v, max);
     }
-    (min, max)
+    ([min, max], finite)
 }
 
 /// For Q4_0/Q5_0's signed value of largest magnitude (the first one on
 /// ties): the block's `(min, max)`, of which [`larger_magnitude`] picks it;
 /// on a tie (and for zeros) both are the C loop's answer.
 #[inline(always)]
-fn block_signed_absmax(xb: &[f32; QK]) -> (f32, f32) {
+fn block_signed_absmax(xb: &[f32; QK]) -> (Stat, bool) {
     let (lo, hi) = min_max_keys(&xb[..]);
     let (min, max) = (f32::unkey(lo), f32::unkey(hi));
+    let finite = finite_range(min, max);
     if max == -min {
         let s = signed_absmax(xb).1;
-        return (s, s);
+        return ([s, s], finite);
     }
-    (min, max)
+    ([min, max], finite)
 }
 
 /// `max` or `min`, whichever is larger in magnitude (`max` on a tie), as
@@ -92,8 +111,9 @@ fn larger_magnitude(min: f32, max: f32) -> f32 {
 /// Q8_0's `amax = MAX(amax, fabsf(v))` from 0: the largest magnitude, on
 /// the bits (non-negative floats order as integers).
 #[inline(always)]
-fn block_abs_max(xb: &[f32; QK]) -> f32 {
-    f32::from_bits(xb.iter().fold(0, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)))
+fn block_abs_max(xb: &[f32; QK]) -> (Stat, bool) {
+    let amax = f32::from_bits(xb.iter().fold(0, |m, v| m.max(v.to_bits() & 0x7FFF_FFFF)));
+    ([amax, 0.0], amax <= f32::MAX)
 }
 
 /// [`super::search::c_float_to_int`] (`cvttss2si`: `INT_MIN` out of the
@@ -297,32 +317,52 @@ fn write_q5_1(l: &[u8; QK], d: f32, m: f32, y: &mut [u8]) {
     pack5(|j| l[j].into(), qh, qs);
 }
 
-// The no-imatrix paths work in runs of `LANES` blocks: each block's
-// statistics (reduced on order keys, see above), then the scales with one
-// lane per block (the divisions vectorize), then the levels block by block.
+// The no-imatrix paths run in two passes, so that a call can check all
+// its values before it writes anything (see `super::quantize_batch`): first
+// each block's statistics (reduced on order keys, see above) and whether it
+// is finite, then in runs of `LANES` blocks the scales with one lane per
+// block (the divisions vectorize) and the levels block by block.
 
-/// Runs a no-imatrix quantizer over a row, in runs of `LANES` blocks:
-/// `stat(block) -> (a, b)` (e.g. the min and max), then for the run at once
-/// `scale(a, b) -> (d, id, m)` (the divisions vectorize), then
-/// `write(block, halves, id, m, fast, bytes)`, `halves` = `d` and `m` as
-/// ggml halves (converted in lanes too), `fast` = `d` and `id` are finite:
-/// then every level is in its type's range and the writers skip the C's
-/// out-of-range conversions (a huge range or a tiny scale takes the exact
-/// slow path).
+/// Pass 1: `stat(block) -> (statistics, finite)` for the blocks of `x`
+/// into `stats`; false at the first block that is not finite.
+#[inline(always)]
+fn lane_stats(x: &[f32], stats: &mut [Stat], stat: impl Fn(&[f32; QK]) -> (Stat, bool)) -> bool {
+    assert_eq!(x.len(), stats.len() * QK);
+    for (xb, s) in blocks(x).zip(stats) {
+        let finite;
+        (*s, finite) = stat(xb);
+        // The exit also keeps LLVM from vectorizing this loop across
+        // blocks, with gathers (3x slower than each block's reduction).
+        if !finite {
+            return false;
+        }
+    }
+    true
+}
+
+/// Pass 2 over a row, in runs of `LANES` blocks with their `stats`: for
+/// the run at once `scale(a, b) -> (d, id, m)` (the divisions vectorize),
+/// then `write(block, halves, id, m, fast, bytes)`, `halves` = `d` and `m`
+/// as ggml halves (converted in lanes too), `fast` = `d` and `id` are
+/// finite: then every level is in its type's range and the writers skip
+/// the C's out-of-range conversions (a huge range or a tiny scale takes the
+/// exact slow path).
 #[inline(always)]
 fn lane_rows(
     x: &[f32],
+    stats: &[Stat],
     out: &mut [u8],
     bytes: usize,
-    stat: impl Fn(&[f32; QK]) -> (f32, f32),
     scale: impl Fn(f32, f32) -> (f32, f32, f32),
     write: impl Fn(&[f32; QK], [u8; 4], f32, f32, bool, &mut [u8]),
 ) {
-    for (xr, yr) in x.chunks(QK * LANES).zip(out.chunks_mut(bytes * LANES)) {
+    assert_eq!(x.len(), stats.len() * QK);
+    let runs = x.chunks(QK * LANES).zip(stats.chunks(LANES));
+    for ((xr, sr), yr) in runs.zip(out.chunks_mut(bytes * LANES)) {
         // Lanes past a partial run are zero blocks, never written.
         let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
-        for (i, xb) in blocks(xr).enumerate() {
-            (a[i], b[i]) = stat(xb);
+        for (i, &[ai, bi]) in sr.iter().enumerate() {
+            (a[i], b[i]) = (ai, bi);
         }
         let (mut halves, mut id, mut m, mut fast) = ([[0u8; 4]; LANES], [0f32; LANES], [0f32; LANES], [false; LANES]);
         for i in 0..LANES {
@@ -352,15 +392,14 @@ fn pack_levels(five: bool, level: impl Fn(usize) -> i32, y: &mut [u8]) {
 /// scales in lanes.
 #[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
-fn symmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool) {
+fn symmetric_row(x: &[f32], stats: &[Stat], out: &mut [u8], nmax: i32, five: bool) {
     let offset = nmax as f32 + 0.5; // 8.5 / 16.5 as in the C
     let top = 2 * nmax - 1;
     lane_rows(
         x,
+        stats,
         out,
         if five { 22 } else { 18 },
-        #[inline(always)]
-        |xb| block_signed_absmax(xb),
         #[inline(always)]
         |min, max| {
             let d = larger_magnitude(min, max) / -(nmax as f32);
@@ -386,13 +425,12 @@ fn symmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool) {
 /// Q5_1 does not).
 #[allow(clippy::redundant_closure)] // an `#[inline(always)]` closure, as below
 #[inline(always)]
-fn asymmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool, round: impl Fn(f32) -> i32) {
+fn asymmetric_row(x: &[f32], stats: &[Stat], out: &mut [u8], nmax: i32, five: bool, round: impl Fn(f32) -> i32) {
     lane_rows(
         x,
+        stats,
         out,
         if five { 24 } else { 20 },
-        #[inline(always)]
-        |xb| block_min_max(xb),
         #[inline(always)]
         |min, max| {
             let d = (max - min) / nmax as f32;
@@ -418,7 +456,7 @@ fn asymmetric_row(x: &[f32], out: &mut [u8], nmax: i32, five: bool, round: impl 
 #[inline(always)]
 fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        symmetric_row(x, out, 8, false);
+        plain_rows(GgmlType::Q4_0, x, out);
         return;
     };
     imatrix_rows(
@@ -437,7 +475,7 @@ fn quantize_q4_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        symmetric_row(x, out, 16, true);
+        plain_rows(GgmlType::Q5_0, x, out);
         return;
     };
     imatrix_rows(
@@ -456,7 +494,7 @@ fn quantize_q5_0_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        asymmetric_row(x, out, 15, false, |v| c_min(15, low_byte(v) as i8 as i32));
+        plain_rows(GgmlType::Q4_1, x, out);
         return;
     };
     imatrix_rows(
@@ -475,7 +513,7 @@ fn quantize_q4_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 #[inline(always)]
 fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     let Some(qw) = imatrix else {
-        asymmetric_row(x, out, 31, true, |v| low_byte(v).into());
+        plain_rows(GgmlType::Q5_1, x, out);
         return;
     };
     imatrix_rows(
@@ -493,12 +531,17 @@ fn quantize_q5_1_impl(x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
 /// Q8_0 has no imatrix path in ggml (`quantize_q8_0` ignores it).
 #[inline(always)]
 fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
+    plain_rows(GgmlType::Q8_0, x, out);
+}
+
+/// Q8_0 over a row, scales in lanes.
+#[inline(always)]
+fn q8_0_row(x: &[f32], stats: &[Stat], out: &mut [u8]) {
     lane_rows(
         x,
+        stats,
         out,
         34,
-        #[inline(always)]
-        |xb| (block_abs_max(xb), 0.0),
         #[inline(always)]
         |amax, _| {
             let d = amax / 127.0;
@@ -520,6 +563,73 @@ fn quantize_q8_0_impl(x: &[f32], _imatrix: Option<&[f32]>, out: &mut [u8]) {
             }
         },
     );
+}
+
+/// Whether `ty` is one of this module's types, whose no-imatrix path runs
+/// as [`block_stats`] then [`write_blocks`].
+pub(crate) fn has_block_stats(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0)
+}
+
+#[allow(clippy::redundant_closure)] // as above
+#[inline(always)]
+fn stats_impl(ty: GgmlType, x: &[f32], stats: &mut [Stat]) -> bool {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 => lane_stats(
+            x,
+            stats,
+            #[inline(always)]
+            |xb| block_signed_absmax(xb),
+        ),
+        Q4_1 | Q5_1 => lane_stats(
+            x,
+            stats,
+            #[inline(always)]
+            |xb| block_min_max(xb),
+        ),
+        Q8_0 => lane_stats(
+            x,
+            stats,
+            #[inline(always)]
+            |xb| block_abs_max(xb),
+        ),
+        _ => unreachable!("{} has no block statistics", ty.name()),
+    }
+}
+
+#[inline(always)]
+fn write_impl(ty: GgmlType, x: &[f32], stats: &[Stat], out: &mut [u8]) {
+    use GgmlType::*;
+    match ty {
+        Q4_0 => symmetric_row(x, stats, out, 8, false),
+        Q5_0 => symmetric_row(x, stats, out, 16, true),
+        Q4_1 => asymmetric_row(x, stats, out, 15, false, |v| c_min(15, low_byte(v) as i8 as i32)),
+        Q5_1 => asymmetric_row(x, stats, out, 31, true, |v| low_byte(v).into()),
+        Q8_0 => q8_0_row(x, stats, out),
+        _ => unreachable!("{} has no block statistics", ty.name()),
+    }
+}
+
+// Pass 1 (`stats`: one per block of `x`; false when a value is not finite)
+// and pass 2 (writes `out` from `x` and its `stats`) of a `ty` with
+// [`has_block_stats`] and no importance matrix.
+isa_dispatch!(pub(crate) fn block_stats(ty: GgmlType, x: &[f32], stats: &mut [Stat]) -> bool = stats_impl);
+isa_dispatch!(pub(crate) fn write_blocks(ty: GgmlType, x: &[f32], stats: &[Stat], out: &mut [u8]) -> () = write_impl);
+
+/// Both passes over blocks of checked values (rows widened from f16 /
+/// bf16), a chunk at a time, so that the second pass finds them in cache.
+#[inline(always)]
+fn plain_rows(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    const CHUNK: usize = 4 * LANES;
+    let bytes = ty.info().bytes;
+    let mut stats = [[0f32; 2]; CHUNK];
+    for (xc, yc) in x.chunks(QK * CHUNK).zip(out.chunks_mut(bytes * CHUNK)) {
+        let s = &mut stats[..xc.len() / QK];
+        stats_impl(ty, xc, s);
+        write_impl(ty, xc, s, yc);
+    }
 }
 
 pub fn dequantize_q4_0(b: &[u8], y: &mut [f32]) {
@@ -710,18 +820,49 @@ mod tests {
             let mut x = hard_groups(QK, seed);
             x.extend(&tie_groups(seed));
             x.extend(&hard_groups(QK, seed + 1)[..5 * QK]);
-            let cases: [(Row, Vec<u8>); 5] = [
-                (q4_0_isa, scalar_sym(&x, 8, 18, false)),
-                (q5_0_isa, scalar_sym(&x, 16, 22, true)),
-                (q4_1_isa, scalar_asym(&x, 15, 20, false)),
-                (q5_1_isa, scalar_asym(&x, 31, 24, true)),
-                (q8_0_isa, scalar_q8_0(&x)),
+            let cases: [(GgmlType, Row, Vec<u8>); 5] = [
+                (GgmlType::Q4_0, q4_0_isa, scalar_sym(&x, 8, 18, false)),
+                (GgmlType::Q5_0, q5_0_isa, scalar_sym(&x, 16, 22, true)),
+                (GgmlType::Q4_1, q4_1_isa, scalar_asym(&x, 15, 20, false)),
+                (GgmlType::Q5_1, q5_1_isa, scalar_asym(&x, 31, 24, true)),
+                (GgmlType::Q8_0, q8_0_isa, scalar_q8_0(&x)),
             ];
-            for (t, (fast, want)) in cases.iter().enumerate() {
+            for (ty, fast, want) in &cases {
                 for &isa in isas() {
                     let mut got = vec![0xAB; want.len()];
                     fast(isa, &x, None, &mut got);
-                    assert!(got == *want, "type {t} seed {seed} {isa:?}");
+                    assert!(got == *want, "{} seed {seed} {isa:?}", ty.name());
+                    // The two passes of a call's f32 pieces.
+                    let mut stats = vec![[0f32; 2]; x.len() / QK];
+                    assert!(block_stats(isa, *ty, &x, &mut stats));
+                    got.fill(0xAB);
+                    write_blocks(isa, *ty, &x, &stats, &mut got);
+                    assert!(got == *want, "{} seed {seed} {isa:?}, two passes", ty.name());
+                }
+            }
+        }
+    }
+
+    /// The first pass sees every NaN and infinity, also in the blocks whose
+    /// statistics come from the C's loop (which skips NaN): among zeros of
+    /// either sign and at a +-amax tie.
+    #[test]
+    fn block_statistics_see_every_non_finite_value_on_every_isa() {
+        let bad = [f32::NAN, -f32::NAN, f32::from_bits(0x7F80_0001), f32::INFINITY, f32::NEG_INFINITY];
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+            for &isa in isas() {
+                for (k, &v) in bad.iter().enumerate() {
+                    for at in [0, 5, 31] {
+                        for fill in [[0.0, -0.0], [0.5, -0.5], [1e-3, 2e-3]] {
+                            // Block 17 of 20 (the second run) is the bad one.
+                            let mut x: Vec<f32> = (0..20 * QK).map(|i| fill[i % 2]).collect();
+                            x[17 * QK + at] = v;
+                            let mut stats = vec![[0f32; 2]; 20];
+                            assert!(!block_stats(isa, ty, &x, &mut stats), "{} {isa:?} {k} {at} {fill:?}", ty.name());
+                            x[17 * QK + at] = fill[0];
+                            assert!(block_stats(isa, ty, &x, &mut stats), "{} {isa:?} {k} {at} {fill:?}", ty.name());
+                        }
+                    }
                 }
             }
         }

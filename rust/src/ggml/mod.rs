@@ -9,7 +9,9 @@
 //! [`kquants`] and [`iq4`] the per-type rows. This module validates a whole call first
 //! (shape, values, importance matrix) and only then writes, rows in
 //! parallel: every row is computed by the same code on whichever thread, so
-//! the bytes do not depend on the thread count.
+//! the bytes do not depend on the thread count. The values are checked by
+//! the threads, piece by piece, in a first pass that for Q4_0..Q8_0 also
+//! computes the block statistics the second pass writes from.
 
 pub mod iq4;
 pub mod kquants;
@@ -18,11 +20,11 @@ pub mod legacy;
 pub mod search;
 pub mod types;
 
-use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::thread;
 
-use crate::batch::BatchError;
+use crate::batch::{self, locked, BatchError};
 use crate::element::{Values, ValuesMut};
 use crate::error::{Error, PqStatus, Result};
 #[cfg(target_arch = "x86_64")]
@@ -197,30 +199,21 @@ fn widen_impl<T: Lane, H: HalfCvt>(x: &[T], out: &mut [f32]) {
 // value at a time, f16 input ran at a tenth of f32's speed.
 isa_dispatch!(fn widen<T>(x: &[T], out: &mut [f32]) -> () = widen_impl);
 
-fn check_finite(input: Values<'_>) -> Result<()> {
-    let isa = Isa::detect();
-    let bad = match input {
+/// The first non-finite value of `input` and its index.
+fn first_bad_value(isa: Isa, input: Values<'_>) -> Option<(usize, f32)> {
+    match input {
         Values::F32(s) => first_bad(isa, s),
         Values::F16(s) => first_bad(isa, s),
         Values::BF16(s) => first_bad(isa, s),
-    };
-    match bad {
-        Some((i, v)) => {
-            Err(Error::new(PqStatus::NonFinite, format!("input value {i} is {v}; GGML types need finite values")))
-        }
-        None => Ok(()),
     }
 }
 
-/// Number of threads for `pieces` pieces of work over `bytes` of input:
-/// `threads` (0 = one per core), at most one per piece and per
-/// `MIN_BYTES_PER_THREAD`.
-fn thread_count(threads: usize, pieces: usize, bytes: usize) -> usize {
-    let want = match threads {
-        0 => thread::available_parallelism().map_or(1, NonZeroUsize::get),
-        n => n,
-    };
-    want.min(pieces).min(bytes / MIN_BYTES_PER_THREAD).max(1)
+fn non_finite(i: usize, v: f32) -> Error {
+    Error::new(PqStatus::NonFinite, format!("input value {i} is {v}; GGML types need finite values"))
+}
+
+fn check_finite(input: Values<'_>) -> Result<()> {
+    first_bad_value(Isa::detect(), input).map_or(Ok(()), |(i, v)| Err(non_finite(i, v)))
 }
 
 /// Rows per piece of work for rows of `row_bytes` input bytes: pieces of
@@ -233,29 +226,90 @@ fn rows_per_piece(row_bytes: usize) -> usize {
 /// balance threads that start late, large enough that claiming costs nothing.
 const PIECE_BYTES: usize = 64 * 1024;
 
-/// Runs `work` on every piece, on `n_threads` threads (the calling one
-/// included) that claim pieces in order. Each piece is computed by the same
-/// code whoever claims it, so the result does not depend on the threads.
-fn run_pieces<P: Send>(pieces: Vec<P>, n_threads: usize, work: impl Fn(P) + Sync) {
-    if n_threads <= 1 {
-        pieces.into_iter().for_each(work);
-        return;
+/// A piece of a batch: `check` (the first pass: its values) and `run`
+/// (the second: it writes).
+trait Piece: Send {
+    fn check(&mut self) -> std::result::Result<(), BatchError> {
+        Ok(())
     }
-    let queue = Mutex::new(pieces.into_iter());
-    let participate = || loop {
-        // Take the next piece and release the lock before working on it.
-        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-        match next {
-            Some(piece) => work(piece),
-            None => break,
+    fn run(self);
+}
+
+/// Runs [`Piece::check`] on every piece, then, if none failed,
+/// [`Piece::run`] on every piece, on the calling thread and up to
+/// `threads` - 1 more (0 = one per core, see [`batch::thread_count`]; at
+/// most one per piece) that claim pieces in order. Each piece is computed
+/// by the same code whoever claims it, and the error is the first failing
+/// piece's, so neither depends on the threads.
+fn run_pieces<P: Piece>(mut pieces: Vec<P>, threads: usize, bytes: usize) -> std::result::Result<(), BatchError> {
+    let (known, cap) = batch::thread_count(threads, bytes, MIN_BYTES_PER_THREAD);
+    let cap = cap.min(pieces.len());
+    let known = known.map(|k| k.min(cap));
+    if cap <= 1 || known == Some(1) {
+        pieces.iter_mut().try_for_each(P::check)?;
+        pieces.into_iter().for_each(P::run);
+        return Ok(());
+    }
+    let n = pieces.len();
+    let slots: Vec<Mutex<Option<P>>> = pieces.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    let (to_check, to_run) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let checked = Checked { count: AtomicUsize::new(0), stop: AtomicBool::new(false) };
+    let failure = Mutex::new(None::<(usize, BatchError)>);
+    batch::participate_on(known, cap, &|| {
+        loop {
+            let k = to_check.fetch_add(1, Ordering::SeqCst);
+            if k >= n {
+                break;
+            }
+            let _done = CheckedOne(&checked);
+            if let Err(e) = locked(&slots[k]).as_mut().expect("checked once").check() {
+                let mut slot = locked(&failure);
+                if slot.as_ref().is_none_or(|(first, _)| k < *first) {
+                    *slot = Some((k, e));
+                }
+                checked.stop.store(true, Ordering::SeqCst);
+            }
         }
-    };
-    thread::scope(|scope| {
-        for _ in 1..n_threads {
-            scope.spawn(participate);
+        // The second pass waits for the first to end on every thread. A
+        // piece takes microseconds: yielding, not sleeping on a condition
+        // variable (waking a thread can take longer than a piece).
+        while checked.count.load(Ordering::SeqCst) < n {
+            thread::yield_now();
         }
-        participate();
+        while !checked.stop.load(Ordering::SeqCst) {
+            let k = to_run.fetch_add(1, Ordering::SeqCst);
+            if k >= n {
+                break;
+            }
+            let piece = locked(&slots[k]).take().expect("run once");
+            piece.run();
+        }
     });
+    match failure.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// How many pieces the first pass has done; `stop`: a piece failed or
+/// panicked, the second pass writes nothing.
+struct Checked {
+    count: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// Counts a piece as checked when dropped, also when its check panicked
+/// (the other threads must not wait forever; the panic then propagates
+/// from the scope).
+struct CheckedOne<'a>(&'a Checked);
+
+impl Drop for CheckedOne<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.stop.store(true, Ordering::SeqCst);
+        }
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// One tensor of a [`quantize_batch`] call.
@@ -271,7 +325,8 @@ pub struct GgmlQuantizeItem<'a> {
 }
 
 impl GgmlQuantizeItem<'_> {
-    /// Every check of the item: shape, output length, imatrix, values.
+    /// The checks of the item's lengths and imatrix (its values are
+    /// checked by its pieces).
     fn check(&self) -> Result<(usize, usize)> {
         let (rows, row_bytes) = shape(self.ty, self.input.len(), self.row_len)?;
         let needed = rows * row_bytes;
@@ -287,23 +342,54 @@ impl GgmlQuantizeItem<'_> {
             ));
         }
         check_imatrix(self.ty, self.imatrix, self.row_len)?;
-        check_finite(self.input)?;
         Ok((rows, row_bytes))
+    }
+
+    /// Whether the item is quantized in two passes through
+    /// [`legacy::Stat`]s: Q4_0..Q8_0, f32 input, no importance matrix.
+    fn has_stats(&self) -> bool {
+        legacy::has_block_stats(self.ty) && self.imatrix.is_none() && matches!(self.input, Values::F32(_))
     }
 }
 
 /// Rows of one item to quantize on one thread.
 struct QuantizePiece<'a> {
-    quantize_row: QuantizeRow,
+    ty: GgmlType,
+    /// The item's index and that of the piece's first value in its input.
+    item: usize,
+    first: usize,
     input: Values<'a>,
     row_len: usize,
     row_bytes: usize,
     imatrix: Option<&'a [f32]>,
     output: &'a mut [u8],
+    /// One per block when the item [`GgmlQuantizeItem::has_stats`], else empty.
+    stats: &'a mut [legacy::Stat],
 }
 
-impl QuantizePiece<'_> {
+impl Piece for QuantizePiece<'_> {
+    /// Finds the piece's first non-finite value: for an item with
+    /// statistics, only if they see one.
+    fn check(&mut self) -> std::result::Result<(), BatchError> {
+        let isa = Isa::detect();
+        let bad = match self.input {
+            Values::F32(x) if !self.stats.is_empty() => {
+                if legacy::block_stats(isa, self.ty, x, self.stats) {
+                    None
+                } else {
+                    first_bad(isa, x)
+                }
+            }
+            input => first_bad_value(isa, input),
+        };
+        bad.map_or(Ok(()), |(i, v)| Err(BatchError::at(self.item, non_finite(self.first + i, v))))
+    }
+
     fn run(self) {
+        if let (Values::F32(x), false) = (self.input, self.stats.is_empty()) {
+            legacy::write_blocks(Isa::detect(), self.ty, x, self.stats, self.output);
+            return;
+        }
         fn rows<T: crate::Element + Lane>(x: &[T], p: QuantizePiece<'_>) {
             // Without an importance matrix a row is only its blocks, each
             // quantized on its own, so rows go to the kernel many at a time:
@@ -311,10 +397,11 @@ impl QuantizePiece<'_> {
             // at a time (Q3_K pools work across super-blocks: longer calls
             // are faster). With one, the quant weights are per row.
             const WIDEN: usize = 1 << 14;
+            let quantize_row = kernels(p.ty).0;
             let per = if p.imatrix.is_some() { 1 } else { (WIDEN / p.row_len).max(1) };
             if p.imatrix.is_none() {
                 if let Values::F32(all) = T::values(x) {
-                    (p.quantize_row)(all, None, p.output);
+                    quantize_row(all, None, p.output);
                     return;
                 }
             }
@@ -330,7 +417,7 @@ impl QuantizePiece<'_> {
                         &buf[..xr.len()]
                     }
                 };
-                (p.quantize_row)(row, p.imatrix, or);
+                quantize_row(row, p.imatrix, or);
             }
         }
         match self.input {
@@ -346,51 +433,72 @@ impl QuantizePiece<'_> {
 /// small ones spread over the threads. All or nothing: every item is checked
 /// (in item order) before any output is written; the error names the item.
 pub fn quantize_batch(items: &mut [GgmlQuantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
-    run_batch(items, threads, GgmlQuantizeItem::check, QuantizePiece::run, |item, (rows, row_bytes), pieces| {
+    let blocks = |item: &GgmlQuantizeItem<'_>| if item.has_stats() { item.input.len() / legacy::QK } else { 0 };
+    let mut stats = vec![[0f32; 2]; items.iter().map(blocks).sum()];
+    let mut stats = &mut stats[..];
+    let check = |item: &GgmlQuantizeItem<'_>| item.check();
+    let values = |item: &GgmlQuantizeItem<'_>| check_finite(item.input);
+    run_batch(items, threads, check, values, |i, item, (rows, row_bytes), pieces| {
         // Saturating: with zero rows the row length may be anything.
         let in_row_bytes = item.row_len.saturating_mul(item.input.dtype().size());
         let per = rows_per_piece(in_row_bytes);
         let (mut input, mut output) = (item.input, &mut std::mem::take(&mut item.output)[..rows * row_bytes]);
+        let mut item_stats = std::mem::take(&mut stats).split_at_mut(blocks(item));
+        stats = item_stats.1;
+        let mut first = 0;
         while !input.is_empty() {
             let take = input.len().min(per * item.row_len);
             let (now, rest) = input.split_at(take);
             let (out_now, out_rest) = std::mem::take(&mut output).split_at_mut(take / item.row_len * row_bytes);
+            let (stats_now, stats_rest) =
+                std::mem::take(&mut item_stats.0).split_at_mut(if item.has_stats() { take / legacy::QK } else { 0 });
             pieces.push(QuantizePiece {
-                quantize_row: kernels(item.ty).0,
+                ty: item.ty,
+                item: i,
+                first,
                 input: now,
                 row_len: item.row_len,
                 row_bytes,
                 imatrix: item.imatrix,
                 output: out_now,
+                stats: stats_now,
             });
-            (input, output) = (rest, out_rest);
+            (input, output, item_stats.0, first) = (rest, out_rest, stats_rest, first + take);
         }
         rows * in_row_bytes * search_weight(item.ty, item.imatrix.is_some())
     })
 }
 
-/// The shared body of the batch calls: `check` every item (in order; the
-/// first error names its item), `cut` each into pieces of whole rows
-/// (returning its bytes of work), then `work` on every piece on the threads.
-fn run_batch<I, P: Send>(
+/// The shared body of the batch calls: `check` every item's lengths (in
+/// order; the first error names its item), `cut` each (`(index, item,
+/// shape, pieces)`) into pieces of whole rows (returning its bytes of
+/// work), then [`run_pieces`]. The pieces check the values; only when an
+/// item fails `check` are the items before it checked here with `values`,
+/// so that the error is the first in item order.
+fn run_batch<I, P: Piece>(
     items: &mut [I],
     threads: usize,
     check: impl Fn(&I) -> Result<(usize, usize)>,
-    work: impl Fn(P) + Sync,
-    mut cut: impl FnMut(&mut I, (usize, usize), &mut Vec<P>) -> usize,
+    values: impl Fn(&I) -> Result<()>,
+    mut cut: impl FnMut(usize, &mut I, (usize, usize), &mut Vec<P>) -> usize,
 ) -> std::result::Result<(), BatchError> {
     let mut shapes = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        shapes.push(check(item).map_err(|e| BatchError::at(i, e))?);
+        match check(item) {
+            Ok(shape) => shapes.push(shape),
+            Err(e) => {
+                let earlier = items[..i].iter().enumerate().find_map(|(j, item)| Some((j, values(item).err()?)));
+                let (j, e) = earlier.unwrap_or((i, e));
+                return Err(BatchError::at(j, e));
+            }
+        }
     }
     let mut pieces = Vec::new();
     let mut bytes = 0;
-    for (item, shape) in items.iter_mut().zip(shapes) {
-        bytes += cut(item, shape, &mut pieces);
+    for (i, (item, shape)) in items.iter_mut().zip(shapes).enumerate() {
+        bytes += cut(i, item, shape, &mut pieces);
     }
-    let n_threads = thread_count(threads, pieces.len(), bytes);
-    run_pieces(pieces, n_threads, work);
-    Ok(())
+    run_pieces(pieces, threads, bytes)
 }
 
 /// Quantizes `input` (rows of `row_len` values) to `ty` into the first
@@ -448,7 +556,7 @@ struct DequantizePiece<'a> {
     output: ValuesMut<'a>,
 }
 
-impl DequantizePiece<'_> {
+impl Piece for DequantizePiece<'_> {
     fn run(self) {
         fn rows<T: crate::Element>(out: &mut [T], p: &DequantizePiece<'_>) {
             let mut buf = vec![0f32; p.row_len];
@@ -474,26 +582,33 @@ impl DequantizePiece<'_> {
 /// f16 / bf16 outputs), on up to `threads` threads. All or nothing: every
 /// item's lengths are checked before any output is written.
 pub fn dequantize_batch(items: &mut [GgmlDequantizeItem<'_>], threads: usize) -> std::result::Result<(), BatchError> {
-    run_batch(items, threads, GgmlDequantizeItem::check, DequantizePiece::run, |item, (rows, row_bytes), pieces| {
-        let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
-        let per = rows_per_piece(out_row_bytes);
-        let mut input = item.input;
-        let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
-        while !input.is_empty() {
-            let take = input.len().min(per * row_bytes);
-            let (now, rest) = input.split_at(take);
-            let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
-            pieces.push(DequantizePiece {
-                dequantize_row: kernels(item.ty).1,
-                input: now,
-                row_len: item.row_len,
-                row_bytes,
-                output: out_now,
-            });
-            (input, output) = (rest, out_rest);
-        }
-        rows * out_row_bytes
-    })
+    let check = |item: &GgmlDequantizeItem<'_>| item.check();
+    run_batch(
+        items,
+        threads,
+        check,
+        |_| Ok(()),
+        |_, item, (rows, row_bytes), pieces| {
+            let out_row_bytes = item.row_len.saturating_mul(4); // f32 rows are the work
+            let per = rows_per_piece(out_row_bytes);
+            let mut input = item.input;
+            let mut output = std::mem::replace(&mut item.output, ValuesMut::F32(&mut []));
+            while !input.is_empty() {
+                let take = input.len().min(per * row_bytes);
+                let (now, rest) = input.split_at(take);
+                let (out_now, out_rest) = output.split_at(take / row_bytes * item.row_len);
+                pieces.push(DequantizePiece {
+                    dequantize_row: kernels(item.ty).1,
+                    input: now,
+                    row_len: item.row_len,
+                    row_bytes,
+                    output: out_now,
+                });
+                (input, output) = (rest, out_rest);
+            }
+            rows * out_row_bytes
+        },
+    )
 }
 
 /// Dequantizes `input` (exactly [`quantized_len`] bytes of type `ty` for
@@ -599,6 +714,52 @@ mod tests {
             assert!(out.iter().zip(&want).all(|(a, b)| same(a, b)), "bf16 {isa:?}");
             assert_eq!(first_bad(isa, &b).map(|(i, _)| i), first_nan_or_inf(&want), "bf16 {isa:?}");
         }
+    }
+
+    #[test]
+    fn the_first_bad_value_is_reported_for_every_thread_count_and_nothing_is_written() {
+        let (rows, row_len) = (160, 4096); // 40 pieces of 64 KiB
+        let mut x = data(rows * row_len, 6);
+        x[30 * 16384 + 77] = f32::NAN;
+        x[20 * 16384 + 5] = f32::NEG_INFINITY; // the first, in a later-claimed piece
+        x[20 * 16384 + 9] = f32::NAN;
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::F16] {
+            for threads in [1, 2, 3, 0] {
+                let mut out = vec![0xAB; quantized_len(ty, x.len(), row_len).unwrap()];
+                let e = quantize(ty, Values::F32(&x), row_len, None, threads, &mut out).unwrap_err();
+                let want = format!("input value {} is -inf", 20 * 16384 + 5);
+                assert!(e.message.contains(&want), "{} {threads}: {}", ty.name(), e.message);
+                assert!(out.iter().all(|&b| b == 0xAB), "{} {threads}", ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_reports_the_first_error_in_item_order() {
+        let (good, mut bad) = (data(1024, 7), data(1024, 8));
+        bad[700] = f32::INFINITY;
+        let mut outs = vec![vec![0xAB; 1024 / 32 * 18]; 3];
+        let run = |inputs: [&[f32]; 3], lens: [usize; 3], outs: &mut Vec<Vec<u8>>| {
+            let mut items: Vec<GgmlQuantizeItem<'_>> = inputs
+                .iter()
+                .zip(lens)
+                .zip(outs.iter_mut())
+                .map(|((x, row_len), output)| GgmlQuantizeItem {
+                    ty: GgmlType::Q4_0,
+                    input: Values::F32(x),
+                    row_len,
+                    imatrix: None,
+                    output,
+                })
+                .collect();
+            let e = quantize_batch(&mut items, 2).unwrap_err();
+            (e.item, e.error.status)
+        };
+        // A bad value before an item of the wrong shape, and after one.
+        assert_eq!(run([&good, &bad, &good], [256, 256, 100], &mut outs), (Some(1), PqStatus::NonFinite));
+        assert_eq!(run([&good, &good, &bad], [256, 100, 256], &mut outs), (Some(1), PqStatus::ShapeMismatch));
+        assert_eq!(run([&good, &good, &bad], [256, 256, 256], &mut outs), (Some(2), PqStatus::NonFinite));
+        assert!(outs.iter().flatten().all(|&b| b == 0xAB));
     }
 
     #[test]
