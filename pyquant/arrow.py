@@ -400,7 +400,12 @@ def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
 
 def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int, schema: Any = None) -> Any:
     """Calls ``function(array, schema, *args, out_array, out_schema, err)``
-    and imports the result into pyarrow (see :func:`_import_result` for ``schema``).
+    and imports the result into pyarrow. ``schema``: for
+    ``pq_quantize_arrow``, the pyarrow schema of its quantized columns
+    (:func:`_quantized_schema` of the call's codes); then ``out_schema`` is
+    NULL (Rust skips building it, the larger part of a small call's cost)
+    and the result's schema is ``schema`` followed by the input's columns
+    it passed through, as the C header says.
 
     The input array is moved out of its capsule by the C function (on errors
     too), so the capsule's destructor will not release it again; the schema
@@ -408,24 +413,32 @@ def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int,
     """
     in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
-    return _import_result(function, in_array, in_schema, *args, schema=schema)
+    if schema is None:
+        return _import_result(function, in_array, in_schema, *args)
+    pa = _pyarrow()
+    out_array = ffi.new("struct ArrowArray *")
+    call(function, in_array, in_schema, *args, out_array, ffi.NULL)
+    try:
+        if out_array.n_children != len(schema):  # columns passed through, after the quantized ones
+            passed = [f for f in pa.Schema._import_from_c_capsule(schema_capsule)
+                      if f.name not in _arrow_inputs.ROLES]
+            schema = pa.schema([*schema, *passed])
+        # Moves the struct into pyarrow (released by it, even if it fails).
+        return pa.RecordBatch._import_from_c(_address(out_array), schema)
+    except BaseException:
+        _release_if_live(out_array)
+        raise
 
 
-def _import_result(function: Any, *args: Any, schema: Any = None) -> Any:
+def _import_result(function: Any, *args: Any) -> Any:
     """Calls ``function(*args, out_array, out_schema, err)`` and imports the
-    record batch it exported into pyarrow. ``schema``: the pyarrow schema of
-    a quantized batch with no columns passed through
-    (:func:`_quantized_schema` of the call's codes), taken instead of
-    importing the exported one when the result has just its columns."""
+    record batch it exported into pyarrow."""
     pa = _pyarrow()
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
     call(function, *args, out_array, out_schema)
     try:
         # Moves the structs into pyarrow (released by it, even if it fails).
-        if schema is not None and out_schema.n_children == len(schema):
-            out_schema.release(out_schema)
-            return pa.RecordBatch._import_from_c(_address(out_array), schema)
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))
     finally:
         _release_if_live(out_array)
