@@ -105,17 +105,22 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     """
     m, s = scheme_codes(method, scale_dtype)
     a = axis_code(axis, None)
-    entries, n, keep = _named_importance(importance)
     b = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
     if group_size is None:
         g = _GROUP_SIZE_PER_ROW
     else:
         g = _c_uint(group_size, "group_size", _SIZE_MAX - 1, InvalidGroupSizeError)
     t = c_threads(threads)
+    schema = _quantized_schema(m, s, a)
+    if importance is None and columns is None and on_null == "error" and hasattr(obj, "__arrow_c_array__"):
+        # One array or batch, as it is (what prepare would return): one call,
+        # without the stream and importance bookkeeping below.
+        return _explained(obj, lambda: _convert(lib.pq_quantize_arrow, *obj.__arrow_c_array__(), b, g, m, s, a,
+                                                ffi.NULL, 0, t, schema=schema))
+    entries, n, keep = _named_importance(importance)
     obj = _arrow_inputs.prepare(obj, columns, on_null)
 
     seen: set[str] = set()
-    schema = _quantized_schema(m, s, a)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
         batch = _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, a, entries, n, t,
@@ -124,11 +129,7 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
             seen.update(batch.column(0).to_pylist())
         return batch
 
-    try:
-        out = _map(obj, convert)
-    except UnsupportedDtypeError:
-        _arrow_inputs.explain_float64(obj)
-        raise
+    out = _explained(obj, lambda: _map(obj, convert))
     if not keep:
         return out
 
@@ -144,6 +145,16 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
         return _pyarrow().RecordBatchReader.from_batches(out.schema, checked())
     check_used()
     return out
+
+
+def _explained(obj: Any, run: Callable[[], Any]) -> Any:
+    """``run()``, with Rust's refusal of float64 weights in ``obj`` raised as
+    the error with the exact cast to make (:func:`_arrow_inputs.explain_float64`)."""
+    try:
+        return run()
+    except UnsupportedDtypeError:
+        _arrow_inputs.explain_float64(obj)
+        raise
 
 
 def _named_importance(importance: Mapping[str, Any] | None) -> tuple[Any, int, list[Any]]:
