@@ -380,19 +380,21 @@ pub(super) fn quantized_batch(
     let column = |i: usize, buffers: Vec<Buffer>, children: Vec<ArrayData>| {
         node(fields[i].data_type().clone(), n, buffers, children)
     };
+    // The values of list column `i`: `len` of them in `buffer`.
     let values = |i: usize, len: usize, buffer: Buffer| {
         let value_type = list_value_type(fields[i].data_type()).expect("a list column").clone();
         node(value_type, len, vec![buffer], Vec::new())
     };
-    let floats = |i: usize, values: ScalarBuffer<f32>| {
+    let floats = |i: usize, floats: ScalarBuffer<f32>| {
         let buffer = match scheme.scale_dtype {
-            ScaleDtype::F32 => values.into_inner(),
-            ScaleDtype::F16 => out.scalars(values.iter().map(|&v| half::f16::from_f32(v)).collect()).into_inner(),
+            ScaleDtype::F32 => floats.into_inner(),
+            ScaleDtype::F16 => out.scalars(floats.iter().map(|&v| half::f16::from_f32(v)).collect()).into_inner(),
         };
-        let values = node(list_value_type(fields[i].data_type()).expect("a list column").clone(), n_groups, vec![buffer], Vec::new());
-        column(i, vec![piece(group_offsets.clone())], vec![values])
+        column(i, vec![piece(group_offsets.clone())], vec![values(i, n_groups, buffer)])
     };
-    let strings = |i: usize, (offsets, data): (Range<usize>, Range<usize>)| column(i, vec![piece(offsets), piece(data)], Vec::new());
+    let strings = |i: usize, (offsets, data): (Range<usize>, Range<usize>)| {
+        column(i, vec![piece(offsets), piece(data)], Vec::new())
+    };
     let mut columns = vec![
         strings(0, names),
         column(1, vec![piece(codes_offsets), codes], Vec::new()),

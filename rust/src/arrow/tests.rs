@@ -4,7 +4,9 @@ use super::format::{quantized_batch, Encoded, RowMeta};
 use super::*;
 use crate::batch as kernel;
 use arrow_array::types::{UInt32Type, UInt8Type};
-use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, Int8Array, LargeListArray, LargeStringArray, UInt8Array};
+use arrow_array::{
+    FixedSizeListArray, Float16Array, Float32Array, Int8Array, LargeListArray, LargeStringArray, UInt8Array,
+};
 use half::{bf16, f16};
 use std::sync::{Mutex, MutexGuard};
 
