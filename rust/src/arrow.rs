@@ -649,7 +649,7 @@ pub type Importance<'a> = [(&'a str, &'a [f32])];
 /// input is validated in full first; nothing is returned on any error.
 #[allow(clippy::too_many_arguments)] // the C function's arguments, one for one
 pub fn quantize(
-    input: &ArrayData,
+    input: ArrayData,
     field_name: &str,
     bits: u32,
     group_size: Option<usize>,
@@ -658,8 +658,8 @@ pub fn quantize(
     importance: &Importance,
     threads: usize,
 ) -> Result<ArrayData> {
-    validate(input)?;
-    let array = make_array(input.clone());
+    validate(&input)?;
+    let array = make_array(input); // released when this returns, unless columns are passed through
     let (tensors, extra) = read_tensors(array.as_ref(), field_name)?;
     let mut weights = std::collections::HashMap::with_capacity(importance.len());
     for &(name, w) in importance {

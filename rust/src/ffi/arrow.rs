@@ -201,7 +201,7 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
                     ))
                 }
             };
-            arrow::dequantize(data, form, threads)
+            arrow::dequantize(&data, form, threads)
         })
     }
 }
@@ -319,14 +319,15 @@ unsafe fn transform(
     out_array: *mut FFI_ArrowArray,
     out_schema: Option<*mut FFI_ArrowSchema>,
     error: *mut PqError,
-    work: impl FnOnce(&Field, &ArrayData) -> Result<ArrayData>,
+    work: impl FnOnce(&Field, ArrayData) -> Result<ArrayData>,
 ) -> PqStatus {
     run(error, || {
         let input = unsafe { take_array(in_array) }?;
         let (field, data) = unsafe { import(input, in_schema, accept) }?;
         check_outputs(out_array, out_schema)?;
-        let result = work(&field, &data)?;
-        drop(data); // releases the input before the result is handed over
+        // `work` takes the input: it is released (unless columns of it are
+        // passed through) before the result is handed over.
+        let result = work(&field, data)?;
         unsafe { export(result, out_array, out_schema) }
     })
 }
