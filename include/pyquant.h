@@ -483,7 +483,13 @@ extern "C" {
  exactly once, before returning. `in_schema` is borrowed; the caller
  still releases it. `out_array` and `out_schema` are caller-allocated
  structs, written only on `PQ_STATUS_OK`: then the caller owns them and
- must call each one's `release` once (they may be moved first). Columns
+ must call each one's `release` once (they may be moved first).
+ `out_schema` may be NULL: then the result's schema is not exported
+ (building it costs more than the rest of a small call); it is
+ `pq_arrow_quantized_schema`'s for `method`, `scale_dtype` and `axis`,
+ followed by the input's columns other than `name`, `weights` and
+ `shape`, in their order, as `in_schema` has them (`out_array->n_children`
+ tells whether there are any). Columns
  (`pq_arrow_quantized_schema` of `method` and `scale_dtype`): name utf8,
  codes large_binary, scales and mins list<float32> (list<float16> with
  `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,

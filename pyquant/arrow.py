@@ -105,17 +105,22 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
     """
     m, s = scheme_codes(method, scale_dtype)
     a = axis_code(axis, None)
-    entries, n, keep = _named_importance(importance)
     b = _c_uint(bits, "bits", _UINT32_MAX, InvalidBitsError)
     if group_size is None:
         g = _GROUP_SIZE_PER_ROW
     else:
         g = _c_uint(group_size, "group_size", _SIZE_MAX - 1, InvalidGroupSizeError)
     t = c_threads(threads)
+    schema = _quantized_schema(m, s, a)
+    if importance is None and columns is None and on_null == "error" and hasattr(obj, "__arrow_c_array__"):
+        # One array or batch, as it is (what prepare would return): one call,
+        # without the stream and importance bookkeeping below.
+        return _explained(obj, lambda: _convert(lib.pq_quantize_arrow, *obj.__arrow_c_array__(), b, g, m, s, a,
+                                                ffi.NULL, 0, t, schema=schema))
+    entries, n, keep = _named_importance(importance)
     obj = _arrow_inputs.prepare(obj, columns, on_null)
 
     seen: set[str] = set()
-    schema = _quantized_schema(m, s, a)
 
     def convert(schema_capsule: Any, array_capsule: Any) -> Any:
         batch = _convert(lib.pq_quantize_arrow, schema_capsule, array_capsule, b, g, m, s, a, entries, n, t,
@@ -124,11 +129,7 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
             seen.update(batch.column(0).to_pylist())
         return batch
 
-    try:
-        out = _map(obj, convert)
-    except UnsupportedDtypeError:
-        _arrow_inputs.explain_float64(obj)
-        raise
+    out = _explained(obj, lambda: _map(obj, convert))
     if not keep:
         return out
 
@@ -144,6 +145,16 @@ def quantize_arrow(obj: Any, *, bits: int = 4, group_size: int | None = 128, thr
         return _pyarrow().RecordBatchReader.from_batches(out.schema, checked())
     check_used()
     return out
+
+
+def _explained(obj: Any, run: Callable[[], Any]) -> Any:
+    """``run()``, with Rust's refusal of float64 weights in ``obj`` raised as
+    the error with the exact cast to make (:func:`_arrow_inputs.explain_float64`)."""
+    try:
+        return run()
+    except UnsupportedDtypeError:
+        _arrow_inputs.explain_float64(obj)
+        raise
 
 
 def _named_importance(importance: Mapping[str, Any] | None) -> tuple[Any, int, list[Any]]:
@@ -400,7 +411,12 @@ def _capsule_pointer(capsule: Any, name: bytes, ctype: str) -> Any:
 
 def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int, schema: Any = None) -> Any:
     """Calls ``function(array, schema, *args, out_array, out_schema, err)``
-    and imports the result into pyarrow (see :func:`_import_result` for ``schema``).
+    and imports the result into pyarrow. ``schema``: for
+    ``pq_quantize_arrow``, the pyarrow schema of its quantized columns
+    (:func:`_quantized_schema` of the call's codes); then ``out_schema`` is
+    NULL (Rust skips building it, the larger part of a small call's cost)
+    and the result's schema is ``schema`` followed by the input's columns
+    it passed through, as the C header says.
 
     The input array is moved out of its capsule by the C function (on errors
     too), so the capsule's destructor will not release it again; the schema
@@ -408,24 +424,32 @@ def _convert(function: Any, schema_capsule: Any, array_capsule: Any, *args: int,
     """
     in_schema = _capsule_pointer(schema_capsule, b"arrow_schema", "struct ArrowSchema *")
     in_array = _capsule_pointer(array_capsule, b"arrow_array", "struct ArrowArray *")
-    return _import_result(function, in_array, in_schema, *args, schema=schema)
+    if schema is None:
+        return _import_result(function, in_array, in_schema, *args)
+    pa = _pyarrow()
+    out_array = ffi.new("struct ArrowArray *")
+    call(function, in_array, in_schema, *args, out_array, ffi.NULL)
+    try:
+        if out_array.n_children != len(schema):  # columns passed through, after the quantized ones
+            passed = [f for f in pa.Schema._import_from_c_capsule(schema_capsule)
+                      if f.name not in _arrow_inputs.ROLES]
+            schema = pa.schema([*schema, *passed])
+        # Moves the struct into pyarrow (released by it, even if it fails).
+        return pa.RecordBatch._import_from_c(_address(out_array), schema)
+    except BaseException:
+        _release_if_live(out_array)
+        raise
 
 
-def _import_result(function: Any, *args: Any, schema: Any = None) -> Any:
+def _import_result(function: Any, *args: Any) -> Any:
     """Calls ``function(*args, out_array, out_schema, err)`` and imports the
-    record batch it exported into pyarrow. ``schema``: the pyarrow schema of
-    a quantized batch with no columns passed through
-    (:func:`_quantized_schema` of the call's codes), taken instead of
-    importing the exported one when the result has just its columns."""
+    record batch it exported into pyarrow."""
     pa = _pyarrow()
     out_array = ffi.new("struct ArrowArray *")
     out_schema = ffi.new("struct ArrowSchema *")
     call(function, *args, out_array, out_schema)
     try:
         # Moves the structs into pyarrow (released by it, even if it fails).
-        if schema is not None and out_schema.n_children == len(schema):
-            out_schema.release(out_schema)
-            return pa.RecordBatch._import_from_c(_address(out_array), schema)
         return pa.RecordBatch._import_from_c(_address(out_array), _address(out_schema))
     finally:
         _release_if_live(out_array)

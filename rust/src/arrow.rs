@@ -24,10 +24,10 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int64Type};
 use arrow_array::{
-    make_array, Array, ArrayRef, Float16Array, Float32Array, GenericListArray, Int8Array, LargeBinaryArray, ListArray,
-    OffsetSizeTrait, StringArray, StructArray, UInt32Array, UInt8Array,
+    make_array, Array, ArrayRef, GenericListArray, LargeBinaryArray, ListArray, OffsetSizeTrait, StringArray,
+    StructArray,
 };
-use arrow_buffer::{ArrowNativeType, Buffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
+use arrow_buffer::{ArrowNativeType, Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer, ToByteSlice};
 use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field, FieldRef, Fields};
 
@@ -91,15 +91,59 @@ impl Drop for ExportToken {
     }
 }
 
-/// A vector that Arrow borrows as a buffer without copying it.
-struct Tracked<T> {
-    data: Vec<T>,
+/// A vector or buffer that Arrow borrows as a buffer without copying it.
+struct Tracked<D> {
+    data: D,
     _token: Arc<ExportToken>,
 }
 
-impl<T: ArrowNativeType> AsRef<[u8]> for Tracked<T> {
+impl<T: ArrowNativeType> AsRef<[u8]> for Tracked<Vec<T>> {
     fn as_ref(&self) -> &[u8] {
         self.data.to_byte_slice()
+    }
+}
+
+impl AsRef<[u8]> for Tracked<MutableBuffer> {
+    fn as_ref(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+}
+
+/// The small buffers of one result (offsets, names, shapes, bits...)
+/// written one after another into one allocation, each 8-byte aligned:
+/// one Arrow buffer, sliced by [`Output::small`], rather than an
+/// allocation (with its owner and reference count) each.
+struct Small(MutableBuffer);
+
+impl Small {
+    fn with_capacity(bytes: usize) -> Small {
+        Small(MutableBuffer::with_capacity(bytes))
+    }
+
+    /// Appends `values`; returns their byte range.
+    fn push<T: ArrowNativeType>(&mut self, values: impl IntoIterator<Item = T>) -> Range<usize> {
+        let start = self.0.len();
+        self.0.extend(values);
+        let end = self.0.len();
+        self.0.extend_zeros(end.next_multiple_of(8) - end);
+        start..end
+    }
+
+    /// Appends the i32 offsets of `items` (a string column), then their
+    /// bytes; returns both ranges.
+    fn strings<'s>(
+        &mut self,
+        items: impl Iterator<Item = &'s str> + Clone,
+        column: &str,
+    ) -> Result<(Range<usize>, Range<usize>)> {
+        offset_i32(items.clone().map(str::len).sum(), column)?;
+        let ends = items.clone().scan(0i32, |end, s| {
+            *end += s.len() as i32; // fits: the total was checked above
+            Some(*end)
+        });
+        let offsets = self.push(std::iter::once(0i32).chain(ends));
+        let data = self.push(items.flat_map(str::bytes));
+        Ok((offsets, data))
     }
 }
 
@@ -114,7 +158,10 @@ impl Output {
     }
 
     /// `data` as an Arrow buffer: the vector's own allocation, not a copy.
-    fn buffer<T: ArrowNativeType>(&self, data: Vec<T>) -> Buffer {
+    fn buffer<D: Send + 'static>(&self, data: D) -> Buffer
+    where
+        Tracked<D>: AsRef<[u8]>,
+    {
         Buffer::from(bytes::Bytes::from_owner(Tracked { data, _token: Arc::clone(&self.token) }))
     }
 
@@ -166,6 +213,12 @@ impl Output {
         unsafe { words.set_len(end / 8) };
         let block = self.buffer(words);
         Ok(std::array::from_fn(|i| block.slice_with_length(starts[i], lens[i])))
+    }
+
+    /// The pieces of `small` as Arrow buffers of one allocation: `piece(range)`.
+    fn small(&self, small: Small) -> impl Fn(Range<usize>) -> Buffer {
+        let block = self.buffer(small.0);
+        move |r: Range<usize>| block.slice_with_length(r.start, r.len())
     }
 
     fn scalars<T: ArrowNativeType>(&self, data: Vec<T>) -> ScalarBuffer<T> {
@@ -596,7 +649,7 @@ pub type Importance<'a> = [(&'a str, &'a [f32])];
 /// input is validated in full first; nothing is returned on any error.
 #[allow(clippy::too_many_arguments)] // the C function's arguments, one for one
 pub fn quantize(
-    input: &ArrayData,
+    input: ArrayData,
     field_name: &str,
     bits: u32,
     group_size: Option<usize>,
@@ -605,8 +658,8 @@ pub fn quantize(
     importance: &Importance,
     threads: usize,
 ) -> Result<ArrayData> {
-    validate(input)?;
-    let array = make_array(input.clone());
+    validate(&input)?;
+    let array = make_array(input); // released when this returns, unless columns are passed through
     let (tensors, extra) = read_tensors(array.as_ref(), field_name)?;
     let mut weights = std::collections::HashMap::with_capacity(importance.len());
     for &(name, w) in importance {

@@ -142,7 +142,8 @@ mod tests {
     fn fixed_shape_tensor_gives_the_shape_and_other_columns_pass_through() {
         let _guard = exclusive();
         let (data, x) = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64]}"#, 128));
-        let out = StructArray::from(quantize(&data, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap());
+        let out =
+            StructArray::from(quantize(data.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap());
         let shape = out.column_by_name(SHAPE).unwrap().as_list::<i32>();
         assert_eq!(shape.value(1).as_primitive::<Int64Type>().values(), &[2, 64]);
         assert_eq!(out.column_by_name("id").unwrap().as_primitive::<Int64Type>().values(), &[7, 8]);
@@ -155,24 +156,24 @@ mod tests {
 
         let wrong = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[3,64]}"#, 128)).0;
         assert_eq!(
-            status(quantize(&wrong, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
+            status(quantize(wrong.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
             PqStatus::ShapeMismatch
         );
         let permuted = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64],"permutation":[1,0]}"#, 128)).0;
         assert_eq!(
-            status(quantize(&permuted, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
+            status(quantize(permuted.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
             PqStatus::UnsupportedDtype
         );
         let ray = input(tensor_field(RAY_TENSOR[0], "[2, 64]", 128)).0;
         assert_eq!(
-            StructArray::from(quantize(&ray, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap())
+            StructArray::from(quantize(ray.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap())
                 .column(0)
                 .len(),
             2
         );
         let variable = input(tensor_field(RAY_VARIABLE_TENSOR[0], "2", 128)).0;
         assert_eq!(
-            status(quantize(&variable, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
+            status(quantize(variable.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1)),
             PqStatus::UnsupportedDtype
         );
     }
@@ -181,7 +182,8 @@ mod tests {
     fn dequantize_reads_signed_bits_and_group_size() {
         let _guard = exclusive();
         let (data, _) = input(tensor_field(FIXED_SHAPE_TENSOR, r#"{"shape":[2,64]}"#, 128));
-        let q = StructArray::from(quantize(&data, "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap());
+        let q =
+            StructArray::from(quantize(data.clone(), "", 4, Some(32), Scheme::default(), Axis::Last, &[], 1).unwrap());
         let want = dequantize(&q.to_data(), Dequantized::Auto, 1).unwrap();
         let (fields, mut columns, nulls) = q.into_parts();
         let mut fields: Vec<FieldRef> = fields.iter().cloned().collect();

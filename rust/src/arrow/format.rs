@@ -339,7 +339,9 @@ pub(super) struct Encoded {
 /// Assembles a quantized batch ([`quantized_fields`] of `scheme` and `axis`) from its
 /// rows and their `encoded` data. The buffers are used uncopied; but for
 /// float16 scales and mins, narrowed (exactly: they are float16 values)
-/// into new ones.
+/// into new ones. The other columns' buffers are pieces of one allocation
+/// ([`Small`]), and the arrays are assembled without arrow-rs's validation
+/// (see [`node`]).
 pub(super) fn quantized_batch(
     out: &Output,
     scheme: Scheme,
@@ -347,44 +349,81 @@ pub(super) fn quantized_batch(
     rows: &[RowMeta],
     encoded: Encoded,
 ) -> Result<ArrayData> {
-    let mut shape_offsets = vec![0i32];
-    let mut shape_values = Vec::new();
-    for r in rows {
-        shape_values.extend_from_slice(&r.shape);
-        shape_offsets.push(offset_i32(shape_values.len(), SHAPE)?);
-    }
+    let n = rows.len();
     let Encoded { codes: (codes_offsets, codes), group_offsets, scales, mins } = encoded;
+    let n_groups = scales.len();
+    let n_dims = rows.iter().map(|r| r.shape.len()).sum();
+    let text: usize = rows.iter().map(|r| r.name.len() + r.dtype.len()).sum();
+    let mut small = Small::with_capacity(text + 8 * n_dims + 64 * n + 128);
+    let names = small.strings(rows.iter().map(|r| r.name), NAME)?;
+    let codes_offsets = small.push(codes_offsets);
     // One offsets buffer for both lists.
-    let group_offsets = OffsetBuffer::new(out.scalars(group_offsets));
-    let floats = |values: ScalarBuffer<f32>| -> ArrayRef {
-        let (value_type, values): (_, ArrayRef) = match scheme.scale_dtype {
-            ScaleDtype::F32 => (DataType::Float32, Arc::new(Float32Array::new(values, None))),
-            ScaleDtype::F16 => {
-                let narrowed = out.scalars(values.iter().map(|&v| half::f16::from_f32(v)).collect());
-                (DataType::Float16, Arc::new(Float16Array::new(narrowed, None)))
-            }
-        };
-        Arc::new(ListArray::new(item(value_type), group_offsets.clone(), values, None))
+    let group_offsets = small.push(group_offsets);
+    offset_i32(n_dims, SHAPE)?;
+    let shape_ends = rows.iter().scan(0i32, |end, r| {
+        *end += r.shape.len() as i32; // fits: checked above
+        Some(*end)
+    });
+    let shape_offsets = small.push(std::iter::once(0i32).chain(shape_ends));
+    let shape_values = small.push(rows.iter().flat_map(|r| r.shape.iter().copied()));
+    let dtypes = small.strings(rows.iter().map(|r| r.dtype), "dtype")?;
+    let bits = small.push(rows.iter().map(|r| r.bits));
+    let group_sizes = small.push(rows.iter().map(|r| r.group_size));
+    let methods = match scheme.method {
+        Method::MinMax => None,
+        method => Some(small.strings(rows.iter().map(|_| method.name()), METHOD)?),
     };
-    let mut columns: Vec<ArrayRef> = vec![
-        out.strings(rows.iter().map(|r| r.name), NAME)?,
-        Arc::new(LargeBinaryArray::new(OffsetBuffer::new(out.scalars(codes_offsets)), codes, None)),
-        floats(scales),
-        floats(mins),
-        out.list::<Int64Type>(shape_offsets, shape_values),
-        out.strings(rows.iter().map(|r| r.dtype), "dtype")?,
-        Arc::new(UInt8Array::new(out.scalars(rows.iter().map(|r| r.bits).collect()), None)),
-        Arc::new(UInt32Array::new(out.scalars(rows.iter().map(|r| r.group_size).collect()), None)),
+    let axes = (axis != Axis::Last).then(|| small.push(rows.iter().map(|_| axis_value(axis))));
+    let piece = out.small(small);
+
+    let fields = quantized_fields(scheme, axis);
+    let column = |i: usize, buffers: Vec<Buffer>, children: Vec<ArrayData>| {
+        node(fields[i].data_type().clone(), n, buffers, children)
+    };
+    // The values of list column `i`: `len` of them in `buffer`.
+    let values = |i: usize, len: usize, buffer: Buffer| {
+        let value_type = list_value_type(fields[i].data_type()).expect("a list column").clone();
+        node(value_type, len, vec![buffer], Vec::new())
+    };
+    let floats = |i: usize, floats: ScalarBuffer<f32>| {
+        let buffer = match scheme.scale_dtype {
+            ScaleDtype::F32 => floats.into_inner(),
+            ScaleDtype::F16 => out.scalars(floats.iter().map(|&v| half::f16::from_f32(v)).collect()).into_inner(),
+        };
+        column(i, vec![piece(group_offsets.clone())], vec![values(i, n_groups, buffer)])
+    };
+    let strings = |i: usize, (offsets, data): (Range<usize>, Range<usize>)| {
+        column(i, vec![piece(offsets), piece(data)], Vec::new())
+    };
+    let mut columns = vec![
+        strings(0, names),
+        column(1, vec![piece(codes_offsets), codes], Vec::new()),
+        floats(2, scales),
+        floats(3, mins),
+        column(4, vec![piece(shape_offsets)], vec![values(4, n_dims, piece(shape_values))]),
+        strings(5, dtypes),
+        column(6, vec![piece(bits)], Vec::new()),
+        column(7, vec![piece(group_sizes)], Vec::new()),
     ];
-    if scheme.method != Method::MinMax {
-        columns.push(out.strings(rows.iter().map(|_| scheme.method.name()), METHOD)?);
-    }
-    if axis != Axis::Last {
-        columns.push(Arc::new(Int8Array::new(out.scalars(vec![axis_value(axis); rows.len()]), None)));
-    }
-    let batch = StructArray::try_new(quantized_fields(scheme, axis), columns, None)
-        .map_err(|e| Error::internal("building the result", e))?;
-    Ok(batch.into_data())
+    columns.extend(methods.map(|m| strings(columns.len(), m)));
+    columns.extend(axes.map(|a| column(columns.len(), vec![piece(a)], Vec::new())));
+    let batch = node(DataType::Struct(fields), n, Vec::new(), columns);
+    #[cfg(any(test, debug_assertions))]
+    batch.validate_full().expect("quantized_batch builds valid Arrow data");
+    Ok(batch)
+}
+
+/// An array of `len` values of `data_type` with no nulls, from `buffers`
+/// and `children` that [`quantized_batch`] built, without arrow-rs's
+/// validation (of every offset and string; it costs more than the rest of
+/// the assembly): that function writes offsets that start at 0, grow and
+/// end at the length of what they index, strings from `&str`s, and buffers
+/// as long as `len` and the type need (checked by `validate_full` in tests
+/// and debug builds).
+fn node(data_type: DataType, len: usize, buffers: Vec<Buffer>, children: Vec<ArrayData>) -> ArrayData {
+    // SAFETY: as said above; every buffer is 8-byte aligned (Small and
+    // Output::block pieces, or a vector of the value type).
+    unsafe { ArrayData::new_unchecked(data_type, len, Some(0), None, 0, buffers, children) }
 }
 
 /// The parts of one row of a quantized batch, for [`row`].

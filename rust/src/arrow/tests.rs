@@ -4,7 +4,9 @@ use super::format::{quantized_batch, Encoded, RowMeta};
 use super::*;
 use crate::batch as kernel;
 use arrow_array::types::{UInt32Type, UInt8Type};
-use arrow_array::{FixedSizeListArray, Float16Array, Float32Array, LargeListArray, LargeStringArray};
+use arrow_array::{
+    FixedSizeListArray, Float16Array, Float32Array, Int8Array, LargeListArray, LargeStringArray, UInt8Array,
+};
 use half::{bf16, f16};
 use std::sync::{Mutex, MutexGuard};
 
@@ -56,7 +58,7 @@ fn every_output_byte_is_written() {
                 let input = input(if axis == Axis::Last { &[1, 8] } else { &[8, 1] });
                 let run = |pattern: u8, threads: usize| {
                     BLOCK_PATTERN.store(pattern, Ordering::Relaxed);
-                    let q = quantize(&input, "", bits, group, scheme, axis, &[], threads);
+                    let q = quantize(input.clone(), "", bits, group, scheme, axis, &[], threads);
                     BLOCK_PATTERN.store(0, Ordering::Relaxed);
                     q.unwrap()
                 };
@@ -133,7 +135,7 @@ fn i64_list(rows: &[&[i64]]) -> ListArray {
 
 /// [`quantize`] with the default scheme and axis, no importance, all cores.
 fn quantize_plain(input: &ArrayData, name: &str, bits: u32, group_size: Option<usize>) -> Result<ArrayData> {
-    quantize(input, name, bits, group_size, Scheme::default(), Axis::Last, &[], 0)
+    quantize(input.clone(), name, bits, group_size, Scheme::default(), Axis::Last, &[], 0)
 }
 
 fn status<T>(r: Result<T>) -> PqStatus {
@@ -562,7 +564,7 @@ fn schemes_give_the_kernels_bytes_and_travel_in_the_schema() {
             ("weights", Arc::new(f32_list(&[&x]))),
             ("shape", Arc::new(i64_list(&[&[4, 128]]))),
         ]);
-        let q = quantize(&input, "", 3, Some(32), scheme, Axis::Last, &[], 2).unwrap();
+        let q = quantize(input.clone(), "", 3, Some(32), scheme, Axis::Last, &[], 2).unwrap();
         let out = StructArray::from(q.clone());
         assert_eq!(out.fields(), &quantized_fields(scheme, Axis::Last), "{scheme:?}");
         assert_eq!(out.column_by_name("codes").unwrap().as_binary::<i64>().value(0), &c[..]);
@@ -682,7 +684,7 @@ fn axis_and_importance_give_the_kernels_bytes() {
         ("shape", Arc::new(i64_list(&[&[r as i64, c as i64], &[r as i64, c as i64]]))),
     ]);
     let importance: &Importance = &[("w", &w), ("not in this batch", &[1.0])];
-    let q = quantize(&input, "", 4, Some(32), scheme, Axis::First, importance, 3).unwrap();
+    let q = quantize(input.clone(), "", 4, Some(32), scheme, Axis::First, importance, 3).unwrap();
     let out = StructArray::from(q.clone());
     assert_eq!(out.fields(), &quantized_fields(scheme, Axis::First));
     assert_eq!(out.column_by_name("axis").unwrap().as_primitive::<arrow_array::types::Int8Type>().values(), &[0, 0]);
@@ -724,9 +726,12 @@ fn axis_and_importance_give_the_kernels_bytes() {
     // Rules: axis 0 is for 2-D tensors; group sizes divide the rows.
     assert_eq!(status(row(&RowParts { shape: &[(r * c) as i64], ..parts })), PqStatus::ShapeMismatch);
     let lone = Float32Array::from(x.clone()).into_data();
-    let e = quantize(&lone, "t", 4, Some(32), scheme, Axis::First, &[], 0).unwrap_err();
+    let e = quantize(lone.clone(), "t", 4, Some(32), scheme, Axis::First, &[], 0).unwrap_err();
     assert!(e.status == PqStatus::ShapeMismatch && e.message.contains("2-D"), "{e}");
-    assert_eq!(status(quantize(&input, "", 4, Some(128), scheme, Axis::First, &[], 0)), PqStatus::InvalidGroupSize);
+    assert_eq!(
+        status(quantize(input.clone(), "", 4, Some(128), scheme, Axis::First, &[], 0)),
+        PqStatus::InvalidGroupSize
+    );
     // Importance: checked as for every item, named, and only for the search.
     let bad: [(&Importance, PqStatus); 4] = [
         (&[("v", &w[..4])], PqStatus::InvalidImatrix),
@@ -735,11 +740,11 @@ fn axis_and_importance_give_the_kernels_bytes() {
         (&[("v", &w), ("v", &w)], PqStatus::InvalidImatrix),
     ];
     for (importance, want) in bad {
-        let e = quantize(&input, "", 4, Some(32), scheme, Axis::First, importance, 0).unwrap_err();
+        let e = quantize(input.clone(), "", 4, Some(32), scheme, Axis::First, importance, 0).unwrap_err();
         assert_eq!(e.status, want, "{e}");
         assert!(e.message.contains("\"v\""), "{e}");
     }
-    let e = quantize(&input, "", 4, Some(32), Scheme::default(), Axis::First, &[("w", &w)], 0).unwrap_err();
+    let e = quantize(input.clone(), "", 4, Some(32), Scheme::default(), Axis::First, &[("w", &w)], 0).unwrap_err();
     assert_eq!(e.status, PqStatus::InvalidScheme, "{e}");
     drop((q, out, d, back));
     assert_eq!(live_exports(), 0);

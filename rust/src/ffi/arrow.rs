@@ -68,7 +68,13 @@ pub struct PqNamedImportance {
 /// exactly once, before returning. `in_schema` is borrowed; the caller
 /// still releases it. `out_array` and `out_schema` are caller-allocated
 /// structs, written only on `PQ_STATUS_OK`: then the caller owns them and
-/// must call each one's `release` once (they may be moved first). Columns
+/// must call each one's `release` once (they may be moved first).
+/// `out_schema` may be NULL: then the result's schema is not exported
+/// (building it costs more than the rest of a small call); it is
+/// `pq_arrow_quantized_schema`'s for `method`, `scale_dtype` and `axis`,
+/// followed by the input's columns other than `name`, `weights` and
+/// `shape`, in their order, as `in_schema` has them (`out_array->n_children`
+/// tells whether there are any). Columns
 /// (`pq_arrow_quantized_schema` of `method` and `scale_dtype`): name utf8,
 /// codes large_binary, scales and mins list<float32> (list<float16> with
 /// `PQ_SCALE_DTYPE_F16`), shape list<int64>, dtype utf8, bits uint8,
@@ -104,6 +110,7 @@ pub unsafe extern "C" fn pq_quantize_arrow(
 ) -> PqStatus {
     let group_size = (group_size != PQ_GROUP_SIZE_PER_ROW).then_some(group_size);
     // SAFETY: the caller's promises on the four structs, as documented above.
+    let out_schema = (!out_schema.is_null()).then_some(out_schema);
     unsafe {
         transform(in_array, in_schema, arrow::check_quantize_type, out_array, out_schema, error, |field, data| {
             let (scheme, axis) = (Scheme::from_codes(method, scale_dtype)?, Axis::from_code(axis)?);
@@ -183,7 +190,7 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
 ) -> PqStatus {
     // SAFETY: as for pq_quantize_arrow.
     unsafe {
-        transform(in_array, in_schema, arrow::check_dequantize_type, out_array, out_schema, error, |_, data| {
+        transform(in_array, in_schema, arrow::check_dequantize_type, out_array, Some(out_schema), error, |_, data| {
             let form = match form {
                 PQ_DEQUANTIZED_AUTO => arrow::Dequantized::Auto,
                 PQ_DEQUANTIZED_RAW => arrow::Dequantized::Raw,
@@ -194,7 +201,7 @@ pub unsafe extern "C" fn pq_dequantize_arrow(
                     ))
                 }
             };
-            arrow::dequantize(data, form, threads)
+            arrow::dequantize(&data, form, threads)
         })
     }
 }
@@ -276,7 +283,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
             Error::new(PqStatus::InvalidGroupSize, format!("group_size {group_size} does not fit uint32"))
         })?;
         let (scheme, axis) = (Scheme::from_codes(method, scale_dtype)?, Axis::from_code(axis)?);
-        check_outputs(out_array, out_schema)?;
+        check_outputs(out_array, Some(out_schema))?;
         // SAFETY: each region is checked (NULL, alignment, size) and only read.
         let parts = unsafe {
             arrow::RowParts {
@@ -293,7 +300,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
             }
         };
         let row = arrow::row(&parts)?;
-        unsafe { export(row, out_array, out_schema) }
+        unsafe { export(row, out_array, Some(out_schema)) }
     })
 }
 
@@ -301,7 +308,7 @@ pub unsafe extern "C" fn pq_arrow_quantized_row(
 /// the input out of `*in_array` (released exactly once, on every path past
 /// the pointer check), import it if `accept` takes its type, check the
 /// outputs, run `work`, release the input, and export the result into the
-/// caller's structs.
+/// caller's structs (`out_schema` `None`: the array alone).
 ///
 /// # Safety
 /// As documented on `pq_quantize_arrow` for its four struct pointers.
@@ -310,16 +317,17 @@ unsafe fn transform(
     in_schema: *const FFI_ArrowSchema,
     accept: fn(&DataType) -> Result<()>,
     out_array: *mut FFI_ArrowArray,
-    out_schema: *mut FFI_ArrowSchema,
+    out_schema: Option<*mut FFI_ArrowSchema>,
     error: *mut PqError,
-    work: impl FnOnce(&Field, &ArrayData) -> Result<ArrayData>,
+    work: impl FnOnce(&Field, ArrayData) -> Result<ArrayData>,
 ) -> PqStatus {
     run(error, || {
         let input = unsafe { take_array(in_array) }?;
         let (field, data) = unsafe { import(input, in_schema, accept) }?;
         check_outputs(out_array, out_schema)?;
-        let result = work(&field, &data)?;
-        drop(data); // releases the input before the result is handed over
+        // `work` takes the input: it is released (unless columns of it are
+        // passed through) before the result is handed over.
+        let result = work(&field, data)?;
         unsafe { export(result, out_array, out_schema) }
     })
 }
@@ -350,9 +358,10 @@ pub unsafe extern "C" fn pq_arrow_quantized_schema(
 // ---------------------------------------------------------------------------
 // Moving in, checking, importing, exporting
 
-fn check_outputs(out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
+/// Checks the caller's output structs (`out_schema` `None`: none wanted).
+fn check_outputs(out_array: *mut FFI_ArrowArray, out_schema: Option<*mut FFI_ArrowSchema>) -> Result<()> {
     check_struct("out_array", out_array)?;
-    check_struct("out_schema", out_schema)
+    out_schema.map_or(Ok(()), |s| check_struct("out_schema", s))
 }
 
 /// Moves `*in_array` into an owned value (the caller's struct is left
@@ -414,17 +423,27 @@ unsafe fn import_field(in_schema: *const FFI_ArrowSchema, accept: fn(&DataType) 
     Ok(field)
 }
 
-/// Exports `data` into the caller's structs; nothing is written on error.
+/// Exports `data` into the caller's structs (its type too unless
+/// `out_schema` is `None`); nothing is written on error.
 ///
 /// # Safety
 /// `out_array` and `out_schema` passed [`check_outputs`].
-unsafe fn export(data: ArrayData, out_array: *mut FFI_ArrowArray, out_schema: *mut FFI_ArrowSchema) -> Result<()> {
-    let schema = FFI_ArrowSchema::try_from(data.data_type()).map_err(|e| Error::internal("exporting the schema", e))?;
+unsafe fn export(
+    data: ArrayData,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: Option<*mut FFI_ArrowSchema>,
+) -> Result<()> {
+    let schema = out_schema
+        .map(|s| FFI_ArrowSchema::try_from(data.data_type()).map(|schema| (s, schema)))
+        .transpose()
+        .map_err(|e| Error::internal("exporting the schema", e))?;
     let array = FFI_ArrowArray::new(&data);
     // SAFETY: checked writable structs; their old contents are overwritten, not dropped.
     unsafe {
         ptr::write(out_array, array);
-        ptr::write(out_schema, schema);
+        if let Some((out_schema, schema)) = schema {
+            ptr::write(out_schema, schema);
+        }
     }
     Ok(())
 }
@@ -817,6 +836,49 @@ mod tests {
         drop((array, schema));
         assert_eq!(arrow::live_exports(), 1);
         drop(moved);
+        assert_eq!(arrow::live_exports(), 0);
+    }
+
+    /// With a NULL out_schema, the array alone: the same data, of the
+    /// type pq_arrow_quantized_schema gives.
+    #[test]
+    fn the_array_alone_without_out_schema() {
+        let _g = exclusive();
+        let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let (s, _, _, out) = call(&mut raw_f32(values.clone()), DataType::Float32);
+        let (array, schema) = out.unwrap();
+        let want = unsafe { arrow_array::ffi::from_ffi(array, &schema) }.unwrap();
+        let schema = FFI_ArrowSchema::try_from(DataType::Float32).unwrap();
+        let mut out = FFI_ArrowArray::empty();
+        let mut raw = raw_f32(values);
+        let st = unsafe {
+            pq_quantize_arrow(
+                &mut raw as *mut RawArray as *mut FFI_ArrowArray,
+                &schema,
+                4,
+                4,
+                0,
+                0,
+                0,
+                ptr::null(),
+                0,
+                0,
+                &mut out,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!((s, st), (PqStatus::Ok, PqStatus::Ok));
+        let dt = DataType::Struct(arrow::quantized_fields(Scheme::default(), Axis::Last));
+        let got = unsafe { from_ffi_and_data_type(out, dt) }.unwrap();
+        assert_eq!(got, want);
+        // pq_dequantize_arrow still needs its out_schema.
+        let mut input = FFI_ArrowArray::new(&got);
+        let schema = FFI_ArrowSchema::try_from(got.data_type()).unwrap();
+        let mut out = FFI_ArrowArray::empty();
+        let st = unsafe { pq_dequantize_arrow(&mut input, &schema, 0, 0, &mut out, ptr::null_mut(), ptr::null_mut()) };
+        assert_eq!(st, PqStatus::NullPointer);
+        drop((got, want, input));
         assert_eq!(arrow::live_exports(), 0);
     }
 
