@@ -4,7 +4,9 @@
     python bench/ggml.py [--rows 1024] [--cols 4096] [--repeats 5]
 
 Per type: MB/s of float32 input quantized (pyquant on 1 thread and on all
-cores, ggml's C on 1 thread, gguf-py where it can quantize), bits per weight,
+cores, ggml's C on 1 thread, gguf-py where it can quantize; timed round-robin
+with pyquant's affine 4-bit quantizer on 1 thread, so each ratio is taken
+within the same rounds), bits per weight,
 rel-RMSE (||x - dequantize(quantize(x))|| / ||x||) on the same tensor, and
 whether an -O2 -march=native build of ggml's C (FMA contraction on, as
 llama.cpp's native builds) writes different bytes than the reference build.
@@ -39,14 +41,20 @@ def load_oracle_module():
     return mod
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
+def median_seconds(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function, timed round-robin (one timed run
+    of each per round) so that the machine's slow spells fall on all of them
+    alike and ratios between them hold within the run. Each timed run follows
+    an untimed one of the same function: every function is timed with warm
+    caches, not after whichever ran before it."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            fn()
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def oracle_quantize(so, type_id: int, x: np.ndarray) -> np.ndarray:
@@ -77,35 +85,39 @@ def main() -> None:
         f"# GGML types: {args.rows} x {args.cols} float32 ({mb:.1f} MB), medians of {args.repeats}, "
         f"{cores} cores (shared machine: all-core figures are noisy)",
         "",
-        "| type | bpw | rel-RMSE | MB/s 1 thread | MB/s all cores | ggml C MB/s | x ggml (1 thr) | gguf-py MB/s | x gguf-py (all) | -march=native bytes differ |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| type | bpw | rel-RMSE | MB/s 1 thread | MB/s all cores | ggml C MB/s | x ggml (1 thr) | gguf-py MB/s | "
+        "x gguf-py (all) | affine time / type time (1 thr) | -march=native bytes differ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    affine = lambda: pyquant.quantize_ptr(x, bits=4, group_size=128, threads=1)  # noqa: E731
     for name in pg.SUPPORTED_TYPES:
         type_id = pg._type_id(name)
         q = pg.quantize(x, name)
         back = pg.dequantize(q, name)
         bpw = q.nbytes * 8 / x.size
         rel = float(np.linalg.norm(x - back) / np.linalg.norm(x))
-        one = median_seconds(lambda: pg.quantize(x, name, threads=1), args.repeats)
-        allc = median_seconds(lambda: pg.quantize(x, name), args.repeats)
-        c_ref = median_seconds(lambda: oracle_quantize(ref, type_id, x), args.repeats)
-        differs = not np.array_equal(oracle_quantize(native, type_id, x), oracle_quantize(ref, type_id, x))
-        py = "-"
-        ratio_py = "-"
+        fns = {
+            "one": lambda: pg.quantize(x, name, threads=1),
+            "all": lambda: pg.quantize(x, name),
+            "c": lambda: oracle_quantize(ref, type_id, x),
+            "affine": affine,
+        }
         if gguf is not None and name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"):
-            t = gguf.GGMLQuantizationType[name]
-            g = median_seconds(lambda: gguf.quants.quantize(x, t), max(1, args.repeats // 2))
-            py, ratio_py = f"{mb / g:.0f}", f"{g / allc:.1f}x"
+            fns["py"] = lambda t=gguf.GGMLQuantizationType[name]: gguf.quants.quantize(x, t)
+        t = median_seconds(fns, args.repeats)
+        differs = not np.array_equal(oracle_quantize(native, type_id, x), oracle_quantize(ref, type_id, x))
+        py, ratio_py = (f"{mb / t['py']:.0f}", f"{t['py'] / t['all']:.1f}x") if "py" in t else ("-", "-")
         lines.append(
-            f"| {name} | {bpw:.4g} | {rel:.4f} | {mb / one:.0f} | {mb / allc:.0f} | {mb / c_ref:.0f} | "
-            f"{c_ref / one:.2f}x | {py} | {ratio_py} | {'yes' if differs else 'no'} |"
+            f"| {name} | {bpw:.4g} | {rel:.4f} | {mb / t['one']:.0f} | {mb / t['all']:.0f} | {mb / t['c']:.0f} | "
+            f"{t['c'] / t['one']:.2f}x | {py} | {ratio_py} | {t['one'] / t['affine']:.2f}x | "
+            f"{'yes' if differs else 'no'} |"
         )
         print(lines[-1], flush=True)
-    aff = median_seconds(lambda: pyquant.quantize_ptr(x, bits=4, group_size=128, threads=1), args.repeats)
+    aff = median_seconds({"affine": affine}, args.repeats)["affine"]
     qt = pyquant.quantize_ptr(x, bits=4, group_size=128)
     rel = float(np.linalg.norm(x - qt.dequantize()) / np.linalg.norm(x))
     bpw = (qt.codes.nbytes + qt.scales.nbytes + qt.mins.nbytes) * 8 / x.size
-    lines.append(f"| affine 4-bit g128 (pyquant) | {bpw:.4g} | {rel:.4f} | {mb / aff:.0f} | | | | | | |")
+    lines.append(f"| affine 4-bit g128 (pyquant) | {bpw:.4g} | {rel:.4f} | {mb / aff:.0f} | | | | | | 1.00x | |")
     print(lines[-1])
     out = ROOT / "bench" / "results" / "ggml.md"
     out.write_text("\n".join(lines) + "\n")
