@@ -1,13 +1,14 @@
 """GGML types: speed and accuracy of pyquant.gguf against ggml's own C code
 (the test oracle, one thread, -O2 -ffp-contract=off) and gguf-py.
 
-    python bench/ggml.py [--rows 1024] [--cols 4096] [--repeats 5]
+    python bench/ggml.py [--rows 1024] [--cols 1024] [--repeats 5] [--update-readme]
 
-Per type: MB/s of float32 input quantized (pyquant on 1 thread and on all
+Per type: whether pyquant's bytes are those of ggml's C (the reference
+build), MB/s of float32 input quantized (pyquant on 1 thread and on all
 cores, ggml's C on 1 thread, gguf-py where it can quantize; timed round-robin
 with pyquant's affine 4-bit quantizer on 1 thread, so each ratio is taken
-within the same rounds), bits per weight,
-rel-RMSE (||x - dequantize(quantize(x))|| / ||x||) on the same tensor, and
+within the same rounds), bits per weight, rel-RMSE
+(||x - dequantize(quantize(x))|| / ||x||) on the same tensor, and
 whether an -O2 -march=native build of ggml's C (FMA contraction on, as
 llama.cpp's native builds) writes different bytes than the reference build.
 The tensor is synthetic (Student-t, 5 degrees of freedom, a common stand-in
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1024)
     parser.add_argument("--cols", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--update-readme", action="store_true",
+                        help="write the table between the README's ggml-bench markers")
     args = parser.parse_args()
     build = load_oracle_module()
     ref = build.load()
@@ -85,9 +88,10 @@ def main() -> None:
         f"# GGML types: {args.rows} x {args.cols} float32 ({mb:.1f} MB), medians of {args.repeats}, "
         f"{cores} cores (shared machine: all-core figures are noisy)",
         "",
-        "| type | bpw | rel-RMSE | MB/s 1 thread | MB/s all cores | ggml C MB/s | x ggml (1 thr) | gguf-py MB/s | "
-        "x gguf-py (all) | affine time / type time (1 thr) | -march=native bytes differ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| type | same bytes as ggml's C | bpw | rel-RMSE | MB/s 1 thread | MB/s all cores | ggml C MB/s | "
+        "x ggml (1 thr) | gguf-py MB/s | x gguf-py (all) | type time / affine time (1 thr) | "
+        "-march=native bytes differ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     affine = lambda: pyquant.quantize_ptr(x, bits=4, group_size=128, threads=1)  # noqa: E731
     for name in pg.SUPPORTED_TYPES:
@@ -105,10 +109,12 @@ def main() -> None:
         if gguf is not None and name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16"):
             fns["py"] = lambda t=gguf.GGMLQuantizationType[name]: gguf.quants.quantize(x, t)
         t = median_seconds(fns, args.repeats)
-        differs = not np.array_equal(oracle_quantize(native, type_id, x), oracle_quantize(ref, type_id, x))
+        expected = oracle_quantize(ref, type_id, x)
+        exact = np.array_equal(q.view(np.uint8).reshape(-1), expected)
+        differs = not np.array_equal(oracle_quantize(native, type_id, x), expected)
         py, ratio_py = (f"{mb / t['py']:.0f}", f"{t['py'] / t['all']:.1f}x") if "py" in t else ("-", "-")
         lines.append(
-            f"| {name} | {bpw:.4g} | {rel:.4f} | {mb / t['one']:.0f} | {mb / t['all']:.0f} | {mb / t['c']:.0f} | "
+            f"| {name} | {'yes' if exact else 'NO'} | {bpw:.4g} | {rel:.4f} | {mb / t['one']:.0f} | {mb / t['all']:.0f} | {mb / t['c']:.0f} | "
             f"{t['c'] / t['one']:.2f}x | {py} | {ratio_py} | {t['one'] / t['affine']:.2f}x | "
             f"{'yes' if differs else 'no'} |"
         )
@@ -117,11 +123,16 @@ def main() -> None:
     qt = pyquant.quantize_ptr(x, bits=4, group_size=128)
     rel = float(np.linalg.norm(x - qt.dequantize()) / np.linalg.norm(x))
     bpw = (qt.codes.nbytes + qt.scales.nbytes + qt.mins.nbytes) * 8 / x.size
-    lines.append(f"| affine 4-bit g128 (pyquant) | {bpw:.4g} | {rel:.4f} | {mb / aff:.0f} | | | | | | 1.00x | |")
+    lines.append(f"| affine 4-bit g128 (pyquant) | - | {bpw:.4g} | {rel:.4f} | {mb / aff:.0f} | | | | | | 1.00x | |")
     print(lines[-1])
     out = ROOT / "bench" / "results" / "ggml.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+    if args.update_readme:
+        from run import update_readme  # bench/run.py, beside this script
+
+        update_readme("\n".join(lines[2:]) + f"\n\n{lines[0].lstrip('# ')}; {time.strftime('%Y-%m-%d %H:%M')}.",
+                      "ggml-bench")
 
 
 if __name__ == "__main__":

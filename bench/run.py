@@ -275,10 +275,12 @@ def chart(results: dict[str, Any], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def update_readme(table: str) -> None:
+def update_readme(table: str, marker: str = "bench") -> None:
+    """Writes ``table`` between the README's ``<!-- {marker}:start -->`` and
+    ``<!-- {marker}:end -->`` markers."""
     path = os.path.join(ROOT, "README.md")
     text = open(path, encoding="utf-8").read()
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
